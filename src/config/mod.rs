@@ -1,0 +1,354 @@
+//! Configuration: one TOML file, overridden by `SNAPWARDEN_…` environment variables, turned into the validated
+//! [`Config`] the rest of the daemon codes against.
+//!
+//! Both sources are merged through figment into a generic value tree, which is then walked once with a problem
+//! collector (`tree`) by the section validators (`sections`). The walk never stops at the first mistake: unknown
+//! keys, wrong types and semantic problems (bad cron, duplicate names, a schedule without a keep rule, …) in every
+//! section are gathered into one [`ConfigError`], each naming the key path, what is wrong and what to write
+//! instead, because an operator fixing a config by restarting a daemon once per typo is the failure this avoids.
+//! Serde structs are deliberately not used for the raw layer: `deny_unknown_fields` stops at the first error.
+//!
+//! This module does not read the process environment except in [`resolve_path`], does not decide the log format
+//! when the file leaves it out (the caller knows whether stdout is a TTY), and does not exit the process: the CLI
+//! maps a [`ConfigError`] to [`ConfigError::EXIT_CODE`].
+
+mod env;
+mod sections;
+mod tree;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Format, Toml};
+use figment::{Figment, Profile, Provider};
+
+use crate::retention::KeepRules;
+use crate::schedule::Cron;
+
+/// Where the daemon looks when neither `--config` nor `SNAPWARDEN_CONFIG` names a file.
+pub const DEFAULT_PATH: &str = "/etc/snapwarden/snapwarden.toml";
+
+/// The environment variable naming the config file; it is not an override of a key.
+pub const CONFIG_PATH_ENV: &str = "SNAPWARDEN_CONFIG";
+
+/// Prefix of environment variables that override keys of the file (`SNAPWARDEN_SECTION__KEY`; names without `__`
+/// are not overrides).
+pub const ENV_PREFIX: &str = "SNAPWARDEN_";
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from (named in messages and in `/status`).
+    pub source: PathBuf,
+    pub daemon: DaemonConfig,
+    pub aws: AwsConfig,
+    pub notify: NotifyConfig,
+    pub log: LogConfig,
+    pub policies: Vec<Policy>,
+}
+
+impl Config {
+    pub fn policy(&self, name: &str) -> Option<&Policy> {
+        self.policies.iter().find(|p| p.name == name)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    pub listen: SocketAddr,
+    pub timezone: chrono_tz::Tz,
+    pub max_concurrent_aws_calls: usize,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct AwsConfig {
+    /// Empty means "the region the SDK's default chain finds".
+    pub regions: Vec<String>,
+    pub endpoint_url: Option<String>,
+    pub max_attempts: u32,
+    pub connect_timeout: Duration,
+    /// The whole operation, retries included.
+    pub operation_timeout: Duration,
+    pub attempt_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct NotifyConfig {
+    /// Without it, failures are only logged and counted.
+    pub sns: Option<SnsConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SnsConfig {
+    pub topic_arn: String,
+    /// Parsed from the ARN: the topic must be called in its own region.
+    pub region: String,
+    pub dedup_window: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Json => "json",
+            LogFormat::Pretty => "pretty",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// `None` when the file leaves it out: the caller picks json unless stdout is a TTY.
+    pub format: Option<LogFormat>,
+    /// A `tracing_subscriber::EnvFilter` directive string, already checked to parse.
+    pub level: String,
+    pub file: Option<LogFileConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rotation {
+    Minutely,
+    Hourly,
+    Daily,
+    Never,
+}
+
+impl Rotation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rotation::Minutely => "minutely",
+            Rotation::Hourly => "hourly",
+            Rotation::Daily => "daily",
+            Rotation::Never => "never",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LogFileConfig {
+    pub directory: PathBuf,
+    pub prefix: String,
+    pub rotation: Rotation,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ResourceKind {
+    Instance,
+    Volume,
+}
+
+impl ResourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResourceKind::Instance => "instance",
+            ResourceKind::Volume => "volume",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub resource: ResourceKind,
+    /// All must match; a value of `"*"` means "tag present, any value".
+    pub tags: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub name: String,
+    pub target: Target,
+    pub schedules: Vec<Schedule>,
+}
+
+impl Policy {
+    pub fn schedule(&self, name: &str) -> Option<&Schedule> {
+        self.schedules.iter().find(|s| s.name == name)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    pub name: String,
+    pub cron: Cron,
+    /// Empty only when `count_tag` is set: the tag's value is then the keep-last count.
+    pub keep: KeepRules,
+    /// When set, the schedule covers exactly the targeted resources carrying this tag.
+    pub count_tag: Option<String>,
+}
+
+/// One thing wrong with the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Key path such as `policy[prod].schedule[daily].cron`; empty for file-level problems (unreadable, syntax).
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+    /// What to write instead.
+    pub fix: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.key.is_empty() {
+            write!(f, "{}: ", self.key)?;
+        }
+        write!(f, "{} — {}", self.message, self.fix)
+    }
+}
+
+/// Everything wrong with one configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+impl ConfigError {
+    /// `EX_CONFIG` from sysexits.h; systemd and supervisors read it as "do not restart, fix the config".
+    pub const EXIT_CODE: i32 = 78;
+
+    fn single(file: &Path, problem: Problem) -> Self {
+        ConfigError {
+            file: file.to_path_buf(),
+            problems: vec![problem],
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        write!(
+            f,
+            "config file {}: {} problem{}",
+            self.file.display(),
+            n,
+            if n == 1 { "" } else { "s" }
+        )?;
+        for problem in &self.problems {
+            write!(f, "\n  {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Which file: `cli` (`--config`) else env `SNAPWARDEN_CONFIG` else [`DEFAULT_PATH`].
+pub fn resolve_path(cli: Option<&Path>) -> PathBuf {
+    resolve_path_from(cli, std::env::var_os(CONFIG_PATH_ENV))
+}
+
+fn resolve_path_from(cli: Option<&Path>, env: Option<std::ffi::OsString>) -> PathBuf {
+    match (cli, env) {
+        (Some(path), _) => path.to_path_buf(),
+        // An empty variable is what `SNAPWARDEN_CONFIG=` in a unit file leaves behind; treat it as unset.
+        (None, Some(env)) if !env.is_empty() => PathBuf::from(env),
+        _ => PathBuf::from(DEFAULT_PATH),
+    }
+}
+
+/// Load the file at `path`, apply `SNAPWARDEN_*` overrides from `env`, and validate everything.
+///
+/// `env` is passed in rather than read from the process so that tests are hermetic; `main` passes
+/// `std::env::vars().collect::<Vec<_>>()`.
+pub fn load(path: &Path, env: &[(String, String)]) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        let fix = match e.kind() {
+            std::io::ErrorKind::NotFound => format!(
+                "create it (config/snapwarden.example.toml documents every key), or point --config or \
+                 {CONFIG_PATH_ENV} at the file you meant"
+            ),
+            std::io::ErrorKind::PermissionDenied => {
+                "make it readable by the user the daemon runs as (e.g. chmod 0640 and chgrp to its group)".into()
+            }
+            _ => format!("check that {} is a readable UTF-8 text file", path.display()),
+        };
+        ConfigError::single(
+            path,
+            Problem {
+                key: String::new(),
+                message: format!("cannot read {}: {e}", path.display()),
+                fix,
+            },
+        )
+    })?;
+    from_toml_str(path, &text, env)
+}
+
+/// As [`load`], from TOML text; `source` is the name used in messages and stored in [`Config::source`].
+pub fn from_toml_str(
+    source: &Path,
+    toml: &str,
+    env: &[(String, String)],
+) -> Result<Config, ConfigError> {
+    // figment's own TOML error loses the position; parsing once with `toml` keeps line and column, which is the
+    // only useful key for a syntax error. Nothing else can be checked in a file that does not parse.
+    if let Err(e) = toml.parse::<toml::Table>() {
+        return Err(ConfigError::single(source, syntax_problem(toml, &e)));
+    }
+
+    let overrides = env::EnvOverrides::from_vars(env);
+    let mut problems = overrides.problems.clone();
+    let figment = Figment::new().merge(Toml::string(toml)).merge(overrides);
+    let mut data = match Provider::data(&figment) {
+        Ok(data) => data,
+        // Unreachable after the parse above, but a figment error must still surface as a problem, not a panic.
+        Err(e) => {
+            problems.push(Problem {
+                key: String::new(),
+                message: e.to_string(),
+                fix: "fix the TOML syntax".into(),
+            });
+            return Err(ConfigError {
+                file: source.to_path_buf(),
+                problems,
+            });
+        }
+    };
+    let root = data.remove(&Profile::Default).unwrap_or_default();
+
+    let mut cx = tree::Collector::new(&figment);
+    let validated = sections::config(&mut cx, &root, source);
+    problems.extend(cx.into_problems());
+    if problems.is_empty() {
+        Ok(validated)
+    } else {
+        Err(ConfigError {
+            file: source.to_path_buf(),
+            problems,
+        })
+    }
+}
+
+fn syntax_problem(text: &str, e: &toml::de::Error) -> Problem {
+    let key = match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("line {line}, column {column}")
+        }
+        None => String::new(),
+    };
+    Problem {
+        key,
+        // toml's message spans lines ("invalid string\nexpected `\"`"); a problem is one line.
+        message: format!("not valid TOML: {}", e.message().trim().replace('\n', "; ")),
+        fix: "fix the syntax there: strings need double quotes, tables are written [daemon], each policy starts \
+              with [[policy]] and each of its schedules with [[policy.schedule]]"
+            .into(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,732 @@
+//! Validator tests: defaults, each check, problem collection across sections, and environment overrides.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+
+const MINIMAL: &str = r#"
+[[policy]]
+name = "prod"
+[policy.target]
+tags = { Backup = "true" }
+[[policy.schedule]]
+name = "daily"
+cron = "30 4 * * *"
+keep = { last = 7 }
+"#;
+
+fn parse(toml: &str) -> Result<Config, ConfigError> {
+    from_toml_str(Path::new("/etc/snapwarden/test.toml"), toml, &[])
+}
+
+fn parse_env(toml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    from_toml_str(Path::new("/etc/snapwarden/test.toml"), toml, &env)
+}
+
+/// The problems, or a panic showing the config that unexpectedly validated.
+fn problems(toml: &str) -> Vec<Problem> {
+    match parse(toml) {
+        Ok(config) => panic!("expected problems, got {config:#?}"),
+        Err(e) => e.problems,
+    }
+}
+
+fn keys(problems: &[Problem]) -> Vec<&str> {
+    problems.iter().map(|p| p.key.as_str()).collect()
+}
+
+/// The only problem, which must be at `key`.
+fn only_problem(toml: &str, key: &str) -> Problem {
+    let problems = problems(toml);
+    assert_eq!(keys(&problems), [key], "{problems:#?}");
+    problems.into_iter().next().unwrap()
+}
+
+/// MINIMAL plus `extra` sections (TOML allows tables after the array of tables only if they are distinct).
+fn with(extra: &str) -> String {
+    format!("{extra}\n{MINIMAL}")
+}
+
+#[test]
+fn minimal_config_gets_documented_defaults() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.source, Path::new("/etc/snapwarden/test.toml"));
+    assert_eq!(c.daemon.listen.to_string(), "127.0.0.1:9180");
+    assert_eq!(c.daemon.timezone, chrono_tz::Tz::UTC);
+    assert_eq!(c.daemon.max_concurrent_aws_calls, 8);
+    assert_eq!(c.daemon.shutdown_grace, Duration::from_secs(30));
+    assert!(c.aws.regions.is_empty());
+    assert_eq!(c.aws.endpoint_url, None);
+    assert_eq!(c.aws.max_attempts, 5);
+    assert_eq!(c.aws.connect_timeout, Duration::from_secs(3));
+    assert_eq!(c.aws.operation_timeout, Duration::from_secs(60));
+    assert_eq!(c.aws.attempt_timeout, Duration::from_secs(20));
+    assert!(c.notify.sns.is_none());
+    assert_eq!(c.log.format, None);
+    assert_eq!(c.log.level, "info");
+    assert!(c.log.file.is_none());
+
+    let policy = c.policy("prod").unwrap();
+    assert_eq!(policy.target.resource, ResourceKind::Instance);
+    assert_eq!(
+        policy.target.tags.get("Backup").map(String::as_str),
+        Some("true")
+    );
+    let daily = policy.schedule("daily").unwrap();
+    assert_eq!(daily.keep.last, Some(7));
+    assert_eq!(daily.count_tag, None);
+    assert!(c.policy("nope").is_none());
+    assert!(policy.schedule("nope").is_none());
+}
+
+#[test]
+fn every_key_is_read() {
+    let c = parse(&with(
+        r#"
+[daemon]
+listen = "0.0.0.0:9999"
+timezone = "Europe/Berlin"
+max-concurrent-aws-calls = 16
+shutdown-grace = "1m 30s"
+
+[aws]
+regions = ["eu-west-1", "us-east-1"]
+endpoint-url = "http://127.0.0.1:5000"
+max-attempts = 7
+connect-timeout = "2s"
+operation-timeout = "2m"
+attempt-timeout = "30s"
+
+[notify.sns]
+topic-arn = "arn:aws:sns:eu-central-1:123456789012:snapwarden"
+dedup-window = "12h"
+
+[log]
+format = "pretty"
+level = "info,snapwarden=debug"
+[log.file]
+directory = "/var/log/sw"
+prefix = "sw.log"
+rotation = "hourly"
+"#,
+    ))
+    .unwrap();
+    assert_eq!(c.daemon.listen.to_string(), "0.0.0.0:9999");
+    assert_eq!(c.daemon.timezone, chrono_tz::Europe::Berlin);
+    assert_eq!(c.daemon.max_concurrent_aws_calls, 16);
+    assert_eq!(c.daemon.shutdown_grace, Duration::from_secs(90));
+    assert_eq!(c.aws.regions, ["eu-west-1", "us-east-1"]);
+    assert_eq!(c.aws.endpoint_url.as_deref(), Some("http://127.0.0.1:5000"));
+    assert_eq!(c.aws.max_attempts, 7);
+    assert_eq!(c.aws.connect_timeout, Duration::from_secs(2));
+    assert_eq!(c.aws.operation_timeout, Duration::from_secs(120));
+    assert_eq!(c.aws.attempt_timeout, Duration::from_secs(30));
+    let sns = c.notify.sns.unwrap();
+    assert_eq!(sns.region, "eu-central-1");
+    assert_eq!(sns.dedup_window, Duration::from_secs(12 * 3600));
+    assert_eq!(c.log.format, Some(LogFormat::Pretty));
+    assert_eq!(c.log.level, "info,snapwarden=debug");
+    let file = c.log.file.unwrap();
+    assert_eq!(file.directory, Path::new("/var/log/sw"));
+    assert_eq!(file.prefix, "sw.log");
+    assert_eq!(file.rotation, Rotation::Hourly);
+}
+
+#[test]
+fn log_file_table_alone_takes_defaults() {
+    let c = parse(&with("[log.file]")).unwrap();
+    let file = c.log.file.unwrap();
+    assert_eq!(file.directory, Path::new("/var/log/snapwarden"));
+    assert_eq!(file.prefix, "snapwarden.log");
+    assert_eq!(file.rotation, Rotation::Daily);
+}
+
+#[test]
+fn problems_in_every_section_are_all_reported() {
+    let problems = problems(
+        r#"
+[daemon]
+listen = "localhost"
+colour = "blue"
+[aws]
+max-attempts = "5"
+[notify.sns]
+dedup-window = "6h"
+[log]
+level = "inof"
+[[policy]]
+name = "prod"
+[policy.target]
+tags = { Backup = "true" }
+[[policy.schedule]]
+name = "daily"
+cron = "0 3 * *"
+"#,
+    );
+    assert_eq!(
+        keys(&problems),
+        [
+            "daemon.listen",
+            "daemon.colour",
+            "aws.max-attempts",
+            "notify.sns.topic-arn",
+            "log.level",
+            "policy[prod].schedule[daily].cron",
+            "policy[prod].schedule[daily].keep",
+        ],
+        "{problems:#?}"
+    );
+    assert!(
+        problems[2].message.contains("found string \"5\""),
+        "{:?}",
+        problems[2]
+    );
+    assert!(
+        problems[2].fix.contains("max-attempts = 5"),
+        "{:?}",
+        problems[2]
+    );
+}
+
+#[test]
+fn display_has_a_count_line_then_key_message_fix_lines() {
+    let err = parse("[daemon]\nlisten = 1\ntimezone = \"Mars/Olympus\"\n").unwrap_err();
+    let text = err.to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[0],
+        "config file /etc/snapwarden/test.toml: 3 problems"
+    );
+    assert!(
+        lines[1].starts_with("  daemon.listen: expected a string, found integer 1 — write "),
+        "{text}"
+    );
+    assert!(
+        lines[2].starts_with("  daemon.timezone: `Mars/Olympus` is not an IANA time zone — "),
+        "{text}"
+    );
+    assert!(
+        lines[3].starts_with("  policy: no policy is defined"),
+        "{text}"
+    );
+    assert_eq!(lines.len(), 4);
+
+    let one = ConfigError {
+        file: "/x.toml".into(),
+        problems: vec![Problem {
+            key: String::new(),
+            message: "m".into(),
+            fix: "f".into(),
+        }],
+    };
+    assert_eq!(one.to_string(), "config file /x.toml: 1 problem\n  m — f");
+    assert_eq!(ConfigError::EXIT_CODE, 78);
+}
+
+#[test]
+fn syntax_error_is_one_problem_with_line_and_column() {
+    let err = parse("[daemon]\nlisten = \n").unwrap_err();
+    assert_eq!(keys(&err.problems), ["line 2, column 10"]);
+    assert!(err.problems[0].message.starts_with("not valid TOML"));
+    assert!(!err.problems[0].message.contains('\n'));
+}
+
+#[test]
+fn unknown_keys_get_suggestions_at_every_level() {
+    let problems = problems(&with("[deamon]\n[log]\nLevel = \"info\"\n"));
+    assert_eq!(keys(&problems), ["log.Level", "deamon"], "{problems:#?}");
+    assert!(problems[0].fix.contains("did you mean `level`"));
+    assert!(problems[1].fix.contains("did you mean `daemon`"));
+
+    let p = only_problem(
+        &MINIMAL.replace("keep = { last = 7 }", "keep = { last = 7, forever = true }"),
+        "policy[prod].schedule[daily].keep.forever",
+    );
+    assert!(p.fix.contains("last, within, all"), "{p:?}");
+}
+
+#[test]
+fn wrong_table_types_are_reported_and_do_not_hide_later_sections() {
+    let problems = problems(&with("daemon = 5\naws = \"x\"\n[log]\nformat = \"xml\"\n"));
+    assert_eq!(
+        keys(&problems),
+        ["daemon", "aws", "log.format"],
+        "{problems:#?}"
+    );
+}
+
+#[test]
+fn numbers_are_range_checked() {
+    for (toml, key) in [
+        (
+            "[daemon]\nmax-concurrent-aws-calls = 0",
+            "daemon.max-concurrent-aws-calls",
+        ),
+        (
+            "[daemon]\nmax-concurrent-aws-calls = 257",
+            "daemon.max-concurrent-aws-calls",
+        ),
+        ("[aws]\nmax-attempts = 21", "aws.max-attempts"),
+        ("[aws]\nmax-attempts = 2.5", "aws.max-attempts"),
+    ] {
+        only_problem(&with(toml), key);
+    }
+    let p = only_problem(
+        &MINIMAL.replace("last = 7", "last = 10001"),
+        "policy[prod].schedule[daily].keep.last",
+    );
+    assert!(p.fix.contains("1 to 10000"), "{p:?}");
+}
+
+#[test]
+fn durations_need_units_and_timeouts_must_fit() {
+    let p = only_problem(
+        &with("[daemon]\nshutdown-grace = 30"),
+        "daemon.shutdown-grace",
+    );
+    assert!(p.fix.contains("\"30s\""), "{p:?}");
+    only_problem(
+        &with("[aws]\nconnect-timeout = \"3 parsecs\""),
+        "aws.connect-timeout",
+    );
+    only_problem(
+        &with("[aws]\nconnect-timeout = \"0s\""),
+        "aws.connect-timeout",
+    );
+    let p = only_problem(
+        &with("[aws]\noperation-timeout = \"10s\"\nattempt-timeout = \"20s\""),
+        "aws.attempt-timeout",
+    );
+    assert!(
+        p.message.contains("longer than operation-timeout 10s"),
+        "{p:?}"
+    );
+    // Zero grace is a legitimate "stop now".
+    assert!(parse(&with("[daemon]\nshutdown-grace = \"0s\"")).is_ok());
+}
+
+#[test]
+fn timezone_suggests_the_right_case() {
+    let p = only_problem(
+        &with("[daemon]\ntimezone = \"america/new_york\""),
+        "daemon.timezone",
+    );
+    assert!(p.fix.contains("\"America/New_York\""), "{p:?}");
+    let p = only_problem(&with("[daemon]\ntimezone = \"CEST\""), "daemon.timezone");
+    assert!(p.fix.contains("IANA"), "{p:?}");
+}
+
+#[test]
+fn aws_regions_and_endpoint_are_checked() {
+    let problems = problems(&with(
+        "[aws]\nregions = [\"us-east-1a\", \"eu-west-1\", \"eu-west-1\", 3]\nendpoint-url = \"localhost:5000\"",
+    ));
+    assert_eq!(
+        keys(&problems),
+        [
+            "aws.regions[#1]",
+            "aws.regions[#3]",
+            "aws.regions[#4]",
+            "aws.endpoint-url"
+        ],
+        "{problems:#?}"
+    );
+}
+
+#[test]
+fn sns_table_is_optional_but_needs_a_valid_topic() {
+    let p = only_problem(
+        &with("[notify.sns]\ntopic-arn = \"arn:aws:sns:us-east-1:123:alerts\""),
+        "notify.sns.topic-arn",
+    );
+    assert!(p.message.contains("12-digit"), "{p:?}");
+    only_problem(&with("[notify]\nsns = true"), "notify.sns");
+    assert!(parse(&with("[notify]")).unwrap().notify.sns.is_none());
+}
+
+#[test]
+fn log_settings_are_checked() {
+    let problems = problems(&with(
+        "[log]\nformat = \"Pretty\"\nlevel = \"snapwarden=loud\"\n[log.file]\ndirectory = \"relative\"\nprefix = \"a/b\"\nrotation = \"weekly\"",
+    ));
+    assert_eq!(
+        keys(&problems),
+        [
+            "log.format",
+            "log.level",
+            "log.file.directory",
+            "log.file.prefix",
+            "log.file.rotation"
+        ],
+        "{problems:#?}"
+    );
+    assert!(problems[0].fix.contains("\"pretty\" (lowercase)"));
+}
+
+#[test]
+fn at_least_one_policy_is_required() {
+    let p = only_problem("[daemon]\n", "policy");
+    assert!(p.fix.contains("[[policy]]"));
+    only_problem("policy = []", "policy");
+    only_problem("policy = \"prod\"", "policy");
+}
+
+#[test]
+fn policy_and_schedule_names_are_checked_and_unique() {
+    let toml = r#"
+[[policy]]
+name = "prod"
+[policy.target]
+tags = { Backup = "true" }
+[[policy.schedule]]
+name = "daily"
+cron = "0 3 * * *"
+keep = { last = 7 }
+[[policy.schedule]]
+name = "daily"
+cron = "0 4 * * *"
+keep = { last = 7 }
+[[policy.schedule]]
+name = "a,b"
+cron = "0 5 * * *"
+keep = { last = 7 }
+
+[[policy]]
+name = "prod"
+[policy.target]
+tags = { Backup = "true" }
+[[policy.schedule]]
+name = "daily"
+cron = "0 3 * * *"
+keep = { last = 7 }
+
+[[policy]]
+[policy.target]
+tags = { Backup = "true" }
+[[policy.schedule]]
+name = "this-name-is-much-longer-than-thirty-two"
+cron = "0 3 * * *"
+keep = { last = 7 }
+"#;
+    let problems = problems(toml);
+    assert_eq!(
+        keys(&problems),
+        [
+            "policy[prod].schedule[#2].name",
+            "policy[prod].schedule[#3].name",
+            "policy[#2].name",
+            "policy[#3].name",
+            "policy[#3].schedule[#1].name",
+        ],
+        "{problems:#?}"
+    );
+    assert!(problems[0].message.contains("already used by schedule #1"));
+    assert!(problems[2].message.contains("already used by policy #1"));
+    assert!(problems[3].message.starts_with("missing"));
+    assert!(problems[4].message.contains("longer than 32"));
+}
+
+#[test]
+fn policy_needs_target_and_schedules() {
+    let found = problems("[[policy]]\nname = \"p\"\n");
+    assert_eq!(keys(&found), ["policy[p].target", "policy[p].schedule"]);
+    let found = problems(
+        "[[policy]]\nname = \"p\"\nschedule = []\n[policy.target]\ntags = { A = \"b\" }\n",
+    );
+    assert_eq!(keys(&found), ["policy[p].schedule"]);
+}
+
+#[test]
+fn target_is_checked() {
+    let problems = problems(&MINIMAL.replace(
+        "tags = { Backup = \"true\" }",
+        "resource = \"instances\"\ntags = { Backup = true, Copies = 3, \"\" = \"x\" }",
+    ));
+    assert_eq!(
+        keys(&problems),
+        [
+            "policy[prod].target.resource",
+            "policy[prod].target.tags.\"\"",
+            "policy[prod].target.tags.Backup",
+            "policy[prod].target.tags.Copies",
+        ],
+        "{problems:#?}"
+    );
+    assert!(
+        problems[2].fix.contains("Backup = \"true\""),
+        "{:?}",
+        problems[2]
+    );
+}
+
+#[test]
+fn volume_targets_and_wildcard_tags() {
+    let c = parse(&MINIMAL.replace(
+        "tags = { Backup = \"true\" }",
+        "resource = \"volume\"\ntags = { Backup = \"*\" }",
+    ))
+    .unwrap();
+    let target = &c.policies[0].target;
+    assert_eq!(target.resource, ResourceKind::Volume);
+    assert_eq!(target.resource.as_str(), "volume");
+    assert_eq!(target.tags["Backup"], "*");
+}
+
+#[test]
+fn bad_cron_uses_the_schedule_parsers_fix() {
+    let p = only_problem(
+        &MINIMAL.replace("30 4 * * *", "0 3 * *"),
+        "policy[prod].schedule[daily].cron",
+    );
+    assert_eq!(p.message, "`0 3 * *` is not a valid cron expression");
+    assert_eq!(Some(p.fix), crate::schedule::Cron::parse("0 3 * *").err());
+}
+
+#[test]
+fn schedule_without_keep_rule_is_an_error_unless_count_tag() {
+    only_problem(
+        &MINIMAL.replace("keep = { last = 7 }", ""),
+        "policy[prod].schedule[daily].keep",
+    );
+    only_problem(
+        &MINIMAL.replace("keep = { last = 7 }", "keep = {}"),
+        "policy[prod].schedule[daily].keep",
+    );
+    only_problem(
+        &MINIMAL.replace("keep = { last = 7 }", "keep = { all = false }"),
+        "policy[prod].schedule[daily].keep",
+    );
+
+    let c =
+        parse(&MINIMAL.replace("keep = { last = 7 }", "count-tag = \"SnapshotDaily\"")).unwrap();
+    let s = &c.policies[0].schedules[0];
+    assert!(s.keep.is_empty());
+    assert_eq!(s.count_tag.as_deref(), Some("SnapshotDaily"));
+
+    let c = parse(&MINIMAL.replace(
+        "keep = { last = 7 }",
+        "keep = { within = \"7d\", all = true }",
+    ))
+    .unwrap();
+    let keep = &c.policies[0].schedules[0].keep;
+    assert_eq!(keep.within, Some(Duration::from_secs(7 * 86_400)));
+    assert!(keep.all);
+
+    let c = parse(&MINIMAL.replace(
+        "keep = { last = 7 }",
+        "count-tag = \"SnapshotDaily\"\nkeep = { within = \"2d\" }",
+    ))
+    .unwrap();
+    assert_eq!(
+        c.policies[0].schedules[0].keep.within,
+        Some(Duration::from_secs(2 * 86_400))
+    );
+    let p = only_problem(
+        &MINIMAL.replace(
+            "keep = { last = 7 }",
+            "count-tag = \"SnapshotDaily\"\nkeep = { last = 7 }",
+        ),
+        "policy[prod].schedule[daily].keep.last",
+    );
+    assert!(p.message.contains("ignored"), "{p:?}");
+
+    only_problem(
+        &MINIMAL.replace("keep = { last = 7 }", "count-tag = \"\""),
+        "policy[prod].schedule[daily].count-tag",
+    );
+}
+
+#[test]
+fn empty_tags_need_a_count_tag_on_every_schedule() {
+    let counted = r#"
+[[policy]]
+name = "by-tag"
+[policy.target]
+[[policy.schedule]]
+name = "daily"
+cron = "0 3 * * *"
+count-tag = "SnapshotDaily"
+"#;
+    let c = parse(counted).unwrap();
+    assert!(c.policies[0].target.tags.is_empty());
+
+    let mixed = format!("{counted}[[policy.schedule]]\nname = \"hourly\"\ncron = \"0 * * * *\"\nkeep = {{ last = 24 }}\n");
+    let p = only_problem(&mixed, "policy[by-tag].target.tags");
+    assert!(p.message.contains("hourly"), "{p:?}");
+    assert!(!p.message.contains("daily,"), "{p:?}");
+
+    let explicit_empty = MINIMAL.replace("tags = { Backup = \"true\" }", "tags = {}");
+    only_problem(&explicit_empty, "policy[prod].target.tags");
+}
+
+#[test]
+fn env_overrides_nest_and_map_to_kebab_case() {
+    let c = parse_env(
+        MINIMAL,
+        &[
+            ("SNAPWARDEN_DAEMON__LISTEN", "0.0.0.0:9180"),
+            ("SNAPWARDEN_DAEMON__MAX_CONCURRENT_AWS_CALLS", "4"),
+            ("SNAPWARDEN_AWS__ENDPOINT_URL", "http://127.0.0.1:5000"),
+            ("SNAPWARDEN_AWS__REGIONS", "[eu-west-1, us-east-1]"),
+            ("SNAPWARDEN_LOG__LEVEL", "info,snapwarden=debug"),
+            ("SNAPWARDEN_CONFIG", "/somewhere/else.toml"),
+            ("PATH", "/usr/bin"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.daemon.listen.to_string(), "0.0.0.0:9180");
+    assert_eq!(c.daemon.max_concurrent_aws_calls, 4);
+    assert_eq!(c.aws.endpoint_url.as_deref(), Some("http://127.0.0.1:5000"));
+    assert_eq!(c.aws.regions, ["eu-west-1", "us-east-1"]);
+    assert_eq!(c.log.level, "info,snapwarden=debug");
+}
+
+#[test]
+fn env_overrides_win_over_the_file_and_keep_its_other_keys() {
+    let c = parse_env(
+        &with("[daemon]\nlisten = \"127.0.0.1:1\"\ntimezone = \"Europe/Paris\""),
+        &[("SNAPWARDEN_DAEMON__LISTEN", "0.0.0.0:2")],
+    )
+    .unwrap();
+    assert_eq!(c.daemon.listen.to_string(), "0.0.0.0:2");
+    assert_eq!(c.daemon.timezone, chrono_tz::Europe::Paris);
+}
+
+#[test]
+fn env_values_are_read_as_the_operator_meant() {
+    let c = parse_env(
+        MINIMAL,
+        &[
+            ("SNAPWARDEN_AWS__REGIONS", "eu-west-1"),
+            ("SNAPWARDEN_LOG__LEVEL", "5"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.aws.regions, ["eu-west-1"]);
+    assert_eq!(c.log.level, "5");
+    // The same leniency does not apply to the file, where TOML has types.
+    only_problem(&with("[aws]\nregions = \"eu-west-1\""), "aws.regions");
+}
+
+#[test]
+fn env_problems_name_the_variable() {
+    let err = parse_env(
+        MINIMAL,
+        &[
+            ("SNAPWARDEN_DAEMON__LISTN", "0.0.0.0:9180"),
+            ("SNAPWARDEN_AWS__MAX_ATTEMPTS", "99"),
+            ("SNAPWARDEN_AWS____X", "1"),
+        ],
+    )
+    .unwrap_err();
+    assert_eq!(
+        keys(&err.problems),
+        ["SNAPWARDEN_AWS____X", "daemon.listn", "aws.max-attempts"],
+        "{err}"
+    );
+    assert!(err.problems[1]
+        .message
+        .contains("(set by environment variable SNAPWARDEN_DAEMON__LISTN)"));
+    assert!(
+        err.problems[1].fix.contains("SNAPWARDEN_DAEMON__LISTEN"),
+        "{err}"
+    );
+    assert!(err.problems[2]
+        .message
+        .contains("(set by environment variable SNAPWARDEN_AWS__MAX_ATTEMPTS)"));
+}
+
+#[test]
+fn env_table_values_name_the_variable_that_set_the_table() {
+    let err = parse_env(
+        MINIMAL,
+        &[(
+            "SNAPWARDEN_NOTIFY__SNS",
+            "{topic-arn=\"arn:aws:sns:x:1:t\"}",
+        )],
+    )
+    .unwrap_err();
+    assert_eq!(keys(&err.problems), ["notify.sns.topic-arn"], "{err}");
+    assert!(
+        err.problems[0].message.contains("SNAPWARDEN_NOTIFY__SNS)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn file_values_are_not_attributed_to_the_environment() {
+    let err = parse_env(
+        &with("[daemon]\nlisten = \"nope\""),
+        &[("SNAPWARDEN_DAEMON__TIMEZONE", "UTC")],
+    )
+    .unwrap_err();
+    assert_eq!(keys(&err.problems), ["daemon.listen"]);
+    assert!(!err.problems[0].message.contains("environment"), "{err}");
+}
+
+#[test]
+fn resolve_path_prefers_cli_then_env_then_default() {
+    let cli = Path::new("/cli.toml");
+    assert_eq!(resolve_path_from(Some(cli), Some("/env.toml".into())), cli);
+    assert_eq!(
+        resolve_path_from(None, Some("/env.toml".into())),
+        Path::new("/env.toml")
+    );
+    assert_eq!(
+        resolve_path_from(None, Some("".into())),
+        Path::new(DEFAULT_PATH)
+    );
+    assert_eq!(resolve_path_from(None, None), Path::new(DEFAULT_PATH));
+    assert_eq!(resolve_path(Some(cli)), cli);
+}
+
+#[test]
+fn load_reports_a_missing_file_as_one_problem() {
+    let err = load(Path::new("/nonexistent/snapwarden.toml"), &[]).unwrap_err();
+    assert_eq!(err.file, Path::new("/nonexistent/snapwarden.toml"));
+    assert_eq!(keys(&err.problems), [""]);
+    assert!(err.problems[0]
+        .message
+        .contains("/nonexistent/snapwarden.toml"));
+    assert!(err.problems[0].fix.contains("--config"));
+}
+
+/// The lead's built-in demo config (src/demo.rs) must keep validating; a copy, since demo.rs is not this module's.
+#[test]
+fn inline_table_style_as_in_the_demo_config_validates() {
+    let c = parse(
+        r#"
+[daemon]
+listen = "127.0.0.1:9180"
+shutdown-grace = "10s"
+
+[[policy]]
+name = "prod"
+target = { resource = "instance", tags = { Backup = "true" } }
+schedule = [
+  { name = "fast", cron = "*/5 * * * * *", keep = { last = 6 } },
+  { name = "slow", cron = "0,30 * * * * *", keep = { within = "2m" } },
+]
+
+[[policy]]
+name = "tagged"
+target = { resource = "instance", tags = {} }
+schedule = [
+  { name = "tagcount", cron = "*/10 * * * * *", count-tag = "SnapshotCount" },
+]
+"#,
+    )
+    .unwrap();
+    assert_eq!(c.policies.len(), 2);
+    assert_eq!(
+        c.policy("tagged").unwrap().schedules[0]
+            .count_tag
+            .as_deref(),
+        Some("SnapshotCount")
+    );
+}

@@ -1,0 +1,346 @@
+//! An in-memory EC2 region: instances, volumes and snapshots with the filter semantics snapwarden relies on, plus
+//! fault injection (per-volume create errors, AMI-backed snapshots, failing describes) and per-operation call
+//! counts. It backs `snapwarden demo` and the fast component tests; it does not model rate limits or latency
+//! (the moto emulator and the benchmark cover those).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::{CreateSnapshot, Ec2, Filter, Instance, Snapshot, Tags, Volume};
+use crate::error::{Error, Result};
+use crate::retention::SnapState;
+
+pub const FAKE_ACCOUNT: &str = "123456789012";
+
+#[derive(Default)]
+struct State {
+    instances: BTreeMap<String, Instance>,
+    volumes: BTreeMap<String, Volume>,
+    snapshots: BTreeMap<String, Snapshot>,
+    next_id: u64,
+    /// volume id -> error code returned by CreateSnapshot for that volume.
+    create_faults: HashMap<String, String>,
+    /// operation -> error code returned by every call of it.
+    operation_faults: HashMap<&'static str, String>,
+    /// snapshots that back an AMI: DeleteSnapshot answers InvalidSnapshot.InUse.
+    in_use: HashSet<String>,
+    calls: BTreeMap<&'static str, u64>,
+    /// When set, snapshots are created with this StartTime instead of the wall clock.
+    clock: Option<DateTime<Utc>>,
+}
+
+pub struct FakeEc2 {
+    region: String,
+    state: Mutex<State>,
+}
+
+impl FakeEc2 {
+    pub fn new(region: impl Into<String>) -> Self {
+        FakeEc2 {
+            region: region.into(),
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("fake EC2 state poisoned")
+    }
+
+    fn next_id(state: &mut State, prefix: &str) -> String {
+        state.next_id += 1;
+        format!("{prefix}-{:017x}", state.next_id)
+    }
+
+    /// Adds an instance with one attached volume per `(device, volume_type)`; returns (instance id, volume ids).
+    pub fn add_instance(
+        &self,
+        tags: &[(&str, &str)],
+        devices: &[(&str, &str)],
+    ) -> (String, Vec<String>) {
+        let mut st = self.state();
+        let id = Self::next_id(&mut st, "i");
+        st.instances.insert(
+            id.clone(),
+            Instance {
+                id: id.clone(),
+                tags: to_tags(tags),
+            },
+        );
+        let mut vols = Vec::new();
+        for (device, volume_type) in devices {
+            let vid = Self::next_id(&mut st, "vol");
+            st.volumes.insert(
+                vid.clone(),
+                Volume {
+                    id: vid.clone(),
+                    tags: Tags::new(),
+                    volume_type: volume_type.to_string(),
+                    attachment: Some((id.clone(), device.to_string())),
+                },
+            );
+            vols.push(vid);
+        }
+        (id, vols)
+    }
+
+    /// Adds a volume that is not attached to anything.
+    pub fn add_volume(&self, tags: &[(&str, &str)]) -> String {
+        let mut st = self.state();
+        let vid = Self::next_id(&mut st, "vol");
+        st.volumes.insert(
+            vid.clone(),
+            Volume {
+                id: vid.clone(),
+                tags: to_tags(tags),
+                volume_type: "gp3".into(),
+                attachment: None,
+            },
+        );
+        vid
+    }
+
+    pub fn set_volume_tags(&self, volume_id: &str, tags: &[(&str, &str)]) {
+        if let Some(v) = self.state().volumes.get_mut(volume_id) {
+            v.tags = to_tags(tags);
+        }
+    }
+
+    pub fn set_instance_tags(&self, instance_id: &str, tags: &[(&str, &str)]) {
+        if let Some(i) = self.state().instances.get_mut(instance_id) {
+            i.tags = to_tags(tags);
+        }
+    }
+
+    pub fn remove_volume(&self, volume_id: &str) {
+        self.state().volumes.remove(volume_id);
+    }
+
+    /// Inserts a snapshot as if created earlier (history seeding); returns its id.
+    pub fn seed_snapshot(
+        &self,
+        volume_id: &str,
+        state: SnapState,
+        owner: &str,
+        tags: &[(&str, &str)],
+    ) -> String {
+        let mut st = self.state();
+        let id = Self::next_id(&mut st, "snap");
+        let start_time = st.clock.unwrap_or_else(Utc::now);
+        st.snapshots.insert(
+            id.clone(),
+            Snapshot {
+                id: id.clone(),
+                volume_id: volume_id.into(),
+                state,
+                start_time,
+                owner_id: owner.into(),
+                description: "seeded".into(),
+                tags: to_tags(tags),
+            },
+        );
+        id
+    }
+
+    pub fn set_snapshot_state(&self, snapshot_id: &str, state: SnapState) {
+        if let Some(s) = self.state().snapshots.get_mut(snapshot_id) {
+            s.state = state;
+        }
+    }
+
+    /// Completes every pending snapshot (what EBS does in the background).
+    pub fn complete_all(&self) {
+        for s in self.state().snapshots.values_mut() {
+            if s.state == SnapState::Pending {
+                s.state = SnapState::Completed;
+            }
+        }
+    }
+
+    pub fn fail_create_for(&self, volume_id: &str, code: &str) {
+        self.state()
+            .create_faults
+            .insert(volume_id.into(), code.into());
+    }
+
+    pub fn fail_operation(&self, operation: &'static str, code: &str) {
+        self.state().operation_faults.insert(operation, code.into());
+    }
+
+    pub fn clear_faults(&self) {
+        let mut st = self.state();
+        st.create_faults.clear();
+        st.operation_faults.clear();
+    }
+
+    pub fn mark_in_use(&self, snapshot_id: &str) {
+        self.state().in_use.insert(snapshot_id.into());
+    }
+
+    pub fn set_clock(&self, now: DateTime<Utc>) {
+        self.state().clock = Some(now);
+    }
+
+    pub fn snapshots(&self) -> Vec<Snapshot> {
+        self.state().snapshots.values().cloned().collect()
+    }
+
+    pub fn calls(&self, operation: &str) -> u64 {
+        self.state().calls.get(operation).copied().unwrap_or(0)
+    }
+
+    fn enter(&self, operation: &'static str) -> Result<std::sync::MutexGuard<'_, State>> {
+        let mut st = self.state();
+        *st.calls.entry(operation).or_default() += 1;
+        if let Some(code) = st.operation_faults.get(operation) {
+            return Err(self.api_error(operation, code));
+        }
+        Ok(st)
+    }
+
+    fn api_error(&self, operation: &'static str, code: &str) -> Error {
+        Error::Api {
+            operation,
+            region: self.region.clone(),
+            code: code.into(),
+            message: "injected by the fake EC2 backend".into(),
+        }
+    }
+}
+
+fn to_tags(tags: &[(&str, &str)]) -> Tags {
+    tags.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Applies tag filters and the few attribute filters snapwarden sends; an unknown filter is a bug in the caller.
+fn matches(
+    filters: &[Filter],
+    tags: &Tags,
+    attribute: impl Fn(&str) -> Option<Vec<String>>,
+) -> Result<bool> {
+    for f in filters {
+        let ok = match f.matches_tags(tags) {
+            Some(ok) => ok,
+            None => match attribute(&f.name) {
+                Some(have) => have.iter().any(|h| f.values.contains(h)),
+                None => {
+                    return Err(Error::Other(format!(
+                        "fake EC2: unsupported filter {}",
+                        f.name
+                    )))
+                }
+            },
+        };
+        if !ok {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+#[async_trait]
+impl Ec2 for FakeEc2 {
+    fn region(&self) -> &str {
+        &self.region
+    }
+
+    async fn account_id(&self) -> Result<String> {
+        drop(self.enter("GetCallerIdentity")?);
+        Ok(FAKE_ACCOUNT.into())
+    }
+
+    async fn describe_instances(&self, filters: &[Filter]) -> Result<Vec<Instance>> {
+        let st = self.enter("DescribeInstances")?;
+        let mut out = Vec::new();
+        for i in st.instances.values() {
+            let attr = |name: &str| match name {
+                "instance-state-name" => Some(vec!["running".to_string()]),
+                "instance-id" => Some(vec![i.id.clone()]),
+                _ => None,
+            };
+            if matches(filters, &i.tags, attr)? {
+                out.push(i.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    async fn describe_volumes(&self, filters: &[Filter]) -> Result<Vec<Volume>> {
+        let st = self.enter("DescribeVolumes")?;
+        let mut out = Vec::new();
+        for v in st.volumes.values() {
+            let attr = |name: &str| match name {
+                "volume-id" => Some(vec![v.id.clone()]),
+                "attachment.instance-id" => {
+                    Some(v.attachment.iter().map(|(i, _)| i.clone()).collect())
+                }
+                "status" => Some(vec![if v.attachment.is_some() {
+                    "in-use"
+                } else {
+                    "available"
+                }
+                .to_string()]),
+                _ => None,
+            };
+            if matches(filters, &v.tags, attr)? {
+                out.push(v.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    async fn describe_snapshots(&self, filters: &[Filter]) -> Result<Vec<Snapshot>> {
+        let st = self.enter("DescribeSnapshots")?;
+        let mut out = Vec::new();
+        for s in st.snapshots.values() {
+            let attr = |name: &str| match name {
+                "volume-id" => Some(vec![s.volume_id.clone()]),
+                "status" => Some(vec![s.state.as_str().to_string()]),
+                _ => None,
+            };
+            // Like moto (and unlike EC2 with OwnerIds=self) the fake returns other accounts' snapshots too, so the
+            // caller's own owner check is exercised.
+            if matches(filters, &s.tags, attr)? {
+                out.push(s.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    async fn create_snapshot(&self, request: &CreateSnapshot) -> Result<Snapshot> {
+        let mut st = self.enter("CreateSnapshot")?;
+        if let Some(code) = st.create_faults.get(&request.volume_id) {
+            return Err(self.api_error("CreateSnapshot", code));
+        }
+        if !st.volumes.contains_key(&request.volume_id) {
+            return Err(self.api_error("CreateSnapshot", "InvalidVolume.NotFound"));
+        }
+        let id = Self::next_id(&mut st, "snap");
+        let snapshot = Snapshot {
+            id: id.clone(),
+            volume_id: request.volume_id.clone(),
+            state: SnapState::Pending,
+            start_time: st.clock.unwrap_or_else(Utc::now),
+            owner_id: FAKE_ACCOUNT.into(),
+            description: request.description.clone(),
+            tags: request.tags.clone(),
+        };
+        st.snapshots.insert(id, snapshot.clone());
+        Ok(snapshot)
+    }
+
+    async fn delete_snapshot(&self, snapshot_id: &str) -> Result<()> {
+        let mut st = self.enter("DeleteSnapshot")?;
+        if st.in_use.contains(snapshot_id) {
+            return Err(self.api_error("DeleteSnapshot", "InvalidSnapshot.InUse"));
+        }
+        match st.snapshots.remove(snapshot_id) {
+            Some(_) => Ok(()),
+            None => Err(self.api_error("DeleteSnapshot", "InvalidSnapshot.NotFound")),
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! What snapwarden needs from EC2, as a small trait over plain types, plus the decorators every backend is wrapped
+//! in: [`Instrumented`] (concurrency bound, request metrics) and [`DryRun`] (records mutations instead of doing
+//! them, so a dry run walks exactly the code path of a real one). Backends: [`sdk::SdkEc2`] (aws-sdk-ec2) and
+//! [`fake::FakeEc2`] (in memory, for tests and `demo`). This module knows nothing of policies or retention.
+
+pub mod fake;
+pub mod sdk;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tokio::sync::Semaphore;
+
+use crate::error::Result;
+use crate::metrics::Metrics;
+use crate::retention::SnapState;
+
+pub type Tags = BTreeMap<String, String>;
+
+/// Tags snapwarden writes; `TAG_MANAGED` is the one deletion depends on.
+pub const TAG_MANAGED: &str = "snapwarden:managed";
+pub const TAG_POLICY: &str = "snapwarden:policy";
+pub const TAG_SCHEDULE: &str = "snapwarden:schedule";
+pub const TAG_SLOT: &str = "snapwarden:slot";
+pub const TAG_INSTANCE: &str = "snapwarden:instance-id";
+pub const TAG_DEVICE: &str = "snapwarden:device";
+/// Any value pins a snapshot: retention never deletes it.
+pub const TAG_KEEP: &str = "snapwarden:keep";
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Instance {
+    pub id: String,
+    pub tags: Tags,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Volume {
+    pub id: String,
+    pub tags: Tags,
+    pub volume_type: String,
+    /// (instance id, device name) when attached.
+    pub attachment: Option<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub id: String,
+    pub volume_id: String,
+    pub state: SnapState,
+    pub start_time: DateTime<Utc>,
+    pub owner_id: String,
+    pub description: String,
+    pub tags: Tags,
+}
+
+/// An EC2 describe filter (`tag:Name`, `tag-key`, `attachment.instance-id`, …).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Filter {
+    pub name: String,
+    pub values: Vec<String>,
+}
+
+impl Filter {
+    pub fn new(name: impl Into<String>, values: Vec<String>) -> Self {
+        Filter {
+            name: name.into(),
+            values,
+        }
+    }
+
+    /// `value == "*"` means "the tag is present with any value".
+    pub fn tag(key: &str, value: &str) -> Self {
+        if value == "*" {
+            Filter::new("tag-key", vec![key.to_string()])
+        } else {
+            Filter::new(format!("tag:{key}"), vec![value.to_string()])
+        }
+    }
+
+    /// Whether `tags` satisfy a tag filter; other filters are the backend's business.
+    pub fn matches_tags(&self, tags: &Tags) -> Option<bool> {
+        if self.name == "tag-key" {
+            return Some(self.values.iter().any(|k| tags.contains_key(k)));
+        }
+        let key = self.name.strip_prefix("tag:")?;
+        Some(
+            tags.get(key)
+                .is_some_and(|v| self.values.iter().any(|want| want == v)),
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreateSnapshot {
+    pub volume_id: String,
+    pub description: String,
+    pub tags: Tags,
+}
+
+/// The EC2 operations snapwarden uses, one region per value. Describes are filtered and fully paginated by the
+/// implementation; snapshot describes are always restricted to snapshots the account owns.
+#[async_trait]
+pub trait Ec2: Send + Sync {
+    fn region(&self) -> &str;
+    /// The account the credentials belong to; snapshots owned by anyone else are never deletion candidates.
+    async fn account_id(&self) -> Result<String>;
+    async fn describe_instances(&self, filters: &[Filter]) -> Result<Vec<Instance>>;
+    async fn describe_volumes(&self, filters: &[Filter]) -> Result<Vec<Volume>>;
+    async fn describe_snapshots(&self, filters: &[Filter]) -> Result<Vec<Snapshot>>;
+    async fn create_snapshot(&self, request: &CreateSnapshot) -> Result<Snapshot>;
+    async fn delete_snapshot(&self, snapshot_id: &str) -> Result<()>;
+}
+
+/// Bounds in-flight calls (shared across all runs of the process) and records every call's outcome.
+pub struct Instrumented {
+    inner: Arc<dyn Ec2>,
+    permits: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+}
+
+impl Instrumented {
+    pub fn new(inner: Arc<dyn Ec2>, permits: Arc<Semaphore>, metrics: Arc<Metrics>) -> Self {
+        Instrumented {
+            inner,
+            permits,
+            metrics,
+        }
+    }
+
+    async fn call<T, F>(&self, operation: &'static str, fut: F) -> Result<T>
+    where
+        F: std::future::Future<Output = Result<T>>,
+    {
+        // The semaphore is never closed, so acquire cannot fail.
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .expect("AWS call semaphore closed");
+        let result = fut.await;
+        self.metrics.aws_request(operation, result.as_ref().err());
+        result
+    }
+}
+
+#[async_trait]
+impl Ec2 for Instrumented {
+    fn region(&self) -> &str {
+        self.inner.region()
+    }
+    async fn account_id(&self) -> Result<String> {
+        self.call("GetCallerIdentity", self.inner.account_id())
+            .await
+    }
+    async fn describe_instances(&self, filters: &[Filter]) -> Result<Vec<Instance>> {
+        self.call("DescribeInstances", self.inner.describe_instances(filters))
+            .await
+    }
+    async fn describe_volumes(&self, filters: &[Filter]) -> Result<Vec<Volume>> {
+        self.call("DescribeVolumes", self.inner.describe_volumes(filters))
+            .await
+    }
+    async fn describe_snapshots(&self, filters: &[Filter]) -> Result<Vec<Snapshot>> {
+        self.call("DescribeSnapshots", self.inner.describe_snapshots(filters))
+            .await
+    }
+    async fn create_snapshot(&self, request: &CreateSnapshot) -> Result<Snapshot> {
+        self.call("CreateSnapshot", self.inner.create_snapshot(request))
+            .await
+    }
+    async fn delete_snapshot(&self, snapshot_id: &str) -> Result<()> {
+        self.call("DeleteSnapshot", self.inner.delete_snapshot(snapshot_id))
+            .await
+    }
+}
+
+/// What a dry run would have done.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DryRunLog {
+    pub created: Vec<CreateSnapshot>,
+    pub deleted: Vec<String>,
+}
+
+/// Reads through to the real backend and records mutations instead of performing them.
+pub struct DryRun {
+    inner: Arc<dyn Ec2>,
+    log: Mutex<DryRunLog>,
+}
+
+impl DryRun {
+    pub fn new(inner: Arc<dyn Ec2>) -> Self {
+        DryRun {
+            inner,
+            log: Mutex::new(DryRunLog::default()),
+        }
+    }
+
+    pub fn log(&self) -> DryRunLog {
+        self.log.lock().expect("dry-run log poisoned").clone()
+    }
+}
+
+#[async_trait]
+impl Ec2 for DryRun {
+    fn region(&self) -> &str {
+        self.inner.region()
+    }
+    async fn account_id(&self) -> Result<String> {
+        self.inner.account_id().await
+    }
+    async fn describe_instances(&self, filters: &[Filter]) -> Result<Vec<Instance>> {
+        self.inner.describe_instances(filters).await
+    }
+    async fn describe_volumes(&self, filters: &[Filter]) -> Result<Vec<Volume>> {
+        self.inner.describe_volumes(filters).await
+    }
+    async fn describe_snapshots(&self, filters: &[Filter]) -> Result<Vec<Snapshot>> {
+        self.inner.describe_snapshots(filters).await
+    }
+    async fn create_snapshot(&self, request: &CreateSnapshot) -> Result<Snapshot> {
+        let mut log = self.log.lock().expect("dry-run log poisoned");
+        log.created.push(request.clone());
+        // A pending placeholder: retention treats it like a snapshot that is being made, as it would for real.
+        Ok(Snapshot {
+            id: format!("snap-dryrun-{}", log.created.len()),
+            volume_id: request.volume_id.clone(),
+            state: SnapState::Pending,
+            start_time: Utc::now(),
+            owner_id: String::new(),
+            description: request.description.clone(),
+            tags: request.tags.clone(),
+        })
+    }
+    async fn delete_snapshot(&self, snapshot_id: &str) -> Result<()> {
+        self.log
+            .lock()
+            .expect("dry-run log poisoned")
+            .deleted
+            .push(snapshot_id.to_string());
+        Ok(())
+    }
+}
+
+/// User tags worth copying onto a snapshot: never `aws:*` (reserved, CreateSnapshot rejects them) and never our
+/// own, which are set explicitly.
+pub fn copyable_tags(tags: &Tags) -> impl Iterator<Item = (&String, &String)> {
+    tags.iter()
+        .filter(|(k, _)| !k.starts_with("aws:") && !k.starts_with("snapwarden:"))
+}

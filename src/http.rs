@@ -1,0 +1,176 @@
+//! The HTTP surface: `router(state)` serves `/healthz` (the scheduler loop is ticking), `/readyz` (config
+//! loaded, credentials resolved, first AWS call answered), `/metrics` (Prometheus text) and `/status` (JSON per
+//! policy/schedule). It only reads shared state; it never triggers work.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::get;
+use axum::Router;
+use chrono::Utc;
+use serde_json::json;
+
+use crate::metrics::Metrics;
+use crate::status::{Health, StatusBoard};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub metrics: Arc<Metrics>,
+    pub status: Arc<StatusBoard>,
+    pub health: Arc<Health>,
+    /// The loop ticks at least once a second; this much silence means it is stuck.
+    pub stall_after: Duration,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/status", get(status))
+        .with_state(state)
+}
+
+async fn healthz(State(s): State<AppState>) -> Response {
+    match s.health.heartbeat_age(Utc::now()) {
+        Some(age) if age <= s.stall_after.as_secs_f64() => (
+            StatusCode::OK,
+            format!("ok: scheduler ticked {age:.1}s ago\n"),
+        )
+            .into_response(),
+        Some(age) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("stalled: scheduler last ticked {age:.1}s ago\n"),
+        )
+            .into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "starting: scheduler has not ticked yet\n",
+        )
+            .into_response(),
+    }
+}
+
+async fn readyz(State(s): State<AppState>) -> Response {
+    use std::sync::atomic::Ordering::Relaxed;
+    let h = &s.health;
+    let body = json!({
+        "ready": h.ready(),
+        "config_loaded": h.config_loaded.load(Relaxed),
+        "credentials_resolved": h.credentials_resolved.load(Relaxed),
+        "aws_reachable": h.aws_reachable.load(Relaxed),
+    });
+    let code = if h.ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.metrics.render(Utc::now()),
+    )
+        .into_response()
+}
+
+async fn status(State(s): State<AppState>) -> Response {
+    let now = Utc::now();
+    let staleness = s.metrics.staleness(now);
+    let mut policies = serde_json::Map::new();
+    for (policy, schedules) in s.status.snapshot() {
+        let mut out = serde_json::Map::new();
+        for (name, st) in schedules {
+            let mut v = serde_json::to_value(&st).expect("status serializes");
+            if let Some((age, unprotected)) = staleness.get(&(policy.clone(), name.clone())) {
+                v["staleness_seconds"] = json!(age);
+                v["unprotected_volumes"] = json!(unprotected);
+            }
+            out.insert(name, v);
+        }
+        policies.insert(policy, serde_json::Value::Object(out));
+    }
+    Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "now": now,
+        "healthy": s.health.heartbeat_age(now).is_some_and(|a| a <= s.stall_after.as_secs_f64()),
+        "ready": s.health.ready(),
+        "policies": policies,
+    }))
+    .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    fn state() -> AppState {
+        AppState {
+            metrics: Arc::new(Metrics::new()),
+            status: Arc::new(StatusBoard::default()),
+            health: Arc::new(Health::default()),
+            stall_after: Duration::from_secs(30),
+        }
+    }
+
+    async fn get(s: &AppState, path: &str) -> (StatusCode, String) {
+        let resp = router(s.clone())
+            .oneshot(Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let code = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (code, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn health_follows_the_heartbeat() {
+        let s = state();
+        assert_eq!(get(&s, "/healthz").await.0, StatusCode::SERVICE_UNAVAILABLE);
+        s.health.beat(Utc::now());
+        assert_eq!(get(&s, "/healthz").await.0, StatusCode::OK);
+        s.health.beat(Utc::now() - chrono::Duration::seconds(60));
+        let (code, body) = get(&s, "/healthz").await;
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("stalled"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn ready_needs_every_milestone() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = state();
+        s.health.config_loaded.store(true, Relaxed);
+        s.health.credentials_resolved.store(true, Relaxed);
+        let (code, body) = get(&s, "/readyz").await;
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("\"aws_reachable\":false"), "{body}");
+        s.health.aws_reachable.store(true, Relaxed);
+        assert_eq!(get(&s, "/readyz").await.0, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn status_and_metrics_render() {
+        let s = state();
+        s.status.register("prod", "daily", "30 4 * * *");
+        s.status.set_next("prod", "daily", Some(Utc::now()));
+        let (code, body) = get(&s, "/status").await;
+        assert_eq!(code, StatusCode::OK);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["policies"]["prod"]["daily"]["cron"], "30 4 * * *");
+        let (code, body) = get(&s, "/metrics").await;
+        assert_eq!(code, StatusCode::OK);
+        assert!(body.contains("snapwarden_build_info"), "{body}");
+    }
+}

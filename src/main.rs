@@ -1,0 +1,441 @@
+//! The `snapwarden` command line: parses arguments, loads the config (exit 78 on a bad one), sets up logging and
+//! hands over to the library. Exit codes: 0 done, 1 runtime failure, 2 a one-shot run ended partial, 64 bad
+//! arguments, 78 bad config.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use snapwarden::config::{self, Config, ConfigError};
+use snapwarden::daemon::{self, Shared};
+use snapwarden::ec2::{DryRun, Ec2};
+use snapwarden::logging::{self, Console};
+use snapwarden::notify::Notifier;
+use snapwarden::report::RunResult;
+use snapwarden::retention::Action;
+use snapwarden::schedule::{self, format_slot};
+use snapwarden::worker::{self, Region, RunSpec};
+
+#[derive(Parser)]
+#[command(
+    name = "snapwarden",
+    version,
+    about = "Keeps EBS snapshots of tagged EC2 instances on schedule and prunes them by policy"
+)]
+struct Cli {
+    /// Config file [default: $SNAPWARDEN_CONFIG, else /etc/snapwarden/snapwarden.toml]
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: scheduler, workers, HTTP (/healthz /readyz /metrics /status).
+    Run,
+    /// Check the config and exit (78 with every problem listed when it is bad).
+    Validate,
+    /// Run one schedule's latest slot (or --slot) now, then its retention.
+    Once {
+        #[arg(long)]
+        policy: String,
+        #[arg(long)]
+        schedule: String,
+        /// The slot to run, RFC 3339 (must be a fire time of the schedule) [default: its latest fire time]
+        #[arg(long)]
+        slot: Option<String>,
+        /// Print what would be created and deleted; touch nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// The whole daemon against an in-memory EC2 fleet with fast schedules: watch /status and /metrics fill up.
+    Demo {
+        /// Listen address [default: the demo config's 127.0.0.1:9180]
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Every managed snapshot with keep/delete and the reasons, against live data. Changes nothing.
+    Plan {
+        #[arg(long)]
+        policy: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Upcoming fire times in the configured timezone.
+    Next {
+        #[arg(long, default_value_t = 5)]
+        count: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match &cli.command {
+        Command::Demo { listen } => demo_config(cli.config.as_deref(), *listen),
+        _ => load(cli.config.as_deref()),
+    };
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(ConfigError::EXIT_CODE as u8);
+        }
+    };
+    if let Command::Validate = cli.command {
+        let schedules: usize = config.policies.iter().map(|p| p.schedules.len()).sum();
+        println!(
+            "{}: OK ({} policies, {schedules} schedules)",
+            config.source.display(),
+            config.policies.len()
+        );
+        return ExitCode::SUCCESS;
+    }
+    let console = if matches!(cli.command, Command::Run | Command::Demo { .. }) {
+        Console::Stdout
+    } else {
+        Console::Stderr
+    };
+    let _guard = match logging::init(&config.log, console) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!(
+                "{}: log: {e}; fix log.file.directory or its permissions",
+                config.source.display()
+            );
+            return ExitCode::from(ConfigError::EXIT_CODE as u8);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command, config)) {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "exiting");
+            eprintln!("snapwarden: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(cli: Option<&std::path::Path>) -> Result<Config, ConfigError> {
+    let path = config::resolve_path(cli);
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    config::load(&path, &env)
+}
+
+fn demo_config(
+    cli: Option<&std::path::Path>,
+    listen: Option<std::net::SocketAddr>,
+) -> Result<Config, ConfigError> {
+    let mut c = match cli {
+        Some(path) => load(Some(path))?,
+        None => config::from_toml_str(
+            std::path::Path::new("(built-in demo config)"),
+            snapwarden::demo::DEMO_CONFIG,
+            &[],
+        )?,
+    };
+    if let Some(l) = listen {
+        c.daemon.listen = l;
+    }
+    Ok(c)
+}
+
+async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Validate => unreachable!("handled before the runtime starts"),
+        Command::Run => {
+            let shared = Shared::new(config);
+            let regions = daemon::aws_regions(&shared).await.context("cannot start")?;
+            let publisher = daemon::sns_publisher(&shared.config).await;
+            serve(shared, regions, publisher).await
+        }
+        Command::Demo { .. } => {
+            let shared = Shared::new(config);
+            let fake = snapwarden::demo::fleet();
+            let permits = Arc::new(tokio::sync::Semaphore::new(
+                shared.config.daemon.max_concurrent_aws_calls,
+            ));
+            let region = daemon::region(&shared, fake.clone(), permits).await?;
+            let stop = CancellationToken::new();
+            tokio::spawn(snapwarden::demo::complete_snapshots(fake, stop.clone()));
+            println!(
+                "snapwarden demo: in-memory EC2 fleet, schedules firing every few seconds.\n  http://{0}/status\n  http://{0}/metrics\nCtrl-C to stop.",
+                shared.config.daemon.listen
+            );
+            let code = serve(shared, vec![region], None).await;
+            stop.cancel();
+            code
+        }
+        Command::Once {
+            policy,
+            schedule,
+            slot,
+            dry_run,
+        } => once(config, &policy, &schedule, slot.as_deref(), dry_run).await,
+        Command::Plan { policy, json } => plan(config, policy.as_deref(), json).await,
+        Command::Next { count } => {
+            let tz = config.daemon.timezone;
+            let now = Utc::now();
+            for p in &config.policies {
+                for s in &p.schedules {
+                    for t in s.cron.upcoming(now, tz, count) {
+                        println!(
+                            "{}/{}\t{}\t{}",
+                            p.name,
+                            s.name,
+                            t.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S %Z"),
+                            format_slot(t)
+                        );
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Runs the daemon until SIGTERM/SIGINT; a second signal exits at once.
+async fn serve(
+    shared: Shared,
+    regions: Vec<Arc<Region>>,
+    publisher: Option<Arc<dyn snapwarden::notify::Publisher>>,
+) -> anyhow::Result<ExitCode> {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signals(shutdown.clone()));
+    let drained = daemon::serve(shared, regions, publisher, true, shutdown).await?;
+    tracing::info!(drained, "stopped");
+    Ok(if drained {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    tracing::info!("signal received: finishing in-flight runs (send it again to exit at once)");
+    shutdown.cancel();
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    eprintln!("second signal: exiting now");
+    std::process::exit(130);
+}
+
+async fn once(
+    config: Config,
+    policy: &str,
+    schedule_name: &str,
+    slot: Option<&str>,
+    dry_run: bool,
+) -> anyhow::Result<ExitCode> {
+    let tz = config.daemon.timezone;
+    let Some(p) = config.policy(policy).cloned() else {
+        let names: Vec<&str> = config.policies.iter().map(|p| p.name.as_str()).collect();
+        bail!(
+            "no policy `{policy}` in {}; policies: {}",
+            config.source.display(),
+            names.join(", ")
+        );
+    };
+    let Some(s) = p.schedule(schedule_name).cloned() else {
+        let names: Vec<&str> = p.schedules.iter().map(|s| s.name.as_str()).collect();
+        bail!(
+            "policy `{policy}` has no schedule `{schedule_name}`; schedules: {}",
+            names.join(", ")
+        );
+    };
+    let slot: DateTime<Utc> = match slot {
+        Some(text) => {
+            let t = schedule::parse_slot(text).with_context(|| {
+                format!("--slot `{text}` is not RFC 3339; write e.g. 2026-11-21T04:30:00Z")
+            })?;
+            if s.cron.latest_at_or_before(t, tz) != Some(t) {
+                let near = s
+                    .cron
+                    .latest_at_or_before(t, tz)
+                    .map(format_slot)
+                    .unwrap_or_default();
+                bail!("--slot {text} is not a fire time of {policy}/{schedule_name} (`{}` in {tz}); the latest one before it is {near}", s.cron.as_str());
+            }
+            t
+        }
+        None => s
+            .cron
+            .latest_at_or_before(Utc::now(), tz)
+            .context("the schedule has never fired")?,
+    };
+    let firing = daemon::firing_at(&p, slot, tz);
+    let shared = Shared::new(config);
+    let regions = daemon::aws_regions(&shared).await.context("cannot start")?;
+    let (notifier, notify_task) = if dry_run {
+        (None, None)
+    } else {
+        let window = shared
+            .config
+            .notify
+            .sns
+            .as_ref()
+            .map_or(std::time::Duration::from_secs(0), |s| s.dedup_window);
+        let (n, t) = Notifier::spawn(
+            daemon::sns_publisher(&shared.config).await,
+            window,
+            shared.metrics.clone(),
+        );
+        (Some(n), Some(t))
+    };
+    let mut worst = RunResult::Success;
+    for r in &regions {
+        let dry = dry_run.then(|| Arc::new(DryRun::new(r.ec2.clone())));
+        let ec2: &dyn Ec2 = match &dry {
+            Some(d) => d.as_ref(),
+            None => r.ec2.as_ref(),
+        };
+        let spec = RunSpec {
+            policy: &p,
+            firing: firing.clone(),
+            slot,
+            account_id: &r.account_id,
+            concurrency: shared.config.daemon.max_concurrent_aws_calls,
+            dry_run,
+        };
+        let outcome = worker::run(ec2, &spec, &shared.metrics, Utc::now).await;
+        let rep = &outcome.report;
+        println!(
+            "{} {}/{} slot {}: {} — {} targeted, {} created, {} already present, {} failed, {} deleted, {} kept, {} kept (AMI)",
+            rep.region, rep.policy, rep.schedule_label(), format_slot(slot), rep.result().as_str(), rep.targeted_volumes, rep.created,
+            rep.already_done, rep.failed_volumes(), rep.deleted, rep.kept, rep.kept_in_use
+        );
+        for pr in rep.fatal.iter().chain(&rep.problems) {
+            println!(
+                "  problem: {} {}: {} {}",
+                pr.operation, pr.resource, pr.code, pr.message
+            );
+        }
+        if let Some(d) = &dry {
+            let log = d.log();
+            for c in &log.created {
+                println!(
+                    "  would create: snapshot of {} ({})",
+                    c.volume_id, c.description
+                );
+            }
+            for dec in outcome.plan.iter().filter(|d| d.action == Action::Delete) {
+                let why: Vec<String> = dec.reasons.iter().map(ToString::to_string).collect();
+                println!(
+                    "  would delete: {} of {} slot {} ({})",
+                    dec.snapshot_id,
+                    dec.volume_id,
+                    format_slot(dec.slot),
+                    why.join("; ")
+                );
+            }
+        }
+        worst = worst.max_severity(rep.result());
+        if let Some(n) = &notifier {
+            n.submit(outcome.report, &shared.metrics);
+        }
+    }
+    drop(notifier);
+    if let Some(t) = notify_task {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(30), t).await;
+    }
+    Ok(match worst {
+        RunResult::Success => ExitCode::SUCCESS,
+        RunResult::Partial => ExitCode::from(2),
+        RunResult::Failure => ExitCode::FAILURE,
+    })
+}
+
+async fn plan(config: Config, policy: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
+    if let Some(name) = policy {
+        if config.policy(name).is_none() {
+            bail!("no policy `{name}` in {}", config.source.display());
+        }
+    }
+    let shared = Shared::new(config);
+    let regions = daemon::aws_regions(&shared).await.context("cannot start")?;
+    let now = Utc::now();
+    let mut rows = Vec::new();
+    for p in shared
+        .config
+        .policies
+        .iter()
+        .filter(|p| policy.is_none_or(|n| n == p.name))
+    {
+        for r in &regions {
+            let survey = worker::survey(r.ec2.as_ref(), p, &r.account_id)
+                .await
+                .with_context(|| format!("policy {} in {}", p.name, r.ec2.region()))?;
+            for d in worker::plan_retention(p, &survey, &Default::default(), now) {
+                rows.push(serde_json::json!({
+                    "policy": p.name,
+                    "region": r.ec2.region(),
+                    "volume_id": d.volume_id,
+                    "snapshot_id": d.snapshot_id,
+                    "slot": format_slot(d.slot),
+                    "age_seconds": (now - d.slot).num_seconds(),
+                    "action": if d.action == Action::Keep { "keep" } else { "delete" },
+                    "reasons": d.reasons.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                }));
+            }
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        println!(
+            "{:<12} {:<12} {:<22} {:<22} {:<20} {:>8} {:<6} REASONS",
+            "POLICY", "REGION", "VOLUME", "SNAPSHOT", "SLOT", "AGE", "ACTION"
+        );
+        for r in &rows {
+            let age = r["age_seconds"].as_i64().unwrap_or(0);
+            println!(
+                "{:<12} {:<12} {:<22} {:<22} {:<20} {:>7}h {:<6} {}",
+                r["policy"].as_str().unwrap_or_default(),
+                r["region"].as_str().unwrap_or_default(),
+                r["volume_id"].as_str().unwrap_or_default(),
+                r["snapshot_id"].as_str().unwrap_or_default(),
+                r["slot"].as_str().unwrap_or_default(),
+                age / 3600,
+                r["action"].as_str().unwrap_or_default(),
+                r["reasons"]
+                    .as_array()
+                    .map(|a| a
+                        .iter()
+                        .filter_map(|x| x.as_str())
+                        .collect::<Vec<_>>()
+                        .join("; "))
+                    .unwrap_or_default(),
+            );
+        }
+        let deletes = rows.iter().filter(|r| r["action"] == "delete").count();
+        println!(
+            "{} snapshots: {} keep, {deletes} delete",
+            rows.len(),
+            rows.len() - deletes
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,231 @@
+//! Every Prometheus metric snapwarden exports, in one place, with one method per event so the metric and its
+//! log line cannot drift apart. Labels are bounded: policy and schedule names come from the config, region from
+//! the config or SDK, everything else from enums (`Error::kind`, run results). Never an id or a message.
+//!
+//! Staleness is stored as timestamps and turned into ages at scrape time ([`Metrics::render`]), so the figure
+//! keeps growing while snapshot creation is broken instead of freezing at the last run's value.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::error::Error;
+
+pub struct Metrics {
+    registry: Registry,
+    pub snapshots_created: IntCounterVec,
+    pub snapshots_deleted: IntCounterVec,
+    pub snapshots_failed: IntCounterVec,
+    pub runs: IntCounterVec,
+    pub run_duration: HistogramVec,
+    pub last_success: GaugeVec,
+    pub next_run: GaugeVec,
+    pub managed_snapshots: IntGaugeVec,
+    staleness: GaugeVec,
+    unprotected: IntGaugeVec,
+    pub aws_requests: IntCounterVec,
+    pub aws_throttles: IntCounterVec,
+    pub notifications: IntCounterVec,
+    pub skipped_fires: IntCounterVec,
+    pub skipped_resources: IntCounterVec,
+    pub kept_in_use: IntCounterVec,
+    freshness: Mutex<HashMap<(String, String, String), Freshness>>,
+}
+
+/// Per policy/schedule/region: the oldest "newest completed snapshot" over its targeted volumes, and how many
+/// targeted volumes have no completed snapshot at all.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Freshness {
+    pub oldest_newest: Option<DateTime<Utc>>,
+    pub unprotected: usize,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let pss = &["policy", "schedule", "region"];
+        let m = Metrics {
+            snapshots_created: counter(&registry, "snapshots_created_total", "Snapshots created (per schedule they serve)", pss),
+            snapshots_deleted: counter(&registry, "snapshots_deleted_total", "Snapshots deleted by retention (per schedule they served)", pss),
+            snapshots_failed: counter(
+                &registry,
+                "snapshots_failed_total",
+                "Snapshot creations or deletions that failed",
+                &["policy", "schedule", "region", "operation"],
+            ),
+            runs: counter(&registry, "runs_total", "Finished runs by job and result", &["policy", "schedule", "job", "result"]),
+            run_duration: {
+                let h = HistogramVec::new(
+                    HistogramOpts::new("snapwarden_run_duration_seconds", "Run duration")
+                        .buckets(vec![0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0]),
+                    &["policy", "job"],
+                )
+                .expect("valid histogram");
+                registry.register(Box::new(h.clone())).expect("unique metric");
+                h
+            },
+            last_success: gauge(
+                &registry,
+                "last_success_timestamp_seconds",
+                "When a run of this job last succeeded",
+                &["policy", "schedule", "job"],
+            ),
+            next_run: gauge(&registry, "next_run_timestamp_seconds", "When the schedule fires next", &["policy", "schedule"]),
+            managed_snapshots: int_gauge(
+                &registry,
+                "managed_snapshots",
+                "Managed snapshots seen by the last run",
+                &["policy", "region"],
+            ),
+            staleness: gauge(
+                &registry,
+                "staleness_seconds",
+                "Age of the oldest newest-completed snapshot across the schedule's targeted volumes (the RPO figure)",
+                &["policy", "schedule"],
+            ),
+            unprotected: int_gauge(
+                &registry,
+                "unprotected_volumes",
+                "Targeted volumes with no completed snapshot of the schedule",
+                &["policy", "schedule"],
+            ),
+            aws_requests: counter(&registry, "aws_requests_total", "AWS API calls by operation and outcome", &["operation", "outcome"]),
+            aws_throttles: counter(&registry, "aws_throttles_total", "AWS calls that ended throttled", &["operation"]),
+            notifications: counter(&registry, "notifications_total", "SNS notifications by outcome", &["outcome"]),
+            skipped_fires: counter(
+                &registry,
+                "skipped_fires_total",
+                "Fires skipped because the schedule's previous run was still going",
+                &["policy", "schedule"],
+            ),
+            skipped_resources: counter(
+                &registry,
+                "skipped_resources_total",
+                "Targets skipped for a bad tag value",
+                &["policy", "schedule", "reason"],
+            ),
+            kept_in_use: counter(
+                &registry,
+                "snapshots_kept_in_use_total",
+                "Deletions refused because the snapshot backs an AMI",
+                &["policy", "region"],
+            ),
+            freshness: Mutex::new(HashMap::new()),
+            registry,
+        };
+        let build = int_gauge(&m.registry, "build_info", "Build information", &["version"]);
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        m
+    }
+
+    pub fn aws_request(&self, operation: &str, error: Option<&Error>) {
+        let outcome = error.map_or("ok", Error::kind);
+        self.aws_requests
+            .with_label_values(&[operation, outcome])
+            .inc();
+        if error.is_some_and(Error::is_throttle) {
+            self.aws_throttles.with_label_values(&[operation]).inc();
+        }
+    }
+
+    pub fn set_freshness(&self, policy: &str, schedule: &str, region: &str, f: Freshness) {
+        let key = (policy.to_string(), schedule.to_string(), region.to_string());
+        self.freshness
+            .lock()
+            .expect("freshness poisoned")
+            .insert(key, f);
+    }
+
+    /// Staleness per policy/schedule across regions, as of `now`: (seconds, unprotected volumes).
+    pub fn staleness(&self, now: DateTime<Utc>) -> HashMap<(String, String), (Option<f64>, usize)> {
+        let mut out: HashMap<(String, String), (Option<f64>, usize)> = HashMap::new();
+        for ((policy, schedule, _), f) in self.freshness.lock().expect("freshness poisoned").iter()
+        {
+            let entry = out.entry((policy.clone(), schedule.clone())).or_default();
+            entry.1 += f.unprotected;
+            if let Some(t) = f.oldest_newest {
+                let age = (now - t).num_milliseconds().max(0) as f64 / 1000.0;
+                entry.0 = Some(entry.0.map_or(age, |a: f64| a.max(age)));
+            }
+        }
+        out
+    }
+
+    /// The text exposition, with staleness brought up to `now` first.
+    pub fn render(&self, now: DateTime<Utc>) -> String {
+        for ((policy, schedule), (age, unprotected)) in self.staleness(now) {
+            if let Some(age) = age {
+                self.staleness
+                    .with_label_values(&[&policy, &schedule])
+                    .set(age);
+            }
+            self.unprotected
+                .with_label_values(&[&policy, &schedule])
+                .set(unprotected as i64);
+        }
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding cannot fail");
+        String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(format!("snapwarden_{name}"), help), labels)
+        .expect("valid counter");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    let g =
+        GaugeVec::new(Opts::new(format!("snapwarden_{name}"), help), labels).expect("valid gauge");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+fn int_gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(format!("snapwarden_{name}"), help), labels)
+        .expect("valid gauge");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staleness_grows_with_scrape_time_and_takes_the_worst_region() {
+        let m = Metrics::new();
+        let t0 = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .to_utc();
+        let f = |h| Freshness {
+            oldest_newest: Some(t0 - chrono::Duration::hours(h)),
+            unprotected: 0,
+        };
+        m.set_freshness("prod", "daily", "us-east-1", f(1));
+        m.set_freshness("prod", "daily", "eu-west-1", f(5));
+        let text = m.render(t0 + chrono::Duration::hours(26));
+        assert!(
+            text.contains(
+                "snapwarden_staleness_seconds{policy=\"prod\",schedule=\"daily\"} 111600"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("snapwarden_build_info{version="), "{text}");
+    }
+}

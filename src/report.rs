@@ -1,0 +1,175 @@
+//! The outcome of one run (one policy, one slot, one region): what was targeted, created, kept, deleted and what
+//! went wrong, plus the success/partial/failure verdict. Workers fill it in; alerts, metrics, logs and `/status`
+//! read it. Plain data, no I/O.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunResult {
+    Success,
+    Partial,
+    Failure,
+}
+
+impl RunResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunResult::Success => "success",
+            RunResult::Partial => "partial",
+            RunResult::Failure => "failure",
+        }
+    }
+
+    /// The worse of two results (for a one-shot run over several regions).
+    pub fn max_severity(self, other: RunResult) -> RunResult {
+        let rank = |r| match r {
+            RunResult::Success => 0,
+            RunResult::Partial => 1,
+            RunResult::Failure => 2,
+        };
+        if rank(other) > rank(self) {
+            other
+        } else {
+            self
+        }
+    }
+}
+
+/// Something that went wrong for one resource (or, with `resource == region`, for the whole run).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Problem {
+    /// volume, instance or snapshot id; the region for run-level problems.
+    pub resource: String,
+    /// `create`, `delete`, `target` (bad tag value) or `describe`.
+    pub operation: &'static str,
+    /// AWS error code, or a bounded label such as `bad-count-tag`.
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunReport {
+    pub run_id: String,
+    pub policy: String,
+    pub schedules: Vec<String>,
+    pub region: String,
+    pub slot: DateTime<Utc>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub dry_run: bool,
+    /// Volumes that should have a snapshot of this slot.
+    pub targeted_volumes: usize,
+    pub created: usize,
+    /// Volumes that already had this slot's snapshot (a retry or a restart).
+    pub already_done: usize,
+    pub deleted: usize,
+    pub kept: usize,
+    /// Deletions refused because the snapshot backs an AMI: reported, never a failure.
+    pub kept_in_use: usize,
+    /// Set when the run could not look at the region at all (describe failed): nothing was created or deleted.
+    pub fatal: Option<Problem>,
+    pub problems: Vec<Problem>,
+    /// Why retention did not run, when it did not.
+    pub retention_skipped: Option<String>,
+}
+
+impl RunReport {
+    pub fn new(
+        run_id: String,
+        policy: &str,
+        schedules: Vec<String>,
+        region: &str,
+        slot: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Self {
+        RunReport {
+            run_id,
+            policy: policy.to_string(),
+            schedules,
+            region: region.to_string(),
+            slot,
+            started_at: now,
+            finished_at: now,
+            dry_run: false,
+            targeted_volumes: 0,
+            created: 0,
+            already_done: 0,
+            deleted: 0,
+            kept: 0,
+            kept_in_use: 0,
+            fatal: None,
+            problems: Vec::new(),
+            retention_skipped: None,
+        }
+    }
+
+    /// Volumes whose snapshot of this slot failed.
+    pub fn failed_volumes(&self) -> usize {
+        self.problems
+            .iter()
+            .filter(|p| p.operation == "create")
+            .count()
+    }
+
+    pub fn result(&self) -> RunResult {
+        let failed = self.failed_volumes();
+        if self.fatal.is_some() || (failed > 0 && failed == self.targeted_volumes) {
+            RunResult::Failure
+        } else if self.problems.is_empty() {
+            RunResult::Success
+        } else {
+            RunResult::Partial
+        }
+    }
+
+    /// The distinct error codes, sorted: what de-duplication compares.
+    pub fn codes(&self) -> Vec<String> {
+        let mut codes: Vec<String> = self
+            .fatal
+            .iter()
+            .chain(&self.problems)
+            .map(|p| p.code.clone())
+            .collect();
+        codes.sort();
+        codes.dedup();
+        codes
+    }
+
+    pub fn schedule_label(&self) -> String {
+        self.schedules.join(",")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problem(op: &'static str, code: &str) -> Problem {
+        Problem {
+            resource: "vol-1".into(),
+            operation: op,
+            code: code.into(),
+            message: String::new(),
+        }
+    }
+
+    #[test]
+    fn verdicts() {
+        let now = Utc::now();
+        let mut r = RunReport::new("r".into(), "p", vec!["daily".into()], "us-east-1", now, now);
+        r.targeted_volumes = 2;
+        assert_eq!(r.result(), RunResult::Success);
+        r.problems.push(problem("target", "bad-count-tag"));
+        assert_eq!(r.result(), RunResult::Partial);
+        r.problems.push(problem("create", "IncorrectState"));
+        assert_eq!(r.result(), RunResult::Partial);
+        r.problems.push(problem("create", "IncorrectState"));
+        assert_eq!(r.result(), RunResult::Failure);
+        assert_eq!(
+            r.codes(),
+            vec!["IncorrectState".to_string(), "bad-count-tag".to_string()]
+        );
+    }
+}

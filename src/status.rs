@@ -1,0 +1,139 @@
+//! In-memory view of the daemon for `/status`, `/healthz` and `/readyz`: per policy/schedule the next fire and
+//! the last run, the scheduler's heartbeat, and the readiness milestones. It is a cache of what the scheduler
+//! and workers did in this process, never a source of truth: after a restart everything is read back from AWS.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::report::{RunReport, RunResult};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LastRun {
+    pub run_id: String,
+    pub region: String,
+    pub slot: DateTime<Utc>,
+    pub result: RunResult,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub targeted_volumes: usize,
+    pub created: usize,
+    pub already_done: usize,
+    pub failed: usize,
+    pub deleted: usize,
+    pub kept: usize,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ScheduleStatus {
+    pub cron: String,
+    pub next_fire: Option<DateTime<Utc>>,
+    pub running: bool,
+    pub skipped_fires: u64,
+    /// Latest run per region.
+    pub last_runs: BTreeMap<String, LastRun>,
+}
+
+/// Readiness milestones and the scheduler heartbeat.
+#[derive(Debug, Default)]
+pub struct Health {
+    heartbeat_ms: AtomicI64,
+    pub config_loaded: AtomicBool,
+    pub credentials_resolved: AtomicBool,
+    pub aws_reachable: AtomicBool,
+}
+
+impl Health {
+    pub fn beat(&self, now: DateTime<Utc>) {
+        self.heartbeat_ms
+            .store(now.timestamp_millis(), Ordering::Relaxed);
+    }
+
+    /// Seconds since the scheduler loop last ticked; None before its first tick.
+    pub fn heartbeat_age(&self, now: DateTime<Utc>) -> Option<f64> {
+        match self.heartbeat_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some((now.timestamp_millis() - ms).max(0) as f64 / 1000.0),
+        }
+    }
+
+    pub fn ready(&self) -> bool {
+        [
+            &self.config_loaded,
+            &self.credentials_resolved,
+            &self.aws_reachable,
+        ]
+        .iter()
+        .all(|b| b.load(Ordering::Relaxed))
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct StatusBoard {
+    schedules: Mutex<BTreeMap<String, BTreeMap<String, ScheduleStatus>>>,
+}
+
+impl StatusBoard {
+    fn with<R>(&self, policy: &str, schedule: &str, f: impl FnOnce(&mut ScheduleStatus) -> R) -> R {
+        let mut all = self.schedules.lock().expect("status poisoned");
+        f(all
+            .entry(policy.to_string())
+            .or_default()
+            .entry(schedule.to_string())
+            .or_default())
+    }
+
+    pub fn register(&self, policy: &str, schedule: &str, cron: &str) {
+        self.with(policy, schedule, |s| s.cron = cron.to_string());
+    }
+
+    pub fn set_next(&self, policy: &str, schedule: &str, next: Option<DateTime<Utc>>) {
+        self.with(policy, schedule, |s| s.next_fire = next);
+    }
+
+    /// Marks a schedule running; false when it already is (the caller skips the fire).
+    pub fn try_start(&self, policy: &str, schedule: &str) -> bool {
+        self.with(policy, schedule, |s| {
+            if s.running {
+                s.skipped_fires += 1;
+                false
+            } else {
+                s.running = true;
+                true
+            }
+        })
+    }
+
+    pub fn finish(&self, policy: &str, schedule: &str) {
+        self.with(policy, schedule, |s| s.running = false);
+    }
+
+    pub fn record(&self, report: &RunReport) {
+        let last = LastRun {
+            run_id: report.run_id.clone(),
+            region: report.region.clone(),
+            slot: report.slot,
+            result: report.result(),
+            started_at: report.started_at,
+            finished_at: report.finished_at,
+            targeted_volumes: report.targeted_volumes,
+            created: report.created,
+            already_done: report.already_done,
+            failed: report.failed_volumes(),
+            deleted: report.deleted,
+            kept: report.kept,
+        };
+        for s in &report.schedules {
+            self.with(&report.policy, s, |st| {
+                st.last_runs.insert(report.region.clone(), last.clone())
+            });
+        }
+    }
+
+    pub fn snapshot(&self) -> BTreeMap<String, BTreeMap<String, ScheduleStatus>> {
+        self.schedules.lock().expect("status poisoned").clone()
+    }
+}

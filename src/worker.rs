@@ -1,0 +1,674 @@
+//! Snapshot and retention runs: the only module that mixes decisions with I/O. A run is one policy, one slot
+//! (fire time) and one region: survey the region (targets, count tags, the policy's managed snapshots — one
+//! filtered, paginated sweep each), create the slot's missing snapshots, then plan retention with the pure planner
+//! and execute it. Everything it needs to know is read back from tags, so a retry or a restart after a crash
+//! finds the slot's snapshots and does not duplicate them.
+//!
+//! Dry runs go through the same code with an `ec2::DryRun` backend; the worker never checks a dry-run flag to
+//! decide what to call.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use futures::stream::{self, StreamExt};
+use tracing::Instrument;
+
+use crate::config::{Policy, ResourceKind};
+use crate::ec2::{self, CreateSnapshot, Ec2, Filter, Instance, Snapshot, Tags, Volume};
+use crate::error::Error;
+use crate::metrics::{Freshness, Metrics};
+use crate::report::{Problem, RunReport, RunResult};
+use crate::retention::{self, Action, Decision, PlanInput, ScheduleRules, Snap, SnapState};
+use crate::schedule::{format_slot, parse_slot};
+
+/// Largest accepted count-tag value: beyond this a typo (`1e9`, `70000`) is more likely than intent.
+pub const MAX_COUNT: u32 = 10_000;
+/// EC2 allows 50 tags per resource.
+const MAX_TAGS: usize = 50;
+/// EC2 accepts up to 200 values per filter.
+const FILTER_VALUES: usize = 200;
+
+/// Parses a count-tag value: a whole number from 1 to [`MAX_COUNT`], surrounding blanks allowed.
+pub fn parse_count(value: &str) -> Result<u32, String> {
+    let v = value.trim();
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "`{value}` is not a whole number; write a count from 1 to {MAX_COUNT}"
+        ));
+    }
+    match v.parse::<u32>() {
+        Ok(n) if (1..=MAX_COUNT).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "`{value}` is out of range; write a count from 1 to {MAX_COUNT}"
+        )),
+    }
+}
+
+/// A volume to snapshot, with the instance it hangs off (instance targets).
+#[derive(Debug, Clone)]
+pub struct TargetVolume {
+    pub volume: Volume,
+    pub instance: Option<Instance>,
+    /// Schedules of the policy that target this volume (all of them, firing or not).
+    pub schedules: Vec<String>,
+}
+
+/// What one region holds for a policy.
+#[derive(Debug, Default)]
+pub struct Survey {
+    pub targets: Vec<TargetVolume>,
+    /// (volume, schedule) -> keep-last from the count tag, for live targets with a good value.
+    pub counts: HashMap<(String, String), u32>,
+    /// (volume, schedule) pairs whose target resource was seen live for a count-tag schedule (good value or not).
+    pub seen: HashSet<(String, String)>,
+    /// Bad count-tag values: reported, the resource skipped for that schedule.
+    pub problems: Vec<(String, Problem)>,
+    /// Managed snapshots of the policy owned by this account.
+    pub snapshots: Vec<Snapshot>,
+}
+
+fn state_filter() -> Filter {
+    Filter::new(
+        "instance-state-name",
+        ["pending", "running", "stopping", "stopped"]
+            .map(String::from)
+            .to_vec(),
+    )
+}
+
+/// Reads targets and the policy's managed snapshots. Any describe failure fails the survey: acting on a
+/// half-known state could duplicate snapshots or delete the wrong ones.
+pub async fn survey(ec2: &dyn Ec2, policy: &Policy, account_id: &str) -> Result<Survey, Error> {
+    let mut filters: Vec<Filter> = policy
+        .target
+        .tags
+        .iter()
+        .map(|(k, v)| Filter::tag(k, v))
+        .collect();
+    let count_tags: Vec<String> = policy
+        .schedules
+        .iter()
+        .filter_map(|s| s.count_tag.clone())
+        .collect();
+    if count_tags.len() == policy.schedules.len() {
+        // Every schedule is count-tag driven: only resources carrying one of the tags can be targets.
+        filters.push(Filter::new("tag-key", count_tags));
+    }
+    let resources: Vec<(Volume, Option<Instance>)> = match policy.target.resource {
+        ResourceKind::Volume => ec2
+            .describe_volumes(&filters)
+            .await?
+            .into_iter()
+            .map(|v| (v, None))
+            .collect(),
+        ResourceKind::Instance => {
+            filters.push(state_filter());
+            let instances: HashMap<String, Instance> = ec2
+                .describe_instances(&filters)
+                .await?
+                .into_iter()
+                .map(|i| (i.id.clone(), i))
+                .collect();
+            let mut ids: Vec<&String> = instances.keys().collect();
+            ids.sort();
+            let mut out = Vec::new();
+            for chunk in ids.chunks(FILTER_VALUES) {
+                let f = Filter::new(
+                    "attachment.instance-id",
+                    chunk.iter().map(|s| s.to_string()).collect(),
+                );
+                for v in ec2.describe_volumes(&[f]).await? {
+                    let inst = v
+                        .attachment
+                        .as_ref()
+                        .and_then(|(i, _)| instances.get(i))
+                        .cloned();
+                    if inst.is_some() {
+                        out.push((v, inst));
+                    }
+                }
+            }
+            out
+        }
+    };
+
+    let mut s = Survey::default();
+    for (volume, instance) in resources {
+        let source_tags = instance.as_ref().map_or(&volume.tags, |i| &i.tags);
+        let source_id = instance.as_ref().map_or(&volume.id, |i| &i.id).clone();
+        let mut schedules = Vec::new();
+        for sched in &policy.schedules {
+            let Some(tag) = &sched.count_tag else {
+                schedules.push(sched.name.clone());
+                continue;
+            };
+            let Some(value) = source_tags.get(tag) else {
+                continue;
+            };
+            s.seen.insert((volume.id.clone(), sched.name.clone()));
+            match parse_count(value) {
+                Ok(n) => {
+                    s.counts.insert((volume.id.clone(), sched.name.clone()), n);
+                    schedules.push(sched.name.clone());
+                }
+                Err(why) => s.problems.push((
+                    sched.name.clone(),
+                    Problem {
+                        resource: source_id.clone(),
+                        operation: "target",
+                        code: "bad-count-tag".into(),
+                        message: format!("tag {tag}: {why}"),
+                    },
+                )),
+            }
+        }
+        if !schedules.is_empty() {
+            s.targets.push(TargetVolume {
+                volume,
+                instance,
+                schedules,
+            });
+        }
+    }
+    // One bad tag value on an instance is reported once per schedule, not once per volume.
+    s.problems
+        .sort_by(|a, b| (&a.0, &a.1.resource).cmp(&(&b.0, &b.1.resource)));
+    s.problems
+        .dedup_by(|a, b| a.0 == b.0 && a.1.resource == b.1.resource);
+
+    let managed = [
+        Filter::tag(ec2::TAG_MANAGED, "true"),
+        Filter::tag(ec2::TAG_POLICY, &policy.name),
+    ];
+    s.snapshots = ec2
+        .describe_snapshots(&managed)
+        .await?
+        .into_iter()
+        // OwnerIds=self already restricts this on EC2; checked again because not every endpoint honours it.
+        .filter(|snap| snap.owner_id == account_id)
+        .collect();
+    Ok(s)
+}
+
+/// The slot time of a snapshot: its slot tag, else when it started.
+pub fn slot_of(s: &Snapshot) -> DateTime<Utc> {
+    s.tags
+        .get(ec2::TAG_SLOT)
+        .and_then(|t| parse_slot(t))
+        .unwrap_or(s.start_time)
+}
+
+pub fn schedules_of(s: &Snapshot) -> Vec<String> {
+    s.tags
+        .get(ec2::TAG_SCHEDULE)
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|x| !x.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn to_snap(s: &Snapshot) -> Snap {
+    Snap {
+        id: s.id.clone(),
+        volume_id: s.volume_id.clone(),
+        slot: slot_of(s),
+        schedules: schedules_of(s),
+        state: s.state,
+        pinned: s.tags.contains_key(ec2::TAG_KEEP),
+    }
+}
+
+/// Plans retention over every managed snapshot of the policy in the region, targeted or not.
+pub fn plan_retention(
+    policy: &Policy,
+    survey: &Survey,
+    frozen: &HashSet<String>,
+    now: DateTime<Utc>,
+) -> Vec<Decision> {
+    let snaps: Vec<Snap> = survey.snapshots.iter().map(to_snap).collect();
+    let rules: Vec<ScheduleRules> = policy
+        .schedules
+        .iter()
+        .map(|s| ScheduleRules {
+            name: s.name.clone(),
+            keep: s.keep.clone(),
+            count_from_tag: s.count_tag.is_some(),
+        })
+        .collect();
+    let mut counts = survey.counts.clone();
+    // Volumes no longer targeted (instance gone, tag removed) keep the count their snapshots were made with: the
+    // count tag is copied onto each snapshot. A live resource with a bad value is not second-guessed this way.
+    let mut newest: HashMap<(String, String), (DateTime<Utc>, u32)> = HashMap::new();
+    for sched in policy.schedules.iter().filter(|s| s.count_tag.is_some()) {
+        let tag = sched.count_tag.as_deref().unwrap_or_default();
+        for snap in &survey.snapshots {
+            let key = (snap.volume_id.clone(), sched.name.clone());
+            if survey.seen.contains(&key) || !schedules_of(snap).contains(&sched.name) {
+                continue;
+            }
+            if let Some(n) = snap.tags.get(tag).and_then(|v| parse_count(v).ok()) {
+                let slot = slot_of(snap);
+                let e = newest.entry(key).or_insert((slot, n));
+                if slot > e.0 {
+                    *e = (slot, n);
+                }
+            }
+        }
+    }
+    counts.extend(newest.into_iter().map(|(k, (_, n))| (k, n)));
+    let input = PlanInput {
+        snapshots: &snaps,
+        schedules: &rules,
+        counts: &counts,
+        frozen_volumes: frozen,
+    };
+    retention::plan(&input, now)
+}
+
+/// A volume's snapshot tags: user tags of the instance, then of the volume (more specific wins), a Name, and
+/// snapwarden's own. Capped at EC2's 50 tags, dropping user tags (ours and Name always fit).
+fn snapshot_tags(policy: &str, schedules: &str, slot: &str, t: &TargetVolume) -> Tags {
+    let mut user: Tags = Tags::new();
+    if let Some(i) = &t.instance {
+        user.extend(ec2::copyable_tags(&i.tags).map(|(k, v)| (k.clone(), v.clone())));
+    }
+    user.extend(ec2::copyable_tags(&t.volume.tags).map(|(k, v)| (k.clone(), v.clone())));
+    let name = user
+        .remove("Name")
+        .unwrap_or_else(|| format!("snapwarden {policy} {}", t.volume.id));
+    let device = t
+        .volume
+        .attachment
+        .as_ref()
+        .map(|(_, d)| d.clone())
+        .unwrap_or_default();
+    let mut tags = Tags::from([
+        ("Name".to_string(), name),
+        (ec2::TAG_MANAGED.to_string(), "true".to_string()),
+        (ec2::TAG_POLICY.to_string(), policy.to_string()),
+        (ec2::TAG_SCHEDULE.to_string(), schedules.to_string()),
+        (ec2::TAG_SLOT.to_string(), slot.to_string()),
+    ]);
+    if let Some(i) = &t.instance {
+        tags.insert(ec2::TAG_INSTANCE.to_string(), i.id.clone());
+    }
+    if !device.is_empty() {
+        tags.insert(ec2::TAG_DEVICE.to_string(), device);
+    }
+    let room = MAX_TAGS - tags.len();
+    if user.len() > room {
+        tracing::warn!(volume = %t.volume.id, dropped = user.len() - room, "too many tags to copy; EC2 allows 50 per snapshot");
+    }
+    tags.extend(user.into_iter().take(room));
+    tags
+}
+
+fn description(policy: &str, schedules: &str, slot: &str, t: &TargetVolume) -> String {
+    let mut d = format!(
+        "snapwarden {}: policy {policy}, schedule {schedules}, slot {slot}",
+        env!("CARGO_PKG_VERSION")
+    );
+    if let Some((instance, device)) = &t.volume.attachment {
+        d.push_str(&format!(", {instance} {device}"));
+    }
+    d.chars().take(255).collect()
+}
+
+/// What a run did, with the retention plan it executed (for `once --dry-run` and logs).
+pub struct Outcome {
+    pub report: RunReport,
+    pub plan: Vec<Decision>,
+}
+
+pub struct RunSpec<'a> {
+    pub policy: &'a Policy,
+    /// The schedules firing at `slot` (one snapshot per volume serves all of them).
+    pub firing: Vec<String>,
+    pub slot: DateTime<Utc>,
+    pub account_id: &'a str,
+    pub concurrency: usize,
+    pub dry_run: bool,
+}
+
+pub fn new_run_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// One full run: survey, create, retention. Never fails as a whole: problems end up in the report.
+pub async fn run(
+    ec2: &dyn Ec2,
+    spec: &RunSpec<'_>,
+    metrics: &Metrics,
+    now: impl Fn() -> DateTime<Utc>,
+) -> Outcome {
+    let run_id = new_run_id();
+    let label = spec.firing.join(",");
+    let span = tracing::info_span!("run", run_id = %run_id, policy = %spec.policy.name, schedule = %label, region = %ec2.region(), slot = %format_slot(spec.slot));
+    async {
+        let mut report = RunReport::new(
+            run_id.clone(),
+            &spec.policy.name,
+            spec.firing.clone(),
+            ec2.region(),
+            spec.slot,
+            now(),
+        );
+        report.dry_run = spec.dry_run;
+        let plan = execute(ec2, spec, &mut report, metrics, &now).await;
+        report.finished_at = now();
+        record(metrics, spec, &report);
+        Outcome { report, plan }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn execute(
+    ec2: &dyn Ec2,
+    spec: &RunSpec<'_>,
+    report: &mut RunReport,
+    metrics: &Metrics,
+    now: &impl Fn() -> DateTime<Utc>,
+) -> Vec<Decision> {
+    let policy = spec.policy;
+    let region = ec2.region().to_string();
+    let mut survey = match survey(ec2, policy, spec.account_id).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, kind = e.kind(), "survey failed: nothing created or deleted this run");
+            report.fatal = Some(Problem {
+                resource: region,
+                operation: "describe",
+                code: e.code().to_string(),
+                message: e.to_string(),
+            });
+            report.retention_skipped = Some("the region could not be read".into());
+            return Vec::new();
+        }
+    };
+    for (schedule, p) in survey.problems.drain(..) {
+        if spec.firing.contains(&schedule) {
+            tracing::warn!(resource = %p.resource, schedule = %schedule, problem = %p.message, "target skipped: bad count tag");
+            metrics
+                .skipped_resources
+                .with_label_values(&[&policy.name, &schedule, "bad-count-tag"])
+                .inc();
+            report.problems.push(p);
+        }
+    }
+
+    // Create: one snapshot per targeted volume serves every firing schedule that targets it.
+    let slot = format_slot(spec.slot);
+    let done: HashSet<&str> = survey
+        .snapshots
+        .iter()
+        .filter(|s| slot_of(s) == spec.slot && s.state != SnapState::Error)
+        .map(|s| s.volume_id.as_str())
+        .collect();
+    let mut todo = Vec::new();
+    for t in &survey.targets {
+        let serves: Vec<&str> = t
+            .schedules
+            .iter()
+            .filter(|s| spec.firing.contains(s))
+            .map(String::as_str)
+            .collect();
+        if serves.is_empty() {
+            continue;
+        }
+        report.targeted_volumes += 1;
+        if done.contains(t.volume.id.as_str()) {
+            report.already_done += 1;
+            continue;
+        }
+        let schedules = serves.join(",");
+        let request = CreateSnapshot {
+            volume_id: t.volume.id.clone(),
+            description: description(&policy.name, &schedules, &slot, t),
+            tags: snapshot_tags(&policy.name, &schedules, &slot, t),
+        };
+        todo.push((
+            request,
+            serves.into_iter().map(String::from).collect::<Vec<_>>(),
+        ));
+    }
+    let results: Vec<_> = stream::iter(todo)
+        .map(|(request, serves)| async move {
+            let result = ec2.create_snapshot(&request).await;
+            (request, serves, result)
+        })
+        .buffer_unordered(spec.concurrency.max(1))
+        .collect()
+        .await;
+    let mut frozen = HashSet::new();
+    for (request, serves, result) in results {
+        match result {
+            Ok(snapshot) => {
+                tracing::info!(volume = %request.volume_id, snapshot = %snapshot.id, "snapshot created");
+                for s in &serves {
+                    metrics
+                        .snapshots_created
+                        .with_label_values(&[&policy.name, s, &region])
+                        .inc();
+                }
+                report.created += 1;
+                survey.snapshots.push(snapshot);
+            }
+            Err(e) => {
+                tracing::error!(volume = %request.volume_id, error = %e, kind = e.kind(), "snapshot failed");
+                for s in &serves {
+                    metrics
+                        .snapshots_failed
+                        .with_label_values(&[&policy.name, s, &region, "create"])
+                        .inc();
+                }
+                frozen.insert(request.volume_id.clone());
+                report.problems.push(Problem {
+                    resource: request.volume_id,
+                    operation: "create",
+                    code: e.code().to_string(),
+                    message: e.to_string(),
+                });
+            }
+        }
+    }
+
+    // Retention.
+    let plan = plan_retention(policy, &survey, &frozen, now());
+    // Owned items: a stream of futures borrowing from `plan` trips the compiler's higher-ranked lifetime check.
+    let deletes: Vec<Decision> = plan
+        .iter()
+        .filter(|d| d.action == Action::Delete)
+        .cloned()
+        .collect();
+    report.kept = plan.len() - deletes.len();
+    let listed: HashMap<&str, Vec<String>> = survey
+        .snapshots
+        .iter()
+        .map(|s| (s.id.as_str(), schedules_of(s)))
+        .collect();
+    for d in &plan {
+        let reasons: Vec<String> = d.reasons.iter().map(ToString::to_string).collect();
+        tracing::debug!(snapshot = %d.snapshot_id, volume = %d.volume_id, action = ?d.action, reasons = %reasons.join("; "), "retention decision");
+    }
+    let results: Vec<_> = stream::iter(deletes)
+        .map(|d| async move {
+            let result = ec2.delete_snapshot(&d.snapshot_id).await;
+            (d, result)
+        })
+        .buffer_unordered(spec.concurrency.max(1))
+        .collect()
+        .await;
+    let mut gone = HashSet::new();
+    for (d, result) in results {
+        let serves = listed
+            .get(d.snapshot_id.as_str())
+            .cloned()
+            .unwrap_or_default();
+        // Already gone counts as done: describe is eventually consistent.
+        let result = result.or_else(|e| {
+            if e.code() == "InvalidSnapshot.NotFound" {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        });
+        match result {
+            Ok(()) => {
+                tracing::info!(snapshot = %d.snapshot_id, volume = %d.volume_id, "snapshot deleted");
+                for s in &serves {
+                    metrics
+                        .snapshots_deleted
+                        .with_label_values(&[&policy.name, s, &region])
+                        .inc();
+                }
+                report.deleted += 1;
+                gone.insert(d.snapshot_id.clone());
+            }
+            Err(e) if e.code() == "InvalidSnapshot.InUse" => {
+                tracing::info!(snapshot = %d.snapshot_id, volume = %d.volume_id, "kept: the snapshot backs an AMI");
+                metrics
+                    .kept_in_use
+                    .with_label_values(&[&policy.name, &region])
+                    .inc();
+                report.kept_in_use += 1;
+            }
+            Err(e) => {
+                tracing::error!(snapshot = %d.snapshot_id, error = %e, kind = e.kind(), "delete failed");
+                for s in &serves {
+                    metrics
+                        .snapshots_failed
+                        .with_label_values(&[&policy.name, s, &region, "delete"])
+                        .inc();
+                }
+                report.problems.push(Problem {
+                    resource: d.snapshot_id.clone(),
+                    operation: "delete",
+                    code: e.code().to_string(),
+                    message: e.to_string(),
+                });
+            }
+        }
+    }
+    survey.snapshots.retain(|s| !gone.contains(&s.id));
+    if !spec.dry_run {
+        metrics
+            .managed_snapshots
+            .with_label_values(&[&policy.name, &region])
+            .set(survey.snapshots.len() as i64);
+        for (schedule, f) in freshness(policy, &survey) {
+            metrics.set_freshness(&policy.name, &schedule, &region, f);
+        }
+    }
+    plan
+}
+
+/// Per schedule: the oldest newest-completed snapshot over its targeted volumes, and volumes with none.
+pub fn freshness(policy: &Policy, survey: &Survey) -> BTreeMap<String, Freshness> {
+    let mut newest: HashMap<(&str, &str), DateTime<Utc>> = HashMap::new();
+    for s in survey
+        .snapshots
+        .iter()
+        .filter(|s| s.state == SnapState::Completed)
+    {
+        let slot = slot_of(s);
+        for sched in schedules_of(s) {
+            let Some(name) = policy
+                .schedules
+                .iter()
+                .find(|p| p.name == sched)
+                .map(|p| p.name.as_str())
+            else {
+                continue;
+            };
+            let e = newest.entry((s.volume_id.as_str(), name)).or_insert(slot);
+            *e = (*e).max(slot);
+        }
+    }
+    let mut out: BTreeMap<String, Freshness> = policy
+        .schedules
+        .iter()
+        .map(|s| {
+            (
+                s.name.clone(),
+                Freshness {
+                    oldest_newest: None,
+                    unprotected: 0,
+                },
+            )
+        })
+        .collect();
+    for t in &survey.targets {
+        for sched in &t.schedules {
+            let Some(f) = out.get_mut(sched) else {
+                continue;
+            };
+            match newest.get(&(t.volume.id.as_str(), sched.as_str())) {
+                Some(&n) => f.oldest_newest = Some(f.oldest_newest.map_or(n, |o| o.min(n))),
+                None => f.unprotected += 1,
+            }
+        }
+    }
+    out
+}
+
+fn record(metrics: &Metrics, spec: &RunSpec<'_>, report: &RunReport) {
+    let result = report.result();
+    let retention = if report.retention_skipped.is_some() {
+        RunResult::Failure
+    } else if report.problems.iter().any(|p| p.operation == "delete") {
+        RunResult::Partial
+    } else {
+        RunResult::Success
+    };
+    let secs = (report.finished_at - report.started_at)
+        .num_milliseconds()
+        .max(0) as f64
+        / 1000.0;
+    tracing::info!(
+        result = result.as_str(),
+        targeted = report.targeted_volumes,
+        created = report.created,
+        already_done = report.already_done,
+        failed = report.failed_volumes(),
+        deleted = report.deleted,
+        kept = report.kept,
+        kept_in_use = report.kept_in_use,
+        seconds = secs,
+        dry_run = report.dry_run,
+        "run finished"
+    );
+    if spec.dry_run {
+        return;
+    }
+    let policy = &spec.policy.name;
+    metrics
+        .run_duration
+        .with_label_values(&[policy, "snapshot"])
+        .observe(secs);
+    for s in &spec.firing {
+        for (job, r) in [("snapshot", result), ("retention", retention)] {
+            metrics
+                .runs
+                .with_label_values(&[policy, s, job, r.as_str()])
+                .inc();
+            if r == RunResult::Success {
+                metrics
+                    .last_success
+                    .with_label_values(&[policy, s, job])
+                    .set(report.finished_at.timestamp() as f64);
+            }
+        }
+    }
+}
+
+/// Shared by every run of the process: backends per region and the account they act for.
+pub struct Region {
+    pub ec2: Arc<dyn Ec2>,
+    pub account_id: String,
+}
