@@ -20,6 +20,7 @@ use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::notify::{Notifier, Publisher, SnsPublisher};
 use crate::schedule::{self, Cron};
+use crate::sdnotify::SdNotify;
 use crate::status::{Health, StatusBoard};
 use crate::worker::{self, Region, RunSpec};
 
@@ -33,6 +34,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub status: Arc<StatusBoard>,
     pub health: Arc<Health>,
+    /// systemd readiness, watchdog and stopping notices (no-ops outside systemd).
+    pub sd: Arc<SdNotify>,
 }
 
 impl Shared {
@@ -44,6 +47,7 @@ impl Shared {
             metrics: Arc::new(Metrics::new()),
             status: Arc::default(),
             health,
+            sd: Arc::new(SdNotify::disabled()),
         }
     }
 
@@ -215,6 +219,7 @@ pub async fn schedule_loop(
     loop {
         let now = Utc::now();
         shared.health.beat(now);
+        shared.sd.tick(std::time::Instant::now());
         for (i, p) in policies.iter().enumerate() {
             if next[i].is_some_and(|t| t <= now) {
                 // The most recent slot, not every missed one: after a suspend, catch up once.
@@ -252,6 +257,7 @@ pub async fn schedule_loop(
             _ = tokio::time::sleep(wait) => {}
         }
     }
+    shared.sd.stopping();
     tracker.close();
     let grace = shared.config.daemon.shutdown_grace;
     tracing::info!(
@@ -298,6 +304,8 @@ pub async fn serve(
         .as_ref()
         .map_or(Duration::from_secs(6 * 3600), |s| s.dedup_window);
     let (notifier, notify_task) = Notifier::spawn(publisher, window, shared.metrics.clone());
+    // Config, AWS clients and the listener are up: this is what systemd waits for.
+    shared.sd.ready();
     let drained = schedule_loop(
         shared.clone(),
         Arc::new(regions),

@@ -15,5 +15,6 @@ pub mod notify;
 pub mod report;
 pub mod retention;
 pub mod schedule;
+pub mod sdnotify;
 pub mod status;
 pub mod worker;

@@ -159,7 +159,10 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
     match command {
         Command::Validate => unreachable!("handled before the runtime starts"),
         Command::Run => {
-            let shared = Shared::new(config);
+            let mut shared = Shared::new(config);
+            shared.sd = Arc::new(snapwarden::sdnotify::SdNotify::from_env(|k| {
+                std::env::var(k).ok()
+            }));
             let regions = daemon::aws_regions(&shared).await.context("cannot start")?;
             let publisher = daemon::sns_publisher(&shared.config).await;
             serve(shared, regions, publisher).await

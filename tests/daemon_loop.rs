@@ -1,0 +1,286 @@
+//! The scheduler loop over the in-memory EC2 backend: catch-up at start fires the latest slot once, a schedule's
+//! runs never overlap (a fire during a slow run is skipped and counted), and shutdown waits for in-flight runs
+//! up to the grace period and no longer. Real time is used, with schedules firing every second.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use snapwarden::config::{self, Config};
+use snapwarden::daemon::{self, Shared};
+use snapwarden::ec2::fake::FakeEc2;
+use snapwarden::ec2::{CreateSnapshot, Ec2, Filter, Instance, Snapshot, Volume};
+use snapwarden::error::Result;
+use snapwarden::notify::Notifier;
+use snapwarden::worker::Region;
+use tokio_util::sync::CancellationToken;
+
+fn config(cron: &str, grace: &str) -> Config {
+    let toml = format!(
+        r#"
+[daemon]
+shutdown-grace = "{grace}"
+[[policy]]
+name = "p"
+target = {{ resource = "instance", tags = {{ Backup = "true" }} }}
+schedule = [{{ name = "s", cron = "{cron}", keep = {{ last = 100 }} }}]
+"#
+    );
+    config::from_toml_str(std::path::Path::new("test.toml"), &toml, &[]).expect("valid test config")
+}
+
+/// Delays every CreateSnapshot and records how many run at once.
+struct Slow {
+    inner: Arc<FakeEc2>,
+    delay: Duration,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+}
+
+#[async_trait]
+impl Ec2 for Slow {
+    fn region(&self) -> &str {
+        self.inner.region()
+    }
+    async fn account_id(&self) -> Result<String> {
+        self.inner.account_id().await
+    }
+    async fn describe_instances(&self, f: &[Filter]) -> Result<Vec<Instance>> {
+        self.inner.describe_instances(f).await
+    }
+    async fn describe_volumes(&self, f: &[Filter]) -> Result<Vec<Volume>> {
+        self.inner.describe_volumes(f).await
+    }
+    async fn describe_snapshots(&self, f: &[Filter]) -> Result<Vec<Snapshot>> {
+        self.inner.describe_snapshots(f).await
+    }
+    async fn create_snapshot(&self, r: &CreateSnapshot) -> Result<Snapshot> {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(self.delay).await;
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.inner.create_snapshot(r).await
+    }
+    async fn delete_snapshot(&self, id: &str) -> Result<()> {
+        self.inner.delete_snapshot(id).await
+    }
+}
+
+struct Rig {
+    shared: Shared,
+    fake: Arc<FakeEc2>,
+    slow: Arc<Slow>,
+    regions: Arc<Vec<Arc<Region>>>,
+}
+
+async fn rig(cron: &str, grace: &str, delay: Duration) -> Rig {
+    let shared = Shared::new(config(cron, grace));
+    let fake = Arc::new(FakeEc2::new("test-1"));
+    fake.add_instance(&[("Backup", "true")], &[("/dev/xvda", "gp3")]);
+    let slow = Arc::new(Slow {
+        inner: fake.clone(),
+        delay,
+        in_flight: AtomicUsize::new(0),
+        max_in_flight: AtomicUsize::new(0),
+    });
+    let permits = Arc::new(tokio::sync::Semaphore::new(8));
+    let region = daemon::region(&shared, slow.clone(), permits)
+        .await
+        .expect("fake region");
+    Rig {
+        shared,
+        fake,
+        slow,
+        regions: Arc::new(vec![region]),
+    }
+}
+
+fn notifier(shared: &Shared) -> Notifier {
+    Notifier::spawn(None, Duration::from_secs(3600), shared.metrics.clone()).0
+}
+
+fn metric(shared: &Shared, name_and_labels: &str) -> f64 {
+    let text = shared.metrics.render(chrono::Utc::now());
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(name_and_labels)
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_fires_the_latest_slot_once_at_start() {
+    // Fires once a year: only catch-up can make a snapshot during this test.
+    let r = rig("0 0 1 1 *", "5s", Duration::ZERO).await;
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(daemon::schedule_loop(
+        r.shared.clone(),
+        r.regions.clone(),
+        notifier(&r.shared),
+        true,
+        stop.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.cancel();
+    assert!(task.await.unwrap(), "drained");
+    let snaps = r.fake.snapshots();
+    assert_eq!(snaps.len(), 1, "{snaps:?}");
+    let slot = snaps[0].tags["snapwarden:slot"].clone();
+    assert!(slot.ends_with("-01-01T00:00:00Z"), "{slot}");
+
+    // A restart finds the slot done and creates nothing more.
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(daemon::schedule_loop(
+        r.shared.clone(),
+        r.regions.clone(),
+        notifier(&r.shared),
+        true,
+        stop.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.cancel();
+    assert!(task.await.unwrap());
+    assert_eq!(r.fake.snapshots().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_catch_up_nothing_runs_before_the_next_fire() {
+    let r = rig("0 0 1 1 *", "5s", Duration::ZERO).await;
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(daemon::schedule_loop(
+        r.shared.clone(),
+        r.regions.clone(),
+        notifier(&r.shared),
+        false,
+        stop.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    stop.cancel();
+    assert!(task.await.unwrap());
+    assert!(r.fake.snapshots().is_empty());
+    assert_eq!(r.fake.calls("CreateSnapshot"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_run_is_never_overlapped_and_late_fires_are_counted() {
+    // Fires every second; each run takes 2.5 s, so fires land while a run is going.
+    let r = rig("* * * * * *", "10s", Duration::from_millis(2500)).await;
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(daemon::schedule_loop(
+        r.shared.clone(),
+        r.regions.clone(),
+        notifier(&r.shared),
+        false,
+        stop.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(5500)).await;
+    stop.cancel();
+    assert!(task.await.unwrap(), "runs drained within the grace period");
+    assert_eq!(
+        r.slow.max_in_flight.load(Ordering::SeqCst),
+        1,
+        "runs of one schedule overlapped"
+    );
+    let skipped = metric(
+        &r.shared,
+        "snapwarden_skipped_fires_total{policy=\"p\",schedule=\"s\"}",
+    );
+    assert!(skipped >= 2.0, "expected skipped fires, got {skipped}");
+    // Every run that started made its snapshot: one per started slot, no duplicates per slot.
+    let snaps = r.fake.snapshots();
+    let mut slots: Vec<_> = snaps
+        .iter()
+        .map(|s| s.tags["snapwarden:slot"].clone())
+        .collect();
+    slots.sort();
+    slots.dedup();
+    assert_eq!(
+        slots.len(),
+        snaps.len(),
+        "duplicate slot snapshots: {snaps:?}"
+    );
+    assert!(
+        (2..=3).contains(&snaps.len()),
+        "{} runs in 5.5 s of 2.5 s runs",
+        snaps.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_waits_for_the_run_but_not_past_the_grace_period() {
+    // Grace longer than the run: the run finishes and its snapshot exists.
+    let r = rig("0 0 1 1 *", "5s", Duration::from_millis(1500)).await;
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(daemon::schedule_loop(
+        r.shared.clone(),
+        r.regions.clone(),
+        notifier(&r.shared),
+        true,
+        stop.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.cancel();
+    let t0 = Instant::now();
+    assert!(task.await.unwrap(), "drained");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(900),
+        "did not wait for the run: {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(r.fake.snapshots().len(), 1);
+
+    // Grace shorter than the run: the loop gives up at the grace period and says so.
+    let r = rig("0 0 1 1 *", "500ms", Duration::from_secs(5)).await;
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(daemon::schedule_loop(
+        r.shared.clone(),
+        r.regions.clone(),
+        notifier(&r.shared),
+        true,
+        stop.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.cancel();
+    let t0 = Instant::now();
+    assert!(
+        !task.await.unwrap(),
+        "reported drained although the run was still going"
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "waited past the grace period: {:?}",
+        t0.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_and_next_run_are_published() {
+    let r = rig("0 0 1 1 *", "5s", Duration::ZERO).await;
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(daemon::schedule_loop(
+        r.shared.clone(),
+        r.regions.clone(),
+        notifier(&r.shared),
+        false,
+        stop.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let age = r
+        .shared
+        .health
+        .heartbeat_age(chrono::Utc::now())
+        .expect("ticked");
+    assert!(age < 1.5, "heartbeat {age}s old");
+    let next = metric(
+        &r.shared,
+        "snapwarden_next_run_timestamp_seconds{policy=\"p\",schedule=\"s\"}",
+    );
+    assert!(
+        next > chrono::Utc::now().timestamp() as f64,
+        "next run {next}"
+    );
+    stop.cancel();
+    assert!(task.await.unwrap());
+}
