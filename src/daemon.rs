@@ -304,6 +304,10 @@ pub async fn serve(
         .as_ref()
         .map_or(Duration::from_secs(6 * 3600), |s| s.dedup_window);
     let (notifier, notify_task) = Notifier::spawn(publisher, window, shared.metrics.clone());
+    let region_names: Vec<String> = regions.iter().map(|r| r.ec2.region().to_string()).collect();
+    shared
+        .metrics
+        .init_series(&shared.config, &region_names, Utc::now());
     // Config, AWS clients and the listener are up: this is what systemd waits for.
     shared.sd.ready();
     let drained = schedule_loop(

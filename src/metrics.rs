@@ -27,6 +27,7 @@ pub struct Metrics {
     pub next_run: GaugeVec,
     pub managed_snapshots: IntGaugeVec,
     staleness: GaugeVec,
+    pub staleness_threshold: GaugeVec,
     unprotected: IntGaugeVec,
     pub aws_requests: IntCounterVec,
     pub aws_throttles: IntCounterVec,
@@ -94,6 +95,12 @@ impl Metrics {
                 "Age of the oldest newest-completed snapshot across the schedule's targeted volumes (the RPO figure)",
                 &["policy", "schedule"],
             ),
+            staleness_threshold: gauge(
+                &registry,
+                "staleness_threshold_seconds",
+                "Staleness above which the schedule has missed its objective: twice its interval between fires",
+                &["policy", "schedule"],
+            ),
             unprotected: int_gauge(
                 &registry,
                 "unprotected_volumes",
@@ -127,6 +134,64 @@ impl Metrics {
         let build = int_gauge(&m.registry, "build_info", "Build information", &["version"]);
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         m
+    }
+
+    /// Creates every series whose labels are known from the config, at zero, so dashboards and `rate()` alerts
+    /// see a value from the first scrape instead of an absent series.
+    pub fn init_series(
+        &self,
+        config: &crate::config::Config,
+        regions: &[String],
+        now: DateTime<Utc>,
+    ) {
+        let tz = config.daemon.timezone;
+        for p in &config.policies {
+            for r in regions {
+                self.kept_in_use.with_label_values(&[&p.name, r]);
+                self.managed_snapshots.with_label_values(&[&p.name, r]);
+            }
+            for s in &p.schedules {
+                let (pn, sn) = (p.name.as_str(), s.name.as_str());
+                for r in regions {
+                    self.snapshots_created.with_label_values(&[pn, sn, r]);
+                    self.snapshots_deleted.with_label_values(&[pn, sn, r]);
+                    for op in ["create", "delete"] {
+                        self.snapshots_failed.with_label_values(&[pn, sn, r, op]);
+                    }
+                }
+                for job in ["snapshot", "retention"] {
+                    for result in ["success", "partial", "failure"] {
+                        self.runs.with_label_values(&[pn, sn, job, result]);
+                    }
+                }
+                self.skipped_fires.with_label_values(&[pn, sn]);
+                self.skipped_resources
+                    .with_label_values(&[pn, sn, "bad-count-tag"]);
+                let interval = s
+                    .cron
+                    .latest_at_or_before(now, tz)
+                    .zip(s.cron.next_after(now, tz))
+                    .map(|(a, b)| (b - a).num_seconds());
+                if let Some(i) = interval {
+                    self.staleness_threshold
+                        .with_label_values(&[pn, sn])
+                        .set(2.0 * i as f64);
+                }
+            }
+        }
+        for op in [
+            "DescribeInstances",
+            "DescribeVolumes",
+            "DescribeSnapshots",
+            "CreateSnapshot",
+            "DeleteSnapshot",
+        ] {
+            self.aws_requests.with_label_values(&[op, "ok"]);
+            self.aws_throttles.with_label_values(&[op]);
+        }
+        for outcome in ["sent", "failed", "deduplicated", "disabled", "dropped"] {
+            self.notifications.with_label_values(&[outcome]);
+        }
     }
 
     pub fn aws_request(&self, operation: &str, error: Option<&Error>) {
@@ -206,6 +271,28 @@ fn int_gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeV
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn known_series_exist_at_zero_from_the_start() {
+        let config = crate::config::from_toml_str(
+            std::path::Path::new("demo"),
+            crate::demo::DEMO_CONFIG,
+            &[],
+        )
+        .unwrap();
+        let m = Metrics::new();
+        m.init_series(&config, &["demo-1".to_string()], Utc::now());
+        let text = m.render(Utc::now());
+        for line in [
+            "snapwarden_runs_total{job=\"snapshot\",policy=\"prod\",result=\"failure\",schedule=\"fast\"} 0",
+            "snapwarden_snapshots_failed_total{operation=\"delete\",policy=\"prod\",region=\"demo-1\",schedule=\"slow\"} 0",
+            "snapwarden_notifications_total{outcome=\"failed\"} 0",
+            // Every 5 seconds: twice the interval.
+            "snapwarden_staleness_threshold_seconds{policy=\"prod\",schedule=\"fast\"} 10",
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+    }
 
     #[test]
     fn staleness_grows_with_scrape_time_and_takes_the_worst_region() {
