@@ -52,9 +52,9 @@ pub async fn check_sdk_config(config: &SdkConfig, within: Duration) -> Result<St
         .ok_or_else(|| Error::Credentials(NO_CREDS.into()))?;
     match tokio::time::timeout(within, provider.provide_credentials()).await {
         Ok(Ok(_)) => Ok(region),
+        // Display only: the chain's Debug form lists every provider's internals, which buries the fix.
         Ok(Err(e)) => Err(Error::Credentials(format!(
-            "{NO_CREDS} ({})",
-            aws_smithy_types::error::display::DisplayErrorContext(&e)
+            "{NO_CREDS} (the SDK says: {e})"
         ))),
         Err(_) => Err(Error::Credentials(format!(
             "{NO_CREDS} (the credential chain gave no answer within {within:?})"
