@@ -281,12 +281,7 @@ fn snapshot_tags(policy: &str, schedules: &str, slot: &str, t: &TargetVolume) ->
     let name = user
         .remove("Name")
         .unwrap_or_else(|| format!("snapwarden {policy} {}", t.volume.id));
-    let device = t
-        .volume
-        .attachment
-        .as_ref()
-        .map(|(_, d)| d.clone())
-        .unwrap_or_default();
+
     let mut tags = Tags::from([
         ("Name".to_string(), name),
         (ec2::TAG_MANAGED.to_string(), "true".to_string()),
@@ -294,11 +289,12 @@ fn snapshot_tags(policy: &str, schedules: &str, slot: &str, t: &TargetVolume) ->
         (ec2::TAG_SCHEDULE.to_string(), schedules.to_string()),
         (ec2::TAG_SLOT.to_string(), slot.to_string()),
     ]);
-    if let Some(i) = &t.instance {
-        tags.insert(ec2::TAG_INSTANCE.to_string(), i.id.clone());
-    }
-    if !device.is_empty() {
-        tags.insert(ec2::TAG_DEVICE.to_string(), device);
+    // Where the volume hangs, for instance and volume targets alike: what a restore needs to know.
+    if let Some((instance, device)) = &t.volume.attachment {
+        tags.insert(ec2::TAG_INSTANCE.to_string(), instance.clone());
+        if !device.is_empty() {
+            tags.insert(ec2::TAG_DEVICE.to_string(), device.clone());
+        }
     }
     let room = MAX_TAGS - tags.len();
     if user.len() > room {
