@@ -100,6 +100,21 @@ fn notifier(shared: &Shared) -> Notifier {
     Notifier::spawn(None, Duration::from_secs(3600), shared.metrics.clone()).0
 }
 
+/// Runs the loop for `run_for`, then shuts it down; returns whether in-flight runs drained in time.
+async fn run_loop(r: &Rig, catch_up: bool, run_for: Duration) -> bool {
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(daemon::schedule_loop(
+        r.shared.clone(),
+        r.regions.clone(),
+        notifier(&r.shared),
+        catch_up,
+        stop.clone(),
+    ));
+    tokio::time::sleep(run_for).await;
+    stop.cancel();
+    task.await.unwrap()
+}
+
 fn metric(shared: &Shared, name_and_labels: &str) -> f64 {
     let text = shared.metrics.render(chrono::Utc::now());
     text.lines()
@@ -114,51 +129,24 @@ fn metric(shared: &Shared, name_and_labels: &str) -> f64 {
 async fn catch_up_fires_the_latest_slot_once_at_start() {
     // Fires once a year: only catch-up can make a snapshot during this test.
     let r = rig("0 0 1 1 *", "5s", Duration::ZERO).await;
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(daemon::schedule_loop(
-        r.shared.clone(),
-        r.regions.clone(),
-        notifier(&r.shared),
-        true,
-        stop.clone(),
-    ));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    stop.cancel();
-    assert!(task.await.unwrap(), "drained");
+    assert!(
+        run_loop(&r, true, Duration::from_millis(1500)).await,
+        "drained"
+    );
     let snaps = r.fake.snapshots();
     assert_eq!(snaps.len(), 1, "{snaps:?}");
     let slot = snaps[0].tags["snapwarden:slot"].clone();
     assert!(slot.ends_with("-01-01T00:00:00Z"), "{slot}");
 
     // A restart finds the slot done and creates nothing more.
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(daemon::schedule_loop(
-        r.shared.clone(),
-        r.regions.clone(),
-        notifier(&r.shared),
-        true,
-        stop.clone(),
-    ));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    stop.cancel();
-    assert!(task.await.unwrap());
+    assert!(run_loop(&r, true, Duration::from_millis(1500)).await);
     assert_eq!(r.fake.snapshots().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_catch_up_nothing_runs_before_the_next_fire() {
     let r = rig("0 0 1 1 *", "5s", Duration::ZERO).await;
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(daemon::schedule_loop(
-        r.shared.clone(),
-        r.regions.clone(),
-        notifier(&r.shared),
-        false,
-        stop.clone(),
-    ));
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    stop.cancel();
-    assert!(task.await.unwrap());
+    assert!(run_loop(&r, false, Duration::from_millis(1200)).await);
     assert!(r.fake.snapshots().is_empty());
     assert_eq!(r.fake.calls("CreateSnapshot"), 0);
 }
@@ -167,17 +155,10 @@ async fn without_catch_up_nothing_runs_before_the_next_fire() {
 async fn a_slow_run_is_never_overlapped_and_late_fires_are_counted() {
     // Fires every second; each run takes 2.5 s, so fires land while a run is going.
     let r = rig("* * * * * *", "10s", Duration::from_millis(2500)).await;
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(daemon::schedule_loop(
-        r.shared.clone(),
-        r.regions.clone(),
-        notifier(&r.shared),
-        false,
-        stop.clone(),
-    ));
-    tokio::time::sleep(Duration::from_millis(5500)).await;
-    stop.cancel();
-    assert!(task.await.unwrap(), "runs drained within the grace period");
+    assert!(
+        run_loop(&r, false, Duration::from_millis(5500)).await,
+        "runs drained within the grace period"
+    );
     assert_eq!(
         r.slow.max_in_flight.load(Ordering::SeqCst),
         1,
