@@ -65,12 +65,12 @@ impl Metrics {
                 "Snapshot creations or deletions that failed",
                 &["policy", "schedule", "region", "operation"],
             ),
-            runs: counter(&registry, "runs_total", "Finished runs by job and result", &["policy", "schedule", "job", "result"]),
+            runs: counter(&registry, "runs_total", "Finished runs by kind (snapshot, retention) and result", &["policy", "schedule", "kind", "result"]),
             run_duration: {
                 let h = HistogramVec::new(
                     HistogramOpts::new("snapwarden_run_duration_seconds", "Run duration")
                         .buckets(vec![0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0]),
-                    &["policy", "job"],
+                    &["policy", "kind"],
                 )
                 .expect("valid histogram");
                 registry.register(Box::new(h.clone())).expect("unique metric");
@@ -80,7 +80,7 @@ impl Metrics {
                 &registry,
                 "last_success_timestamp_seconds",
                 "When a run of this job last succeeded",
-                &["policy", "schedule", "job"],
+                &["policy", "schedule", "kind"],
             ),
             next_run: gauge(&registry, "next_run_timestamp_seconds", "When the schedule fires next", &["policy", "schedule"]),
             managed_snapshots: int_gauge(
@@ -284,7 +284,7 @@ mod tests {
         m.init_series(&config, &["demo-1".to_string()], Utc::now());
         let text = m.render(Utc::now());
         for line in [
-            "snapwarden_runs_total{job=\"snapshot\",policy=\"prod\",result=\"failure\",schedule=\"fast\"} 0",
+            "snapwarden_runs_total{kind=\"snapshot\",policy=\"prod\",result=\"failure\",schedule=\"fast\"} 0",
             "snapwarden_snapshots_failed_total{operation=\"delete\",policy=\"prod\",region=\"demo-1\",schedule=\"slow\"} 0",
             "snapwarden_notifications_total{outcome=\"failed\"} 0",
             // Every 5 seconds: twice the interval.

@@ -525,7 +525,7 @@ async fn run_fires_prunes_serves_http_and_stops_on_sigterm() {
         &[
             ("policy", "fast"),
             ("schedule", "every2s"),
-            ("job", "snapshot"),
+            ("kind", "snapshot"),
             ("result", "success"),
         ],
     );

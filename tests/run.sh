@@ -15,6 +15,8 @@ fi
 export SNAPWARDEN_MOTO_SERVER="$PWD/$venv/bin/moto_server"
 # Never let the SDK's credential chain wander off to instance metadata during tests.
 export AWS_EC2_METADATA_DISABLED=true
+bash tests/deploy/check.sh   # deployment kit: installs systemd/prometheus/linters if missing, runs each file's tool
+export SNAPWARDEN_PROMETHEUS="$(command -v prometheus)" SNAPWARDEN_PROMTOOL="$(command -v promtool)"
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings

@@ -1189,7 +1189,7 @@ keep = { last = 4 }
             &[
                 ("policy", "prod"),
                 ("schedule", "daily"),
-                ("job", "snapshot"),
+                ("kind", "snapshot"),
                 ("result", "success")
             ]
         ),
