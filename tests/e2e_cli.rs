@@ -5,7 +5,8 @@
 //! (idempotent per slot, `--dry-run`, a `--slot` that is not a fire time); `validate` exit codes and messages;
 //! a start without credentials; `next` in a DST zone; `plan --json`; and shutdown while a run is in flight (a
 //! proxy in front of moto holds CreateSnapshot): the first signal waits, a second exits at once, an expired
-//! grace period exits 1. Every assertion message carries the binary's captured output.
+//! grace period exits 1; and the systemd notify protocol (READY once the listener is up, watchdog pings from the
+//! scheduler loop, STOPPING on SIGTERM). Every assertion message carries the binary's captured output.
 
 mod common;
 
@@ -1222,4 +1223,90 @@ async fn a_run_outlasting_the_grace_period_is_abandoned_with_exit_code_1() {
         "{}",
         d.logs()
     );
+}
+
+/// Reads notify datagrams until one starts with `prefix`; returns every message seen up to and including it.
+fn recv_until(
+    sock: &std::os::unix::net::UnixDatagram,
+    prefix: &str,
+    within: Duration,
+) -> Vec<String> {
+    let deadline = Instant::now() + within;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 512];
+    while Instant::now() < deadline {
+        if let Ok(n) = sock.recv(&mut buf) {
+            let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+            let done = msg.starts_with(prefix);
+            seen.push(msg);
+            if done {
+                return seen;
+            }
+        }
+    }
+    panic!("no `{prefix}` notification within {within:?}; got {seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_systemd_it_signals_ready_after_the_listener_pings_the_watchdog_and_says_stopping() {
+    let moto = Moto::start();
+    let ec2 = moto.ec2().await;
+    instance(&ec2, &[("Backup", "true")], &["/dev/sdf"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let cfg = write_config(
+        dir.path(),
+        &moto.endpoint,
+        port,
+        "shutdown-grace = \"5s\"",
+        &policy("p", "true", "yearly", "0 0 1 1 *", "{ last = 2 }"),
+    );
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut d = Daemon::spawn(
+        snapwarden()
+            .args(["--config", cfg.to_str().unwrap(), "run"])
+            .env("NOTIFY_SOCKET", &sock_path)
+            .env("WATCHDOG_USEC", "1000000"),
+    );
+
+    let before_ready = recv_until(&sock, "READY=1", Duration::from_secs(20));
+    assert_eq!(
+        before_ready.len(),
+        1,
+        "something before READY: {before_ready:?}\n{}",
+        d.logs()
+    );
+    // READY means the listener is up: HTTP answers at once.
+    assert!(
+        http_get(port, "/readyz").is_some_and(|(code, _)| code == 200),
+        "{}",
+        d.logs()
+    );
+
+    // The loop ticks about once a second and pings at most every half interval (0.5 s).
+    let t0 = Instant::now();
+    let mut pings = 0;
+    while t0.elapsed() < Duration::from_millis(3200) {
+        pings += recv_until(&sock, "WATCHDOG=1", Duration::from_secs(3)).len();
+    }
+    assert!(
+        (3..=8).contains(&pings),
+        "{pings} watchdog pings in 3.2 s\n{}",
+        d.logs()
+    );
+
+    d.signal("TERM");
+    let seen = recv_until(&sock, "STOPPING=1", Duration::from_secs(5));
+    assert!(
+        seen.iter()
+            .all(|m| m == "WATCHDOG=1" || m.starts_with("STOPPING=1")),
+        "{seen:?}"
+    );
+    let status = d
+        .wait_exit(Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no exit\n{}", d.logs()));
+    assert_eq!(status.code(), Some(0), "{}", d.logs());
 }
