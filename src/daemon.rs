@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Policy};
+use crate::ec2::pace::{PaceConfig, Paced};
 use crate::ec2::{self, Ec2};
 use crate::error::{Error, Result};
 use crate::http::{self, AppState};
@@ -61,9 +62,46 @@ impl Shared {
     }
 }
 
-/// Builds one instrumented EC2 backend per configured region against real AWS (or the configured endpoint),
-/// failing fast when region or credentials are missing, and learns the account id (the first AWS call).
+/// Builds one paced, instrumented EC2 backend per configured region against real AWS (or the configured
+/// endpoint), failing fast when region or credentials are missing, and learns the account id (the first AWS call).
 pub async fn aws_regions(shared: &Shared) -> Result<Vec<Arc<Region>>> {
+    aws_regions_paced(shared, &pace_config(&shared.config)).await
+}
+
+/// How the daemon paces AWS calls: `aws.max-attempts` bounds the attempts of one call (the SDK no longer
+/// retries); the rest are defaults until the `aws` config section carries them. The per-volume gap never exceeds
+/// the shortest interval between two fires of any schedule: EC2 refuses a schedule faster than 15 s anyway, and
+/// on an emulator (tests) such a schedule must not be held back beyond its own period.
+pub fn pace_config(config: &Config) -> PaceConfig {
+    let default = PaceConfig::default();
+    let now = Utc::now();
+    let tz = config.daemon.timezone;
+    let shortest = config
+        .policies
+        .iter()
+        .flat_map(|p| &p.schedules)
+        .filter_map(|s| {
+            // A few consecutive fires: enough for lists and ranges such as `0,5 * * * * *`.
+            let mut fires = vec![s.cron.next_after(now, tz)?];
+            for _ in 0..4 {
+                let last = *fires.last()?;
+                fires.push(s.cron.next_after(last, tz)?);
+            }
+            fires
+                .windows(2)
+                .filter_map(|w| (w[1] - w[0]).to_std().ok())
+                .min()
+        })
+        .min();
+    PaceConfig {
+        max_attempts: config.aws.max_attempts.max(1),
+        per_volume_gap: shortest.map_or(default.per_volume_gap, |s| s.min(default.per_volume_gap)),
+        ..default
+    }
+}
+
+/// [`aws_regions`] with explicit pacing (tests shorten the gaps and backoffs).
+pub async fn aws_regions_paced(shared: &Shared, pace: &PaceConfig) -> Result<Vec<Arc<Region>>> {
     let aws = &shared.config.aws;
     let names: Vec<Option<&str>> = if aws.regions.is_empty() {
         vec![None]
@@ -76,15 +114,21 @@ pub async fn aws_regions(shared: &Shared) -> Result<Vec<Arc<Region>>> {
     let mut out = Vec::new();
     for name in names {
         let conf = ec2::sdk::sdk_config(aws, name).await;
+        // `Paced` is the one retrier for EC2 and STS: an SDK retry would be a request its buckets never saw.
+        let conf = conf
+            .to_builder()
+            .retry_config(aws_config::retry::RetryConfig::disabled())
+            .build();
         ec2::sdk::check_sdk_config(&conf, Duration::from_secs(10)).await?;
         shared.health.credentials_resolved.store(true, Relaxed);
         let backend: Arc<dyn Ec2> = Arc::new(ec2::sdk::SdkEc2::new(&conf));
-        out.push(region(shared, backend, permits.clone()).await?);
+        out.push(paced_region(shared, backend, permits.clone(), pace.clone()).await?);
     }
     Ok(out)
 }
 
-/// Wraps a backend with the shared concurrency bound and metrics and resolves its account.
+/// Wraps a backend with the shared concurrency bound and metrics and resolves its account. Unpaced: for the
+/// in-memory backends (`demo`, tests), which have no AWS budget to protect and fire every few seconds.
 pub async fn region(
     shared: &Shared,
     backend: Arc<dyn Ec2>,
@@ -95,6 +139,27 @@ pub async fn region(
         permits,
         shared.metrics.clone(),
     ));
+    resolve(shared, ec2).await
+}
+
+/// [`region`] behind one [`Paced`] layer, outermost, so every retry is paced and counted as an attempt and a call
+/// sleeping in backoff holds no concurrency permit. One per region, shared by all runs: AWS's buckets are per
+/// account per region.
+pub async fn paced_region(
+    shared: &Shared,
+    backend: Arc<dyn Ec2>,
+    permits: Arc<Semaphore>,
+    pace: PaceConfig,
+) -> Result<Arc<Region>> {
+    let instrumented: Arc<dyn Ec2> = Arc::new(ec2::Instrumented::new(
+        backend,
+        permits,
+        shared.metrics.clone(),
+    ));
+    resolve(shared, Arc::new(Paced::new(instrumented, pace))).await
+}
+
+async fn resolve(shared: &Shared, ec2: Arc<dyn Ec2>) -> Result<Arc<Region>> {
     let account_id = ec2.account_id().await?;
     // An answered call proves the credentials too (the fake backend needs none).
     shared.health.credentials_resolved.store(true, Relaxed);

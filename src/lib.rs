@@ -16,5 +16,6 @@ pub mod report;
 pub mod retention;
 pub mod schedule;
 pub mod sdnotify;
+pub mod simulate;
 pub mod status;
 pub mod worker;

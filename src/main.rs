@@ -67,6 +67,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Runs the config's schedules and retention over simulated time on the in-memory backend: what it costs.
+    Simulate {
+        /// Start of simulated time (RFC 3339 or YYYY-MM-DD, UTC)
+        #[arg(long)]
+        from: String,
+        #[arg(long, default_value_t = 400)]
+        days: u32,
+        /// Volumes per policy
+        #[arg(long, default_value_t = 3)]
+        volumes: usize,
+        /// Value of count tags, for schedules that read their keep count from a tag
+        #[arg(long, default_value_t = 7)]
+        count_tag_value: u32,
+        #[arg(long)]
+        policy: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Upcoming fire times in the configured timezone.
     Next {
         #[arg(long, default_value_t = 5)]
@@ -101,7 +119,12 @@ fn main() -> ExitCode {
     } else {
         Console::Stderr
     };
-    let _guard = match logging::init(&config.log, console) {
+    let mut log = config.log.clone();
+    if matches!(cli.command, Command::Simulate { .. }) {
+        // Thousands of simulated runs: their per-run lines would bury the report.
+        log.level = "warn".into();
+    }
+    let _guard = match logging::init(&log, console) {
         Ok(g) => g,
         Err(e) => {
             eprintln!(
@@ -191,6 +214,41 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
             dry_run,
         } => once(config, &policy, &schedule, slot.as_deref(), dry_run).await,
         Command::Plan { policy, json } => plan(config, policy.as_deref(), json).await,
+        Command::Simulate {
+            from,
+            days,
+            volumes,
+            count_tag_value,
+            policy,
+            json,
+        } => {
+            let from = schedule::parse_slot(&from)
+                .or_else(|| schedule::parse_slot(&format!("{from}T00:00:00Z")))
+                .with_context(|| {
+                    format!("--from `{from}`: write a date (2026-01-01) or RFC 3339 time")
+                })?;
+            if let Some(name) = &policy {
+                if config.policy(name).is_none() {
+                    bail!("no policy `{name}` in {}", config.source.display());
+                }
+            }
+            let opts = snapwarden::simulate::SimOptions {
+                from,
+                days,
+                volumes,
+                count_tag_value,
+                policy,
+            };
+            let started = std::time::Instant::now();
+            let report = snapwarden::simulate::simulate(&config, &opts).await;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", snapwarden::simulate::render(&report));
+                println!("({:.2} s)", started.elapsed().as_secs_f64());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Next { count } => {
             let tz = config.daemon.timezone;
             let now = Utc::now();
@@ -391,7 +449,11 @@ async fn plan(config: Config, policy: Option<&str>, json: bool) -> anyhow::Resul
             let survey = worker::survey(r.ec2.as_ref(), p, &r.account_id)
                 .await
                 .with_context(|| format!("policy {} in {}", p.name, r.ec2.region()))?;
-            for d in worker::plan_retention(p, &survey, &Default::default(), now) {
+            let plan = worker::plan_retention(p, &survey, &Default::default(), p.timezone, now);
+            if let Some(hit) = &plan.cap_hit {
+                eprintln!("policy {} in {}: {}", p.name, r.ec2.region(), hit.message);
+            }
+            for d in plan.decisions {
                 rows.push(serde_json::json!({
                     "policy": p.name,
                     "region": r.ec2.region(),

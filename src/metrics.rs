@@ -108,7 +108,7 @@ impl Metrics {
                 &["policy", "schedule"],
             ),
             aws_requests: counter(&registry, "aws_requests_total", "AWS API calls by operation and outcome", &["operation", "outcome"]),
-            aws_throttles: counter(&registry, "aws_throttles_total", "AWS calls that ended throttled", &["operation"]),
+            aws_throttles: counter(&registry, "aws_throttles_total", "AWS requests answered throttled, each attempt (retries included)", &["operation"]),
             notifications: counter(&registry, "notifications_total", "SNS notifications by outcome", &["outcome"]),
             skipped_fires: counter(
                 &registry,
@@ -119,7 +119,7 @@ impl Metrics {
             skipped_resources: counter(
                 &registry,
                 "skipped_resources_total",
-                "Targets skipped for a bad tag value",
+                "Targets skipped this run, by reason: a bad count-tag value, or a pending-snapshot limit (deferred)",
                 &["policy", "schedule", "reason"],
             ),
             kept_in_use: counter(
@@ -165,8 +165,9 @@ impl Metrics {
                     }
                 }
                 self.skipped_fires.with_label_values(&[pn, sn]);
-                self.skipped_resources
-                    .with_label_values(&[pn, sn, "bad-count-tag"]);
+                for reason in ["bad-count-tag", "pending-limit"] {
+                    self.skipped_resources.with_label_values(&[pn, sn, reason]);
+                }
                 let interval = s
                     .cron
                     .latest_at_or_before(now, tz)

@@ -42,7 +42,8 @@ impl RunResult {
 pub struct Problem {
     /// volume, instance or snapshot id; the region for run-level problems.
     pub resource: String,
-    /// `create`, `delete`, `target` (bad tag value) or `describe`.
+    /// `create`, `delete`, `target` (bad tag value), `describe`, or `defer` (a pending-snapshot limit put the
+    /// volume off to the next run: makes the run partial, never failed, and is not counted as a failed volume).
     pub operation: &'static str,
     /// AWS error code, or a bounded label such as `bad-count-tag`.
     pub code: String,

@@ -223,13 +223,15 @@ fn to_snap(s: &Snapshot) -> Snap {
     }
 }
 
-/// Plans retention over every managed snapshot of the policy in the region, targeted or not.
+/// Plans retention over every managed snapshot of the policy in the region, targeted or not. `tz` is the zone
+/// calendar keep rules take their days and weeks in (`policy.timezone`, i.e. `daemon.timezone`).
 pub fn plan_retention(
     policy: &Policy,
     survey: &Survey,
     frozen: &HashSet<String>,
+    tz: chrono_tz::Tz,
     now: DateTime<Utc>,
-) -> Vec<Decision> {
+) -> retention::Plan {
     let snaps: Vec<Snap> = survey.snapshots.iter().map(to_snap).collect();
     let rules: Vec<ScheduleRules> = policy
         .schedules
@@ -261,11 +263,23 @@ pub fn plan_retention(
         }
     }
     counts.extend(newest.into_iter().map(|(k, (_, n))| (k, n)));
+    // A volume skipped only for a bad count-tag value is still targeted: it must not become an orphan whose
+    // history `expire-after` deletes while the tag is being fixed.
+    let targeted: HashSet<String> = survey
+        .targets
+        .iter()
+        .map(|t| t.volume.id.clone())
+        .chain(survey.seen.iter().map(|(volume, _)| volume.clone()))
+        .collect();
     let input = PlanInput {
         snapshots: &snaps,
         schedules: &rules,
         counts: &counts,
         frozen_volumes: frozen,
+        tz,
+        targeted: Some(&targeted),
+        orphans: policy.orphans,
+        caps: policy.caps,
     };
     retention::plan(&input, now)
 }
@@ -433,6 +447,8 @@ async fn execute(
             serves.into_iter().map(String::from).collect::<Vec<_>>(),
         ));
     }
+    let mut frozen = HashSet::new();
+    defer_pending(ec2, spec, &survey, &mut todo, &mut frozen, report, metrics);
     let results: Vec<_> = stream::iter(todo)
         .map(|(request, serves)| async move {
             let result = ec2.create_snapshot(&request).await;
@@ -441,7 +457,6 @@ async fn execute(
         .buffer_unordered(spec.concurrency.max(1))
         .collect()
         .await;
-    let mut frozen = HashSet::new();
     for (request, serves, result) in results {
         match result {
             Ok(snapshot) => {
@@ -454,6 +469,23 @@ async fn execute(
                 }
                 report.created += 1;
                 survey.snapshots.push(snapshot);
+            }
+            // EC2 counted pending snapshots we could not see (another tool's, another policy's): defer, as above.
+            Err(e) if e.code() == "ConcurrentSnapshotLimitExceeded" => {
+                tracing::warn!(volume = %request.volume_id, error = %e, "snapshot deferred: EC2's pending-snapshot limit");
+                for s in &serves {
+                    metrics
+                        .skipped_resources
+                        .with_label_values(&[&policy.name, s, "pending-limit"])
+                        .inc();
+                }
+                frozen.insert(request.volume_id.clone());
+                report.problems.push(Problem {
+                    resource: request.volume_id,
+                    operation: "defer",
+                    code: e.code().to_string(),
+                    message: e.to_string(),
+                });
             }
             Err(e) => {
                 tracing::error!(volume = %request.volume_id, error = %e, kind = e.kind(), "snapshot failed");
@@ -475,7 +507,18 @@ async fn execute(
     }
 
     // Retention.
-    let plan = plan_retention(policy, &survey, &frozen, now());
+    let plan = plan_retention(policy, &survey, &frozen, policy.timezone, now());
+    // Over a deletion cap the plan deletes nothing; the problem makes the run partial, so the alert fires.
+    if let Some(hit) = &plan.cap_hit {
+        tracing::error!(setting = hit.setting, limit = %hit.limit, needed = %hit.needed, detail = %hit.message, "deletion cap hit: nothing deleted");
+        report.problems.push(Problem {
+            resource: region.clone(),
+            operation: "retention",
+            code: "deletion-cap".into(),
+            message: format!("policy {}: {}", policy.name, hit.message),
+        });
+    }
+    let plan = plan.decisions;
     // Owned items: a stream of futures borrowing from `plan` trips the compiler's higher-ranked lifetime check.
     let deletes: Vec<Decision> = plan
         .iter()
@@ -564,6 +607,59 @@ async fn execute(
     plan
 }
 
+/// Takes out of `todo` the volumes EC2 would refuse for too many pending snapshots (`ec2::pace::pending_deferrals`
+/// over the survey's snapshots): creating them would only fail with `ConcurrentSnapshotLimitExceeded`. Each is
+/// reported as a `defer` problem — the run is partial, never failed, for it — and frozen for retention, since it
+/// has no snapshot of this slot. The next run tries again.
+fn defer_pending(
+    ec2: &dyn Ec2,
+    spec: &RunSpec<'_>,
+    survey: &Survey,
+    todo: &mut Vec<(CreateSnapshot, Vec<String>)>,
+    frozen: &mut HashSet<String>,
+    report: &mut RunReport,
+    metrics: &Metrics,
+) {
+    let types: HashMap<&str, &str> = survey
+        .targets
+        .iter()
+        .map(|t| (t.volume.id.as_str(), t.volume.volume_type.as_str()))
+        .collect();
+    let candidates: Vec<(&str, &str)> = todo
+        .iter()
+        .map(|(r, _)| {
+            let id = r.volume_id.as_str();
+            (id, types.get(id).copied().unwrap_or_default())
+        })
+        .collect();
+    let deferred =
+        ec2::pace::pending_deferrals(&candidates, &survey.snapshots, ec2.max_pending_snapshots());
+    if deferred.is_empty() {
+        return;
+    }
+    todo.retain(|(request, serves)| {
+        let Some(why) = deferred.get(&request.volume_id) else {
+            return true;
+        };
+        let message = why.message();
+        tracing::warn!(volume = %request.volume_id, reason = %message, "snapshot deferred: pending-snapshot limit");
+        for s in serves {
+            metrics
+                .skipped_resources
+                .with_label_values(&[&spec.policy.name, s, "pending-limit"])
+                .inc();
+        }
+        frozen.insert(request.volume_id.clone());
+        report.problems.push(Problem {
+            resource: request.volume_id.clone(),
+            operation: "defer",
+            code: "pending-limit".into(),
+            message,
+        });
+        false
+    });
+}
+
 /// Per schedule: the oldest newest-completed snapshot over its targeted volumes, and volumes with none.
 pub fn freshness(policy: &Policy, survey: &Survey) -> BTreeMap<String, Freshness> {
     let mut newest: HashMap<(&str, &str), DateTime<Utc>> = HashMap::new();
@@ -617,7 +713,11 @@ fn record(metrics: &Metrics, spec: &RunSpec<'_>, report: &RunReport) {
     let result = report.result();
     let retention = if report.retention_skipped.is_some() {
         RunResult::Failure
-    } else if report.problems.iter().any(|p| p.operation == "delete") {
+    } else if report
+        .problems
+        .iter()
+        .any(|p| p.operation == "delete" || p.operation == "retention")
+    {
         RunResult::Partial
     } else {
         RunResult::Success

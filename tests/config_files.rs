@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use snapwarden::config::{self, Config, ConfigError, LogFormat, ResourceKind, Rotation};
+use snapwarden::retention::{Caps, Count, OrphanPolicy};
 
 fn shipped_files() -> Vec<PathBuf> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -108,7 +109,32 @@ fn shipped_examples_mean_what_their_comments_say() {
 
     let gfs = load_shipped("examples/gfs-by-count.toml");
     assert_eq!(gfs.daemon.timezone, chrono_tz::Europe::Berlin);
-    let counts: Vec<(&str, Option<u32>)> = gfs.policies[0]
+    let policy = &gfs.policies[0];
+    let keep = &policy.schedules[0].keep;
+    assert_eq!(
+        [
+            keep.hourly,
+            keep.daily,
+            keep.weekly,
+            keep.monthly,
+            keep.yearly
+        ],
+        [24, 7, 4, 12, 3].map(|n| Some(Count::N(n)))
+    );
+    assert_eq!(
+        policy.caps,
+        Caps {
+            max_deletes_per_run: Some(30),
+            max_delete_fraction: Some(0.5)
+        }
+    );
+    assert_eq!(
+        policy.orphans,
+        OrphanPolicy::ExpireAfter(Duration::from_secs(180 * 86_400))
+    );
+
+    let four = load_shipped("examples/four-schedules-by-count.toml");
+    let counts: Vec<(&str, Option<u32>)> = four.policies[0]
         .schedules
         .iter()
         .map(|s| (s.name.as_str(), s.keep.last))

@@ -1145,7 +1145,14 @@ async fn plan_lists_every_managed_snapshot_of_the_policy_with_reasons() {
         [v.as_str()]
     );
     assert!(survey.snapshots.iter().all(|s| s.owner_id == ACCOUNT));
-    let plan = worker::plan_retention(policy, &survey, &HashSet::new(), Utc::now());
+    let plan = worker::plan_retention(
+        policy,
+        &survey,
+        &HashSet::new(),
+        policy.timezone,
+        Utc::now(),
+    )
+    .decisions;
 
     let planned: BTreeSet<&str> = plan.iter().map(|d| d.snapshot_id.as_str()).collect();
     let want: BTreeSet<&str> = hist.iter().chain(&orphan).map(String::as_str).collect();

@@ -25,7 +25,7 @@ use std::time::Duration;
 use figment::providers::{Format, Toml};
 use figment::{Figment, Profile, Provider};
 
-use crate::retention::KeepRules;
+use crate::retention::{Caps, KeepRules, OrphanPolicy};
 use crate::schedule::Cron;
 
 /// Where the daemon looks when neither `--config` nor `SNAPWARDEN_CONFIG` names a file.
@@ -167,6 +167,13 @@ pub struct Policy {
     pub name: String,
     pub target: Target,
     pub schedules: Vec<Schedule>,
+    /// `daemon.timezone`, copied here because it is part of what the policy means: its cron times and its
+    /// calendar keep rules (which day, week, … a snapshot belongs to) are read in it.
+    pub timezone: chrono_tz::Tz,
+    /// What happens to snapshots of volumes the policy no longer targets (`orphans`).
+    pub orphans: OrphanPolicy,
+    /// `max-deletes-per-run` and `max-delete-fraction`.
+    pub caps: Caps,
 }
 
 impl Policy {

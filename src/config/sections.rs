@@ -18,7 +18,7 @@ use super::{
     AwsConfig, Config, DaemonConfig, LogConfig, LogFileConfig, LogFormat, NotifyConfig, Policy,
     ResourceKind, Rotation, Schedule, SnsConfig, Target,
 };
-use crate::retention::KeepRules;
+use crate::retention::{Caps, Count, KeepRules, OrphanPolicy, Period};
 use crate::schedule::Cron;
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:9180";
@@ -43,7 +43,7 @@ pub(super) fn config(cx: &mut Collector<'_>, root: &Dict, source: &Path) -> Conf
     let aws = section(cx, &mut t, "aws", aws);
     let notify = section(cx, &mut t, "notify", notify);
     let log = section(cx, &mut t, "log", log);
-    let policies = policies(cx, &mut t);
+    let policies = policies(cx, &mut t, daemon.timezone);
     t.finish(cx);
     Config {
         source: source.to_path_buf(),
@@ -515,7 +515,7 @@ const POLICY_EXAMPLE: &str =
     "[[policy]] tables, each with name = \"…\", a [policy.target] table and \
                               [[policy.schedule]] tables";
 
-fn policies(cx: &mut Collector<'_>, root: &mut Table<'_>) -> Vec<Policy> {
+fn policies(cx: &mut Collector<'_>, root: &mut Table<'_>, timezone: chrono_tz::Tz) -> Vec<Policy> {
     let path = root.path.key("policy");
     let Some(f) = root.get("policy") else {
         cx.missing(
@@ -548,7 +548,7 @@ fn policies(cx: &mut Collector<'_>, root: &mut Table<'_>) -> Vec<Policy> {
             continue;
         };
         let name = name(cx, &mut t, &mut names, &path, i, 64, "policy");
-        if let Some(policy) = policy(cx, &mut t, name) {
+        if let Some(policy) = policy(cx, &mut t, name, timezone) {
             out.push(policy);
         }
         t.finish(cx);
@@ -628,7 +628,12 @@ fn name(
     Some(name)
 }
 
-fn policy(cx: &mut Collector<'_>, t: &mut Table<'_>, name: Option<String>) -> Option<Policy> {
+fn policy(
+    cx: &mut Collector<'_>,
+    t: &mut Table<'_>,
+    name: Option<String>,
+    timezone: chrono_tz::Tz,
+) -> Option<Policy> {
     let target_path = t.path.key("target");
     let target = match t.get("target") {
         None => {
@@ -690,11 +695,92 @@ fn policy(cx: &mut Collector<'_>, t: &mut Table<'_>, name: Option<String>) -> Op
         }
     }
 
+    let orphans = t.get("orphans").and_then(|f| orphans(cx, &f));
+    let caps = caps(cx, t);
+
     Some(Policy {
         name: name?,
         target: target?.0,
         schedules: schedules?,
+        timezone,
+        orphans: orphans.unwrap_or_default(),
+        caps: caps?,
     })
+}
+
+const ORPHANS_EXAMPLE: &str =
+    "orphans = \"keep-rules\" (or \"keep-all\", or { expire-after = \"90d\" })";
+
+/// `orphans`: a word, or a table with `expire-after`. `None` when invalid (reported) or absent.
+fn orphans(cx: &mut Collector<'_>, f: &Field<'_>) -> Option<OrphanPolicy> {
+    match f.value {
+        Value::Dict(..) => {
+            let mut t = cx.table(f, ORPHANS_EXAMPLE)?;
+            let after = match t.get("expire-after") {
+                None => {
+                    cx.missing(
+                        &t.path.key("expire-after"),
+                        "missing: the orphans table needs expire-after",
+                        "write orphans = { expire-after = \"90d\" } (delete an orphaned volume's snapshots once \
+                         its newest is that old), or orphans = \"keep-rules\"",
+                    );
+                    None
+                }
+                Some(f) => cx.duration(&f, false, "orphans = { expire-after = \"90d\" }"),
+            };
+            t.finish(cx);
+            after.map(OrphanPolicy::ExpireAfter)
+        }
+        Value::String(..) => cx.choice(
+            f,
+            &[
+                ("keep-rules", OrphanPolicy::KeepRules),
+                ("keep-all", OrphanPolicy::KeepAll),
+            ],
+        ),
+        _ => {
+            cx.problem(
+                f,
+                "expected a word or a table",
+                format!("write {ORPHANS_EXAMPLE}"),
+            );
+            None
+        }
+    }
+}
+
+/// The deletion caps; `None` when one of them is invalid (already reported).
+fn caps(cx: &mut Collector<'_>, t: &mut Table<'_>) -> Option<Caps> {
+    let mut caps = Caps::default();
+    let mut valid = true;
+    if let Some(f) = t.get("max-deletes-per-run") {
+        caps.max_deletes_per_run = cx
+            .integer(&f, 1..=1_000_000, "max-deletes-per-run = 50")
+            .map(|n| n as u32);
+        valid &= caps.max_deletes_per_run.is_some();
+    }
+    if let Some(f) = t.get("max-delete-fraction") {
+        const EXAMPLE: &str = "max-delete-fraction = 0.5";
+        caps.max_delete_fraction = cx.number(&f, EXAMPLE).and_then(|x| {
+            if x > 0.0 && x <= 1.0 {
+                return Some(x);
+            }
+            let fix = if x > 1.0 && x <= 100.0 {
+                format!(
+                    "it is a fraction, not a percentage: write max-delete-fraction = {}",
+                    x / 100.0
+                )
+            } else {
+                format!(
+                    "write a fraction above 0 and at most 1, e.g. {EXAMPLE} (1 allows deleting all but the rails)"
+                )
+            };
+            cx.problem(&f, format!("{x} is not a fraction between 0 (exclusive) and 1"), fix);
+            None
+        });
+        valid &= caps.max_delete_fraction.is_some();
+    }
+    valid.then_some(caps)
 }
 
 /// The target and, when present, the `tags` field (for pointing a later cross-check at it).
@@ -811,7 +897,11 @@ fn schedule(cx: &mut Collector<'_>, t: &mut Table<'_>, name: Option<String>) -> 
     let keep = match &keep_field {
         None => Some(KeepRules::default()),
         Some(f) => cx
-            .table(f, "keep = { last = 7 } (or within = \"7d\", or all = true)")
+            .table(
+                f,
+                "keep = { last = 7 } (or daily = 7, weekly = 4, within = \"7d\", within-daily = \"30d\", \
+                 all = true)",
+            )
             .and_then(|mut k| {
                 let rules = keep(cx, &mut k);
                 k.finish(cx);
@@ -836,8 +926,9 @@ fn schedule(cx: &mut Collector<'_>, t: &mut Table<'_>, name: Option<String>) -> 
     if let Some(rules) = &keep {
         if rules.is_empty() && count_tag.is_none() {
             let message = "no keep rule: nothing says how many snapshots to keep";
-            let fix = "add keep = { last = 7 } (count), keep = { within = \"7d\" } (age), keep = { all = true } \
-                       (never prune), or count-tag = \"TagName\" to read the count from each resource's tag";
+            let fix = "add keep = { last = 7 } (count), keep = { daily = 7, weekly = 4, monthly = 12 } (calendar), \
+                       keep = { within = \"7d\" } (age), keep = { all = true } (never prune), or count-tag = \
+                       \"TagName\" to read the count from each resource's tag";
             match &keep_field {
                 Some(f) => cx.problem(f, message, fix),
                 None => cx.missing(&t.path.key("keep"), message, fix),
@@ -865,15 +956,20 @@ fn schedule(cx: &mut Collector<'_>, t: &mut Table<'_>, name: Option<String>) -> 
     })
 }
 
+/// Largest count a rule accepts: beyond it a typo (`70000`) is more likely than intent.
+const MAX_RULE_COUNT: i64 = 10_000;
+
 /// The keep rules, or `None` when one of them is invalid (already reported): an invalid rule must not also be
-/// reported as "no keep rule".
+/// reported as "no keep rule". Zero counts and zero windows are refused: a rule that keeps nothing was never
+/// what was meant, and a `daily = 0` next to nothing else would leave only the newest rail.
 fn keep(cx: &mut Collector<'_>, t: &mut Table<'_>) -> Option<KeepRules> {
     let mut rules = KeepRules::default();
     let mut valid = true;
     if let Some(f) = t.get("last") {
-        rules.last = cx
-            .integer(&f, 1..=10_000, "keep = { last = 7 }")
-            .map(|n| n as u32);
+        rules.last = count(cx, &f, "last", false).and_then(|c| match c {
+            Count::N(n) => Some(n),
+            Count::All => None, // refused by `count` already
+        });
         valid &= rules.last.is_some();
     }
     if let Some(f) = t.get("within") {
@@ -886,7 +982,56 @@ fn keep(cx: &mut Collector<'_>, t: &mut Table<'_>) -> Option<KeepRules> {
             None => valid = false,
         }
     }
+    for period in Period::ALL {
+        if let Some(f) = t.get(period.as_str()) {
+            *rules.count_mut(period) = count(cx, &f, period.as_str(), true);
+            valid &= rules.count(period).is_some();
+        }
+    }
+    for period in Period::ALL {
+        if let Some(f) = t.get(period.within_str()) {
+            let example = format!("keep = {{ {} = \"30d\" }}", period.within_str());
+            *rules.window_mut(period) = cx.duration(&f, false, &example);
+            valid &= rules.window(period).is_some();
+        }
+    }
     valid.then_some(rules)
+}
+
+/// A rule's count: 1 to [`MAX_RULE_COUNT`], or `"all"` where `allow_all`.
+fn count(cx: &mut Collector<'_>, f: &Field<'_>, key: &str, allow_all: bool) -> Option<Count> {
+    let example = if allow_all {
+        format!("keep = {{ {key} = 7 }} (or {key} = \"all\")")
+    } else {
+        format!("keep = {{ {key} = 7 }}")
+    };
+    match f.value {
+        Value::String(_, s) if allow_all && s == "all" => Some(Count::All),
+        Value::String(_, s) if allow_all => {
+            let fix = if s.eq_ignore_ascii_case("all") {
+                format!("write {key} = \"all\" (lowercase)")
+            } else if s.trim().parse::<u32>().is_ok() {
+                format!("write the number without quotes: {key} = {}", s.trim())
+            } else {
+                format!("write {example}")
+            };
+            cx.problem(f, format!("`{s}` is neither a count nor \"all\""), fix);
+            None
+        }
+        Value::Num(_, n) if n.to_i128() == Some(0) || n.to_u128() == Some(0) => {
+            cx.problem(
+                f,
+                format!("{key} = 0 keeps nothing by this rule"),
+                format!(
+                    "write a count of at least 1 (e.g. {example}), or remove {key} if the rule is not wanted"
+                ),
+            );
+            None
+        }
+        _ => cx
+            .integer(f, 1..=MAX_RULE_COUNT, &example)
+            .map(|n| Count::N(n as u32)),
+    }
 }
 
 #[cfg(test)]

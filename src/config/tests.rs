@@ -58,6 +58,7 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(c.source, Path::new("/etc/snapwarden/test.toml"));
     assert_eq!(c.daemon.listen.to_string(), "127.0.0.1:9180");
     assert_eq!(c.daemon.timezone, chrono_tz::Tz::UTC);
+    assert_eq!(c.policies[0].timezone, chrono_tz::Tz::UTC);
     assert_eq!(c.daemon.max_concurrent_aws_calls, 8);
     assert_eq!(c.daemon.shutdown_grace, Duration::from_secs(30));
     assert!(c.aws.regions.is_empty());
@@ -118,6 +119,7 @@ rotation = "hourly"
     .unwrap();
     assert_eq!(c.daemon.listen.to_string(), "0.0.0.0:9999");
     assert_eq!(c.daemon.timezone, chrono_tz::Europe::Berlin);
+    assert_eq!(c.policies[0].timezone, chrono_tz::Europe::Berlin);
     assert_eq!(c.daemon.max_concurrent_aws_calls, 16);
     assert_eq!(c.daemon.shutdown_grace, Duration::from_secs(90));
     assert_eq!(c.aws.regions, ["eu-west-1", "us-east-1"]);
@@ -696,32 +698,10 @@ fn load_reports_a_missing_file_as_one_problem() {
     assert!(err.problems[0].fix.contains("--config"));
 }
 
-/// The lead's built-in demo config (src/demo.rs) must keep validating; a copy, since demo.rs is not this module's.
+/// The built-in demo config (inline-table style) must keep validating.
 #[test]
-fn inline_table_style_as_in_the_demo_config_validates() {
-    let c = parse(
-        r#"
-[daemon]
-listen = "127.0.0.1:9180"
-shutdown-grace = "10s"
-
-[[policy]]
-name = "prod"
-target = { resource = "instance", tags = { Backup = "true" } }
-schedule = [
-  { name = "fast", cron = "*/5 * * * * *", keep = { last = 6 } },
-  { name = "slow", cron = "0,30 * * * * *", keep = { within = "2m" } },
-]
-
-[[policy]]
-name = "tagged"
-target = { resource = "instance", tags = {} }
-schedule = [
-  { name = "tagcount", cron = "*/10 * * * * *", count-tag = "SnapshotCount" },
-]
-"#,
-    )
-    .unwrap();
+fn the_demo_config_validates() {
+    let c = parse(crate::demo::DEMO_CONFIG).unwrap();
     assert_eq!(c.policies.len(), 2);
     assert_eq!(
         c.policy("tagged").unwrap().schedules[0]
@@ -729,4 +709,243 @@ schedule = [
             .as_deref(),
         Some("SnapshotCount")
     );
+}
+
+#[test]
+fn calendar_keep_rules_are_read() {
+    use crate::retention::{Count, Period};
+    let c = parse(&MINIMAL.replace(
+        "keep = { last = 7 }",
+        "keep = { hourly = 24, daily = 7, weekly = 4, monthly = 12, quarterly = 8, yearly = \"all\", \
+         within-hourly = \"2d\", within-daily = \"30d\", within-weekly = \"8w\", within-monthly = \"365d\", \
+         within-quarterly = \"730d\", within-yearly = \"3650d\" }",
+    ))
+    .unwrap();
+    let keep = &c.policies[0].schedules[0].keep;
+    assert_eq!(keep.hourly, Some(Count::N(24)));
+    assert_eq!(keep.daily, Some(Count::N(7)));
+    assert_eq!(keep.weekly, Some(Count::N(4)));
+    assert_eq!(keep.monthly, Some(Count::N(12)));
+    assert_eq!(keep.quarterly, Some(Count::N(8)));
+    assert_eq!(keep.yearly, Some(Count::All));
+    assert_eq!(keep.within_hourly, Some(Duration::from_secs(2 * 86_400)));
+    assert_eq!(keep.within_daily, Some(Duration::from_secs(30 * 86_400)));
+    assert_eq!(keep.within_weekly, Some(Duration::from_secs(56 * 86_400)));
+    assert_eq!(
+        keep.window(Period::Month),
+        Some(Duration::from_secs(365 * 86_400))
+    );
+    assert_eq!(
+        keep.within_quarterly,
+        Some(Duration::from_secs(730 * 86_400))
+    );
+    assert_eq!(keep.within_yearly, Some(Duration::from_secs(3650 * 86_400)));
+    assert_eq!(keep.last, None);
+
+    // A calendar rule alone is a keep rule, also next to count-tag.
+    let c = parse(&MINIMAL.replace(
+        "keep = { last = 7 }",
+        "count-tag = \"SnapshotDaily\"\nkeep = { monthly = 3 }",
+    ))
+    .unwrap();
+    assert_eq!(c.policies[0].schedules[0].keep.monthly, Some(Count::N(3)));
+}
+
+#[test]
+fn rules_that_keep_nothing_are_refused_all_at_once() {
+    let found = problems(&MINIMAL.replace(
+        "keep = { last = 7 }",
+        "keep = { last = 0, daily = 0, weekly = \"All\", monthly = \"12\", yearly = \"forever\", \
+         quarterly = 10001, within-daily = \"0d\", within-weekly = 30, hourly = -1 }",
+    ));
+    let by_key: BTreeMap<&str, &Problem> = found.iter().map(|p| (p.key.as_str(), p)).collect();
+    let k = "policy[prod].schedule[daily].keep";
+    assert_eq!(
+        keys(&found),
+        [
+            format!("{k}.last"),
+            format!("{k}.hourly"),
+            format!("{k}.daily"),
+            format!("{k}.weekly"),
+            format!("{k}.monthly"),
+            format!("{k}.quarterly"),
+            format!("{k}.yearly"),
+            format!("{k}.within-daily"),
+            format!("{k}.within-weekly"),
+        ],
+        "{found:#?}"
+    );
+    let last = by_key[format!("{k}.last").as_str()];
+    assert_eq!(last.message, "last = 0 keeps nothing by this rule");
+    assert!(last.fix.contains("at least 1"), "{last:?}");
+    assert!(!last.fix.contains("all"), "last has no \"all\": {last:?}");
+    let daily = by_key[format!("{k}.daily").as_str()];
+    assert!(daily.fix.contains("remove daily"), "{daily:?}");
+    assert!(by_key[format!("{k}.weekly").as_str()]
+        .fix
+        .contains("(lowercase)"));
+    assert!(by_key[format!("{k}.monthly").as_str()]
+        .fix
+        .contains("without quotes: monthly = 12"));
+    assert!(by_key[format!("{k}.yearly").as_str()]
+        .message
+        .contains("neither a count nor \"all\""));
+    assert!(by_key[format!("{k}.quarterly").as_str()]
+        .message
+        .contains("out of range"));
+    assert!(by_key[format!("{k}.within-daily").as_str()]
+        .message
+        .contains("is zero"));
+    assert!(by_key[format!("{k}.within-weekly").as_str()]
+        .message
+        .contains("bare number 30"));
+    assert!(by_key[format!("{k}.hourly").as_str()]
+        .message
+        .contains("out of range"));
+}
+
+#[test]
+fn keep_typos_are_unknown_keys_with_suggestions() {
+    let p = only_problem(
+        &MINIMAL.replace(
+            "keep = { last = 7 }",
+            "keep = { last = 7, within_daily = \"30d\" }",
+        ),
+        "policy[prod].schedule[daily].keep.within_daily",
+    );
+    assert!(p.fix.contains("did you mean `within-daily`"), "{p:?}");
+    let p = only_problem(
+        &MINIMAL.replace("keep = { last = 7 }", "keep = { last = 7, weeks = 4 }"),
+        "policy[prod].schedule[daily].keep.weeks",
+    );
+    assert!(p.fix.contains("weekly"), "{p:?}");
+}
+
+#[test]
+fn no_keep_rule_mentions_calendar_rules() {
+    let p = only_problem(
+        &MINIMAL.replace("keep = { last = 7 }", "keep = {}"),
+        "policy[prod].schedule[daily].keep",
+    );
+    assert!(p.fix.contains("daily = 7, weekly = 4"), "{p:?}");
+}
+
+#[test]
+fn orphans_and_caps_default_and_parse() {
+    use crate::retention::{Caps, OrphanPolicy};
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.policies[0].orphans, OrphanPolicy::KeepRules);
+    assert_eq!(c.policies[0].caps, Caps::default());
+
+    let policy_keys =
+        |extra: &str| MINIMAL.replace("name = \"prod\"", &format!("name = \"prod\"\n{extra}"));
+    for (line, want) in [
+        ("orphans = \"keep-rules\"", OrphanPolicy::KeepRules),
+        ("orphans = \"keep-all\"", OrphanPolicy::KeepAll),
+        (
+            "orphans = { expire-after = \"90d\" }",
+            OrphanPolicy::ExpireAfter(Duration::from_secs(90 * 86_400)),
+        ),
+    ] {
+        assert_eq!(
+            parse(&policy_keys(line)).unwrap().policies[0].orphans,
+            want,
+            "{line}"
+        );
+    }
+    let c = parse(&policy_keys(
+        "max-deletes-per-run = 50\nmax-delete-fraction = 0.5",
+    ))
+    .unwrap();
+    assert_eq!(
+        c.policies[0].caps,
+        Caps {
+            max_deletes_per_run: Some(50),
+            max_delete_fraction: Some(0.5),
+        }
+    );
+    let c = parse(&policy_keys("max-delete-fraction = 1")).unwrap();
+    assert_eq!(c.policies[0].caps.max_delete_fraction, Some(1.0));
+}
+
+#[test]
+fn bad_orphans_and_caps_are_all_reported() {
+    let toml = MINIMAL.replace(
+        "name = \"prod\"",
+        "name = \"prod\"\norphans = \"Keep-All\"\nmax-deletes-per-run = 0\nmax-delete-fraction = 50",
+    );
+    let found = problems(&toml);
+    assert_eq!(
+        keys(&found),
+        [
+            "policy[prod].orphans",
+            "policy[prod].max-deletes-per-run",
+            "policy[prod].max-delete-fraction",
+        ],
+        "{found:#?}"
+    );
+    assert!(
+        found[0].fix.contains("\"keep-all\" (lowercase)"),
+        "{:?}",
+        found[0]
+    );
+    assert!(
+        found[2]
+            .fix
+            .contains("not a percentage: write max-delete-fraction = 0.5"),
+        "{:?}",
+        found[2]
+    );
+
+    for (line, key, needle) in [
+        (
+            "orphans = { expire-after = \"0d\" }",
+            "policy[prod].orphans.expire-after",
+            "is zero",
+        ),
+        (
+            "orphans = {}",
+            "policy[prod].orphans.expire-after",
+            "missing",
+        ),
+        (
+            "orphans = { expire = \"9d\" }",
+            "policy[prod].orphans.expire",
+            "unknown key",
+        ),
+        ("orphans = 90", "policy[prod].orphans", "a word or a table"),
+        (
+            "orphans = \"forever\"",
+            "policy[prod].orphans",
+            "is not one of",
+        ),
+        (
+            "max-delete-fraction = 0",
+            "policy[prod].max-delete-fraction",
+            "between 0",
+        ),
+        (
+            "max-delete-fraction = -0.5",
+            "policy[prod].max-delete-fraction",
+            "between 0",
+        ),
+        (
+            "max-delete-fraction = \"half\"",
+            "policy[prod].max-delete-fraction",
+            "expected a number",
+        ),
+        (
+            "max-deletes-per-run = 2.5",
+            "policy[prod].max-deletes-per-run",
+            "whole number",
+        ),
+    ] {
+        let toml = MINIMAL.replace("name = \"prod\"", &format!("name = \"prod\"\n{line}"));
+        let all = problems(&toml);
+        let p = all
+            .iter()
+            .find(|p| p.key == key)
+            .unwrap_or_else(|| panic!("{line}: no problem at {key}: {all:#?}"));
+        assert!(p.message.contains(needle), "{line}: {p:?}");
+    }
 }

@@ -227,6 +227,19 @@ impl<'f> Collector<'f> {
         }
     }
 
+    /// A number, whole or not (`0.5`, `1`); the caller checks the range.
+    pub(super) fn number(&mut self, field: &Field<'_>, example: &str) -> Option<f64> {
+        match field.value {
+            Value::Num(_, Num::F32(f)) => Some(f64::from(*f)),
+            Value::Num(_, Num::F64(f)) => Some(*f),
+            Value::Num(_, n) => whole(*n).map(|i| i as f64),
+            _ => {
+                self.wrong_type(field, "a number", example);
+                None
+            }
+        }
+    }
+
     /// A humantime duration string ("30s", "6h", "7d"); zero is refused when `allow_zero` is false.
     pub(super) fn duration(
         &mut self,

@@ -1,9 +1,11 @@
 //! What snapwarden needs from EC2, as a small trait over plain types, plus the decorators every backend is wrapped
-//! in: [`Instrumented`] (concurrency bound, request metrics) and [`DryRun`] (records mutations instead of doing
-//! them, so a dry run walks exactly the code path of a real one). Backends: [`sdk::SdkEc2`] (aws-sdk-ec2) and
-//! [`fake::FakeEc2`] (in memory, for tests and `demo`). This module knows nothing of policies or retention.
+//! in: [`pace::Paced`] (rate limits and retries, outermost), [`Instrumented`] (concurrency bound, request metrics)
+//! and [`DryRun`] (records mutations instead of doing them, so a dry run walks exactly the code path of a real
+//! one). Backends: [`sdk::SdkEc2`] (aws-sdk-ec2) and [`fake::FakeEc2`] (in memory, for tests and `demo`). This
+//! module knows nothing of policies or retention.
 
 pub mod fake;
+pub mod pace;
 pub mod sdk;
 
 use std::collections::BTreeMap;
@@ -104,6 +106,11 @@ pub struct CreateSnapshot {
 #[async_trait]
 pub trait Ec2: Send + Sync {
     fn region(&self) -> &str;
+    /// The account-wide cap on pending snapshots this backend paces creates under ([`pace::Paced`] knows it);
+    /// None: only EC2's per-volume limits apply.
+    fn max_pending_snapshots(&self) -> Option<usize> {
+        None
+    }
     /// The account the credentials belong to; snapshots owned by anyone else are never deletion candidates.
     async fn account_id(&self) -> Result<String>;
     async fn describe_instances(&self, filters: &[Filter]) -> Result<Vec<Instance>>;
@@ -149,6 +156,9 @@ impl Instrumented {
 impl Ec2 for Instrumented {
     fn region(&self) -> &str {
         self.inner.region()
+    }
+    fn max_pending_snapshots(&self) -> Option<usize> {
+        self.inner.max_pending_snapshots()
     }
     async fn account_id(&self) -> Result<String> {
         self.call("GetCallerIdentity", self.inner.account_id())
@@ -206,6 +216,9 @@ impl DryRun {
 impl Ec2 for DryRun {
     fn region(&self) -> &str {
         self.inner.region()
+    }
+    fn max_pending_snapshots(&self) -> Option<usize> {
+        self.inner.max_pending_snapshots()
     }
     async fn account_id(&self) -> Result<String> {
         self.inner.account_id().await

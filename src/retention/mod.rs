@@ -1,26 +1,35 @@
 //! The retention planner: given every managed snapshot of one policy and the policy's schedules as configured
 //! now, decide for each snapshot whether to keep or delete it, and say why. It is a pure function of its input:
 //! it reads no clock, no tags and no AWS types, and it deletes nothing — the worker executes the plan, logs it and
-//! counts it. Parsing tags into [`Snap`]s, reading the count tag and deciding which volumes failed this run belong
-//! to the caller. Calendar rules (hourly/daily/… buckets) are not built yet; they slot into `rules.rs`.
+//! counts it. Parsing tags into [`Snap`]s, reading the count tag, deciding which volumes failed this run and which
+//! are still targeted belong to the caller.
 //!
 //! How a snapshot is judged, in order:
 //! - Rails that always keep: `pinned` (a `snapwarden:keep` tag), `pending` (not finished, so not judged yet), and
 //!   the newest completed snapshot of each volume across all of the policy's schedules, so a misconfigured rule can
 //!   never leave a volume with no restorable snapshot.
 //! - Schedule rules judge completed snapshots only. Each schedule sees only the snapshots that list it, and a
-//!   snapshot is kept when *any* of its listed schedules keeps it (rules within a schedule combine as a union).
-//!   A listed schedule that is no longer configured keeps the snapshot (`ScheduleRemoved`): removing a schedule
-//!   from the config must not silently delete its history. A completed snapshot that lists no schedule at all is
-//!   kept the same way, reported as `ScheduleRemoved { schedule: "" }`: we cannot tell which rules it was made
-//!   under, and keeping is the only choice that cannot lose data.
+//!   snapshot is kept when *any* of its listed schedules keeps it (rules within a schedule combine as a union:
+//!   `last`, `within`, `all` and the calendar rules of `rules.rs`). A listed schedule that is no longer configured
+//!   keeps the snapshot (`ScheduleRemoved`): removing a schedule from the config must not silently delete its
+//!   history. A completed snapshot that lists no schedule at all is kept the same way, reported as
+//!   `ScheduleRemoved { schedule: "" }`: we cannot tell which rules it was made under, and keeping is the only
+//!   choice that cannot lose data.
 //! - Error-state snapshots are never counted by a rule and are deleted (`ErrorState`): they restore nothing and
 //!   still count toward EC2's per-volume pending-snapshot limit.
+//! - Orphans — volumes the policy no longer targets (`PlanInput::targeted`) — follow [`OrphanPolicy`]. Only
+//!   `expire-after` can delete an orphan's newest snapshot, and it is the one rule that reads `now`: an orphan
+//!   gets no new snapshots, so "no snapshot for 90 days" can only be measured against the clock.
 //! - A volume in `frozen_volumes` (one of its snapshots failed in this run) loses nothing: every snapshot that
 //!   would otherwise be deleted is kept with `VolumeFailed`, so `plan` still shows exactly what the freeze saved.
+//! - Deletion caps ([`Caps`]) judge the whole plan last: over either cap, nothing at all is deleted and every
+//!   would-be delete is kept with `OverCap`; [`Plan::cap_hit`] names the setting to raise. All or nothing, because
+//!   a partial prune of a plan that is wrong (a count typo) still loses the history it was wrong about.
 //!
-//! A `Delete` decision carries only delete reasons (`Expired`, `ErrorState`); a `Keep` decision carries every
-//! keep reason that applies. Plans are idempotent: planning again without the deleted snapshots deletes nothing.
+//! A `Delete` decision carries only delete reasons (`Expired`, `ErrorState`, `OrphanExpired`); a `Keep` decision
+//! carries every keep reason that applies. Plans are idempotent: planning again without the deleted snapshots
+//! deletes nothing and keeps the same snapshots for the same reasons, with one exception inherited from restic: a
+//! `within-*` window that now reaches past the oldest remaining snapshot adds `Oldest` to it (it was kept anyway).
 
 mod rules;
 #[cfg(test)]
@@ -31,13 +40,13 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 
-/// One schedule's keep rules. Calendar rules (hourly/daily/weekly/monthly/quarterly/yearly counts, within-daily
-/// windows) will join these as more fields; `rules.rs` is where each rule turns into keep reasons.
+/// One schedule's keep rules, combined as a union.
 ///
-/// An empty rule set keeps nothing beyond the rails. Config validation is expected to reject that unless the
-/// schedule takes its count from a tag.
+/// An empty rule set keeps nothing beyond the rails. Config validation rejects that unless the schedule takes its
+/// count from a tag, and rejects zero counts and zero windows; the planner still accepts them (`Some(0)` keeps
+/// nothing by that rule) so that it is total.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct KeepRules {
     /// Keep the N newest completed snapshots of the schedule, per volume.
@@ -46,13 +55,175 @@ pub struct KeepRules {
     pub within: Option<Duration>,
     /// Keep every snapshot of the schedule.
     pub all: bool,
+    /// Calendar rules: keep the newest snapshot of each of the N most recent non-empty periods.
+    pub hourly: Option<Count>,
+    pub daily: Option<Count>,
+    pub weekly: Option<Count>,
+    pub monthly: Option<Count>,
+    pub quarterly: Option<Count>,
+    pub yearly: Option<Count>,
+    /// Calendar windows: keep the newest snapshot of each period that has a snapshot within this long of the
+    /// schedule's newest completed one.
+    pub within_hourly: Option<Duration>,
+    pub within_daily: Option<Duration>,
+    pub within_weekly: Option<Duration>,
+    pub within_monthly: Option<Duration>,
+    pub within_quarterly: Option<Duration>,
+    pub within_yearly: Option<Duration>,
 }
 
 impl KeepRules {
     /// True when no rule is configured at all (`last = Some(0)` counts as configured: it was written on purpose).
     pub fn is_empty(&self) -> bool {
-        self.last.is_none() && self.within.is_none() && !self.all
+        self.last.is_none()
+            && self.within.is_none()
+            && !self.all
+            && Period::ALL
+                .iter()
+                .all(|&p| self.count(p).is_none() && self.window(p).is_none())
     }
+
+    /// The calendar count rule for `period`.
+    pub fn count(&self, period: Period) -> Option<Count> {
+        match period {
+            Period::Hour => self.hourly,
+            Period::Day => self.daily,
+            Period::Week => self.weekly,
+            Period::Month => self.monthly,
+            Period::Quarter => self.quarterly,
+            Period::Year => self.yearly,
+        }
+    }
+
+    pub fn count_mut(&mut self, period: Period) -> &mut Option<Count> {
+        match period {
+            Period::Hour => &mut self.hourly,
+            Period::Day => &mut self.daily,
+            Period::Week => &mut self.weekly,
+            Period::Month => &mut self.monthly,
+            Period::Quarter => &mut self.quarterly,
+            Period::Year => &mut self.yearly,
+        }
+    }
+
+    /// The calendar window rule (`within-daily`, …) for `period`.
+    pub fn window(&self, period: Period) -> Option<Duration> {
+        match period {
+            Period::Hour => self.within_hourly,
+            Period::Day => self.within_daily,
+            Period::Week => self.within_weekly,
+            Period::Month => self.within_monthly,
+            Period::Quarter => self.within_quarterly,
+            Period::Year => self.within_yearly,
+        }
+    }
+
+    pub fn window_mut(&mut self, period: Period) -> &mut Option<Duration> {
+        match period {
+            Period::Hour => &mut self.within_hourly,
+            Period::Day => &mut self.within_daily,
+            Period::Week => &mut self.within_weekly,
+            Period::Month => &mut self.within_monthly,
+            Period::Quarter => &mut self.within_quarterly,
+            Period::Year => &mut self.within_yearly,
+        }
+    }
+}
+
+/// How many periods a calendar rule keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Count {
+    N(u32),
+    /// Every period there is (restic's `-1`).
+    All,
+}
+
+impl fmt::Display for Count {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Count::N(n) => write!(f, "{n}"),
+            Count::All => f.write_str("all"),
+        }
+    }
+}
+
+/// The calendar period of a rule. Buckets are taken in the configured timezone, on the snapshot's slot time:
+///
+/// - `Hour`: the local wall-clock hour (date and hour as a clock on the wall shows them). On the night clocks go
+///   back, the repeated hour (01:00–02:00 twice in New York) is ONE bucket, so its later half's newest snapshot
+///   stands for both real hours. That is restic's behaviour (its key is year, month, day, hour of the local time)
+///   and it matches what an operator reads in `plan`; the price is one hourly fewer on one night a year. An hour
+///   skipped in spring simply has no snapshots.
+/// - `Day`: the local date. `Week`: ISO week-year and week (Monday first), so a week spanning 1 January is one
+///   bucket and 2020-W53 runs into January 2021. `Month`, `Quarter` (Jan–Mar, …), `Year`: local calendar ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Period {
+    Hour,
+    Day,
+    Week,
+    Month,
+    Quarter,
+    Year,
+}
+
+impl Period {
+    pub const ALL: [Period; 6] = [
+        Period::Hour,
+        Period::Day,
+        Period::Week,
+        Period::Month,
+        Period::Quarter,
+        Period::Year,
+    ];
+
+    /// The count rule's config key, and its reason label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Period::Hour => "hourly",
+            Period::Day => "daily",
+            Period::Week => "weekly",
+            Period::Month => "monthly",
+            Period::Quarter => "quarterly",
+            Period::Year => "yearly",
+        }
+    }
+
+    /// The window rule's config key, and its reason label.
+    pub fn within_str(self) -> &'static str {
+        match self {
+            Period::Hour => "within-hourly",
+            Period::Day => "within-daily",
+            Period::Week => "within-weekly",
+            Period::Month => "within-monthly",
+            Period::Quarter => "within-quarterly",
+            Period::Year => "within-yearly",
+        }
+    }
+}
+
+/// What to do with the snapshots of a volume the policy no longer targets (the volume was deleted, or it or its
+/// instance lost the target tag).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OrphanPolicy {
+    /// The schedules' rules apply as if the volume were targeted; the newest rail keeps its newest forever.
+    #[default]
+    KeepRules,
+    /// Keep every snapshot of the volume (error-state ones excepted: they hold no data).
+    KeepAll,
+    /// Keep-rules until the volume's newest completed snapshot is older than this (measured from `now`), then
+    /// delete every snapshot of it except pinned and pending ones.
+    ExpireAfter(Duration),
+}
+
+/// Per-run limits on deletion. Over either, the run deletes nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Caps {
+    /// At most this many deletions in one plan (one policy, one region).
+    pub max_deletes_per_run: Option<u32>,
+    /// At most this fraction (0 < f ≤ 1) of one volume's managed snapshots deleted by its rules in one plan.
+    /// Error-state and expired-orphan deletions do not count toward it: the first hold no data, the second
+    /// delete a whole volume's history on purpose and would otherwise always exceed it.
+    pub max_delete_fraction: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +276,12 @@ pub struct PlanInput<'a> {
     pub counts: &'a HashMap<(String, String), u32>,
     /// A snapshot of this volume failed in this run: delete nothing of it.
     pub frozen_volumes: &'a HashSet<String>,
+    /// The timezone calendar buckets are taken in (`daemon.timezone`).
+    pub tz: chrono_tz::Tz,
+    /// Volume ids the policy targets right now. `None`: not known, and then no volume is treated as an orphan.
+    pub targeted: Option<&'a HashSet<String>>,
+    pub orphans: OrphanPolicy,
+    pub caps: Caps,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,13 +314,56 @@ pub enum Reason {
     CountUnknown { schedule: String },
     /// The snapshot lists `schedule`, which is no longer configured (`""`: it lists no schedule at all).
     ScheduleRemoved { schedule: String },
+    /// The newest snapshot of the `rank`-th most recent non-empty `period` of `schedule` on its volume (1 = the
+    /// newest period); `of` is the rule's count, `None` for `all`.
+    Calendar {
+        schedule: String,
+        period: Period,
+        rank: u32,
+        of: Option<u32>,
+    },
+    /// The newest snapshot of its `period`, and that period has snapshots within `window` of the newest completed
+    /// snapshot of `schedule` on its volume.
+    WithinCalendar {
+        schedule: String,
+        period: Period,
+        window: Duration,
+    },
+    /// The calendar rule `period` (a `within-*` window when `window` is set) still had room after its last
+    /// period, so it also keeps the schedule's oldest snapshot on the volume, stretching history as far back as
+    /// the rule allows. restic's `forget` does the same.
+    Oldest {
+        schedule: String,
+        period: Period,
+        window: Option<Duration>,
+    },
+    /// The volume is an orphan and the policy says `orphans = "keep-all"`.
+    OrphanKeepAll,
+    /// Kept only because deleting would exceed a deletion cap ([`Plan::cap_hit`] says which).
+    OverCap,
     /// Delete: no listed schedule keeps it and no rail protects it.
     Expired,
     /// Delete: the snapshot ended in error.
     ErrorState,
+    /// Delete: the volume is an orphan whose newest snapshot is older than `after` (`orphans.expire-after`).
+    OrphanExpired { after: Duration },
 }
 
 impl Reason {
+    /// The schedule whose rule gave this reason, for the reasons that come from one.
+    pub fn schedule(&self) -> Option<&str> {
+        match self {
+            Reason::Last { schedule, .. }
+            | Reason::Within { schedule, .. }
+            | Reason::All { schedule }
+            | Reason::CountUnknown { schedule }
+            | Reason::Calendar { schedule, .. }
+            | Reason::WithinCalendar { schedule, .. }
+            | Reason::Oldest { schedule, .. } => Some(schedule),
+            _ => None,
+        }
+    }
+
     /// A bounded label (one value per variant), safe as a metric label and a log field.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -156,8 +376,14 @@ impl Reason {
             Reason::All { .. } => "all",
             Reason::CountUnknown { .. } => "count-unknown",
             Reason::ScheduleRemoved { .. } => "schedule-removed",
+            Reason::Calendar { period, .. } => period.as_str(),
+            Reason::WithinCalendar { period, .. } => period.within_str(),
+            Reason::Oldest { .. } => "oldest",
+            Reason::OrphanKeepAll => "orphan-keep-all",
+            Reason::OverCap => "over-cap",
             Reason::Expired => "expired",
             Reason::ErrorState => "error-state",
+            Reason::OrphanExpired { .. } => "orphan-expired",
         }
     }
 }
@@ -179,8 +405,47 @@ impl fmt::Display for Reason {
                 f.write_str("no schedule listed")
             }
             Reason::ScheduleRemoved { schedule } => write!(f, "{schedule} schedule removed"),
+            Reason::Calendar {
+                schedule,
+                period,
+                rank,
+                of,
+            } => match of {
+                Some(of) => write!(f, "{schedule} {} {rank}/{of}", period.as_str()),
+                None => write!(f, "{schedule} {} {rank}/all", period.as_str()),
+            },
+            Reason::WithinCalendar {
+                schedule,
+                period,
+                window,
+            } => write!(
+                f,
+                "{schedule} {} {}",
+                period.within_str(),
+                DisplayDuration(*window)
+            ),
+            Reason::Oldest {
+                schedule,
+                period,
+                window: None,
+            } => write!(f, "{schedule} {} oldest", period.as_str()),
+            Reason::Oldest {
+                schedule,
+                period,
+                window: Some(window),
+            } => write!(
+                f,
+                "{schedule} {} {} oldest",
+                period.within_str(),
+                DisplayDuration(*window)
+            ),
+            Reason::OrphanKeepAll => f.write_str("orphan: keep-all"),
+            Reason::OverCap => f.write_str("over deletion cap"),
             Reason::Expired => f.write_str("expired"),
             Reason::ErrorState => f.write_str("error state"),
+            Reason::OrphanExpired { after } => {
+                write!(f, "orphan expired after {}", DisplayDuration(*after))
+            }
         }
     }
 }
@@ -217,17 +482,43 @@ pub struct Decision {
     pub action: Action,
     /// Every reason that applies; never empty.
     pub reasons: Vec<Reason>,
+    /// The volume is not targeted by the policy any more (only ever set when `PlanInput::targeted` is known).
+    pub orphan: bool,
 }
 
-/// Plans one policy. Deterministic: the output has one decision per input snapshot, sorted by
-/// (volume_id, slot descending, snapshot_id).
-///
-/// `now` is accepted for age-based orphan rules to come; today the result does not depend on it. Keep-within is
-/// measured from the newest completed snapshot, never from `now`, so an outage of snapshot creation cannot
-/// erase history.
-pub fn plan(input: &PlanInput<'_>, now: DateTime<Utc>) -> Vec<Decision> {
-    let _ = now;
+/// A plan over a deletion cap: nothing is deleted, and this says what to change if the deletions are intended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CapHit {
+    /// The config key to raise: `max-deletes-per-run` or `max-delete-fraction`.
+    pub setting: &'static str,
+    /// Its configured value, as written in the config (`50`, `0.5`).
+    pub limit: String,
+    /// The smallest value that would let this plan through.
+    pub needed: String,
+    /// One line for logs and alerts: what the plan wanted, the cap, and the fix.
+    pub message: String,
+}
 
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// One per input snapshot, sorted by (volume_id, slot descending, snapshot_id).
+    pub decisions: Vec<Decision>,
+    /// Set when a cap blocked the plan; every decision is then `Keep`.
+    pub cap_hit: Option<CapHit>,
+}
+
+impl Plan {
+    pub fn deletes(&self) -> impl Iterator<Item = &Decision> {
+        self.decisions.iter().filter(|d| d.action == Action::Delete)
+    }
+}
+
+/// Plans one policy. Deterministic: one decision per input snapshot, in the order [`Plan::decisions`] documents.
+///
+/// `now` is read by one rule only, `orphans = { expire-after }`; with any other orphan setting the result does
+/// not depend on it. Every `within` window is measured from the newest completed snapshot, never from `now`, so an
+/// outage of snapshot creation cannot erase history.
+pub fn plan(input: &PlanInput<'_>, now: DateTime<Utc>) -> Plan {
     let mut configured: HashMap<&str, &ScheduleRules> =
         HashMap::with_capacity(input.schedules.len());
     for schedule in input.schedules {
@@ -247,9 +538,16 @@ pub fn plan(input: &PlanInput<'_>, now: DateTime<Utc>) -> Vec<Decision> {
     let mut decisions = Vec::with_capacity(input.snapshots.len());
     for (volume_id, mut snaps) in volumes {
         snaps.sort_by(|a, b| newest_first(a, b));
-        plan_volume(volume_id, &snaps, &configured, input, &mut decisions);
+        plan_volume(volume_id, &snaps, &configured, input, now, &mut decisions);
     }
-    decisions
+    let cap_hit = check_caps(&decisions, input.caps);
+    if cap_hit.is_some() {
+        for d in decisions.iter_mut().filter(|d| d.action == Action::Delete) {
+            d.action = Action::Keep;
+            d.reasons = vec![Reason::OverCap];
+        }
+    }
+    Plan { decisions, cap_hit }
 }
 
 /// The one order used everywhere: ranks, the newest rail and the output. Equal slots tie-break by id so the
@@ -264,8 +562,85 @@ fn plan_volume(
     snaps: &[&Snap],
     configured: &HashMap<&str, &ScheduleRules>,
     input: &PlanInput<'_>,
+    now: DateTime<Utc>,
     out: &mut Vec<Decision>,
 ) {
+    let newest_completed = snaps.iter().position(|s| s.state == SnapState::Completed);
+    let frozen = input.frozen_volumes.contains(volume_id);
+    let orphan = input.targeted.is_some_and(|t| !t.contains(volume_id));
+    let expired_after = match input.orphans {
+        OrphanPolicy::ExpireAfter(after) if orphan => {
+            newest_completed.and_then(|i| older_than(snaps[i].slot, after, now).then_some(after))
+        }
+        _ => None,
+    };
+
+    let rule_reasons = match expired_after {
+        // No rule can keep anything of an expired orphan, so they are not even evaluated.
+        Some(_) => vec![Vec::new(); snaps.len()],
+        None => schedule_reasons(volume_id, snaps, configured, input),
+    };
+
+    for (i, (snap, from_rules)) in snaps.iter().zip(rule_reasons).enumerate() {
+        let mut reasons = Vec::new();
+        if snap.pinned {
+            reasons.push(Reason::Pinned);
+        }
+        match snap.state {
+            SnapState::Pending => reasons.push(Reason::Pending),
+            // Expiry overrides the newest rail: that rail exists for volumes still being snapshotted.
+            SnapState::Completed if expired_after.is_some() => {}
+            SnapState::Completed => {
+                if newest_completed == Some(i) {
+                    reasons.push(Reason::Newest);
+                }
+                reasons.extend(from_rules);
+            }
+            // Rules never count an error snapshot, so nothing but a rail keeps it.
+            SnapState::Error => {}
+        }
+        if orphan && input.orphans == OrphanPolicy::KeepAll && snap.state != SnapState::Error {
+            reasons.push(Reason::OrphanKeepAll);
+        }
+        let action = if !reasons.is_empty() {
+            Action::Keep
+        } else if frozen {
+            reasons.push(Reason::VolumeFailed);
+            Action::Keep
+        } else {
+            reasons.push(match (snap.state, expired_after) {
+                (SnapState::Error, _) => Reason::ErrorState,
+                (_, Some(after)) => Reason::OrphanExpired { after },
+                (_, None) => Reason::Expired,
+            });
+            Action::Delete
+        };
+        out.push(Decision {
+            snapshot_id: snap.id.clone(),
+            volume_id: snap.volume_id.clone(),
+            slot: snap.slot,
+            action,
+            reasons,
+            orphan,
+        });
+    }
+}
+
+/// `now - slot > after`, strictly; a duration too large for chrono is never exceeded.
+fn older_than(slot: DateTime<Utc>, after: Duration, now: DateTime<Utc>) -> bool {
+    TimeDelta::from_std(after)
+        .ok()
+        .and_then(|after| slot.checked_add_signed(after))
+        .is_some_and(|limit| now > limit)
+}
+
+/// The schedule rules' keep reasons for each of `snaps` (newest first), aligned with it.
+fn schedule_reasons(
+    volume_id: &str,
+    snaps: &[&Snap],
+    configured: &HashMap<&str, &ScheduleRules>,
+    input: &PlanInput<'_>,
+) -> Vec<Vec<Reason>> {
     // Completed snapshots per listed schedule, newest first. A BTreeMap so each snapshot's rule reasons come out
     // in schedule-name order; a schedule listed twice on one snapshot counts once.
     let mut per_schedule: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
@@ -314,51 +689,68 @@ fn plan_volume(
                         .last
                         .map_or(rules::LastCount::NotSet, rules::LastCount::Count)
                 };
-                rules::keep_reasons(schedule, last, &completed)
+                rules::keep_reasons(schedule, last, &completed, input.tz)
             }
         };
         for (&i, reasons) in indices.iter().zip(reasons) {
             rule_reasons[i].extend(reasons);
         }
     }
+    rule_reasons
+}
 
-    let newest_completed = snaps.iter().position(|s| s.state == SnapState::Completed);
-    let frozen = input.frozen_volumes.contains(volume_id);
-
-    for (i, (snap, from_rules)) in snaps.iter().zip(rule_reasons).enumerate() {
-        let mut reasons = Vec::new();
-        if snap.pinned {
-            reasons.push(Reason::Pinned);
-        }
-        match snap.state {
-            SnapState::Pending => reasons.push(Reason::Pending),
-            SnapState::Completed => {
-                if newest_completed == Some(i) {
-                    reasons.push(Reason::Newest);
-                }
-                reasons.extend(from_rules);
-            }
-            // Rules never count an error snapshot, so nothing but a rail keeps it.
-            SnapState::Error => {}
-        }
-        let action = if !reasons.is_empty() {
-            Action::Keep
-        } else if frozen {
-            reasons.push(Reason::VolumeFailed);
-            Action::Keep
-        } else {
-            reasons.push(match snap.state {
-                SnapState::Error => Reason::ErrorState,
-                _ => Reason::Expired,
+/// The first cap the plan exceeds, if any; the absolute cap is checked first because raising the fraction alone
+/// would not let a plan over it through.
+fn check_caps(decisions: &[Decision], caps: Caps) -> Option<CapHit> {
+    let deletes = decisions
+        .iter()
+        .filter(|d| d.action == Action::Delete)
+        .count();
+    if let Some(max) = caps.max_deletes_per_run {
+        if deletes > max as usize {
+            return Some(CapHit {
+                setting: "max-deletes-per-run",
+                limit: max.to_string(),
+                needed: deletes.to_string(),
+                message: format!(
+                    "the plan would delete {deletes} snapshots, over max-deletes-per-run = {max}; nothing was \
+                     deleted. Check the plan (snapwarden plan); if these deletions are intended, raise \
+                     max-deletes-per-run to {deletes} for one run"
+                ),
             });
-            Action::Delete
-        };
-        out.push(Decision {
-            snapshot_id: snap.id.clone(),
-            volume_id: snap.volume_id.clone(),
-            slot: snap.slot,
-            action,
-            reasons,
-        });
+        }
     }
+    let fraction = caps.max_delete_fraction?;
+    // (volume, managed, deleted by rules); decisions are grouped by volume.
+    let mut worst: Option<(&str, usize, usize)> = None;
+    for group in decisions.chunk_by(|a, b| a.volume_id == b.volume_id) {
+        let managed = group.len();
+        let deleted = group
+            .iter()
+            .filter(|d| d.action == Action::Delete && d.reasons == [Reason::Expired])
+            .count();
+        let over = deleted as f64 / managed as f64 > fraction;
+        // The worst volume is the one that needs the highest fraction; ties go to the first volume id.
+        if over && worst.is_none_or(|(_, m, d)| deleted * m > d * managed) {
+            worst = Some((&group[0].volume_id, managed, deleted));
+        }
+    }
+    let (volume, managed, deleted) = worst?;
+    // Rounded up to whole percent, so the value we tell the operator to write is really enough.
+    let percent = (deleted * 100).div_ceil(managed);
+    let needed = match percent {
+        100.. => "1".to_string(),
+        p if p % 10 == 0 => format!("0.{}", p / 10),
+        p => format!("0.{p:02}"),
+    };
+    Some(CapHit {
+        setting: "max-delete-fraction",
+        limit: fraction.to_string(),
+        needed: needed.clone(),
+        message: format!(
+            "the plan would delete {deleted} of the {managed} snapshots of volume {volume}, over \
+             max-delete-fraction = {fraction}; nothing was deleted. Check the plan (snapwarden plan); if these \
+             deletions are intended, raise max-delete-fraction to {needed} for one run"
+        ),
+    })
 }

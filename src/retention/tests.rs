@@ -94,12 +94,25 @@ struct Case {
     schedules: Vec<ScheduleRules>,
     counts: Vec<(&'static str, &'static str, u32)>,
     frozen: Vec<&'static str>,
+    /// `None`: UTC.
+    tz: Option<chrono_tz::Tz>,
+    /// `None`: targeting unknown.
+    targeted: Option<Vec<&'static str>>,
+    orphans: OrphanPolicy,
+    caps: Caps,
     kept: Vec<&'static str>,
     /// Reasons (Display form, joined with "; ") expected on particular snapshots.
     reasons: Vec<(&'static str, &'static str)>,
 }
 
+/// The `now` every table case is planned at, long after its slots.
+const NOW: &str = "2030-06-01T00:00:00Z";
+
 fn run(case: &Case) -> Vec<Decision> {
+    run_plan(case).decisions
+}
+
+fn run_plan(case: &Case) -> Plan {
     let snapshots = snaps(&case.rows);
     let counts: HashMap<(String, String), u32> = case
         .counts
@@ -107,13 +120,21 @@ fn run(case: &Case) -> Vec<Decision> {
         .map(|&(v, s, n)| ((v.to_string(), s.to_string()), n))
         .collect();
     let frozen: HashSet<String> = case.frozen.iter().map(|v| v.to_string()).collect();
+    let targeted: Option<HashSet<String>> = case
+        .targeted
+        .as_ref()
+        .map(|t| t.iter().map(|v| v.to_string()).collect());
     let input = PlanInput {
         snapshots: &snapshots,
         schedules: &case.schedules,
         counts: &counts,
         frozen_volumes: &frozen,
+        tz: case.tz.unwrap_or(chrono_tz::UTC),
+        targeted: targeted.as_ref(),
+        orphans: case.orphans,
+        caps: case.caps,
     };
-    plan(&input, at("2030-06-01T00:00:00Z"))
+    plan(&input, at(NOW))
 }
 
 fn check(case: &Case) {
@@ -756,16 +777,28 @@ struct World {
     schedules: Vec<ScheduleRules>,
     counts: HashMap<(String, String), u32>,
     frozen: HashSet<String>,
+    tz: chrono_tz::Tz,
+    targeted: Option<HashSet<String>>,
+    orphans: OrphanPolicy,
+    caps: Caps,
 }
 
 impl World {
     fn plan(&self, now: DateTime<Utc>) -> Vec<Decision> {
+        self.full_plan(now).decisions
+    }
+
+    fn full_plan(&self, now: DateTime<Utc>) -> Plan {
         plan(
             &PlanInput {
                 snapshots: &self.snapshots,
                 schedules: &self.schedules,
                 counts: &self.counts,
                 frozen_volumes: &self.frozen,
+                tz: self.tz,
+                targeted: self.targeted.as_ref(),
+                orphans: self.orphans,
+                caps: self.caps,
             },
             now,
         )
@@ -796,7 +829,12 @@ fn rules_strategy(name: &'static str) -> impl Strategy<Value = ScheduleRules> {
     )
         .prop_map(move |(last, within, all, count_from_tag)| ScheduleRules {
             name: name.to_string(),
-            keep: KeepRules { last, within, all },
+            keep: KeepRules {
+                last,
+                within,
+                all,
+                ..KeepRules::default()
+            },
             count_from_tag,
         })
 }
@@ -830,6 +868,10 @@ fn world_strategy() -> impl Strategy<Value = World> {
                 .collect();
             World {
                 snapshots,
+                tz: chrono_tz::UTC,
+                targeted: None,
+                orphans: OrphanPolicy::KeepRules,
+                caps: Caps::default(),
                 schedules: vec![daily, weekly],
                 counts: counts
                     .into_iter()
@@ -949,3 +991,5 @@ proptest! {
         prop_assert_eq!(world.plan(now()), shuffled.plan(now()));
     }
 }
+
+mod calendar;

@@ -3,6 +3,8 @@
 //! cannot find it fails with the command that installs it; it never skips.
 #![allow(dead_code)]
 
+pub mod fault_proxy;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,383 @@
+//! A fault-injecting HTTP/1.1 proxy for moto, on 127.0.0.1: it reads each request on a kept-alive client
+//! connection, finds its `Action=` in the form body (EC2 and STS speak the query protocol), and by the first rule
+//! that fires answers it with EC2's error XML, delays it, resets the connection, or forwards it to moto. Rules fire
+//! at a rate (one seeded RNG for the whole proxy, so a failing run can be replayed) or on chosen calls of the
+//! matching actions. Every request is logged with its arrival time, action and outcome, so a test can count
+//! injected faults and measure requests per second as AWS would see them.
+//!
+//! Forwarding opens one moto connection per request with `Connection: close` and re-frames the answer with a
+//! `Content-Length`, so the client side keeps alive whatever moto does.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// What the proxy does to a request a rule fires on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fault {
+    /// Answer with EC2's error XML for `code` (the HTTP status follows the code, as EC2's does).
+    Error(&'static str),
+    /// Hold the request this long, then forward it.
+    Delay(Duration),
+    /// Close the connection without answering.
+    Reset,
+}
+
+/// EC2's HTTP status for an error code.
+pub fn status_of(code: &str) -> u16 {
+    match code {
+        "RequestLimitExceeded" | "ServiceUnavailable" | "Unavailable" => 503,
+        "InternalError" | "InternalFailure" => 500,
+        "UnauthorizedOperation" | "AuthFailure" => 403,
+        // SnapshotCreationPerVolumeRateExceeded, ConcurrentSnapshotLimitExceeded and other client errors.
+        _ => 400,
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum When {
+    /// Each matching request with this probability.
+    Rate(f64),
+    /// The k-th matching requests, counted from 1 per rule.
+    Calls(Vec<usize>),
+    Always,
+}
+
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// Actions the rule applies to; empty: every action.
+    pub actions: Vec<&'static str>,
+    pub when: When,
+    pub fault: Fault,
+}
+
+impl Rule {
+    pub fn new(actions: &[&'static str], when: When, fault: Fault) -> Rule {
+        Rule {
+            actions: actions.to_vec(),
+            when,
+            fault,
+        }
+    }
+
+    fn applies(&self, action: &str) -> bool {
+        self.actions.is_empty() || self.actions.contains(&action)
+    }
+}
+
+/// One request as the proxy saw it.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    pub at: Instant,
+    pub action: String,
+    /// `forwarded`, `delayed`, `reset`, or the injected error code.
+    pub outcome: String,
+}
+
+struct State {
+    rules: Vec<Rule>,
+    /// Matching requests seen per rule index (for `When::Calls`).
+    seen: HashMap<usize, usize>,
+    rng: StdRng,
+    log: Vec<Hit>,
+}
+
+pub struct FaultProxy {
+    pub port: u16,
+    pub endpoint: String,
+    state: Arc<Mutex<State>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl FaultProxy {
+    /// Starts a proxy to moto on `upstream`, with no rules (everything forwarded).
+    pub fn start(upstream: u16, seed: u64) -> FaultProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the fault proxy");
+        let port = listener.local_addr().unwrap().port();
+        let state = Arc::new(Mutex::new(State {
+            rules: Vec::new(),
+            seen: HashMap::new(),
+            rng: StdRng::seed_from_u64(seed),
+            log: Vec::new(),
+        }));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (st, halt) = (state.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if halt.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(client) = client else { continue };
+                let st = st.clone();
+                std::thread::spawn(move || serve(client, upstream, &st));
+            }
+        });
+        FaultProxy {
+            port,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            state,
+            stop,
+        }
+    }
+
+    /// Replaces the rules (and their call counters); the log and the RNG carry on.
+    pub fn set_rules(&self, rules: Vec<Rule>) {
+        let mut st = self.state.lock().unwrap();
+        st.rules = rules;
+        st.seen.clear();
+    }
+
+    pub fn log(&self) -> Vec<Hit> {
+        self.state.lock().unwrap().log.clone()
+    }
+
+    pub fn clear_log(&self) {
+        self.state.lock().unwrap().log.clear();
+    }
+
+    /// How many requests of `action` ended with `outcome`.
+    pub fn count(&self, action: &str, outcome: &str) -> usize {
+        self.log()
+            .iter()
+            .filter(|h| h.action == action && h.outcome == outcome)
+            .count()
+    }
+
+    /// Arrival times of the requests for any of `actions`, in order.
+    pub fn times(&self, actions: &[&str]) -> Vec<Instant> {
+        let mut t: Vec<Instant> = self
+            .log()
+            .iter()
+            .filter(|h| actions.contains(&h.action.as_str()))
+            .map(|h| h.at)
+            .collect();
+        t.sort();
+        t
+    }
+
+    /// The most requests for any of `actions` that arrived within one `window` (a sliding window starting at
+    /// each request).
+    pub fn max_in_window(&self, actions: &[&str], window: Duration) -> usize {
+        let t = self.times(actions);
+        (0..t.len())
+            .map(|i| t[i..].iter().take_while(|&&x| x - t[i] < window).count())
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the accept loop so it sees the flag.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+struct Request {
+    head: Vec<String>,
+    body: Vec<u8>,
+}
+
+fn read_request(r: &mut BufReader<TcpStream>) -> Option<Request> {
+    let mut head = Vec::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        let line = line.trim_end_matches(['\r', '\n']).to_string();
+        if line.is_empty() {
+            break;
+        }
+        head.push(line);
+    }
+    let len = header(&head, "content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).ok()?;
+    Some(Request { head, body })
+}
+
+fn header<'a>(head: &'a [String], name: &str) -> Option<&'a str> {
+    head.iter().skip(1).find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+fn action_of(body: &[u8]) -> String {
+    String::from_utf8_lossy(body)
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("Action=").map(str::to_string))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn decide(state: &Mutex<State>, action: &str) -> Option<Fault> {
+    let mut st = state.lock().unwrap();
+    let st = &mut *st;
+    for (i, rule) in st.rules.iter().enumerate() {
+        if !rule.applies(action) {
+            continue;
+        }
+        let n = {
+            let n = st.seen.entry(i).or_default();
+            *n += 1;
+            *n
+        };
+        let fire = match &rule.when {
+            When::Always => true,
+            When::Calls(ks) => ks.contains(&n),
+            When::Rate(p) => st.rng.random_bool(*p),
+        };
+        if fire {
+            return Some(rule.fault.clone());
+        }
+    }
+    None
+}
+
+fn log(state: &Mutex<State>, at: Instant, action: &str, outcome: &str) {
+    state.lock().unwrap().log.push(Hit {
+        at,
+        action: action.to_string(),
+        outcome: outcome.to_string(),
+    });
+}
+
+fn serve(client: TcpStream, upstream: u16, state: &Mutex<State>) {
+    let mut writer = client.try_clone().expect("clone client socket");
+    let mut reader = BufReader::new(client);
+    while let Some(req) = read_request(&mut reader) {
+        let at = Instant::now();
+        let action = action_of(&req.body);
+        let fault = decide(state, &action);
+        let response = match fault {
+            Some(Fault::Error(code)) => {
+                log(state, at, &action, code);
+                error_response(code)
+            }
+            Some(Fault::Reset) => {
+                log(state, at, &action, "reset");
+                let _ = writer.shutdown(Shutdown::Both);
+                return;
+            }
+            Some(Fault::Delay(d)) => {
+                log(state, at, &action, "delayed");
+                std::thread::sleep(d);
+                match forward(&req, upstream) {
+                    Some(r) => r,
+                    None => return,
+                }
+            }
+            None => {
+                log(state, at, &action, "forwarded");
+                match forward(&req, upstream) {
+                    Some(r) => r,
+                    None => return,
+                }
+            }
+        };
+        if writer.write_all(&response).is_err() {
+            return;
+        }
+    }
+}
+
+fn error_response(code: &str) -> Vec<u8> {
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code><Message>injected by \
+         the fault proxy</Message></Error></Errors><RequestID>00000000-0000-4000-8000-000000000000</RequestID></Response>"
+    );
+    let status = status_of(code);
+    let mut out = format!(
+        "HTTP/1.1 {status} Injected\r\nContent-Type: text/xml;charset=UTF-8\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body.as_bytes());
+    out
+}
+
+/// Sends `req` to moto on a fresh connection and returns the answer framed for a kept-alive client.
+fn forward(req: &Request, upstream: u16) -> Option<Vec<u8>> {
+    let mut up = TcpStream::connect(("127.0.0.1", upstream)).ok()?;
+    up.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
+    let mut out = format!("{}\r\n", req.head[0]);
+    for h in &req.head[1..] {
+        let name = h.split(':').next().unwrap_or_default().trim();
+        if !name.eq_ignore_ascii_case("connection") {
+            out.push_str(h);
+            out.push_str("\r\n");
+        }
+    }
+    out.push_str("Connection: close\r\n\r\n");
+    up.write_all(out.as_bytes()).ok()?;
+    up.write_all(&req.body).ok()?;
+
+    let mut r = BufReader::new(up);
+    let mut head = Vec::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        let line = line.trim_end_matches(['\r', '\n']).to_string();
+        if line.is_empty() {
+            break;
+        }
+        head.push(line);
+    }
+    let chunked = header(&head, "transfer-encoding").is_some_and(|v| v.contains("chunked"));
+    let body = if chunked {
+        let mut body = Vec::new();
+        loop {
+            let mut size = String::new();
+            r.read_line(&mut size).ok()?;
+            let n = usize::from_str_radix(size.trim().split(';').next()?, 16).ok()?;
+            let mut chunk = vec![0; n + 2];
+            r.read_exact(&mut chunk).ok()?;
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+        body
+    } else if let Some(n) = header(&head, "content-length").and_then(|v| v.parse().ok()) {
+        let mut body = vec![0; n];
+        r.read_exact(&mut body).ok()?;
+        body
+    } else {
+        let mut body = Vec::new();
+        r.read_to_end(&mut body).ok()?;
+        body
+    };
+    let mut resp = format!("{}\r\n", head[0]);
+    for h in &head[1..] {
+        let name = h.split(':').next().unwrap_or_default().trim();
+        if ![
+            "connection",
+            "content-length",
+            "transfer-encoding",
+            "keep-alive",
+        ]
+        .iter()
+        .any(|x| name.eq_ignore_ascii_case(x))
+        {
+            resp.push_str(h);
+            resp.push_str("\r\n");
+        }
+    }
+    resp.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    let mut bytes = resp.into_bytes();
+    bytes.extend_from_slice(&body);
+    Some(bytes)
+}
