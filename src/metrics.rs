@@ -16,6 +16,34 @@ use prometheus::{
 
 use crate::error::Error;
 
+/// Every label `retention::Reason::as_str` gives a kept snapshot, so each series exists (at 0) from the first plan.
+const KEEP_REASONS: &[&str] = &[
+    "pinned",
+    "pending",
+    "newest",
+    "volume-failed",
+    "last",
+    "within",
+    "all",
+    "count-unknown",
+    "schedule-removed",
+    "hourly",
+    "daily",
+    "weekly",
+    "monthly",
+    "quarterly",
+    "yearly",
+    "within-hourly",
+    "within-daily",
+    "within-weekly",
+    "within-monthly",
+    "within-quarterly",
+    "within-yearly",
+    "oldest",
+    "orphan-keep-all",
+    "over-cap",
+];
+
 pub struct Metrics {
     registry: Registry,
     pub snapshots_created: IntCounterVec,
@@ -35,6 +63,9 @@ pub struct Metrics {
     pub skipped_fires: IntCounterVec,
     pub skipped_resources: IntCounterVec,
     pub kept_in_use: IntCounterVec,
+    kept_by_reason: IntGaugeVec,
+    deletions_blocked: IntCounterVec,
+    orphaned: IntGaugeVec,
     freshness: Mutex<HashMap<(String, String, String), Freshness>>,
 }
 
@@ -128,6 +159,24 @@ impl Metrics {
                 "Deletions refused because the snapshot backs an AMI",
                 &["policy", "region"],
             ),
+            kept_by_reason: int_gauge(
+                &registry,
+                "kept_snapshots",
+                "Snapshots the last plan kept, by reason (a snapshot kept for several reasons counts under each)",
+                &["policy", "region", "reason"],
+            ),
+            deletions_blocked: counter(
+                &registry,
+                "deletions_blocked_total",
+                "Deletions a deletion cap (max-deletes-per-run, max-delete-fraction) stopped",
+                &["policy", "region"],
+            ),
+            orphaned: int_gauge(
+                &registry,
+                "orphaned_snapshots",
+                "Managed snapshots of volumes that are gone or no longer targeted",
+                &["policy", "region"],
+            ),
             freshness: Mutex::new(HashMap::new()),
             registry,
         };
@@ -148,6 +197,8 @@ impl Metrics {
         for p in &config.policies {
             for r in regions {
                 self.kept_in_use.with_label_values(&[&p.name, r]);
+                self.deletions_blocked.with_label_values(&[&p.name, r]);
+                self.orphaned.with_label_values(&[&p.name, r]);
                 self.managed_snapshots.with_label_values(&[&p.name, r]);
             }
             for s in &p.schedules {
@@ -203,6 +254,35 @@ impl Metrics {
         if error.is_some_and(Error::is_throttle) {
             self.aws_throttles.with_label_values(&[operation]).inc();
         }
+    }
+
+    /// Kept-by-reason, cap blocks and orphans from one retention plan.
+    pub fn record_plan(&self, policy: &str, region: &str, plan: &[crate::retention::Decision]) {
+        use crate::retention::{Action, Reason};
+        let mut by_reason: HashMap<&'static str, i64> =
+            KEEP_REASONS.iter().map(|r| (*r, 0)).collect();
+        let (mut blocked, mut orphans) = (0, 0);
+        for d in plan.iter().filter(|d| d.action == Action::Keep) {
+            let mut labels: Vec<&'static str> = d.reasons.iter().map(Reason::as_str).collect();
+            labels.sort_unstable();
+            labels.dedup();
+            for l in labels {
+                *by_reason.entry(l).or_default() += 1;
+            }
+            blocked += u64::from(d.reasons.contains(&Reason::OverCap));
+            orphans += i64::from(d.orphan);
+        }
+        for (reason, n) in by_reason {
+            self.kept_by_reason
+                .with_label_values(&[policy, region, reason])
+                .set(n);
+        }
+        self.deletions_blocked
+            .with_label_values(&[policy, region])
+            .inc_by(blocked);
+        self.orphaned
+            .with_label_values(&[policy, region])
+            .set(orphans);
     }
 
     pub fn set_freshness(&self, policy: &str, schedule: &str, region: &str, f: Freshness) {
@@ -293,6 +373,47 @@ mod tests {
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }
+    }
+
+    #[test]
+    fn a_plan_sets_kept_by_reason_cap_blocks_and_orphans() {
+        use crate::retention::{Action, Decision, Period, Reason};
+        let d = |reasons: Vec<Reason>, action, orphan| Decision {
+            snapshot_id: "snap-1".into(),
+            volume_id: "vol-1".into(),
+            slot: Utc::now(),
+            action,
+            reasons,
+            orphan,
+        };
+        let daily = Reason::Calendar {
+            schedule: "d".into(),
+            period: Period::Day,
+            rank: 1,
+            of: Some(7),
+        };
+        let plan = vec![
+            d(vec![Reason::Newest, daily.clone()], Action::Keep, false),
+            d(vec![daily.clone(), daily], Action::Keep, true),
+            d(vec![Reason::OverCap], Action::Keep, false),
+            d(vec![Reason::Expired], Action::Delete, false),
+        ];
+        let m = Metrics::new();
+        m.record_plan("p", "r", &plan);
+        let text = m.render(Utc::now());
+        for line in [
+            "snapwarden_kept_snapshots{policy=\"p\",reason=\"daily\",region=\"r\"} 2",
+            "snapwarden_kept_snapshots{policy=\"p\",reason=\"newest\",region=\"r\"} 1",
+            "snapwarden_kept_snapshots{policy=\"p\",reason=\"pinned\",region=\"r\"} 0",
+            "snapwarden_deletions_blocked_total{policy=\"p\",region=\"r\"} 1",
+            "snapwarden_orphaned_snapshots{policy=\"p\",region=\"r\"} 1",
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+        assert!(
+            !text.contains("reason=\"expired\""),
+            "delete reasons are not kept reasons"
+        );
     }
 
     #[test]

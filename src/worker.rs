@@ -519,6 +519,9 @@ async fn execute(
         });
     }
     let plan = plan.decisions;
+    if !spec.dry_run {
+        metrics.record_plan(&policy.name, &region, &plan);
+    }
     // Owned items: a stream of futures borrowing from `plan` trips the compiler's higher-ranked lifetime check.
     let deletes: Vec<Decision> = plan
         .iter()
@@ -526,14 +529,20 @@ async fn execute(
         .cloned()
         .collect();
     report.kept = plan.len() - deletes.len();
+    // Schedules of the snapshots to delete, for their metric labels.
+    let doomed: HashSet<&str> = deletes.iter().map(|d| d.snapshot_id.as_str()).collect();
     let listed: HashMap<&str, Vec<String>> = survey
         .snapshots
         .iter()
+        .filter(|s| doomed.contains(s.id.as_str()))
         .map(|s| (s.id.as_str(), schedules_of(s)))
         .collect();
-    for d in &plan {
-        let reasons: Vec<String> = d.reasons.iter().map(ToString::to_string).collect();
-        tracing::debug!(snapshot = %d.snapshot_id, volume = %d.volume_id, action = ?d.action, reasons = %reasons.join("; "), "retention decision");
+    // Formatting every decision's reasons is a real cost at scale; only pay it when someone reads it.
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        for d in &plan {
+            let reasons: Vec<String> = d.reasons.iter().map(ToString::to_string).collect();
+            tracing::debug!(snapshot = %d.snapshot_id, volume = %d.volume_id, action = ?d.action, reasons = %reasons.join("; "), "retention decision");
+        }
     }
     let results: Vec<_> = stream::iter(deletes)
         .map(|d| async move {
