@@ -12,6 +12,7 @@ pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
+pub mod plan;
 pub mod report;
 pub mod retention;
 pub mod schedule;

@@ -1,6 +1,6 @@
 //! The `snapwarden` command line: parses arguments, loads the config (exit 78 on a bad one), sets up logging and
-//! hands over to the library. Exit codes: 0 done, 1 runtime failure, 2 a one-shot run ended partial, 64 bad
-//! arguments, 78 bad config.
+//! hands over to the library. Exit codes: 0 done, 1 runtime failure, 2 a one-shot run ended partial, 3 `plan
+//! --fail-on-delete` found deletions, 64 bad arguments, 78 bad config.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -60,12 +60,26 @@ enum Command {
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
     },
-    /// Every managed snapshot with keep/delete and the reasons, against live data. Changes nothing.
+    /// Every managed snapshot with keep/delete and the reasons, against live data. Changes nothing. With
+    /// --against, the config given by --config is the new one and only what it changes is listed.
     Plan {
         #[arg(long)]
         policy: Option<String>,
+        /// One JSON array: a row per snapshot (a change per snapshot with --against); see the README.
         #[arg(long)]
         json: bool,
+        /// Evaluate as if now were this time (RFC 3339, or YYYY-MM-DD for midnight UTC): ages and orphan expiry
+        /// are measured from it and snapshots with a later slot are left out.
+        #[arg(long)]
+        at: Option<String>,
+        /// Diff mode: the config the daemon runs now. Lists what --config (the new file) would delete that this
+        /// one keeps, and the reverse, with both reasons.
+        #[arg(long, value_name = "CURRENT_CONFIG")]
+        against: Option<PathBuf>,
+        /// Exit 3 when anything would be deleted (with --against: anything the current config keeps) or a
+        /// deletion cap blocks the plan.
+        #[arg(long)]
+        fail_on_delete: bool,
     },
     /// Runs the config's schedules and retention over simulated time on the in-memory backend: what it costs.
     Simulate {
@@ -213,7 +227,28 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
             slot,
             dry_run,
         } => once(config, &policy, &schedule, slot.as_deref(), dry_run).await,
-        Command::Plan { policy, json } => plan(config, policy.as_deref(), json).await,
+        Command::Plan {
+            policy,
+            json,
+            at,
+            against,
+            fail_on_delete,
+        } => {
+            let current = match against.as_deref().map(|p| load(Some(p))).transpose() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("--against: {e}");
+                    return Ok(ExitCode::from(ConfigError::EXIT_CODE as u8));
+                }
+            };
+            let opts = PlanArgs {
+                policy: policy.as_deref(),
+                json,
+                at: at.as_deref(),
+                fail_on_delete,
+            };
+            plan(config, current, &opts).await
+        }
         Command::Simulate {
             from,
             days,
@@ -429,78 +464,53 @@ async fn once(
     })
 }
 
-async fn plan(config: Config, policy: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
-    if let Some(name) = policy {
-        if config.policy(name).is_none() {
+struct PlanArgs<'a> {
+    policy: Option<&'a str>,
+    json: bool,
+    at: Option<&'a str>,
+    fail_on_delete: bool,
+}
+
+async fn plan(
+    config: Config,
+    current: Option<Config>,
+    args: &PlanArgs<'_>,
+) -> anyhow::Result<ExitCode> {
+    if let Some(name) = args.policy {
+        let known = |c: &Config| c.policy(name).is_some();
+        if !known(&config) && !current.as_ref().is_some_and(known) {
             bail!("no policy `{name}` in {}", config.source.display());
         }
     }
+    let at = match args.at {
+        Some(text) => schedule::parse_slot(text)
+            .or_else(|| schedule::parse_slot(&format!("{text}T00:00:00Z")))
+            .with_context(|| {
+                format!("--at `{text}`: write an RFC 3339 time (2026-03-01T12:00:00Z) or a date")
+            })?,
+        None => Utc::now(),
+    };
     let shared = Shared::new(config);
     let regions = daemon::aws_regions(&shared).await.context("cannot start")?;
-    let now = Utc::now();
-    let mut rows = Vec::new();
-    for p in shared
-        .config
-        .policies
-        .iter()
-        .filter(|p| policy.is_none_or(|n| n == p.name))
-    {
-        for r in &regions {
-            let survey = worker::survey(r.ec2.as_ref(), p, &r.account_id)
-                .await
-                .with_context(|| format!("policy {} in {}", p.name, r.ec2.region()))?;
-            let plan = worker::plan_retention(p, &survey, &Default::default(), p.timezone, now);
-            if let Some(hit) = &plan.cap_hit {
-                eprintln!("policy {} in {}: {}", p.name, r.ec2.region(), hit.message);
-            }
-            for d in plan.decisions {
-                rows.push(serde_json::json!({
-                    "policy": p.name,
-                    "region": r.ec2.region(),
-                    "volume_id": d.volume_id,
-                    "snapshot_id": d.snapshot_id,
-                    "slot": format_slot(d.slot),
-                    "age_seconds": (now - d.slot).num_seconds(),
-                    "action": if d.action == Action::Keep { "keep" } else { "delete" },
-                    "reasons": d.reasons.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                }));
-            }
-        }
+    let req = snapwarden::plan::Request {
+        new: &shared.config,
+        current: current.as_ref(),
+        policy: args.policy,
+        at,
+    };
+    let gathered = snapwarden::plan::gather(&regions, &req).await?;
+    let out = snapwarden::plan::output(&gathered, at, current.is_some(), args.json)?;
+    // On stderr as well, so a cap verdict is seen even when stdout goes to a file or a JSON parser.
+    for c in &out.caps {
+        eprintln!(
+            "deletion cap: policy {} in {}: {}",
+            c.policy, c.region, c.message
+        );
     }
-    if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+    print!("{}", out.stdout);
+    Ok(if args.fail_on_delete && out.would_delete {
+        ExitCode::from(3)
     } else {
-        println!(
-            "{:<12} {:<12} {:<22} {:<22} {:<20} {:>8} {:<6} REASONS",
-            "POLICY", "REGION", "VOLUME", "SNAPSHOT", "SLOT", "AGE", "ACTION"
-        );
-        for r in &rows {
-            let age = r["age_seconds"].as_i64().unwrap_or(0);
-            println!(
-                "{:<12} {:<12} {:<22} {:<22} {:<20} {:>7}h {:<6} {}",
-                r["policy"].as_str().unwrap_or_default(),
-                r["region"].as_str().unwrap_or_default(),
-                r["volume_id"].as_str().unwrap_or_default(),
-                r["snapshot_id"].as_str().unwrap_or_default(),
-                r["slot"].as_str().unwrap_or_default(),
-                age / 3600,
-                r["action"].as_str().unwrap_or_default(),
-                r["reasons"]
-                    .as_array()
-                    .map(|a| a
-                        .iter()
-                        .filter_map(|x| x.as_str())
-                        .collect::<Vec<_>>()
-                        .join("; "))
-                    .unwrap_or_default(),
-            );
-        }
-        let deletes = rows.iter().filter(|r| r["action"] == "delete").count();
-        println!(
-            "{} snapshots: {} keep, {deletes} delete",
-            rows.len(),
-            rows.len() - deletes
-        );
-    }
-    Ok(ExitCode::SUCCESS)
+        ExitCode::SUCCESS
+    })
 }

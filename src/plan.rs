@@ -1,0 +1,966 @@
+//! `snapwarden plan`: what retention would do to every managed snapshot, and why, without changing anything — the
+//! command an operator runs before a config change. One async function, [`gather`], reads live data (one survey
+//! per policy and region, and per config in diff mode) and runs the daemon's own planner on it
+//! (`worker::plan_retention`), so `plan` can never disagree with what a run would do. Everything else here is
+//! pure: plans become [`Row`]s, rows become [`Totals`], two configs' rows become a [`Change`] list, and each of
+//! them becomes a table.
+//!
+//! `--at` moves the clock only: ages and `orphans.expire-after` are measured from it and snapshots whose slot lies
+//! after it are left out as not existing yet. Targets, pins and snapshot states are today's — EC2 keeps no
+//! history of them — so `--at` answers "what would today's fleet look like to the planner at that time".
+//!
+//! The JSON forms ([`Row`], [`Change`]) are a contract, documented in the README: field names are fixed and rows
+//! are ordered by policy, region, volume id, slot (newest first) and snapshot id, so two runs over the same data
+//! print the same bytes. `tests/fixtures/plan.json` pins it.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::config::{Config, Policy};
+use crate::ec2::{self, Snapshot};
+use crate::error::Error;
+use crate::retention::{Action, Plan, Snap};
+use crate::schedule::format_slot;
+use crate::worker::{self, Region};
+
+/// One config's plan for one policy in one region, with the snapshots it judged.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    pub policy: String,
+    pub region: String,
+    /// The snapshots the plan judged (slot at or before `at`): where rows take state and schedules from.
+    pub snapshots: Vec<Snap>,
+    pub plan: Plan,
+}
+
+/// A plan over a deletion cap, with where it happened: nothing of that policy in that region would be deleted.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CapVerdict {
+    pub policy: String,
+    pub region: String,
+    /// The config key to raise: `max-deletes-per-run` or `max-delete-fraction`.
+    pub setting: &'static str,
+    /// Its configured value.
+    pub limit: String,
+    /// The smallest value that lets this plan through.
+    pub needed: String,
+    pub message: String,
+}
+
+/// One managed snapshot and what a config does with it: one element of `plan --json`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Row {
+    pub policy: String,
+    pub region: String,
+    pub volume_id: String,
+    pub snapshot_id: String,
+    /// RFC 3339 UTC, from the `snapwarden:slot` tag (the start time when it has none).
+    pub slot: String,
+    /// `at - slot`.
+    pub age_seconds: i64,
+    /// `pending`, `completed` or `error`.
+    pub state: &'static str,
+    /// The schedules the snapshot serves (its `snapwarden:schedule` tag).
+    pub schedules: Vec<String>,
+    /// The policy no longer targets the volume.
+    pub orphan: bool,
+    /// `keep` or `delete`.
+    pub action: &'static str,
+    /// Why, for people (`daily last 2/7`, `hourly weekly 1/4`, `pinned`, `over deletion cap`); never empty.
+    pub reasons: Vec<String>,
+    /// The same reasons as bounded labels (`last`, `weekly`, `pinned`, `over-cap`, …), aligned with `reasons`.
+    pub labels: Vec<&'static str>,
+    /// Set when a deletion cap blocked this policy's plan in this region.
+    pub cap_hit: Option<CapVerdict>,
+}
+
+/// One config's rows and cap verdicts, at one point in time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    pub at: DateTime<Utc>,
+    pub rows: Vec<Row>,
+    pub caps: Vec<CapVerdict>,
+}
+
+impl Report {
+    /// What `--fail-on-delete` fails on: a deletion, or a cap that blocks deletions (the daemon would alert).
+    pub fn would_delete(&self) -> bool {
+        !self.caps.is_empty() || self.rows.iter().any(|r| r.action == "delete")
+    }
+}
+
+fn action_str(a: Action) -> &'static str {
+    match a {
+        Action::Keep => "keep",
+        Action::Delete => "delete",
+    }
+}
+
+/// Turns evaluations into rows, in the documented order whatever order the evaluations come in.
+pub fn report(evaluations: &[Evaluation], at: DateTime<Utc>) -> Report {
+    let mut evaluations: Vec<&Evaluation> = evaluations.iter().collect();
+    evaluations.sort_by(|a, b| (&a.policy, &a.region).cmp(&(&b.policy, &b.region)));
+    let mut rows = Vec::new();
+    let mut caps = Vec::new();
+    for e in evaluations {
+        let cap = e.plan.cap_hit.as_ref().map(|hit| CapVerdict {
+            policy: e.policy.clone(),
+            region: e.region.clone(),
+            setting: hit.setting,
+            limit: hit.limit.clone(),
+            needed: hit.needed.clone(),
+            message: hit.message.clone(),
+        });
+        let snaps: HashMap<&str, &Snap> = e.snapshots.iter().map(|s| (s.id.as_str(), s)).collect();
+        // The planner's order (volume, slot newest first, id) is the documented one within a policy and region.
+        for d in &e.plan.decisions {
+            let snap = snaps.get(d.snapshot_id.as_str());
+            rows.push(Row {
+                policy: e.policy.clone(),
+                region: e.region.clone(),
+                volume_id: d.volume_id.clone(),
+                snapshot_id: d.snapshot_id.clone(),
+                slot: format_slot(d.slot),
+                age_seconds: (at - d.slot).num_seconds(),
+                state: snap.map_or("completed", |s| s.state.as_str()),
+                schedules: snap.map(|s| s.schedules.clone()).unwrap_or_default(),
+                orphan: d.orphan,
+                action: action_str(d.action),
+                reasons: d.reasons.iter().map(ToString::to_string).collect(),
+                labels: d.reasons.iter().map(|r| r.as_str()).collect(),
+                cap_hit: cap.clone(),
+            });
+        }
+        caps.extend(cap);
+    }
+    Report { at, rows, caps }
+}
+
+/// Keep and delete counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Count {
+    pub keep: usize,
+    pub delete: usize,
+}
+
+impl Count {
+    fn add(&mut self, action: &str) {
+        if action == "delete" {
+            self.delete += 1;
+        } else {
+            self.keep += 1;
+        }
+    }
+}
+
+/// Counts per policy (all regions), per schedule and per volume. A snapshot serving several schedules counts
+/// under each of them (as in `/metrics`); one listing none counts under the schedule `""`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub all: Count,
+    pub policies: BTreeMap<String, Count>,
+    /// (policy, schedule)
+    pub schedules: BTreeMap<(String, String), Count>,
+    /// (policy, region, volume id)
+    pub volumes: BTreeMap<(String, String, String), Count>,
+}
+
+pub fn totals(rows: &[Row]) -> Totals {
+    let mut t = Totals::default();
+    for r in rows {
+        t.all.add(r.action);
+        t.policies
+            .entry(r.policy.clone())
+            .or_default()
+            .add(r.action);
+        if r.schedules.is_empty() {
+            t.schedules
+                .entry((r.policy.clone(), String::new()))
+                .or_default()
+                .add(r.action);
+        }
+        for s in &r.schedules {
+            t.schedules
+                .entry((r.policy.clone(), s.clone()))
+                .or_default()
+                .add(r.action);
+        }
+        t.volumes
+            .entry((r.policy.clone(), r.region.clone(), r.volume_id.clone()))
+            .or_default()
+            .add(r.action);
+    }
+    t
+}
+
+/// What one config does with one snapshot, in a [`Change`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Verdict {
+    pub action: &'static str,
+    pub orphan: bool,
+    pub reasons: Vec<String>,
+    pub labels: Vec<&'static str>,
+}
+
+impl Verdict {
+    fn of(row: &Row) -> Verdict {
+        Verdict {
+            action: row.action,
+            orphan: row.orphan,
+            reasons: row.reasons.clone(),
+            labels: row.labels.clone(),
+        }
+    }
+
+    /// A config without the snapshot's policy never touches it.
+    fn no_policy(policy: &str) -> Verdict {
+        Verdict {
+            action: "keep",
+            orphan: false,
+            reasons: vec![format!("no policy `{policy}` in this config")],
+            labels: vec!["no-policy"],
+        }
+    }
+}
+
+/// A snapshot whose action differs between the current and the new config: one element of
+/// `plan --against … --json`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Change {
+    pub policy: String,
+    pub region: String,
+    pub volume_id: String,
+    pub snapshot_id: String,
+    pub slot: String,
+    pub age_seconds: i64,
+    /// `newly-deleted` (the new config deletes what the current one keeps) or `newly-kept` (the reverse).
+    pub change: &'static str,
+    pub current: Verdict,
+    pub new: Verdict,
+}
+
+/// Snapshots whose action differs between the two reports, in the documented row order. A snapshot only one side
+/// lists belongs to a policy the other config does not have, which therefore keeps it.
+pub fn diff(current: &Report, new: &Report) -> Vec<Change> {
+    let key = |r: &Row| (r.policy.clone(), r.region.clone(), r.snapshot_id.clone());
+    let old: HashMap<_, &Row> = current.rows.iter().map(|r| (key(r), r)).collect();
+    let mut seen = HashSet::new();
+    let mut changes = Vec::new();
+    for r in &new.rows {
+        let k = key(r);
+        let cur = match old.get(&k) {
+            Some(c) => Verdict::of(c),
+            None => Verdict::no_policy(&r.policy),
+        };
+        seen.insert(k);
+        changes.extend(change(r, cur, Verdict::of(r)));
+    }
+    for r in current.rows.iter().filter(|r| !seen.contains(&key(r))) {
+        changes.extend(change(r, Verdict::of(r), Verdict::no_policy(&r.policy)));
+    }
+    changes.sort_by(|a, b| {
+        let k = |c: &Change| {
+            (
+                c.policy.clone(),
+                c.region.clone(),
+                c.volume_id.clone(),
+                Reverse(c.slot.clone()),
+                c.snapshot_id.clone(),
+            )
+        };
+        k(a).cmp(&k(b))
+    });
+    changes
+}
+
+fn change(row: &Row, current: Verdict, new: Verdict) -> Option<Change> {
+    let change = match (current.action, new.action) {
+        ("keep", "delete") => "newly-deleted",
+        ("delete", "keep") => "newly-kept",
+        _ => return None,
+    };
+    Some(Change {
+        policy: row.policy.clone(),
+        region: row.region.clone(),
+        volume_id: row.volume_id.clone(),
+        snapshot_id: row.snapshot_id.clone(),
+        slot: row.slot.clone(),
+        age_seconds: row.age_seconds,
+        change,
+        current,
+        new,
+    })
+}
+
+/// What `--fail-on-delete` fails on in diff mode: the new config deletes something the current one keeps, or its
+/// plan is over a deletion cap.
+pub fn diff_would_delete(new: &Report, changes: &[Change]) -> bool {
+    !new.caps.is_empty() || changes.iter().any(|c| c.change == "newly-deleted")
+}
+
+/// `3d 4h`, `5h 12m`, `40m`: enough to read retention at a glance; the JSON has the exact seconds.
+pub fn format_age(seconds: i64) -> String {
+    let (sign, s) = if seconds < 0 {
+        ("-", -seconds)
+    } else {
+        ("", seconds)
+    };
+    let (d, h, m) = (s / 86_400, s % 86_400 / 3_600, s % 3_600 / 60);
+    match (d, h) {
+        (0, 0) => format!("{sign}{m}m"),
+        (0, _) => format!("{sign}{h}h {m}m"),
+        _ => format!("{sign}{d}d {h}h"),
+    }
+}
+
+/// Columns padded to their widest cell; `right` lists the right-aligned ones; the last column is not padded.
+fn table(header: &[&str], right: &[usize], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let head: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    for r in std::iter::once(&head).chain(rows) {
+        let mut line = String::new();
+        for (i, cell) in r.iter().enumerate() {
+            if i > 0 {
+                line.push_str("  ");
+            }
+            let pad = widths[i].saturating_sub(cell.chars().count());
+            if i + 1 == r.len() {
+                if right.contains(&i) {
+                    line.push_str(&" ".repeat(pad));
+                }
+                line.push_str(cell);
+            } else if right.contains(&i) {
+                let _ = write!(line, "{}{cell}", " ".repeat(pad));
+            } else {
+                let _ = write!(line, "{cell}{}", " ".repeat(pad));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn cap_lines(caps: &[CapVerdict], which: &str) -> String {
+    let mut out = String::new();
+    for c in caps {
+        let _ = writeln!(
+            out,
+            "!! DELETION CAP{which}: policy {} in {}: {}",
+            c.policy, c.region, c.message
+        );
+    }
+    out
+}
+
+/// The human form of a plan: cap verdicts first (they decide whether anything is deleted at all), every snapshot,
+/// then totals per policy, schedule and volume.
+pub fn render_table(report: &Report) -> String {
+    let mut out = format!(
+        "plan at {} (ages from it; snapshots with a later slot are not counted)\n",
+        format_slot(report.at)
+    );
+    out.push_str(&cap_lines(&report.caps, ""));
+    out.push('\n');
+    let rows: Vec<Vec<String>> = report
+        .rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.policy.clone(),
+                r.region.clone(),
+                r.volume_id.clone(),
+                if r.orphan { "yes" } else { "-" }.to_string(),
+                r.snapshot_id.clone(),
+                r.slot.clone(),
+                format_age(r.age_seconds),
+                r.action.to_string(),
+                r.reasons.join("; "),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &[
+            "POLICY", "REGION", "VOLUME", "ORPHAN", "SNAPSHOT", "SLOT", "AGE", "ACTION", "REASONS",
+        ],
+        &[6],
+        &rows,
+    ));
+    out.push('\n');
+    out.push_str(&render_totals(&totals(&report.rows)));
+    out.push_str(&cap_lines(&report.caps, ""));
+    out
+}
+
+fn render_totals(t: &Totals) -> String {
+    let mut rows = Vec::new();
+    for (p, c) in &t.policies {
+        rows.push(vec![
+            "policy".into(),
+            p.clone(),
+            c.keep.to_string(),
+            c.delete.to_string(),
+        ]);
+    }
+    for ((p, s), c) in &t.schedules {
+        let s = if s.is_empty() { "(none listed)" } else { s };
+        rows.push(vec![
+            "schedule".into(),
+            format!("{p}/{s}"),
+            c.keep.to_string(),
+            c.delete.to_string(),
+        ]);
+    }
+    for ((p, r, v), c) in &t.volumes {
+        rows.push(vec![
+            "volume".into(),
+            format!("{p} {r} {v}"),
+            c.keep.to_string(),
+            c.delete.to_string(),
+        ]);
+    }
+    let mut out = table(&["TOTALS", "", "KEEP", "DELETE"], &[2, 3], &rows);
+    let _ = writeln!(
+        out,
+        "{} snapshots: {} keep, {} delete",
+        t.all.keep + t.all.delete,
+        t.all.keep,
+        t.all.delete
+    );
+    out
+}
+
+/// The human form of a diff: what changes, with both configs' reasons, then each config's totals.
+pub fn render_diff(current: &Report, new: &Report, changes: &[Change]) -> String {
+    let mut out = format!(
+        "diff at {}: the new config (--config) against the current one (--against)\n",
+        format_slot(new.at)
+    );
+    out.push_str(&cap_lines(&new.caps, " (new config)"));
+    out.push_str(&cap_lines(&current.caps, " (current config)"));
+    out.push('\n');
+    let rows: Vec<Vec<String>> = changes
+        .iter()
+        .map(|c| {
+            let side = |v: &Verdict| format!("{}: {}", v.action, v.reasons.join("; "));
+            vec![
+                c.policy.clone(),
+                c.region.clone(),
+                c.volume_id.clone(),
+                c.snapshot_id.clone(),
+                c.slot.clone(),
+                format_age(c.age_seconds),
+                c.change.to_string(),
+                side(&c.current),
+                side(&c.new),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        out.push_str("no snapshot changes action\n");
+    } else {
+        out.push_str(&table(
+            &[
+                "POLICY", "REGION", "VOLUME", "SNAPSHOT", "SLOT", "AGE", "CHANGE", "CURRENT", "NEW",
+            ],
+            &[5],
+            &rows,
+        ));
+    }
+    let newly = |what: &str| changes.iter().filter(|c| c.change == what).count();
+    let (cur, new_t) = (totals(&current.rows).all, totals(&new.rows).all);
+    let _ = writeln!(
+        out,
+        "\nthe new config deletes {} snapshots the current one keeps and keeps {} it deletes\ncurrent config: {} keep, {} delete\nnew config:     {} keep, {} delete",
+        newly("newly-deleted"),
+        newly("newly-kept"),
+        cur.keep,
+        cur.delete,
+        new_t.keep,
+        new_t.delete
+    );
+    out
+}
+
+/// What `plan` prints on stdout, and what it tells the caller.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    pub stdout: String,
+    /// The verdict of `--fail-on-delete` ([`Report::would_delete`], [`diff_would_delete`] in diff mode).
+    pub would_delete: bool,
+    /// The new config's cap verdicts, for stderr.
+    pub caps: Vec<CapVerdict>,
+}
+
+/// Everything `plan` prints, from what [`gather`] read: rows or (`diff`) changes, as a table or JSON.
+pub fn output(
+    gathered: &Gathered,
+    at: DateTime<Utc>,
+    diff_mode: bool,
+    json: bool,
+) -> serde_json::Result<Output> {
+    let new = report(&gathered.new, at);
+    let (stdout, would_delete) = if diff_mode {
+        let current = report(&gathered.current, at);
+        let changes = diff(&current, &new);
+        let text = if json {
+            serde_json::to_string_pretty(&changes)? + "\n"
+        } else {
+            render_diff(&current, &new, &changes)
+        };
+        (text, diff_would_delete(&new, &changes))
+    } else {
+        let text = if json {
+            serde_json::to_string_pretty(&new.rows)? + "\n"
+        } else {
+            render_table(&new)
+        };
+        (text, new.would_delete())
+    };
+    Ok(Output {
+        stdout,
+        would_delete,
+        caps: new.caps,
+    })
+}
+
+/// What to evaluate: the config under test (`new`, the global `--config`), optionally the one running now.
+pub struct Request<'a> {
+    pub new: &'a Config,
+    pub current: Option<&'a Config>,
+    /// Only this policy.
+    pub policy: Option<&'a str>,
+    /// Evaluate as if now were this time.
+    pub at: DateTime<Utc>,
+}
+
+/// Both configs' evaluations; `current` is empty outside diff mode.
+#[derive(Debug, Default)]
+pub struct Gathered {
+    pub new: Vec<Evaluation>,
+    pub current: Vec<Evaluation>,
+}
+
+/// A survey failed; nothing is shown, because a plan over half-read data would show deletions that are not.
+#[derive(Debug, thiserror::Error)]
+#[error("policy `{policy}`: {error}")]
+pub struct GatherError {
+    pub policy: String,
+    pub error: Error,
+}
+
+/// Surveys every region for every policy of `new` (and of `current`, by name) and plans them at `req.at`.
+/// In diff mode both configs judge the same snapshot list (the new side's), so a snapshot created between the two
+/// surveys cannot show up as a change; each side reads its own targets, since the new config may target other
+/// volumes.
+pub async fn gather(regions: &[Arc<Region>], req: &Request<'_>) -> Result<Gathered, GatherError> {
+    let mut names: Vec<&str> = req.new.policies.iter().map(|p| p.name.as_str()).collect();
+    for p in req.current.iter().flat_map(|c| &c.policies) {
+        if !names.contains(&p.name.as_str()) {
+            names.push(&p.name);
+        }
+    }
+    names.retain(|n| req.policy.is_none_or(|only| only == *n));
+    let mut out = Gathered::default();
+    for region in regions {
+        for &name in &names {
+            let wrap = |error| GatherError {
+                policy: name.to_string(),
+                error,
+            };
+            let mut listed = None;
+            if let Some(p) = req.new.policy(name) {
+                let (e, snaps) = evaluate(region, p, None, req.at).await.map_err(wrap)?;
+                listed = Some(snaps);
+                out.new.push(e);
+            }
+            if let Some(p) = req.current.and_then(|c| c.policy(name)) {
+                let (e, _) = evaluate(region, p, listed, req.at).await.map_err(wrap)?;
+                out.current.push(e);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// One policy in one region: survey, leave out what does not exist yet at `at`, plan. `snapshots` replaces the
+/// survey's list when given.
+async fn evaluate(
+    region: &Region,
+    policy: &Policy,
+    snapshots: Option<Vec<Snapshot>>,
+    at: DateTime<Utc>,
+) -> Result<(Evaluation, Vec<Snapshot>), Error> {
+    let mut survey = worker::survey(region.ec2.as_ref(), policy, &region.account_id).await?;
+    match snapshots {
+        Some(s) => survey.snapshots = s,
+        None => survey.snapshots.retain(|s| worker::slot_of(s) <= at),
+    }
+    let plan = worker::plan_retention(policy, &survey, &HashSet::new(), policy.timezone, at);
+    let snaps = survey
+        .snapshots
+        .iter()
+        .map(|s| Snap {
+            id: s.id.clone(),
+            volume_id: s.volume_id.clone(),
+            slot: worker::slot_of(s),
+            schedules: worker::schedules_of(s),
+            state: s.state,
+            pinned: s.tags.contains_key(ec2::TAG_KEEP),
+        })
+        .collect();
+    let e = Evaluation {
+        policy: policy.name.clone(),
+        region: region.ec2.region().to_string(),
+        snapshots: snaps,
+        plan,
+    };
+    Ok((e, survey.snapshots))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::retention::{self, Caps, KeepRules, PlanInput, ScheduleRules, SnapState};
+    use crate::schedule::parse_slot;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        parse_slot(s).unwrap()
+    }
+
+    fn snap(id: &str, volume: &str, slot: &str, schedules: &[&str]) -> Snap {
+        Snap {
+            id: id.into(),
+            volume_id: volume.into(),
+            slot: t(slot),
+            schedules: schedules.iter().map(|s| s.to_string()).collect(),
+            state: SnapState::Completed,
+            pinned: false,
+        }
+    }
+
+    /// Plans `snapshots` with the real planner: `last` per schedule name, `targeted` volumes (others are orphans).
+    fn evaluation(
+        policy: &str,
+        region: &str,
+        snapshots: Vec<Snap>,
+        last: &[(&str, u32)],
+        caps: Caps,
+        targeted: &[&str],
+    ) -> Evaluation {
+        let schedules: Vec<ScheduleRules> = last
+            .iter()
+            .map(|(name, n)| ScheduleRules {
+                name: name.to_string(),
+                keep: KeepRules {
+                    last: Some(*n),
+                    ..KeepRules::default()
+                },
+                count_from_tag: false,
+            })
+            .collect();
+        let targeted: HashSet<String> = targeted.iter().map(|v| v.to_string()).collect();
+        let input = PlanInput {
+            snapshots: &snapshots,
+            schedules: &schedules,
+            counts: &HashMap::new(),
+            frozen_volumes: &HashSet::new(),
+            tz: chrono_tz::UTC,
+            targeted: Some(&targeted),
+            orphans: Default::default(),
+            caps,
+        };
+        let plan = retention::plan(&input, t(AT));
+        Evaluation {
+            policy: policy.into(),
+            region: region.into(),
+            snapshots,
+            plan,
+        }
+    }
+
+    const AT: &str = "2026-01-10T12:00:00Z";
+
+    /// vol-a: four daily snapshots, the Monday one also weekly; vol-b: one snapshot, no longer targeted.
+    fn history() -> Vec<Snap> {
+        vec![
+            snap("snap-3", "vol-a", "2026-01-07T03:00:00Z", &["daily"]),
+            snap(
+                "snap-1",
+                "vol-a",
+                "2026-01-05T03:00:00Z",
+                &["daily", "weekly"],
+            ),
+            snap("snap-4", "vol-a", "2026-01-09T03:00:00Z", &["daily"]),
+            snap("snap-2", "vol-a", "2026-01-06T03:00:00Z", &["daily"]),
+            snap("snap-9", "vol-b", "2025-12-01T03:00:00Z", &["daily"]),
+        ]
+    }
+
+    #[test]
+    fn rows_follow_the_documented_order_and_carry_text_labels_and_ages() {
+        let b = evaluation(
+            "prod",
+            "us-west-2",
+            history(),
+            &[("daily", 2)],
+            Caps::default(),
+            &["vol-a"],
+        );
+        let a = evaluation(
+            "prod",
+            "eu-west-1",
+            history(),
+            &[("daily", 2)],
+            Caps::default(),
+            &["vol-a"],
+        );
+        let c = evaluation(
+            "app",
+            "us-west-2",
+            history(),
+            &[("daily", 2)],
+            Caps::default(),
+            &["vol-a"],
+        );
+        let r = report(&[b, a, c], t(AT));
+        let order: Vec<(&str, &str, &str)> = r
+            .rows
+            .iter()
+            .map(|r| (r.policy.as_str(), r.region.as_str(), r.snapshot_id.as_str()))
+            .collect();
+        let ids = ["snap-4", "snap-3", "snap-2", "snap-1", "snap-9"];
+        let mut expected = Vec::new();
+        for (p, reg) in [
+            ("app", "us-west-2"),
+            ("prod", "eu-west-1"),
+            ("prod", "us-west-2"),
+        ] {
+            expected.extend(ids.iter().map(|id| (p, reg, *id)));
+        }
+        assert_eq!(order, expected);
+
+        let row = |id: &str| r.rows.iter().find(|x| x.snapshot_id == id).unwrap();
+        let newest = row("snap-4");
+        assert_eq!(newest.slot, "2026-01-09T03:00:00Z");
+        assert_eq!(newest.age_seconds, 33 * 3600);
+        assert_eq!(newest.action, "keep");
+        assert_eq!(newest.reasons, ["newest of volume", "daily last 1/2"]);
+        assert_eq!(newest.labels, ["newest", "last"]);
+        assert_eq!(newest.state, "completed");
+        assert!(!newest.orphan);
+        let monday = row("snap-1");
+        assert_eq!(monday.schedules, ["daily", "weekly"]);
+        // `weekly` is no longer configured: removing a schedule keeps its history.
+        assert_eq!(monday.action, "keep");
+        assert_eq!(monday.labels, ["schedule-removed"]);
+        let expired = row("snap-2");
+        assert_eq!(
+            (expired.action, expired.labels.as_slice()),
+            ("delete", &["expired"][..])
+        );
+        let orphan = row("snap-9");
+        assert!(orphan.orphan);
+        assert_eq!(orphan.labels, ["newest", "last"]);
+        assert!(r.caps.is_empty() && r.rows.iter().all(|x| x.cap_hit.is_none()));
+        assert!(r.would_delete());
+    }
+
+    #[test]
+    fn a_cap_hit_is_on_every_row_of_its_policy_and_region_and_counts_as_would_delete() {
+        let caps = Caps {
+            max_deletes_per_run: Some(0),
+            max_delete_fraction: None,
+        };
+        let capped = evaluation("prod", "r1", history(), &[("daily", 1)], caps, &["vol-a"]);
+        let free = evaluation("prod", "r2", history(), &[("daily", 9)], caps, &["vol-a"]);
+        let r = report(&[capped, free], t(AT));
+        assert_eq!(r.caps.len(), 1, "{:?}", r.caps);
+        let cap = &r.caps[0];
+        assert_eq!((cap.policy.as_str(), cap.region.as_str()), ("prod", "r1"));
+        assert_eq!(
+            (cap.setting, cap.limit.as_str(), cap.needed.as_str()),
+            ("max-deletes-per-run", "0", "2")
+        );
+        assert!(
+            cap.message.contains("raise max-deletes-per-run to 2"),
+            "{}",
+            cap.message
+        );
+        for row in &r.rows {
+            assert_eq!(row.cap_hit.is_some(), row.region == "r1", "{row:?}");
+            assert_eq!(
+                row.action, "keep",
+                "nothing is deleted under a cap: {row:?}"
+            );
+        }
+        assert!(r.rows.iter().any(|x| x.labels == ["over-cap"]));
+        assert!(
+            r.would_delete(),
+            "a blocked plan would alert: CI must hear of it"
+        );
+        let text = render_table(&r);
+        let first_line = text.lines().nth(1).unwrap();
+        assert!(
+            first_line.starts_with("!! DELETION CAP: policy prod in r1:")
+                && first_line.contains("max-deletes-per-run"),
+            "the verdict heads the table:\n{text}"
+        );
+    }
+
+    #[test]
+    fn totals_count_a_snapshot_under_each_schedule_it_serves() {
+        let mut snaps = history();
+        snaps.push(snap("snap-0", "vol-a", "2026-01-01T03:00:00Z", &[]));
+        let e = evaluation(
+            "prod",
+            "r1",
+            snaps,
+            &[("daily", 2), ("weekly", 1)],
+            Caps::default(),
+            &["vol-a"],
+        );
+        let r = report(&[e], t(AT));
+        let tot = totals(&r.rows);
+        assert_eq!(tot.all, Count { keep: 5, delete: 1 }, "{:#?}", r.rows);
+        assert_eq!(tot.policies["prod"], tot.all);
+        let sched = |s: &str| tot.schedules[&("prod".to_string(), s.to_string())];
+        assert_eq!(sched("daily"), Count { keep: 4, delete: 1 });
+        assert_eq!(sched("weekly"), Count { keep: 1, delete: 0 });
+        assert_eq!(
+            sched(""),
+            Count { keep: 1, delete: 0 },
+            "a snapshot listing no schedule"
+        );
+        let vol = |v: &str| tot.volumes[&("prod".to_string(), "r1".to_string(), v.to_string())];
+        assert_eq!(vol("vol-a"), Count { keep: 4, delete: 1 });
+        assert_eq!(vol("vol-b"), Count { keep: 1, delete: 0 });
+        let text = render_table(&r);
+        assert!(text.contains("6 snapshots: 5 keep, 1 delete"), "{text}");
+        assert!(text.contains("prod/(none listed)"), "{text}");
+    }
+
+    #[test]
+    fn diff_lists_only_changed_actions_with_both_reasons() {
+        let cur = report(
+            &[evaluation(
+                "prod",
+                "r1",
+                history(),
+                &[("daily", 3)],
+                Caps::default(),
+                &["vol-a"],
+            )],
+            t(AT),
+        );
+        let new = report(
+            &[evaluation(
+                "prod",
+                "r1",
+                history(),
+                &[("daily", 1)],
+                Caps::default(),
+                &["vol-a"],
+            )],
+            t(AT),
+        );
+        let changes = diff(&cur, &new);
+        let ids: Vec<&str> = changes.iter().map(|c| c.snapshot_id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["snap-3", "snap-2"],
+            "newest first; unchanged ones left out"
+        );
+        let c = &changes[1];
+        assert_eq!(c.change, "newly-deleted");
+        assert_eq!(
+            (c.current.action, c.current.reasons.as_slice()),
+            ("keep", &["daily last 3/3".to_string()][..])
+        );
+        assert_eq!(
+            (c.new.action, c.new.labels.as_slice()),
+            ("delete", &["expired"][..])
+        );
+        assert!(diff_would_delete(&new, &changes));
+
+        // The reverse direction: the same pair read the other way round keeps what it used to delete.
+        let back = diff(&new, &cur);
+        assert!(back.iter().all(|c| c.change == "newly-kept"), "{back:?}");
+        assert!(!diff_would_delete(&cur, &back));
+        assert!(diff(&cur, &cur).is_empty());
+        let text = render_diff(&cur, &cur, &[]);
+        assert!(text.contains("no snapshot changes action"), "{text}");
+        assert!(
+            render_diff(&cur, &new, &changes).contains("deletes 2 snapshots the current one keeps")
+        );
+    }
+
+    #[test]
+    fn a_policy_only_one_config_has_is_kept_by_the_other() {
+        let only_new = report(
+            &[evaluation(
+                "new",
+                "r1",
+                history(),
+                &[("daily", 1)],
+                Caps::default(),
+                &["vol-a"],
+            )],
+            t(AT),
+        );
+        let empty = report(&[], t(AT));
+        let added = diff(&empty, &only_new);
+        assert_eq!(
+            added.len(),
+            2,
+            "the two snapshots the new policy deletes: {added:?}"
+        );
+        for c in &added {
+            assert_eq!(c.change, "newly-deleted");
+            assert_eq!(c.current.labels, ["no-policy"]);
+            assert_eq!(c.current.reasons, ["no policy `new` in this config"]);
+        }
+        let removed = diff(&only_new, &empty);
+        assert!(removed
+            .iter()
+            .all(|c| c.change == "newly-kept" && c.new.labels == ["no-policy"]));
+        assert_eq!(removed.len(), 2);
+    }
+
+    #[test]
+    fn ages_read_in_the_largest_units() {
+        assert_eq!(format_age(0), "0m");
+        assert_eq!(format_age(59), "0m");
+        assert_eq!(format_age(40 * 60), "40m");
+        assert_eq!(format_age(5 * 3600 + 12 * 60 + 5), "5h 12m");
+        assert_eq!(format_age(3 * 86_400 + 4 * 3600 + 59 * 60), "3d 4h");
+        assert_eq!(format_age(-90 * 60), "-1h 30m");
+    }
+
+    #[test]
+    fn table_columns_line_up() {
+        let text = table(
+            &["A", "NUM", "LAST"],
+            &[1],
+            &[
+                vec!["long-cell".into(), "7".into(), "x".into()],
+                vec!["b".into(), "1234".into(), "".into()],
+            ],
+        );
+        assert_eq!(
+            text,
+            "A           NUM  LAST\nlong-cell     7  x\nb          1234\n"
+        );
+    }
+}

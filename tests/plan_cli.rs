@@ -1,0 +1,575 @@
+//! `snapwarden plan`, the command an operator runs before a config change. Two halves:
+//!
+//! - Stable output: a deterministic in-memory fleet (`FakeEc2`, fixed clock, sequential ids) planned at a fixed
+//!   `--at` through the library (`plan::gather`, the code the binary runs) must print `tests/fixtures/plan.json`,
+//!   `plan.txt` (the README's worked example) and, in diff mode against `plan-new.toml`, `plan-diff.json` and
+//!   `plan-diff.txt` byte for byte, and the README must quote the two tables as they are. The fleet covers calendar buckets (a sparse history, an ISO week spanning New Year, a month end),
+//!   pinned and pending snapshots, one whose slot lies after `--at`, an expired orphan and a plan over a deletion
+//!   cap. After an intended change of output, regenerate with `SNAPWARDEN_BLESS=1 cargo test --test plan_cli`
+//!   and review the diff of the fixtures.
+//! - The real binary against moto in diff mode: a new config with a smaller `last` deletes more than the current
+//!   one, `--at` hides a snapshot that does not exist yet, `--fail-on-delete` exits 3 for the riskier direction
+//!   only, and nothing in EC2 changes.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_ec2::types::{
+    BlockDeviceMapping, EbsBlockDevice, Filter, ResourceType, Tag, TagSpecification,
+};
+use chrono::{DateTime, Utc};
+use common::{Moto, REGION};
+use serde_json::Value;
+
+use snapwarden::config::{self, Config};
+use snapwarden::ec2::fake::{FakeEc2, FAKE_ACCOUNT};
+use snapwarden::ec2::Ec2;
+use snapwarden::plan::{self, Request};
+use snapwarden::retention::SnapState;
+use snapwarden::worker::Region;
+
+const AT: &str = "2026-01-10T12:00:00Z";
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn load(name: &str) -> Config {
+    config::load(&fixture(name), &[]).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn at() -> DateTime<Utc> {
+    snapwarden::schedule::parse_slot(AT).unwrap()
+}
+
+/// Compares `actual` with the checked-in fixture, or rewrites the fixture when `SNAPWARDEN_BLESS=1`.
+fn assert_fixture(name: &str, actual: &str) {
+    let path = fixture(name);
+    if std::env::var_os("SNAPWARDEN_BLESS").is_some_and(|v| v == "1") {
+        std::fs::write(&path, actual).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}; create it with SNAPWARDEN_BLESS=1", path.display()));
+    assert!(
+        actual == expected,
+        "{name} differs from the output; if the change is intended, regenerate with SNAPWARDEN_BLESS=1 and review \
+         the fixture's diff\n--- actual ---\n{actual}\n--- expected ---\n{expected}"
+    );
+}
+
+fn managed<'a>(policy: &'a str, schedule: &'a str, slot: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("snapwarden:managed", "true"),
+        ("snapwarden:policy", policy),
+        ("snapwarden:schedule", schedule),
+        ("snapwarden:slot", slot),
+    ]
+}
+
+/// The README's example history on one instance volume, an orphan, and a volume whose policy is over its cap.
+/// Seeded in a fixed order, so every id is the same on every run.
+fn fleet() -> Arc<FakeEc2> {
+    let fake = FakeEc2::new("us-east-1");
+    fake.set_clock("2026-01-11T03:00:05Z".parse().unwrap());
+    let (_, vols) = fake.add_instance(&[("Backup", "app")], &[("/dev/xvdf", "gp3")]);
+    let app = &vols[0];
+    let gone = fake.add_volume(&[("Backup", "app")]);
+    let tight = fake.add_volume(&[("Backup", "tight")]);
+    let completed = SnapState::Completed;
+    // 2025-12-29 and 2026-01-02 share ISO week 2026-W01; 01-03, 01-04 and 01-08 have no snapshot.
+    for day in [
+        "2025-11-28",
+        "2025-12-15",
+        "2025-12-29",
+        "2025-12-31",
+        "2026-01-02",
+        "2026-01-05",
+        "2026-01-06",
+        "2026-01-07",
+        "2026-01-09",
+    ] {
+        let slot = format!("{day}T03:00:00Z");
+        let mut tags = managed("app", "nightly", &slot);
+        if day == "2025-12-15" {
+            tags.push(("snapwarden:keep", "audit"));
+        }
+        fake.seed_snapshot(app, completed, FAKE_ACCOUNT, &tags);
+    }
+    fake.seed_snapshot(
+        app,
+        SnapState::Pending,
+        FAKE_ACCOUNT,
+        &managed("app", "nightly", "2026-01-10T03:00:00Z"),
+    );
+    // After --at: does not exist yet as far as the plan is concerned.
+    fake.seed_snapshot(
+        app,
+        completed,
+        FAKE_ACCOUNT,
+        &managed("app", "nightly", "2026-01-11T03:00:00Z"),
+    );
+    for day in ["2025-11-02", "2025-11-03"] {
+        let slot = format!("{day}T03:00:00Z");
+        fake.seed_snapshot(
+            &gone,
+            completed,
+            FAKE_ACCOUNT,
+            &managed("app", "nightly", &slot),
+        );
+    }
+    fake.remove_volume(&gone);
+    for day in [
+        "2026-01-05",
+        "2026-01-06",
+        "2026-01-07",
+        "2026-01-08",
+        "2026-01-09",
+    ] {
+        let slot = format!("{day}T03:00:00Z");
+        fake.seed_snapshot(
+            &tight,
+            completed,
+            FAKE_ACCOUNT,
+            &managed("tight", "daily", &slot),
+        );
+    }
+    Arc::new(fake)
+}
+
+fn regions(fake: &Arc<FakeEc2>) -> Vec<Arc<Region>> {
+    let ec2: Arc<dyn Ec2> = fake.clone();
+    vec![Arc::new(Region {
+        ec2,
+        account_id: FAKE_ACCOUNT.into(),
+    })]
+}
+
+#[tokio::test]
+async fn plan_json_and_table_of_a_fixed_fleet_match_the_fixtures() {
+    let fake = fleet();
+    let config = load("plan.toml");
+    let req = Request {
+        new: &config,
+        current: None,
+        policy: None,
+        at: at(),
+    };
+    let gathered = plan::gather(&regions(&fake), &req).await.unwrap();
+    let report = plan::report(&gathered.new, at());
+    // What the binary prints: `plan::output` is all `main` calls after `gather`.
+    let json = plan::output(&gathered, at(), false, true).unwrap().stdout;
+
+    // The facts the README's example states, checked here so that a blessed fixture cannot quietly change them.
+    let rows: Vec<Value> = serde_json::from_str(&json).unwrap();
+    let by_slot = |policy: &str, slot: &str| -> &Value {
+        rows.iter()
+            .find(|r| r["policy"] == policy && r["slot"] == format!("{slot}T03:00:00Z"))
+            .unwrap_or_else(|| panic!("no {policy} row for {slot}:\n{json}"))
+    };
+    let app: Vec<(&str, &str)> = [
+        "2026-01-10",
+        "2026-01-09",
+        "2026-01-07",
+        "2026-01-06",
+        "2026-01-05",
+        "2026-01-02",
+        "2025-12-31",
+        "2025-12-29",
+        "2025-12-15",
+        "2025-11-28",
+        "2025-11-03",
+        "2025-11-02",
+    ]
+    .iter()
+    .map(|d| {
+        let r = by_slot("app", d);
+        (*d, r["action"].as_str().unwrap())
+    })
+    .collect();
+    let deleted: Vec<&str> = app
+        .iter()
+        .filter(|(_, a)| *a == "delete")
+        .map(|(d, _)| *d)
+        .collect();
+    assert_eq!(
+        deleted,
+        [
+            "2026-01-05",
+            "2025-12-29",
+            "2025-11-28",
+            "2025-11-03",
+            "2025-11-02"
+        ],
+        "{json}"
+    );
+    let labels = |policy: &str, day: &str| by_slot(policy, day)["labels"].clone();
+    assert_eq!(
+        labels("app", "2026-01-09"),
+        serde_json::json!(["newest", "daily", "weekly", "monthly"])
+    );
+    assert_eq!(
+        labels("app", "2026-01-02"),
+        serde_json::json!(["weekly"]),
+        "the New Year week's newest"
+    );
+    assert_eq!(labels("app", "2025-12-31"), serde_json::json!(["monthly"]));
+    assert_eq!(labels("app", "2026-01-10"), serde_json::json!(["pending"]));
+    assert_eq!(labels("app", "2025-12-15"), serde_json::json!(["pinned"]));
+    assert_eq!(by_slot("app", "2025-11-03")["orphan"], true);
+    assert_eq!(
+        labels("app", "2025-11-03"),
+        serde_json::json!(["orphan-expired"])
+    );
+    assert!(
+        !json.contains("2026-01-11T03:00:00Z"),
+        "a slot after --at does not exist yet:\n{json}"
+    );
+    assert_eq!(report.caps.len(), 1, "{json}");
+    assert_eq!(report.caps[0].policy, "tight");
+    assert_eq!(report.caps[0].setting, "max-deletes-per-run");
+    assert_eq!(
+        labels("tight", "2026-01-05"),
+        serde_json::json!(["over-cap"])
+    );
+
+    assert_fixture("plan.json", &json);
+    let out = plan::output(&gathered, at(), false, false).unwrap();
+    assert!(out.would_delete);
+    let table = out.stdout;
+    assert_fixture("plan.txt", &table);
+    // The README's worked example quotes policy `app` of this table: it must not drift from it.
+    let quoted: Vec<&str> = table
+        .lines()
+        .filter(|l| l.starts_with("POLICY") || l.starts_with("app "))
+        .collect();
+    assert_in_readme(&quoted);
+
+    // Same data, same bytes: nothing depends on the order the backend lists snapshots in or on the wall clock.
+    let again = plan::gather(&regions(&fake), &req).await.unwrap();
+    let again = plan::output(&again, at(), false, true).unwrap().stdout;
+    assert_eq!(again, json);
+    assert_eq!(
+        fake.calls("DeleteSnapshot") + fake.calls("CreateSnapshot"),
+        0
+    );
+}
+
+#[tokio::test]
+async fn diff_of_the_fixed_fleet_matches_its_fixture() {
+    let fake = fleet();
+    let (current, new) = (load("plan.toml"), load("plan-new.toml"));
+    let req = Request {
+        new: &new,
+        current: Some(&current),
+        policy: Some("app"),
+        at: at(),
+    };
+    let gathered = plan::gather(&regions(&fake), &req).await.unwrap();
+    let (cur, new) = (
+        plan::report(&gathered.current, at()),
+        plan::report(&gathered.new, at()),
+    );
+    let changes = plan::diff(&cur, &new);
+    let json = plan::output(&gathered, at(), true, true).unwrap().stdout;
+    let summary: Vec<(&str, &str)> = changes
+        .iter()
+        .map(|c| (c.slot.as_str(), c.change))
+        .collect();
+    // daily 3 -> 2 lets 01-06 go; without the weekly tier 01-02 (the New Year week's newest) goes too.
+    assert_eq!(
+        summary,
+        [
+            ("2026-01-06T03:00:00Z", "newly-deleted"),
+            ("2026-01-02T03:00:00Z", "newly-deleted")
+        ],
+        "{json}"
+    );
+    assert_eq!(changes[1].current.reasons, ["nightly weekly 2/2"]);
+    assert_eq!(changes[1].new.reasons, ["expired"]);
+    assert!(plan::diff_would_delete(&new, &changes));
+    assert_fixture("plan-diff.json", &json);
+    let table = plan::output(&gathered, at(), true, false).unwrap().stdout;
+    assert_fixture("plan-diff.txt", &table);
+    assert_in_readme(&table.lines().filter(|l| !l.is_empty()).collect::<Vec<_>>());
+}
+
+/// Each line appears in the README, in this order and next to each other (a quoted block).
+fn assert_in_readme(lines: &[&str]) {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let readme: Vec<&str> = readme.lines().filter(|l| !l.is_empty()).collect();
+    assert!(
+        readme.windows(lines.len()).any(|w| w == lines),
+        "README.md no longer quotes this output; paste it into the \"Retention rules\" section:\n{}",
+        lines.join("\n")
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The binary against moto (helpers follow tests/e2e_cli.rs)
+// ---------------------------------------------------------------------------------------------------------------
+
+/// The binary with moto's fake credentials and nothing inherited that could change its behaviour.
+fn snapwarden() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_snapwarden"));
+    cmd.env_remove("RUST_LOG").stdin(Stdio::null());
+    for (k, _) in std::env::vars() {
+        if (k.starts_with("SNAPWARDEN_") && k.contains("__")) || k == "SNAPWARDEN_CONFIG" {
+            cmd.env_remove(k);
+        }
+    }
+    for (k, v) in common::aws_env() {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// Runs `cmd` to its end, killing it after `within` so a hang fails the test instead of stalling it.
+fn run_to_end(cmd: &mut Command, within: Duration) -> Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the snapwarden binary starts");
+    let read = |mut from: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = from.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let out = read(Box::new(child.stdout.take().unwrap()));
+    let err = read(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + within;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let status = child.wait().expect("wait");
+            let (o, e) = (out.join().unwrap(), err.join().unwrap());
+            panic!(
+                "did not finish within {within:?} ({status:?})\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                String::from_utf8_lossy(&o),
+                String::from_utf8_lossy(&e)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "exit: {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A config file `name` in `dir` against moto with one policy `diffed` keeping `keep`.
+fn write_config(dir: &Path, name: &str, endpoint: &str, keep: &str) -> PathBuf {
+    let path = dir.join(name);
+    let text = format!(
+        r#"[daemon]
+listen = "127.0.0.1:{port}"
+timezone = "UTC"
+
+[aws]
+regions = ["{REGION}"]
+endpoint-url = "{endpoint}"
+max-attempts = 2
+operation-timeout = "55s"
+attempt-timeout = "50s"
+
+[[policy]]
+name = "diffed"
+[policy.target]
+resource = "instance"
+tags = {{ Backup = "e2e-plan-diff" }}
+
+[[policy.schedule]]
+name = "daily"
+cron = "0 3 * * *"
+keep = {keep}
+"#,
+        port = common::free_port()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// One instance with one EBS volume; returns the volume id.
+async fn instance_volume(ec2: &aws_sdk_ec2::Client, tags: &[(&str, &str)]) -> String {
+    let mut spec = TagSpecification::builder().resource_type(ResourceType::Instance);
+    for (k, v) in tags {
+        spec = spec.tags(Tag::builder().key(*k).value(*v).build());
+    }
+    let out = ec2
+        .run_instances()
+        .image_id("ami-12345678")
+        .min_count(1)
+        .max_count(1)
+        .tag_specifications(spec.build())
+        .block_device_mappings(
+            BlockDeviceMapping::builder()
+                .device_name("/dev/sdf")
+                .ebs(EbsBlockDevice::builder().volume_size(1).build())
+                .build(),
+        )
+        .send()
+        .await
+        .expect("RunInstances on moto");
+    let id = out.instances()[0].instance_id().unwrap().to_string();
+    let vols = ec2
+        .describe_volumes()
+        .filters(
+            Filter::builder()
+                .name("attachment.instance-id")
+                .values(&id)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("DescribeVolumes on moto");
+    assert_eq!(vols.volumes().len(), 1, "moto attached one volume");
+    vols.volumes()[0].volume_id().unwrap().to_string()
+}
+
+/// A snapshot of `volume` with `tags` at creation, as snapwarden writes them (moto completes it at once).
+async fn seed_snapshot(ec2: &aws_sdk_ec2::Client, volume: &str, tags: &[(&str, &str)]) -> String {
+    let mut spec = TagSpecification::builder().resource_type(ResourceType::Snapshot);
+    for (k, v) in tags {
+        spec = spec.tags(Tag::builder().key(*k).value(*v).build());
+    }
+    ec2.create_snapshot()
+        .volume_id(volume)
+        .tag_specifications(spec.build())
+        .send()
+        .await
+        .expect("CreateSnapshot on moto")
+        .snapshot_id()
+        .unwrap()
+        .to_string()
+}
+
+async fn snapshot_ids(ec2: &aws_sdk_ec2::Client) -> BTreeSet<String> {
+    ec2.describe_snapshots()
+        .send()
+        .await
+        .expect("DescribeSnapshots on moto")
+        .snapshots()
+        .iter()
+        .map(|s| s.snapshot_id().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diff_mode_shows_what_a_smaller_last_would_delete_and_fails_ci_only_for_that_direction() {
+    let moto = Moto::start();
+    let ec2 = moto.ec2().await;
+    let vol = instance_volume(&ec2, &[("Backup", "e2e-plan-diff")]).await;
+    let mut by_day = std::collections::BTreeMap::new();
+    for day in ["05", "06", "07", "08", "09", "11"] {
+        let slot = format!("2026-01-{day}T03:00:00Z");
+        let id = seed_snapshot(&ec2, &vol, &managed("diffed", "daily", &slot)).await;
+        by_day.insert(day, id);
+    }
+    let before = snapshot_ids(&ec2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let current = write_config(dir.path(), "current.toml", &moto.endpoint, "{ last = 4 }");
+    let new = write_config(dir.path(), "new.toml", &moto.endpoint, "{ last = 2 }");
+    let plan_args = |new: &Path, current: &Path| {
+        let mut cmd = snapwarden();
+        cmd.arg("--config")
+            .arg(new)
+            .args(["plan", "--at", "2026-01-10T00:00:00Z", "--against"])
+            .arg(current);
+        cmd
+    };
+
+    let out = run_to_end(
+        plan_args(&new, &current).arg("--json"),
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let changes: Vec<Value> = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not a JSON array ({e})\n{}", text(&out)));
+    // last = 4 keeps 01-09..01-06, last = 2 only 01-09 and 01-08: 01-07 and 01-06 are newly deleted; 01-05 goes
+    // under both. Had the 01-11 snapshot (after --at) counted, 01-08 would be newly deleted as well.
+    let listed: Vec<(&str, &str)> = changes
+        .iter()
+        .map(|c| {
+            (
+                c["snapshot_id"].as_str().unwrap(),
+                c["change"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            (by_day["07"].as_str(), "newly-deleted"),
+            (by_day["06"].as_str(), "newly-deleted")
+        ],
+        "{}",
+        text(&out)
+    );
+    for (c, rank) in changes.iter().zip([3, 4]) {
+        assert_eq!(c["policy"], "diffed");
+        assert_eq!(c["volume_id"], vol.as_str());
+        assert_eq!(c["current"]["action"], "keep", "{c}");
+        assert_eq!(
+            c["current"]["reasons"],
+            serde_json::json!([format!("daily last {rank}/4")]),
+            "{c}"
+        );
+        assert_eq!(c["current"]["labels"], serde_json::json!(["last"]), "{c}");
+        assert_eq!(c["new"]["action"], "delete", "{c}");
+        assert_eq!(c["new"]["reasons"], serde_json::json!(["expired"]), "{c}");
+    }
+
+    // For CI: the change that deletes more fails, the one that deletes less passes; the table says why.
+    let out = run_to_end(
+        plan_args(&new, &current).arg("--fail-on-delete"),
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let table = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        by_day["07"].as_str(),
+        "newly-deleted",
+        "keep: daily last 3/4",
+        "delete: expired",
+        "the new config deletes 2 snapshots the current one keeps and keeps 0 it deletes",
+    ] {
+        assert!(table.contains(needle), "no `{needle}`\n{}", text(&out));
+    }
+    assert!(!table.contains(by_day["11"].as_str()), "{}", text(&out));
+    let out = run_to_end(
+        plan_args(&current, &new).arg("--fail-on-delete"),
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("newly-kept"),
+        "{}",
+        text(&out)
+    );
+
+    assert_eq!(snapshot_ids(&ec2).await, before, "plan changed EC2");
+}
