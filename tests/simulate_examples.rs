@@ -1,0 +1,93 @@
+//! `simulate` over the shipped example configs: after long enough, each schedule holds exactly what its rules
+//! say, and the distinct total per volume is the sum of the rule counts minus the snapshots that serve several
+//! rules — worked out by hand in each test.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use chrono::DateTime;
+use snapwarden::simulate::{simulate, SimOptions, SimReport};
+
+async fn run(example: &str, days: u32) -> SimReport {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("config/examples")
+        .join(example);
+    let config = snapwarden::config::load(&path, &[]).expect("example validates");
+    let opts = SimOptions {
+        from: DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .to_utc(),
+        days,
+        volumes: 2,
+        count_tag_value: 7,
+        policy: None,
+    };
+    simulate(&config, &opts).await
+}
+
+fn ends(report: &SimReport) -> BTreeMap<&str, usize> {
+    report.policies[0]
+        .schedules
+        .iter()
+        .map(|s| (s.schedule.as_str(), s.end))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_schedules_by_count_settle_at_their_counts() {
+    // A year and a few days: the monthly tier has filled.
+    let r = run("four-schedules-by-count.toml", 370).await;
+    assert_eq!(
+        ends(&r),
+        BTreeMap::from([("hourly", 24), ("daily", 7), ("weekly", 4), ("monthly", 12)])
+    );
+    // The four crons never fire at the same instant, so nothing overlaps.
+    assert_eq!(r.policies[0].end_per_volume, 24 + 7 + 4 + 12);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gfs_calendar_rules_keep_the_sum_minus_overlaps() {
+    let r = run("gfs-by-count.toml", 400).await;
+    let p = &r.policies[0];
+    // Ends 2027-02-05 01:00 Berlin, last fire 00:15 Berlin (Friday). hourly 24: the last 24 fires. daily 7: Berlin
+    // days 5 Feb back to 30 Jan; 5 and 4 Feb's newest are already hourly ones → 5 new. weekly 4: ISO weeks 5..2;
+    // weeks 5 and 4 end on daily ones → 2 new (24 and 17 Jan). monthly 12: Feb 2027 back to Mar 2026; Feb and Jan
+    // are daily ones → 10 new. yearly 3: 2027 and 2026 exist, both already kept; the rule has room left, so (as
+    // restic does) it also keeps the oldest snapshot, 2026-01-01 01:15 Berlin → 1 new.
+    assert_eq!(p.end_per_volume, 24 + 5 + 2 + 10 + 1);
+    assert_eq!(
+        p.schedules[0].surviving.last().map(String::as_str),
+        Some("2026-01-01T00:15:00Z")
+    );
+    assert!(p.end_per_volume < 24 + 7 + 4 + 12 + 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daily_quarterly_annual_windows_and_all() {
+    let r = run("daily-quarterly-annual.toml", 400).await;
+    // Sydney time: daily within 7d of the newest is 8 snapshots (the boundary is inclusive); the quarterly fires of
+    // April, July, October 2026 and January 2027 are all within 460 days (1 January 2026 02:00 Sydney fell before
+    // the start); the one 31 December fire is kept for ever.
+    assert_eq!(
+        ends(&r),
+        BTreeMap::from([("daily", 8), ("quarterly", 4), ("annual", 1)])
+    );
+    assert_eq!(r.policies[0].end_per_volume, 8 + 4 + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tag_driven_counts_follow_the_tag_value() {
+    let r = run("tag-driven-counts.toml", 10).await;
+    // Count tags set to 7 on the simulated instance; hourly also keeps everything within 12 h of its newest (13).
+    assert_eq!(ends(&r), BTreeMap::from([("daily", 7), ("hourly", 13)]));
+    assert_eq!(r.policies[0].end_per_volume, 7 + 13);
+    let r = run("volume-generations.toml", 20).await;
+    assert_eq!(r.policies[0].schedules[0].end, 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peaks_exceed_the_steady_state_by_the_pending_snapshot_only() {
+    let r = run("four-schedules-by-count.toml", 10).await;
+    let hourly = &r.policies[0].schedules[0];
+    assert_eq!((hourly.end, hourly.peak), (24, 25));
+}
