@@ -204,6 +204,7 @@ async fn fire(
             account_id: &r.account_id,
             concurrency: shared.config.daemon.max_concurrent_aws_calls,
             dry_run: false,
+            completion: worker::Completion::from_deadline(shared.config.daemon.completion_deadline),
         };
         let (shared, notifier) = (&shared, &notifier);
         async move {

@@ -13,6 +13,8 @@ pub const DEMO_CONFIG: &str = r#"
 [daemon]
 listen = "127.0.0.1:9180"
 shutdown-grace = "10s"
+# The fleet completes snapshots every 2 s; a run must be done before its schedule fires again 5 s later.
+completion-deadline = "4s"
 
 [log]
 level = "info"

@@ -9,7 +9,7 @@ use std::fmt;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// AWS answered with an error code (EC2's `Code`, SNS's error type).
-    #[error("{operation} in {region}: {code}: {message}{hint}", hint = Hint(code))]
+    #[error("{operation} in {region}: {code}: {message}{hint}", hint = Hint(code, operation))]
     Api {
         operation: &'static str,
         region: String,
@@ -38,11 +38,7 @@ impl Error {
         match self {
             Error::Api { code, .. } => match code.as_str() {
                 c if is_throttle_code(c) => "throttled",
-                "UnauthorizedOperation"
-                | "AccessDenied"
-                | "AccessDeniedException"
-                | "AuthFailure"
-                | "AuthorizationError" => "access-denied",
+                c if is_access_denied_code(c) => "access-denied",
                 "InvalidClientTokenId"
                 | "ExpiredToken"
                 | "RequestExpired"
@@ -92,14 +88,41 @@ fn is_throttle_code(code: &str) -> bool {
     )
 }
 
-/// A short "what to do" appended to API errors whose fix is always the same.
-struct Hint<'a>(&'a str);
+/// The IAM action an AWS operation needs: `ec2:CreateSnapshot`, `sts:GetCallerIdentity`, `sns:Publish`. What an
+/// access-denied alert tells the operator to grant.
+pub fn iam_action(operation: &str) -> String {
+    let service = match operation {
+        "GetCallerIdentity" => "sts",
+        "Publish" => "sns",
+        _ => "ec2",
+    };
+    format!("{service}:{operation}")
+}
+
+/// Whether an AWS error code means "the credentials work but may not do this".
+pub fn is_access_denied_code(code: &str) -> bool {
+    matches!(
+        code,
+        "UnauthorizedOperation"
+            | "AccessDenied"
+            | "AccessDeniedException"
+            | "AuthFailure"
+            | "AuthorizationError"
+    )
+}
+
+/// A short "what to do" appended to API errors whose fix is always the same: (code, operation).
+struct Hint<'a>(&'a str, &'a str);
 
 impl fmt::Display for Hint<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let hint = match self.0 {
             "UnauthorizedOperation" | "AccessDenied" | "AuthorizationError" => {
-                " (grant this action to snapwarden's role; see deploy/iam/policy.json)"
+                return write!(
+                    f,
+                    " (grant {} to snapwarden's IAM role; see deploy/iam/policy.json)",
+                    iam_action(self.1)
+                );
             }
             "ExpiredToken" | "RequestExpired" | "InvalidClientTokenId" => {
                 " (credentials expired or invalid; check the role or profile snapwarden runs with)"
@@ -152,5 +175,8 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("deploy/iam/policy.json"), "{text}");
+        assert!(text.contains("grant ec2:CreateSnapshot"), "{text}");
+        assert_eq!(iam_action("GetCallerIdentity"), "sts:GetCallerIdentity");
+        assert_eq!(iam_action("Publish"), "sns:Publish");
     }
 }

@@ -415,6 +415,7 @@ async fn once(
             account_id: &r.account_id,
             concurrency: shared.config.daemon.max_concurrent_aws_calls,
             dry_run,
+            completion: worker::Completion::from_deadline(shared.config.daemon.completion_deadline),
         };
         let outcome = worker::run(ec2, &spec, &shared.metrics, Utc::now).await;
         let rep = &outcome.report;

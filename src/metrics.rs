@@ -63,6 +63,8 @@ pub struct Metrics {
     pub skipped_fires: IntCounterVec,
     pub skipped_resources: IntCounterVec,
     pub kept_in_use: IntCounterVec,
+    /// Snapshots a run left `pending` at its completion deadline (the next run re-checks them).
+    pub snapshots_incomplete: IntCounterVec,
     kept_by_reason: IntGaugeVec,
     deletions_blocked: IntCounterVec,
     orphaned: IntGaugeVec,
@@ -159,6 +161,12 @@ impl Metrics {
                 "Deletions refused because the snapshot backs an AMI",
                 &["policy", "region"],
             ),
+            snapshots_incomplete: counter(
+                &registry,
+                "snapshots_pending_at_deadline_total",
+                "Snapshots still pending when their run's completion deadline passed (re-checked by the next run)",
+                &["policy", "region"],
+            ),
             kept_by_reason: int_gauge(
                 &registry,
                 "kept_snapshots",
@@ -197,6 +205,7 @@ impl Metrics {
         for p in &config.policies {
             for r in regions {
                 self.kept_in_use.with_label_values(&[&p.name, r]);
+                self.snapshots_incomplete.with_label_values(&[&p.name, r]);
                 self.deletions_blocked.with_label_values(&[&p.name, r]);
                 self.orphaned.with_label_values(&[&p.name, r]);
                 self.managed_snapshots.with_label_values(&[&p.name, r]);
@@ -206,7 +215,7 @@ impl Metrics {
                 for r in regions {
                     self.snapshots_created.with_label_values(&[pn, sn, r]);
                     self.snapshots_deleted.with_label_values(&[pn, sn, r]);
-                    for op in ["create", "delete"] {
+                    for op in ["create", "complete", "delete"] {
                         self.snapshots_failed.with_label_values(&[pn, sn, r, op]);
                     }
                 }
@@ -236,12 +245,21 @@ impl Metrics {
             "DescribeVolumes",
             "DescribeSnapshots",
             "CreateSnapshot",
+            "CreateSnapshots",
+            "CreateTags",
             "DeleteSnapshot",
         ] {
             self.aws_requests.with_label_values(&[op, "ok"]);
             self.aws_throttles.with_label_values(&[op]);
         }
-        for outcome in ["sent", "failed", "deduplicated", "disabled", "dropped"] {
+        for outcome in [
+            "sent",
+            "failed",
+            "deduplicated",
+            "disabled",
+            "dropped",
+            "superseded",
+        ] {
             self.notifications.with_label_values(&[outcome]);
         }
     }

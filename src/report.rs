@@ -42,8 +42,10 @@ impl RunResult {
 pub struct Problem {
     /// volume, instance or snapshot id; the region for run-level problems.
     pub resource: String,
-    /// `create`, `delete`, `target` (bad tag value), `describe`, or `defer` (a pending-snapshot limit put the
-    /// volume off to the next run: makes the run partial, never failed, and is not counted as a failed volume).
+    /// `create`, `delete`, `target` (bad tag value), `describe`, `defer` (a pending-snapshot limit put the
+    /// volume off to the next run: makes the run partial, never failed, and is not counted as a failed volume),
+    /// or `complete` (a snapshot still pending at the completion deadline, or an earlier slot's that ended in
+    /// error: partial, not a failed volume; this slot's errored snapshot is a `create` problem).
     pub operation: &'static str,
     /// AWS error code, or a bounded label such as `bad-count-tag`.
     pub code: String,

@@ -202,6 +202,8 @@ async fn simulate_policy(policy: &Policy, opts: &SimOptions, until: DateTime<Utc
             account_id: FAKE_ACCOUNT,
             concurrency: 8,
             dry_run: false,
+            // Simulated time: waiting would sleep in real time; the simulation completes snapshots itself.
+            completion: None,
         };
         let outcome = worker::run(&fake as &dyn Ec2, &spec, &metrics, || slot).await;
         fake.complete_all();

@@ -9,12 +9,13 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::stream::{self, StreamExt};
 use tracing::Instrument;
 
-use crate::config::{Policy, ResourceKind};
+use crate::config::{Consistency, Policy, ResourceKind};
 use crate::ec2::{self, CreateSnapshot, Ec2, Filter, Instance, Snapshot, Tags, Volume};
 use crate::error::Error;
 use crate::metrics::{Freshness, Metrics};
@@ -32,16 +33,30 @@ const FILTER_VALUES: usize = 200;
 /// Parses a count-tag value: a whole number from 1 to [`MAX_COUNT`], surrounding blanks allowed.
 pub fn parse_count(value: &str) -> Result<u32, String> {
     let v = value.trim();
+    let shown = quoted(value);
     if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
         return Err(format!(
-            "`{value}` is not a whole number; write a count from 1 to {MAX_COUNT}"
+            "{shown} is not a whole number; write a count from 1 to {MAX_COUNT}"
         ));
     }
     match v.parse::<u32>() {
         Ok(n) if (1..=MAX_COUNT).contains(&n) => Ok(n),
         _ => Err(format!(
-            "`{value}` is out of range; write a count from 1 to {MAX_COUNT}"
+            "{shown} is out of range; write a count from 1 to {MAX_COUNT}"
         )),
+    }
+}
+
+/// A tag value for a message: in backticks, cut to 40 characters (tag values reach 256, and every alert and log
+/// line repeats it).
+fn quoted(value: &str) -> String {
+    const SHOWN: usize = 40;
+    let n = value.chars().count();
+    if n <= SHOWN {
+        format!("`{value}`")
+    } else {
+        let head: String = value.chars().take(SHOWN).collect();
+        format!("`{head}...` ({n} characters)")
     }
 }
 
@@ -110,23 +125,15 @@ pub async fn survey(ec2: &dyn Ec2, policy: &Policy, account_id: &str) -> Result<
                 .into_iter()
                 .map(|i| (i.id.clone(), i))
                 .collect();
-            let mut ids: Vec<&String> = instances.keys().collect();
-            ids.sort();
             let mut out = Vec::new();
-            for chunk in ids.chunks(FILTER_VALUES) {
-                let f = Filter::new(
-                    "attachment.instance-id",
-                    chunk.iter().map(|s| s.to_string()).collect(),
-                );
-                for v in ec2.describe_volumes(&[f]).await? {
-                    let inst = v
-                        .attachment
-                        .as_ref()
-                        .and_then(|(i, _)| instances.get(i))
-                        .cloned();
-                    if inst.is_some() {
-                        out.push((v, inst));
-                    }
+            for v in attached_volumes(ec2, &instances).await? {
+                let inst = v
+                    .attachment
+                    .as_ref()
+                    .and_then(|(i, _)| instances.get(i))
+                    .cloned();
+                if inst.is_some() {
+                    out.push((v, inst));
                 }
             }
             out
@@ -189,6 +196,66 @@ pub async fn survey(ec2: &dyn Ec2, policy: &Policy, account_id: &str) -> Result<
         .filter(|snap| snap.owner_id == account_id)
         .collect();
     Ok(s)
+}
+
+/// EC2 returns up to 1,000 objects per describe page (`MaxResults`).
+const PAGE: usize = 1000;
+
+/// Region -> attached volumes the last region-wide sweep returned: what a sweep costs, learnt from doing one. A
+/// cost estimate only; no decision about what to snapshot or delete depends on it.
+static SWEEP_SIZE: std::sync::Mutex<BTreeMap<String, usize>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+/// The volumes attached to `instances`, by the cheaper of two equivalent reads: DescribeVolumes filtered by
+/// `attachment.instance-id` (EC2 takes 200 values per filter, so ceil(instances / 200) calls), or one paginated
+/// sweep of every attached volume of the region (ceil(attached / 1,000) pages), which is cheaper when the policy
+/// covers most of the region — at 2.5 volumes per instance, 10,000 volumes are 20 filtered calls or 10 pages. The
+/// size of a sweep is only known after one; until then the sweep is tried once more than one filtered call is
+/// needed, and its size is remembered per region.
+async fn attached_volumes(
+    ec2: &dyn Ec2,
+    instances: &HashMap<String, Instance>,
+) -> Result<Vec<Volume>, Error> {
+    let chunks = instances.len().div_ceil(FILTER_VALUES);
+    let region = ec2.region().to_string();
+    let known = SWEEP_SIZE
+        .lock()
+        .expect("sweep sizes poisoned")
+        .get(&region)
+        .copied();
+    let sweep = match known {
+        Some(n) => n.div_ceil(PAGE).max(1) < chunks,
+        None => chunks > 1,
+    };
+    if sweep {
+        let states = ["attaching", "attached", "detaching"].map(String::from);
+        let all = ec2
+            .describe_volumes(&[Filter::new("attachment.status", states.to_vec())])
+            .await?;
+        SWEEP_SIZE
+            .lock()
+            .expect("sweep sizes poisoned")
+            .insert(region, all.len());
+        return Ok(all
+            .into_iter()
+            .filter(|v| {
+                v.attachment
+                    .as_ref()
+                    .is_some_and(|(i, _)| instances.contains_key(i))
+            })
+            .collect());
+    }
+    let mut ids: Vec<&String> = instances.keys().collect();
+    ids.sort();
+    let mut out = Vec::new();
+    for chunk in ids.chunks(FILTER_VALUES) {
+        let f = Filter::new(
+            "attachment.instance-id",
+            chunk.iter().map(|s| s.to_string()).collect(),
+        );
+        out.extend(ec2.describe_volumes(&[f]).await?);
+    }
+    Ok(out)
 }
 
 /// The slot time of a snapshot: its slot tag, else when it started.
@@ -286,15 +353,20 @@ pub fn plan_retention(
 
 /// A volume's snapshot tags: user tags of the instance, then of the volume (more specific wins), a Name, and
 /// snapwarden's own. Capped at EC2's 50 tags, dropping user tags (ours and Name always fit).
-fn snapshot_tags(policy: &str, schedules: &str, slot: &str, t: &TargetVolume) -> Tags {
+/// Under instance consistency a snapshot without a Name of its own is named after its instance, like the other
+/// snapshots of the same CreateSnapshots call, so one CreateTags can name them all.
+fn snapshot_tags(policy: &Policy, schedules: &str, slot: &str, t: &TargetVolume) -> Tags {
+    let by_instance = by_instance(policy, t);
+    let policy = policy.name.as_str();
     let mut user: Tags = Tags::new();
     if let Some(i) = &t.instance {
         user.extend(ec2::copyable_tags(&i.tags).map(|(k, v)| (k.clone(), v.clone())));
     }
     user.extend(ec2::copyable_tags(&t.volume.tags).map(|(k, v)| (k.clone(), v.clone())));
-    let name = user
-        .remove("Name")
-        .unwrap_or_else(|| format!("snapwarden {policy} {}", t.volume.id));
+    let name = user.remove("Name").unwrap_or_else(|| match by_instance {
+        Some(instance) => format!("snapwarden {policy} {instance}"),
+        None => format!("snapwarden {policy} {}", t.volume.id),
+    });
 
     let mut tags = Tags::from([
         ("Name".to_string(), name),
@@ -335,6 +407,32 @@ pub struct Outcome {
     pub plan: Vec<Decision>,
 }
 
+/// How long a run waits for snapshots to reach `completed`, and how often it looks: one filtered DescribeSnapshots
+/// per region per poll (ids in chunks of 200), the interval doubling from `first_poll` up to `max_poll`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Completion {
+    pub deadline: Duration,
+    pub first_poll: Duration,
+    pub max_poll: Duration,
+}
+
+impl Completion {
+    /// Polls every 2 s at first, slowing to every 30 s: small snapshots complete within seconds, big first
+    /// snapshots take hours and should not cost a describe every 2 s.
+    pub fn within(deadline: Duration) -> Self {
+        Completion {
+            deadline,
+            first_poll: Duration::from_secs(2),
+            max_poll: Duration::from_secs(30),
+        }
+    }
+
+    /// `daemon.completion-deadline` as the daemon uses it: zero means "do not wait".
+    pub fn from_deadline(deadline: Duration) -> Option<Self> {
+        (!deadline.is_zero()).then(|| Completion::within(deadline))
+    }
+}
+
 pub struct RunSpec<'a> {
     pub policy: &'a Policy,
     /// The schedules firing at `slot` (one snapshot per volume serves all of them).
@@ -343,6 +441,9 @@ pub struct RunSpec<'a> {
     pub account_id: &'a str,
     pub concurrency: usize,
     pub dry_run: bool,
+    /// Wait for pending snapshots (see [`await_completion`]); None: create and move on, leaving them pending
+    /// (component tests on `FakeEc2`, `simulate`, which runs in simulated time). Dry runs never wait.
+    pub completion: Option<Completion>,
 }
 
 pub fn new_run_id() -> String {
@@ -440,7 +541,7 @@ async fn execute(
         let request = CreateSnapshot {
             volume_id: t.volume.id.clone(),
             description: description(&policy.name, &schedules, &slot, t),
-            tags: snapshot_tags(&policy.name, &schedules, &slot, t),
+            tags: snapshot_tags(policy, &schedules, &slot, t),
         };
         todo.push((
             request,
@@ -449,14 +550,7 @@ async fn execute(
     }
     let mut frozen = HashSet::new();
     defer_pending(ec2, spec, &survey, &mut todo, &mut frozen, report, metrics);
-    let results: Vec<_> = stream::iter(todo)
-        .map(|(request, serves)| async move {
-            let result = ec2.create_snapshot(&request).await;
-            (request, serves, result)
-        })
-        .buffer_unordered(spec.concurrency.max(1))
-        .collect()
-        .await;
+    let results = create_all(ec2, spec, &mut survey, todo, report).await;
     for (request, serves, result) in results {
         match result {
             Ok(snapshot) => {
@@ -504,6 +598,12 @@ async fn execute(
                 });
             }
         }
+    }
+
+    // Completion, before retention: the plan must see what actually restores, and an errored snapshot must not
+    // count as this slot's.
+    if let Some(c) = spec.completion.filter(|_| !spec.dry_run) {
+        await_completion(ec2, spec, c, &mut survey, &mut frozen, report, metrics).await;
     }
 
     // Retention.
@@ -614,6 +714,433 @@ async fn execute(
         }
     }
     plan
+}
+
+/// Polls the policy's pending snapshots in the region (this run's and any an earlier run left pending) until none
+/// is pending or `c.deadline` passes, updating their state in `survey`. Then:
+/// - a snapshot in `error` (found so by the survey or by polling) restores nothing: it is reported (code
+///   `snapshot-error`; operation `create` when it was this slot's, so the volume counts as failed, else
+///   `complete`), counted in `snapshots_failed_total{operation="complete"}`, and deleted (it also counts against
+///   EC2's pending limit). A volume whose slot snapshot errored is frozen for retention, like a failed create, and
+///   the next run for the slot (catch-up) makes a new one;
+/// - a snapshot still pending at the deadline is reported (code `snapshot-pending`, operation `complete`: the run
+///   is partial) and counted in `snapshots_pending_at_deadline_total`; it stays, and the next run's survey finds it
+///   and polls it again. Retention keeps pending snapshots and does not count them toward keep rules.
+///
+/// A failed poll is not fatal: the snapshots stay pending as far as this run knows, and the next poll tries again.
+async fn await_completion(
+    ec2: &dyn Ec2,
+    spec: &RunSpec<'_>,
+    c: Completion,
+    survey: &mut Survey,
+    frozen: &mut HashSet<String>,
+    report: &mut RunReport,
+    metrics: &Metrics,
+) {
+    let policy = &spec.policy.name;
+    let region = ec2.region().to_string();
+    let deadline = tokio::time::Instant::now() + c.deadline;
+    let mut interval = c.first_poll;
+    let mut last_error: Option<Error> = None;
+    loop {
+        let pending: Vec<String> = survey
+            .snapshots
+            .iter()
+            .filter(|s| s.state == SnapState::Pending)
+            .map(|s| s.id.clone())
+            .collect();
+        if pending.is_empty() {
+            break;
+        }
+        let mut states: HashMap<String, SnapState> = HashMap::new();
+        last_error = None;
+        for chunk in pending.chunks(FILTER_VALUES) {
+            match ec2
+                .describe_snapshots(&[Filter::new("snapshot-id", chunk.to_vec())])
+                .await
+            {
+                Ok(found) => states.extend(found.into_iter().map(|s| (s.id, s.state))),
+                Err(e) => {
+                    tracing::warn!(error = %e, kind = e.kind(), "completion poll failed; trying again");
+                    last_error = Some(e);
+                }
+            }
+        }
+        // A snapshot missing from the answer (describe is eventually consistent) stays pending.
+        for s in survey.snapshots.iter_mut() {
+            if let Some(&state) = states.get(&s.id) {
+                s.state = state;
+            }
+        }
+        let left = survey
+            .snapshots
+            .iter()
+            .any(|s| s.state == SnapState::Pending);
+        let now = tokio::time::Instant::now();
+        if !left || now >= deadline {
+            break;
+        }
+        tokio::time::sleep(interval.min(deadline - now)).await;
+        interval = (interval * 2).min(c.max_poll.max(c.first_poll));
+    }
+
+    let errored: Vec<Snapshot> = survey
+        .snapshots
+        .iter()
+        .filter(|s| s.state == SnapState::Error)
+        .cloned()
+        .collect();
+    for snap in errored {
+        let this_slot = slot_of(&snap) == spec.slot;
+        tracing::error!(snapshot = %snap.id, volume = %snap.volume_id, this_slot, "snapshot ended in error state: deleting it");
+        for s in schedules_of(&snap) {
+            metrics
+                .snapshots_failed
+                .with_label_values(&[policy, &s, &region, "complete"])
+                .inc();
+        }
+        if this_slot {
+            frozen.insert(snap.volume_id.clone());
+            report.created = report.created.saturating_sub(1);
+        }
+        report.problems.push(Problem {
+            resource: snap.volume_id.clone(),
+            operation: if this_slot { "create" } else { "complete" },
+            code: "snapshot-error".into(),
+            message: format!(
+                "snapshot {} of slot {} ended in error state; it restores nothing and was deleted{}",
+                snap.id,
+                format_slot(slot_of(&snap)),
+                if this_slot {
+                    "; the next run of this slot makes a new one"
+                } else {
+                    ""
+                }
+            ),
+        });
+        match ec2.delete_snapshot(&snap.id).await {
+            Ok(()) => {}
+            Err(e) if e.code() == "InvalidSnapshot.NotFound" => {}
+            Err(e) => {
+                tracing::error!(snapshot = %snap.id, error = %e, kind = e.kind(), "could not delete the errored snapshot");
+                report.problems.push(Problem {
+                    resource: snap.id.clone(),
+                    operation: "delete",
+                    code: e.code().to_string(),
+                    message: e.to_string(),
+                });
+            }
+        }
+        // Out of the plan either way: deleted, or reported and retried by the next run.
+        survey.snapshots.retain(|s| s.id != snap.id);
+    }
+
+    let mut incomplete = 0;
+    for snap in survey
+        .snapshots
+        .iter()
+        .filter(|s| s.state == SnapState::Pending)
+    {
+        incomplete += 1;
+        tracing::warn!(snapshot = %snap.id, volume = %snap.volume_id, "snapshot still pending at the completion deadline; the next run checks it again");
+        report.problems.push(Problem {
+            resource: snap.volume_id.clone(),
+            operation: "complete",
+            code: "snapshot-pending".into(),
+            message: format!(
+                "snapshot {} of slot {} still pending after {}{}; the next run checks it again",
+                snap.id,
+                format_slot(slot_of(snap)),
+                humantime::format_duration(c.deadline),
+                last_error
+                    .as_ref()
+                    .map(|e| format!(" (last poll failed: {e})"))
+                    .unwrap_or_default()
+            ),
+        });
+    }
+    if incomplete > 0 {
+        metrics
+            .snapshots_incomplete
+            .with_label_values(&[policy, &region])
+            .inc_by(incomplete);
+    }
+}
+
+/// The instance whose CreateSnapshots call takes `t`'s snapshot under the policy, if any.
+fn by_instance<'a>(policy: &Policy, t: &'a TargetVolume) -> Option<&'a str> {
+    if policy.consistency != Consistency::Instance {
+        return None;
+    }
+    t.instance.as_ref().map(|i| i.id.as_str())
+}
+
+/// EC2 snapshots at most 40 volumes in one CreateSnapshots.
+const MAX_CREATE_SNAPSHOTS_VOLUMES: usize = 40;
+/// CreateTags takes up to 1,000 resource ids; AWS recommends smaller batches.
+const TAG_BATCH: usize = 500;
+
+/// A create request with the firing schedules it serves.
+type Todo = (CreateSnapshot, Vec<String>);
+type Created = (CreateSnapshot, Vec<String>, Result<Snapshot, Error>);
+
+/// Creates `todo`'s snapshots and returns one outcome per request, in no particular order.
+///
+/// Under instance consistency an instance with several volumes to snapshot — all of its surveyed volumes, at
+/// most 40, serving the same schedules — gets one CreateSnapshots call; every other volume (volume consistency,
+/// single-volume instances, an instance of which only some volumes still need this slot) one CreateSnapshot.
+/// Either way there is one create call per instance or per volume, and idempotency is unchanged: the slot tag is
+/// among the tags common to every volume of an instance, which CreateSnapshots sets at creation. What
+/// CreateSnapshots cannot set per volume (device, the volume's own tags and Name) is added afterwards by
+/// [`tag_all`], one CreateTags per distinct tag set. A volume missing from a CreateSnapshots answer failed alone.
+///
+/// Concurrency: up to `spec.concurrency` calls wait at once; what actually paces them is the backend's token
+/// buckets (`ec2::pace::Paced`), which queue them at the budgeted rate.
+async fn create_all(
+    ec2: &dyn Ec2,
+    spec: &RunSpec<'_>,
+    survey: &mut Survey,
+    todo: Vec<(CreateSnapshot, Vec<String>)>,
+    report: &mut RunReport,
+) -> Vec<Created> {
+    let policy = spec.policy;
+    // Surveyed volumes per instance: an instance is snapshotted as a whole only when all of them are to do.
+    let mut surveyed: HashMap<&str, usize> = HashMap::new();
+    let mut owner: HashMap<&str, &str> = HashMap::new();
+    for t in &survey.targets {
+        if let Some(i) = by_instance(policy, t) {
+            *surveyed.entry(i).or_default() += 1;
+            owner.insert(t.volume.id.as_str(), i);
+        }
+    }
+    let mut groups: BTreeMap<String, Vec<Todo>> = BTreeMap::new();
+    let mut singles = Vec::new();
+    for item in todo {
+        match owner.get(item.0.volume_id.as_str()) {
+            Some(i) => groups.entry(i.to_string()).or_default().push(item),
+            None => singles.push(item),
+        }
+    }
+    let mut calls: Vec<(String, Vec<Todo>)> = Vec::new();
+    for (instance, items) in groups {
+        let whole = surveyed.get(instance.as_str()) == Some(&items.len())
+            && (2..=MAX_CREATE_SNAPSHOTS_VOLUMES).contains(&items.len())
+            && items.iter().all(|(_, serves)| *serves == items[0].1);
+        if whole {
+            calls.push((instance, items));
+        } else {
+            singles.extend(items);
+        }
+    }
+    let singles = singles.into_iter().map(|item| (String::new(), vec![item]));
+    let outcomes: Vec<(Vec<Created>, Vec<Snapshot>)> =
+        stream::iter(calls.into_iter().chain(singles))
+            .map(|(instance, items)| async move {
+                if instance.is_empty() {
+                    let (request, serves) = items.into_iter().next().expect("one item");
+                    let result = ec2.create_snapshot(&request).await;
+                    return (vec![(request, serves, result)], Vec::new());
+                }
+                create_instance(ec2, &policy.name, &instance, items).await
+            })
+            .buffer_unordered(spec.concurrency.max(1))
+            .collect()
+            .await;
+    let mut results = Vec::new();
+    for (created, extra) in outcomes {
+        results.extend(created);
+        for s in extra {
+            tracing::info!(volume = %s.volume_id, snapshot = %s.id, "snapshot of a volume attached since the survey");
+            survey.snapshots.push(s);
+        }
+    }
+    tag_all(ec2, spec, survey, &mut results, report).await;
+    results
+}
+
+/// One CreateSnapshots for `items` (every volume of `instance`): the tags they share at creation, the rest
+/// afterwards. Returns the outcome per requested volume and any snapshot of a volume nobody asked for.
+async fn create_instance(
+    ec2: &dyn Ec2,
+    policy: &str,
+    instance: &str,
+    items: Vec<(CreateSnapshot, Vec<String>)>,
+) -> (Vec<Created>, Vec<Snapshot>) {
+    let mut common = items[0].0.tags.clone();
+    for (r, _) in &items[1..] {
+        common.retain(|k, v| r.tags.get(k) == Some(v));
+    }
+    let request = ec2::CreateSnapshots {
+        instance_id: instance.to_string(),
+        description: instance_description(policy, &common, instance),
+        volumes: items
+            .iter()
+            .map(|(r, _)| {
+                let extra: Tags = r
+                    .tags
+                    .iter()
+                    .filter(|(k, _)| !common.contains_key(*k))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                (r.volume_id.clone(), extra)
+            })
+            .collect(),
+        tags: common,
+    };
+    let answer = match ec2.create_snapshots(&request).await {
+        Ok(answer) => answer,
+        Err(e) => {
+            // The call failed as a whole: every volume failed (or is deferred) with the same error.
+            let results = items
+                .into_iter()
+                .map(|(r, serves)| {
+                    let e = clone_error(&e);
+                    (r, serves, Err(e))
+                })
+                .collect();
+            return (results, Vec::new());
+        }
+    };
+    let mut by_volume: HashMap<String, Result<Snapshot, Error>> = answer.into_iter().collect();
+    let results = items
+        .into_iter()
+        .map(|(mut r, serves)| {
+            let result = by_volume.remove(&r.volume_id).unwrap_or_else(|| {
+                Err(Error::Other(format!(
+                    "CreateSnapshots of {instance} returned no snapshot of this volume (detached meanwhile?); the \
+                     next run of the slot tries again"
+                )))
+            });
+            r.description = request.description.clone();
+            (r, serves, result)
+        })
+        .collect();
+    let extra = by_volume.into_values().filter_map(Result::ok).collect();
+    (results, extra)
+}
+
+/// Description shared by the snapshots of one CreateSnapshots (it takes one): the per-volume form without the
+/// device, which is in the `snapwarden:device` tag.
+fn instance_description(policy: &str, common: &Tags, instance: &str) -> String {
+    let get = |k: &str| common.get(k).map(String::as_str).unwrap_or_default();
+    let d = format!(
+        "snapwarden {}: policy {policy}, schedule {}, slot {}, {instance}",
+        env!("CARGO_PKG_VERSION"),
+        get(ec2::TAG_SCHEDULE),
+        get(ec2::TAG_SLOT)
+    );
+    d.chars().take(255).collect()
+}
+
+/// Errors are not `Clone` (they may wrap anything); one call's error shared by its volumes keeps what matters.
+fn clone_error(e: &Error) -> Error {
+    match e {
+        Error::Api {
+            operation,
+            region,
+            code,
+            message,
+        } => Error::Api {
+            operation,
+            region: region.clone(),
+            code: code.clone(),
+            message: message.clone(),
+        },
+        Error::Transport {
+            operation,
+            region,
+            kind,
+            message,
+        } => Error::Transport {
+            operation,
+            region: region.clone(),
+            kind,
+            message: message.clone(),
+        },
+        Error::Credentials(m) => Error::Credentials(m.clone()),
+        Error::Other(m) => Error::Other(m.clone()),
+    }
+}
+
+/// Adds the tags a snapshot of this slot should carry but does not: those CreateSnapshots could not set per
+/// volume, for this run's snapshots and for ones an earlier run of the slot made and did not get to tag (a crash
+/// or a failed CreateTags between the two calls). Only missing keys are added, never a value changed. Snapshots
+/// needing the same tags share CreateTags calls (up to [`TAG_BATCH`] ids each). A failure is a `tag` problem (the
+/// run is partial); the snapshot itself is good, and the next run of the slot tries again.
+async fn tag_all(
+    ec2: &dyn Ec2,
+    spec: &RunSpec<'_>,
+    survey: &mut Survey,
+    results: &mut [Created],
+    report: &mut RunReport,
+) {
+    let mut batches: BTreeMap<Tags, Vec<String>> = BTreeMap::new();
+    let missing = |want: &Tags, have: &Tags| -> Tags {
+        want.iter()
+            .filter(|(k, _)| !have.contains_key(*k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
+    for (request, _, result) in results.iter_mut() {
+        if let Ok(s) = result {
+            let add = missing(&request.tags, &s.tags);
+            if !add.is_empty() {
+                s.tags.extend(add.clone());
+                batches.entry(add).or_default().push(s.id.clone());
+            }
+        }
+    }
+    // Earlier runs of this slot: only where CreateSnapshots leaves something out (several volumes of an instance).
+    if spec.policy.consistency == Consistency::Instance {
+        let slot = format_slot(spec.slot);
+        let targets: HashMap<&str, &TargetVolume> = survey
+            .targets
+            .iter()
+            .map(|t| (t.volume.id.as_str(), t))
+            .collect();
+        for s in survey.snapshots.iter_mut() {
+            if slot_of(s) != spec.slot || s.state == SnapState::Error {
+                continue;
+            }
+            let Some(t) = targets.get(s.volume_id.as_str()) else {
+                continue;
+            };
+            let schedules = s.tags.get(ec2::TAG_SCHEDULE).cloned().unwrap_or_default();
+            let add = missing(&snapshot_tags(spec.policy, &schedules, &slot, t), &s.tags);
+            if !add.is_empty() && !batches.values().any(|ids| ids.contains(&s.id)) {
+                s.tags.extend(add.clone());
+                batches.entry(add).or_default().push(s.id.clone());
+            }
+        }
+    }
+    let calls: Vec<(Tags, Vec<String>)> = batches
+        .into_iter()
+        .flat_map(|(tags, ids)| {
+            ids.chunks(TAG_BATCH)
+                .map(|c| (tags.clone(), c.to_vec()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let failed: Vec<(Vec<String>, Error)> = stream::iter(calls)
+        .map(|(tags, ids)| async move {
+            let r = ec2.create_tags(&ids, &tags).await;
+            (ids, r)
+        })
+        .buffer_unordered(spec.concurrency.max(1))
+        .filter_map(|(ids, r)| async move { r.err().map(|e| (ids, e)) })
+        .collect()
+        .await;
+    for (ids, e) in failed {
+        tracing::error!(snapshots = ids.len(), error = %e, kind = e.kind(), "could not tag snapshots; the next run of the slot tries again");
+        for id in ids {
+            report.problems.push(Problem {
+                resource: id,
+                operation: "tag",
+                code: e.code().to_string(),
+                message: e.to_string(),
+            });
+        }
+    }
 }
 
 /// Takes out of `todo` the volumes EC2 would refuse for too many pending snapshots (`ec2::pace::pending_deferrals`

@@ -157,6 +157,7 @@ fn iam_policy_allows_every_aws_operation_the_source_calls_and_nothing_broader() 
     assert_eq!(policy["Version"], "2012-10-17");
     let statements = policy["Statement"].as_array().unwrap();
     let mut granted = BTreeSet::new();
+    let mut tag_grants = BTreeSet::new();
     for s in statements {
         let sid = s["Sid"].as_str().unwrap_or("?");
         assert_eq!(
@@ -185,10 +186,47 @@ fn iam_policy_allows_every_aws_operation_the_source_calls_and_nothing_broader() 
             match a.as_str() {
                 "ec2:CreateTags" => {
                     assert_eq!(resources, ["arn:aws:ec2:*::snapshot/*"], "{sid}");
-                    assert_eq!(
-                        s["Condition"]["StringEquals"]["ec2:CreateAction"], "CreateSnapshot",
-                        "{sid}: CreateTags only while creating a snapshot"
-                    );
+                    let cond = &s["Condition"];
+                    if let Some(at) = cond["StringEquals"].get("ec2:CreateAction") {
+                        // Tagging while creating: the tags of CreateSnapshot(s)' TagSpecifications.
+                        assert_eq!(
+                            strings(at),
+                            ["CreateSnapshot", "CreateSnapshots"],
+                            "{sid}: CreateTags only while creating a snapshot"
+                        );
+                        tag_grants.insert("at-creation");
+                    } else {
+                        // Tagging afterwards (what CreateSnapshots cannot tag per volume): only snapshots that are
+                        // already snapwarden's, and never the tags their identity and retention depend on.
+                        assert_eq!(
+                            cond["StringEquals"]["aws:ResourceTag/snapwarden:managed"], "true",
+                            "{sid}: CreateTags on existing snapshots only when they are managed"
+                        );
+                        let protected =
+                            strings(&cond["ForAllValues:StringNotEquals"]["aws:TagKeys"]);
+                        for key in [
+                            "snapwarden:managed",
+                            "snapwarden:policy",
+                            "snapwarden:schedule",
+                            "snapwarden:slot",
+                            "snapwarden:keep",
+                        ] {
+                            assert!(
+                                protected.iter().any(|k| k == key),
+                                "{sid}: CreateTags could rewrite {key}"
+                            );
+                        }
+                        assert_eq!(cond.as_object().unwrap().len(), 2, "{sid}: {cond}");
+                        tag_grants.insert("managed");
+                    }
+                }
+                "ec2:CreateSnapshots" => {
+                    let want = [
+                        "arn:aws:ec2:*::snapshot/*",
+                        "arn:aws:ec2:*:*:instance/*",
+                        "arn:aws:ec2:*:*:volume/*",
+                    ];
+                    assert_eq!(resources, want, "{sid}");
                 }
                 "ec2:DeleteSnapshot" => {
                     assert_eq!(resources, ["arn:aws:ec2:*::snapshot/*"], "{sid}");
@@ -228,14 +266,23 @@ fn iam_policy_allows_every_aws_operation_the_source_calls_and_nothing_broader() 
         missing.is_empty(),
         "the source calls {missing:?}, which deploy/iam/policy.json does not allow"
     );
-    // CreateTags is not called: CreateSnapshot tags through TagSpecifications, which IAM authorises as
-    // ec2:CreateTags on the new snapshot. It is only justified while the source tags at creation.
+    // CreateTags is granted twice: for TagSpecifications of CreateSnapshot(s), which IAM authorises as
+    // ec2:CreateTags on the new snapshot, and for the per-volume tags added after a CreateSnapshots.
     let mut justified = needs_grant.clone();
     assert!(
         source.contains(".tag_specifications("),
         "CreateTags is granted but nothing tags at creation"
     );
     justified.insert("ec2:CreateTags".into());
+    assert!(
+        called.contains("ec2:CreateSnapshots") && called.contains("ec2:CreateTags"),
+        "the source calls CreateSnapshots and CreateTags: {called:?}"
+    );
+    assert_eq!(
+        tag_grants,
+        BTreeSet::from(["at-creation", "managed"]),
+        "one CreateTags statement for tagging at creation, one for managed snapshots"
+    );
     let extra: Vec<_> = granted.difference(&justified).collect();
     assert!(
         extra.is_empty(),

@@ -59,9 +59,12 @@ fn slot(day: i64) -> DateTime<Utc> {
         + chrono::Duration::days(day)
 }
 
+/// Per-volume creates (`consistency = "volume"`): the fault rules and request counts here are written for
+/// CreateSnapshot; CreateSnapshots under throttling is covered by tests/create_snapshots.rs.
 fn policy(keep_last: u32) -> String {
     format!(
-        "[[policy]]\nname = \"prod\"\ntarget = {{ resource = \"instance\", tags = {{ Backup = \"true\" }} }}\n\
+        "[[policy]]\nname = \"prod\"\nconsistency = \"volume\"\n\
+         target = {{ resource = \"instance\", tags = {{ Backup = \"true\" }} }}\n\
          [[policy.schedule]]\nname = \"daily\"\ncron = \"30 4 * * *\"\nkeep = {{ last = {keep_last} }}\n"
     )
 }
@@ -132,6 +135,7 @@ async fn run(r: &Rig, day: i64) -> Outcome {
         account_id: &r.region.account_id,
         concurrency: r.shared.config.daemon.max_concurrent_aws_calls,
         dry_run: false,
+        completion: None,
     };
     worker::run(r.region.ec2.as_ref(), &spec, &r.shared.metrics, Utc::now).await
 }
@@ -656,6 +660,7 @@ async fn fake_run(shared: &Shared, region: &Region, day: i64) -> Outcome {
         account_id: &region.account_id,
         concurrency: 4,
         dry_run: false,
+        completion: None,
     };
     worker::run(region.ec2.as_ref(), &spec, &shared.metrics, || slot(day)).await
 }

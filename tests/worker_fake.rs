@@ -98,6 +98,7 @@ async fn run_at(
         account_id: FAKE_ACCOUNT,
         concurrency: 4,
         dry_run: false,
+        completion: None,
     };
     worker::run(ec2, &spec, metrics, || now).await
 }
@@ -302,11 +303,12 @@ async fn instance_target_gets_one_fully_tagged_snapshot_per_volume_and_a_retry_c
             (TAG_DEVICE, device),
         ]);
         assert_eq!(s.tags, want, "tags of the snapshot of {volume}");
+        // One CreateSnapshots for the instance: one description for its snapshots; the device is in a tag.
         for part in [
             "policy prod",
             "schedule daily",
             &format!("slot {slot_tag}"),
-            &format!("{instance} {device}"),
+            &instance,
         ] {
             assert!(
                 s.description.contains(part),
@@ -350,7 +352,13 @@ async fn instance_target_gets_one_fully_tagged_snapshot_per_volume_and_a_retry_c
     .await;
     assert_eq!((third.report.created, third.report.already_done), (0, 3));
     assert_eq!(third.report.result(), RunResult::Success);
-    assert_eq!(fake.calls("CreateSnapshot"), 3);
+    // Instance consistency: one call for the instance's three volumes, then one CreateTags per distinct set of
+    // per-volume tags (the root volume's own Name and Owner, and each device).
+    assert_eq!(
+        (fake.calls("CreateSnapshots"), fake.calls("CreateSnapshot")),
+        (1, 0)
+    );
+    assert_eq!(fake.calls("CreateTags"), 3);
     assert_eq!(fake.snapshots().len(), 3);
 }
 
@@ -1009,6 +1017,7 @@ async fn a_dry_run_reports_what_it_would_do_and_changes_nothing() {
         account_id: FAKE_ACCOUNT,
         concurrency: 4,
         dry_run: true,
+        completion: None,
     };
     let now = slot();
     let out = worker::run(&dry, &spec, &Metrics::new(), || now).await;
@@ -1359,8 +1368,13 @@ async fn a_broken_publisher_neither_blocks_nor_fails_runs() {
         .await
         .expect("notifier drains")
         .unwrap();
-    // The digest and the recovery both failed, were counted, and nothing else happened to the runs.
-    assert_eq!(broken.attempts.load(Ordering::SeqCst), 2);
+    // The digest failed and was counted; the recovery that followed superseded it while it waited for its retry,
+    // and since nobody was told of the failure, nothing is left to send (see `notify::Outbox`). The runs were
+    // unaffected throughout.
+    assert_eq!(broken.attempts.load(Ordering::SeqCst), 1);
     let n = |outcome: &str| metrics.notifications.with_label_values(&[outcome]).get();
-    assert_eq!((n("failed"), n("sent"), n("dropped")), (2, 0, 0));
+    assert_eq!(
+        (n("failed"), n("sent"), n("dropped"), n("superseded")),
+        (1, 0, 0, 1)
+    );
 }

@@ -62,6 +62,9 @@ pub struct DaemonConfig {
     pub timezone: chrono_tz::Tz,
     pub max_concurrent_aws_calls: usize,
     pub shutdown_grace: Duration,
+    /// How long a run polls its new snapshots for `completed` before reporting the rest as still pending (the
+    /// next run re-checks them). Zero: do not wait.
+    pub completion_deadline: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -174,6 +177,27 @@ pub struct Policy {
     pub orphans: OrphanPolicy,
     /// `max-deletes-per-run` and `max-delete-fraction`.
     pub caps: Caps,
+    /// `consistency`: how an instance target's volumes are snapshotted.
+    pub consistency: Consistency,
+}
+
+/// How the volumes of one instance are snapshotted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consistency {
+    /// One CreateSnapshots per instance: its volumes are captured at one instant (crash-consistent across them),
+    /// and it costs one create call per instance instead of one per volume. The default for instance targets.
+    Instance,
+    /// One CreateSnapshot per volume, each at its own instant. The only choice for volume targets.
+    Volume,
+}
+
+impl Consistency {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Consistency::Instance => "instance",
+            Consistency::Volume => "volume",
+        }
+    }
 }
 
 impl Policy {

@@ -15,8 +15,8 @@ use figment::value::{Dict, Value};
 
 use super::tree::{Collector, Field, KeyPath, Table};
 use super::{
-    AwsConfig, Config, DaemonConfig, LogConfig, LogFileConfig, LogFormat, NotifyConfig, Policy,
-    ResourceKind, Rotation, Schedule, SnsConfig, Target,
+    AwsConfig, Config, Consistency, DaemonConfig, LogConfig, LogFileConfig, LogFormat,
+    NotifyConfig, Policy, ResourceKind, Rotation, Schedule, SnsConfig, Target,
 };
 use crate::retention::{Caps, Count, KeepRules, OrphanPolicy, Period};
 use crate::schedule::Cron;
@@ -24,6 +24,8 @@ use crate::schedule::Cron;
 const DEFAULT_LISTEN: &str = "127.0.0.1:9180";
 const DEFAULT_MAX_CONCURRENT_AWS_CALLS: usize = 8;
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Long enough for small volumes' snapshots to complete, short enough that a run never holds its schedule long.
+const DEFAULT_COMPLETION_DEADLINE: Duration = Duration::from_secs(600);
 const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(60);
@@ -83,6 +85,7 @@ fn daemon(cx: &mut Collector<'_>, t: Option<&mut Table<'_>>) -> DaemonConfig {
         timezone: chrono_tz::Tz::UTC,
         max_concurrent_aws_calls: DEFAULT_MAX_CONCURRENT_AWS_CALLS,
         shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+        completion_deadline: DEFAULT_COMPLETION_DEADLINE,
     };
     let Some(t) = t else { return d };
 
@@ -115,6 +118,11 @@ fn daemon(cx: &mut Collector<'_>, t: Option<&mut Table<'_>>) -> DaemonConfig {
     if let Some(f) = t.get("shutdown-grace") {
         if let Some(grace) = cx.duration(&f, true, "shutdown-grace = \"30s\"") {
             d.shutdown_grace = grace;
+        }
+    }
+    if let Some(f) = t.get("completion-deadline") {
+        if let Some(deadline) = cx.duration(&f, true, "completion-deadline = \"10m\"") {
+            d.completion_deadline = deadline;
         }
     }
     d
@@ -697,6 +705,7 @@ fn policy(
 
     let orphans = t.get("orphans").and_then(|f| orphans(cx, &f));
     let caps = caps(cx, t);
+    let consistency = consistency(cx, t, target.as_ref().map(|(t, _)| t.resource));
 
     Some(Policy {
         name: name?,
@@ -705,7 +714,41 @@ fn policy(
         timezone,
         orphans: orphans.unwrap_or_default(),
         caps: caps?,
+        consistency: consistency?,
     })
+}
+
+/// `consistency`: "instance" (default for instance targets) or "volume". A volume target has no instance to be
+/// consistent across, so "instance" there is a mistake worth reporting. `None` when invalid (reported).
+fn consistency(
+    cx: &mut Collector<'_>,
+    t: &mut Table<'_>,
+    resource: Option<ResourceKind>,
+) -> Option<Consistency> {
+    let default = match resource {
+        Some(ResourceKind::Volume) => Consistency::Volume,
+        _ => Consistency::Instance,
+    };
+    let Some(f) = t.get("consistency") else {
+        return Some(default);
+    };
+    let value = cx.choice(
+        &f,
+        &[
+            ("instance", Consistency::Instance),
+            ("volume", Consistency::Volume),
+        ],
+    )?;
+    if value == Consistency::Instance && resource == Some(ResourceKind::Volume) {
+        cx.problem(
+            &f,
+            "consistency = \"instance\" needs an instance target, but this policy targets volumes",
+            "remove consistency (volume targets are snapshotted one volume at a time), or set [policy.target] \
+             resource = \"instance\"",
+        );
+        return None;
+    }
+    Some(value)
 }
 
 const ORPHANS_EXAMPLE: &str =

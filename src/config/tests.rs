@@ -313,6 +313,29 @@ fn durations_need_units_and_timeouts_must_fit() {
 }
 
 #[test]
+fn completion_deadline_defaults_to_ten_minutes_and_needs_a_unit() {
+    assert_eq!(
+        parse(MINIMAL).unwrap().daemon.completion_deadline,
+        Duration::from_secs(600)
+    );
+    let c = parse(&with("[daemon]\ncompletion-deadline = \"2m 30s\"")).unwrap();
+    assert_eq!(c.daemon.completion_deadline, Duration::from_secs(150));
+    // Zero means "do not wait", a legitimate choice.
+    let c = parse(&with("[daemon]\ncompletion-deadline = \"0s\"")).unwrap();
+    assert_eq!(c.daemon.completion_deadline, Duration::ZERO);
+    let p = only_problem(
+        &with("[daemon]\ncompletion-deadline = 600"),
+        "daemon.completion-deadline",
+    );
+    assert!(p.fix.contains("\"600s\""), "{p:?}");
+    let p = only_problem(
+        &with("[daemon]\ncompletion_deadline = \"10m\""),
+        "daemon.completion_deadline",
+    );
+    assert!(p.fix.contains("completion-deadline"), "{p:?}");
+}
+
+#[test]
 fn timezone_suggests_the_right_case() {
     let p = only_problem(
         &with("[daemon]\ntimezone = \"america/new_york\""),
@@ -948,4 +971,44 @@ fn bad_orphans_and_caps_are_all_reported() {
             .unwrap_or_else(|| panic!("{line}: no problem at {key}: {all:#?}"));
         assert!(p.message.contains(needle), "{line}: {p:?}");
     }
+}
+
+#[test]
+fn consistency_defaults_by_target_and_rejects_instance_for_volume_targets() {
+    use crate::config::Consistency;
+    let policy_keys =
+        |extra: &str| MINIMAL.replace("name = \"prod\"", &format!("name = \"prod\"\n{extra}"));
+    assert_eq!(
+        parse(MINIMAL).unwrap().policies[0].consistency,
+        Consistency::Instance
+    );
+    assert_eq!(
+        parse(&policy_keys("consistency = \"volume\""))
+            .unwrap()
+            .policies[0]
+            .consistency,
+        Consistency::Volume
+    );
+    let volumes = MINIMAL.replace(
+        "[policy.target]\n",
+        "[policy.target]\nresource = \"volume\"\n",
+    );
+    assert_ne!(volumes, MINIMAL);
+    assert_eq!(
+        parse(&volumes).unwrap().policies[0].consistency,
+        Consistency::Volume
+    );
+    let p = only_problem(
+        &volumes.replace(
+            "name = \"prod\"",
+            "name = \"prod\"\nconsistency = \"instance\"",
+        ),
+        "policy[prod].consistency",
+    );
+    assert!(p.fix.contains("remove consistency"), "{p:?}");
+    let p = only_problem(
+        &policy_keys("consistency = \"crash\""),
+        "policy[prod].consistency",
+    );
+    assert!(p.message.contains("is not one of"), "{p:?}");
 }

@@ -9,7 +9,9 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::{CreateSnapshot, Ec2, Filter, Instance, Snapshot, Tags, Volume};
+use super::{
+    CreateSnapshot, CreateSnapshots, Ec2, Filter, Instance, Snapshot, Tags, Volume, VolumeResult,
+};
 use crate::error::{Error, Result};
 use crate::retention::SnapState;
 
@@ -30,6 +32,12 @@ struct State {
     calls: BTreeMap<&'static str, u64>,
     /// When set, snapshots are created with this StartTime instead of the wall clock.
     clock: Option<DateTime<Utc>>,
+    /// When set, a pending snapshot leaves `pending` in the n-th DescribeSnapshots answer that includes it.
+    complete_after: Option<u32>,
+    /// Pending snapshot id -> DescribeSnapshots answers it has appeared in (for `complete_after`).
+    described: HashMap<String, u32>,
+    /// Volumes whose snapshots end in `error` instead of `completed` (with `complete_after`).
+    error_volumes: HashSet<String>,
 }
 
 pub struct FakeEc2 {
@@ -159,6 +167,19 @@ impl FakeEc2 {
         }
     }
 
+    /// Models EBS finishing snapshots in the background: each pending snapshot turns `completed` (or `error` for
+    /// a volume given to [`FakeEc2::error_snapshots_of`]) in the `n`-th DescribeSnapshots answer that includes it,
+    /// so a completion poller sees it pending `n - 1` times. None (the default): snapshots stay pending until
+    /// [`FakeEc2::complete_all`] or [`FakeEc2::set_snapshot_state`].
+    pub fn complete_after_describes(&self, n: Option<u32>) {
+        self.state().complete_after = n;
+    }
+
+    /// Snapshots of `volume_id` end in `error` when they leave `pending` (see `complete_after_describes`).
+    pub fn error_snapshots_of(&self, volume_id: &str) {
+        self.state().error_volumes.insert(volume_id.into());
+    }
+
     pub fn fail_create_for(&self, volume_id: &str, code: &str) {
         self.state()
             .create_faults
@@ -173,6 +194,7 @@ impl FakeEc2 {
         let mut st = self.state();
         st.create_faults.clear();
         st.operation_faults.clear();
+        st.error_volumes.clear();
     }
 
     pub fn mark_in_use(&self, snapshot_id: &str) {
@@ -278,6 +300,12 @@ impl Ec2 for FakeEc2 {
                 "attachment.instance-id" => {
                     Some(v.attachment.iter().map(|(i, _)| i.clone()).collect())
                 }
+                "attachment.status" => Some(vec![if v.attachment.is_some() {
+                    "attached"
+                } else {
+                    "detached"
+                }
+                .to_string()]),
                 "status" => Some(vec![if v.attachment.is_some() {
                     "in-use"
                 } else {
@@ -294,19 +322,33 @@ impl Ec2 for FakeEc2 {
     }
 
     async fn describe_snapshots(&self, filters: &[Filter]) -> Result<Vec<Snapshot>> {
-        let st = self.enter("DescribeSnapshots")?;
+        let mut guard = self.enter("DescribeSnapshots")?;
+        let st = &mut *guard;
         let mut out = Vec::new();
-        for s in st.snapshots.values() {
+        for s in st.snapshots.values_mut() {
             let attr = |name: &str| match name {
+                "snapshot-id" => Some(vec![s.id.clone()]),
                 "volume-id" => Some(vec![s.volume_id.clone()]),
                 "status" => Some(vec![s.state.as_str().to_string()]),
                 _ => None,
             };
             // Like moto (and unlike EC2 with OwnerIds=self) the fake returns other accounts' snapshots too, so the
             // caller's own owner check is exercised.
-            if matches(filters, &s.tags, attr)? {
-                out.push(s.clone());
+            if !matches(filters, &s.tags, attr)? {
+                continue;
             }
+            if let (Some(n), SnapState::Pending) = (st.complete_after, s.state) {
+                let seen = st.described.entry(s.id.clone()).or_default();
+                *seen += 1;
+                if *seen >= n {
+                    s.state = if st.error_volumes.contains(&s.volume_id) {
+                        SnapState::Error
+                    } else {
+                        SnapState::Completed
+                    };
+                }
+            }
+            out.push(s.clone());
         }
         Ok(out)
     }
@@ -331,6 +373,62 @@ impl Ec2 for FakeEc2 {
         };
         st.snapshots.insert(id, snapshot.clone());
         Ok(snapshot)
+    }
+
+    /// Every volume attached to the instance, tagged with the common tags only, as EC2 does. A volume with an
+    /// injected create fault gets its own error instead of a snapshot (EC2 would fail the call or leave the volume
+    /// out; the fake says why, so tests can tell); `fail_operation("CreateSnapshots", …)` fails the whole call.
+    async fn create_snapshots(&self, request: &CreateSnapshots) -> Result<Vec<VolumeResult>> {
+        let mut st = self.enter("CreateSnapshots")?;
+        if !st.instances.contains_key(&request.instance_id) {
+            return Err(self.api_error("CreateSnapshots", "InvalidInstanceID.NotFound"));
+        }
+        let attached: Vec<String> = st
+            .volumes
+            .values()
+            .filter(|v| {
+                v.attachment
+                    .as_ref()
+                    .is_some_and(|(i, _)| *i == request.instance_id)
+            })
+            .map(|v| v.id.clone())
+            .collect();
+        let mut out = Vec::new();
+        for volume in attached {
+            if let Some(code) = st.create_faults.get(&volume) {
+                let err = self.api_error("CreateSnapshots", code);
+                out.push((volume, Err(err)));
+                continue;
+            }
+            let id = Self::next_id(&mut st, "snap");
+            let snapshot = Snapshot {
+                id: id.clone(),
+                volume_id: volume.clone(),
+                state: SnapState::Pending,
+                start_time: st.clock.unwrap_or_else(Utc::now),
+                owner_id: FAKE_ACCOUNT.into(),
+                description: request.description.clone(),
+                tags: request.tags.clone(),
+            };
+            st.snapshots.insert(id, snapshot.clone());
+            out.push((volume, Ok(snapshot)));
+        }
+        Ok(out)
+    }
+
+    async fn create_tags(&self, resource_ids: &[String], tags: &Tags) -> Result<()> {
+        let mut st = self.enter("CreateTags")?;
+        // EC2 checks every id before tagging any.
+        if resource_ids.iter().any(|id| !st.snapshots.contains_key(id)) {
+            return Err(self.api_error("CreateTags", "InvalidSnapshot.NotFound"));
+        }
+        for id in resource_ids {
+            if let Some(s) = st.snapshots.get_mut(id) {
+                s.tags
+                    .extend(tags.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
+        }
+        Ok(())
     }
 
     async fn delete_snapshot(&self, snapshot_id: &str) -> Result<()> {

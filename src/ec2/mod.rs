@@ -101,6 +101,24 @@ pub struct CreateSnapshot {
     pub tags: Tags,
 }
 
+/// One CreateSnapshots call: every EBS volume attached to `instance_id` (the boot volume included), captured at one
+/// instant, so the snapshots are crash-consistent across the instance's volumes. EC2 takes up to 40 volumes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreateSnapshots {
+    pub instance_id: String,
+    /// One description for every snapshot of the call (CreateSnapshots takes one).
+    pub description: String,
+    /// Tags every snapshot gets at creation (TagSpecifications): at least everything idempotency depends on.
+    pub tags: Tags,
+    /// The volumes the caller expects to be captured, each with the tags its snapshot should carry beyond `tags`
+    /// (device, the volume's own tags). CreateSnapshots cannot set tags per volume; the caller adds whatever a
+    /// returned snapshot lacks with CreateTags. A backend that snapshots one volume at a time sets them at once.
+    pub volumes: Vec<(String, Tags)>,
+}
+
+/// The outcome of one volume of a [`CreateSnapshots`] call.
+pub type VolumeResult = (String, Result<Snapshot>);
+
 /// The EC2 operations snapwarden uses, one region per value. Describes are filtered and fully paginated by the
 /// implementation; snapshot describes are always restricted to snapshots the account owns.
 #[async_trait]
@@ -117,6 +135,35 @@ pub trait Ec2: Send + Sync {
     async fn describe_volumes(&self, filters: &[Filter]) -> Result<Vec<Volume>>;
     async fn describe_snapshots(&self, filters: &[Filter]) -> Result<Vec<Snapshot>>;
     async fn create_snapshot(&self, request: &CreateSnapshot) -> Result<Snapshot>;
+    /// Snapshots the volumes of one instance. `Err`: the call failed as a whole (nothing was created, or — after
+    /// a 5xx or a broken connection — it cannot be known). `Ok`: one entry per snapshot EC2 made, which may include a
+    /// volume attached since the caller looked and may lack one the caller expected (a failure of that volume).
+    ///
+    /// The default is for backends that snapshot one volume at a time (test doubles): one [`Ec2::create_snapshot`]
+    /// per expected volume, tags and all, each with its own outcome. Same snapshots and tags, one instant per
+    /// volume instead of one per instance; every decorator and backend that can do better forwards it.
+    async fn create_snapshots(&self, request: &CreateSnapshots) -> Result<Vec<VolumeResult>> {
+        let calls = request.volumes.iter().map(|(volume, extra)| async move {
+            let mut tags = request.tags.clone();
+            tags.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+            let single = CreateSnapshot {
+                volume_id: volume.clone(),
+                description: request.description.clone(),
+                tags,
+            };
+            (volume.clone(), self.create_snapshot(&single).await)
+        });
+        Ok(futures::future::join_all(calls).await)
+    }
+    /// Adds (or overwrites) `tags` on every resource of `resource_ids` (EC2 takes many ids per call). The default
+    /// refuses: only a backend that creates snapshots without all their tags needs it.
+    async fn create_tags(&self, resource_ids: &[String], tags: &Tags) -> Result<()> {
+        let _ = (resource_ids, tags);
+        Err(crate::error::Error::Other(format!(
+            "CreateTags is not supported by the backend of region {}",
+            self.region()
+        )))
+    }
     async fn delete_snapshot(&self, snapshot_id: &str) -> Result<()>;
 }
 
@@ -180,6 +227,14 @@ impl Ec2 for Instrumented {
         self.call("CreateSnapshot", self.inner.create_snapshot(request))
             .await
     }
+    async fn create_snapshots(&self, request: &CreateSnapshots) -> Result<Vec<VolumeResult>> {
+        self.call("CreateSnapshots", self.inner.create_snapshots(request))
+            .await
+    }
+    async fn create_tags(&self, resource_ids: &[String], tags: &Tags) -> Result<()> {
+        self.call("CreateTags", self.inner.create_tags(resource_ids, tags))
+            .await
+    }
     async fn delete_snapshot(&self, snapshot_id: &str) -> Result<()> {
         self.call("DeleteSnapshot", self.inner.delete_snapshot(snapshot_id))
             .await
@@ -189,7 +244,10 @@ impl Ec2 for Instrumented {
 /// What a dry run would have done.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DryRunLog {
+    /// One entry per volume, also for a CreateSnapshots call (its common and per-volume tags merged).
     pub created: Vec<CreateSnapshot>,
+    /// (resource ids, tags) per CreateTags call.
+    pub tagged: Vec<(Vec<String>, Tags)>,
     pub deleted: Vec<String>,
 }
 
@@ -209,6 +267,20 @@ impl DryRun {
 
     pub fn log(&self) -> DryRunLog {
         self.log.lock().expect("dry-run log poisoned").clone()
+    }
+
+    /// A pending placeholder: retention treats it like a snapshot that is being made, as it would for real.
+    fn placeholder(log: &mut DryRunLog, request: CreateSnapshot) -> Snapshot {
+        log.created.push(request.clone());
+        Snapshot {
+            id: format!("snap-dryrun-{}", log.created.len()),
+            volume_id: request.volume_id,
+            state: SnapState::Pending,
+            start_time: Utc::now(),
+            owner_id: String::new(),
+            description: request.description,
+            tags: request.tags,
+        }
     }
 }
 
@@ -234,17 +306,33 @@ impl Ec2 for DryRun {
     }
     async fn create_snapshot(&self, request: &CreateSnapshot) -> Result<Snapshot> {
         let mut log = self.log.lock().expect("dry-run log poisoned");
-        log.created.push(request.clone());
-        // A pending placeholder: retention treats it like a snapshot that is being made, as it would for real.
-        Ok(Snapshot {
-            id: format!("snap-dryrun-{}", log.created.len()),
-            volume_id: request.volume_id.clone(),
-            state: SnapState::Pending,
-            start_time: Utc::now(),
-            owner_id: String::new(),
-            description: request.description.clone(),
-            tags: request.tags.clone(),
-        })
+        Ok(Self::placeholder(&mut log, request.clone()))
+    }
+    /// Each expected volume fully tagged, as a real call followed by the worker's CreateTags would leave it.
+    async fn create_snapshots(&self, request: &CreateSnapshots) -> Result<Vec<VolumeResult>> {
+        let mut log = self.log.lock().expect("dry-run log poisoned");
+        Ok(request
+            .volumes
+            .iter()
+            .map(|(volume, extra)| {
+                let mut tags = request.tags.clone();
+                tags.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+                let single = CreateSnapshot {
+                    volume_id: volume.clone(),
+                    description: request.description.clone(),
+                    tags,
+                };
+                (volume.clone(), Ok(Self::placeholder(&mut log, single)))
+            })
+            .collect())
+    }
+    async fn create_tags(&self, resource_ids: &[String], tags: &Tags) -> Result<()> {
+        self.log
+            .lock()
+            .expect("dry-run log poisoned")
+            .tagged
+            .push((resource_ids.to_vec(), tags.clone()));
+        Ok(())
     }
     async fn delete_snapshot(&self, snapshot_id: &str) -> Result<()> {
         self.log

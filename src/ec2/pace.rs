@@ -30,7 +30,9 @@ use async_trait::async_trait;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::{CreateSnapshot, Ec2, Filter, Instance, Snapshot, Volume};
+use super::{
+    CreateSnapshot, CreateSnapshots, Ec2, Filter, Instance, Snapshot, Tags, Volume, VolumeResult,
+};
 use crate::error::{Error, Result};
 use crate::retention::SnapState;
 
@@ -237,8 +239,10 @@ pub struct Paced {
     rng: Mutex<StdRng>,
 }
 
+/// tokio's clock: the real one in the daemon; a paused one in the scale benchmark (`tests/bench/scale.rs`), where
+/// an hour of token-bucket waits runs in seconds. The std clock would not see a paused runtime's time pass.
 fn now() -> Instant {
-    Instant::now()
+    tokio::time::Instant::now().into_std()
 }
 
 async fn sleep(d: Duration) {
@@ -281,21 +285,29 @@ impl Paced {
         sleep(wait).await;
     }
 
-    /// Waits until `volume` may be snapshotted again and claims that moment for this call.
-    async fn volume_gap(&self, volume: &str) {
+    /// Waits until every one of `volumes` may be snapshotted again (one CreateSnapshots covers several) and
+    /// claims that moment for this call.
+    async fn volume_gap(&self, volumes: &[&str]) {
+        if volumes.is_empty() {
+            return;
+        }
         let wait = {
             let mut last = self.last_create.lock().expect("pace volume map poisoned");
             let t = now();
-            let at = last
-                .get(volume)
-                .map_or(t, |&prev| (prev + self.config.per_volume_gap).max(t));
+            let at = volumes
+                .iter()
+                .filter_map(|v| last.get(*v))
+                .map(|&prev| prev + self.config.per_volume_gap)
+                .fold(t, Instant::max);
             // Entries older than the gap can no longer delay anyone; dropping them bounds the map by the
             // volumes created in the last gap, not by every volume ever seen.
             if last.len() >= 1024 {
                 let gap = self.config.per_volume_gap;
                 last.retain(|_, &mut prev| prev + gap > t);
             }
-            last.insert(volume.to_string(), at);
+            for v in volumes {
+                last.insert(v.to_string(), at);
+            }
             at.saturating_duration_since(t)
         };
         sleep(wait).await;
@@ -314,7 +326,7 @@ impl Paced {
     async fn call<T, F, Fut>(
         &self,
         operation: &'static str,
-        volume: Option<&str>,
+        volumes: &[&str],
         mut attempt: F,
     ) -> Result<T>
     where
@@ -327,9 +339,7 @@ impl Paced {
         let mut failing_since: Option<Instant> = None;
         let mut gap_retries = 0u32;
         loop {
-            if let Some(v) = volume {
-                self.volume_gap(v).await;
-            }
+            self.volume_gap(volumes).await;
             if let Some(g) = group {
                 self.token(g).await;
             }
@@ -371,14 +381,16 @@ impl Paced {
                     if gap_retries > self.config.per_volume_retries {
                         return Err(err);
                     }
-                    if let Some(v) = volume {
+                    {
                         // Another snapshot of the volume (another tool's, or ours from before a restart) started
-                        // less than the gap ago: count the gap from this refusal.
-                        self.last_create
-                            .lock()
-                            .expect("pace volume map poisoned")
-                            .insert(v.to_string(), now());
+                        // less than the gap ago: count the gap from this refusal. EC2 does not say which volume of
+                        // a CreateSnapshots it was, so all of them wait.
+                        let mut last = self.last_create.lock().expect("pace volume map poisoned");
+                        for v in volumes {
+                            last.insert(v.to_string(), now());
+                        }
                     }
+                    let volume = volumes.join(",");
                     tracing::info!(operation, volume, "snapshot of this volume started too recently; retrying after the per-volume gap");
                 }
             }
@@ -395,35 +407,50 @@ impl Ec2 for Paced {
         Some(self.config.max_pending_per_account)
     }
     async fn account_id(&self) -> Result<String> {
-        self.call("GetCallerIdentity", None, || self.inner.account_id())
+        self.call("GetCallerIdentity", &[], || self.inner.account_id())
             .await
     }
     async fn describe_instances(&self, filters: &[Filter]) -> Result<Vec<Instance>> {
-        self.call("DescribeInstances", None, || {
+        self.call("DescribeInstances", &[], || {
             self.inner.describe_instances(filters)
         })
         .await
     }
     async fn describe_volumes(&self, filters: &[Filter]) -> Result<Vec<Volume>> {
-        self.call("DescribeVolumes", None, || {
+        self.call("DescribeVolumes", &[], || {
             self.inner.describe_volumes(filters)
         })
         .await
     }
     async fn describe_snapshots(&self, filters: &[Filter]) -> Result<Vec<Snapshot>> {
-        self.call("DescribeSnapshots", None, || {
+        self.call("DescribeSnapshots", &[], || {
             self.inner.describe_snapshots(filters)
         })
         .await
     }
     async fn create_snapshot(&self, request: &CreateSnapshot) -> Result<Snapshot> {
-        self.call("CreateSnapshot", Some(&request.volume_id), || {
+        self.call("CreateSnapshot", &[&request.volume_id], || {
             self.inner.create_snapshot(request)
         })
         .await
     }
+    /// One Create token for the whole instance; the per-volume gap holds for each of its volumes.
+    async fn create_snapshots(&self, request: &CreateSnapshots) -> Result<Vec<VolumeResult>> {
+        let volumes: Vec<&str> = request.volumes.iter().map(|(v, _)| v.as_str()).collect();
+        self.call("CreateSnapshots", &volumes, || {
+            self.inner.create_snapshots(request)
+        })
+        .await
+    }
+    /// CreateTags is idempotent, so transient failures are retried like a describe's.
+    async fn create_tags(&self, resource_ids: &[String], tags: &Tags) -> Result<()> {
+        self.call("CreateTags", &[], || {
+            self.inner.create_tags(resource_ids, tags)
+        })
+        .await
+    }
     async fn delete_snapshot(&self, snapshot_id: &str) -> Result<()> {
-        self.call("DeleteSnapshot", None, || {
+        self.call("DeleteSnapshot", &[], || {
             self.inner.delete_snapshot(snapshot_id)
         })
         .await

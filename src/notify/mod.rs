@@ -1,9 +1,17 @@
 //! Failure alerts: one digest per failed or partial run, de-duplicated within a window, a recovery message when
 //! an alerting run succeeds again, published to SNS by a background task so a run never waits on SNS. The digest
-//! text and the de-dup decision are pure ([`digest`], [`Deduper`]); only [`SnsPublisher`] and the sender task do
-//! I/O. Without a topic, alerts are logged and counted only.
+//! text, the de-dup decision and the outbox are pure ([`digest`], [`Deduper`], [`Outbox`]); only
+//! [`SnsPublisher`] and the sender task do I/O. Without a topic, alerts are logged and counted only.
+//!
+//! SNS outages: a message SNS refused stays in the [`Outbox`] (in memory, bounded: when full the oldest is dropped
+//! and counted) and is retried with exponential backoff and full jitter until it is delivered or superseded — a
+//! newer message for the same policy, schedules and region replaces an undelivered older one, since only the
+//! latest state is worth reading. A recovery that supersedes an undelivered failure is itself dropped unless an
+//! earlier failure of that key was delivered: nobody heard of the failure, so there is nothing to recover from
+//! (the failed run is still in the metrics and logs). Messages go out in order; while the first one waits for its
+//! retry, the others wait too (SNS is down for all of them). Alerts still queued at shutdown get one last try.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,7 +38,10 @@ pub struct Message {
 
 fn what_to_do(code: &str) -> &'static str {
     match code {
-        "UnauthorizedOperation" | "AccessDenied" => "grant the missing action to snapwarden's IAM role (deploy/iam/policy.json)",
+        c if crate::error::is_access_denied_code(c) => "grant the missing action to snapwarden's IAM role (deploy/iam/policy.json)",
+        "snapshot-error" => "EBS could not complete the snapshot (it was deleted); the next run of the slot makes a new one. If it repeats, check the volume's health",
+        "snapshot-pending" => "the snapshot was still pending at daemon.completion-deadline; the next run checks it again. Raise the deadline if first snapshots of big volumes are expected",
+        "transport" | "timeout" => "AWS could not be reached in this region (network, DNS, endpoint); the other regions ran. The next run retries",
         "RequestLimitExceeded" | "Throttling" => "EC2 throttled the account; the next run retries. Check other tools sharing the API budget",
         "ConcurrentSnapshotLimitExceeded" => "too many pending snapshots on the volume or account; the next run retries",
         "SnapshotCreationPerVolumeRateExceeded" => "another snapshot of the volume was started less than 15 s earlier",
@@ -39,6 +50,27 @@ fn what_to_do(code: &str) -> &'static str {
         "credentials" | "ExpiredToken" => "snapwarden's AWS credentials are missing or expired; check its role or profile",
         _ => "see the error message; the next run retries",
     }
+}
+
+/// The IAM actions access-denied problems of `code` were refused, from their messages (`CreateSnapshot in
+/// us-east-1: UnauthorizedOperation: ...`, the form of `Error::Api`), e.g. `ec2:CreateSnapshot`.
+fn missing_actions(report: &RunReport, code: &str) -> Vec<String> {
+    let mut actions: Vec<String> = report
+        .fatal
+        .iter()
+        .chain(&report.problems)
+        .filter(|p| p.code == code)
+        .filter_map(|p| {
+            let (operation, rest) = p.message.split_once(' ')?;
+            let named = rest.starts_with("in ")
+                && !operation.is_empty()
+                && operation.chars().all(|c| c.is_ascii_alphabetic());
+            named.then(|| crate::error::iam_action(operation))
+        })
+        .collect();
+    actions.sort();
+    actions.dedup();
+    actions
 }
 
 fn severity(result: RunResult) -> &'static str {
@@ -121,7 +153,15 @@ pub fn digest(report: &RunReport) -> Message {
     );
     body.push_str("What to do:\n");
     for code in report.codes() {
-        body.push_str(&format!("- {code}: {}\n", what_to_do(&code)));
+        let actions = missing_actions(report, &code);
+        if crate::error::is_access_denied_code(&code) && !actions.is_empty() {
+            body.push_str(&format!(
+                "- {code}: grant {} to snapwarden's IAM role (deploy/iam/policy.json)\n",
+                actions.join(", ")
+            ));
+        } else {
+            body.push_str(&format!("- {code}: {}\n", what_to_do(&code)));
+        }
     }
     body.push_str("\nProblems:\n");
     let all: Vec<_> = report.fatal.iter().chain(&report.problems).collect();
@@ -300,6 +340,126 @@ impl Publisher for SnsPublisher {
     }
 }
 
+/// Alerts SNS has not taken yet, oldest first, at most one per key; see the module doc for the rules. The sender
+/// tries a message as soon as it is queued, so only a message SNS refused (or one queued behind it) can be
+/// superseded: with SNS healthy, every digest and recovery goes out in order.
+pub struct Outbox {
+    capacity: usize,
+    queue: VecDeque<Queued>,
+    /// Keys whose last delivered message was a failure digest: a recovery for them is news.
+    alerted: HashSet<AlertKey>,
+}
+
+#[derive(Debug, Clone)]
+struct Queued {
+    key: AlertKey,
+    message: Message,
+    recovery: bool,
+}
+
+/// What [`Outbox::push`] did besides queueing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pushed {
+    /// Undelivered messages replaced by the new one (0 or 1).
+    pub superseded: usize,
+    /// Oldest messages dropped because the outbox was full.
+    pub dropped: usize,
+    /// The new message is a recovery from a failure nobody was told about: not queued.
+    pub cancelled: bool,
+}
+
+impl Outbox {
+    pub fn new(capacity: usize) -> Self {
+        Outbox {
+            capacity: capacity.max(1),
+            queue: VecDeque::new(),
+            alerted: HashSet::new(),
+        }
+    }
+
+    /// Queues `message` for `key` (policy, schedules, region); `recovery` tells a recovery from a digest.
+    pub fn push(&mut self, key: AlertKey, message: Message, recovery: bool) -> Pushed {
+        let mut out = Pushed::default();
+        if let Some(i) = self.queue.iter().position(|q| q.key == key) {
+            let old = self.queue.remove(i).expect("index from position");
+            out.superseded = 1;
+            if recovery && !old.recovery && !self.alerted.contains(&key) {
+                out.cancelled = true;
+                return out;
+            }
+        }
+        self.queue.push_back(Queued {
+            key,
+            message,
+            recovery,
+        });
+        while self.queue.len() > self.capacity {
+            self.queue.pop_front();
+            out.dropped += 1;
+        }
+        out
+    }
+
+    /// The next message to send.
+    pub fn front(&self) -> Option<&Message> {
+        self.queue.front().map(|q| &q.message)
+    }
+
+    /// The front message was delivered.
+    pub fn delivered(&mut self) {
+        if let Some(q) = self.queue.pop_front() {
+            if q.recovery {
+                self.alerted.remove(&q.key);
+            } else {
+                self.alerted.insert(q.key);
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+}
+
+/// How the sender task retries SNS.
+#[derive(Debug, Clone)]
+pub struct Retry {
+    /// Backoff after the first failure; doubles per consecutive failure, with full jitter.
+    pub base: Duration,
+    pub cap: Duration,
+    /// Undelivered alerts kept in memory.
+    pub outbox: usize,
+    /// One Publish call, SDK retries included.
+    pub attempt_timeout: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            base: Duration::from_secs(2),
+            cap: Duration::from_secs(300),
+            outbox: 100,
+            attempt_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Retry {
+    /// Full jitter: uniform in [0, min(cap, base * 2^(failures - 1))], with a floor so the loop never spins.
+    fn backoff(&self, failures: u32) -> Duration {
+        let ceiling = self
+            .base
+            .saturating_mul(1u32 << failures.saturating_sub(1).min(20))
+            .min(self.cap);
+        let floor = Duration::from_millis(10).min(ceiling);
+        ceiling.mul_f64(rand::random::<f64>()).max(floor)
+    }
+}
+
 /// Hands reports to the sender task without waiting: a full queue drops the report (counted), never the run.
 #[derive(Clone)]
 pub struct Notifier {
@@ -315,46 +475,18 @@ impl Notifier {
         window: Duration,
         metrics: Arc<Metrics>,
     ) -> (Notifier, tokio::task::JoinHandle<()>) {
-        let (tx, mut rx) = mpsc::channel::<RunReport>(QUEUE);
-        let task = tokio::spawn(async move {
-            let mut dedup = Deduper::new(window);
-            while let Some(report) = rx.recv().await {
-                let message = match dedup.decide(&report, Utc::now()) {
-                    Verdict::Quiet => continue,
-                    Verdict::Suppressed => {
-                        metrics
-                            .notifications
-                            .with_label_values(&["deduplicated"])
-                            .inc();
-                        tracing::info!(policy = %report.policy, schedule = %report.schedule_label(), region = %report.region, "alert suppressed: same failure already sent within the de-dup window");
-                        continue;
-                    }
-                    Verdict::Send(m) => m,
-                };
-                let Some(publisher) = &publisher else {
-                    metrics.notifications.with_label_values(&["disabled"]).inc();
-                    tracing::warn!(subject = %message.subject, "alert not sent: no notify.sns.topic-arn configured");
-                    continue;
-                };
-                // Bounded so a hung SNS endpoint cannot stall the queue forever.
-                match tokio::time::timeout(Duration::from_secs(30), publisher.publish(&message))
-                    .await
-                {
-                    Ok(Ok(())) => {
-                        metrics.notifications.with_label_values(&["sent"]).inc();
-                        tracing::info!(subject = %message.subject, "alert sent");
-                    }
-                    Ok(Err(e)) => {
-                        metrics.notifications.with_label_values(&["failed"]).inc();
-                        tracing::error!(subject = %message.subject, error = %e, kind = e.kind(), "alert could not be sent");
-                    }
-                    Err(_) => {
-                        metrics.notifications.with_label_values(&["failed"]).inc();
-                        tracing::error!(subject = %message.subject, "alert could not be sent: SNS did not answer within 30s");
-                    }
-                }
-            }
-        });
+        Self::spawn_with(publisher, window, metrics, Retry::default())
+    }
+
+    /// [`Notifier::spawn`] with explicit retry timings (tests shorten them).
+    pub fn spawn_with(
+        publisher: Option<Arc<dyn Publisher>>,
+        window: Duration,
+        metrics: Arc<Metrics>,
+        retry: Retry,
+    ) -> (Notifier, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel::<RunReport>(QUEUE);
+        let task = tokio::spawn(sender(rx, publisher, window, metrics, retry));
         (Notifier { tx }, task)
     }
 
@@ -362,6 +494,139 @@ impl Notifier {
         if self.tx.try_send(report).is_err() {
             metrics.notifications.with_label_values(&["dropped"]).inc();
             tracing::error!("alert queue full or closed: report dropped");
+        }
+    }
+}
+
+/// De-duplicates a report and queues its message, if any.
+fn accept(
+    report: &RunReport,
+    dedup: &mut Deduper,
+    outbox: &mut Outbox,
+    sending: bool,
+    metrics: &Metrics,
+) {
+    let message = match dedup.decide(report, Utc::now()) {
+        Verdict::Quiet => return,
+        Verdict::Suppressed => {
+            metrics
+                .notifications
+                .with_label_values(&["deduplicated"])
+                .inc();
+            tracing::info!(policy = %report.policy, schedule = %report.schedule_label(), region = %report.region, "alert suppressed: same failure already sent within the de-dup window");
+            return;
+        }
+        Verdict::Send(m) => m,
+    };
+    if !sending {
+        metrics.notifications.with_label_values(&["disabled"]).inc();
+        tracing::warn!(subject = %message.subject, "alert not sent: no notify.sns.topic-arn configured");
+        return;
+    }
+    let key = (
+        report.policy.clone(),
+        report.schedule_label(),
+        report.region.clone(),
+    );
+    let subject = message.subject.clone();
+    let pushed = outbox.push(key, message, report.result() == RunResult::Success);
+    if pushed.superseded > 0 {
+        metrics
+            .notifications
+            .with_label_values(&["superseded"])
+            .inc_by(pushed.superseded as u64);
+        tracing::info!(subject = %subject, cancelled = pushed.cancelled, "undelivered alert superseded by a newer one");
+    }
+    if pushed.dropped > 0 {
+        metrics
+            .notifications
+            .with_label_values(&["dropped"])
+            .inc_by(pushed.dropped as u64);
+        tracing::error!(
+            dropped = pushed.dropped,
+            "alert outbox full: oldest undelivered alerts dropped"
+        );
+    }
+}
+
+async fn sender(
+    mut rx: mpsc::Receiver<RunReport>,
+    publisher: Option<Arc<dyn Publisher>>,
+    window: Duration,
+    metrics: Arc<Metrics>,
+    retry: Retry,
+) {
+    let mut dedup = Deduper::new(window);
+    let mut outbox = Outbox::new(retry.outbox);
+    let sending = publisher.is_some();
+    let mut failures = 0u32;
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    loop {
+        let waiting = retry_at.is_some_and(|t| t > tokio::time::Instant::now());
+        if outbox.is_empty() || waiting {
+            tokio::select! {
+                r = rx.recv() => match r {
+                    Some(report) => accept(&report, &mut dedup, &mut outbox, sending, &metrics),
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if waiting => {}
+            }
+            continue;
+        }
+        let (Some(publisher), Some(message)) = (&publisher, outbox.front()) else {
+            continue;
+        };
+        if attempt(publisher.as_ref(), message, &retry, &metrics).await {
+            outbox.delivered();
+            failures = 0;
+            retry_at = None;
+        } else {
+            failures += 1;
+            let wait = retry.backoff(failures);
+            tracing::warn!(
+                queued = outbox.len(),
+                failures,
+                retry_in_seconds = wait.as_secs_f64(),
+                "SNS refused the alert; it stays queued"
+            );
+            retry_at = Some(tokio::time::Instant::now() + wait);
+        }
+    }
+    // Shutting down: one last try for what is queued, in order, stopping at the first failure.
+    if let Some(publisher) = &publisher {
+        while let Some(message) = outbox.front() {
+            if !attempt(publisher.as_ref(), message, &retry, &metrics).await {
+                tracing::error!(lost = outbox.len(), "alerts not delivered before shutdown");
+                break;
+            }
+            outbox.delivered();
+        }
+    }
+}
+
+/// One Publish; true when SNS took the message.
+async fn attempt(
+    publisher: &dyn Publisher,
+    message: &Message,
+    retry: &Retry,
+    metrics: &Metrics,
+) -> bool {
+    // Bounded so a hung SNS endpoint cannot stall the queue forever.
+    match tokio::time::timeout(retry.attempt_timeout, publisher.publish(message)).await {
+        Ok(Ok(())) => {
+            metrics.notifications.with_label_values(&["sent"]).inc();
+            tracing::info!(subject = %message.subject, "alert sent");
+            true
+        }
+        Ok(Err(e)) => {
+            metrics.notifications.with_label_values(&["failed"]).inc();
+            tracing::error!(subject = %message.subject, error = %e, kind = e.kind(), "alert could not be sent");
+            false
+        }
+        Err(_) => {
+            metrics.notifications.with_label_values(&["failed"]).inc();
+            tracing::error!(subject = %message.subject, timeout_seconds = retry.attempt_timeout.as_secs_f64(), "alert could not be sent: SNS did not answer in time");
+            false
         }
     }
 }
@@ -430,6 +695,94 @@ mod tests {
         let json = m.body.split("--- JSON ---\n").nth(1).unwrap();
         let v: serde_json::Value = serde_json::from_str(json).unwrap();
         assert!(v["problems_left_out"].as_u64().unwrap() > 0);
+    }
+
+    fn msg(subject: &str) -> Message {
+        Message {
+            subject: subject.into(),
+            body: String::new(),
+            attributes: BTreeMap::new(),
+        }
+    }
+
+    fn key(schedule: &str) -> AlertKey {
+        ("prod".into(), schedule.into(), "us-east-1".into())
+    }
+
+    #[test]
+    fn outbox_supersedes_per_key_and_drops_the_oldest_when_full() {
+        let mut o = Outbox::new(2);
+        assert_eq!(o.push(key("a"), msg("a1"), false), Pushed::default());
+        assert_eq!(o.push(key("b"), msg("b1"), false), Pushed::default());
+        // A newer failure of `a` replaces the undelivered one and goes to the back.
+        let p = o.push(key("a"), msg("a2"), false);
+        assert_eq!((p.superseded, p.dropped, p.cancelled), (1, 0, false));
+        assert_eq!(o.front().unwrap().subject, "b1");
+        // Full: the oldest (b1) goes.
+        let p = o.push(key("c"), msg("c1"), false);
+        assert_eq!((p.superseded, p.dropped), (0, 1));
+        assert_eq!(o.len(), 2);
+        assert_eq!(o.front().unwrap().subject, "a2");
+    }
+
+    #[test]
+    fn outbox_recovery_of_an_unheard_failure_is_not_sent() {
+        let mut o = Outbox::new(10);
+        o.push(key("a"), msg("fail"), false);
+        let p = o.push(key("a"), msg("recovered"), true);
+        assert!(p.cancelled && p.superseded == 1, "{p:?}");
+        assert!(o.is_empty());
+        // Once a failure was delivered, a recovery replacing a later undelivered failure is sent.
+        o.push(key("a"), msg("fail"), false);
+        o.delivered();
+        o.push(key("a"), msg("fail again"), false);
+        let p = o.push(key("a"), msg("recovered"), true);
+        assert!(!p.cancelled && p.superseded == 1, "{p:?}");
+        assert_eq!(o.front().unwrap().subject, "recovered");
+        o.delivered();
+        // After the recovery went out, the key is quiet again.
+        o.push(key("a"), msg("fail 3"), false);
+        assert!(o.push(key("a"), msg("recovered"), true).cancelled);
+    }
+
+    #[test]
+    fn access_denied_digest_names_the_missing_action() {
+        let mut r = report(0, 2);
+        r.problems.push(Problem {
+            resource: "vol-1".into(),
+            operation: "create",
+            code: "UnauthorizedOperation".into(),
+            message: "CreateSnapshot in us-east-1: UnauthorizedOperation: no (grant ec2:CreateSnapshot ...)".into(),
+        });
+        r.fatal = Some(Problem {
+            resource: "us-east-1".into(),
+            operation: "describe",
+            code: "UnauthorizedOperation".into(),
+            message: "DescribeVolumes in us-east-1: UnauthorizedOperation: no".into(),
+        });
+        let m = digest(&r);
+        assert!(
+            m.body.contains("- UnauthorizedOperation: grant ec2:CreateSnapshot, ec2:DescribeVolumes to snapwarden's IAM role"),
+            "{}",
+            m.body
+        );
+    }
+
+    #[test]
+    fn backoff_is_jittered_and_capped() {
+        let r = Retry {
+            base: Duration::from_millis(100),
+            cap: Duration::from_millis(400),
+            ..Retry::default()
+        };
+        for failures in 1..40 {
+            let b = r.backoff(failures);
+            assert!(
+                b <= Duration::from_millis(400) && b >= Duration::from_millis(10),
+                "{b:?}"
+            );
+        }
+        assert!(r.backoff(1) <= Duration::from_millis(100));
     }
 
     #[test]

@@ -1,0 +1,827 @@
+//! Scale benchmark (a `cargo bench` target, not a test): one full snapshot + retention pass of the real worker
+//! behind the real `Paced` decorator over an estate of N volumes (instances of 1 to 4 volumes, H snapshots of
+//! history each) on the in-memory EC2 backend, with a per-request latency and AWS's own token buckets answering
+//! `RequestLimitExceeded` when empty. It runs on tokio's paused clock, so the hour of bucket waits a 10,000-volume
+//! pass takes runs in seconds: it prints the virtual wall time and the real CPU time, the requests AWS saw per
+//! operation (describe pages counted one by one), the floor those requests imply at the configured budget, peak
+//! RSS and the worker's own heap. Also a planner micro-benchmark (1,000,000 snapshots) and, with `--moto`, the
+//! same pass through the real SDK against moto to check that the request counts match the in-memory run.
+//!
+//! ```text
+//! cargo bench --bench scale -- --volumes 1000,5000,10000 --history 30 --latency-ms 50
+//! SNAPWARDEN_MOTO_SERVER=.venv/bin/moto_server cargo bench --bench scale -- --moto --moto-volumes 200 --planner 0 --volumes 0
+//! ```
+//! Results and how to read them: docs/PERFORMANCE.md.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use snapwarden::config::{self, Config};
+use snapwarden::ec2::fake::{FakeEc2, FAKE_ACCOUNT};
+use snapwarden::ec2::pace::{Group, PaceConfig, Paced, TokenBucket};
+use snapwarden::ec2::{
+    self, CreateSnapshot, CreateSnapshots, Ec2, Filter, Instance, Instrumented, Snapshot, Tags,
+    Volume, VolumeResult,
+};
+use snapwarden::error::{Error, Result};
+use snapwarden::metrics::Metrics;
+use snapwarden::retention::{self, PlanInput, ScheduleRules, Snap, SnapState};
+use snapwarden::schedule::format_slot;
+use snapwarden::worker::{self, Completion, RunSpec, Survey};
+
+// --- heap accounting ---------------------------------------------------------------------------------------------
+
+/// The system allocator, counting live and peak bytes: the worker's own memory, apart from the in-memory EC2's copy
+/// of the estate that shares the process.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+fn grew(n: usize) {
+    let now = LIVE.fetch_add(n, Relaxed) + n;
+    PEAK.fetch_max(now, Relaxed);
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            grew(layout.size());
+        }
+        p
+    }
+    unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(p, layout) };
+        LIVE.fetch_sub(layout.size(), Relaxed);
+    }
+    unsafe fn realloc(&self, p: *mut u8, layout: Layout, new: usize) -> *mut u8 {
+        let q = unsafe { System.realloc(p, layout, new) };
+        if !q.is_null() {
+            if new >= layout.size() {
+                grew(new - layout.size());
+            } else {
+                LIVE.fetch_sub(layout.size() - new, Relaxed);
+            }
+        }
+        q
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+fn mib(bytes: usize) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// (VmHWM, VmRSS) in bytes.
+fn rss() -> (usize, usize) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<usize>().ok())
+            .map_or(0, |kb| kb * 1024)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+/// Resets VmHWM to the current RSS (Linux ≥ 4.0), so each pass reports its own peak.
+fn reset_hwm() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// User + system CPU time of the process.
+fn cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name; in clock ticks (USER_HZ = 100).
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
+// --- an EC2 region as AWS meters it ------------------------------------------------------------------------------
+
+/// What AWS sees: every request (each describe page is one) waits `latency`, then takes a token from AWS's bucket
+/// for its group — the whole account's budget, not snapwarden's share — or is refused with
+/// `RequestLimitExceeded`, as EC2 does. Counts requests and refusals per operation. Wraps any backend: the
+/// in-memory one (latency and buckets on) or the SDK against moto (both off: counting only).
+struct Metered {
+    inner: Arc<dyn Ec2>,
+    latency: Duration,
+    aws: Option<Mutex<BTreeMap<Group, TokenBucket>>>,
+    requests: Mutex<BTreeMap<&'static str, u64>>,
+    throttled: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl Metered {
+    fn new(inner: Arc<dyn Ec2>, latency: Duration, buckets: bool) -> Self {
+        let t = tokio::time::Instant::now().into_std();
+        let aws = buckets.then(|| {
+            Mutex::new(
+                Group::ALL
+                    .iter()
+                    .map(|&g| {
+                        let (burst, rate) = g.aws_bucket();
+                        (g, TokenBucket::new(burst, rate, t))
+                    })
+                    .collect(),
+            )
+        });
+        Metered {
+            inner,
+            latency,
+            aws,
+            requests: Mutex::new(BTreeMap::new()),
+            throttled: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    async fn request(&self, operation: &'static str) -> Result<()> {
+        if !self.latency.is_zero() {
+            tokio::time::sleep(self.latency).await;
+        }
+        *self.requests.lock().unwrap().entry(operation).or_default() += 1;
+        if let (Some(aws), Some(group)) = (&self.aws, Group::of(operation)) {
+            let now = tokio::time::Instant::now().into_std();
+            let refused = aws
+                .lock()
+                .unwrap()
+                .get_mut(&group)
+                .expect("a bucket per group")
+                .try_take(now)
+                .is_err();
+            if refused {
+                *self.throttled.lock().unwrap().entry(operation).or_default() += 1;
+                return Err(Error::Api {
+                    operation,
+                    region: self.inner.region().to_string(),
+                    code: "RequestLimitExceeded".into(),
+                    message: "Request limit exceeded (benchmark bucket)".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// A paginated describe: one request per 1,000 objects (at least one); a refused page fails the sweep.
+    async fn pages<T>(&self, operation: &'static str, items: Vec<T>) -> Result<Vec<T>> {
+        for _ in 0..items.len().div_ceil(1000).max(1) {
+            self.request(operation).await?;
+        }
+        Ok(items)
+    }
+
+    fn requests(&self) -> BTreeMap<&'static str, u64> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    fn throttled(&self) -> u64 {
+        self.throttled.lock().unwrap().values().sum()
+    }
+}
+
+#[async_trait]
+impl Ec2 for Metered {
+    fn region(&self) -> &str {
+        self.inner.region()
+    }
+    async fn account_id(&self) -> Result<String> {
+        self.request("GetCallerIdentity").await?;
+        self.inner.account_id().await
+    }
+    async fn describe_instances(&self, f: &[Filter]) -> Result<Vec<Instance>> {
+        let all = self.inner.describe_instances(f).await?;
+        self.pages("DescribeInstances", all).await
+    }
+    async fn describe_volumes(&self, f: &[Filter]) -> Result<Vec<Volume>> {
+        let all = self.inner.describe_volumes(f).await?;
+        self.pages("DescribeVolumes", all).await
+    }
+    async fn describe_snapshots(&self, f: &[Filter]) -> Result<Vec<Snapshot>> {
+        let all = self.inner.describe_snapshots(f).await?;
+        self.pages("DescribeSnapshots", all).await
+    }
+    async fn create_snapshot(&self, r: &CreateSnapshot) -> Result<Snapshot> {
+        self.request("CreateSnapshot").await?;
+        self.inner.create_snapshot(r).await
+    }
+    async fn create_snapshots(&self, r: &CreateSnapshots) -> Result<Vec<VolumeResult>> {
+        self.request("CreateSnapshots").await?;
+        self.inner.create_snapshots(r).await
+    }
+    async fn create_tags(&self, ids: &[String], tags: &Tags) -> Result<()> {
+        self.request("CreateTags").await?;
+        self.inner.create_tags(ids, tags).await
+    }
+    async fn delete_snapshot(&self, id: &str) -> Result<()> {
+        self.request("DeleteSnapshot").await?;
+        self.inner.delete_snapshot(id).await
+    }
+}
+
+// --- the estate --------------------------------------------------------------------------------------------------
+
+const DEVICES: [&str; 4] = ["/dev/xvda", "/dev/sdf", "/dev/sdg", "/dev/sdh"];
+
+fn slot() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-03-02T04:30:00Z")
+        .unwrap()
+        .to_utc()
+}
+
+/// Volumes per instance: 1, 2, 3, 4, 1, 2, … (2.5 on average), the last instance cut to reach exactly `volumes`.
+fn shape(volumes: usize) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut left = volumes;
+    let mut i = 0;
+    while left > 0 {
+        let k = (1 + i % 4).min(left);
+        out.push(k);
+        left -= k;
+        i += 1;
+    }
+    out
+}
+
+fn history_tags(instance: &str, device: &str, day: i64) -> Vec<(String, String)> {
+    vec![
+        (ec2::TAG_MANAGED.into(), "true".into()),
+        (ec2::TAG_POLICY.into(), "prod".into()),
+        (ec2::TAG_SCHEDULE.into(), "daily".into()),
+        (
+            ec2::TAG_SLOT.into(),
+            format_slot(slot() - chrono::Duration::days(day)),
+        ),
+        ("Name".into(), format!("web-{instance}")),
+        (ec2::TAG_INSTANCE.into(), instance.into()),
+        (ec2::TAG_DEVICE.into(), device.into()),
+        ("Backup".into(), "true".into()),
+    ]
+}
+
+fn fake_estate(region: &str, volumes: usize, history: usize) -> (Arc<FakeEc2>, usize) {
+    let fake = Arc::new(FakeEc2::new(region));
+    fake.set_clock(slot());
+    let shape = shape(volumes);
+    for (i, &k) in shape.iter().enumerate() {
+        let name = format!("web-{i}");
+        let devs: Vec<(&str, &str)> = DEVICES[..k].iter().map(|d| (*d, "gp3")).collect();
+        let (id, vols) = fake.add_instance(&[("Backup", "true"), ("Name", &name)], &devs);
+        for (v, dev) in vols.iter().zip(DEVICES) {
+            for day in 1..=history as i64 {
+                let tags = history_tags(&id, dev, day);
+                let tags: Vec<(&str, &str)> =
+                    tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                fake.seed_snapshot(v, SnapState::Completed, FAKE_ACCOUNT, &tags);
+            }
+        }
+    }
+    (fake, shape.len())
+}
+
+fn policy_config(history: usize, consistency: &str) -> Config {
+    let toml = format!(
+        "[[policy]]\nname = \"prod\"\nconsistency = \"{consistency}\"\n[policy.target]\n\
+         tags = {{ Backup = \"true\" }}\n[[policy.schedule]]\nname = \"daily\"\ncron = \"30 4 * * *\"\n\
+         keep = {{ last = {history} }}\n"
+    );
+    config::from_toml_str(std::path::Path::new("bench.toml"), &toml, &[]).expect("bench config")
+}
+
+// --- one pass ----------------------------------------------------------------------------------------------------
+
+struct Args {
+    volumes: Vec<usize>,
+    history: usize,
+    latency: Duration,
+    budget: f64,
+    consistency: String,
+    planner: usize,
+    moto: bool,
+    moto_volumes: usize,
+    moto_history: usize,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        volumes: vec![1000],
+        history: 30,
+        latency: Duration::from_millis(50),
+        budget: PaceConfig::default().budget_fraction,
+        consistency: "instance".into(),
+        planner: 1_000_000,
+        moto: false,
+        moto_volumes: 200,
+        moto_history: 3,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| panic!("{arg} needs a value"));
+        match arg.as_str() {
+            "--volumes" => {
+                a.volumes = value()
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(|s| s.trim().parse().expect("--volumes N[,N…]"))
+                    .filter(|&n| n > 0)
+                    .collect()
+            }
+            "--history" => a.history = value().parse().expect("--history H"),
+            "--latency-ms" => {
+                a.latency = Duration::from_millis(value().parse().expect("--latency-ms MS"))
+            }
+            "--budget" => a.budget = value().parse().expect("--budget FRACTION"),
+            "--consistency" => a.consistency = value(),
+            "--planner" => a.planner = value().parse().expect("--planner SNAPSHOTS (0: skip)"),
+            "--moto" => a.moto = true,
+            "--moto-volumes" => a.moto_volumes = value().parse().expect("--moto-volumes N"),
+            "--moto-history" => a.moto_history = value().parse().expect("--moto-history H"),
+            // cargo bench passes --bench to every bench target.
+            "--bench" => {}
+            other => panic!(
+                "unknown argument {other}; use --volumes N[,N…] --history H --latency-ms MS --budget F \
+                 --consistency instance|volume --planner N --moto --moto-volumes N --moto-history H"
+            ),
+        }
+    }
+    a
+}
+
+fn pace(budget: f64) -> PaceConfig {
+    PaceConfig {
+        budget_fraction: budget,
+        seed: Some(6),
+        // The account-wide pending cap is a guard for small accounts; at this scale creates are paced by the
+        // Create bucket, and EBS completes snapshots behind them (see docs/PERFORMANCE.md).
+        max_pending_per_account: usize::MAX,
+        ..PaceConfig::default()
+    }
+}
+
+struct Pass {
+    requests: BTreeMap<&'static str, u64>,
+    throttled: u64,
+    wall: Duration,
+    report: snapwarden::report::RunReport,
+}
+
+/// One run of the worker for the slot through `Paced(Instrumented(metered))`, timed on tokio's clock.
+async fn pass(metered: Arc<Metered>, config: &Config, pace: PaceConfig) -> Pass {
+    let permits = Arc::new(tokio::sync::Semaphore::new(
+        config.daemon.max_concurrent_aws_calls,
+    ));
+    let metrics = Arc::new(Metrics::new());
+    let instrumented: Arc<dyn Ec2> =
+        Arc::new(Instrumented::new(metered.clone(), permits, metrics.clone()));
+    let paced = Paced::new(instrumented, pace);
+    let t0 = tokio::time::Instant::now();
+    let account = paced.account_id().await.expect("account id");
+    let policy = &config.policies[0];
+    let spec = RunSpec {
+        policy,
+        firing: vec!["daily".into()],
+        slot: slot(),
+        account_id: &account,
+        concurrency: config.daemon.max_concurrent_aws_calls,
+        dry_run: false,
+        completion: Some(Completion::within(Duration::from_secs(6 * 3600))),
+    };
+    let now = move || slot() + chrono::Duration::from_std(t0.elapsed()).unwrap_or_default();
+    let out = worker::run(&paced, &spec, &metrics, now).await;
+    Pass {
+        requests: metered.requests(),
+        throttled: metered.throttled(),
+        wall: t0.elapsed(),
+        report: out.report,
+    }
+}
+
+/// Seconds the budgeted buckets need for `requests`, per group: (requests − burst) / refill, at least 0.
+fn floors(requests: &BTreeMap<&'static str, u64>, pace: &PaceConfig) -> BTreeMap<Group, f64> {
+    let mut per_group: BTreeMap<Group, u64> = BTreeMap::new();
+    for (op, n) in requests {
+        if let Some(g) = Group::of(op) {
+            *per_group.entry(g).or_default() += n;
+        }
+    }
+    per_group
+        .into_iter()
+        .map(|(g, n)| {
+            let b = pace.bucket(g, Instant::now());
+            (g, ((n as f64 - b.capacity) / b.refill_per_sec).max(0.0))
+        })
+        .collect()
+}
+
+fn in_memory(a: &Args, volumes: usize) {
+    let live_before_estate = LIVE.load(Relaxed);
+    let built = Instant::now();
+    let region = format!("bench-{volumes}");
+    let (fake, instances) = fake_estate(&region, volumes, a.history);
+    let estate_heap = LIVE.load(Relaxed) - live_before_estate;
+    let build_secs = built.elapsed().as_secs_f64();
+
+    // What the worker holds per managed snapshot: the survey's copy, as a describe returns it.
+    let before = LIVE.load(Relaxed);
+    let once = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let held = once
+        .block_on(fake.describe_snapshots(&[
+            Filter::tag(ec2::TAG_MANAGED, "true"),
+            Filter::tag(ec2::TAG_POLICY, "prod"),
+        ]))
+        .unwrap();
+    let per_snapshot = (LIVE.load(Relaxed) - before) as f64 / held.len().max(1) as f64;
+    drop(held);
+
+    let config = policy_config(a.history, &a.consistency);
+    let pace = pace(a.budget);
+    let metered = Arc::new(Metered::new(fake.clone(), a.latency, true));
+    fake.complete_after_describes(Some(1));
+
+    reset_hwm();
+    let (_, rss_before) = rss();
+    let live_before = LIVE.load(Relaxed);
+    PEAK.store(live_before, Relaxed);
+    let cpu0 = cpu();
+    let real0 = Instant::now();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let p = rt.block_on(pass(metered, &config, pace.clone()));
+    let real = real0.elapsed();
+    let cpu = cpu() - cpu0;
+    let worker_peak = PEAK.load(Relaxed).saturating_sub(live_before);
+    let (hwm, _) = rss();
+
+    let r = &p.report;
+    let total: u64 = p
+        .requests
+        .iter()
+        .filter(|(op, _)| Group::of(op).is_some())
+        .map(|(_, n)| n)
+        .sum();
+    let floors = floors(&p.requests, &pace);
+    let floor = floors.values().cloned().fold(0.0, f64::max);
+    let phased: f64 = floors.values().sum();
+    let wall = p.wall.as_secs_f64();
+    println!("== in-memory pass: {volumes} volumes ==");
+    println!(
+        "estate: {instances} instances, {volumes} volumes, {} snapshots of history ({} per volume); built in {build_secs:.1} s, {:.1} MiB of heap",
+        volumes * a.history,
+        a.history,
+        mib(estate_heap)
+    );
+    println!(
+        "run: result {}, targeted {}, created {}, already done {}, deleted {}, kept {}, problems {}",
+        r.result().as_str(),
+        r.targeted_volumes,
+        r.created,
+        r.already_done,
+        r.deleted,
+        r.kept,
+        r.problems.len()
+    );
+    println!(
+        "consistency {}, latency {} ms, budget {:.0}% of AWS's buckets, AWS refusals (RequestLimitExceeded) {}",
+        a.consistency,
+        a.latency.as_millis(),
+        a.budget * 100.0,
+        p.throttled
+    );
+    println!("requests AWS saw (describe pages counted one by one):");
+    for (op, n) in &p.requests {
+        println!(
+            "  {op:<18} {n:>7}  ({:.3} per volume)",
+            *n as f64 / volumes as f64
+        );
+    }
+    println!(
+        "  {:<18} {total:>7}  ({:.3} per volume)",
+        "EC2 total",
+        total as f64 / volumes as f64
+    );
+    for (g, f) in &floors {
+        println!("  floor {g:?}: {f:.0} s");
+    }
+    println!(
+        "wall (virtual) {wall:.0} s = {:.1} min; floor (buckets in parallel, the largest group) {floor:.0} s, \
+         wall/floor {:.3}; floor with the groups one after another (create, then delete) {phased:.0} s, \
+         wall/that {:.3}",
+        wall / 60.0,
+        wall / floor.max(1e-9),
+        wall / phased.max(1e-9)
+    );
+    println!(
+        "real time {:.2} s, CPU {:.2} s; peak RSS {:.1} MiB (before the pass {:.1} MiB, the in-memory EC2's \
+         estate included); worker heap peak {:.1} MiB; {:.0} bytes per managed snapshot held",
+        real.as_secs_f64(),
+        cpu.as_secs_f64(),
+        mib(hwm),
+        mib(rss_before),
+        mib(worker_peak),
+        per_snapshot
+    );
+    println!();
+}
+
+// --- planner micro-benchmark -------------------------------------------------------------------------------------
+
+fn planner(n: usize) {
+    let per_volume = 30;
+    let volumes = n.div_ceil(per_volume);
+    let config = {
+        let toml = "[[policy]]\nname = \"prod\"\n[policy.target]\ntags = { Backup = \"true\" }\n\
+                    [[policy.schedule]]\nname = \"daily\"\ncron = \"30 4 * * *\"\n\
+                    keep = { last = 7, daily = 14, weekly = 8, monthly = 12 }\n";
+        config::from_toml_str(std::path::Path::new("bench.toml"), toml, &[]).unwrap()
+    };
+    let policy = &config.policies[0];
+    let mut survey = Survey::default();
+    let mut snaps = Vec::with_capacity(n);
+    'outer: for v in 0..volumes {
+        let volume = format!("vol-{v:017x}");
+        for d in 0..per_volume {
+            if snaps.len() == n {
+                break 'outer;
+            }
+            let at = slot() - chrono::Duration::days(d as i64);
+            let id = format!("snap-{:017x}", snaps.len());
+            snaps.push(Snap {
+                id: id.clone(),
+                volume_id: volume.clone(),
+                slot: at,
+                schedules: vec!["daily".into()],
+                state: SnapState::Completed,
+                pinned: false,
+            });
+            survey.snapshots.push(Snapshot {
+                id,
+                volume_id: volume.clone(),
+                state: SnapState::Completed,
+                start_time: at,
+                owner_id: FAKE_ACCOUNT.into(),
+                description: String::new(),
+                tags: Tags::from([
+                    (ec2::TAG_MANAGED.into(), "true".into()),
+                    (ec2::TAG_POLICY.into(), "prod".into()),
+                    (ec2::TAG_SCHEDULE.into(), "daily".into()),
+                    (ec2::TAG_SLOT.into(), format_slot(at)),
+                ]),
+            });
+        }
+    }
+    let rules: Vec<ScheduleRules> = policy
+        .schedules
+        .iter()
+        .map(|s| ScheduleRules {
+            name: s.name.clone(),
+            keep: s.keep.clone(),
+            count_from_tag: false,
+        })
+        .collect();
+    let counts = Default::default();
+    let frozen = HashSet::new();
+    let input = PlanInput {
+        snapshots: &snaps,
+        schedules: &rules,
+        counts: &counts,
+        frozen_volumes: &frozen,
+        tz: policy.timezone,
+        targeted: None,
+        orphans: policy.orphans,
+        caps: policy.caps,
+    };
+    let t = Instant::now();
+    let plan = retention::plan(&input, slot());
+    let pure = t.elapsed();
+    let deletes = plan.deletes().count();
+    drop(plan);
+    let t = Instant::now();
+    let plan = worker::plan_retention(policy, &survey, &frozen, policy.timezone, slot());
+    let full = t.elapsed();
+    assert_eq!(plan.deletes().count(), deletes, "same plan both ways");
+    println!("== planner: {n} snapshots ({volumes} volumes × {per_volume}), keep last 7 + daily 14 + weekly 8 + monthly 12 ==");
+    println!(
+        "retention::plan {:.3} s ({deletes} deletes); worker::plan_retention (tags → Snap, then plan) {:.3} s, of \
+         which conversion {:.3} s",
+        pure.as_secs_f64(),
+        full.as_secs_f64(),
+        full.saturating_sub(pure).as_secs_f64()
+    );
+    println!();
+}
+
+// --- the same pass against moto ----------------------------------------------------------------------------------
+
+/// Builds the estate shape in moto through the raw SDK (instances with their volumes, H tagged history snapshots per
+/// volume), runs the pass through `SdkEc2`, and compares the requests with an in-memory pass of the same shape.
+fn moto(a: &Args) {
+    use aws_sdk_ec2::types::{
+        BlockDeviceMapping, EbsBlockDevice, InstanceType, ResourceType, Tag, TagSpecification,
+    };
+    let moto = common::Moto::start();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let shape = shape(a.moto_volumes);
+    let config = policy_config(a.moto_history, &a.consistency);
+    let fast = PaceConfig {
+        per_volume_gap: Duration::ZERO,
+        ..pace(1.0)
+    };
+    let tag = |k: &str, v: &str| Tag::builder().key(k).value(v).build();
+    let (moto_requests, report) = rt.block_on(async {
+        let conf = moto.sdk_config().await;
+        let raw = aws_sdk_ec2::Client::new(&conf);
+        for (i, &k) in shape.iter().enumerate() {
+            let mut req = raw
+                .run_instances()
+                .image_id("ami-12c6146b")
+                .instance_type(InstanceType::T3Micro)
+                .min_count(1)
+                .max_count(1)
+                .tag_specifications(
+                    TagSpecification::builder()
+                        .resource_type(ResourceType::Instance)
+                        .tags(tag("Backup", "true"))
+                        .tags(tag("Name", &format!("web-{i}")))
+                        .build(),
+                );
+            for d in &DEVICES[..k] {
+                req = req.block_device_mappings(
+                    BlockDeviceMapping::builder()
+                        .device_name(*d)
+                        .ebs(EbsBlockDevice::builder().volume_size(8).build())
+                        .build(),
+                );
+            }
+            let id = req.send().await.expect("RunInstances").instances()[0]
+                .instance_id()
+                .unwrap()
+                .to_string();
+            let vols = raw
+                .describe_volumes()
+                .filters(
+                    aws_sdk_ec2::types::Filter::builder()
+                        .name("attachment.instance-id")
+                        .values(&id)
+                        .build(),
+                )
+                .send()
+                .await
+                .expect("DescribeVolumes");
+            for v in vols.volumes() {
+                let device = v.attachments()[0].device().unwrap_or_default().to_string();
+                for day in 1..=a.moto_history as i64 {
+                    let mut spec =
+                        TagSpecification::builder().resource_type(ResourceType::Snapshot);
+                    for (k, v) in history_tags(&id, &device, day) {
+                        spec = spec.tags(tag(&k, &v));
+                    }
+                    raw.create_snapshot()
+                        .volume_id(v.volume_id().unwrap())
+                        .tag_specifications(spec.build())
+                        .send()
+                        .await
+                        .expect("CreateSnapshot (history)");
+                }
+            }
+        }
+        let sdk: Arc<dyn Ec2> = Arc::new(ec2::sdk::SdkEc2::new(&conf));
+        let metered = Arc::new(Metered::new(sdk, Duration::ZERO, false));
+        let p = pass(metered, &config, fast.clone()).await;
+        (p.requests, p.report)
+    });
+    drop(moto);
+
+    let (fake, _) = fake_estate("bench-moto", a.moto_volumes, a.moto_history);
+    fake.complete_after_describes(Some(1));
+    let metered = Arc::new(Metered::new(fake, Duration::ZERO, false));
+    let memory = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap()
+        .block_on(pass(metered, &config, fast))
+        .requests;
+
+    println!(
+        "== moto: {} instances, {} volumes, {} snapshots of history each; result {}, created {}, deleted {} ==",
+        shape.len(),
+        a.moto_volumes,
+        a.moto_history,
+        report.result().as_str(),
+        report.created,
+        report.deleted
+    );
+    let ops: std::collections::BTreeSet<&str> =
+        moto_requests.keys().chain(memory.keys()).copied().collect();
+    let mut same = true;
+    println!("  {:<18} {:>7} {:>9}", "operation", "moto", "in-memory");
+    for op in ops {
+        let (m, f) = (
+            moto_requests.get(op).copied().unwrap_or(0),
+            memory.get(op).copied().unwrap_or(0),
+        );
+        same &= m == f;
+        println!(
+            "  {op:<18} {m:>7} {f:>9}{}",
+            if m == f { "" } else { "  differs" }
+        );
+    }
+    println!(
+        "request counts {}",
+        if same { "match" } else { "DIFFER (see above)" }
+    );
+    println!();
+}
+
+/// Each measurement runs in a process of its own: freed memory is not handed back to the OS at once, so a pass
+/// after a bigger one would report the bigger one's RSS.
+fn main() {
+    let a = args();
+    let mut jobs: Vec<Vec<String>> = Vec::new();
+    if a.planner > 0 {
+        jobs.push(vec![
+            "--planner".into(),
+            a.planner.to_string(),
+            "--volumes".into(),
+            "0".into(),
+        ]);
+    }
+    for &n in &a.volumes {
+        jobs.push(vec![
+            "--planner".into(),
+            "0".into(),
+            "--volumes".into(),
+            n.to_string(),
+        ]);
+    }
+    if std::env::var_os("SNAPWARDEN_SCALE_CHILD").is_some() || jobs.len() + a.moto as usize <= 1 {
+        if a.planner > 0 {
+            planner(a.planner);
+        }
+        for &n in &a.volumes {
+            in_memory(&a, n);
+        }
+        if a.moto {
+            moto(&a);
+        }
+        return;
+    }
+    let common = [
+        "--history".to_string(),
+        a.history.to_string(),
+        "--latency-ms".into(),
+        a.latency.as_millis().to_string(),
+        "--budget".into(),
+        a.budget.to_string(),
+        "--consistency".into(),
+        a.consistency.clone(),
+        "--moto-volumes".into(),
+        a.moto_volumes.to_string(),
+        "--moto-history".into(),
+        a.moto_history.to_string(),
+    ];
+    if a.moto {
+        jobs.push(vec![
+            "--planner".into(),
+            "0".into(),
+            "--volumes".into(),
+            "0".into(),
+            "--moto".into(),
+        ]);
+    }
+    let me = std::env::current_exe().expect("own path");
+    for job in jobs {
+        let status = std::process::Command::new(&me)
+            .args(&job)
+            .args(&common)
+            .env("SNAPWARDEN_SCALE_CHILD", "1")
+            .status()
+            .expect("benchmark child starts");
+        assert!(status.success(), "benchmark job {job:?} failed: {status}");
+    }
+}

@@ -1,0 +1,348 @@
+//! Completion tracking, on the in-memory backend (moto completes snapshots at once; `FakeEc2` leaves them pending
+//! until told, or completes them after a number of describes with `complete_after_describes`). Covered: a run waits
+//! for its snapshots with one filtered DescribeSnapshots per poll (ids in chunks of 200, so 280 pending snapshots
+//! cost two calls a poll), and succeeds once they are `completed`; a snapshot that ends in `error` fails its volume,
+//! is deleted, freezes that volume's history for retention, and the next run of the slot makes a new one; one still
+//! pending at the deadline makes the run partial with a `snapshot-pending` problem, is counted in
+//! `snapwarden_snapshots_pending_at_deadline_total`, does not count as protection in the staleness metrics, and is
+//! checked again by the next run, which reports and deletes it if it ended in error meanwhile.
+
+use std::path::Path;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use snapwarden::config::{self, Config};
+use snapwarden::ec2::fake::{FakeEc2, FAKE_ACCOUNT};
+use snapwarden::ec2::{TAG_MANAGED, TAG_POLICY, TAG_SCHEDULE, TAG_SLOT};
+use snapwarden::metrics::Metrics;
+use snapwarden::report::{RunReport, RunResult};
+use snapwarden::retention::SnapState;
+use snapwarden::schedule::format_slot;
+use snapwarden::worker::{self, Completion, RunSpec};
+
+const REGION: &str = "us-east-1";
+
+fn config() -> Config {
+    config::from_toml_str(
+        Path::new("completion.toml"),
+        r#"
+[[policy]]
+name = "prod"
+target = { resource = "instance", tags = { Backup = "true" } }
+[[policy.schedule]]
+name = "daily"
+cron = "30 4 * * *"
+keep = { last = 2 }
+"#,
+        &[],
+    )
+    .unwrap()
+}
+
+fn slot(day: i64) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-11-20T04:30:00Z")
+        .unwrap()
+        .to_utc()
+        + chrono::Duration::days(day)
+}
+
+/// Test-sized polling: 10 ms, doubling to 40 ms.
+fn quick(deadline: Duration) -> Completion {
+    Completion {
+        deadline,
+        first_poll: Duration::from_millis(10),
+        max_poll: Duration::from_millis(40),
+    }
+}
+
+async fn run(
+    fake: &FakeEc2,
+    cfg: &Config,
+    day: i64,
+    c: Completion,
+    metrics: &Metrics,
+) -> RunReport {
+    fake.set_clock(slot(day));
+    let spec = RunSpec {
+        policy: cfg.policy("prod").unwrap(),
+        firing: vec!["daily".into()],
+        slot: slot(day),
+        account_id: FAKE_ACCOUNT,
+        concurrency: 4,
+        dry_run: false,
+        completion: Some(c),
+    };
+    worker::run(fake, &spec, metrics, || slot(day)).await.report
+}
+
+/// A completed snapshot of an earlier slot, tagged as snapwarden tags its own.
+fn seed(fake: &FakeEc2, volume: &str, day: i64) -> String {
+    let s = format_slot(slot(day));
+    fake.seed_snapshot(
+        volume,
+        SnapState::Completed,
+        FAKE_ACCOUNT,
+        &[
+            (TAG_MANAGED, "true"),
+            (TAG_POLICY, "prod"),
+            (TAG_SCHEDULE, "daily"),
+            (TAG_SLOT, &s),
+        ],
+    )
+}
+
+fn of_volume(fake: &FakeEc2, volume: &str) -> Vec<(String, SnapState)> {
+    let mut v: Vec<(String, SnapState)> = fake
+        .snapshots()
+        .into_iter()
+        .filter(|s| s.volume_id == volume)
+        .map(|s| (s.tags.get(TAG_SLOT).cloned().unwrap_or_default(), s.state))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// One series of the metrics as a scrape at the first run's slot would show it (staleness is measured from then).
+fn metric(metrics: &Metrics, series: &str) -> f64 {
+    let text = metrics.render(slot(0));
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
+
+#[tokio::test]
+async fn a_run_waits_for_completion_with_one_describe_per_200_pending_per_poll() {
+    let fake = FakeEc2::new(REGION);
+    let cfg = config();
+    let metrics = Metrics::new();
+    // 7 instances x 40 volumes: 280 pending snapshots after the creates, two id chunks per poll.
+    let devices: Vec<String> = (0..40).map(|i| format!("/dev/sd{i}")).collect();
+    let devs: Vec<(&str, &str)> = devices.iter().map(|d| (d.as_str(), "gp3")).collect();
+    for _ in 0..7 {
+        fake.add_instance(&[("Backup", "true")], &devs);
+    }
+    // Each snapshot completes in the second answer that includes it.
+    fake.complete_after_describes(Some(2));
+    let before = fake.calls("DescribeSnapshots");
+    let report = run(&fake, &cfg, 0, quick(Duration::from_secs(10)), &metrics).await;
+    assert_eq!(report.result(), RunResult::Success, "{report:#?}");
+    assert_eq!(report.created, 280);
+    // The survey's sweep, then two polls of two chunks each.
+    assert_eq!(fake.calls("DescribeSnapshots") - before, 1 + 2 * 2);
+    assert!(fake
+        .snapshots()
+        .iter()
+        .all(|s| s.state == SnapState::Completed));
+    assert_eq!(
+        metric(
+            &metrics,
+            "snapwarden_unprotected_volumes{policy=\"prod\",schedule=\"daily\"}"
+        ),
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn an_errored_snapshot_fails_its_volume_is_deleted_and_the_slot_retried() {
+    let fake = FakeEc2::new(REGION);
+    let cfg = config();
+    let metrics = Metrics::new();
+    let (_, vols) = fake.add_instance(
+        &[("Backup", "true")],
+        &[("/dev/sdf", "gp3"), ("/dev/sdg", "gp3")],
+    );
+    // Two earlier snapshots each: with keep last 2 a good run deletes the older one.
+    for v in &vols {
+        seed(&fake, v, -2);
+        seed(&fake, v, -1);
+    }
+    fake.complete_after_describes(Some(1));
+    fake.error_snapshots_of(&vols[0]);
+    let report = run(&fake, &cfg, 0, quick(Duration::from_secs(5)), &metrics).await;
+    assert_eq!(report.result(), RunResult::Partial, "{report:#?}");
+    assert_eq!(report.failed_volumes(), 1, "{report:#?}");
+    let p = report
+        .problems
+        .iter()
+        .find(|p| p.code == "snapshot-error")
+        .unwrap_or_else(|| panic!("{report:#?}"));
+    assert_eq!(
+        (p.resource.as_str(), p.operation),
+        (vols[0].as_str(), "create")
+    );
+    assert_eq!(report.created, 1, "only the good one counts: {report:#?}");
+    // The errored snapshot is gone, and its volume's history untouched (frozen); the other volume was pruned.
+    let today = format_slot(slot(0));
+    let first = of_volume(&fake, &vols[0]);
+    assert_eq!(first.len(), 2, "{first:?}");
+    assert!(
+        first
+            .iter()
+            .all(|(s, st)| *s != today && *st == SnapState::Completed),
+        "{first:?}"
+    );
+    assert_eq!(of_volume(&fake, &vols[1]).len(), 2);
+    assert_eq!(
+        metric(&metrics, "snapwarden_snapshots_failed_total{operation=\"complete\",policy=\"prod\",region=\"us-east-1\",schedule=\"daily\"}"),
+        1.0
+    );
+    let digest = snapwarden::notify::digest(&report);
+    assert!(
+        digest
+            .body
+            .contains("snapshot-error: EBS could not complete the snapshot"),
+        "{}",
+        digest.body
+    );
+
+    // The volume recovers; a retry of the slot (catch-up) makes its snapshot and prunes as usual.
+    fake.clear_faults();
+    let report = run(&fake, &cfg, 0, quick(Duration::from_secs(5)), &metrics).await;
+    assert_eq!(report.result(), RunResult::Success, "{report:#?}");
+    assert_eq!(
+        (report.created, report.already_done, report.deleted),
+        (1, 1, 1),
+        "{report:#?}"
+    );
+    let first = of_volume(&fake, &vols[0]);
+    assert_eq!(
+        first,
+        [
+            (format_slot(slot(-1)), SnapState::Completed),
+            (today, SnapState::Completed)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_snapshot_pending_at_the_deadline_is_reported_counted_and_rechecked_next_run() {
+    let fake = FakeEc2::new(REGION);
+    let cfg = config();
+    let metrics = Metrics::new();
+    let (_, vols) = fake.add_instance(
+        &[("Backup", "true")],
+        &[("/dev/sdf", "gp3"), ("/dev/sdg", "gp3")],
+    );
+    for v in &vols {
+        seed(&fake, v, -2);
+        seed(&fake, v, -1);
+    }
+    // Nothing completes by itself.
+    let started = std::time::Instant::now();
+    let report = run(&fake, &cfg, 0, quick(Duration::from_millis(150)), &metrics).await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(150) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
+    assert_eq!(report.result(), RunResult::Partial, "{report:#?}");
+    let pending: Vec<_> = report
+        .problems
+        .iter()
+        .filter(|p| p.code == "snapshot-pending")
+        .collect();
+    assert_eq!(pending.len(), 2, "{report:#?}");
+    assert!(pending.iter().all(|p| p.operation == "complete"));
+    assert_eq!(report.failed_volumes(), 0);
+    assert_eq!(
+        metric(
+            &metrics,
+            "snapwarden_snapshots_pending_at_deadline_total{policy=\"prod\",region=\"us-east-1\"}"
+        ),
+        2.0
+    );
+    // Retention ran on the polled state: pending snapshots are kept and not counted, so both completed ones stay.
+    assert_eq!(report.deleted, 0, "{report:#?}");
+    assert_eq!(of_volume(&fake, &vols[0]).len(), 3);
+    // Staleness counts completed snapshots only: yesterday's is still the newest protection.
+    assert_eq!(
+        metric(
+            &metrics,
+            "snapwarden_staleness_seconds{policy=\"prod\",schedule=\"daily\"}"
+        ),
+        86_400.0
+    );
+
+    // By the next run one completed and one ended in error: the run re-checks both.
+    let today = fake
+        .snapshots()
+        .into_iter()
+        .filter(|s| s.state == SnapState::Pending)
+        .map(|s| (s.volume_id.clone(), s.id.clone()))
+        .collect::<Vec<_>>();
+    assert_eq!(today.len(), 2);
+    for (volume, id) in &today {
+        let state = if *volume == vols[0] {
+            SnapState::Error
+        } else {
+            SnapState::Completed
+        };
+        fake.set_snapshot_state(id, state);
+    }
+    fake.complete_after_describes(Some(1));
+    let report = run(&fake, &cfg, 1, quick(Duration::from_secs(5)), &metrics).await;
+    let errored: Vec<_> = report
+        .problems
+        .iter()
+        .filter(|p| p.code == "snapshot-error")
+        .collect();
+    assert_eq!(errored.len(), 1, "{report:#?}");
+    // Yesterday's slot, not this run's: partial, not a failed volume of this slot.
+    assert_eq!(
+        (errored[0].operation, errored[0].resource.as_str()),
+        ("complete", vols[0].as_str())
+    );
+    assert_eq!(report.result(), RunResult::Partial);
+    assert_eq!(report.created, 2);
+    assert!(!fake
+        .snapshots()
+        .iter()
+        .any(|s| s.state != SnapState::Completed));
+    // keep last 2: the second volume keeps day 0 and day 1; the first, whose day-0 errored, day -1 and day 1.
+    let slots = |v: &str| {
+        of_volume(&fake, v)
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        slots(&vols[1]),
+        [format_slot(slot(0)), format_slot(slot(1))]
+    );
+    assert_eq!(
+        slots(&vols[0]),
+        [format_slot(slot(-1)), format_slot(slot(1))]
+    );
+}
+
+#[tokio::test]
+async fn dry_runs_and_runs_without_completion_do_not_poll() {
+    let fake = FakeEc2::new(REGION);
+    let cfg = config();
+    let metrics = Metrics::new();
+    fake.add_instance(&[("Backup", "true")], &[("/dev/sdf", "gp3")]);
+    let before = fake.calls("DescribeSnapshots");
+    fake.set_clock(slot(0));
+    let spec = RunSpec {
+        policy: cfg.policy("prod").unwrap(),
+        firing: vec!["daily".into()],
+        slot: slot(0),
+        account_id: FAKE_ACCOUNT,
+        concurrency: 4,
+        dry_run: false,
+        completion: None,
+    };
+    let report = worker::run(&fake, &spec, &metrics, || slot(0)).await.report;
+    assert_eq!(report.result(), RunResult::Success, "{report:#?}");
+    assert_eq!(
+        fake.calls("DescribeSnapshots") - before,
+        1,
+        "the survey only"
+    );
+    assert_eq!(worker::Completion::from_deadline(Duration::ZERO), None);
+    assert_eq!(
+        worker::Completion::from_deadline(Duration::from_secs(600)).map(|c| c.first_poll),
+        Some(Duration::from_secs(2))
+    );
+}
