@@ -15,10 +15,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::types::{
@@ -29,6 +26,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use common::fault_proxy::{Fault, FaultProxy, Rule, When};
+use common::process::{snapwarden, Daemon};
 use common::{http_get, Moto, REGION};
 use snapwarden::config;
 use snapwarden::daemon::{self, Shared};
@@ -50,99 +48,9 @@ const KEEP_LAST: usize = 3;
 // The binary (patterns from tests/e2e_cli.rs)
 // ---------------------------------------------------------------------------------------------------------------
 
-/// The binary with moto's credentials and none of the caller's `SNAPWARDEN_*` overrides or `RUST_LOG`.
-fn snapwarden() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_snapwarden"));
-    cmd.env_remove("RUST_LOG").stdin(Stdio::null());
-    for (k, _) in std::env::vars() {
-        if (k.starts_with("SNAPWARDEN_") && k.contains("__")) || k == "SNAPWARDEN_CONFIG" {
-            cmd.env_remove(k);
-        }
-    }
-    for (k, v) in common::aws_env() {
-        cmd.env(k, v);
-    }
-    cmd
-}
-
-/// A running daemon whose output is drained by threads and kept for assertion messages; killed on drop.
-struct Daemon {
-    child: Child,
-    out: Arc<Mutex<String>>,
-}
-
-impl Daemon {
-    fn start(config: &Path) -> Daemon {
-        let mut child = snapwarden()
-            .arg("--config")
-            .arg(config)
-            .arg("run")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the snapwarden binary starts");
-        let out = Arc::new(Mutex::new(String::new()));
-        drain(child.stdout.take().unwrap(), out.clone());
-        drain(child.stderr.take().unwrap(), out.clone());
-        Daemon { child, out }
-    }
-
-    fn logs(&self) -> String {
-        format!("--- snapwarden output ---\n{}", self.out.lock().unwrap())
-    }
-
-    fn running(&mut self) -> bool {
-        self.child.try_wait().expect("try_wait").is_none()
-    }
-
-    /// SIGKILL: no handler runs, nothing is flushed, in-flight requests are abandoned.
-    fn kill9(&mut self) {
-        self.child.kill().expect("SIGKILL the daemon");
-        self.child.wait().expect("reap the daemon");
-    }
-
-    /// SIGTERM and wait for a clean exit.
-    fn stop(&mut self) {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill runs")
-            .success();
-        assert!(ok, "kill -TERM failed\n{}", self.logs());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.running() {
-            assert!(
-                Instant::now() < deadline,
-                "no exit 30 s after SIGTERM\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if self.running() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn drain(mut from: impl Read + Send + 'static, into: Arc<Mutex<String>>) {
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 8192];
-        loop {
-            match from.read(&mut buf) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => into
-                    .lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n])),
-            }
-        }
-    });
+/// The daemon on `config`, output kept for assertion messages; killed on drop.
+fn start(config: &Path) -> Daemon {
+    Daemon::spawn(snapwarden().arg("--config").arg(config).arg("run"))
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -325,7 +233,7 @@ fn wait_for_requests(d: &mut Daemon, proxy: &FaultProxy, action: &str, n: usize)
             return;
         }
         assert!(
-            d.running(),
+            d.is_running(),
             "the daemon exited before {n} {action} calls\n{}",
             d.logs()
         );
@@ -354,7 +262,7 @@ fn wait_for_run(d: &mut Daemon, port: u16) -> (String, String) {
                 return (r.to_string(), s.to_string());
             }
         }
-        assert!(d.running(), "the daemon exited\n{}", d.logs());
+        assert!(d.is_running(), "the daemon exited\n{}", d.logs());
         assert!(
             Instant::now() < deadline,
             "no finished run in /status within 60 s\n{}",
@@ -422,7 +330,7 @@ async fn crash_and_restart(
     let slot = this_years_slot();
     let mut runs = 0;
     for &k in kills {
-        let mut d = Daemon::start(&r.config);
+        let mut d = start(&r.config);
         runs += 1;
         wait_for_requests(&mut d, &r.proxy, action, k);
         d.kill9();
@@ -451,7 +359,7 @@ async fn crash_and_restart(
             );
         }
     }
-    let mut d = Daemon::start(&r.config);
+    let mut d = start(&r.config);
     runs += 1;
     let (result, run_slot) = wait_for_run(&mut d, r.port);
     assert_eq!(run_slot, slot, "catch-up fired the same slot\n{}", d.logs());

@@ -14,16 +14,15 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_sdk_ec2::types::{
     BlockDeviceMapping, EbsBlockDevice, Filter, ResourceType, Tag, TagSpecification,
 };
 use chrono::{DateTime, Utc};
+use common::process::{run_to_end, snapwarden, text};
 use common::{Moto, REGION};
 use serde_json::Value;
 
@@ -316,70 +315,6 @@ fn assert_in_readme(lines: &[&str]) {
 // ---------------------------------------------------------------------------------------------------------------
 // The binary against moto (helpers follow tests/e2e_cli.rs)
 // ---------------------------------------------------------------------------------------------------------------
-
-/// The binary with moto's fake credentials and nothing inherited that could change its behaviour.
-fn snapwarden() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_snapwarden"));
-    cmd.env_remove("RUST_LOG").stdin(Stdio::null());
-    for (k, _) in std::env::vars() {
-        if (k.starts_with("SNAPWARDEN_") && k.contains("__")) || k == "SNAPWARDEN_CONFIG" {
-            cmd.env_remove(k);
-        }
-    }
-    for (k, v) in common::aws_env() {
-        cmd.env(k, v);
-    }
-    cmd
-}
-
-/// Runs `cmd` to its end, killing it after `within` so a hang fails the test instead of stalling it.
-fn run_to_end(cmd: &mut Command, within: Duration) -> Output {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the snapwarden binary starts");
-    let read = |mut from: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = from.read_to_end(&mut buf);
-            buf
-        })
-    };
-    let out = read(Box::new(child.stdout.take().unwrap()));
-    let err = read(Box::new(child.stderr.take().unwrap()));
-    let deadline = Instant::now() + within;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let status = child.wait().expect("wait");
-            let (o, e) = (out.join().unwrap(), err.join().unwrap());
-            panic!(
-                "did not finish within {within:?} ({status:?})\n--- stdout ---\n{}\n--- stderr ---\n{}",
-                String::from_utf8_lossy(&o),
-                String::from_utf8_lossy(&e)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    Output {
-        status,
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-    }
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit: {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// A config file `name` in `dir` against moto with one policy `diffed` keeping `keep`.
 fn write_config(dir: &Path, name: &str, endpoint: &str, keep: &str) -> PathBuf {

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod fault_proxy;
+pub mod process;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -1,0 +1,186 @@
+//! Running the real `snapwarden` binary from integration tests: a command with moto's credentials and none of the
+//! caller's overrides, a child whose output is drained by threads (a full pipe would block its logging) and kept
+//! for assertion messages, and one-shot runs with a deadline so a hang fails the test instead of stalling it.
+
+use std::io::Read;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The binary with moto's fake credentials and nothing inherited that could change its behaviour: `RUST_LOG`
+/// would override `log.level`, and `SNAPWARDEN_X__Y` variables would override config keys.
+pub fn snapwarden() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_snapwarden"));
+    cmd.env_remove("RUST_LOG").stdin(Stdio::null());
+    for (k, _) in std::env::vars() {
+        if (k.starts_with("SNAPWARDEN_") && k.contains("__")) || k == "SNAPWARDEN_CONFIG" {
+            cmd.env_remove(k);
+        }
+    }
+    for (k, v) in super::aws_env() {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// Runs a one-shot command to completion with a deadline, so a hang fails the test instead of stalling it.
+pub fn run_to_end(cmd: &mut Command, within: Duration) -> Output {
+    let mut d = Daemon::spawn(cmd);
+    let status = d
+        .wait_exit(within)
+        .unwrap_or_else(|| panic!("did not finish within {within:?}\n{}", d.logs()));
+    Output {
+        status,
+        stdout: d.stdout().into_bytes(),
+        stderr: d.stderr().into_bytes(),
+    }
+}
+
+pub fn text(out: &Output) -> String {
+    format!(
+        "exit: {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A child process whose stdout and stderr are drained by threads (a full pipe would block its logging) and
+/// kept for assertion messages. Killed on drop if still running.
+pub struct Daemon {
+    child: Child,
+    out: Arc<Mutex<String>>,
+    err: Arc<Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Daemon {
+    pub fn spawn(cmd: &mut Command) -> Daemon {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the snapwarden binary starts");
+        let out = Arc::new(Mutex::new(String::new()));
+        let err = Arc::new(Mutex::new(String::new()));
+        let readers = vec![
+            drain(child.stdout.take().unwrap(), out.clone()),
+            drain(child.stderr.take().unwrap(), err.clone()),
+        ];
+        Daemon {
+            child,
+            out,
+            err,
+            readers,
+        }
+    }
+
+    pub fn stdout(&self) -> String {
+        self.out.lock().unwrap().clone()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.err.lock().unwrap().clone()
+    }
+
+    pub fn logs(&self) -> String {
+        format!(
+            "--- snapwarden stdout ---\n{}\n--- snapwarden stderr ---\n{}",
+            self.stdout(),
+            self.stderr()
+        )
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill runs")
+            .success();
+        assert!(
+            ok,
+            "kill -{sig} {} failed\n{}",
+            self.child.id(),
+            self.logs()
+        );
+    }
+
+    /// The exit status if the process ends within `within`; once it has, the output readers are joined so that
+    /// `stdout()`/`stderr()` hold everything it wrote.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                for r in self.readers.drain(..) {
+                    let _ = r.join();
+                }
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    /// Waits until stdout or stderr contains `needle`.
+    pub fn wait_for_output(&self, needle: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.stdout().contains(needle) || self.stderr().contains(needle) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "no `{needle}` in the output within {within:?}\n{}",
+            self.logs()
+        );
+    }
+}
+
+impl Daemon {
+    /// SIGKILL: no handler runs, nothing is flushed, in-flight requests are abandoned.
+    pub fn kill9(&mut self) {
+        self.child.kill().expect("SIGKILL the daemon");
+        self.child.wait().expect("reap the daemon");
+    }
+
+    /// SIGTERM, then wait up to 30 s for the exit.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.signal("TERM");
+        self.wait_exit(Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("no exit 30 s after SIGTERM\n{}", self.logs()))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.is_running() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub fn drain(
+    mut from: impl Read + Send + 'static,
+    into: Arc<Mutex<String>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => into
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+    })
+}
