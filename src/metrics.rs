@@ -208,6 +208,7 @@ impl Metrics {
                 self.snapshots_incomplete.with_label_values(&[&p.name, r]);
                 self.deletions_blocked.with_label_values(&[&p.name, r]);
                 self.orphaned.with_label_values(&[&p.name, r]);
+                self.snapshots_incomplete.with_label_values(&[&p.name, r]);
                 self.managed_snapshots.with_label_values(&[&p.name, r]);
             }
             for s in &p.schedules {
