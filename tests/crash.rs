@@ -19,15 +19,14 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::types::{
-    BlockDeviceMapping, EbsBlockDevice, Filter as RawFilter, InstanceType, ResourceType, Tag,
-    TagSpecification,
+    BlockDeviceMapping, EbsBlockDevice, InstanceType, ResourceType, Tag, TagSpecification,
 };
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use common::fault_proxy::{Fault, FaultProxy, Rule, When};
 use common::process::{snapwarden, Daemon};
-use common::{http_get, Moto, REGION};
+use common::{filter, http_get, slots_by_volume, Moto, REGION};
 use snapwarden::config;
 use snapwarden::daemon::{self, Shared};
 use snapwarden::ec2::pace::PaceConfig;
@@ -56,13 +55,6 @@ fn start(config: &Path) -> Daemon {
 // ---------------------------------------------------------------------------------------------------------------
 // Fleet, config and read-back
 // ---------------------------------------------------------------------------------------------------------------
-
-fn filter(name: &str, values: &[&str]) -> RawFilter {
-    RawFilter::builder()
-        .name(name)
-        .set_values(Some(values.iter().map(|v| v.to_string()).collect()))
-        .build()
-}
 
 /// `count` instances with two EBS volumes each, tagged `Backup = crash`; returns the volume ids.
 async fn launch(raw: &aws_sdk_ec2::Client, count: usize) -> Vec<String> {
@@ -123,33 +115,6 @@ async fn seed(raw: &aws_sdk_ec2::Client, volume: &str, slot: &str) {
         .send()
         .await
         .expect("seed CreateSnapshot");
-}
-
-/// The policy's snapshots in moto, read without the proxy: volume -> slot tags, one entry per snapshot.
-async fn slots_by_volume(raw: &aws_sdk_ec2::Client) -> BTreeMap<String, Vec<String>> {
-    let out = raw
-        .describe_snapshots()
-        .filters(filter(&format!("tag:{TAG_POLICY}"), &[POLICY]))
-        .send()
-        .await
-        .expect("DescribeSnapshots");
-    let mut by: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for s in out.snapshots() {
-        let slot = s
-            .tags()
-            .iter()
-            .find(|t| t.key() == Some(TAG_SLOT))
-            .and_then(|t| t.value())
-            .unwrap_or("-")
-            .to_string();
-        by.entry(s.volume_id().unwrap_or_default().to_string())
-            .or_default()
-            .push(slot);
-    }
-    for v in by.values_mut() {
-        v.sort();
-    }
-    by
 }
 
 /// moto (straight), the proxy in front of it, six volumes, one of them with four snapshots of earlier years, and
@@ -336,7 +301,7 @@ async fn crash_and_restart(
         d.kill9();
         // The request in flight at the kill still reaches moto after its hold, as one already sent reaches EC2.
         std::thread::sleep(HOLD + Duration::from_millis(300));
-        let by = slots_by_volume(&r.raw).await;
+        let by = slots_by_volume(&r.raw, POLICY).await;
         let made: usize = r
             .volumes
             .iter()
@@ -366,7 +331,7 @@ async fn crash_and_restart(
     assert_eq!(result, "success", "{}", d.logs());
     d.stop();
 
-    let by = slots_by_volume(&r.raw).await;
+    let by = slots_by_volume(&r.raw, POLICY).await;
     let (duplicates, losses) = tally(&by, &r.volumes, &slot);
     let slot_snapshots: usize = by
         .values()
@@ -486,7 +451,7 @@ async fn run_with_rules(rules: Vec<Rule>) -> (worker::Outcome, BTreeMap<String, 
         .await
         .expect("region through the proxy")
         .remove(0);
-    let before = slots_by_volume(&r.raw).await;
+    let before = slots_by_volume(&r.raw, POLICY).await;
     assert_eq!(before[&r.volumes[0]].len(), 4);
     r.proxy.set_rules(rules);
     r.proxy.clear_log();
@@ -501,7 +466,7 @@ async fn run_with_rules(rules: Vec<Rule>) -> (worker::Outcome, BTreeMap<String, 
         completion: Some(Completion::within(Duration::from_secs(5))),
     };
     let outcome = worker::run(region.ec2.as_ref(), &spec, &shared.metrics, Utc::now).await;
-    let after = slots_by_volume(&r.raw).await;
+    let after = slots_by_volume(&r.raw, POLICY).await;
     (outcome, after, r)
 }
 

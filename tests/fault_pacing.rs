@@ -21,13 +21,12 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use aws_sdk_ec2::types::{
-    BlockDeviceMapping, EbsBlockDevice, Filter as RawFilter, InstanceType, ResourceType, Tag,
-    TagSpecification,
+    BlockDeviceMapping, EbsBlockDevice, InstanceType, ResourceType, Tag, TagSpecification,
 };
 use chrono::{DateTime, Utc};
 
 use common::fault_proxy::{Fault, FaultProxy, Rule, When};
-use common::{Moto, ACCOUNT, REGION};
+use common::{filter, slots_by_volume, Moto, ACCOUNT, REGION};
 use snapwarden::config::{self, Config};
 use snapwarden::daemon::{self, Shared};
 use snapwarden::ec2::fake::FakeEc2;
@@ -140,13 +139,6 @@ async fn run(r: &Rig, day: i64) -> Outcome {
     worker::run(r.region.ec2.as_ref(), &spec, &r.shared.metrics, Utc::now).await
 }
 
-fn filter(name: &str, values: &[&str]) -> RawFilter {
-    RawFilter::builder()
-        .name(name)
-        .set_values(Some(values.iter().map(|v| v.to_string()).collect()))
-        .build()
-}
-
 /// Launches instances in moto, each with `devices` EBS volumes, tagged `Backup = backup`; returns their volume ids.
 async fn launch(
     raw: &aws_sdk_ec2::Client,
@@ -197,34 +189,6 @@ async fn launch(
         );
     }
     volumes
-}
-
-/// Policy `prod`'s snapshots in moto, read without the proxy: volume -> slot tags, one entry per snapshot.
-async fn slots_by_volume(raw: &aws_sdk_ec2::Client) -> BTreeMap<String, Vec<String>> {
-    let out = raw
-        .describe_snapshots()
-        .owner_ids("self")
-        .filters(filter(&format!("tag:{TAG_POLICY}"), &["prod"]))
-        .send()
-        .await
-        .expect("DescribeSnapshots");
-    let mut by: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for s in out.snapshots() {
-        let slot = s
-            .tags()
-            .iter()
-            .find(|t| t.key() == Some(TAG_SLOT))
-            .and_then(|t| t.value())
-            .unwrap_or("untagged")
-            .to_string();
-        by.entry(s.volume_id().unwrap_or_default().to_string())
-            .or_default()
-            .push(slot);
-    }
-    for slots in by.values_mut() {
-        slots.sort();
-    }
-    by
 }
 
 /// Snapshots of one (volume, slot) beyond the first, over everything moto holds.
@@ -280,7 +244,7 @@ async fn a_third_of_calls_throttled_every_run_completes_once_per_slot_and_prunes
         deleted += out.report.deleted;
         // Right after each run: this slot's snapshot for every targeted volume, exactly once, and no more than
         // `last = 3` of any volume's history left.
-        let by = slots_by_volume(&r.raw).await;
+        let by = slots_by_volume(&r.raw, "prod").await;
         assert_eq!(duplicates(&by), 0, "day {day}: {by:#?}");
         let this = format_slot(slot(day));
         for v in &targeted {
@@ -301,7 +265,7 @@ async fn a_third_of_calls_throttled_every_run_completes_once_per_slot_and_prunes
     assert_eq!(deleted, (runs as usize - 3) * targeted.len());
     // Retention ended at the right counts: the three newest slots of every volume, nothing else.
     let want: Vec<String> = (runs - 3..runs).map(|d| format_slot(slot(d))).collect();
-    let by = slots_by_volume(&r.raw).await;
+    let by = slots_by_volume(&r.raw, "prod").await;
     assert_eq!(by.len(), targeted.len(), "{by:#?}");
     for v in &targeted {
         assert_eq!(by[v], want, "{v}");
@@ -426,7 +390,7 @@ async fn throttling_that_never_stops_fails_each_run_within_its_budget_with_one_a
     notifier.submit(out.report, &r.shared.metrics);
     failed_runs += 1;
     assert!(
-        slots_by_volume(&r.raw).await.is_empty(),
+        slots_by_volume(&r.raw, "prod").await.is_empty(),
         "nothing may be created"
     );
 
@@ -436,7 +400,7 @@ async fn throttling_that_never_stops_fails_each_run_within_its_budget_with_one_a
     assert_clean(&out);
     assert_eq!(out.report.created, targeted.len());
     notifier.submit(out.report, &r.shared.metrics);
-    let by = slots_by_volume(&r.raw).await;
+    let by = slots_by_volume(&r.raw, "prod").await;
     assert_eq!(duplicates(&by), 0);
     for v in &targeted {
         assert_eq!(by[v], vec![format_slot(slot(0))], "{v}");
@@ -504,7 +468,7 @@ async fn a_throttled_burst_never_beats_the_configured_request_rate() {
         assert_eq!(out.report.created, targeted.len());
     }
     let took = t0.elapsed();
-    let by = slots_by_volume(&r.raw).await;
+    let by = slots_by_volume(&r.raw, "prod").await;
     assert_eq!(duplicates(&by), 0);
     for v in &targeted {
         assert_eq!(by[v], vec![format_slot(slot(1))], "{v}");
@@ -627,7 +591,7 @@ async fn a_per_volume_refusal_waits_the_gap_while_limit_and_access_errors_are_no
     let out = run(&r, 1).await;
     assert_clean(&out);
     assert_eq!(out.report.created, 1);
-    let by = slots_by_volume(&r.raw).await;
+    let by = slots_by_volume(&r.raw, "prod").await;
     assert_eq!(
         by[&volume],
         vec![format_slot(slot(0)), format_slot(slot(1))]

@@ -20,12 +20,11 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use aws_sdk_ec2::types::{
-    BlockDeviceMapping, EbsBlockDevice, Filter as RawFilter, InstanceType, ResourceType, Tag,
-    TagSpecification,
+    BlockDeviceMapping, EbsBlockDevice, InstanceType, ResourceType, Tag, TagSpecification,
 };
 use chrono::{DateTime, Utc};
 
-use common::{Moto, ACCOUNT, REGION};
+use common::{filter, Moto, ACCOUNT, REGION};
 use snapwarden::config::{self, Config};
 use snapwarden::daemon::{self, Shared};
 use snapwarden::ec2::sdk::{check_sdk_config, SdkEc2};
@@ -116,13 +115,6 @@ fn owned(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
-}
-
-fn filter(name: &str, values: &[&str]) -> RawFilter {
-    RawFilter::builder()
-        .name(name)
-        .set_values(Some(values.iter().map(|v| v.to_string()).collect()))
-        .build()
 }
 
 /// Launches one instance with one EBS volume per device and returns (instance id, [(volume id, device)]), after

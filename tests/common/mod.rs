@@ -123,3 +123,43 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
         .unwrap_or_default();
     Some((code, body))
 }
+
+/// An EC2 describe filter for the raw SDK client.
+pub fn filter(name: &str, values: &[&str]) -> aws_sdk_ec2::types::Filter {
+    aws_sdk_ec2::types::Filter::builder()
+        .name(name)
+        .set_values(Some(values.iter().map(|v| v.to_string()).collect()))
+        .build()
+}
+
+/// A policy's snapshots in moto, read with the raw client: volume -> its slot tags, sorted, one per snapshot
+/// (`-` for a snapshot without one).
+pub async fn slots_by_volume(
+    raw: &aws_sdk_ec2::Client,
+    policy: &str,
+) -> std::collections::BTreeMap<String, Vec<String>> {
+    let out = raw
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(filter("tag:snapwarden:policy", &[policy]))
+        .send()
+        .await
+        .expect("DescribeSnapshots");
+    let mut by: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for s in out.snapshots() {
+        let slot = s
+            .tags()
+            .iter()
+            .find(|t| t.key() == Some("snapwarden:slot"))
+            .and_then(|t| t.value())
+            .unwrap_or("-")
+            .to_string();
+        by.entry(s.volume_id().unwrap_or_default().to_string())
+            .or_default()
+            .push(slot);
+    }
+    for v in by.values_mut() {
+        v.sort();
+    }
+    by
+}
