@@ -18,15 +18,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use aws_sdk_ec2::types::{
-    BlockDeviceMapping, EbsBlockDevice, InstanceType, ResourceType, Tag, TagSpecification,
-};
+use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use common::fault_proxy::{Fault, FaultProxy, Rule, When};
 use common::process::{snapwarden, Daemon};
-use common::{filter, http_get, slots_by_volume, Moto, REGION};
+use common::{http_get, slots_by_volume, Moto, REGION};
 use snapwarden::config;
 use snapwarden::daemon::{self, Shared};
 use snapwarden::ec2::pace::PaceConfig;
@@ -60,39 +58,9 @@ fn start(config: &Path) -> Daemon {
 async fn launch(raw: &aws_sdk_ec2::Client, count: usize) -> Vec<String> {
     let mut volumes = Vec::new();
     for _ in 0..count {
-        let mut req = raw
-            .run_instances()
-            .image_id("ami-12c6146b")
-            .instance_type(InstanceType::T3Micro)
-            .min_count(1)
-            .max_count(1)
-            .tag_specifications(
-                TagSpecification::builder()
-                    .resource_type(ResourceType::Instance)
-                    .tags(Tag::builder().key("Backup").value("crash").build())
-                    .build(),
-            );
-        for d in ["/dev/sdf", "/dev/sdg"] {
-            req = req.block_device_mappings(
-                BlockDeviceMapping::builder()
-                    .device_name(d)
-                    .ebs(EbsBlockDevice::builder().volume_size(8).build())
-                    .build(),
-            );
-        }
-        let out = req.send().await.expect("RunInstances");
-        let id = out.instances()[0].instance_id().unwrap().to_string();
-        let vols = raw
-            .describe_volumes()
-            .filters(filter("attachment.instance-id", &[&id]))
-            .send()
-            .await
-            .expect("DescribeVolumes");
-        volumes.extend(
-            vols.volumes()
-                .iter()
-                .map(|v| v.volume_id().unwrap().to_string()),
-        );
+        let (_, vols) =
+            common::launch_instance(raw, &[("Backup", "crash")], &["/dev/sdf", "/dev/sdg"]).await;
+        volumes.extend(vols);
     }
     volumes.sort();
     volumes

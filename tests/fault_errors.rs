@@ -14,9 +14,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use aws_sdk_ec2::types::{
-    BlockDeviceMapping, EbsBlockDevice, InstanceType, ResourceType, Tag, TagSpecification,
-};
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
@@ -82,27 +79,7 @@ async fn launch(moto: &Moto, region: &str) {
         .region(aws_config::Region::new(region.to_string()))
         .build();
     let raw = aws_sdk_ec2::Client::new(&conf);
-    let mut req = raw
-        .run_instances()
-        .image_id("ami-12c6146b")
-        .instance_type(InstanceType::T3Micro)
-        .min_count(1)
-        .max_count(1)
-        .tag_specifications(
-            TagSpecification::builder()
-                .resource_type(ResourceType::Instance)
-                .tags(Tag::builder().key("Backup").value("true").build())
-                .build(),
-        );
-    for d in ["/dev/sdf", "/dev/sdg"] {
-        req = req.block_device_mappings(
-            BlockDeviceMapping::builder()
-                .device_name(d)
-                .ebs(EbsBlockDevice::builder().volume_size(8).build())
-                .build(),
-        );
-    }
-    req.send().await.expect("RunInstances");
+    common::launch_instance(&raw, &[("Backup", "true")], &["/dev/sdf", "/dev/sdg"]).await;
 }
 
 fn slot() -> DateTime<Utc> {

@@ -163,3 +163,53 @@ pub async fn slots_by_volume(
     }
     by
 }
+
+/// Launches one instance tagged `tags` with one 8 GiB EBS volume per device; returns (instance id, volume ids).
+pub async fn launch_instance(
+    raw: &aws_sdk_ec2::Client,
+    tags: &[(&str, &str)],
+    devices: &[&str],
+) -> (String, Vec<String>) {
+    use aws_sdk_ec2::types::{
+        BlockDeviceMapping, EbsBlockDevice, InstanceType, ResourceType, Tag, TagSpecification,
+    };
+    let mut req = raw
+        .run_instances()
+        .image_id("ami-12c6146b")
+        .instance_type(InstanceType::T3Micro)
+        .min_count(1)
+        .max_count(1)
+        .tag_specifications(
+            TagSpecification::builder()
+                .resource_type(ResourceType::Instance)
+                .set_tags(Some(
+                    tags.iter()
+                        .map(|(k, v)| Tag::builder().key(*k).value(*v).build())
+                        .collect(),
+                ))
+                .build(),
+        );
+    for d in devices {
+        req = req.block_device_mappings(
+            BlockDeviceMapping::builder()
+                .device_name(*d)
+                .ebs(EbsBlockDevice::builder().volume_size(8).build())
+                .build(),
+        );
+    }
+    let out = req.send().await.expect("RunInstances");
+    let id = out.instances()[0].instance_id().unwrap().to_string();
+    let vols = raw
+        .describe_volumes()
+        .filters(filter("attachment.instance-id", &[&id]))
+        .send()
+        .await
+        .expect("DescribeVolumes");
+    let volumes = vols
+        .volumes()
+        .iter()
+        .filter_map(|v| v.volume_id())
+        .map(String::from)
+        .collect();
+    (id, volumes)
+}
