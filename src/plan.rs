@@ -22,7 +22,6 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::config::{Config, Policy};
-use crate::ec2::{self, Snapshot};
 use crate::error::Error;
 use crate::retention::{Action, Plan, Snap};
 use crate::schedule::format_slot;
@@ -116,19 +115,21 @@ pub fn report(evaluations: &[Evaluation], at: DateTime<Utc>) -> Report {
             needed: hit.needed.clone(),
             message: hit.message.clone(),
         });
-        let snaps: HashMap<&str, &Snap> = e.snapshots.iter().map(|s| (s.id.as_str(), s)).collect();
+        let snaps: HashMap<&str, &Snap> = e.snapshots.iter().map(|s| (&*s.id, s)).collect();
         // The planner's order (volume, slot newest first, id) is the documented one within a policy and region.
         for d in &e.plan.decisions {
-            let snap = snaps.get(d.snapshot_id.as_str());
+            let snap = snaps.get(&*d.snapshot_id);
             rows.push(Row {
                 policy: e.policy.clone(),
                 region: e.region.clone(),
-                volume_id: d.volume_id.clone(),
-                snapshot_id: d.snapshot_id.clone(),
+                volume_id: d.volume_id.to_string(),
+                snapshot_id: d.snapshot_id.to_string(),
                 slot: format_slot(d.slot),
                 age_seconds: (at - d.slot).num_seconds(),
                 state: snap.map_or("completed", |s| s.state.as_str()),
-                schedules: snap.map(|s| s.schedules.clone()).unwrap_or_default(),
+                schedules: snap
+                    .map(|s| s.schedules.iter().map(|n| n.to_string()).collect())
+                    .unwrap_or_default(),
                 orphan: d.orphan,
                 action: action_str(d.action),
                 reasons: d.reasons.iter().map(ToString::to_string).collect(),
@@ -599,31 +600,19 @@ pub async fn gather(regions: &[Arc<Region>], req: &Request<'_>) -> Result<Gather
 async fn evaluate(
     region: &Region,
     policy: &Policy,
-    snapshots: Option<Vec<Snapshot>>,
+    snapshots: Option<Vec<Snap>>,
     at: DateTime<Utc>,
-) -> Result<(Evaluation, Vec<Snapshot>), Error> {
-    let mut survey = worker::survey(region.ec2.as_ref(), policy, &region.account_id).await?;
+) -> Result<(Evaluation, Vec<Snap>), Error> {
+    let mut survey = worker::survey(region.ec2.as_ref(), policy, &region.account_id, None).await?;
     match snapshots {
         Some(s) => survey.snapshots = s,
-        None => survey.snapshots.retain(|s| worker::slot_of(s) <= at),
+        None => survey.snapshots.retain(|s| s.slot <= at),
     }
     let plan = worker::plan_retention(policy, &survey, &HashSet::new(), policy.timezone, at);
-    let snaps = survey
-        .snapshots
-        .iter()
-        .map(|s| Snap {
-            id: s.id.clone(),
-            volume_id: s.volume_id.clone(),
-            slot: worker::slot_of(s),
-            schedules: worker::schedules_of(s),
-            state: s.state,
-            pinned: s.tags.contains_key(ec2::TAG_KEEP),
-        })
-        .collect();
     let e = Evaluation {
         policy: policy.name.clone(),
         region: region.ec2.region().to_string(),
-        snapshots: snaps,
+        snapshots: survey.snapshots.clone(),
         plan,
     };
     Ok((e, survey.snapshots))
@@ -634,6 +623,7 @@ mod tests {
     use super::*;
     use crate::retention::{self, Caps, KeepRules, PlanInput, ScheduleRules, SnapState};
     use crate::schedule::parse_slot;
+    use std::sync::Arc;
 
     fn t(s: &str) -> DateTime<Utc> {
         parse_slot(s).unwrap()
@@ -644,7 +634,7 @@ mod tests {
             id: id.into(),
             volume_id: volume.into(),
             slot: t(slot),
-            schedules: schedules.iter().map(|s| s.to_string()).collect(),
+            schedules: schedules.iter().map(|&s| Arc::from(s)).collect(),
             state: SnapState::Completed,
             pinned: false,
         }
@@ -662,7 +652,7 @@ mod tests {
         let schedules: Vec<ScheduleRules> = last
             .iter()
             .map(|(name, n)| ScheduleRules {
-                name: name.to_string(),
+                name: Arc::from(*name),
                 keep: KeepRules {
                     last: Some(*n),
                     ..KeepRules::default()

@@ -131,7 +131,7 @@ async fn census(fake: &FakeEc2, policy: &Policy, volume: &str, now: DateTime<Utc
         .iter()
         .map(|s| (s.name.clone(), Vec::new()))
         .collect();
-    let Ok(survey) = worker::survey(fake, policy, FAKE_ACCOUNT).await else {
+    let Ok(survey) = worker::survey(fake, policy, FAKE_ACCOUNT, None).await else {
         return Census { kept, total: 0 };
     };
     let plan = worker::plan_retention(policy, &survey, &Default::default(), policy.timezone, now);
@@ -139,7 +139,7 @@ async fn census(fake: &FakeEc2, policy: &Policy, volume: &str, now: DateTime<Utc
     for d in plan
         .decisions
         .iter()
-        .filter(|d| d.volume_id == volume && d.action == Action::Keep)
+        .filter(|d| &*d.volume_id == volume && d.action == Action::Keep)
     {
         total += 1;
         let mut by: Vec<&str> = d.reasons.iter().filter_map(|r| r.schedule()).collect();
@@ -214,7 +214,7 @@ async fn simulate_policy(policy: &Policy, opts: &SimOptions, until: DateTime<Utc
         let mine: Vec<&Decision> = outcome
             .plan
             .iter()
-            .filter(|d| d.volume_id == volume)
+            .filter(|d| *d.volume_id == *volume)
             .collect();
         sim.peak_per_volume = sim.peak_per_volume.max(mine.len());
         for s in &mut sim.schedules {

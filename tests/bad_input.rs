@@ -18,7 +18,8 @@ use proptest::prelude::*;
 use snapwarden::config::{self, Config};
 use snapwarden::ec2::fake::{FakeEc2, FAKE_ACCOUNT};
 use snapwarden::ec2::{
-    CreateSnapshot, CreateSnapshots, Ec2, Filter, Instance, Snapshot, Tags, Volume, VolumeResult,
+    CreateSnapshot, CreateSnapshots, Ec2, Filter, Instance, Page, Snapshot, Tags, Volume,
+    VolumeResult,
 };
 use snapwarden::error::Result;
 use snapwarden::metrics::Metrics;
@@ -408,8 +409,12 @@ impl Ec2 for DetachAfterSurvey {
     async fn describe_volumes(&self, filters: &[Filter]) -> Result<Vec<Volume>> {
         self.fake.describe_volumes(filters).await
     }
-    async fn describe_snapshots(&self, filters: &[Filter]) -> Result<Vec<Snapshot>> {
-        let out = self.fake.describe_snapshots(filters).await;
+    async fn describe_snapshots(
+        &self,
+        filters: &[Filter],
+        token: Option<&str>,
+    ) -> Result<Page<Snapshot>> {
+        let out = self.fake.describe_snapshots(filters, token).await;
         self.fake.remove_volume(&self.victim);
         out
     }

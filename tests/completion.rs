@@ -8,13 +8,19 @@
 //! checked again by the next run, which reports and deletes it if it ended in error meanwhile.
 
 use std::path::Path;
+use std::sync::Mutex;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use snapwarden::config::{self, Config};
 use snapwarden::ec2::fake::{FakeEc2, FAKE_ACCOUNT};
-use snapwarden::ec2::{TAG_MANAGED, TAG_POLICY, TAG_SCHEDULE, TAG_SLOT};
+use snapwarden::ec2::{
+    CreateSnapshot, Ec2, Filter, Instance, Page, Snapshot, Volume, TAG_MANAGED, TAG_POLICY,
+    TAG_SCHEDULE, TAG_SLOT,
+};
+use snapwarden::error::Result;
 use snapwarden::metrics::Metrics;
 use snapwarden::report::{RunReport, RunResult};
 use snapwarden::retention::SnapState;
@@ -345,4 +351,122 @@ async fn dry_runs_and_runs_without_completion_do_not_poll() {
         worker::Completion::from_deadline(Duration::from_secs(600)).map(|c| c.first_poll),
         Some(Duration::from_secs(2))
     );
+}
+
+/// Delays every create of one volume and records when each delete went out and when the slow create returned.
+struct SlowVolume {
+    inner: FakeEc2,
+    slow: String,
+    delay: Duration,
+    slow_done: Mutex<Option<tokio::time::Instant>>,
+    deletes: Mutex<Vec<(String, tokio::time::Instant)>>,
+}
+
+#[async_trait]
+impl Ec2 for SlowVolume {
+    fn region(&self) -> &str {
+        self.inner.region()
+    }
+    async fn account_id(&self) -> Result<String> {
+        self.inner.account_id().await
+    }
+    async fn describe_instances(&self, f: &[Filter]) -> Result<Vec<Instance>> {
+        self.inner.describe_instances(f).await
+    }
+    async fn describe_volumes(&self, f: &[Filter]) -> Result<Vec<Volume>> {
+        self.inner.describe_volumes(f).await
+    }
+    async fn describe_snapshots(&self, f: &[Filter], t: Option<&str>) -> Result<Page<Snapshot>> {
+        self.inner.describe_snapshots(f, t).await
+    }
+    async fn create_snapshot(&self, r: &CreateSnapshot) -> Result<Snapshot> {
+        if r.volume_id == self.slow {
+            tokio::time::sleep(self.delay).await;
+            *self.slow_done.lock().unwrap() = Some(tokio::time::Instant::now());
+        }
+        self.inner.create_snapshot(r).await
+    }
+    async fn delete_snapshot(&self, id: &str) -> Result<()> {
+        let at = tokio::time::Instant::now();
+        self.deletes.lock().unwrap().push((id.to_string(), at));
+        self.inner.delete_snapshot(id).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_volume_is_pruned_as_soon_as_its_new_snapshot_completes_not_after_every_create() {
+    let fake = FakeEc2::new(REGION);
+    let cfg = config();
+    let metrics = Metrics::new();
+    let (_, a) = fake.add_instance(&[("Backup", "true")], &[("/dev/sdf", "gp3")]);
+    let (_, b) = fake.add_instance(&[("Backup", "true")], &[("/dev/sdf", "gp3")]);
+    let a_old = [seed(&fake, &a[0], -2), seed(&fake, &a[0], -1)];
+    let b_old = [seed(&fake, &b[0], -2), seed(&fake, &b[0], -1)];
+    fake.complete_after_describes(Some(1));
+    fake.set_clock(slot(0));
+    let slow = SlowVolume {
+        inner: fake,
+        slow: a[0].clone(),
+        delay: Duration::from_secs(100),
+        slow_done: Mutex::new(None),
+        deletes: Mutex::new(Vec::new()),
+    };
+    let spec = RunSpec {
+        policy: cfg.policy("prod").unwrap(),
+        firing: vec!["daily".into()],
+        slot: slot(0),
+        account_id: FAKE_ACCOUNT,
+        concurrency: 4,
+        dry_run: false,
+        completion: Some(quick(Duration::from_secs(5))),
+    };
+    let report = worker::run(&slow, &spec, &metrics, || slot(0)).await.report;
+    assert_eq!(report.result(), RunResult::Success, "{report:#?}");
+    assert_eq!((report.created, report.deleted), (2, 2));
+
+    let slow_done = slow.slow_done.lock().unwrap().expect("the slow create ran");
+    let deletes = slow.deletes.lock().unwrap().clone();
+    let when = |id: &str| {
+        deletes
+            .iter()
+            .find(|(d, _)| d == id)
+            .map(|(_, at)| *at)
+            .unwrap_or_else(|| panic!("{id} not deleted: {deletes:?}"))
+    };
+    // B's new snapshot completed at the first poll: its oldest went while A's create was still in flight.
+    assert!(when(&b_old[0]) < slow_done, "{deletes:?}");
+    // A's oldest only once A's own new snapshot had completed.
+    assert!(when(&a_old[0]) >= slow_done, "{deletes:?}");
+    let left: Vec<String> = slow.inner.snapshots().into_iter().map(|s| s.id).collect();
+    assert!(
+        left.contains(&a_old[1]) && left.contains(&b_old[1]),
+        "{left:?}"
+    );
+    assert_eq!(left.len(), 4, "two per volume: {left:?}");
+}
+
+#[tokio::test]
+async fn a_survey_reads_every_page_of_snapshots() {
+    let fake = FakeEc2::new(REGION);
+    let cfg = config();
+    let metrics = Metrics::new();
+    let (_, vols) = fake.add_instance(&[("Backup", "true")], &[("/dev/sdf", "gp3")]);
+    let old: Vec<String> = (-5..0).map(|d| seed(&fake, &vols[0], d)).collect();
+    fake.set_page_size(2);
+    let before = fake.calls("DescribeSnapshots");
+    let report = run(&fake, &cfg, 0, quick(Duration::from_millis(50)), &metrics).await;
+    assert_eq!(
+        report.result(),
+        RunResult::Partial,
+        "pending at the deadline: {report:#?}"
+    );
+    // Five snapshots in pages of two: three survey requests, then polls of the one pending snapshot.
+    assert!(fake.calls("DescribeSnapshots") - before >= 4);
+    // Every page was read: the four oldest of the five are judged, and `last = 2` with the new one pending keeps
+    // the two newest completed ones.
+    let left: Vec<String> = fake.snapshots().into_iter().map(|s| s.id).collect();
+    assert_eq!(report.deleted, 3, "{report:#?}");
+    for id in &old[..3] {
+        assert!(!left.contains(id), "{id} should be gone: {left:?}");
+    }
 }

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use snapwarden::config::{self, Config, Policy};
 use snapwarden::ec2::fake::FakeEc2;
 use snapwarden::ec2::{
-    CreateSnapshot, CreateSnapshots, DryRun, Ec2, Filter, Instance, Snapshot, Tags, Volume,
+    CreateSnapshot, CreateSnapshots, DryRun, Ec2, Filter, Instance, Page, Snapshot, Tags, Volume,
     VolumeResult, TAG_DEVICE, TAG_INSTANCE, TAG_SLOT,
 };
 use snapwarden::error::Result;
@@ -140,8 +140,8 @@ impl Ec2 for DropsOne {
     async fn describe_volumes(&self, f: &[Filter]) -> Result<Vec<Volume>> {
         self.inner.describe_volumes(f).await
     }
-    async fn describe_snapshots(&self, f: &[Filter]) -> Result<Vec<Snapshot>> {
-        self.inner.describe_snapshots(f).await
+    async fn describe_snapshots(&self, f: &[Filter], t: Option<&str>) -> Result<Page<Snapshot>> {
+        self.inner.describe_snapshots(f, t).await
     }
     async fn create_snapshot(&self, r: &CreateSnapshot) -> Result<Snapshot> {
         self.inner.create_snapshot(r).await
@@ -223,7 +223,7 @@ async fn tags_a_failed_create_tags_left_out_are_added_by_the_next_run_of_the_slo
     let by_volume: BTreeMap<String, Tags> = fake
         .snapshots()
         .into_iter()
-        .map(|s| (s.volume_id, s.tags))
+        .map(|s| (s.volume_id, Tags::clone(&s.tags)))
         .collect();
     assert_eq!(by_volume[&vols[0]][TAG_DEVICE], "/dev/xvda");
     assert_eq!(by_volume[&vols[1]][TAG_DEVICE], "/dev/sdf");
@@ -274,7 +274,8 @@ async fn a_large_region_is_read_in_a_few_describe_calls() {
         600
     );
     run(&fake, &cfg.policies[0]).await;
-    assert_eq!(describes(&fake), [2, 2, 2]);
+    // The second survey reads the first run's 1,500 snapshots: two pages of 1,000.
+    assert_eq!(describes(&fake), [2, 2, 3]);
 
     // A region where the policy covers a fifth of the attached volumes: the first run's sweep finds 3,623
     // (four pages on EC2), more than two filtered calls for 250 instances, so the next run filters.

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use snapwarden::config::{self, Config};
 use snapwarden::daemon::{self, Shared};
 use snapwarden::ec2::fake::FakeEc2;
-use snapwarden::ec2::{CreateSnapshot, Ec2, Filter, Instance, Snapshot, Volume};
+use snapwarden::ec2::{CreateSnapshot, Ec2, Filter, Instance, Page, Snapshot, Volume};
 use snapwarden::error::Result;
 use snapwarden::notify::Notifier;
 use snapwarden::worker::Region;
@@ -54,8 +54,8 @@ impl Ec2 for Slow {
     async fn describe_volumes(&self, f: &[Filter]) -> Result<Vec<Volume>> {
         self.inner.describe_volumes(f).await
     }
-    async fn describe_snapshots(&self, f: &[Filter]) -> Result<Vec<Snapshot>> {
-        self.inner.describe_snapshots(f).await
+    async fn describe_snapshots(&self, f: &[Filter], t: Option<&str>) -> Result<Page<Snapshot>> {
+        self.inner.describe_snapshots(f, t).await
     }
     async fn create_snapshot(&self, r: &CreateSnapshot) -> Result<Snapshot> {
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;

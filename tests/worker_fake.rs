@@ -21,8 +21,8 @@ use snapwarden::config::{self, Config, Policy};
 use snapwarden::daemon::firing_at;
 use snapwarden::ec2::fake::{FakeEc2, FAKE_ACCOUNT};
 use snapwarden::ec2::{
-    CreateSnapshot, DryRun, Ec2, Filter, Instance, Snapshot, Volume, TAG_DEVICE, TAG_INSTANCE,
-    TAG_KEEP, TAG_MANAGED, TAG_POLICY, TAG_SCHEDULE, TAG_SLOT,
+    CreateSnapshot, DryRun, Ec2, Filter, Instance, Page, Snapshot, Volume, TAG_DEVICE,
+    TAG_INSTANCE, TAG_KEEP, TAG_MANAGED, TAG_POLICY, TAG_SCHEDULE, TAG_SLOT,
 };
 use snapwarden::error::Error;
 use snapwarden::metrics::Metrics;
@@ -180,7 +180,7 @@ fn deleted_ids(outcome: &Outcome) -> BTreeSet<String> {
         .plan
         .iter()
         .filter(|d| d.action == Action::Delete)
-        .map(|d| d.snapshot_id.clone())
+        .map(|d| d.snapshot_id.to_string())
         .collect()
 }
 
@@ -188,7 +188,7 @@ fn reasons_of<'a>(outcome: &'a Outcome, id: &str) -> &'a [Reason] {
     let d = outcome
         .plan
         .iter()
-        .find(|d| d.snapshot_id == id)
+        .find(|d| &*d.snapshot_id == id)
         .unwrap_or_else(|| panic!("{id} is not in the plan: {:#?}", outcome.plan));
     &d.reasons
 }
@@ -197,7 +197,7 @@ fn action_of(outcome: &Outcome, id: &str) -> Action {
     outcome
         .plan
         .iter()
-        .find(|d| d.snapshot_id == id)
+        .find(|d| &*d.snapshot_id == id)
         .unwrap_or_else(|| panic!("{id} is not in the plan"))
         .action
 }
@@ -302,7 +302,7 @@ async fn instance_target_gets_one_fully_tagged_snapshot_per_volume_and_a_retry_c
             (TAG_INSTANCE, instance.as_str()),
             (TAG_DEVICE, device),
         ]);
-        assert_eq!(s.tags, want, "tags of the snapshot of {volume}");
+        assert_eq!(*s.tags, want, "tags of the snapshot of {volume}");
         // One CreateSnapshots for the instance: one description for its snapshots; the device is in a tag.
         for part in [
             "policy prod",
@@ -548,7 +548,7 @@ async fn keep_last_prunes_per_volume_and_never_touches_protected_or_foreign_snap
     assert_eq!(reasons_of(&out, &v1_d4), [last("daily", 3, 3)]);
     for foreign in [&other_policy, &other_owner, &unmanaged] {
         assert!(
-            out.plan.iter().all(|d| &d.snapshot_id != foreign),
+            out.plan.iter().all(|d| *d.snapshot_id != **foreign),
             "{foreign} must not even be planned"
         );
     }
@@ -618,7 +618,7 @@ async fn keep_within_is_measured_from_the_newest_completed_snapshot_not_from_now
         assert!(
             reasons_of(&out, id)
                 .iter()
-                .any(|r| matches!(r, Reason::Within { schedule, .. } if schedule == "daily")),
+                .any(|r| matches!(r, Reason::Within { schedule, .. } if &**schedule == "daily")),
             "{id}: {:?}",
             reasons_of(&out, id)
         );
@@ -752,12 +752,13 @@ impl Ec2 for VanishAfterDescribe {
     async fn describe_snapshots(
         &self,
         filters: &[Filter],
-    ) -> snapwarden::error::Result<Vec<Snapshot>> {
-        let listed = self.inner.describe_snapshots(filters).await?;
+        token: Option<&str>,
+    ) -> snapwarden::error::Result<Page<Snapshot>> {
+        let listed = self.inner.describe_snapshots(filters, token).await?;
         let victim = self.victim.lock().unwrap().take();
         if let Some(id) = victim {
             assert!(
-                listed.iter().any(|s| s.id == id),
+                listed.items.iter().any(|s| s.id == id),
                 "{id} must be listed first"
             );
             self.inner.delete_snapshot(&id).await?;

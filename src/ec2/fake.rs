@@ -4,20 +4,21 @@
 //! (the moto emulator and the benchmark cover those).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Mutex;
+use std::ops::Bound;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    CreateSnapshot, CreateSnapshots, Ec2, Filter, Instance, Snapshot, Tags, Volume, VolumeResult,
+    CreateSnapshot, CreateSnapshots, Ec2, Filter, Instance, Page, Snapshot, Tags, Volume,
+    VolumeResult,
 };
 use crate::error::{Error, Result};
 use crate::retention::SnapState;
 
 pub const FAKE_ACCOUNT: &str = "123456789012";
 
-#[derive(Default)]
 struct State {
     instances: BTreeMap<String, Instance>,
     volumes: BTreeMap<String, Volume>,
@@ -38,6 +39,8 @@ struct State {
     described: HashMap<String, u32>,
     /// Volumes whose snapshots end in `error` instead of `completed` (with `complete_after`).
     error_volumes: HashSet<String>,
+    /// Snapshots per DescribeSnapshots page.
+    page_size: usize,
 }
 
 pub struct FakeEc2 {
@@ -47,10 +50,30 @@ pub struct FakeEc2 {
 
 impl FakeEc2 {
     pub fn new(region: impl Into<String>) -> Self {
+        let state = State {
+            instances: BTreeMap::new(),
+            volumes: BTreeMap::new(),
+            snapshots: BTreeMap::new(),
+            next_id: 0,
+            create_faults: HashMap::new(),
+            operation_faults: HashMap::new(),
+            in_use: HashSet::new(),
+            calls: BTreeMap::new(),
+            clock: None,
+            complete_after: None,
+            described: HashMap::new(),
+            error_volumes: HashSet::new(),
+            page_size: 1000,
+        };
         FakeEc2 {
             region: region.into(),
-            state: Mutex::new(State::default()),
+            state: Mutex::new(state),
         }
+    }
+
+    /// Snapshots per DescribeSnapshots page (at least 1): small pages let tests walk several.
+    pub fn set_page_size(&self, n: usize) {
+        self.state().page_size = n.max(1);
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -146,7 +169,7 @@ impl FakeEc2 {
                 start_time,
                 owner_id: owner.into(),
                 description: "seeded".into(),
-                tags: to_tags(tags),
+                tags: Arc::new(to_tags(tags)),
             },
         );
         id
@@ -321,11 +344,22 @@ impl Ec2 for FakeEc2 {
         Ok(out)
     }
 
-    async fn describe_snapshots(&self, filters: &[Filter]) -> Result<Vec<Snapshot>> {
+    /// Pages of [`FakeEc2::set_page_size`] snapshots (1,000, as EC2's `MaxResults`), in id order; the token is the
+    /// last id of the page before.
+    async fn describe_snapshots(
+        &self,
+        filters: &[Filter],
+        token: Option<&str>,
+    ) -> Result<Page<Snapshot>> {
         let mut guard = self.enter("DescribeSnapshots")?;
         let st = &mut *guard;
-        let mut out = Vec::new();
-        for s in st.snapshots.values_mut() {
+        let from = match token {
+            Some(t) => Bound::Excluded(t.to_string()),
+            None => Bound::Unbounded,
+        };
+        let mut page = Page::default();
+        for s in st.snapshots.range_mut((from, Bound::Unbounded)) {
+            let s = s.1;
             let attr = |name: &str| match name {
                 "snapshot-id" => Some(vec![s.id.clone()]),
                 "volume-id" => Some(vec![s.volume_id.clone()]),
@@ -336,6 +370,10 @@ impl Ec2 for FakeEc2 {
             // caller's own owner check is exercised.
             if !matches(filters, &s.tags, attr)? {
                 continue;
+            }
+            if page.items.len() == st.page_size {
+                page.next = page.items.last().map(|l: &Snapshot| l.id.clone());
+                break;
             }
             if let (Some(n), SnapState::Pending) = (st.complete_after, s.state) {
                 let seen = st.described.entry(s.id.clone()).or_default();
@@ -348,9 +386,9 @@ impl Ec2 for FakeEc2 {
                     };
                 }
             }
-            out.push(s.clone());
+            page.items.push(s.clone());
         }
-        Ok(out)
+        Ok(page)
     }
 
     async fn create_snapshot(&self, request: &CreateSnapshot) -> Result<Snapshot> {
@@ -369,7 +407,7 @@ impl Ec2 for FakeEc2 {
             start_time: st.clock.unwrap_or_else(Utc::now),
             owner_id: FAKE_ACCOUNT.into(),
             description: request.description.clone(),
-            tags: request.tags.clone(),
+            tags: Arc::new(request.tags.clone()),
         };
         st.snapshots.insert(id, snapshot.clone());
         Ok(snapshot)
@@ -408,7 +446,7 @@ impl Ec2 for FakeEc2 {
                 start_time: st.clock.unwrap_or_else(Utc::now),
                 owner_id: FAKE_ACCOUNT.into(),
                 description: request.description.clone(),
-                tags: request.tags.clone(),
+                tags: Arc::new(request.tags.clone()),
             };
             st.snapshots.insert(id, snapshot.clone());
             out.push((volume, Ok(snapshot)));
@@ -424,8 +462,7 @@ impl Ec2 for FakeEc2 {
         }
         for id in resource_ids {
             if let Some(s) = st.snapshots.get_mut(id) {
-                s.tags
-                    .extend(tags.iter().map(|(k, v)| (k.clone(), v.clone())));
+                Arc::make_mut(&mut s.tags).extend(tags.iter().map(|(k, v)| (k.clone(), v.clone())));
             }
         }
         Ok(())

@@ -54,7 +54,25 @@ pub struct Snapshot {
     pub start_time: DateTime<Utc>,
     pub owner_id: String,
     pub description: String,
-    pub tags: Tags,
+    /// Shared: a snapshot's tags are read far more often than written, and the in-memory backend hands out a
+    /// copy of every snapshot it lists (`Arc::make_mut` to change them).
+    pub tags: Arc<Tags>,
+}
+
+/// One page of a paginated describe: what EC2 returned and the token of the next page (None: this was the last).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<String>,
+}
+
+impl<T> Default for Page<T> {
+    fn default() -> Self {
+        Page {
+            items: Vec::new(),
+            next: None,
+        }
+    }
 }
 
 /// An EC2 describe filter (`tag:Name`, `tag-key`, `attachment.instance-id`, …).
@@ -133,7 +151,14 @@ pub trait Ec2: Send + Sync {
     async fn account_id(&self) -> Result<String>;
     async fn describe_instances(&self, filters: &[Filter]) -> Result<Vec<Instance>>;
     async fn describe_volumes(&self, filters: &[Filter]) -> Result<Vec<Volume>>;
-    async fn describe_snapshots(&self, filters: &[Filter]) -> Result<Vec<Snapshot>>;
+    /// One page (up to 1,000) of the account's snapshots matching `filters`, from `token` (None: the first page).
+    /// Paged, unlike the other describes, because a sweep can hold hundreds of thousands of snapshots: the caller
+    /// digests each page before asking for the next, and each page is paced and counted as the request it is.
+    async fn describe_snapshots(
+        &self,
+        filters: &[Filter],
+        token: Option<&str>,
+    ) -> Result<Page<Snapshot>>;
     async fn create_snapshot(&self, request: &CreateSnapshot) -> Result<Snapshot>;
     /// Snapshots the volumes of one instance. `Err`: the call failed as a whole (nothing was created, or — after
     /// a 5xx or a broken connection — it cannot be known). `Ok`: one entry per snapshot EC2 made, which may include a
@@ -165,6 +190,31 @@ pub trait Ec2: Send + Sync {
         )))
     }
     async fn delete_snapshot(&self, snapshot_id: &str) -> Result<()>;
+}
+
+/// Walks every page of a snapshot describe, handing each page's snapshots to `each` before asking for the next.
+pub async fn for_each_snapshot(
+    ec2: &dyn Ec2,
+    filters: &[Filter],
+    mut each: impl FnMut(Vec<Snapshot>) + Send,
+) -> Result<()> {
+    let mut token: Option<String> = None;
+    loop {
+        let page = ec2.describe_snapshots(filters, token.as_deref()).await?;
+        each(page.items);
+        match page.next {
+            // An empty or repeated token would loop forever on a misbehaving endpoint.
+            Some(next) if !next.is_empty() && Some(&next) != token.as_ref() => token = Some(next),
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// Every snapshot a describe matches, all pages: for small answers (completion polls, tests).
+pub async fn all_snapshots(ec2: &dyn Ec2, filters: &[Filter]) -> Result<Vec<Snapshot>> {
+    let mut out = Vec::new();
+    for_each_snapshot(ec2, filters, |page| out.extend(page)).await?;
+    Ok(out)
 }
 
 /// Bounds in-flight calls (shared across all runs of the process) and records every call's outcome.
@@ -219,9 +269,16 @@ impl Ec2 for Instrumented {
         self.call("DescribeVolumes", self.inner.describe_volumes(filters))
             .await
     }
-    async fn describe_snapshots(&self, filters: &[Filter]) -> Result<Vec<Snapshot>> {
-        self.call("DescribeSnapshots", self.inner.describe_snapshots(filters))
-            .await
+    async fn describe_snapshots(
+        &self,
+        filters: &[Filter],
+        token: Option<&str>,
+    ) -> Result<Page<Snapshot>> {
+        self.call(
+            "DescribeSnapshots",
+            self.inner.describe_snapshots(filters, token),
+        )
+        .await
     }
     async fn create_snapshot(&self, request: &CreateSnapshot) -> Result<Snapshot> {
         self.call("CreateSnapshot", self.inner.create_snapshot(request))
@@ -279,7 +336,7 @@ impl DryRun {
             start_time: Utc::now(),
             owner_id: String::new(),
             description: request.description,
-            tags: request.tags,
+            tags: Arc::new(request.tags),
         }
     }
 }
@@ -301,8 +358,12 @@ impl Ec2 for DryRun {
     async fn describe_volumes(&self, filters: &[Filter]) -> Result<Vec<Volume>> {
         self.inner.describe_volumes(filters).await
     }
-    async fn describe_snapshots(&self, filters: &[Filter]) -> Result<Vec<Snapshot>> {
-        self.inner.describe_snapshots(filters).await
+    async fn describe_snapshots(
+        &self,
+        filters: &[Filter],
+        token: Option<&str>,
+    ) -> Result<Page<Snapshot>> {
+        self.inner.describe_snapshots(filters, token).await
     }
     async fn create_snapshot(&self, request: &CreateSnapshot) -> Result<Snapshot> {
         let mut log = self.log.lock().expect("dry-run log poisoned");

@@ -31,10 +31,11 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::{
-    CreateSnapshot, CreateSnapshots, Ec2, Filter, Instance, Snapshot, Tags, Volume, VolumeResult,
+    CreateSnapshot, CreateSnapshots, Ec2, Filter, Instance, Page, Snapshot, Tags, Volume,
+    VolumeResult,
 };
 use crate::error::{Error, Result};
-use crate::retention::SnapState;
+use crate::retention::{Snap, SnapState};
 
 /// A token bucket over time given as a value: full at creation, refilled continuously.
 #[derive(Debug, Clone)]
@@ -422,9 +423,14 @@ impl Ec2 for Paced {
         })
         .await
     }
-    async fn describe_snapshots(&self, filters: &[Filter]) -> Result<Vec<Snapshot>> {
+    /// One Describe token per page: each page is a request EC2 meters.
+    async fn describe_snapshots(
+        &self,
+        filters: &[Filter],
+        token: Option<&str>,
+    ) -> Result<Page<Snapshot>> {
         self.call("DescribeSnapshots", &[], || {
-            self.inner.describe_snapshots(filters)
+            self.inner.describe_snapshots(filters, token)
         })
         .await
     }
@@ -496,7 +502,7 @@ impl Deferral {
 /// for the worker that is its policy's, so the cap is a guard, not an exact account-wide figure.
 pub fn pending_deferrals(
     candidates: &[(&str, &str)],
-    known: &[Snapshot],
+    known: &[Snap],
     account_cap: Option<usize>,
 ) -> BTreeMap<String, Deferral> {
     let mut per_volume: HashMap<&str, usize> = HashMap::new();
@@ -505,7 +511,7 @@ pub fn pending_deferrals(
         .iter()
         .filter(|s| matches!(s.state, SnapState::Pending | SnapState::Error))
     {
-        *per_volume.entry(s.volume_id.as_str()).or_default() += 1;
+        *per_volume.entry(&*s.volume_id).or_default() += 1;
         account += 1;
     }
     let mut out = BTreeMap::new();
@@ -683,16 +689,15 @@ mod tests {
 
     #[test]
     fn pending_limits_defer_full_volumes_and_cap_the_account() {
-        let snap = |volume: &str, state| Snapshot {
-            id: format!("snap-{volume}"),
+        let snap = |volume: &str, state| Snap {
+            id: format!("snap-{volume}").into(),
             volume_id: volume.into(),
+            slot: chrono::Utc::now(),
+            schedules: Arc::from([]),
             state,
-            start_time: chrono::Utc::now(),
-            owner_id: "1".into(),
-            description: String::new(),
-            tags: Default::default(),
+            pinned: false,
         };
-        let mut known: Vec<Snapshot> = (0..5).map(|_| snap("vol-a", SnapState::Pending)).collect();
+        let mut known: Vec<Snap> = (0..5).map(|_| snap("vol-a", SnapState::Pending)).collect();
         known.extend((0..4).map(|_| snap("vol-b", SnapState::Pending)));
         known.push(snap("vol-c", SnapState::Error));
         known.extend((0..9).map(|_| snap("vol-d", SnapState::Completed)));
@@ -776,8 +781,12 @@ mod tests {
         async fn describe_volumes(&self, _: &[Filter]) -> Result<Vec<Volume>> {
             self.next().map(|_| Vec::new())
         }
-        async fn describe_snapshots(&self, _: &[Filter]) -> Result<Vec<Snapshot>> {
-            self.next().map(|_| Vec::new())
+        async fn describe_snapshots(
+            &self,
+            _: &[Filter],
+            _: Option<&str>,
+        ) -> Result<Page<Snapshot>> {
+            self.next().map(|_| Page::default())
         }
         async fn create_snapshot(&self, r: &CreateSnapshot) -> Result<Snapshot> {
             self.next().map(|_| Snapshot {
@@ -848,7 +857,7 @@ mod tests {
         let script = Script::new(&["RequestLimitExceeded"; 1000]);
         let paced = Paced::new(script.clone(), config);
         let t0 = Instant::now();
-        assert!(paced.describe_snapshots(&[]).await.is_err());
+        assert!(paced.describe_snapshots(&[], None).await.is_err());
         let calls = script.calls.load(Ordering::SeqCst);
         assert!((3..1000).contains(&calls), "{calls} attempts");
         // Given up at max_wait after the first failure, give or take the last token wait (0.1 s after a drain).

@@ -2,6 +2,7 @@
 //! check). Converts SDK types to the plain types of [`super`] and SDK errors to [`Error`] with the EC2 error code,
 //! since the EC2 model has no modelled errors. Decisions about what to call live in the worker, not here.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -14,7 +15,8 @@ use aws_sdk_ec2::types::{self as ec2t, ResourceType, TagSpecification};
 use chrono::{DateTime, Utc};
 
 use super::{
-    CreateSnapshot, CreateSnapshots, Ec2, Filter, Instance, Snapshot, Tags, Volume, VolumeResult,
+    CreateSnapshot, CreateSnapshots, Ec2, Filter, Instance, Page, Snapshot, Tags, Volume,
+    VolumeResult,
 };
 use crate::config::AwsConfig;
 use crate::error::{Error, Result};
@@ -173,7 +175,7 @@ fn snapshot_of(s: &ec2t::Snapshot) -> Snapshot {
         start_time: time_of(s.start_time()),
         owner_id: s.owner_id().unwrap_or_default().to_string(),
         description: s.description().unwrap_or_default().to_string(),
-        tags: tags_of(s.tags()),
+        tags: Arc::new(tags_of(s.tags())),
     }
 }
 
@@ -252,21 +254,25 @@ impl Ec2 for SdkEc2 {
         Ok(out)
     }
 
-    async fn describe_snapshots(&self, filters: &[Filter]) -> Result<Vec<Snapshot>> {
-        let mut pages = self
+    async fn describe_snapshots(
+        &self,
+        filters: &[Filter],
+        token: Option<&str>,
+    ) -> Result<Page<Snapshot>> {
+        let page = self
             .ec2
             .describe_snapshots()
             .owner_ids("self")
             .set_filters(Some(sdk_filters(filters)))
             .max_results(1000)
-            .into_paginator()
-            .send();
-        let mut out = Vec::new();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| self.error("DescribeSnapshots", e))?;
-            out.extend(page.snapshots().iter().map(snapshot_of));
-        }
-        Ok(out)
+            .set_next_token(token.map(String::from))
+            .send()
+            .await
+            .map_err(|e| self.error("DescribeSnapshots", e))?;
+        Ok(Page {
+            items: page.snapshots().iter().map(snapshot_of).collect(),
+            next: page.next_token().map(String::from),
+        })
     }
 
     async fn create_snapshot(&self, request: &CreateSnapshot) -> Result<Snapshot> {
@@ -292,7 +298,7 @@ impl Ec2 for SdkEc2 {
             start_time: time_of(out.start_time()),
             owner_id: out.owner_id().unwrap_or_default().to_string(),
             description: request.description.clone(),
-            tags: request.tags.clone(),
+            tags: Arc::new(request.tags.clone()),
         })
     }
 
@@ -332,11 +338,11 @@ impl Ec2 for SdkEc2 {
                     owner_id: s.owner_id().unwrap_or_default().to_string(),
                     description: request.description.clone(),
                     // Some endpoints leave the tags out of the answer; what was asked for at creation is there.
-                    tags: if tags.is_empty() {
+                    tags: Arc::new(if tags.is_empty() {
                         request.tags.clone()
                     } else {
                         tags
-                    },
+                    }),
                 };
                 (volume, Ok(snapshot))
             })

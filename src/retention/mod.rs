@@ -38,6 +38,7 @@ mod tests;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -247,20 +248,57 @@ impl SnapState {
 /// A managed snapshot of one policy, as read back from its tags.
 #[derive(Debug, Clone)]
 pub struct Snap {
-    pub id: String,
-    pub volume_id: String,
+    /// Shared (`Arc`) with the decisions about it and, for the volume, with every snapshot of the volume: a
+    /// survey holds hundreds of thousands of these.
+    pub id: Arc<str>,
+    pub volume_id: Arc<str>,
     /// From the `snapwarden:slot` tag (StartTime when absent) — the caller resolves it.
     pub slot: DateTime<Utc>,
-    /// From `snapwarden:schedule` (comma separated, already split). Compared with schedule names exactly.
-    pub schedules: Vec<String>,
+    /// From `snapwarden:schedule` (comma separated, already split). Compared with schedule names exactly. Shared:
+    /// every snapshot with the same tag value holds the same list (see [`Interner`]).
+    pub schedules: Arc<[Arc<str>]>,
     pub state: SnapState,
     /// Carries a `snapwarden:keep` tag.
     pub pinned: bool,
 }
 
+/// Shares the strings of a survey: volume ids (one per volume, not per snapshot) and `snapwarden:schedule` tag
+/// values, parsed once per distinct value (a policy has a handful) instead of once per snapshot.
+#[derive(Debug, Default)]
+pub struct Interner {
+    strs: HashSet<Arc<str>>,
+    lists: HashMap<String, Arc<[Arc<str>]>>,
+}
+
+impl Interner {
+    pub fn str(&mut self, s: &str) -> Arc<str> {
+        if let Some(v) = self.strs.get(s) {
+            return Arc::clone(v);
+        }
+        let v: Arc<str> = Arc::from(s);
+        self.strs.insert(Arc::clone(&v));
+        v
+    }
+
+    /// A `snapwarden:schedule` value split on commas, blanks trimmed and empty names dropped.
+    pub fn schedules(&mut self, tag: &str) -> Arc<[Arc<str>]> {
+        if let Some(v) = self.lists.get(tag) {
+            return Arc::clone(v);
+        }
+        let names: Vec<&str> = tag
+            .split(',')
+            .map(str::trim)
+            .filter(|x| !x.is_empty())
+            .collect();
+        let list: Arc<[Arc<str>]> = names.into_iter().map(|n| self.str(n)).collect();
+        self.lists.insert(tag.to_string(), Arc::clone(&list));
+        list
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ScheduleRules {
-    pub name: String,
+    pub name: Arc<str>,
     pub keep: KeepRules,
     /// The schedule uses a count tag: its keep-last count per volume comes from `PlanInput::counts`, not
     /// `keep.last`.
@@ -302,22 +340,25 @@ pub enum Reason {
     VolumeFailed,
     /// Among the `of` newest completed snapshots of `schedule` on its volume, at position `rank` (1 = newest).
     Last {
-        schedule: String,
+        schedule: Arc<str>,
         rank: u32,
         of: u32,
     },
     /// Within `window` of the newest completed snapshot of `schedule` on its volume.
-    Within { schedule: String, window: Duration },
+    Within {
+        schedule: Arc<str>,
+        window: Duration,
+    },
     /// `schedule` keeps everything.
-    All { schedule: String },
+    All { schedule: Arc<str> },
     /// `schedule` takes its count from a tag and the volume has none: keep rather than guess.
-    CountUnknown { schedule: String },
+    CountUnknown { schedule: Arc<str> },
     /// The snapshot lists `schedule`, which is no longer configured (`""`: it lists no schedule at all).
-    ScheduleRemoved { schedule: String },
+    ScheduleRemoved { schedule: Arc<str> },
     /// The newest snapshot of the `rank`-th most recent non-empty `period` of `schedule` on its volume (1 = the
     /// newest period); `of` is the rule's count, `None` for `all`.
     Calendar {
-        schedule: String,
+        schedule: Arc<str>,
         period: Period,
         rank: u32,
         of: Option<u32>,
@@ -325,7 +366,7 @@ pub enum Reason {
     /// The newest snapshot of its `period`, and that period has snapshots within `window` of the newest completed
     /// snapshot of `schedule` on its volume.
     WithinCalendar {
-        schedule: String,
+        schedule: Arc<str>,
         period: Period,
         window: Duration,
     },
@@ -333,7 +374,7 @@ pub enum Reason {
     /// period, so it also keeps the schedule's oldest snapshot on the volume, stretching history as far back as
     /// the rule allows. restic's `forget` does the same.
     Oldest {
-        schedule: String,
+        schedule: Arc<str>,
         period: Period,
         window: Option<Duration>,
     },
@@ -476,8 +517,8 @@ impl fmt::Display for DisplayDuration {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
-    pub snapshot_id: String,
-    pub volume_id: String,
+    pub snapshot_id: Arc<str>,
+    pub volume_id: Arc<str>,
     pub slot: DateTime<Utc>,
     pub action: Action,
     /// Every reason that applies; never empty.
@@ -522,15 +563,12 @@ pub fn plan(input: &PlanInput<'_>, now: DateTime<Utc>) -> Plan {
     let mut configured: HashMap<&str, &ScheduleRules> =
         HashMap::with_capacity(input.schedules.len());
     for schedule in input.schedules {
-        configured.entry(schedule.name.as_str()).or_insert(schedule);
+        configured.entry(&*schedule.name).or_insert(schedule);
     }
 
     let mut by_volume: HashMap<&str, Vec<&Snap>> = HashMap::new();
     for snap in input.snapshots {
-        by_volume
-            .entry(snap.volume_id.as_str())
-            .or_default()
-            .push(snap);
+        by_volume.entry(&*snap.volume_id).or_default().push(snap);
     }
     let mut volumes: Vec<(&str, Vec<&Snap>)> = by_volume.into_iter().collect();
     volumes.sort_unstable_by(|a, b| a.0.cmp(b.0));
@@ -643,7 +681,7 @@ fn schedule_reasons(
 ) -> Vec<Vec<Reason>> {
     // Completed snapshots per listed schedule, newest first. A BTreeMap so each snapshot's rule reasons come out
     // in schedule-name order; a schedule listed twice on one snapshot counts once.
-    let mut per_schedule: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    let mut per_schedule: BTreeMap<&Arc<str>, Vec<usize>> = BTreeMap::new();
     let mut rule_reasons: Vec<Vec<Reason>> = vec![Vec::new(); snaps.len()];
     for (i, snap) in snaps.iter().enumerate() {
         if snap.state != SnapState::Completed {
@@ -651,11 +689,11 @@ fn schedule_reasons(
         }
         if snap.schedules.is_empty() {
             rule_reasons[i].push(Reason::ScheduleRemoved {
-                schedule: String::new(),
+                schedule: "".into(),
             });
         }
-        for name in &snap.schedules {
-            let list = per_schedule.entry(name.as_str()).or_default();
+        for name in snap.schedules.iter() {
+            let list = per_schedule.entry(name).or_default();
             // All of snapshot i's names are handled before i+1, so a repeat of a name shows up as `i` already last.
             if list.last() != Some(&i) {
                 list.push(i);
@@ -665,12 +703,12 @@ fn schedule_reasons(
 
     for (name, indices) in &per_schedule {
         let completed: Vec<&Snap> = indices.iter().map(|&i| snaps[i]).collect();
-        let reasons = match configured.get(name) {
+        let reasons = match configured.get(&***name) {
             None => completed
                 .iter()
                 .map(|_| {
                     vec![Reason::ScheduleRemoved {
-                        schedule: (*name).to_string(),
+                        schedule: Arc::clone(name),
                     }]
                 })
                 .collect(),
@@ -678,7 +716,7 @@ fn schedule_reasons(
                 let last = if schedule.count_from_tag {
                     match input
                         .counts
-                        .get(&(volume_id.to_string(), schedule.name.clone()))
+                        .get(&(volume_id.to_string(), schedule.name.to_string()))
                     {
                         Some(&n) => rules::LastCount::Count(n),
                         None => rules::LastCount::Unknown,

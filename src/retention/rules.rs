@@ -12,6 +12,7 @@
 //! and a window is a fixed length ("30d" is 720 hours; restic counts calendar days and months).
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use chrono::{Datelike, NaiveDateTime, TimeDelta, Timelike};
 
@@ -38,7 +39,7 @@ pub(super) fn keep_reasons(
     tz: chrono_tz::Tz,
 ) -> Vec<Vec<Reason>> {
     let mut reasons = vec![Vec::new(); completed.len()];
-    let name = schedule.name.as_str();
+    let name = &schedule.name;
     match last {
         LastCount::NotSet => {}
         LastCount::Count(n) => keep_last(name, n, &mut reasons),
@@ -46,7 +47,7 @@ pub(super) fn keep_reasons(
         LastCount::Unknown => {
             for r in &mut reasons {
                 r.push(Reason::CountUnknown {
-                    schedule: name.to_string(),
+                    schedule: name.clone(),
                 });
             }
         }
@@ -57,7 +58,7 @@ pub(super) fn keep_reasons(
     if schedule.keep.all {
         for r in &mut reasons {
             r.push(Reason::All {
-                schedule: name.to_string(),
+                schedule: name.clone(),
             });
         }
     }
@@ -111,7 +112,7 @@ pub(super) fn bucket(period: Period, t: &NaiveDateTime) -> i64 {
 /// Keeps the newest snapshot of each of the `count` most recent non-empty buckets. `keys` is newest first, so
 /// the first snapshot seen of a bucket is its newest; a period without snapshots never gets a rank.
 fn keep_calendar(
-    name: &str,
+    name: &Arc<str>,
     period: Period,
     count: Count,
     keys: &[i64],
@@ -130,7 +131,7 @@ fn keep_calendar(
         if seen.insert(*key) {
             rank += 1;
             r.push(Reason::Calendar {
-                schedule: name.to_string(),
+                schedule: name.clone(),
                 period,
                 rank,
                 of: limit,
@@ -148,7 +149,7 @@ fn keep_calendar(
 /// Keeps the newest snapshot of every bucket among `keys` — the prefix of the schedule's snapshots inside the
 /// window — and, as restic does, the oldest snapshot when the window reaches back past it.
 fn keep_within_calendar(
-    name: &str,
+    name: &Arc<str>,
     period: Period,
     window: std::time::Duration,
     keys: &[i64],
@@ -158,7 +159,7 @@ fn keep_within_calendar(
     for (key, r) in keys.iter().zip(reasons.iter_mut()) {
         if seen.insert(*key) {
             r.push(Reason::WithinCalendar {
-                schedule: name.to_string(),
+                schedule: name.clone(),
                 period,
                 window,
             });
@@ -171,7 +172,7 @@ fn keep_within_calendar(
 
 /// Adds `Oldest` to the last of the first `len` entries unless this rule already keeps it.
 fn keep_oldest(
-    name: &str,
+    name: &Arc<str>,
     period: Period,
     window: Option<std::time::Duration>,
     len: usize,
@@ -187,7 +188,7 @@ fn keep_oldest(
     });
     if !kept {
         oldest.push(Reason::Oldest {
-            schedule: name.to_string(),
+            schedule: name.clone(),
             period,
             window,
         });
@@ -209,10 +210,10 @@ fn within_len(window: std::time::Duration, completed: &[&Snap]) -> usize {
     completed.partition_point(|s| s.slot >= cutoff)
 }
 
-fn keep_last(name: &str, n: u32, reasons: &mut [Vec<Reason>]) {
+fn keep_last(name: &Arc<str>, n: u32, reasons: &mut [Vec<Reason>]) {
     for (rank, r) in (1..=n).zip(reasons.iter_mut()) {
         r.push(Reason::Last {
-            schedule: name.to_string(),
+            schedule: name.clone(),
             rank,
             of: n,
         });
@@ -223,7 +224,7 @@ fn keep_last(name: &str, n: u32, reasons: &mut [Vec<Reason>]) {
 /// for a month, a 7-day window still keeps the last 7 days that exist. The boundary is inclusive (restic's is
 /// exclusive: a snapshot exactly 7 days older than the newest is kept here, deleted there).
 fn keep_within(
-    name: &str,
+    name: &Arc<str>,
     window: std::time::Duration,
     completed: &[&Snap],
     reasons: &mut [Vec<Reason>],
@@ -231,7 +232,7 @@ fn keep_within(
     let inside = within_len(window, completed);
     for r in &mut reasons[..inside] {
         r.push(Reason::Within {
-            schedule: name.to_string(),
+            schedule: name.clone(),
             window,
         });
     }

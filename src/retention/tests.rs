@@ -2,6 +2,7 @@
 //! random policies.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -31,13 +32,13 @@ type Row = (
 fn snaps(rows: &[Row]) -> Vec<Snap> {
     rows.iter()
         .map(|&(id, volume, slot, schedules, state)| Snap {
-            id: id.trim_end_matches('!').to_string(),
-            volume_id: volume.to_string(),
+            id: id.trim_end_matches('!').into(),
+            volume_id: volume.into(),
             slot: at(slot),
             schedules: schedules
                 .split(',')
                 .filter(|s| !s.is_empty())
-                .map(str::to_string)
+                .map(Arc::from)
                 .collect(),
             state,
             pinned: id.ends_with('!'),
@@ -47,7 +48,7 @@ fn snaps(rows: &[Row]) -> Vec<Snap> {
 
 fn sched(name: &str) -> ScheduleRules {
     ScheduleRules {
-        name: name.to_string(),
+        name: name.into(),
         keep: KeepRules::default(),
         count_from_tag: false,
     }
@@ -148,7 +149,7 @@ fn check(case: &Case) {
     let mut kept: Vec<&str> = decisions
         .iter()
         .filter(|d| d.action == Action::Keep)
-        .map(|d| d.snapshot_id.as_str())
+        .map(|d| &*d.snapshot_id)
         .collect();
     kept.sort_unstable();
     let mut expected = case.kept.clone();
@@ -157,7 +158,7 @@ fn check(case: &Case) {
     for &(id, want) in &case.reasons {
         let d = decisions
             .iter()
-            .find(|d| d.snapshot_id == id)
+            .find(|d| &*d.snapshot_id == id)
             .unwrap_or_else(|| panic!("{}: no {id}", case.name));
         let got: Vec<String> = d.reasons.iter().map(Reason::to_string).collect();
         assert_eq!(got.join("; "), want, "{}: reasons of {id}", case.name);
@@ -638,12 +639,12 @@ fn output_is_sorted_by_volume_then_newest_then_id() {
         ("vol-1", "b"),
         ("vol-2", "z"),
     ];
-    assert_eq!(order, want.map(|(v, s)| (v.to_string(), s.to_string())));
+    assert_eq!(order, want.map(|(v, s)| (Arc::from(v), Arc::from(s))));
 }
 
 #[test]
 fn reason_labels_and_text() {
-    let s = || "daily".to_string();
+    let s = || Arc::<str>::from("daily");
     let table = [
         (Reason::Pinned, "pinned", "pinned"),
         (Reason::Pending, "pending", "pending"),
@@ -731,7 +732,7 @@ fn reason_labels_and_text() {
         ),
         (
             Reason::ScheduleRemoved {
-                schedule: String::new(),
+                schedule: "".into(),
             },
             "schedule-removed",
             "no schedule listed",
@@ -828,7 +829,7 @@ fn rules_strategy(name: &'static str) -> impl Strategy<Value = ScheduleRules> {
         proptest::bool::weighted(0.3),
     )
         .prop_map(move |(last, within, all, count_from_tag)| ScheduleRules {
-            name: name.to_string(),
+            name: name.into(),
             keep: KeepRules {
                 last,
                 within,
@@ -853,14 +854,14 @@ fn world_strategy() -> impl Strategy<Value = World> {
                 .into_iter()
                 .enumerate()
                 .map(|(i, (v, h, listed, state, pinned))| Snap {
-                    id: format!("snap-{i:03}"),
-                    volume_id: VOLUMES[v].to_string(),
+                    id: format!("snap-{i:03}").into(),
+                    volume_id: VOLUMES[v].into(),
                     slot: base + chrono::TimeDelta::hours(h),
                     schedules: SCHEDULE_NAMES
                         .iter()
                         .zip(listed)
                         .filter(|(_, on)| *on)
-                        .map(|(n, _)| n.to_string())
+                        .map(|(n, _)| Arc::from(*n))
                         .collect(),
                     state,
                     pinned,
@@ -900,15 +901,15 @@ proptest! {
     fn rails_hold_and_every_decision_explains_itself(world in world_strategy()) {
         let decisions = world.plan(now());
         prop_assert_eq!(decisions.len(), world.snapshots.len());
-        let by_id: HashMap<&str, &Snap> = world.snapshots.iter().map(|s| (s.id.as_str(), s)).collect();
+        let by_id: HashMap<&str, &Snap> = world.snapshots.iter().map(|s| (&*s.id, s)).collect();
         for d in &decisions {
-            let snap = by_id[d.snapshot_id.as_str()];
+            let snap = by_id[&*d.snapshot_id];
             prop_assert!(!d.reasons.is_empty(), "{:?}", d);
             match d.action {
                 Action::Delete => {
                     prop_assert!(!snap.pinned, "deleted pinned {:?}", d);
                     prop_assert!(snap.state != P, "deleted pending {:?}", d);
-                    prop_assert!(!world.frozen.contains(&d.volume_id), "deleted on a frozen volume {:?}", d);
+                    prop_assert!(!world.frozen.contains(&*d.volume_id), "deleted on a frozen volume {:?}", d);
                     prop_assert!(d.reasons.iter().all(is_delete_reason), "{:?}", d);
                 }
                 Action::Keep => prop_assert!(!d.reasons.iter().any(is_delete_reason), "{:?}", d),
@@ -919,7 +920,7 @@ proptest! {
             let newest = world
                 .snapshots
                 .iter()
-                .filter(|s| s.volume_id == volume && s.state == C)
+                .filter(|s| &*s.volume_id == volume && s.state == C)
                 .min_by(|a, b| b.slot.cmp(&a.slot).then_with(|| a.id.cmp(&b.id)));
             if let Some(newest) = newest {
                 let d = decisions.iter().find(|d| d.snapshot_id == newest.id).unwrap();
@@ -938,9 +939,9 @@ proptest! {
     fn idempotent(world in world_strategy()) {
         let first = world.plan(now());
         let deleted: HashSet<&str> =
-            first.iter().filter(|d| d.action == Action::Delete).map(|d| d.snapshot_id.as_str()).collect();
+            first.iter().filter(|d| d.action == Action::Delete).map(|d| &*d.snapshot_id).collect();
         let mut after = world.clone();
-        after.snapshots.retain(|s| !deleted.contains(s.id.as_str()));
+        after.snapshots.retain(|s| !deleted.contains(&*s.id));
         let second = after.plan(now());
         prop_assert!(second.iter().all(|d| d.action == Action::Keep), "{:?}", second);
         // Not just the same keep set: the same reasons, since ranks and windows cannot move.
@@ -952,11 +953,11 @@ proptest! {
     fn keep_last_keeps_at_least_n(world in world_strategy()) {
         let decisions = world.plan(now());
         let kept: HashSet<&str> =
-            decisions.iter().filter(|d| d.action == Action::Keep).map(|d| d.snapshot_id.as_str()).collect();
+            decisions.iter().filter(|d| d.action == Action::Keep).map(|d| &*d.snapshot_id).collect();
         for volume in VOLUMES {
             for schedule in &world.schedules {
                 let n = if schedule.count_from_tag {
-                    world.counts.get(&(volume.to_string(), schedule.name.clone())).copied()
+                    world.counts.get(&(volume.to_string(), schedule.name.to_string())).copied()
                 } else {
                     schedule.keep.last
                 };
@@ -964,9 +965,9 @@ proptest! {
                 let completed: Vec<&Snap> = world
                     .snapshots
                     .iter()
-                    .filter(|s| s.volume_id == volume && s.state == C && s.schedules.contains(&schedule.name))
+                    .filter(|s| &*s.volume_id == volume && s.state == C && s.schedules.contains(&schedule.name))
                     .collect();
-                let kept_count = completed.iter().filter(|s| kept.contains(s.id.as_str())).count();
+                let kept_count = completed.iter().filter(|s| kept.contains(&*s.id)).count();
                 prop_assert!(
                     kept_count >= (n as usize).min(completed.len()),
                     "{volume} {}: kept {kept_count} of {} with last {n}", schedule.name, completed.len()

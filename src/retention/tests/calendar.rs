@@ -2,6 +2,7 @@
 //! for ISO weeks and DST dates), and property tests over random histories in three timezones.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use chrono::{DateTime, Datelike, NaiveDateTime, Timelike, Utc};
 use chrono_tz::{America::New_York, Europe::Berlin, Tz};
@@ -564,7 +565,7 @@ fn orphans() {
         ..Case::default()
     };
     for d in run(&case) {
-        assert_eq!(d.orphan, d.volume_id == "vol-gone", "{d:?}");
+        assert_eq!(d.orphan, &*d.volume_id == "vol-gone", "{d:?}");
     }
     case.targeted = None;
     assert!(run(&case).iter().all(|d| !d.orphan));
@@ -720,7 +721,7 @@ fn deletion_caps() {
 
 #[test]
 fn calendar_reason_labels_and_text() {
-    let s = || "gfs".to_string();
+    let s = || Arc::<str>::from("gfs");
     let table = [
         (
             Reason::Calendar {
@@ -921,14 +922,14 @@ fn calendar_world() -> impl Strategy<Value = World> {
                     .into_iter()
                     .enumerate()
                     .map(|(i, (v, h, listed, state, pinned))| Snap {
-                        id: format!("snap-{i:03}"),
-                        volume_id: VOLUMES[v].to_string(),
+                        id: format!("snap-{i:03}").into(),
+                        volume_id: VOLUMES[v].into(),
                         slot: base + chrono::TimeDelta::minutes(h * spread * 60 + (h * 7) % 60),
                         schedules: SCHEDULE_NAMES
                             .iter()
                             .zip(listed)
                             .filter(|(_, on)| *on)
-                            .map(|(n, _)| n.to_string())
+                            .map(|(n, _)| Arc::from(*n))
                             .collect(),
                         state,
                         pinned,
@@ -983,13 +984,13 @@ proptest! {
         world.orphans = OrphanPolicy::KeepRules;
         let decisions = world.plan(cal_now());
         let kept: HashSet<&str> =
-            decisions.iter().filter(|d| d.action == Action::Keep).map(|d| d.snapshot_id.as_str()).collect();
+            decisions.iter().filter(|d| d.action == Action::Keep).map(|d| &*d.snapshot_id).collect();
         for volume in VOLUMES {
             for schedule in &world.schedules {
                 let mut completed: Vec<&Snap> = world
                     .snapshots
                     .iter()
-                    .filter(|s| s.volume_id == volume && s.state == C && s.schedules.contains(&schedule.name))
+                    .filter(|s| &*s.volume_id == volume && s.state == C && s.schedules.contains(&schedule.name))
                     .collect();
                 completed.sort_by(|a, b| b.slot.cmp(&a.slot).then_with(|| a.id.cmp(&b.id)));
                 for period in Period::ALL {
@@ -1005,10 +1006,10 @@ proptest! {
                     let n = match count { Count::N(n) => n as usize, Count::All => usize::MAX };
                     let want = n.min(heads.len());
                     for head in &heads[..want] {
-                        prop_assert!(kept.contains(head.id.as_str()),
+                        prop_assert!(kept.contains(&*head.id),
                             "{volume} {} {:?}: bucket head {} not kept", schedule.name, period, head.id);
                     }
-                    let kept_count = completed.iter().filter(|s| kept.contains(s.id.as_str())).count();
+                    let kept_count = completed.iter().filter(|s| kept.contains(&*s.id)).count();
                     prop_assert!(kept_count >= want);
                 }
             }
@@ -1019,22 +1020,22 @@ proptest! {
     fn rails_hold_with_calendar_rules_orphans_and_caps(world in calendar_world()) {
         let plan = world.full_plan(cal_now());
         prop_assert_eq!(plan.decisions.len(), world.snapshots.len());
-        let by_id: HashMap<&str, &Snap> = world.snapshots.iter().map(|s| (s.id.as_str(), s)).collect();
+        let by_id: HashMap<&str, &Snap> = world.snapshots.iter().map(|s| (&*s.id, s)).collect();
         let mut newest: BTreeMap<&str, &Snap> = BTreeMap::new();
         for s in world.snapshots.iter().filter(|s| s.state == C) {
-            let e = newest.entry(s.volume_id.as_str()).or_insert(s);
+            let e = newest.entry(&*s.volume_id).or_insert(s);
             if (s.slot, std::cmp::Reverse(&s.id)) > (e.slot, std::cmp::Reverse(&e.id)) {
                 *e = s;
             }
         }
         for d in &plan.decisions {
-            let snap = by_id[d.snapshot_id.as_str()];
+            let snap = by_id[&*d.snapshot_id];
             prop_assert!(!d.reasons.is_empty(), "{:?}", d);
             prop_assert_eq!(d.orphan, is_orphan(&world, &d.volume_id));
             if d.action == Action::Delete {
                 prop_assert!(!snap.pinned && snap.state != P, "{:?}", d);
-                prop_assert!(!world.frozen.contains(&d.volume_id), "{:?}", d);
-                let newest_of_volume = newest.get(d.volume_id.as_str()).is_some_and(|n| n.id == snap.id);
+                prop_assert!(!world.frozen.contains(&*d.volume_id), "{:?}", d);
+                let newest_of_volume = newest.get(&*d.volume_id).is_some_and(|n| n.id == snap.id);
                 // Only an expired orphan loses its newest snapshot.
                 if newest_of_volume {
                     prop_assert!(matches!(d.reasons[..], [Reason::OrphanExpired { .. }]), "{:?}", d);
@@ -1095,9 +1096,9 @@ proptest! {
     #[test]
     fn idempotent_with_calendar_rules(world in calendar_world()) {
         let first = world.full_plan(cal_now());
-        let deleted: HashSet<&str> = first.deletes().map(|d| d.snapshot_id.as_str()).collect();
+        let deleted: HashSet<&str> = first.deletes().map(|d| &*d.snapshot_id).collect();
         let mut after = world.clone();
-        after.snapshots.retain(|s| !deleted.contains(s.id.as_str()));
+        after.snapshots.retain(|s| !deleted.contains(&*s.id));
         let second = after.full_plan(cal_now());
         prop_assert!(second.deletes().next().is_none(), "{:?}", second);
         // The same snapshots for the same reasons, except that a within-* window may now reach the oldest

@@ -1,0 +1,414 @@
+//! Creating a slot's snapshots: the tags and description each gets, the create calls (one CreateSnapshots per
+//! instance under instance consistency, else one CreateSnapshot per volume), the CreateTags that add what
+//! CreateSnapshots cannot set per volume, and the deferral of volumes EC2 would refuse for too many pending
+//! snapshots. Everything idempotency depends on (managed, policy, schedule, slot) is set at creation.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use futures::stream::{self, StreamExt};
+
+use super::survey::{Survey, TargetVolume};
+use super::{RunSpec, MAX_TAGS};
+use crate::config::{Consistency, Policy};
+use crate::ec2::{self, CreateSnapshot, Ec2, Snapshot, Tags};
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::report::{Problem, RunReport};
+use crate::retention::SnapState;
+use crate::schedule::format_slot;
+
+/// A volume's snapshot tags: user tags of the instance, then of the volume (more specific wins), a Name, and
+/// snapwarden's own. Capped at EC2's 50 tags, dropping user tags (ours and Name always fit).
+/// Under instance consistency a snapshot without a Name of its own is named after its instance, like the other
+/// snapshots of the same CreateSnapshots call, so one CreateTags can name them all.
+pub(super) fn snapshot_tags(
+    policy: &Policy,
+    schedules: &str,
+    slot: &str,
+    t: &TargetVolume,
+) -> Tags {
+    let by_instance = by_instance(policy, t);
+    let policy = policy.name.as_str();
+    let mut user: Tags = Tags::new();
+    if let Some(i) = &t.instance {
+        user.extend(ec2::copyable_tags(&i.tags).map(|(k, v)| (k.clone(), v.clone())));
+    }
+    user.extend(ec2::copyable_tags(&t.volume.tags).map(|(k, v)| (k.clone(), v.clone())));
+    let name = user.remove("Name").unwrap_or_else(|| match by_instance {
+        Some(instance) => format!("snapwarden {policy} {instance}"),
+        None => format!("snapwarden {policy} {}", t.volume.id),
+    });
+
+    let mut tags = Tags::from([
+        ("Name".to_string(), name),
+        (ec2::TAG_MANAGED.to_string(), "true".to_string()),
+        (ec2::TAG_POLICY.to_string(), policy.to_string()),
+        (ec2::TAG_SCHEDULE.to_string(), schedules.to_string()),
+        (ec2::TAG_SLOT.to_string(), slot.to_string()),
+    ]);
+    // Where the volume hangs, for instance and volume targets alike: what a restore needs to know.
+    if let Some((instance, device)) = &t.volume.attachment {
+        tags.insert(ec2::TAG_INSTANCE.to_string(), instance.clone());
+        if !device.is_empty() {
+            tags.insert(ec2::TAG_DEVICE.to_string(), device.clone());
+        }
+    }
+    let room = MAX_TAGS - tags.len();
+    if user.len() > room {
+        tracing::warn!(volume = %t.volume.id, dropped = user.len() - room, "too many tags to copy; EC2 allows 50 per snapshot");
+    }
+    tags.extend(user.into_iter().take(room));
+    tags
+}
+
+pub(super) fn description(policy: &str, schedules: &str, slot: &str, t: &TargetVolume) -> String {
+    let mut d = format!(
+        "snapwarden {}: policy {policy}, schedule {schedules}, slot {slot}",
+        env!("CARGO_PKG_VERSION")
+    );
+    if let Some((instance, device)) = &t.volume.attachment {
+        d.push_str(&format!(", {instance} {device}"));
+    }
+    d.chars().take(255).collect()
+}
+
+/// The instance whose CreateSnapshots call takes `t`'s snapshot under the policy, if any.
+fn by_instance<'a>(policy: &Policy, t: &'a TargetVolume) -> Option<&'a str> {
+    if policy.consistency != Consistency::Instance {
+        return None;
+    }
+    t.instance.as_ref().map(|i| i.id.as_str())
+}
+
+/// EC2 snapshots at most 40 volumes in one CreateSnapshots.
+const MAX_CREATE_SNAPSHOTS_VOLUMES: usize = 40;
+/// CreateTags takes up to 1,000 resource ids; AWS recommends smaller batches.
+const TAG_BATCH: usize = 500;
+
+/// A create request with the firing schedules it serves.
+pub(super) type Todo = (CreateSnapshot, Vec<String>);
+pub(super) type Created = (CreateSnapshot, Vec<String>, Result<Snapshot, Error>);
+
+/// Creates `todo`'s snapshots and returns one outcome per request, in no particular order.
+///
+/// Under instance consistency an instance with several volumes to snapshot — all of its surveyed volumes, at
+/// most 40, serving the same schedules — gets one CreateSnapshots call; every other volume (volume consistency,
+/// single-volume instances, an instance of which only some volumes still need this slot) one CreateSnapshot.
+/// Either way there is one create call per instance or per volume, and idempotency is unchanged: the slot tag is
+/// among the tags common to every volume of an instance, which CreateSnapshots sets at creation. What
+/// CreateSnapshots cannot set per volume (device, the volume's own tags and Name) is added afterwards by
+/// [`tag_all`], one CreateTags per distinct tag set. A volume missing from a CreateSnapshots answer failed alone.
+///
+/// Concurrency: up to `spec.concurrency` calls wait at once; what actually paces them is the backend's token
+/// buckets (`ec2::pace::Paced`), which queue them at the budgeted rate.
+///
+/// `created` hears of every snapshot the moment its call returns (a volume attached since the survey included),
+/// so that completion tracking starts while other calls are still queued. The second list holds the snapshots of
+/// volumes nobody asked for.
+pub(super) async fn create_all(
+    ec2: &dyn Ec2,
+    spec: &RunSpec<'_>,
+    survey: &Survey,
+    todo: Vec<Todo>,
+    report: &mut RunReport,
+    created: &(dyn Fn(&Snapshot) + Sync),
+) -> (Vec<Created>, Vec<Snapshot>) {
+    let policy = spec.policy;
+    // Surveyed volumes per instance: an instance is snapshotted as a whole only when all of them are to do.
+    let mut surveyed: HashMap<&str, usize> = HashMap::new();
+    let mut owner: HashMap<&str, &str> = HashMap::new();
+    for t in &survey.targets {
+        if let Some(i) = by_instance(policy, t) {
+            *surveyed.entry(i).or_default() += 1;
+            owner.insert(t.volume.id.as_str(), i);
+        }
+    }
+    let mut groups: BTreeMap<String, Vec<Todo>> = BTreeMap::new();
+    let mut singles = Vec::new();
+    for item in todo {
+        match owner.get(item.0.volume_id.as_str()) {
+            Some(i) => groups.entry(i.to_string()).or_default().push(item),
+            None => singles.push(item),
+        }
+    }
+    let mut calls: Vec<(String, Vec<Todo>)> = Vec::new();
+    for (instance, items) in groups {
+        let whole = surveyed.get(instance.as_str()) == Some(&items.len())
+            && (2..=MAX_CREATE_SNAPSHOTS_VOLUMES).contains(&items.len())
+            && items.iter().all(|(_, serves)| *serves == items[0].1);
+        if whole {
+            calls.push((instance, items));
+        } else {
+            singles.extend(items);
+        }
+    }
+    let singles = singles.into_iter().map(|item| (String::new(), vec![item]));
+    let outcomes: Vec<(Vec<Created>, Vec<Snapshot>)> =
+        stream::iter(calls.into_iter().chain(singles))
+            .map(|(instance, items)| async move {
+                let outcome = if instance.is_empty() {
+                    let (request, serves) = items.into_iter().next().expect("one item");
+                    let result = ec2.create_snapshot(&request).await;
+                    (vec![(request, serves, result)], Vec::new())
+                } else {
+                    create_instance(ec2, &policy.name, &instance, items).await
+                };
+                let made = outcome.0.iter().filter_map(|(_, _, r)| r.as_ref().ok());
+                made.chain(&outcome.1).for_each(created);
+                outcome
+            })
+            .buffer_unordered(spec.concurrency.max(1))
+            .collect()
+            .await;
+    let mut results = Vec::new();
+    let mut extras = Vec::new();
+    for (made, extra) in outcomes {
+        results.extend(made);
+        for s in extra {
+            tracing::info!(volume = %s.volume_id, snapshot = %s.id, "snapshot of a volume attached since the survey");
+            extras.push(s);
+        }
+    }
+    tag_all(ec2, spec, survey, &mut results, report).await;
+    (results, extras)
+}
+
+/// One CreateSnapshots for `items` (every volume of `instance`): the tags they share at creation, the rest
+/// afterwards. Returns the outcome per requested volume and any snapshot of a volume nobody asked for.
+async fn create_instance(
+    ec2: &dyn Ec2,
+    policy: &str,
+    instance: &str,
+    items: Vec<(CreateSnapshot, Vec<String>)>,
+) -> (Vec<Created>, Vec<Snapshot>) {
+    let mut common = items[0].0.tags.clone();
+    for (r, _) in &items[1..] {
+        common.retain(|k, v| r.tags.get(k) == Some(v));
+    }
+    let request = ec2::CreateSnapshots {
+        instance_id: instance.to_string(),
+        description: instance_description(policy, &common, instance),
+        volumes: items
+            .iter()
+            .map(|(r, _)| {
+                let extra: Tags = r
+                    .tags
+                    .iter()
+                    .filter(|(k, _)| !common.contains_key(*k))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                (r.volume_id.clone(), extra)
+            })
+            .collect(),
+        tags: common,
+    };
+    let answer = match ec2.create_snapshots(&request).await {
+        Ok(answer) => answer,
+        Err(e) => {
+            // The call failed as a whole: every volume failed (or is deferred) with the same error.
+            let results = items
+                .into_iter()
+                .map(|(r, serves)| {
+                    let e = clone_error(&e);
+                    (r, serves, Err(e))
+                })
+                .collect();
+            return (results, Vec::new());
+        }
+    };
+    let mut by_volume: HashMap<String, Result<Snapshot, Error>> = answer.into_iter().collect();
+    let results = items
+        .into_iter()
+        .map(|(mut r, serves)| {
+            let result = by_volume.remove(&r.volume_id).unwrap_or_else(|| {
+                Err(Error::Other(format!(
+                    "CreateSnapshots of {instance} returned no snapshot of this volume (detached meanwhile?); the \
+                     next run of the slot tries again"
+                )))
+            });
+            r.description = request.description.clone();
+            (r, serves, result)
+        })
+        .collect();
+    let extra = by_volume.into_values().filter_map(Result::ok).collect();
+    (results, extra)
+}
+
+/// Description shared by the snapshots of one CreateSnapshots (it takes one): the per-volume form without the
+/// device, which is in the `snapwarden:device` tag.
+fn instance_description(policy: &str, common: &Tags, instance: &str) -> String {
+    let get = |k: &str| common.get(k).map(String::as_str).unwrap_or_default();
+    let d = format!(
+        "snapwarden {}: policy {policy}, schedule {}, slot {}, {instance}",
+        env!("CARGO_PKG_VERSION"),
+        get(ec2::TAG_SCHEDULE),
+        get(ec2::TAG_SLOT)
+    );
+    d.chars().take(255).collect()
+}
+
+/// Errors are not `Clone` (they may wrap anything); one call's error shared by its volumes keeps what matters.
+fn clone_error(e: &Error) -> Error {
+    match e {
+        Error::Api {
+            operation,
+            region,
+            code,
+            message,
+        } => Error::Api {
+            operation,
+            region: region.clone(),
+            code: code.clone(),
+            message: message.clone(),
+        },
+        Error::Transport {
+            operation,
+            region,
+            kind,
+            message,
+        } => Error::Transport {
+            operation,
+            region: region.clone(),
+            kind,
+            message: message.clone(),
+        },
+        Error::Credentials(m) => Error::Credentials(m.clone()),
+        Error::Other(m) => Error::Other(m.clone()),
+    }
+}
+
+/// Adds the tags a snapshot of this slot should carry but does not: those CreateSnapshots could not set per
+/// volume, for this run's snapshots and for ones an earlier run of the slot made and did not get to tag (a crash
+/// or a failed CreateTags between the two calls). Only missing keys are added, never a value changed. Snapshots
+/// needing the same tags share CreateTags calls (up to [`TAG_BATCH`] ids each). A failure is a `tag` problem (the
+/// run is partial); the snapshot itself is good, and the next run of the slot tries again.
+async fn tag_all(
+    ec2: &dyn Ec2,
+    spec: &RunSpec<'_>,
+    survey: &Survey,
+    results: &mut [Created],
+    report: &mut RunReport,
+) {
+    let mut batches: BTreeMap<Tags, Vec<String>> = BTreeMap::new();
+    let missing = |want: &Tags, have: &Tags| -> Tags {
+        want.iter()
+            .filter(|(k, _)| !have.contains_key(*k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
+    for (request, _, result) in results.iter_mut() {
+        if let Ok(s) = result {
+            let add = missing(&request.tags, &s.tags);
+            if !add.is_empty() {
+                Arc::make_mut(&mut s.tags).extend(add.clone());
+                batches.entry(add).or_default().push(s.id.clone());
+            }
+        }
+    }
+    // Earlier runs of this slot: only where CreateSnapshots leaves something out (several volumes of an instance).
+    if spec.policy.consistency == Consistency::Instance {
+        let slot = format_slot(spec.slot);
+        let targets: HashMap<&str, &TargetVolume> = survey
+            .targets
+            .iter()
+            .map(|t| (t.volume.id.as_str(), t))
+            .collect();
+        let queued: HashSet<String> = batches.values().flatten().cloned().collect();
+        for s in &survey.snapshots {
+            if s.slot != spec.slot || s.state == SnapState::Error || queued.contains(&*s.id) {
+                continue;
+            }
+            let (Some(t), Some(have)) = (targets.get(&*s.volume_id), survey.slot_tags.get(&s.id))
+            else {
+                continue;
+            };
+            let schedules = have.get(ec2::TAG_SCHEDULE).cloned().unwrap_or_default();
+            let add = missing(&snapshot_tags(spec.policy, &schedules, &slot, t), have);
+            if !add.is_empty() {
+                batches.entry(add).or_default().push(s.id.to_string());
+            }
+        }
+    }
+    let calls: Vec<(Tags, Vec<String>)> = batches
+        .into_iter()
+        .flat_map(|(tags, ids)| {
+            ids.chunks(TAG_BATCH)
+                .map(|c| (tags.clone(), c.to_vec()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let failed: Vec<(Vec<String>, Error)> = stream::iter(calls)
+        .map(|(tags, ids)| async move {
+            let r = ec2.create_tags(&ids, &tags).await;
+            (ids, r)
+        })
+        .buffer_unordered(spec.concurrency.max(1))
+        .filter_map(|(ids, r)| async move { r.err().map(|e| (ids, e)) })
+        .collect()
+        .await;
+    for (ids, e) in failed {
+        tracing::error!(snapshots = ids.len(), error = %e, kind = e.kind(), "could not tag snapshots; the next run of the slot tries again");
+        for id in ids {
+            report.problems.push(Problem {
+                resource: id,
+                operation: "tag",
+                code: e.code().to_string(),
+                message: e.to_string(),
+            });
+        }
+    }
+}
+
+/// Takes out of `todo` the volumes EC2 would refuse for too many pending snapshots (`ec2::pace::pending_deferrals`
+/// over the survey's snapshots): creating them would only fail with `ConcurrentSnapshotLimitExceeded`. Each is
+/// reported as a `defer` problem — the run is partial, never failed, for it — and frozen for retention, since it
+/// has no snapshot of this slot. The next run tries again.
+pub(super) fn defer_pending(
+    ec2: &dyn Ec2,
+    spec: &RunSpec<'_>,
+    survey: &Survey,
+    todo: &mut Vec<(CreateSnapshot, Vec<String>)>,
+    frozen: &mut HashSet<String>,
+    report: &mut RunReport,
+    metrics: &Metrics,
+) {
+    let types: HashMap<&str, &str> = survey
+        .targets
+        .iter()
+        .map(|t| (t.volume.id.as_str(), t.volume.volume_type.as_str()))
+        .collect();
+    let candidates: Vec<(&str, &str)> = todo
+        .iter()
+        .map(|(r, _)| {
+            let id = r.volume_id.as_str();
+            (id, types.get(id).copied().unwrap_or_default())
+        })
+        .collect();
+    let deferred =
+        ec2::pace::pending_deferrals(&candidates, &survey.snapshots, ec2.max_pending_snapshots());
+    if deferred.is_empty() {
+        return;
+    }
+    todo.retain(|(request, serves)| {
+        let Some(why) = deferred.get(&request.volume_id) else {
+            return true;
+        };
+        let message = why.message();
+        tracing::warn!(volume = %request.volume_id, reason = %message, "snapshot deferred: pending-snapshot limit");
+        for s in serves {
+            metrics
+                .skipped_resources
+                .with_label_values(&[&spec.policy.name, s, "pending-limit"])
+                .inc();
+        }
+        frozen.insert(request.volume_id.clone());
+        report.problems.push(Problem {
+            resource: request.volume_id.clone(),
+            operation: "defer",
+            code: "pending-limit".into(),
+            message,
+        });
+        false
+    });
+}

@@ -1,0 +1,284 @@
+//! Retention inside a run: planning it from the survey and deleting what the plan says, overlapped with the
+//! creates. The delete budget is the scarcest one at scale (one DeleteSnapshot per expired snapshot, at the same
+//! rate EC2 allows creates), so it must not idle while snapshots are being made.
+//!
+//! How deletes start early without changing what gets deleted: before creating anything, the run plans retention
+//! on the state it expects at the end — every snapshot it is waiting for (this slot's new ones, and any an earlier
+//! run left pending) completed. A volume's deletes from that plan are held until every snapshot of the volume it
+//! waited for has been seen `completed`; the volume's input to the planner is then exactly what the end-of-run
+//! plan sees, so its deletes are the same. A volume whose wait ends otherwise (a failed or deferred create, an
+//! `error` snapshot, one still pending at the deadline) is never released early: the end-of-run plan over the
+//! actual state decides for it, as it decides for every volume when the run does not wait for completion. The
+//! deletion caps apply to both plans: early deletes only happen when the expected plan is within them, and the
+//! end-of-run plan can only delete less (a snapshot that did not complete keeps at least as much).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use futures::stream::{self, StreamExt};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+
+use super::survey::Survey;
+use crate::config::Policy;
+use crate::ec2::{Ec2, Snapshot};
+use crate::error::Error;
+use crate::retention::{self, Action, Decision, PlanInput, ScheduleRules, Snap, SnapState};
+
+/// Plans retention over every managed snapshot of the policy in the region, targeted or not. `tz` is the zone
+/// calendar keep rules take their days and weeks in (`policy.timezone`, i.e. `daemon.timezone`).
+pub fn plan_retention(
+    policy: &Policy,
+    survey: &Survey,
+    frozen: &HashSet<String>,
+    tz: chrono_tz::Tz,
+    now: DateTime<Utc>,
+) -> retention::Plan {
+    let rules: Vec<ScheduleRules> = policy
+        .schedules
+        .iter()
+        .map(|s| ScheduleRules {
+            name: Arc::from(s.name.as_str()),
+            keep: s.keep.clone(),
+            count_from_tag: s.count_tag.is_some(),
+        })
+        .collect();
+    let mut counts = survey.counts.clone();
+    // Volumes no longer targeted (instance gone, tag removed) keep the count their snapshots were made with: the
+    // count tag is copied onto each snapshot. A live resource with a bad value is not second-guessed this way.
+    counts.extend(
+        survey
+            .snapshot_counts
+            .iter()
+            .filter(|(key, _)| !survey.seen.contains(*key))
+            .map(|(key, &(_, n))| (key.clone(), n)),
+    );
+    // A volume skipped only for a bad count-tag value is still targeted: it must not become an orphan whose
+    // history `expire-after` deletes while the tag is being fixed.
+    let targeted: HashSet<String> = survey
+        .targets
+        .iter()
+        .map(|t| t.volume.id.clone())
+        .chain(survey.seen.iter().map(|(volume, _)| volume.clone()))
+        .collect();
+    let input = PlanInput {
+        snapshots: &survey.snapshots,
+        schedules: &rules,
+        counts: &counts,
+        frozen_volumes: frozen,
+        tz,
+        targeted: Some(&targeted),
+        orphans: policy.orphans,
+        caps: policy.caps,
+    };
+    retention::plan(&input, now)
+}
+
+/// The deletes of the expected plan, held per volume until the snapshots the volume waits for have completed.
+#[derive(Default)]
+pub(super) struct Early {
+    /// Volume -> how many of the snapshots it waits for are not yet seen completed.
+    waiting: HashMap<Arc<str>, usize>,
+    /// Volume -> its deletes in the expected plan.
+    held: HashMap<Arc<str>, Vec<Decision>>,
+    /// Volumes whose deletes went out early: the end-of-run plan leaves them alone.
+    pub released: HashSet<Arc<str>>,
+    /// Volumes this run creates a snapshot for, not yet matched with one.
+    creating: HashSet<Arc<str>>,
+    /// Snapshot id -> volume, for the snapshots the expected plan assumed completed.
+    expected: HashMap<String, Arc<str>>,
+    /// Snapshot id -> volume, for every snapshot whose state the run is waiting to learn.
+    pub pending: HashMap<String, Arc<str>>,
+    /// States learnt since the survey, by snapshot id.
+    pub states: HashMap<String, SnapState>,
+    /// Snapshots this run made (or found made for a volume attached since the survey), digested.
+    pub created: Vec<Snapshot>,
+    tx: Option<UnboundedSender<Decision>>,
+}
+
+impl Early {
+    /// Plans the expected end state of the run: `survey` with every pending snapshot completed and a completed
+    /// snapshot of `slot` for each volume of `creating`. Volumes waiting for nothing are released at once.
+    /// `waits`: the run polls for completion; without it nothing is planned early and the end-of-run plan
+    /// decides everything.
+    #[allow(clippy::too_many_arguments)]
+    pub fn plan(
+        policy: &Policy,
+        survey: &mut Survey,
+        creating: &[(String, Vec<String>)],
+        frozen: &HashSet<String>,
+        waits: bool,
+        slot: DateTime<Utc>,
+        now: DateTime<Utc>,
+        tx: UnboundedSender<Decision>,
+    ) -> Early {
+        let mut e = Early {
+            tx: Some(tx),
+            ..Early::default()
+        };
+        if !waits {
+            // Nothing completes while the run lasts, so only volumes waiting for nothing could go early; not
+            // worth a second plan (`simulate` runs thousands of these).
+            return e;
+        }
+        // Reshape the survey in place for the expected plan and put it back after: a copy of a large survey
+        // would double the run's memory for a moment. Error-state snapshots are out of the end-of-run plan (the
+        // completion step deletes them).
+        let errored: Vec<Snap> = survey
+            .snapshots
+            .iter()
+            .filter(|s| s.state == SnapState::Error)
+            .cloned()
+            .collect();
+        if !errored.is_empty() {
+            survey.snapshots.retain(|s| s.state != SnapState::Error);
+        }
+        let mut completed_now = Vec::new();
+        for (i, s) in survey.snapshots.iter_mut().enumerate() {
+            if s.state == SnapState::Pending {
+                s.state = SnapState::Completed;
+                completed_now.push(i);
+                *e.waiting.entry(Arc::clone(&s.volume_id)).or_default() += 1;
+                e.expected
+                    .insert(s.id.to_string(), Arc::clone(&s.volume_id));
+                e.pending.insert(s.id.to_string(), Arc::clone(&s.volume_id));
+            }
+        }
+        let placeholders = survey.snapshots.len();
+        for (volume, serves) in creating {
+            let volume = survey.interner.str(volume);
+            let schedules = survey.interner.schedules(&serves.join(","));
+            *e.waiting.entry(Arc::clone(&volume)).or_default() += 1;
+            e.creating.insert(Arc::clone(&volume));
+            survey.snapshots.push(Snap {
+                id: Arc::from(format!("(snapshot of this run for {volume})")),
+                volume_id: volume,
+                slot,
+                schedules,
+                state: SnapState::Completed,
+                pinned: false,
+            });
+        }
+        let plan = plan_retention(policy, survey, frozen, policy.timezone, now);
+        survey.snapshots.truncate(placeholders);
+        for i in completed_now {
+            survey.snapshots[i].state = SnapState::Pending;
+        }
+        survey.snapshots.extend(errored);
+        if plan.cap_hit.is_some() {
+            // Nothing goes early; the end-of-run plan reports the cap.
+            return e;
+        }
+        let placeholder_deleted: HashSet<Arc<str>> = plan
+            .deletes()
+            .filter(|d| d.snapshot_id.starts_with('('))
+            .map(|d| Arc::clone(&d.volume_id))
+            .collect();
+        for d in plan.decisions {
+            if d.action == Action::Delete && !placeholder_deleted.contains(&d.volume_id) {
+                e.held.entry(Arc::clone(&d.volume_id)).or_default().push(d);
+            }
+        }
+        // A volume the expected plan would take this run's snapshot from is not one the plans can agree on.
+        for v in placeholder_deleted {
+            e.waiting.insert(v, usize::MAX);
+        }
+        let ready: Vec<Arc<str>> = e
+            .held
+            .keys()
+            .filter(|v| !e.waiting.contains_key(*v))
+            .cloned()
+            .collect();
+        for v in ready {
+            e.release(&v);
+        }
+        e
+    }
+
+    fn release(&mut self, volume: &Arc<str>) {
+        let Some(deletes) = self.held.remove(volume) else {
+            return;
+        };
+        self.released.insert(Arc::clone(volume));
+        if let Some(tx) = &self.tx {
+            for d in deletes {
+                // The receiver lives as long as the run; a send can only fail once it is over.
+                let _ = tx.send(d);
+            }
+        }
+    }
+
+    /// A snapshot a create call returned.
+    pub fn created(&mut self, s: &Snapshot) {
+        let volume: Option<Arc<str>> = self.creating.take(s.volume_id.as_str());
+        if let Some(v) = volume {
+            self.expected.insert(s.id.clone(), v);
+        }
+        self.created.push(s.clone());
+        let volume = Arc::from(s.volume_id.as_str());
+        match s.state {
+            SnapState::Pending => {
+                self.pending.insert(s.id.clone(), volume);
+            }
+            state => self.learnt(&s.id, state),
+        }
+    }
+
+    /// A state learnt by polling (or by creating).
+    pub fn learnt(&mut self, id: &str, state: SnapState) {
+        if state == SnapState::Pending {
+            return;
+        }
+        self.pending.remove(id);
+        self.states.insert(id.to_string(), state);
+        let Some(volume) = self.expected.remove(id) else {
+            return;
+        };
+        let Some(left) = self.waiting.get_mut(&volume) else {
+            return;
+        };
+        if state == SnapState::Completed && *left != usize::MAX {
+            *left -= 1;
+            if *left == 0 {
+                self.waiting.remove(&volume);
+                self.release(&volume);
+            }
+        } else {
+            // An error snapshot: the expected plan counted it as a keeper; it is not one.
+            *left = usize::MAX;
+        }
+    }
+
+    /// Sends the end-of-run plan's deletes of every volume not released early, and closes the queue.
+    pub fn finish(&mut self, plan: &[Decision]) {
+        if let Some(tx) = self.tx.take() {
+            for d in plan.iter().filter(|d| d.action == Action::Delete) {
+                if !self.released.contains(&d.volume_id) {
+                    let _ = tx.send(d.clone());
+                }
+            }
+        }
+    }
+
+    /// Closes the queue without sending more.
+    pub fn close(&mut self) {
+        self.tx = None;
+    }
+}
+
+/// Deletes what arrives on `rx` until it closes, up to `concurrency` calls waiting at once (the backend's token
+/// bucket paces them).
+pub(super) async fn delete_all(
+    ec2: &dyn Ec2,
+    rx: UnboundedReceiver<Decision>,
+    concurrency: usize,
+) -> Vec<(Decision, Result<(), Error>)> {
+    stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|d| (d, rx)) })
+        .map(|d| async move {
+            let result = ec2.delete_snapshot(&d.snapshot_id).await;
+            (d, result)
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await
+}

@@ -1,0 +1,278 @@
+//! The survey: what one region holds for one policy, read in one filtered, paginated sweep per resource type
+//! (targets, then the policy's managed snapshots). Snapshots are digested page by page into compact [`Snap`]
+//! records — tags parsed once, strings shared — so a sweep of hundreds of thousands of snapshots costs about a
+//! hundred bytes each, not the kilobyte a snapshot with all its tags takes.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use super::{parse_count, FILTER_VALUES};
+use crate::config::{Policy, ResourceKind};
+use crate::ec2::{self, Ec2, Filter, Instance, Snapshot, Tags, Volume};
+use crate::error::Error;
+use crate::report::Problem;
+use crate::retention::{Interner, Snap};
+use crate::schedule::parse_slot;
+
+/// A volume to snapshot, with the instance it hangs off (instance targets).
+#[derive(Debug, Clone)]
+pub struct TargetVolume {
+    pub volume: Volume,
+    pub instance: Option<Instance>,
+    /// Schedules of the policy that target this volume (all of them, firing or not).
+    pub schedules: Vec<String>,
+}
+
+/// What one region holds for a policy.
+#[derive(Debug, Default)]
+pub struct Survey {
+    pub targets: Vec<TargetVolume>,
+    /// (volume, schedule) -> keep-last from the count tag, for live targets with a good value.
+    pub counts: HashMap<(String, String), u32>,
+    /// (volume, schedule) pairs whose target resource was seen live for a count-tag schedule (good value or not).
+    pub seen: HashSet<(String, String)>,
+    /// Bad count-tag values: reported, the resource skipped for that schedule.
+    pub problems: Vec<(String, Problem)>,
+    /// Managed snapshots of the policy owned by this account.
+    pub snapshots: Vec<Snap>,
+    /// (volume, schedule) -> (slot, count) of the newest snapshot carrying the schedule's count tag: the count a
+    /// volume that is no longer targeted keeps (the tag is copied onto each snapshot).
+    pub snapshot_counts: HashMap<(String, String), (DateTime<Utc>, u32)>,
+    /// All tags of the snapshots of the slot the survey was taken for (see [`survey`]), by snapshot id: what a
+    /// run compares with the tags they should have.
+    pub slot_tags: HashMap<Arc<str>, Tags>,
+    /// Shares volume ids and schedule lists between snapshots, and with the snapshots a run adds.
+    pub interner: Interner,
+}
+
+impl Survey {
+    /// A snapshot as the survey holds it: the slot from its slot tag (StartTime when absent), its schedules, and
+    /// whether it is pinned.
+    pub fn digest(&mut self, s: &Snapshot) -> Snap {
+        Snap {
+            id: Arc::from(s.id.as_str()),
+            volume_id: self.interner.str(&s.volume_id),
+            slot: slot_of(s),
+            schedules: self
+                .interner
+                .schedules(s.tags.get(ec2::TAG_SCHEDULE).map_or("", String::as_str)),
+            state: s.state,
+            pinned: s.tags.contains_key(ec2::TAG_KEEP),
+        }
+    }
+}
+
+/// The slot time of a snapshot: its slot tag, else when it started.
+pub fn slot_of(s: &Snapshot) -> DateTime<Utc> {
+    s.tags
+        .get(ec2::TAG_SLOT)
+        .and_then(|t| parse_slot(t))
+        .unwrap_or(s.start_time)
+}
+
+fn state_filter() -> Filter {
+    Filter::new(
+        "instance-state-name",
+        ["pending", "running", "stopping", "stopped"]
+            .map(String::from)
+            .to_vec(),
+    )
+}
+
+/// Reads targets and the policy's managed snapshots. Any describe failure fails the survey: acting on a
+/// half-known state could duplicate snapshots or delete the wrong ones. `slot`: keep the full tags of that slot's
+/// snapshots ([`Survey::slot_tags`]).
+pub async fn survey(
+    ec2: &dyn Ec2,
+    policy: &Policy,
+    account_id: &str,
+    slot: Option<DateTime<Utc>>,
+) -> Result<Survey, Error> {
+    let mut filters: Vec<Filter> = policy
+        .target
+        .tags
+        .iter()
+        .map(|(k, v)| Filter::tag(k, v))
+        .collect();
+    let count_tags: Vec<String> = policy
+        .schedules
+        .iter()
+        .filter_map(|s| s.count_tag.clone())
+        .collect();
+    if count_tags.len() == policy.schedules.len() {
+        // Every schedule is count-tag driven: only resources carrying one of the tags can be targets.
+        filters.push(Filter::new("tag-key", count_tags));
+    }
+    let resources: Vec<(Volume, Option<Instance>)> = match policy.target.resource {
+        ResourceKind::Volume => ec2
+            .describe_volumes(&filters)
+            .await?
+            .into_iter()
+            .map(|v| (v, None))
+            .collect(),
+        ResourceKind::Instance => {
+            filters.push(state_filter());
+            let instances: HashMap<String, Instance> = ec2
+                .describe_instances(&filters)
+                .await?
+                .into_iter()
+                .map(|i| (i.id.clone(), i))
+                .collect();
+            let mut out = Vec::new();
+            for v in attached_volumes(ec2, &instances).await? {
+                let inst = v
+                    .attachment
+                    .as_ref()
+                    .and_then(|(i, _)| instances.get(i))
+                    .cloned();
+                if inst.is_some() {
+                    out.push((v, inst));
+                }
+            }
+            out
+        }
+    };
+
+    let mut s = Survey::default();
+    for (volume, instance) in resources {
+        let source_tags = instance.as_ref().map_or(&volume.tags, |i| &i.tags);
+        let source_id = instance.as_ref().map_or(&volume.id, |i| &i.id).clone();
+        let mut schedules = Vec::new();
+        for sched in &policy.schedules {
+            let Some(tag) = &sched.count_tag else {
+                schedules.push(sched.name.clone());
+                continue;
+            };
+            let Some(value) = source_tags.get(tag) else {
+                continue;
+            };
+            s.seen.insert((volume.id.clone(), sched.name.clone()));
+            match parse_count(value) {
+                Ok(n) => {
+                    s.counts.insert((volume.id.clone(), sched.name.clone()), n);
+                    schedules.push(sched.name.clone());
+                }
+                Err(why) => s.problems.push((
+                    sched.name.clone(),
+                    Problem {
+                        resource: source_id.clone(),
+                        operation: "target",
+                        code: "bad-count-tag".into(),
+                        message: format!("tag {tag}: {why}"),
+                    },
+                )),
+            }
+        }
+        if !schedules.is_empty() {
+            s.targets.push(TargetVolume {
+                volume,
+                instance,
+                schedules,
+            });
+        }
+    }
+    // One bad tag value on an instance is reported once per schedule, not once per volume.
+    s.problems
+        .sort_by(|a, b| (&a.0, &a.1.resource).cmp(&(&b.0, &b.1.resource)));
+    s.problems
+        .dedup_by(|a, b| a.0 == b.0 && a.1.resource == b.1.resource);
+
+    let managed = [
+        Filter::tag(ec2::TAG_MANAGED, "true"),
+        Filter::tag(ec2::TAG_POLICY, &policy.name),
+    ];
+    let count_tags: Vec<(&str, &str)> = policy
+        .schedules
+        .iter()
+        .filter_map(|sc| Some((sc.name.as_str(), sc.count_tag.as_deref()?)))
+        .collect();
+    ec2::for_each_snapshot(ec2, &managed, |page| {
+        // OwnerIds=self already restricts this on EC2; checked again because not every endpoint honours it.
+        for snapshot in page.iter().filter(|snap| snap.owner_id == account_id) {
+            let snap = s.digest(snapshot);
+            for &(schedule, tag) in &count_tags {
+                if !snap.schedules.iter().any(|n| &**n == schedule) {
+                    continue;
+                }
+                if let Some(n) = snapshot.tags.get(tag).and_then(|v| parse_count(v).ok()) {
+                    let key = (snapshot.volume_id.clone(), schedule.to_string());
+                    let e = s.snapshot_counts.entry(key).or_insert((snap.slot, n));
+                    if snap.slot > e.0 {
+                        *e = (snap.slot, n);
+                    }
+                }
+            }
+            if slot == Some(snap.slot) {
+                s.slot_tags
+                    .insert(Arc::clone(&snap.id), Tags::clone(&snapshot.tags));
+            }
+            s.snapshots.push(snap);
+        }
+    })
+    .await?;
+    // The vector grew by doubling: give back up to half of it for the rest of the run.
+    s.snapshots.shrink_to_fit();
+    Ok(s)
+}
+
+/// EC2 returns up to 1,000 objects per describe page (`MaxResults`).
+const PAGE: usize = 1000;
+
+/// Region -> attached volumes the last region-wide sweep returned: what a sweep costs, learnt from doing one. A
+/// cost estimate only; no decision about what to snapshot or delete depends on it.
+static SWEEP_SIZE: std::sync::Mutex<BTreeMap<String, usize>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+/// The volumes attached to `instances`, by the cheaper of two equivalent reads: DescribeVolumes filtered by
+/// `attachment.instance-id` (EC2 takes 200 values per filter, so ceil(instances / 200) calls), or one paginated
+/// sweep of every attached volume of the region (ceil(attached / 1,000) pages), which is cheaper when the policy
+/// covers most of the region — at 2.5 volumes per instance, 10,000 volumes are 20 filtered calls or 10 pages. The
+/// size of a sweep is only known after one; until then the sweep is tried once more than one filtered call is
+/// needed, and its size is remembered per region.
+async fn attached_volumes(
+    ec2: &dyn Ec2,
+    instances: &HashMap<String, Instance>,
+) -> Result<Vec<Volume>, Error> {
+    let chunks = instances.len().div_ceil(FILTER_VALUES);
+    let region = ec2.region().to_string();
+    let known = SWEEP_SIZE
+        .lock()
+        .expect("sweep sizes poisoned")
+        .get(&region)
+        .copied();
+    let sweep = match known {
+        Some(n) => n.div_ceil(PAGE).max(1) < chunks,
+        None => chunks > 1,
+    };
+    if sweep {
+        let states = ["attaching", "attached", "detaching"].map(String::from);
+        let all = ec2
+            .describe_volumes(&[Filter::new("attachment.status", states.to_vec())])
+            .await?;
+        SWEEP_SIZE
+            .lock()
+            .expect("sweep sizes poisoned")
+            .insert(region, all.len());
+        return Ok(all
+            .into_iter()
+            .filter(|v| {
+                v.attachment
+                    .as_ref()
+                    .is_some_and(|(i, _)| instances.contains_key(i))
+            })
+            .collect());
+    }
+    let mut ids: Vec<&String> = instances.keys().collect();
+    ids.sort();
+    let mut out = Vec::new();
+    for chunk in ids.chunks(FILTER_VALUES) {
+        let f = Filter::new(
+            "attachment.instance-id",
+            chunk.iter().map(|s| s.to_string()).collect(),
+        );
+        out.extend(ec2.describe_volumes(&[f]).await?);
+    }
+    Ok(out)
+}
