@@ -104,8 +104,8 @@ pub(super) type Created = (CreateSnapshot, Vec<String>, Result<Snapshot, Error>)
 /// buckets (`ec2::pace::Paced`), which queue them at the budgeted rate.
 ///
 /// `created` hears of every snapshot the moment its call returns (a volume attached since the survey included),
-/// so that completion tracking starts while other calls are still queued. The second list holds the snapshots of
-/// volumes nobody asked for.
+/// so that completion tracking starts while other calls are still queued; that is also the only place the snapshot
+/// of a volume nobody asked for (attached since the survey) is handed on.
 pub(super) async fn create_all(
     ec2: &dyn Ec2,
     spec: &RunSpec<'_>,
@@ -113,7 +113,7 @@ pub(super) async fn create_all(
     todo: Vec<Todo>,
     report: &mut RunReport,
     created: &(dyn Fn(&Snapshot) + Sync),
-) -> (Vec<Created>, Vec<Snapshot>) {
+) -> Vec<Created> {
     let policy = spec.policy;
     // Surveyed volumes per instance: an instance is snapshotted as a whole only when all of them are to do.
     let mut surveyed: HashMap<&str, usize> = HashMap::new();
@@ -162,16 +162,14 @@ pub(super) async fn create_all(
             .collect()
             .await;
     let mut results = Vec::new();
-    let mut extras = Vec::new();
     for (made, extra) in outcomes {
         results.extend(made);
         for s in extra {
             tracing::info!(volume = %s.volume_id, snapshot = %s.id, "snapshot of a volume attached since the survey");
-            extras.push(s);
         }
     }
     tag_all(ec2, spec, survey, &mut results, report).await;
-    (results, extras)
+    results
 }
 
 /// One CreateSnapshots for `items` (every volume of `instance`): the tags they share at creation, the rest

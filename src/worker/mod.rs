@@ -254,10 +254,9 @@ async fn execute(
                     None => None,
                 }
             };
-            let ((results, extras), last_error) = tokio::join!(create, polling);
-            (results, extras, last_error)
+            tokio::join!(create, polling)
         };
-        let (results, extras, last_error) = work.await;
+        let (results, last_error) = work.await;
         for (request, serves, result) in results {
             match result {
                 Ok(snapshot) => {
@@ -305,7 +304,6 @@ async fn execute(
                 }
             }
         }
-        drop(extras);
         // The end state: this run's snapshots in, every state learnt applied.
         let created = std::mem::take(&mut lock().created);
         for s in &created {
