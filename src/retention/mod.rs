@@ -36,7 +36,7 @@ mod rules;
 mod tests;
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -560,25 +560,33 @@ impl Plan {
 /// not depend on it. Every `within` window is measured from the newest completed snapshot, never from `now`, so an
 /// outage of snapshot creation cannot erase history.
 pub fn plan(input: &PlanInput<'_>, now: DateTime<Utc>) -> Plan {
-    let mut configured: HashMap<&str, &ScheduleRules> =
-        HashMap::with_capacity(input.schedules.len());
-    for schedule in input.schedules {
-        configured.entry(&*schedule.name).or_insert(schedule);
-    }
-
-    let mut by_volume: HashMap<&str, Vec<&Snap>> = HashMap::new();
-    for snap in input.snapshots {
-        by_volume.entry(&*snap.volume_id).or_default().push(snap);
-    }
-    let mut volumes: Vec<(&str, Vec<&Snap>)> = by_volume.into_iter().collect();
-    volumes.sort_unstable_by(|a, b| a.0.cmp(b.0));
-
+    let configured = Configured::new(input.schedules);
+    let (mut sorted, ends) = by_volume(input.snapshots);
+    let mut scratch = Scratch::new(input.tz);
     let mut decisions = Vec::with_capacity(input.snapshots.len());
-    for (volume_id, mut snaps) in volumes {
-        snaps.sort_by(|a, b| newest_first(a, b));
-        plan_volume(volume_id, &snaps, &configured, input, now, &mut decisions);
+    let mut tally = Tally::default();
+    let mut start = 0;
+    for end in ends {
+        let snaps = &mut sorted[start..end];
+        // Sorted here rather than with the grouping, so the snapshots are still in cache when they are planned.
+        // Stable, so exact duplicates keep their input order; a survey's are often in order already.
+        if !snaps.is_sorted_by(|a, b| newest_first(a, b) != Ordering::Greater) {
+            snaps.sort_by(|a, b| newest_first(a, b));
+        }
+        let snaps = &*snaps;
+        let first = decisions.len();
+        let deletes = plan_volume(snaps, &configured, input, now, &mut scratch, &mut decisions);
+        tally.deletes += deletes.all;
+        if input.caps.max_delete_fraction.is_some() {
+            tally.volumes.push(VolumeTally {
+                first,
+                managed: snaps.len(),
+                deleted: deletes.by_rules,
+            });
+        }
+        start = end;
     }
-    let cap_hit = check_caps(&decisions, input.caps);
+    let cap_hit = check_caps(&decisions, &tally, input.caps);
     if cap_hit.is_some() {
         for d in decisions.iter_mut().filter(|d| d.action == Action::Delete) {
             d.action = Action::Keep;
@@ -594,17 +602,148 @@ fn newest_first(a: &Snap, b: &Snap) -> Ordering {
     b.slot.cmp(&a.slot).then_with(|| a.id.cmp(&b.id))
 }
 
+/// The configured schedules by name, for the volumes' listed names to look up; a repeated name keeps its first.
+struct Configured<'a>(Vec<(&'a str, &'a ScheduleRules)>);
+
+impl<'a> Configured<'a> {
+    fn new(schedules: &'a [ScheduleRules]) -> Self {
+        let mut by_name: Vec<_> = schedules.iter().map(|s| (&*s.name, s)).collect();
+        // A stable sort keeps repeats in config order, and `dedup_by` keeps the first of each run.
+        by_name.sort_by(|a, b| a.0.cmp(b.0));
+        by_name.dedup_by(|later, first| later.0 == first.0);
+        Configured(by_name)
+    }
+
+    fn get(&self, name: &str) -> Option<&'a ScheduleRules> {
+        let at = self.0.binary_search_by(|(n, _)| (*n).cmp(name)).ok()?;
+        Some(self.0[at].1)
+    }
+}
+
+/// The snapshots grouped by volume, volumes in id order and each volume's in input order, with the end of each
+/// volume's stretch in it.
+fn by_volume(snaps: &[Snap]) -> (Vec<&Snap>, Vec<usize>) {
+    let Some(any) = snaps.first() else {
+        return (Vec::new(), Vec::new());
+    };
+    // Volumes numbered in order of first appearance, and the input cut into runs of one volume, each kept as
+    // (volume number, length): 8 bytes a run however the input is ordered. A survey often lists a volume's
+    // snapshots together and shares one id among them, so a run usually costs a pointer comparison per snapshot
+    // and one lookup by name; interleaved volumes cost a lookup per snapshot, as a map of volumes would.
+    let mut numbers: HashMap<&str, u32> = HashMap::new();
+    let mut ids: Vec<&str> = Vec::new();
+    let mut sizes: Vec<usize> = Vec::new();
+    let mut runs: Vec<(u32, u32)> = Vec::new();
+    for run in
+        snaps.chunk_by(|a, b| Arc::ptr_eq(&a.volume_id, &b.volume_id) || a.volume_id == b.volume_id)
+    {
+        let id: &str = &run[0].volume_id;
+        let v = *numbers.entry(id).or_insert_with(|| {
+            ids.push(id);
+            sizes.push(0);
+            u32_len(ids.len() - 1)
+        });
+        sizes[v as usize] += run.len();
+        runs.push((v, u32_len(run.len())));
+    }
+    // A counting sort by volume id: each volume gets its stretch of the output, filled run by run in input order.
+    let mut order: Vec<usize> = (0..ids.len()).collect();
+    order.sort_unstable_by_key(|&v| ids[v]);
+    let mut next = vec![0; ids.len()];
+    let mut ends = Vec::with_capacity(ids.len());
+    let mut end = 0;
+    for &v in &order {
+        next[v] = end;
+        end += sizes[v];
+        ends.push(end);
+    }
+    let mut sorted = vec![any; snaps.len()];
+    let mut from = 0;
+    for &(v, len) in &runs {
+        let (v, len) = (v as usize, len as usize);
+        let to = next[v];
+        for (to, snap) in sorted[to..to + len]
+            .iter_mut()
+            .zip(&snaps[from..from + len])
+        {
+            *to = snap;
+        }
+        next[v] += len;
+        from += len;
+    }
+    (sorted, ends)
+}
+
+/// `n` as a `u32`, for counts of snapshots: 2^32 of them would take 256 GiB of `Snap`s alone.
+fn u32_len(n: usize) -> u32 {
+    u32::try_from(n).expect("fewer than 2^32 snapshots")
+}
+
+/// Buffers reused from one volume to the next, so that planning allocates little beyond the decisions.
+struct Scratch<'a> {
+    /// The rule reasons of each of the volume's snapshots, aligned with them; every entry is empty again once the
+    /// volume's decisions are made.
+    reasons: Vec<Vec<Reason>>,
+    /// The schedule names the volume's completed snapshots list, each with the positions of those snapshots,
+    /// newest first; only the first `used` entries of a `schedule_reasons` call are the volume's.
+    listed: Vec<Listed<'a>>,
+    rules: rules::Scratch,
+    /// The `counts` key being looked up, rebuilt in place.
+    count_key: (String, String),
+    /// The schedule name of `ScheduleRemoved` for a snapshot that lists none.
+    no_schedule: Arc<str>,
+}
+
+struct Listed<'a> {
+    name: &'a Arc<str>,
+    snaps: Vec<usize>,
+}
+
+impl Scratch<'_> {
+    fn new(tz: chrono_tz::Tz) -> Self {
+        Scratch {
+            reasons: Vec::new(),
+            listed: Vec::new(),
+            rules: rules::Scratch::new(tz),
+            count_key: (String::new(), String::new()),
+            no_schedule: Arc::from(""),
+        }
+    }
+}
+
+/// What a volume's decisions delete: in all, and by its rules (`Expired`, what `max-delete-fraction` counts).
+struct Deletes {
+    all: usize,
+    by_rules: usize,
+}
+
+/// The plan's deletions, for the caps.
+#[derive(Default)]
+struct Tally {
+    deletes: usize,
+    /// Per volume, in output order; only filled when `max-delete-fraction` is set.
+    volumes: Vec<VolumeTally>,
+}
+
+struct VolumeTally {
+    /// The index of the volume's first decision.
+    first: usize,
+    managed: usize,
+    deleted: usize,
+}
+
 /// `snaps`: one volume's snapshots, newest first.
-fn plan_volume(
-    volume_id: &str,
-    snaps: &[&Snap],
-    configured: &HashMap<&str, &ScheduleRules>,
+fn plan_volume<'a>(
+    snaps: &[&'a Snap],
+    configured: &Configured<'_>,
     input: &PlanInput<'_>,
     now: DateTime<Utc>,
+    scratch: &mut Scratch<'a>,
     out: &mut Vec<Decision>,
-) {
+) -> Deletes {
+    let volume_id: &str = &snaps[0].volume_id;
     let newest_completed = snaps.iter().position(|s| s.state == SnapState::Completed);
-    let frozen = input.frozen_volumes.contains(volume_id);
+    let frozen = !input.frozen_volumes.is_empty() && input.frozen_volumes.contains(volume_id);
     let orphan = input.targeted.is_some_and(|t| !t.contains(volume_id));
     let expired_after = match input.orphans {
         OrphanPolicy::ExpireAfter(after) if orphan => {
@@ -612,44 +751,59 @@ fn plan_volume(
         }
         _ => None,
     };
+    let keep_all = orphan && input.orphans == OrphanPolicy::KeepAll;
 
-    let rule_reasons = match expired_after {
-        // No rule can keep anything of an expired orphan, so they are not even evaluated.
-        Some(_) => vec![Vec::new(); snaps.len()],
-        None => schedule_reasons(volume_id, snaps, configured, input),
+    if scratch.reasons.len() < snaps.len() {
+        scratch.reasons.resize_with(snaps.len(), Vec::new);
+    }
+    // No rule can keep anything of an expired orphan, so they are not even evaluated.
+    if expired_after.is_none() {
+        schedule_reasons(volume_id, snaps, configured, input, scratch);
+    }
+
+    let mut deletes = Deletes {
+        all: 0,
+        by_rules: 0,
     };
-
-    for (i, (snap, from_rules)) in snaps.iter().zip(rule_reasons).enumerate() {
-        let mut reasons = Vec::new();
+    for (i, (snap, from_rules)) in snaps.iter().zip(&mut scratch.reasons).enumerate() {
+        // Rules only ever judge completed snapshots, so `from_rules` is empty for the others.
+        let rail = match snap.state {
+            SnapState::Pending => Some(Reason::Pending),
+            // Expiry overrides the newest rail: that rail exists for volumes still being snapshotted.
+            SnapState::Completed if expired_after.is_none() && newest_completed == Some(i) => {
+                Some(Reason::Newest)
+            }
+            SnapState::Completed | SnapState::Error => None,
+        };
+        let keep_all = keep_all && snap.state != SnapState::Error;
+        let kept = usize::from(snap.pinned)
+            + usize::from(rail.is_some())
+            + from_rules.len()
+            + usize::from(keep_all);
+        // Exactly the room needed: a plan holds a million of these.
+        let mut reasons = Vec::with_capacity(kept.max(1));
         if snap.pinned {
             reasons.push(Reason::Pinned);
         }
-        match snap.state {
-            SnapState::Pending => reasons.push(Reason::Pending),
-            // Expiry overrides the newest rail: that rail exists for volumes still being snapshotted.
-            SnapState::Completed if expired_after.is_some() => {}
-            SnapState::Completed => {
-                if newest_completed == Some(i) {
-                    reasons.push(Reason::Newest);
-                }
-                reasons.extend(from_rules);
-            }
-            // Rules never count an error snapshot, so nothing but a rail keeps it.
-            SnapState::Error => {}
-        }
-        if orphan && input.orphans == OrphanPolicy::KeepAll && snap.state != SnapState::Error {
+        reasons.extend(rail);
+        reasons.append(from_rules);
+        if keep_all {
             reasons.push(Reason::OrphanKeepAll);
         }
-        let action = if !reasons.is_empty() {
+        let action = if kept > 0 {
             Action::Keep
         } else if frozen {
             reasons.push(Reason::VolumeFailed);
             Action::Keep
         } else {
+            deletes.all += 1;
             reasons.push(match (snap.state, expired_after) {
                 (SnapState::Error, _) => Reason::ErrorState,
                 (_, Some(after)) => Reason::OrphanExpired { after },
-                (_, None) => Reason::Expired,
+                (_, None) => {
+                    deletes.by_rules += 1;
+                    Reason::Expired
+                }
             });
             Action::Delete
         };
@@ -662,6 +816,7 @@ fn plan_volume(
             orphan,
         });
     }
+    deletes
 }
 
 /// `now - slot > after`, strictly; a duration too large for chrono is never exceeded.
@@ -672,28 +827,48 @@ fn older_than(slot: DateTime<Utc>, after: Duration, now: DateTime<Utc>) -> bool 
         .is_some_and(|limit| now > limit)
 }
 
-/// The schedule rules' keep reasons for each of `snaps` (newest first), aligned with it.
-fn schedule_reasons(
+/// Appends the schedule rules' keep reasons of each of `snaps` (newest first) to `scratch.reasons`, aligned with
+/// it: a snapshot's reasons come schedule by schedule in name order, and a schedule listed twice on one snapshot
+/// counts once.
+fn schedule_reasons<'a>(
     volume_id: &str,
-    snaps: &[&Snap],
-    configured: &HashMap<&str, &ScheduleRules>,
+    snaps: &[&'a Snap],
+    configured: &Configured<'_>,
     input: &PlanInput<'_>,
-) -> Vec<Vec<Reason>> {
-    // Completed snapshots per listed schedule, newest first. A BTreeMap so each snapshot's rule reasons come out
-    // in schedule-name order; a schedule listed twice on one snapshot counts once.
-    let mut per_schedule: BTreeMap<&Arc<str>, Vec<usize>> = BTreeMap::new();
-    let mut rule_reasons: Vec<Vec<Reason>> = vec![Vec::new(); snaps.len()];
+    scratch: &mut Scratch<'a>,
+) {
+    let reasons = &mut scratch.reasons[..snaps.len()];
+    let listed = &mut scratch.listed;
+    let mut used = 0;
     for (i, snap) in snaps.iter().enumerate() {
         if snap.state != SnapState::Completed {
             continue;
         }
         if snap.schedules.is_empty() {
-            rule_reasons[i].push(Reason::ScheduleRemoved {
-                schedule: "".into(),
+            reasons[i].push(Reason::ScheduleRemoved {
+                schedule: scratch.no_schedule.clone(),
             });
         }
         for name in snap.schedules.iter() {
-            let list = per_schedule.entry(name).or_default();
+            // A volume's snapshots list a handful of names at most, and mostly the same shared ones.
+            let found = listed[..used]
+                .iter()
+                .position(|l| Arc::ptr_eq(l.name, name) || **l.name == **name);
+            let at = found.unwrap_or_else(|| {
+                match listed.get_mut(used) {
+                    Some(l) => {
+                        l.name = name;
+                        l.snaps.clear();
+                    }
+                    None => listed.push(Listed {
+                        name,
+                        snaps: Vec::new(),
+                    }),
+                }
+                used += 1;
+                used - 1
+            });
+            let list = &mut listed[at].snaps;
             // All of snapshot i's names are handled before i+1, so a repeat of a name shows up as `i` already last.
             if list.last() != Some(&i) {
                 list.push(i);
@@ -701,49 +876,46 @@ fn schedule_reasons(
         }
     }
 
-    for (name, indices) in &per_schedule {
-        let completed: Vec<&Snap> = indices.iter().map(|&i| snaps[i]).collect();
-        let reasons = match configured.get(&***name) {
-            None => completed
-                .iter()
-                .map(|_| {
-                    vec![Reason::ScheduleRemoved {
-                        schedule: Arc::clone(name),
-                    }]
-                })
-                .collect(),
-            Some(schedule) => {
-                let last = if schedule.count_from_tag {
-                    match input
-                        .counts
-                        .get(&(volume_id.to_string(), schedule.name.to_string()))
-                    {
-                        Some(&n) => rules::LastCount::Count(n),
-                        None => rules::LastCount::Unknown,
-                    }
-                } else {
-                    schedule
-                        .keep
-                        .last
-                        .map_or(rules::LastCount::NotSet, rules::LastCount::Count)
-                };
-                rules::keep_reasons(schedule, last, &completed, input.tz)
+    let listed = &mut listed[..used];
+    listed.sort_unstable_by(|a, b| a.name.cmp(b.name));
+    for l in listed.iter() {
+        let Some(schedule) = configured.get(l.name) else {
+            for &i in &l.snaps {
+                reasons[i].push(Reason::ScheduleRemoved {
+                    schedule: Arc::clone(l.name),
+                });
             }
+            continue;
         };
-        for (&i, reasons) in indices.iter().zip(reasons) {
-            rule_reasons[i].extend(reasons);
-        }
+        let last = if schedule.count_from_tag {
+            let key = &mut scratch.count_key;
+            key.0.clear();
+            key.0.push_str(volume_id);
+            key.1.clear();
+            key.1.push_str(&schedule.name);
+            match input.counts.get(key) {
+                Some(&n) => rules::LastCount::Count(n),
+                None => rules::LastCount::Unknown,
+            }
+        } else {
+            schedule
+                .keep
+                .last
+                .map_or(rules::LastCount::NotSet, rules::LastCount::Count)
+        };
+        let volume = rules::Volume {
+            snaps,
+            list: &l.snaps,
+            out: reasons,
+        };
+        rules::keep_reasons(schedule, last, volume, &mut scratch.rules);
     }
-    rule_reasons
 }
 
 /// The first cap the plan exceeds, if any; the absolute cap is checked first because raising the fraction alone
 /// would not let a plan over it through.
-fn check_caps(decisions: &[Decision], caps: Caps) -> Option<CapHit> {
-    let deletes = decisions
-        .iter()
-        .filter(|d| d.action == Action::Delete)
-        .count();
+fn check_caps(decisions: &[Decision], tally: &Tally, caps: Caps) -> Option<CapHit> {
+    let deletes = tally.deletes;
     if let Some(max) = caps.max_deletes_per_run {
         if deletes > max as usize {
             return Some(CapHit {
@@ -759,18 +931,14 @@ fn check_caps(decisions: &[Decision], caps: Caps) -> Option<CapHit> {
         }
     }
     let fraction = caps.max_delete_fraction?;
-    // (volume, managed, deleted by rules); decisions are grouped by volume.
+    // (volume, managed, deleted by rules)
     let mut worst: Option<(&str, usize, usize)> = None;
-    for group in decisions.chunk_by(|a, b| a.volume_id == b.volume_id) {
-        let managed = group.len();
-        let deleted = group
-            .iter()
-            .filter(|d| d.action == Action::Delete && d.reasons == [Reason::Expired])
-            .count();
+    for v in &tally.volumes {
+        let (managed, deleted) = (v.managed, v.deleted);
         let over = deleted as f64 / managed as f64 > fraction;
         // The worst volume is the one that needs the highest fraction; ties go to the first volume id.
         if over && worst.is_none_or(|(_, m, d)| deleted * m > d * managed) {
-            worst = Some((&group[0].volume_id, managed, deleted));
+            worst = Some((&decisions[v.first].volume_id, managed, deleted));
         }
     }
     let (volume, managed, deleted) = worst?;

@@ -294,6 +294,29 @@ fn dst_days() {
             kept: vec!["nov2", "nov1b"],
             ..Case::default()
         },
+        Case {
+            // St. John's fell back 2010-11-07 00:01 NDT -> 23:01 NST on 6 November (02:31Z): going back in time,
+            // 7 November comes round again after 6 November, and is still one bucket.
+            name: "St. John's fall-back across midnight: a day comes round again",
+            rows: vec![
+                ("nov7b", "vol-1", "2010-11-07T04:00:00Z", "gfs", C), // 11-07 00:30 NST
+                ("nov6c", "vol-1", "2010-11-07T03:00:00Z", "gfs", C), // 11-06 23:30 NST
+                ("nov7a", "vol-1", "2010-11-07T02:30:30Z", "gfs", C), // 11-07 00:00:30 NDT
+                ("nov6b", "vol-1", "2010-11-07T02:00:00Z", "gfs", C), // 11-06 23:30 NDT
+                ("nov6a", "vol-1", "2010-11-06T12:00:00Z", "gfs", C), // 11-06 09:30 NDT
+                ("nov5", "vol-1", "2010-11-05T12:00:00Z", "gfs", C),  // 11-05 09:30 NDT
+            ],
+            schedules: vec![cal(Period::Day, Count::All)],
+            tz: Some(chrono_tz::America::St_Johns),
+            kept: vec!["nov7b", "nov6c", "nov5"],
+            reasons: vec![
+                ("nov7b", "newest of volume; gfs daily 1/all"),
+                ("nov6c", "gfs daily 2/all"),
+                ("nov7a", "expired"),
+                ("nov5", "gfs daily 3/all"),
+            ],
+            ..Case::default()
+        },
     ];
     cases.iter().for_each(check);
 }
@@ -1125,5 +1148,58 @@ proptest! {
         }
         let at = |days: i64| cal_now() + chrono::TimeDelta::days(days);
         prop_assert_eq!(world.full_plan(at(a)), world.full_plan(at(b)));
+    }
+}
+
+/// Zones whose offsets differ in every way a bucket can notice: none, whole hours, half hours (Kolkata, Lord
+/// Howe's half-hour DST), Chatham's quarter hours, +14 hours, St. John's falling back at 00:01 to 23:01 the day
+/// before (until 2011), Apia skipping 2011-12-30, and the local mean times of every zone before standard time.
+const KEY_TZS: [Tz; 9] = [
+    chrono_tz::UTC,
+    Berlin,
+    New_York,
+    chrono_tz::Australia::Lord_Howe,
+    chrono_tz::Asia::Kolkata,
+    chrono_tz::Pacific::Chatham,
+    chrono_tz::America::St_Johns,
+    chrono_tz::Pacific::Apia,
+    chrono_tz::Etc::GMTMinus14,
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2048))]
+
+    /// The planner's arithmetic bucket keys put two instants in one period exactly when chrono's calendar (the
+    /// independent tuple keys of `key`) does. One `Calendar` sees every instant in random order, as it does across
+    /// the volumes of a plan, so the month it remembers is checked in both directions too.
+    #[test]
+    fn bucket_keys_agree_with_chrono(
+        tz in 0..KEY_TZS.len(),
+        // Mostly 1890–2040, where zones have their changes, else ±3,000 years around 1970; then clusters within
+        // ±45 days of that, to the second.
+        base in prop_oneof![3 => -2_500_000_000i64..2_200_000_000, 1 => -95_000_000_000i64..95_000_000_000],
+        offsets in proptest::collection::vec(-3_900_000i64..3_900_000, 1..40),
+        nanos in 0u32..1_000_000_000,
+    ) {
+        let tz = KEY_TZS[tz];
+        let mut calendar = rules::Calendar::new(tz);
+        let times: Vec<(NaiveDateTime, [i64; 6])> = offsets
+            .iter()
+            .map(|&o| {
+                let slot = DateTime::from_timestamp(base + o, nanos).expect("in chrono's range");
+                (slot.with_timezone(&tz).naive_local(), calendar.keys(slot))
+            })
+            .collect();
+        for (a, ka) in &times {
+            for (b, kb) in &times {
+                for period in Period::ALL {
+                    prop_assert_eq!(
+                        ka[period as usize] == kb[period as usize],
+                        key(period, *a) == key(period, *b),
+                        "{:?} of {} and {} in {}", period, a, b, tz
+                    );
+                }
+            }
+        }
     }
 }
