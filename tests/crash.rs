@@ -1,14 +1,15 @@
-//! Crash safety. The real `snapwarden run` binary against moto behind the fault proxy of `common::fault_proxy`,
-//! which holds every CreateSnapshot (and, in one test, DeleteSnapshot) a moment so a run over six volumes takes
-//! seconds: the daemon is SIGKILLed once k creates have reached the proxy (k = 1, 3, 6, and twice in a row), or
-//! during its first deletion, then restarted; catch-up fires the same (yearly) slot again, and the slot ends with
-//! exactly one snapshot per volume — none duplicated, none lost — and retention at its count. A request in flight
-//! at the kill still reaches moto (the proxy forwards it after its delay), which is the hard case: EC2 made the
-//! snapshot, the daemon never heard of it, and only its slot tag keeps the restart from making a second one.
+//! Crash safety. The real `snapwarden run` binary against moto behind the fault proxy of `common::fault_proxy`, which
+//! holds every CreateSnapshot (and, in one test, DeleteSnapshot) a moment so a run over six volumes takes seconds: the
+//! daemon is SIGKILLed once k creates have reached the proxy (k = 1, 3, 6, and twice in a row), or during its first
+//! deletion (which may come before the last create), then restarted; catch-up fires the same (yearly) slot again, and
+//! the slot ends with exactly one snapshot per volume — none duplicated, none lost — and retention at its count. A
+//! request in flight at the kill still reaches moto (the proxy forwards it after its delay), which is the hard case:
+//! EC2 made the snapshot, the daemon never heard of it, and only its slot tag keeps the restart from making a second
+//! one.
 //!
 //! Also here, at the worker level through the proxy: retention never runs on a half-known state — one failed
-//! DescribeInstances, DescribeVolumes or DescribeSnapshots call (an error answer or a dropped connection) means
-//! the run creates and deletes nothing.
+//! DescribeInstances, DescribeVolumes or DescribeSnapshots call (an error answer or a dropped connection) means the run
+//! creates and deletes nothing.
 //!
 //! Each test prints its figures (`--nocapture`): kills, runs, slot snapshots, duplicates, losses.
 
@@ -286,9 +287,11 @@ async fn crash_and_restart(
                 "slot snapshots after the kill at create {k}: {by:#?}"
             );
         } else if action == DELETE {
-            assert_eq!(
-                made, 6,
-                "every create done before the first delete: {by:#?}"
+            // Deletes overlap creates, so other volumes may still be waiting for theirs; but the only volume with
+            // anything to prune (the seeded one) is pruned only once its own slot snapshot exists.
+            assert!(
+                by.get(&r.volumes[0]).is_some_and(|s| s.contains(&slot)),
+                "the first delete came before the pruned volume's new snapshot: {by:#?}"
             );
         }
     }
@@ -369,7 +372,7 @@ async fn killed_twice_in_a_row_the_third_start_completes_the_slot_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_during_retention_the_restart_finishes_pruning_without_creating() {
+async fn killed_at_the_first_delete_the_restart_finishes_pruning_and_the_slot_once() {
     crash_and_restart(15, PER_VOLUME, hold(&[CREATE, DELETE]), DELETE, &[1]).await;
 }
 
