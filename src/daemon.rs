@@ -205,6 +205,7 @@ async fn fire(
             concurrency: shared.config.daemon.max_concurrent_aws_calls,
             dry_run: false,
             completion: worker::Completion::from_deadline(shared.config.daemon.completion_deadline),
+            explain: false,
         };
         let (shared, notifier) = (&shared, &notifier);
         async move {

@@ -416,6 +416,8 @@ async fn once(
             concurrency: shared.config.daemon.max_concurrent_aws_calls,
             dry_run,
             completion: worker::Completion::from_deadline(shared.config.daemon.completion_deadline),
+            // Only the deletions are printed.
+            explain: false,
         };
         let outcome = worker::run(ec2, &spec, &shared.metrics, Utc::now).await;
         let rep = &outcome.report;

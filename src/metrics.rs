@@ -276,32 +276,18 @@ impl Metrics {
     }
 
     /// Kept-by-reason, cap blocks and orphans from one retention plan.
-    pub fn record_plan(&self, policy: &str, region: &str, plan: &[crate::retention::Decision]) {
-        use crate::retention::{Action, Reason};
-        let mut by_reason: HashMap<&'static str, i64> =
-            KEEP_REASONS.iter().map(|r| (*r, 0)).collect();
-        let (mut blocked, mut orphans) = (0, 0);
-        for d in plan.iter().filter(|d| d.action == Action::Keep) {
-            let mut labels: Vec<&'static str> = d.reasons.iter().map(Reason::as_str).collect();
-            labels.sort_unstable();
-            labels.dedup();
-            for l in labels {
-                *by_reason.entry(l).or_default() += 1;
-            }
-            blocked += u64::from(d.reasons.contains(&Reason::OverCap));
-            orphans += i64::from(d.orphan);
-        }
-        for (reason, n) in by_reason {
+    pub fn record_plan(&self, policy: &str, region: &str, plan: &KeptTally) {
+        for (reason, &n) in KEEP_REASONS.iter().zip(&plan.by_reason) {
             self.kept_by_reason
                 .with_label_values(&[policy, region, reason])
                 .set(n);
         }
         self.deletions_blocked
             .with_label_values(&[policy, region])
-            .inc_by(blocked);
+            .inc_by(plan.blocked);
         self.orphaned
             .with_label_values(&[policy, region])
-            .set(orphans);
+            .set(plan.orphans);
     }
 
     pub fn set_freshness(&self, policy: &str, schedule: &str, region: &str, f: Freshness) {
@@ -368,6 +354,52 @@ fn int_gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeV
     g
 }
 
+/// What [`Metrics::record_plan`] reports of a plan, gathered decision by decision so a run need not hold all of
+/// them (see `retention::plan_deletions`).
+#[derive(Debug, Clone)]
+pub struct KeptTally {
+    /// Kept snapshots per [`KEEP_REASONS`] entry (a snapshot counts once per distinct reason label).
+    by_reason: Vec<i64>,
+    blocked: u64,
+    orphans: i64,
+    /// Kept snapshots in all.
+    pub kept: usize,
+}
+
+impl Default for KeptTally {
+    fn default() -> Self {
+        KeptTally {
+            by_reason: vec![0; KEEP_REASONS.len()],
+            blocked: 0,
+            orphans: 0,
+            kept: 0,
+        }
+    }
+}
+
+impl KeptTally {
+    /// Counts `d` if it is a keep; deletions are not counted.
+    pub fn add(&mut self, d: &crate::retention::Decision) {
+        use crate::retention::{Action, Reason};
+        if d.action != Action::Keep {
+            return;
+        }
+        self.kept += 1;
+        for (j, r) in d.reasons.iter().enumerate() {
+            let label = r.as_str();
+            // Two reasons with one label (daily rank 1 of two schedules) count the snapshot once.
+            if d.reasons[..j].iter().any(|e| e.as_str() == label) {
+                continue;
+            }
+            if let Some(i) = KEEP_REASONS.iter().position(|k| *k == label) {
+                self.by_reason[i] += 1;
+            }
+        }
+        self.blocked += u64::from(d.reasons.contains(&Reason::OverCap));
+        self.orphans += i64::from(d.orphan);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -417,8 +449,13 @@ mod tests {
             d(vec![Reason::OverCap], Action::Keep, false),
             d(vec![Reason::Expired], Action::Delete, false),
         ];
+        let mut tally = KeptTally::default();
+        for d in &plan {
+            tally.add(d);
+        }
+        assert_eq!(tally.kept, 3);
         let m = Metrics::new();
-        m.record_plan("p", "r", &plan);
+        m.record_plan("p", "r", &tally);
         let text = m.render(Utc::now());
         for line in [
             "snapwarden_kept_snapshots{policy=\"p\",reason=\"daily\",region=\"r\"} 2",

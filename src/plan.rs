@@ -608,7 +608,7 @@ async fn evaluate(
         Some(s) => survey.snapshots = s,
         None => survey.snapshots.retain(|s| s.slot <= at),
     }
-    let plan = worker::plan_retention(policy, &survey, &HashSet::new(), policy.timezone, at);
+    let plan = worker::plan_retention(policy, &survey, &HashSet::new(), policy.timezone, at, None);
     let e = Evaluation {
         policy: policy.name.clone(),
         region: region.ec2.region().to_string(),

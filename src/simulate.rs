@@ -134,7 +134,14 @@ async fn census(fake: &FakeEc2, policy: &Policy, volume: &str, now: DateTime<Utc
     let Ok(survey) = worker::survey(fake, policy, FAKE_ACCOUNT, None).await else {
         return Census { kept, total: 0 };
     };
-    let plan = worker::plan_retention(policy, &survey, &Default::default(), policy.timezone, now);
+    let plan = worker::plan_retention(
+        policy,
+        &survey,
+        &Default::default(),
+        policy.timezone,
+        now,
+        None,
+    );
     let mut total = 0;
     for d in plan
         .decisions
@@ -204,6 +211,8 @@ async fn simulate_policy(policy: &Policy, opts: &SimOptions, until: DateTime<Utc
             dry_run: false,
             // Simulated time: waiting would sleep in real time; the simulation completes snapshots itself.
             completion: None,
+            // The peaks come from the kept decisions.
+            explain: true,
         };
         let outcome = worker::run(&fake as &dyn Ec2, &spec, &metrics, || slot).await;
         fake.complete_all();

@@ -78,6 +78,7 @@ async fn run(
         concurrency: 4,
         dry_run: false,
         completion: Some(c),
+        explain: false,
     };
     worker::run(fake, &spec, metrics, || slot(day)).await.report
 }
@@ -338,6 +339,7 @@ async fn dry_runs_and_runs_without_completion_do_not_poll() {
         concurrency: 4,
         dry_run: false,
         completion: None,
+        explain: false,
     };
     let report = worker::run(&fake, &spec, &metrics, || slot(0)).await.report;
     assert_eq!(report.result(), RunResult::Success, "{report:#?}");
@@ -419,6 +421,7 @@ async fn a_volume_is_pruned_as_soon_as_its_new_snapshot_completes_not_after_ever
         concurrency: 4,
         dry_run: false,
         completion: Some(quick(Duration::from_secs(5))),
+        explain: false,
     };
     let report = worker::run(&slow, &spec, &metrics, || slot(0)).await.report;
     assert_eq!(report.result(), RunResult::Success, "{report:#?}");

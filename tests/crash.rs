@@ -435,6 +435,7 @@ async fn run_with_rules(rules: Vec<Rule>) -> (worker::Outcome, BTreeMap<String, 
         concurrency: 4,
         dry_run: false,
         completion: Some(Completion::within(Duration::from_secs(5))),
+        explain: true,
     };
     let outcome = worker::run(region.ec2.as_ref(), &spec, &shared.metrics, Utc::now).await;
     let after = slots_by_volume(&r.raw, POLICY).await;

@@ -45,6 +45,7 @@ async fn run(ec2: &dyn Ec2, policy: &Policy) -> Outcome {
         concurrency: 4,
         dry_run: false,
         completion: None,
+        explain: false,
     };
     worker::run(ec2, &spec, &Metrics::new(), slot).await
 }

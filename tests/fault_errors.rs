@@ -97,6 +97,7 @@ async fn run_once(shared: &Shared, region: &Region) -> RunReport {
         concurrency: 4,
         dry_run: false,
         completion: None,
+        explain: false,
     };
     worker::run(region.ec2.as_ref(), &spec, &shared.metrics, Utc::now)
         .await
@@ -274,6 +275,7 @@ async fn failing_run(
         concurrency: 4,
         dry_run: false,
         completion: None,
+        explain: false,
     };
     let started = Instant::now();
     let outcome = worker::run(fake, &spec, metrics, Utc::now).await;

@@ -135,6 +135,7 @@ async fn run(r: &Rig, day: i64) -> Outcome {
         concurrency: r.shared.config.daemon.max_concurrent_aws_calls,
         dry_run: false,
         completion: None,
+        explain: false,
     };
     worker::run(r.region.ec2.as_ref(), &spec, &r.shared.metrics, Utc::now).await
 }
@@ -625,6 +626,7 @@ async fn fake_run(shared: &Shared, region: &Region, day: i64) -> Outcome {
         concurrency: 4,
         dry_run: false,
         completion: None,
+        explain: false,
     };
     worker::run(region.ec2.as_ref(), &spec, &shared.metrics, || slot(day)).await
 }

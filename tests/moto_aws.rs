@@ -88,6 +88,7 @@ async fn run(
         // moto completes snapshots at once but leaves State out of CreateSnapshots' answer (they read back as
         // pending); the daemon's completion poll finds them completed on its first look, as it would on EC2.
         completion: Some(worker::Completion::within(Duration::from_secs(30))),
+        explain: true,
     };
     worker::run(ec2, &spec, &shared.metrics, Utc::now).await
 }
@@ -1160,6 +1161,7 @@ async fn plan_lists_every_managed_snapshot_of_the_policy_with_reasons() {
         &HashSet::new(),
         policy.timezone,
         Utc::now(),
+        None,
     )
     .decisions;
 

@@ -56,6 +56,7 @@ async fn run_once(shared: &Shared) -> Outcome {
         concurrency: 8,
         dry_run: false,
         completion: None,
+        explain: true,
     };
     worker::run(region.ec2.as_ref(), &spec, &shared.metrics, Utc::now).await
 }

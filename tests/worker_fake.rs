@@ -99,6 +99,7 @@ async fn run_at(
         concurrency: 4,
         dry_run: false,
         completion: None,
+        explain: true,
     };
     worker::run(ec2, &spec, metrics, || now).await
 }
@@ -1019,6 +1020,7 @@ async fn a_dry_run_reports_what_it_would_do_and_changes_nothing() {
         concurrency: 4,
         dry_run: true,
         completion: None,
+        explain: true,
     };
     let now = slot();
     let out = worker::run(&dry, &spec, &Metrics::new(), || now).await;

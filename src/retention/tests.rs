@@ -790,19 +790,20 @@ impl World {
     }
 
     fn full_plan(&self, now: DateTime<Utc>) -> Plan {
-        plan(
-            &PlanInput {
-                snapshots: &self.snapshots,
-                schedules: &self.schedules,
-                counts: &self.counts,
-                frozen_volumes: &self.frozen,
-                tz: self.tz,
-                targeted: self.targeted.as_ref(),
-                orphans: self.orphans,
-                caps: self.caps,
-            },
-            now,
-        )
+        plan(&self.input(), now)
+    }
+
+    fn input(&self) -> PlanInput<'_> {
+        PlanInput {
+            snapshots: &self.snapshots,
+            schedules: &self.schedules,
+            counts: &self.counts,
+            frozen_volumes: &self.frozen,
+            tz: self.tz,
+            targeted: self.targeted.as_ref(),
+            orphans: self.orphans,
+            caps: self.caps,
+        }
     }
 }
 
@@ -980,6 +981,27 @@ proptest! {
     fn independent_of_now(world in world_strategy(), a in -10_000i64..10_000, b in -10_000i64..10_000) {
         let at = |days: i64| now() + chrono::TimeDelta::days(days);
         prop_assert_eq!(world.plan(at(a)), world.plan(at(b)));
+    }
+
+    #[test]
+    fn plan_deletions_is_plan_with_the_keeps_handed_out(
+        mut world in world_strategy(),
+        max_deletes in proptest::option::of(0u32..8),
+        fraction in proptest::option::of(0.1f64..0.9),
+    ) {
+        world.caps = Caps { max_deletes_per_run: max_deletes, max_delete_fraction: fraction };
+        let full = world.full_plan(now());
+        let mut kept = Vec::new();
+        let rest = plan_deletions(&world.input(), now(), &mut |d| kept.push(d));
+        prop_assert_eq!(&rest.cap_hit, &full.cap_hit);
+        prop_assert!(kept.iter().all(|d| d.action == Action::Keep));
+        let (full_kept, full_rest): (Vec<Decision>, Vec<Decision>) = full
+            .decisions
+            .into_iter()
+            .partition(|d| d.action == Action::Keep && !d.reasons.contains(&Reason::OverCap));
+        // Volume by volume, so the kept ones come in the plan's order too.
+        prop_assert_eq!(kept, full_kept);
+        prop_assert_eq!(rest.decisions, full_rest);
     }
 
     #[test]

@@ -144,32 +144,52 @@ pub(super) async fn create_all(
         }
     }
     let singles = singles.into_iter().map(|item| (String::new(), vec![item]));
-    let outcomes: Vec<(Vec<Created>, Vec<Snapshot>)> =
-        stream::iter(calls.into_iter().chain(singles))
-            .map(|(instance, items)| async move {
-                let outcome = if instance.is_empty() {
-                    let (request, serves) = items.into_iter().next().expect("one item");
-                    let result = ec2.create_snapshot(&request).await;
-                    (vec![(request, serves, result)], Vec::new())
-                } else {
-                    create_instance(ec2, &policy.name, &instance, items).await
-                };
-                let made = outcome.0.iter().filter_map(|(_, _, r)| r.as_ref().ok());
-                made.chain(&outcome.1).for_each(created);
-                outcome
-            })
-            .buffer_unordered(spec.concurrency.max(1))
-            .collect()
-            .await;
     let mut results = Vec::new();
-    for (made, extra) in outcomes {
-        results.extend(made);
-        for s in extra {
-            tracing::info!(volume = %s.volume_id, snapshot = %s.id, "snapshot of a volume attached since the survey");
-        }
-    }
-    tag_all(ec2, spec, survey, &mut results, report).await;
+    // Tags CreateSnapshots could not set per volume, by tag set: what `tag_all` adds.
+    let mut batches: BTreeMap<Tags, Vec<String>> = BTreeMap::new();
+    stream::iter(calls.into_iter().chain(singles))
+        .map(|(instance, items)| async move {
+            if instance.is_empty() {
+                let (request, serves) = items.into_iter().next().expect("one item");
+                let result = ec2.create_snapshot(&request).await;
+                (vec![(request, serves, result)], Vec::new())
+            } else {
+                create_instance(ec2, &policy.name, &instance, items).await
+            }
+        })
+        .buffer_unordered(spec.concurrency.max(1))
+        .for_each(|(made, extra)| {
+            let ok = made.iter().filter_map(|(_, _, r)| r.as_ref().ok());
+            ok.chain(&extra).for_each(created);
+            for s in extra {
+                tracing::info!(volume = %s.volume_id, snapshot = %s.id, "snapshot of a volume attached since the survey");
+            }
+            for (mut request, serves, mut result) in made {
+                if let Ok(s) = &mut result {
+                    let add = missing(&request.tags, &s.tags);
+                    if !add.is_empty() {
+                        batches.entry(add).or_default().push(s.id.clone());
+                    }
+                    // Settled: the run needs only the ids from here on, and at 10,000 volumes the tags held
+                    // until the last create would be ~15 MB.
+                    s.tags = Arc::default();
+                }
+                request.tags = Tags::new();
+                results.push((request, serves, result));
+            }
+            std::future::ready(())
+        })
+        .await;
+    tag_all(ec2, spec, survey, batches, report).await;
     results
+}
+
+/// The tags of `want` whose keys `have` lacks.
+fn missing(want: &Tags, have: &Tags) -> Tags {
+    want.iter()
+        .filter(|(k, _)| !have.contains_key(*k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 /// One CreateSnapshots for `items` (every volume of `instance`): the tags they share at creation, the rest
@@ -277,33 +297,17 @@ fn clone_error(e: &Error) -> Error {
 }
 
 /// Adds the tags a snapshot of this slot should carry but does not: those CreateSnapshots could not set per
-/// volume, for this run's snapshots and for ones an earlier run of the slot made and did not get to tag (a crash
-/// or a failed CreateTags between the two calls). Only missing keys are added, never a value changed. Snapshots
+/// volume, for this run's snapshots (`batches`, gathered as they were made) and for ones an earlier run of the slot
+/// made and did not get to tag (a crash or a failed CreateTags between the two calls). Only missing keys are added, never a value changed. Snapshots
 /// needing the same tags share CreateTags calls (up to [`TAG_BATCH`] ids each). A failure is a `tag` problem (the
 /// run is partial); the snapshot itself is good, and the next run of the slot tries again.
 async fn tag_all(
     ec2: &dyn Ec2,
     spec: &RunSpec<'_>,
     survey: &Survey,
-    results: &mut [Created],
+    mut batches: BTreeMap<Tags, Vec<String>>,
     report: &mut RunReport,
 ) {
-    let mut batches: BTreeMap<Tags, Vec<String>> = BTreeMap::new();
-    let missing = |want: &Tags, have: &Tags| -> Tags {
-        want.iter()
-            .filter(|(k, _)| !have.contains_key(*k))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
-    };
-    for (request, _, result) in results.iter_mut() {
-        if let Ok(s) = result {
-            let add = missing(&request.tags, &s.tags);
-            if !add.is_empty() {
-                Arc::make_mut(&mut s.tags).extend(add.clone());
-                batches.entry(add).or_default().push(s.id.clone());
-            }
-        }
-    }
     // Earlier runs of this slot: only where CreateSnapshots leaves something out (several volumes of an instance).
     if spec.policy.consistency == Consistency::Instance {
         let slot = format_slot(spec.slot);

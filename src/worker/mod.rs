@@ -23,9 +23,9 @@ use tracing::Instrument;
 
 use crate::config::Policy;
 use crate::ec2::{CreateSnapshot, Ec2};
-use crate::metrics::{Freshness, Metrics};
+use crate::metrics::{Freshness, KeptTally, Metrics};
 use crate::report::{Problem, RunReport, RunResult};
-use crate::retention::{Action, Decision, SnapState};
+use crate::retention::{Decision, SnapState};
 use crate::schedule::format_slot;
 
 pub use prune::plan_retention;
@@ -112,6 +112,9 @@ pub struct RunSpec<'a> {
     /// Wait for pending snapshots (see [`completion::poll`]); None: create and move on, leaving them pending
     /// (component tests on `FakeEc2`, `simulate`, which runs in simulated time). Dry runs never wait.
     pub completion: Option<Completion>,
+    /// [`Outcome::plan`] holds every decision, kept ones with their reasons (tests, `simulate`); otherwise only
+    /// the deletions, so a run over a large estate does not hold a decision per snapshot (~120 bytes each).
+    pub explain: bool,
 }
 
 pub fn new_run_id() -> String {
@@ -239,6 +242,8 @@ async fn execute(
     let lock = || early.lock().expect("early deletes poisoned");
     let (creating_tx, creating_rx) = tokio::sync::watch::channel(true);
     let deleting = prune::delete_all(ec2, rx, spec.concurrency);
+    let mut tally = KeptTally::default();
+    let mut kept = Vec::new();
     let finishing = async {
         let work = async {
             let create = async {
@@ -305,11 +310,7 @@ async fn execute(
             }
         }
         // The end state: this run's snapshots in, every state learnt applied.
-        let created = std::mem::take(&mut lock().created);
-        for s in &created {
-            let snap = survey.digest(s);
-            survey.snapshots.push(snap);
-        }
+        survey.snapshots.append(&mut lock().created);
         {
             let e = lock();
             for s in survey.snapshots.iter_mut() {
@@ -332,7 +333,26 @@ async fn execute(
             .await;
         }
 
-        let plan = plan_retention(policy, &survey, &frozen, policy.timezone, now());
+        let mut on_kept = |d: Decision| {
+            tally.add(&d);
+            log_decision(&d);
+            if spec.explain {
+                kept.push(d);
+            }
+        };
+        let mut plan = plan_retention(
+            policy,
+            &survey,
+            &frozen,
+            policy.timezone,
+            now(),
+            Some(&mut on_kept),
+        );
+        // The keeps of a blocked plan, which come back with it.
+        for d in &plan.decisions {
+            tally.add(d);
+            log_decision(d);
+        }
         // Over a deletion cap the plan deletes nothing; the problem makes the run partial, so the alert fires.
         if let Some(hit) = &plan.cap_hit {
             tracing::error!(setting = hit.setting, limit = %hit.limit, needed = %hit.needed, detail = %hit.message, "deletion cap hit: nothing deleted");
@@ -346,21 +366,21 @@ async fn execute(
         } else {
             lock().finish(&plan.decisions);
         }
+        if spec.explain {
+            kept.append(&mut plan.decisions);
+            kept.sort_by(|a, b| {
+                (&a.volume_id, b.slot, &a.snapshot_id).cmp(&(&b.volume_id, a.slot, &b.snapshot_id))
+            });
+            plan.decisions = kept;
+        }
         plan.decisions
     };
     let (plan, deleted) = tokio::join!(finishing, deleting);
 
     if !spec.dry_run {
-        metrics.record_plan(&policy.name, &region, &plan);
+        metrics.record_plan(&policy.name, &region, &tally);
     }
-    report.kept = plan.iter().filter(|d| d.action == Action::Keep).count();
-    // Formatting every decision's reasons is a real cost at scale; only pay it when someone reads it.
-    if tracing::enabled!(tracing::Level::DEBUG) {
-        for d in &plan {
-            let reasons: Vec<String> = d.reasons.iter().map(ToString::to_string).collect();
-            tracing::debug!(snapshot = %d.snapshot_id, volume = %d.volume_id, action = ?d.action, reasons = %reasons.join("; "), "retention decision");
-        }
-    }
+    report.kept = tally.kept;
     // Schedules of the snapshots deleted, for their metric labels (a map of the deleted ones only: the survey
     // can be hundreds of thousands).
     let doomed: HashSet<&str> = deleted.iter().map(|(d, _)| &*d.snapshot_id).collect();
@@ -431,6 +451,15 @@ async fn execute(
         }
     }
     plan
+}
+
+/// One retention decision at debug level. Formatting every decision's reasons is a real cost at scale; only paid
+/// when someone reads it.
+fn log_decision(d: &Decision) {
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        let reasons: Vec<String> = d.reasons.iter().map(ToString::to_string).collect();
+        tracing::debug!(snapshot = %d.snapshot_id, volume = %d.volume_id, action = ?d.action, reasons = %reasons.join("; "), "retention decision");
+    }
 }
 
 /// Per schedule: the oldest newest-completed snapshot over its targeted volumes, and volumes with none.

@@ -23,16 +23,20 @@ use super::survey::Survey;
 use crate::config::Policy;
 use crate::ec2::{Ec2, Snapshot};
 use crate::error::Error;
-use crate::retention::{self, Action, Decision, PlanInput, ScheduleRules, Snap, SnapState};
+use crate::retention::{
+    self, Action, Decision, Interner, PlanInput, ScheduleRules, Snap, SnapState,
+};
 
 /// Plans retention over every managed snapshot of the policy in the region, targeted or not. `tz` is the zone
-/// calendar keep rules take their days and weeks in (`policy.timezone`, i.e. `daemon.timezone`).
+/// calendar keep rules take their days and weeks in (`policy.timezone`, i.e. `daemon.timezone`). With `kept`,
+/// kept decisions go there and the plan holds only the rest ([`retention::plan_deletions`]).
 pub fn plan_retention(
     policy: &Policy,
     survey: &Survey,
     frozen: &HashSet<String>,
     tz: chrono_tz::Tz,
     now: DateTime<Utc>,
+    kept: Option<&mut dyn FnMut(Decision)>,
 ) -> retention::Plan {
     let rules: Vec<ScheduleRules> = policy
         .schedules
@@ -71,7 +75,10 @@ pub fn plan_retention(
         orphans: policy.orphans,
         caps: policy.caps,
     };
-    retention::plan(&input, now)
+    match kept {
+        Some(kept) => retention::plan_deletions(&input, now, kept),
+        None => retention::plan(&input, now),
+    }
 }
 
 /// The deletes of the expected plan, held per volume until the snapshots the volume waits for have completed.
@@ -91,8 +98,10 @@ pub(super) struct Early {
     pub pending: HashMap<String, Arc<str>>,
     /// States learnt since the survey, by snapshot id.
     pub states: HashMap<String, SnapState>,
-    /// Snapshots this run made (or found made for a volume attached since the survey), digested.
-    pub created: Vec<Snapshot>,
+    /// Snapshots this run made (or found made for a volume attached since the survey), digested on arrival: a
+    /// create's answer carries every tag, a kilobyte a snapshot.
+    pub created: Vec<Snap>,
+    interner: Interner,
     tx: Option<UnboundedSender<Decision>>,
 }
 
@@ -159,7 +168,15 @@ impl Early {
                 pinned: false,
             });
         }
-        let plan = plan_retention(policy, survey, frozen, policy.timezone, now);
+        // Only its deletions matter; the keeps are dropped as they are made.
+        let plan = plan_retention(
+            policy,
+            survey,
+            frozen,
+            policy.timezone,
+            now,
+            Some(&mut drop),
+        );
         survey.snapshots.truncate(placeholders);
         for i in completed_now {
             survey.snapshots[i].state = SnapState::Pending;
@@ -214,7 +231,8 @@ impl Early {
         if let Some(v) = volume {
             self.expected.insert(s.id.clone(), v);
         }
-        self.created.push(s.clone());
+        self.created
+            .push(super::survey::digest(&mut self.interner, s));
         let volume = Arc::from(s.volume_id.as_str());
         match s.state {
             SnapState::Pending => {

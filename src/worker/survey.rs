@@ -20,7 +20,8 @@ use crate::schedule::parse_slot;
 #[derive(Debug, Clone)]
 pub struct TargetVolume {
     pub volume: Volume,
-    pub instance: Option<Instance>,
+    /// Shared by the instance's volumes: its tags can be kilobytes.
+    pub instance: Option<Arc<Instance>>,
     /// Schedules of the policy that target this volume (all of them, firing or not).
     pub schedules: Vec<String>,
 }
@@ -51,16 +52,19 @@ impl Survey {
     /// A snapshot as the survey holds it: the slot from its slot tag (StartTime when absent), its schedules, and
     /// whether it is pinned.
     pub fn digest(&mut self, s: &Snapshot) -> Snap {
-        Snap {
-            id: Arc::from(s.id.as_str()),
-            volume_id: self.interner.str(&s.volume_id),
-            slot: slot_of(s),
-            schedules: self
-                .interner
-                .schedules(s.tags.get(ec2::TAG_SCHEDULE).map_or("", String::as_str)),
-            state: s.state,
-            pinned: s.tags.contains_key(ec2::TAG_KEEP),
-        }
+        digest(&mut self.interner, s)
+    }
+}
+
+/// [`Survey::digest`] with the strings shared through `interner`.
+pub(super) fn digest(interner: &mut Interner, s: &Snapshot) -> Snap {
+    Snap {
+        id: Arc::from(s.id.as_str()),
+        volume_id: interner.str(&s.volume_id),
+        slot: slot_of(s),
+        schedules: interner.schedules(s.tags.get(ec2::TAG_SCHEDULE).map_or("", String::as_str)),
+        state: s.state,
+        pinned: s.tags.contains_key(ec2::TAG_KEEP),
     }
 }
 
@@ -105,7 +109,7 @@ pub async fn survey(
         // Every schedule is count-tag driven: only resources carrying one of the tags can be targets.
         filters.push(Filter::new("tag-key", count_tags));
     }
-    let resources: Vec<(Volume, Option<Instance>)> = match policy.target.resource {
+    let resources: Vec<(Volume, Option<Arc<Instance>>)> = match policy.target.resource {
         ResourceKind::Volume => ec2
             .describe_volumes(&filters)
             .await?
@@ -114,11 +118,11 @@ pub async fn survey(
             .collect(),
         ResourceKind::Instance => {
             filters.push(state_filter());
-            let instances: HashMap<String, Instance> = ec2
+            let instances: HashMap<String, Arc<Instance>> = ec2
                 .describe_instances(&filters)
                 .await?
                 .into_iter()
-                .map(|i| (i.id.clone(), i))
+                .map(|i| (i.id.clone(), Arc::new(i)))
                 .collect();
             let mut out = Vec::new();
             for v in attached_volumes(ec2, &instances).await? {
@@ -212,8 +216,9 @@ pub async fn survey(
         }
     })
     .await?;
-    // The vector grew by doubling: give back up to half of it for the rest of the run.
-    s.snapshots.shrink_to_fit();
+    // The vector grew by doubling: give back what is spare but room for one new snapshot per target, so the run's
+    // additions (the expected plan's placeholders, then this slot's snapshots) do not double it again.
+    s.snapshots.shrink_to(s.snapshots.len() + s.targets.len());
     Ok(s)
 }
 
@@ -233,7 +238,7 @@ static SWEEP_SIZE: std::sync::Mutex<BTreeMap<String, usize>> =
 /// needed, and its size is remembered per region.
 async fn attached_volumes(
     ec2: &dyn Ec2,
-    instances: &HashMap<String, Instance>,
+    instances: &HashMap<String, Arc<Instance>>,
 ) -> Result<Vec<Volume>, Error> {
     let chunks = instances.len().div_ceil(FILTER_VALUES);
     let region = ec2.region().to_string();

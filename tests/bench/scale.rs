@@ -403,6 +403,7 @@ async fn pass(metered: Arc<Metered>, config: &Config, pace: PaceConfig) -> Pass 
         concurrency: config.daemon.max_concurrent_aws_calls,
         dry_run: false,
         completion: Some(Completion::within(Duration::from_secs(6 * 3600))),
+        explain: false,
     };
     let now = move || slot() + chrono::Duration::from_std(t0.elapsed()).unwrap_or_default();
     let out = worker::run(&paced, &spec, &metrics, now).await;
@@ -625,7 +626,7 @@ fn planner(n: usize) {
         deletes = plan.deletes().count();
     }
     let t = Instant::now();
-    let plan = worker::plan_retention(policy, &survey, &frozen, policy.timezone, slot());
+    let plan = worker::plan_retention(policy, &survey, &frozen, policy.timezone, slot(), None);
     let full = t.elapsed();
     // The worker's plan treats the (absent) targets as orphans under keep-rules: the same deletes.
     assert_eq!(plan.deletes().count(), deletes, "same plan both ways");
