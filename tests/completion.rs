@@ -473,3 +473,64 @@ async fn a_survey_reads_every_page_of_snapshots() {
         assert!(!left.contains(id), "{id} should be gone: {left:?}");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn more_volumes_than_the_pending_cap_are_all_made_in_one_run_as_earlier_ones_complete() {
+    let fake = FakeEc2::new(REGION);
+    let cfg = config();
+    let metrics = Metrics::new();
+    let volumes: Vec<String> = (0..5)
+        .map(|_| {
+            let (_, v) = fake.add_instance(&[("Backup", "true")], &[("/dev/sdf", "gp3")]);
+            v[0].clone()
+        })
+        .collect();
+    // EC2's account limit: the fake refuses a create past two pending snapshots.
+    fake.set_max_pending_snapshots(Some(2));
+    fake.complete_after_describes(Some(1));
+    let report = run(&fake, &cfg, 0, quick(Duration::from_secs(5)), &metrics).await;
+    assert_eq!(report.result(), RunResult::Success, "{report:#?}");
+    assert_eq!(report.created, 5, "{report:#?}");
+    assert!(report.problems.is_empty(), "{report:#?}");
+    // Five calls, none refused: each waited for room instead of trying.
+    assert_eq!(fake.calls("CreateSnapshot"), 5);
+    for v in &volumes {
+        assert_eq!(
+            of_volume(&fake, v),
+            vec![(of_volume(&fake, v)[0].0.clone(), SnapState::Completed)]
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_create_waiting_for_room_that_never_comes_is_deferred_to_the_next_run() {
+    let fake = FakeEc2::new(REGION);
+    let cfg = config();
+    let metrics = Metrics::new();
+    let (_, a) = fake.add_instance(&[("Backup", "true")], &[("/dev/sdf", "gp3")]);
+    let (_, b) = fake.add_instance(&[("Backup", "true")], &[("/dev/sdf", "gp3")]);
+    fake.set_max_pending_snapshots(Some(1));
+    // Snapshots never complete: the first holds the only place until the deadline.
+    let report = run(&fake, &cfg, 0, quick(Duration::from_secs(1)), &metrics).await;
+    assert_eq!(report.result(), RunResult::Partial, "{report:#?}");
+    assert_eq!(report.created, 1, "{report:#?}");
+    assert_eq!(fake.calls("CreateSnapshot"), 1);
+    let deferred: Vec<_> = report
+        .problems
+        .iter()
+        .filter(|p| p.operation == "defer")
+        .collect();
+    assert_eq!(deferred.len(), 1, "{report:#?}");
+    assert_eq!(deferred[0].code, "pending-limit");
+    assert!(
+        deferred[0].message.contains("cap"),
+        "{}",
+        deferred[0].message
+    );
+    let made: Vec<&String> = [&a[0], &b[0]]
+        .into_iter()
+        .filter(|v| !of_volume(&fake, v).is_empty())
+        .collect();
+    assert_eq!(made.len(), 1);
+    assert_ne!(*made[0], deferred[0].resource);
+}

@@ -35,6 +35,8 @@ struct State {
     clock: Option<DateTime<Utc>>,
     /// When set, a pending snapshot leaves `pending` in the n-th DescribeSnapshots answer that includes it.
     complete_after: Option<u32>,
+    /// The account's pending-snapshot limit, if the test gives one (see [`FakeEc2::set_max_pending_snapshots`]).
+    max_pending: Option<usize>,
     /// Pending snapshot id -> DescribeSnapshots answers it has appeared in (for `complete_after`).
     described: HashMap<String, u32>,
     /// Volumes whose snapshots end in `error` instead of `completed` (with `complete_after`).
@@ -61,6 +63,7 @@ impl FakeEc2 {
             calls: BTreeMap::new(),
             clock: None,
             complete_after: None,
+            max_pending: None,
             described: HashMap::new(),
             error_volumes: HashSet::new(),
             page_size: 1000,
@@ -198,6 +201,30 @@ impl FakeEc2 {
         self.state().complete_after = n;
     }
 
+    /// An account limit on pending snapshots, as EC2 has: the fake reports it as its
+    /// [`Ec2::max_pending_snapshots`] and refuses a create that would pass it with
+    /// `ConcurrentSnapshotLimitExceeded`. None (the default): no limit.
+    pub fn set_max_pending_snapshots(&self, cap: Option<usize>) {
+        self.state().max_pending = cap;
+    }
+
+    /// `ConcurrentSnapshotLimitExceeded` if `n` more pending snapshots would pass the account's limit. Counts every
+    /// snapshot, so only tests that set a limit pay for it.
+    fn check_pending(&self, st: &State, operation: &'static str, n: usize) -> Result<()> {
+        let Some(cap) = st.max_pending else {
+            return Ok(());
+        };
+        let pending = st
+            .snapshots
+            .values()
+            .filter(|s| s.state == SnapState::Pending)
+            .count();
+        if pending + n > cap {
+            return Err(self.api_error(operation, "ConcurrentSnapshotLimitExceeded"));
+        }
+        Ok(())
+    }
+
     /// Snapshots of `volume_id` end in `error` when they leave `pending` (see `complete_after_describes`).
     pub fn error_snapshots_of(&self, volume_id: &str) {
         self.state().error_volumes.insert(volume_id.into());
@@ -291,6 +318,10 @@ fn matches(
 impl Ec2 for FakeEc2 {
     fn region(&self) -> &str {
         &self.region
+    }
+
+    fn max_pending_snapshots(&self) -> Option<usize> {
+        self.state().max_pending
     }
 
     async fn account_id(&self) -> Result<String> {
@@ -399,6 +430,7 @@ impl Ec2 for FakeEc2 {
         if !st.volumes.contains_key(&request.volume_id) {
             return Err(self.api_error("CreateSnapshot", "InvalidVolume.NotFound"));
         }
+        self.check_pending(&st, "CreateSnapshot", 1)?;
         let id = Self::next_id(&mut st, "snap");
         let snapshot = Snapshot {
             id: id.clone(),
@@ -431,6 +463,7 @@ impl Ec2 for FakeEc2 {
             })
             .map(|v| v.id.clone())
             .collect();
+        self.check_pending(&st, "CreateSnapshots", attached.len())?;
         let mut out = Vec::new();
         for volume in attached {
             if let Some(code) = st.create_faults.get(&volume) {

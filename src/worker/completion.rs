@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 use std::sync::Mutex;
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use super::prune::Early;
@@ -21,7 +21,7 @@ use crate::retention::SnapState;
 use crate::schedule::format_slot;
 
 /// Polls until creation is over (`creating` turns false) and then nothing is pending or `c.deadline` has passed
-/// since. One DescribeSnapshots (filtered by id, 200 ids each) per poll, the interval doubling from
+/// since; `freed` is signalled after every poll. One DescribeSnapshots (filtered by id, 200 ids each) per poll, the interval doubling from
 /// `c.first_poll` to `c.max_poll`; the first poll after the last create goes out at once. Returns the last
 /// poll's error, if it failed: a failed poll is not fatal, the snapshots just stay pending as far as the run
 /// knows and the next poll tries again.
@@ -29,6 +29,7 @@ pub(super) async fn poll(
     ec2: &dyn Ec2,
     c: Completion,
     early: &Mutex<Early>,
+    freed: &Notify,
     mut creating: watch::Receiver<bool>,
 ) -> Option<Error> {
     let lock = || early.lock().expect("early deletes poisoned");
@@ -60,6 +61,8 @@ pub(super) async fn poll(
                 }
             }
         }
+        // Creates waiting for room under the account's pending cap look again.
+        freed.notify_waiters();
         let left = !lock().pending.is_empty();
         let now = Instant::now();
         match deadline {

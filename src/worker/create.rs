@@ -4,10 +4,13 @@
 //! snapshots. Everything idempotency depends on (managed, policy, schedule, slot) is set at creation.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
+use tokio::sync::Notify;
 
+use super::prune::Early;
 use super::survey::{Survey, TargetVolume};
 use super::{RunSpec, MAX_TAGS};
 use crate::config::{Consistency, Policy};
@@ -106,11 +109,13 @@ pub(super) type Created = (CreateSnapshot, Vec<String>, Result<Snapshot, Error>)
 /// `created` hears of every snapshot the moment its call returns (a volume attached since the survey included),
 /// so that completion tracking starts while other calls are still queued; that is also the only place the snapshot
 /// of a volume nobody asked for (attached since the survey) is handed on.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn create_all(
     ec2: &dyn Ec2,
     spec: &RunSpec<'_>,
     survey: &Survey,
     todo: Vec<Todo>,
+    gate: Option<&Gate<'_>>,
     report: &mut RunReport,
     created: &(dyn Fn(&Snapshot) + Sync),
 ) -> Vec<Created> {
@@ -149,18 +154,33 @@ pub(super) async fn create_all(
     let mut batches: BTreeMap<Tags, Vec<String>> = BTreeMap::new();
     stream::iter(calls.into_iter().chain(singles))
         .map(|(instance, items)| async move {
-            if instance.is_empty() {
+            let n = items.len();
+            if let Some(gate) = gate {
+                if !gate.admit(n).await {
+                    let refused = items
+                        .into_iter()
+                        .map(|(r, serves)| (r, serves, Err(gate.refusal(ec2.region()))))
+                        .collect();
+                    return (refused, Vec::new(), 0);
+                }
+            }
+            let (made, extra) = if instance.is_empty() {
                 let (request, serves) = items.into_iter().next().expect("one item");
                 let result = ec2.create_snapshot(&request).await;
                 (vec![(request, serves, result)], Vec::new())
             } else {
                 create_instance(ec2, &policy.name, &instance, items).await
-            }
+            };
+            (made, extra, n)
         })
         .buffer_unordered(spec.concurrency.max(1))
-        .for_each(|(made, extra)| {
+        .for_each(|(made, extra, admitted)| {
             let ok = made.iter().filter_map(|(_, _, r)| r.as_ref().ok());
             ok.chain(&extra).for_each(created);
+            // Its snapshots now count as pending (`created`), no longer as in flight.
+            if let Some(gate) = gate {
+                gate.landed(admitted);
+            }
             for s in extra {
                 tracing::info!(volume = %s.volume_id, snapshot = %s.id, "snapshot of a volume attached since the survey");
             }
@@ -182,6 +202,91 @@ pub(super) async fn create_all(
         .await;
     tag_all(ec2, spec, survey, batches, report).await;
     results
+}
+
+/// The problem code of a create the [`Gate`] gave up on.
+pub(super) const PENDING_LIMIT: &str = "pending-limit";
+
+/// Admission under the account's pending-snapshot cap while the run waits for completion: a create call goes out
+/// once the policy's pending snapshots plus the calls in flight leave room for its volumes, so a run over more
+/// volumes than the cap makes them all as earlier snapshots complete, instead of deferring the rest to the next
+/// fire (for a daily schedule, a day later). A call waits at most `patience` (the completion deadline) without any
+/// room appearing; then it is deferred like a create EC2 refused.
+pub(super) struct Gate<'a> {
+    cap: usize,
+    early: &'a Mutex<Early>,
+    /// Signalled after every completion poll.
+    freed: &'a Notify,
+    patience: Duration,
+    /// Volumes of the calls admitted whose snapshots are not yet in `early.pending`.
+    in_flight: Mutex<usize>,
+}
+
+impl<'a> Gate<'a> {
+    pub fn new(cap: usize, early: &'a Mutex<Early>, freed: &'a Notify, patience: Duration) -> Self {
+        Gate {
+            cap,
+            early,
+            freed,
+            patience,
+            in_flight: Mutex::new(0),
+        }
+    }
+
+    /// Waits for room for `n` more pending snapshots; false when none completed for `patience`.
+    async fn admit(&self, n: usize) -> bool {
+        let mut give_up = tokio::time::Instant::now() + self.patience;
+        let mut last_used = usize::MAX;
+        loop {
+            // Registered before looking, so a poll that lands in between is not missed.
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            {
+                let pending = self
+                    .early
+                    .lock()
+                    .expect("early deletes poisoned")
+                    .pending
+                    .len();
+                let mut in_flight = self.in_flight.lock().expect("gate poisoned");
+                let used = pending + *in_flight;
+                // A call larger than the whole cap (an instance with many volumes) goes out alone.
+                if used + n <= self.cap || used == 0 {
+                    *in_flight += n;
+                    return true;
+                }
+                // Patience runs from the last completion, not from the last poll: polls come every few seconds.
+                if used < last_used {
+                    give_up = tokio::time::Instant::now() + self.patience;
+                }
+                last_used = used;
+            }
+            if tokio::time::timeout_at(give_up, freed).await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// `n` admitted volumes' answers are in: their snapshots are pending (or failed) now.
+    fn landed(&self, n: usize) {
+        let mut in_flight = self.in_flight.lock().expect("gate poisoned");
+        *in_flight = in_flight.saturating_sub(n);
+    }
+
+    fn refusal(&self, region: &str) -> Error {
+        Error::Api {
+            operation: "CreateSnapshot",
+            region: region.to_string(),
+            code: PENDING_LIMIT.into(),
+            message: format!(
+                "{} snapshots stayed pending (the account cap) for {}s with none completing; deferred to the next \
+                 run",
+                self.cap,
+                self.patience.as_secs()
+            ),
+        }
+    }
 }
 
 /// The tags of `want` whose keys `have` lacks.
@@ -365,11 +470,12 @@ async fn tag_all(
 /// Takes out of `todo` the volumes EC2 would refuse for too many pending snapshots (`ec2::pace::pending_deferrals`
 /// over the survey's snapshots): creating them would only fail with `ConcurrentSnapshotLimitExceeded`. Each is
 /// reported as a `defer` problem — the run is partial, never failed, for it — and frozen for retention, since it
-/// has no snapshot of this slot. The next run tries again.
+/// has no snapshot of this slot. The next run tries again. `account_cap`: the account's pending cap, when it is to
+/// be applied here rather than by a [`Gate`].
 pub(super) fn defer_pending(
-    ec2: &dyn Ec2,
     spec: &RunSpec<'_>,
     survey: &Survey,
+    account_cap: Option<usize>,
     todo: &mut Vec<(CreateSnapshot, Vec<String>)>,
     frozen: &mut HashSet<String>,
     report: &mut RunReport,
@@ -387,8 +493,7 @@ pub(super) fn defer_pending(
             (id, types.get(id).copied().unwrap_or_default())
         })
         .collect();
-    let deferred =
-        ec2::pace::pending_deferrals(&candidates, &survey.snapshots, ec2.max_pending_snapshots());
+    let deferred = ec2::pace::pending_deferrals(&candidates, &survey.snapshots, account_cap);
     if deferred.is_empty() {
         return;
     }

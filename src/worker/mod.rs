@@ -220,10 +220,21 @@ async fn execute(
         ));
     }
     let mut frozen = HashSet::new();
-    create::defer_pending(ec2, spec, &survey, &mut todo, &mut frozen, report, metrics);
-
     // Retention's deletes go out while the creates are still queued (see `prune`).
     let waits = spec.completion.filter(|_| !spec.dry_run);
+    // A run that waits for completion admits creates under the account's pending cap as earlier snapshots
+    // complete (`create::Gate`); one that does not defers what is over the cap to the next run.
+    let cap = ec2.max_pending_snapshots();
+    let upfront_cap = if waits.is_some() { None } else { cap };
+    create::defer_pending(
+        spec,
+        &survey,
+        upfront_cap,
+        &mut todo,
+        &mut frozen,
+        report,
+        metrics,
+    );
     let creating: Vec<(String, Vec<String>)> = todo
         .iter()
         .map(|(r, serves)| (r.volume_id.clone(), serves.clone()))
@@ -240,6 +251,10 @@ async fn execute(
         tx,
     ));
     let lock = || early.lock().expect("early deletes poisoned");
+    let freed = tokio::sync::Notify::new();
+    let gate = waits
+        .zip(cap)
+        .map(|(c, cap)| create::Gate::new(cap, &early, &freed, c.deadline));
     let (creating_tx, creating_rx) = tokio::sync::watch::channel(true);
     let deleting = prune::delete_all(ec2, rx, spec.concurrency);
     let mut tally = KeptTally::default();
@@ -248,14 +263,16 @@ async fn execute(
         let work = async {
             let create = async {
                 let made =
-                    create::create_all(ec2, spec, &survey, todo, report, &|s| lock().created(s))
-                        .await;
+                    create::create_all(ec2, spec, &survey, todo, gate.as_ref(), report, &|s| {
+                        lock().created(s)
+                    })
+                    .await;
                 let _ = creating_tx.send(false);
                 made
             };
             let polling = async {
                 match waits {
-                    Some(c) => completion::poll(ec2, c, &early, creating_rx).await,
+                    Some(c) => completion::poll(ec2, c, &early, &freed, creating_rx).await,
                     None => None,
                 }
             };
@@ -274,8 +291,14 @@ async fn execute(
                     }
                     report.created += 1;
                 }
-                // EC2 counted pending snapshots we could not see (another tool's, another policy's): defer.
-                Err(e) if e.code() == "ConcurrentSnapshotLimitExceeded" => {
+                // EC2 counted pending snapshots we could not see (another tool's, another policy's), or none of
+                // ours completed while the create waited for room under the cap: defer.
+                Err(e)
+                    if matches!(
+                        e.code(),
+                        "ConcurrentSnapshotLimitExceeded" | create::PENDING_LIMIT
+                    ) =>
+                {
                     tracing::warn!(volume = %request.volume_id, error = %e, "snapshot deferred: EC2's pending-snapshot limit");
                     for s in &serves {
                         metrics
