@@ -88,9 +88,9 @@ enum Command {
         from: String,
         #[arg(long, default_value_t = 400)]
         days: u32,
-        /// Volumes per policy. Every figure but the created/deleted totals is per volume and the volumes are
-        /// alike, so one is enough; each more costs as much time again
-        #[arg(long, default_value_t = 1)]
+        /// Volumes per policy (alike: every figure but the created/deleted totals is per volume; time is linear
+        /// in this)
+        #[arg(long, default_value_t = 3)]
         volumes: usize,
         /// Value of count tags, for schedules that read their keep count from a tag
         #[arg(long, default_value_t = 7)]
