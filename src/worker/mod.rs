@@ -258,7 +258,6 @@ async fn execute(
     let (creating_tx, creating_rx) = tokio::sync::watch::channel(true);
     let deleting = prune::delete_all(ec2, rx, spec.concurrency);
     let mut tally = KeptTally::default();
-    let mut kept = Vec::new();
     let finishing = async {
         let work = async {
             let create = async {
@@ -359,19 +358,15 @@ async fn execute(
         let mut on_kept = |d: Decision| {
             tally.add(&d);
             log_decision(&d);
-            if spec.explain {
-                kept.push(d);
-            }
         };
-        let mut plan = plan_retention(
-            policy,
-            &survey,
-            &frozen,
-            policy.timezone,
-            now(),
-            Some(&mut on_kept),
-        );
-        // The keeps of a blocked plan, which come back with it.
+        // Explained: the whole plan, in its order. Otherwise keeps are tallied as they are made and not held.
+        let kept: Option<&mut dyn FnMut(Decision)> = if spec.explain {
+            None
+        } else {
+            Some(&mut on_kept)
+        };
+        let plan = plan_retention(policy, &survey, &frozen, policy.timezone, now(), kept);
+        // What the plan holds: every decision when explained, else the deletions (or a blocked plan's keeps).
         for d in &plan.decisions {
             tally.add(d);
             log_decision(d);
@@ -388,13 +383,6 @@ async fn execute(
             lock().close();
         } else {
             lock().finish(&plan.decisions);
-        }
-        if spec.explain {
-            kept.append(&mut plan.decisions);
-            kept.sort_by(|a, b| {
-                (&a.volume_id, b.slot, &a.snapshot_id).cmp(&(&b.volume_id, a.slot, &b.snapshot_id))
-            });
-            plan.decisions = kept;
         }
         plan.decisions
     };
