@@ -15,34 +15,10 @@ use prometheus::{
 };
 
 use crate::error::Error;
+use crate::retention::{Action, Decision, Reason};
 
 /// Every label `retention::Reason::as_str` gives a kept snapshot, so each series exists (at 0) from the first plan.
-const KEEP_REASONS: &[&str] = &[
-    "pinned",
-    "pending",
-    "newest",
-    "volume-failed",
-    "last",
-    "within",
-    "all",
-    "count-unknown",
-    "schedule-removed",
-    "hourly",
-    "daily",
-    "weekly",
-    "monthly",
-    "quarterly",
-    "yearly",
-    "within-hourly",
-    "within-daily",
-    "within-weekly",
-    "within-monthly",
-    "within-quarterly",
-    "within-yearly",
-    "oldest",
-    "orphan-keep-all",
-    "over-cap",
-];
+const KEEP_REASONS: &[&str] = Reason::LABELS.split_at(Reason::KEEP_LABELS).0;
 
 pub struct Metrics {
     registry: Registry,
@@ -379,23 +355,21 @@ impl Default for KeptTally {
 
 impl KeptTally {
     /// Counts `d` if it is a keep; deletions are not counted.
-    pub fn add(&mut self, d: &crate::retention::Decision) {
-        use crate::retention::{Action, Reason};
+    pub fn add(&mut self, d: &Decision) {
         if d.action != Action::Keep {
             return;
         }
         self.kept += 1;
-        for (j, r) in d.reasons.iter().enumerate() {
-            let label = r.as_str();
-            // Two reasons with one label (daily rank 1 of two schedules) count the snapshot once.
-            if d.reasons[..j].iter().any(|e| e.as_str() == label) {
-                continue;
-            }
-            if let Some(i) = KEEP_REASONS.iter().position(|k| *k == label) {
+        // Two reasons with one label (daily rank 1 of two schedules) count the snapshot once.
+        let mut counted = 0u32;
+        for r in &d.reasons {
+            let i = r.label_index();
+            if i < KEEP_REASONS.len() && counted & (1 << i) == 0 {
+                counted |= 1 << i;
                 self.by_reason[i] += 1;
             }
         }
-        self.blocked += u64::from(d.reasons.contains(&Reason::OverCap));
+        self.blocked += u64::from(counted & (1 << Reason::OverCap.label_index()) != 0);
         self.orphans += i64::from(d.orphan);
     }
 }

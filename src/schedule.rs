@@ -363,9 +363,40 @@ pub fn format_slot(t: DateTime<Utc>) -> String {
 
 /// Parses a slot tag (any RFC 3339 offset), returning UTC truncated to whole seconds; None if unparsable.
 pub fn parse_slot(s: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(s)
-        .ok()
-        .map(|t| whole_seconds(t.with_timezone(&Utc)))
+    // Every survey parses the slot tag of every managed snapshot; the tags snapwarden writes (`format_slot`) take
+    // a direct path, anything else chrono's general parser.
+    parse_own_slot(s).or_else(|| {
+        DateTime::parse_from_rfc3339(s)
+            .ok()
+            .map(|t| whole_seconds(t.with_timezone(&Utc)))
+    })
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` exactly, as [`format_slot`] writes it; None for anything else (including dates that do
+/// not exist, which chrono's parser then rejects too).
+fn parse_own_slot(s: &str) -> Option<DateTime<Utc>> {
+    let b = s.as_bytes();
+    if b.len() != 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    if b[19] != b'Z' {
+        return None;
+    }
+    let num = |from: usize, to: usize| -> Option<u32> {
+        b[from..to].iter().try_fold(0u32, |n, &c| {
+            c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
+        })
+    };
+    let date = chrono::NaiveDate::from_ymd_opt(num(0, 4)? as i32, num(5, 7)?, num(8, 10)?)?;
+    // chrono reads second 60 as a leap second and turns it into 59 once truncated; the general path does that.
+    let time = chrono::NaiveTime::from_hms_opt(num(11, 13)?, num(14, 16)?, num(17, 19)?)?;
+    Some(date.and_time(time).and_utc())
 }
 
 fn croner_parser() -> CronParser {
@@ -982,9 +1013,19 @@ mod tests {
             "2026-11-21T04:30:00",
             "yesterday",
             "2026-13-01T00:00:00Z",
+            "2026-02-29T00:00:00Z",
+            "2026-11-21T24:00:00Z",
+            "2026-11-21T04:30:0xZ",
+            "+026-11-21T04:30:00Z",
         ] {
             assert_eq!(parse_slot(bad), None, "{bad:?}");
         }
+        // Not written by us, still read (by chrono's general parser).
+        assert_eq!(parse_slot("2026-11-21t04:30:00z"), Some(t));
+        assert_eq!(
+            parse_slot("2016-12-31T23:59:60Z"),
+            Some(utc("2016-12-31T23:59:59Z"))
+        );
     }
 
     /// An independent model of Vixie cron's clock handling, to check the fast search against: walk real time
@@ -1107,6 +1148,24 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// The direct path for our own slot tags reads exactly what chrono's RFC 3339 parser reads, for any
+        /// 20-character string of that shape (digits anywhere, so impossible dates too).
+        #[test]
+        fn own_slot_tags_parse_as_chrono_does(
+            digits in proptest::collection::vec(proptest::sample::select(b"0123456789".to_vec()), 14),
+        ) {
+            let d: String = digits.iter().map(|&c| c as char).collect();
+            let s = format!("{}-{}-{}T{}:{}:{}Z", &d[0..4], &d[4..6], &d[6..8], &d[8..10], &d[10..12], &d[12..14]);
+            let chrono = DateTime::parse_from_rfc3339(&s).ok().map(|t| whole_seconds(t.with_timezone(&Utc)));
+            proptest::prop_assert_eq!(parse_slot(&s), chrono);
+        }
+
+        #[test]
+        fn every_slot_tag_we_write_reads_back(secs in 0i64..253_402_300_799) {
+            let t = DateTime::from_timestamp(secs, 0).expect("in range");
+            proptest::prop_assert_eq!(parse_slot(&format_slot(t)), Some(t));
+        }
+
         /// Forward and backward searches agree anywhere in 2024-2031, in zones with and without DST: the latest
         /// fire at or before `t` and the next one after `t` are neighbours, with nothing between them.
         #[test]

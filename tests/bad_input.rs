@@ -257,7 +257,7 @@ async fn run(ec2: &dyn Ec2, cfg: &Config) -> RunReport {
 fn snapshotted(fake: &FakeEc2) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
     for s in fake.snapshots() {
-        *out.entry(s.volume_id).or_default() += 1;
+        *out.entry(s.volume_id.to_string()).or_default() += 1;
     }
     out
 }

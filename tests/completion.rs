@@ -103,7 +103,7 @@ fn of_volume(fake: &FakeEc2, volume: &str) -> Vec<(String, SnapState)> {
     let mut v: Vec<(String, SnapState)> = fake
         .snapshots()
         .into_iter()
-        .filter(|s| s.volume_id == volume)
+        .filter(|s| *s.volume_id == *volume)
         .map(|s| (s.tags.get(TAG_SLOT).cloned().unwrap_or_default(), s.state))
         .collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
@@ -280,7 +280,7 @@ async fn a_snapshot_pending_at_the_deadline_is_reported_counted_and_rechecked_ne
         .collect::<Vec<_>>();
     assert_eq!(today.len(), 2);
     for (volume, id) in &today {
-        let state = if *volume == vols[0] {
+        let state = if **volume == *vols[0] {
             SnapState::Error
         } else {
             SnapState::Completed
@@ -440,7 +440,12 @@ async fn a_volume_is_pruned_as_soon_as_its_new_snapshot_completes_not_after_ever
     assert!(when(&b_old[0]) < slow_done, "{deletes:?}");
     // A's oldest only once A's own new snapshot had completed.
     assert!(when(&a_old[0]) >= slow_done, "{deletes:?}");
-    let left: Vec<String> = slow.inner.snapshots().into_iter().map(|s| s.id).collect();
+    let left: Vec<String> = slow
+        .inner
+        .snapshots()
+        .into_iter()
+        .map(|s| s.id.to_string())
+        .collect();
     assert!(
         left.contains(&a_old[1]) && left.contains(&b_old[1]),
         "{left:?}"
@@ -467,7 +472,11 @@ async fn a_survey_reads_every_page_of_snapshots() {
     assert!(fake.calls("DescribeSnapshots") - before >= 4);
     // Every page was read: the four oldest of the five are judged, and `last = 2` with the new one pending keeps
     // the two newest completed ones.
-    let left: Vec<String> = fake.snapshots().into_iter().map(|s| s.id).collect();
+    let left: Vec<String> = fake
+        .snapshots()
+        .into_iter()
+        .map(|s| s.id.to_string())
+        .collect();
     assert_eq!(report.deleted, 3, "{report:#?}");
     for id in &old[..3] {
         assert!(!left.contains(id), "{id} should be gone: {left:?}");

@@ -90,7 +90,7 @@ async fn one_create_call_per_instance_and_per_volume_tags_in_one_batch_per_tag_s
     assert_eq!(snaps.len(), 20);
     for (instance, vols) in &fleet {
         for (v, dev) in vols.iter().zip(DEVICES) {
-            let s: Vec<&Snapshot> = snaps.iter().filter(|s| &s.volume_id == v).collect();
+            let s: Vec<&Snapshot> = snaps.iter().filter(|s| *s.volume_id == **v).collect();
             assert_eq!(s.len(), 1, "{v}");
             let t = &s[0].tags;
             assert_eq!(t[TAG_DEVICE], dev, "{v}");
@@ -224,7 +224,7 @@ async fn tags_a_failed_create_tags_left_out_are_added_by_the_next_run_of_the_slo
     let by_volume: BTreeMap<String, Tags> = fake
         .snapshots()
         .into_iter()
-        .map(|s| (s.volume_id, Tags::clone(&s.tags)))
+        .map(|s| (s.volume_id.to_string(), Tags::clone(&s.tags)))
         .collect();
     assert_eq!(by_volume[&vols[0]][TAG_DEVICE], "/dev/xvda");
     assert_eq!(by_volume[&vols[1]][TAG_DEVICE], "/dev/sdf");

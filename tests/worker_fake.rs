@@ -204,13 +204,16 @@ fn action_of(outcome: &Outcome, id: &str) -> Action {
 }
 
 fn snapshot_ids(fake: &FakeEc2) -> BTreeSet<String> {
-    fake.snapshots().into_iter().map(|s| s.id).collect()
+    fake.snapshots()
+        .into_iter()
+        .map(|s| s.id.to_string())
+        .collect()
 }
 
 fn snapshots_of(fake: &FakeEc2, volume: &str) -> Vec<Snapshot> {
     fake.snapshots()
         .into_iter()
-        .filter(|s| s.volume_id == volume)
+        .filter(|s| *s.volume_id == *volume)
         .collect()
 }
 
@@ -276,14 +279,14 @@ async fn instance_target_gets_one_fully_tagged_snapshot_per_volume_and_a_retry_c
 
     let snaps = fake.snapshots();
     assert_eq!(snaps.len(), 3, "{snaps:#?}");
-    assert!(snaps.iter().all(|s| s.volume_id != untargeted[0]));
+    assert!(snaps.iter().all(|s| *s.volume_id != *untargeted[0]));
     let slot_tag = "2026-03-02T04:30:00Z";
     for (i, (volume, device)) in vols
         .iter()
         .zip(["/dev/xvda", "/dev/sdf", "/dev/sdg"])
         .enumerate()
     {
-        let found: Vec<&Snapshot> = snaps.iter().filter(|s| &s.volume_id == volume).collect();
+        let found: Vec<&Snapshot> = snaps.iter().filter(|s| *s.volume_id == **volume).collect();
         assert_eq!(found.len(), 1, "one snapshot of {volume}: {snaps:#?}");
         let s = found[0];
         let (name, owner) = if i == 0 {
@@ -317,10 +320,7 @@ async fn instance_target_gets_one_fully_tagged_snapshot_per_volume_and_a_retry_c
                 s.description
             );
         }
-        assert_eq!(
-            (s.state, s.owner_id.as_str()),
-            (SnapState::Pending, FAKE_ACCOUNT)
-        );
+        assert_eq!((s.state, &*s.owner_id), (SnapState::Pending, FAKE_ACCOUNT));
     }
 
     // A retry of the slot (a restart, catch-up) finds the snapshots by their slot tag, pending or completed.
@@ -458,7 +458,7 @@ keep = { last = 2 }
         &Metrics::new(),
     )
     .await;
-    let new = today.iter().find(|s| &s.volume_id == v).unwrap();
+    let new = today.iter().find(|s| *s.volume_id == **v).unwrap();
     assert_eq!(second.report.already_done, 2);
     assert_eq!(deleted_ids(&second), set(&[&two_weeks, &tuesday]));
     assert_eq!(second.report.deleted, 2);
@@ -471,8 +471,11 @@ keep = { last = 2 }
         [Reason::Newest, last("daily", 1, 2), last("weekly", 1, 2)]
     );
     assert_eq!(reasons_of(&second, &two_weeks), [Reason::Expired]);
-    let left: BTreeSet<String> = snapshots_of(&fake, v).into_iter().map(|s| s.id).collect();
-    assert_eq!(left, set(&[&new.id, &wednesday, &one_week]));
+    let left: BTreeSet<String> = snapshots_of(&fake, v)
+        .into_iter()
+        .map(|s| s.id.to_string())
+        .collect();
+    assert_eq!(left, set(&[&new.id.to_string(), &wednesday, &one_week]));
 }
 
 #[tokio::test]
@@ -576,7 +579,7 @@ async fn keep_last_prunes_per_volume_and_never_touches_protected_or_foreign_snap
             .iter()
             .filter(|s| {
                 s.state == SnapState::Completed
-                    && s.owner_id == FAKE_ACCOUNT
+                    && *s.owner_id == *FAKE_ACCOUNT
                     && s.tags.get(TAG_POLICY).map(String::as_str) == Some("prod")
                     && s.tags.contains_key(TAG_MANAGED)
                     && !s.tags.contains_key(TAG_KEEP)
@@ -627,7 +630,7 @@ async fn keep_within_is_measured_from_the_newest_completed_snapshot_not_from_now
     let left: BTreeSet<String> = snapshots_of(&fake, v)
         .into_iter()
         .filter(|s| s.state == SnapState::Completed)
-        .map(|s| s.id)
+        .map(|s| s.id.to_string())
         .collect();
     assert_eq!(left, hist[..=7].iter().cloned().collect());
 
@@ -691,7 +694,7 @@ async fn a_failed_create_fails_only_its_volume_and_freezes_its_history() {
     }
     let failed_left: BTreeSet<String> = snapshots_of(&fake, &vols[1])
         .into_iter()
-        .map(|s| s.id)
+        .map(|s| s.id.to_string())
         .collect();
     assert_eq!(failed_left, hist[1].iter().cloned().collect());
     for v in [&vols[0], &vols[2]] {
@@ -759,7 +762,7 @@ impl Ec2 for VanishAfterDescribe {
         let victim = self.victim.lock().unwrap().take();
         if let Some(id) = victim {
             assert!(
-                listed.items.iter().any(|s| s.id == id),
+                listed.items.iter().any(|s| *s.id == *id),
                 "{id} must be listed first"
             );
             self.inner.delete_snapshot(&id).await?;
@@ -902,11 +905,11 @@ async fn count_tags_set_each_instances_keep_count_and_bad_values_skip_only_their
         .into_iter()
         .filter(|s| s.state == SnapState::Pending)
         .collect();
-    let created_on: BTreeSet<String> = created.iter().map(|s| s.volume_id.clone()).collect();
+    let created_on: BTreeSet<String> = created.iter().map(|s| s.volume_id.to_string()).collect();
     assert_eq!(created_on, set(&[&three[0], &five[0]]));
     assert!(!created_on.contains(&untagged[0]));
     // The count travels with the snapshot: it is what retention falls back to once the instance is gone.
-    let on_three = created.iter().find(|s| s.volume_id == three[0]).unwrap();
+    let on_three = created.iter().find(|s| *s.volume_id == *three[0]).unwrap();
     assert_eq!(on_three.tags["SnapshotDaily"], "3");
 
     assert_eq!(
@@ -1079,11 +1082,11 @@ keep = { last = 7 }
     assert_eq!(r.result(), RunResult::Success, "{r:#?}");
     assert_eq!((r.targeted_volumes, r.created), (2, 2));
     let snaps = fake.snapshots();
-    let on: BTreeSet<String> = snaps.iter().map(|s| s.volume_id.clone()).collect();
+    let on: BTreeSet<String> = snaps.iter().map(|s| s.volume_id.to_string()).collect();
     // The instance's tag does not make its untagged root volume a target: only the volume's own tags count.
     assert_eq!(on, set(&[&loose, &vols[1]]));
 
-    let loose_snap = snaps.iter().find(|s| s.volume_id == loose).unwrap();
+    let loose_snap = snaps.iter().find(|s| *s.volume_id == *loose).unwrap();
     assert!(
         !loose_snap.tags.contains_key(TAG_DEVICE),
         "{:?}",
@@ -1098,7 +1101,7 @@ keep = { last = 7 }
     assert_eq!(loose_snap.tags["Backup"], "daily");
     assert_eq!(loose_snap.tags[TAG_POLICY], "data");
 
-    let attached = snaps.iter().find(|s| s.volume_id == vols[1]).unwrap();
+    let attached = snaps.iter().find(|s| *s.volume_id == *vols[1]).unwrap();
     assert_eq!(attached.tags[TAG_DEVICE], "/dev/sdf");
     // A volume target copies the volume's tags only; without a Name of its own it gets snapwarden's.
     assert_eq!(

@@ -166,7 +166,7 @@ impl FakeEc2 {
         st.snapshots.insert(
             id.clone(),
             Snapshot {
-                id: id.clone(),
+                id: id.as_str().into(),
                 volume_id: volume_id.into(),
                 state,
                 start_time,
@@ -392,8 +392,8 @@ impl Ec2 for FakeEc2 {
         for s in st.snapshots.range_mut((from, Bound::Unbounded)) {
             let s = s.1;
             let attr = |name: &str| match name {
-                "snapshot-id" => Some(vec![s.id.clone()]),
-                "volume-id" => Some(vec![s.volume_id.clone()]),
+                "snapshot-id" => Some(vec![s.id.to_string()]),
+                "volume-id" => Some(vec![s.volume_id.to_string()]),
                 "status" => Some(vec![s.state.as_str().to_string()]),
                 _ => None,
             };
@@ -403,14 +403,14 @@ impl Ec2 for FakeEc2 {
                 continue;
             }
             if page.items.len() == st.page_size {
-                page.next = page.items.last().map(|l: &Snapshot| l.id.clone());
+                page.next = page.items.last().map(|l: &Snapshot| l.id.to_string());
                 break;
             }
             if let (Some(n), SnapState::Pending) = (st.complete_after, s.state) {
-                let seen = st.described.entry(s.id.clone()).or_default();
+                let seen = st.described.entry(s.id.to_string()).or_default();
                 *seen += 1;
                 if *seen >= n {
-                    s.state = if st.error_volumes.contains(&s.volume_id) {
+                    s.state = if st.error_volumes.contains(&*s.volume_id) {
                         SnapState::Error
                     } else {
                         SnapState::Completed
@@ -433,12 +433,12 @@ impl Ec2 for FakeEc2 {
         self.check_pending(&st, "CreateSnapshot", 1)?;
         let id = Self::next_id(&mut st, "snap");
         let snapshot = Snapshot {
-            id: id.clone(),
-            volume_id: request.volume_id.clone(),
+            id: id.as_str().into(),
+            volume_id: request.volume_id.as_str().into(),
             state: SnapState::Pending,
             start_time: st.clock.unwrap_or_else(Utc::now),
             owner_id: FAKE_ACCOUNT.into(),
-            description: request.description.clone(),
+            description: request.description.as_str().into(),
             tags: Arc::new(request.tags.clone()),
         };
         st.snapshots.insert(id, snapshot.clone());
@@ -473,12 +473,12 @@ impl Ec2 for FakeEc2 {
             }
             let id = Self::next_id(&mut st, "snap");
             let snapshot = Snapshot {
-                id: id.clone(),
-                volume_id: volume.clone(),
+                id: id.as_str().into(),
+                volume_id: volume.as_str().into(),
                 state: SnapState::Pending,
                 start_time: st.clock.unwrap_or_else(Utc::now),
                 owner_id: FAKE_ACCOUNT.into(),
-                description: request.description.clone(),
+                description: request.description.as_str().into(),
                 tags: Arc::new(request.tags.clone()),
             };
             st.snapshots.insert(id, snapshot.clone());

@@ -46,14 +46,16 @@ pub struct Volume {
     pub attachment: Option<(String, String)>,
 }
 
+/// The strings are shared (`Arc<str>`) for the same reason as the tags, and so that a survey's digest of a snapshot
+/// shares its id instead of copying it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Snapshot {
-    pub id: String,
-    pub volume_id: String,
+    pub id: Arc<str>,
+    pub volume_id: Arc<str>,
     pub state: SnapState,
     pub start_time: DateTime<Utc>,
-    pub owner_id: String,
-    pub description: String,
+    pub owner_id: Arc<str>,
+    pub description: Arc<str>,
     /// Shared: a snapshot's tags are read far more often than written, and the in-memory backend hands out a
     /// copy of every snapshot it lists (`Arc::make_mut` to change them).
     pub tags: Arc<Tags>,
@@ -330,12 +332,12 @@ impl DryRun {
     fn placeholder(log: &mut DryRunLog, request: CreateSnapshot) -> Snapshot {
         log.created.push(request.clone());
         Snapshot {
-            id: format!("snap-dryrun-{}", log.created.len()),
-            volume_id: request.volume_id,
+            id: format!("snap-dryrun-{}", log.created.len()).into(),
+            volume_id: request.volume_id.into(),
             state: SnapState::Pending,
             start_time: Utc::now(),
-            owner_id: String::new(),
-            description: request.description,
+            owner_id: "".into(),
+            description: request.description.into(),
             tags: Arc::new(request.tags),
         }
     }

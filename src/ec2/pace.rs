@@ -791,11 +791,11 @@ mod tests {
         async fn create_snapshot(&self, r: &CreateSnapshot) -> Result<Snapshot> {
             self.next().map(|_| Snapshot {
                 id: "snap-1".into(),
-                volume_id: r.volume_id.clone(),
+                volume_id: r.volume_id.as_str().into(),
                 state: SnapState::Pending,
                 start_time: chrono::Utc::now(),
                 owner_id: "1".into(),
-                description: String::new(),
+                description: "".into(),
                 tags: Default::default(),
             })
         }

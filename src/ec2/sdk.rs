@@ -106,7 +106,7 @@ where
             operation,
             region: region.to_string(),
             code: code.to_string(),
-            message: err.message().unwrap_or_default().to_string(),
+            message: err.message().unwrap_or_default().into(),
         };
     }
     let text = aws_smithy_types::error::display::DisplayErrorContext(&err).to_string();
@@ -138,12 +138,7 @@ fn sdk_filters(filters: &[Filter]) -> Vec<ec2t::Filter> {
 
 fn tags_of(tags: &[ec2t::Tag]) -> Tags {
     tags.iter()
-        .filter_map(|t| {
-            Some((
-                t.key()?.to_string(),
-                t.value().unwrap_or_default().to_string(),
-            ))
-        })
+        .filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or_default().into())))
         .collect()
 }
 
@@ -169,12 +164,12 @@ fn state_of(state: Option<&ec2t::SnapshotState>) -> SnapState {
 
 fn snapshot_of(s: &ec2t::Snapshot) -> Snapshot {
     Snapshot {
-        id: s.snapshot_id().unwrap_or_default().to_string(),
-        volume_id: s.volume_id().unwrap_or_default().to_string(),
+        id: s.snapshot_id().unwrap_or_default().into(),
+        volume_id: s.volume_id().unwrap_or_default().into(),
         state: state_of(s.state()),
         start_time: time_of(s.start_time()),
-        owner_id: s.owner_id().unwrap_or_default().to_string(),
-        description: s.description().unwrap_or_default().to_string(),
+        owner_id: s.owner_id().unwrap_or_default().into(),
+        description: s.description().unwrap_or_default().into(),
         tags: Arc::new(tags_of(s.tags())),
     }
 }
@@ -210,7 +205,7 @@ impl Ec2 for SdkEc2 {
             let page = page.map_err(|e| self.error("DescribeInstances", e))?;
             for i in page.reservations().iter().flat_map(|r| r.instances()) {
                 out.push(Instance {
-                    id: i.instance_id().unwrap_or_default().to_string(),
+                    id: i.instance_id().unwrap_or_default().into(),
                     tags: tags_of(i.tags()),
                 });
             }
@@ -237,11 +232,11 @@ impl Ec2 for SdkEc2 {
                     .and_then(|a| {
                         Some((
                             a.instance_id()?.to_string(),
-                            a.device().unwrap_or_default().to_string(),
+                            a.device().unwrap_or_default().into(),
                         ))
                     });
                 out.push(Volume {
-                    id: v.volume_id().unwrap_or_default().to_string(),
+                    id: v.volume_id().unwrap_or_default().into(),
                     tags: tags_of(v.tags()),
                     volume_type: v
                         .volume_type()
@@ -292,12 +287,12 @@ impl Ec2 for SdkEc2 {
             .await
             .map_err(|e| self.error("CreateSnapshot", e))?;
         Ok(Snapshot {
-            id: out.snapshot_id().unwrap_or_default().to_string(),
-            volume_id: request.volume_id.clone(),
+            id: out.snapshot_id().unwrap_or_default().into(),
+            volume_id: request.volume_id.as_str().into(),
             state: state_of(out.state()),
             start_time: time_of(out.start_time()),
-            owner_id: out.owner_id().unwrap_or_default().to_string(),
-            description: request.description.clone(),
+            owner_id: out.owner_id().unwrap_or_default().into(),
+            description: request.description.as_str().into(),
             tags: Arc::new(request.tags.clone()),
         })
     }
@@ -331,12 +326,12 @@ impl Ec2 for SdkEc2 {
                 let volume = s.volume_id().unwrap_or_default().to_string();
                 let tags = tags_of(s.tags());
                 let snapshot = Snapshot {
-                    id: s.snapshot_id().unwrap_or_default().to_string(),
-                    volume_id: volume.clone(),
+                    id: s.snapshot_id().unwrap_or_default().into(),
+                    volume_id: volume.as_str().into(),
                     state: state_of(s.state()),
                     start_time: time_of(s.start_time()),
-                    owner_id: s.owner_id().unwrap_or_default().to_string(),
-                    description: request.description.clone(),
+                    owner_id: s.owner_id().unwrap_or_default().into(),
+                    description: request.description.as_str().into(),
                     // Some endpoints leave the tags out of the answer; what was asked for at creation is there.
                     tags: Arc::new(if tags.is_empty() {
                         request.tags.clone()

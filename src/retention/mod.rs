@@ -42,6 +42,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
+use rustc_hash::{FxHashMap, FxHashSet};
 
 /// One schedule's keep rules, combined as a union.
 ///
@@ -264,10 +265,13 @@ pub struct Snap {
 
 /// Shares the strings of a survey: volume ids (one per volume, not per snapshot) and `snapwarden:schedule` tag
 /// values, parsed once per distinct value (a policy has a handful) instead of once per snapshot.
+///
+/// Hashed with `FxHash`: every snapshot of every survey is looked up twice, SipHash's resistance to chosen keys
+/// buys nothing for ids EC2 hands out, and it costs several times more on strings this short.
 #[derive(Debug, Default)]
 pub struct Interner {
-    strs: HashSet<Arc<str>>,
-    lists: HashMap<String, Arc<[Arc<str>]>>,
+    strs: FxHashSet<Arc<str>>,
+    lists: FxHashMap<String, Arc<[Arc<str>]>>,
 }
 
 impl Interner {
@@ -405,27 +409,67 @@ impl Reason {
         }
     }
 
+    /// Every label [`Reason::as_str`] gives, in [`Reason::label_index`] order: the labels of kept snapshots (the
+    /// first [`Reason::KEEP_LABELS`]), then those of deleted ones.
+    pub const LABELS: [&'static str; 27] = [
+        "pinned",
+        "pending",
+        "newest",
+        "volume-failed",
+        "last",
+        "within",
+        "all",
+        "count-unknown",
+        "schedule-removed",
+        "hourly",
+        "daily",
+        "weekly",
+        "monthly",
+        "quarterly",
+        "yearly",
+        "within-hourly",
+        "within-daily",
+        "within-weekly",
+        "within-monthly",
+        "within-quarterly",
+        "within-yearly",
+        "oldest",
+        "orphan-keep-all",
+        "over-cap",
+        "expired",
+        "error-state",
+        "orphan-expired",
+    ];
+    /// How many of [`Reason::LABELS`] are reasons to keep.
+    pub const KEEP_LABELS: usize = 24;
+
+    /// The position of this reason's label in [`Reason::LABELS`]: what tallies per label index by, instead of
+    /// comparing label strings for every reason of every snapshot.
+    pub fn label_index(&self) -> usize {
+        match self {
+            Reason::Pinned => 0,
+            Reason::Pending => 1,
+            Reason::Newest => 2,
+            Reason::VolumeFailed => 3,
+            Reason::Last { .. } => 4,
+            Reason::Within { .. } => 5,
+            Reason::All { .. } => 6,
+            Reason::CountUnknown { .. } => 7,
+            Reason::ScheduleRemoved { .. } => 8,
+            Reason::Calendar { period, .. } => 9 + *period as usize,
+            Reason::WithinCalendar { period, .. } => 15 + *period as usize,
+            Reason::Oldest { .. } => 21,
+            Reason::OrphanKeepAll => 22,
+            Reason::OverCap => 23,
+            Reason::Expired => 24,
+            Reason::ErrorState => 25,
+            Reason::OrphanExpired { .. } => 26,
+        }
+    }
+
     /// A bounded label (one value per variant), safe as a metric label and a log field.
     pub fn as_str(&self) -> &'static str {
-        match self {
-            Reason::Pinned => "pinned",
-            Reason::Pending => "pending",
-            Reason::Newest => "newest",
-            Reason::VolumeFailed => "volume-failed",
-            Reason::Last { .. } => "last",
-            Reason::Within { .. } => "within",
-            Reason::All { .. } => "all",
-            Reason::CountUnknown { .. } => "count-unknown",
-            Reason::ScheduleRemoved { .. } => "schedule-removed",
-            Reason::Calendar { period, .. } => period.as_str(),
-            Reason::WithinCalendar { period, .. } => period.within_str(),
-            Reason::Oldest { .. } => "oldest",
-            Reason::OrphanKeepAll => "orphan-keep-all",
-            Reason::OverCap => "over-cap",
-            Reason::Expired => "expired",
-            Reason::ErrorState => "error-state",
-            Reason::OrphanExpired { .. } => "orphan-expired",
-        }
+        Self::LABELS[self.label_index()]
     }
 }
 
@@ -668,7 +712,7 @@ fn by_volume(snaps: &[Snap]) -> (Vec<&Snap>, Vec<usize>) {
     // (volume number, length): 8 bytes a run however the input is ordered. A survey often lists a volume's
     // snapshots together and shares one id among them, so a run usually costs a pointer comparison per snapshot
     // and one lookup by name; interleaved volumes cost a lookup per snapshot, as a map of volumes would.
-    let mut numbers: HashMap<&str, u32> = HashMap::new();
+    let mut numbers: FxHashMap<&str, u32> = FxHashMap::default();
     let mut ids: Vec<&str> = Vec::new();
     let mut sizes: Vec<usize> = Vec::new();
     let mut runs: Vec<(u32, u32)> = Vec::new();

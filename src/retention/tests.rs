@@ -747,6 +747,40 @@ fn reason_labels_and_text() {
 }
 
 #[test]
+fn reason_labels_are_distinct_and_calendar_ones_are_the_config_keys() {
+    let mut labels = Reason::LABELS.to_vec();
+    labels.sort_unstable();
+    labels.dedup();
+    assert_eq!(labels.len(), Reason::LABELS.len());
+    for period in Period::ALL {
+        let calendar = Reason::Calendar {
+            schedule: "s".into(),
+            period,
+            rank: 1,
+            of: None,
+        };
+        let window = Reason::WithinCalendar {
+            schedule: "s".into(),
+            period,
+            window: Duration::from_secs(3600),
+        };
+        assert_eq!(calendar.as_str(), period.as_str());
+        assert_eq!(window.as_str(), period.within_str());
+    }
+    // Keep reasons come first; the deletion reasons after them.
+    for r in [
+        Reason::Expired,
+        Reason::ErrorState,
+        Reason::OrphanExpired {
+            after: Duration::from_secs(1),
+        },
+    ] {
+        assert!(r.label_index() >= Reason::KEEP_LABELS, "{r:?}");
+    }
+    assert_eq!(Reason::OverCap.label_index(), Reason::KEEP_LABELS - 1);
+}
+
+#[test]
 fn keep_rules_is_empty() {
     assert!(KeepRules::default().is_empty());
     assert!(!KeepRules {

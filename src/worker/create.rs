@@ -188,7 +188,7 @@ pub(super) async fn create_all(
                 if let Ok(s) = &mut result {
                     let add = missing(&request.tags, &s.tags);
                     if !add.is_empty() {
-                        batches.entry(add).or_default().push(s.id.clone());
+                        batches.entry(add).or_default().push(s.id.to_string());
                     }
                     // Settled: the run needs only the ids from here on, and at 10,000 volumes the tags held
                     // until the last create would be ~15 MB.

@@ -402,7 +402,8 @@ async fn execute(
         .map(|s| (&*s.id, &*s.schedules))
         .collect();
     drop(doomed);
-    let mut gone = HashSet::new();
+    // Looked up once per surveyed snapshot below: FxHash, as in `retention::Interner`.
+    let mut gone = rustc_hash::FxHashSet::default();
     for (d, result) in deleted {
         let serves = listed.get(&*d.snapshot_id).copied().unwrap_or_default();
         // Already gone counts as done: describe is eventually consistent.
@@ -475,7 +476,8 @@ fn log_decision(d: &Decision) {
 
 /// Per schedule: the oldest newest-completed snapshot over its targeted volumes, and volumes with none.
 pub fn freshness(policy: &Policy, survey: &Survey) -> BTreeMap<String, Freshness> {
-    let mut newest: HashMap<(&str, &str), DateTime<Utc>> = HashMap::new();
+    // Once per completed snapshot and schedule: FxHash, as in `retention::Interner`.
+    let mut newest: rustc_hash::FxHashMap<(&str, &str), DateTime<Utc>> = Default::default();
     for s in survey
         .snapshots
         .iter()

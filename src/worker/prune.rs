@@ -227,16 +227,16 @@ impl Early {
 
     /// A snapshot a create call returned.
     pub fn created(&mut self, s: &Snapshot) {
-        let volume: Option<Arc<str>> = self.creating.take(s.volume_id.as_str());
+        let volume: Option<Arc<str>> = self.creating.take(&*s.volume_id);
         if let Some(v) = volume {
-            self.expected.insert(s.id.clone(), v);
+            self.expected.insert(s.id.to_string(), v);
         }
         self.created
             .push(super::survey::digest(&mut self.interner, s));
-        let volume = Arc::from(s.volume_id.as_str());
+        let volume = Arc::clone(&s.volume_id);
         match s.state {
             SnapState::Pending => {
-                self.pending.insert(s.id.clone(), volume);
+                self.pending.insert(s.id.to_string(), volume);
             }
             state => self.learnt(&s.id, state),
         }

@@ -59,7 +59,7 @@ impl Survey {
 /// [`Survey::digest`] with the strings shared through `interner`.
 pub(super) fn digest(interner: &mut Interner, s: &Snapshot) -> Snap {
     Snap {
-        id: Arc::from(s.id.as_str()),
+        id: Arc::clone(&s.id),
         volume_id: interner.str(&s.volume_id),
         slot: slot_of(s),
         schedules: interner.schedules(s.tags.get(ec2::TAG_SCHEDULE).map_or("", String::as_str)),
@@ -194,14 +194,14 @@ pub async fn survey(
         .collect();
     ec2::for_each_snapshot(ec2, &managed, |page| {
         // OwnerIds=self already restricts this on EC2; checked again because not every endpoint honours it.
-        for snapshot in page.iter().filter(|snap| snap.owner_id == account_id) {
+        for snapshot in page.iter().filter(|snap| *snap.owner_id == *account_id) {
             let snap = s.digest(snapshot);
             for &(schedule, tag) in &count_tags {
                 if !snap.schedules.iter().any(|n| &**n == schedule) {
                     continue;
                 }
                 if let Some(n) = snapshot.tags.get(tag).and_then(|v| parse_count(v).ok()) {
-                    let key = (snapshot.volume_id.clone(), schedule.to_string());
+                    let key = (snapshot.volume_id.to_string(), schedule.to_string());
                     let e = s.snapshot_counts.entry(key).or_insert((snap.slot, n));
                     if snap.slot > e.0 {
                         *e = (snap.slot, n);

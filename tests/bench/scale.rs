@@ -571,12 +571,12 @@ fn planner(n: usize) {
             }
             let at = slot() - chrono::Duration::days(d as i64);
             listed.push(Snapshot {
-                id: format!("snap-{:017x}", listed.len()),
-                volume_id: volume.clone(),
+                id: format!("snap-{:017x}", listed.len()).into(),
+                volume_id: volume.as_str().into(),
                 state: SnapState::Completed,
                 start_time: at,
                 owner_id: FAKE_ACCOUNT.into(),
-                description: String::new(),
+                description: "".into(),
                 tags: Tags::from([
                     (ec2::TAG_MANAGED.into(), "true".into()),
                     (ec2::TAG_POLICY.into(), "prod".into()),
