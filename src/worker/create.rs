@@ -73,7 +73,15 @@ pub(super) fn description(policy: &str, schedules: &str, slot: &str, t: &TargetV
     if let Some((instance, device)) = &t.volume.attachment {
         d.push_str(&format!(", {instance} {device}"));
     }
-    d.chars().take(255).collect()
+    cut_description(d)
+}
+
+/// EC2 takes descriptions of up to 255 characters. Truncated in place: every create of every run builds one.
+fn cut_description(mut d: String) -> String {
+    if let Some((end, _)) = d.char_indices().nth(255) {
+        d.truncate(end);
+    }
+    d
 }
 
 /// The instance whose CreateSnapshots call takes `t`'s snapshot under the policy, if any.
@@ -368,7 +376,7 @@ fn instance_description(policy: &str, common: &Tags, instance: &str) -> String {
         get(ec2::TAG_SCHEDULE),
         get(ec2::TAG_SLOT)
     );
-    d.chars().take(255).collect()
+    cut_description(d)
 }
 
 /// Errors are not `Clone` (they may wrap anything); one call's error shared by its volumes keeps what matters.
@@ -518,4 +526,21 @@ pub(super) fn defer_pending(
         });
         false
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cut_description;
+
+    #[test]
+    fn descriptions_are_cut_at_255_characters_not_bytes() {
+        assert_eq!(cut_description("short".into()), "short");
+        let exact = "x".repeat(255);
+        assert_eq!(cut_description(exact.clone()), exact);
+        // Multi-byte characters count once each, and a cut never splits one.
+        let long = "é".repeat(300);
+        let cut = cut_description(long);
+        assert_eq!(cut.chars().count(), 255);
+        assert_eq!(cut.len(), 510);
+    }
 }

@@ -192,17 +192,21 @@ pub async fn survey(
         .iter()
         .filter_map(|sc| Some((sc.name.as_str(), sc.count_tag.as_deref()?)))
         .collect();
+    // (interned volume id, index into `count_tags`) -> newest (slot, count): keyed without copying strings, since
+    // every snapshot of a count-tag schedule passes here on every run.
+    let mut newest_counts: rustc_hash::FxHashMap<(Arc<str>, usize), (DateTime<Utc>, u32)> =
+        Default::default();
     ec2::for_each_snapshot(ec2, &managed, |page| {
         // OwnerIds=self already restricts this on EC2; checked again because not every endpoint honours it.
         for snapshot in page.iter().filter(|snap| *snap.owner_id == *account_id) {
             let snap = s.digest(snapshot);
-            for &(schedule, tag) in &count_tags {
+            for (i, &(schedule, tag)) in count_tags.iter().enumerate() {
                 if !snap.schedules.iter().any(|n| &**n == schedule) {
                     continue;
                 }
                 if let Some(n) = snapshot.tags.get(tag).and_then(|v| parse_count(v).ok()) {
-                    let key = (snapshot.volume_id.to_string(), schedule.to_string());
-                    let e = s.snapshot_counts.entry(key).or_insert((snap.slot, n));
+                    let key = (Arc::clone(&snap.volume_id), i);
+                    let e = newest_counts.entry(key).or_insert((snap.slot, n));
                     if snap.slot > e.0 {
                         *e = (snap.slot, n);
                     }
@@ -216,6 +220,10 @@ pub async fn survey(
         }
     })
     .await?;
+    s.snapshot_counts = newest_counts
+        .into_iter()
+        .map(|((volume, i), e)| ((volume.to_string(), count_tags[i].0.to_string()), e))
+        .collect();
     // The vector grew by doubling: give back what is spare but room for one new snapshot per target, so the run's
     // additions (the expected plan's placeholders, then this slot's snapshots) do not double it again.
     s.snapshots.shrink_to(s.snapshots.len() + s.targets.len());
