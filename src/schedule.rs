@@ -382,10 +382,8 @@ fn parse_own_slot(s: &str) -> Option<DateTime<Utc>> {
         || b[10] != b'T'
         || b[13] != b':'
         || b[16] != b':'
+        || b[19] != b'Z'
     {
-        return None;
-    }
-    if b[19] != b'Z' {
         return None;
     }
     let num = |from: usize, to: usize| -> Option<u32> {

@@ -54,6 +54,14 @@ fn slot(day: i64) -> DateTime<Utc> {
 }
 
 /// Test-sized polling: 10 ms, doubling to 40 ms.
+/// `N` instances tagged for the policy, one `/dev/sdf` volume each; returns the volume ids.
+fn single_volume_instances<const N: usize>(fake: &FakeEc2) -> [String; N] {
+    std::array::from_fn(|_| {
+        let (_, mut v) = fake.add_instance(&[("Backup", "true")], &[("/dev/sdf", "gp3")]);
+        v.remove(0)
+    })
+}
+
 fn quick(deadline: Duration) -> Completion {
     Completion {
         deadline,
@@ -400,15 +408,14 @@ async fn a_volume_is_pruned_as_soon_as_its_new_snapshot_completes_not_after_ever
     let fake = FakeEc2::new(REGION);
     let cfg = config();
     let metrics = Metrics::new();
-    let (_, a) = fake.add_instance(&[("Backup", "true")], &[("/dev/sdf", "gp3")]);
-    let (_, b) = fake.add_instance(&[("Backup", "true")], &[("/dev/sdf", "gp3")]);
-    let a_old = [seed(&fake, &a[0], -2), seed(&fake, &a[0], -1)];
-    let b_old = [seed(&fake, &b[0], -2), seed(&fake, &b[0], -1)];
+    let [a, b] = single_volume_instances(&fake);
+    let a_old = [seed(&fake, &a, -2), seed(&fake, &a, -1)];
+    let b_old = [seed(&fake, &b, -2), seed(&fake, &b, -1)];
     fake.complete_after_describes(Some(1));
     fake.set_clock(slot(0));
     let slow = SlowVolume {
         inner: fake,
-        slow: a[0].clone(),
+        slow: a.clone(),
         delay: Duration::from_secs(100),
         slow_done: Mutex::new(None),
         deletes: Mutex::new(Vec::new()),
@@ -488,12 +495,7 @@ async fn more_volumes_than_the_pending_cap_are_all_made_in_one_run_as_earlier_on
     let fake = FakeEc2::new(REGION);
     let cfg = config();
     let metrics = Metrics::new();
-    let volumes: Vec<String> = (0..5)
-        .map(|_| {
-            let (_, v) = fake.add_instance(&[("Backup", "true")], &[("/dev/sdf", "gp3")]);
-            v[0].clone()
-        })
-        .collect();
+    let volumes: [String; 5] = single_volume_instances(&fake);
     // EC2's account limit: the fake refuses a create past two pending snapshots.
     fake.set_max_pending_snapshots(Some(2));
     fake.complete_after_describes(Some(1));
@@ -516,8 +518,7 @@ async fn a_create_waiting_for_room_that_never_comes_is_deferred_to_the_next_run(
     let fake = FakeEc2::new(REGION);
     let cfg = config();
     let metrics = Metrics::new();
-    let (_, a) = fake.add_instance(&[("Backup", "true")], &[("/dev/sdf", "gp3")]);
-    let (_, b) = fake.add_instance(&[("Backup", "true")], &[("/dev/sdf", "gp3")]);
+    let [a, b] = single_volume_instances(&fake);
     fake.set_max_pending_snapshots(Some(1));
     // Snapshots never complete: the first holds the only place until the deadline.
     let report = run(&fake, &cfg, 0, quick(Duration::from_secs(1)), &metrics).await;
@@ -536,7 +537,7 @@ async fn a_create_waiting_for_room_that_never_comes_is_deferred_to_the_next_run(
         "{}",
         deferred[0].message
     );
-    let made: Vec<&String> = [&a[0], &b[0]]
+    let made: Vec<&String> = [&a, &b]
         .into_iter()
         .filter(|v| !of_volume(&fake, v).is_empty())
         .collect();

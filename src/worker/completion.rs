@@ -40,7 +40,7 @@ pub(super) async fn poll(
         if deadline.is_none() && !*creating.borrow() {
             deadline = Some(Instant::now() + c.deadline);
         }
-        let mut ids: Vec<String> = lock().pending.keys().cloned().collect();
+        let mut ids: Vec<String> = lock().pending.keys().map(|id| id.to_string()).collect();
         ids.sort();
         if !ids.is_empty() {
             last_error = None;

@@ -93,11 +93,11 @@ pub(super) struct Early {
     /// Volumes this run creates a snapshot for, not yet matched with one.
     creating: HashSet<Arc<str>>,
     /// Snapshot id -> volume, for the snapshots the expected plan assumed completed.
-    expected: HashMap<String, Arc<str>>,
+    expected: HashMap<Arc<str>, Arc<str>>,
     /// Snapshot id -> volume, for every snapshot whose state the run is waiting to learn.
-    pub pending: HashMap<String, Arc<str>>,
+    pub pending: HashMap<Arc<str>, Arc<str>>,
     /// States learnt since the survey, by snapshot id.
-    pub states: HashMap<String, SnapState>,
+    pub states: HashMap<Arc<str>, SnapState>,
     /// Snapshots this run made (or found made for a volume attached since the survey), digested on arrival: a
     /// create's answer carries every tag, a kilobyte a snapshot.
     pub created: Vec<Snap>,
@@ -149,8 +149,9 @@ impl Early {
                 completed_now.push(i);
                 *e.waiting.entry(Arc::clone(&s.volume_id)).or_default() += 1;
                 e.expected
-                    .insert(s.id.to_string(), Arc::clone(&s.volume_id));
-                e.pending.insert(s.id.to_string(), Arc::clone(&s.volume_id));
+                    .insert(Arc::clone(&s.id), Arc::clone(&s.volume_id));
+                e.pending
+                    .insert(Arc::clone(&s.id), Arc::clone(&s.volume_id));
             }
         }
         let placeholders = survey.snapshots.len();
@@ -229,26 +230,26 @@ impl Early {
     pub fn created(&mut self, s: &Snapshot) {
         let volume: Option<Arc<str>> = self.creating.take(&*s.volume_id);
         if let Some(v) = volume {
-            self.expected.insert(s.id.to_string(), v);
+            self.expected.insert(Arc::clone(&s.id), v);
         }
         self.created
             .push(super::survey::digest(&mut self.interner, s));
         let volume = Arc::clone(&s.volume_id);
         match s.state {
             SnapState::Pending => {
-                self.pending.insert(s.id.to_string(), volume);
+                self.pending.insert(Arc::clone(&s.id), volume);
             }
             state => self.learnt(&s.id, state),
         }
     }
 
     /// A state learnt by polling (or by creating).
-    pub fn learnt(&mut self, id: &str, state: SnapState) {
+    pub fn learnt(&mut self, id: &Arc<str>, state: SnapState) {
         if state == SnapState::Pending {
             return;
         }
         self.pending.remove(id);
-        self.states.insert(id.to_string(), state);
+        self.states.insert(Arc::clone(id), state);
         let Some(volume) = self.expected.remove(id) else {
             return;
         };
