@@ -53,7 +53,6 @@ fn slot(day: i64) -> DateTime<Utc> {
         + chrono::Duration::days(day)
 }
 
-/// Test-sized polling: 10 ms, doubling to 40 ms.
 /// `N` instances tagged for the policy, one `/dev/sdf` volume each; returns the volume ids.
 fn single_volume_instances<const N: usize>(fake: &FakeEc2) -> [String; N] {
     std::array::from_fn(|_| {
@@ -62,6 +61,7 @@ fn single_volume_instances<const N: usize>(fake: &FakeEc2) -> [String; N] {
     })
 }
 
+/// Test-sized polling: 10 ms, doubling to 40 ms.
 fn quick(deadline: Duration) -> Completion {
     Completion {
         deadline,
@@ -543,4 +543,34 @@ async fn a_create_waiting_for_room_that_never_comes_is_deferred_to_the_next_run(
         .collect();
     assert_eq!(made.len(), 1);
     assert_ne!(*made[0], deferred[0].resource);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_whole_instance_call_held_back_by_the_cap_is_deferred_as_createsnapshots() {
+    let fake = FakeEc2::new(REGION);
+    let cfg = config();
+    let metrics = Metrics::new();
+    let two = [("/dev/sdf", "gp3"), ("/dev/sdg", "gp3")];
+    for _ in 0..2 {
+        fake.add_instance(&[("Backup", "true")], &two);
+    }
+    // Room for one instance's two snapshots, which never complete: the other instance's call waits, then gives up.
+    fake.set_max_pending_snapshots(Some(2));
+    let report = run(&fake, &cfg, 0, quick(Duration::from_secs(1)), &metrics).await;
+    assert_eq!(report.created, 2, "{report:#?}");
+    assert_eq!(fake.calls("CreateSnapshots"), 1);
+    let deferred: Vec<_> = report
+        .problems
+        .iter()
+        .filter(|p| p.operation == "defer")
+        .collect();
+    assert_eq!(deferred.len(), 2, "{report:#?}");
+    for p in deferred {
+        assert_eq!(p.code, "pending-limit");
+        assert!(
+            p.message.starts_with("CreateSnapshots in "),
+            "{}",
+            p.message
+        );
+    }
 }

@@ -165,9 +165,14 @@ pub(super) async fn create_all(
             let n = items.len();
             if let Some(gate) = gate {
                 if !gate.admit(n).await {
+                    let operation = if instance.is_empty() {
+                        "CreateSnapshot"
+                    } else {
+                        "CreateSnapshots"
+                    };
                     let refused = items
                         .into_iter()
-                        .map(|(r, serves)| (r, serves, Err(gate.refusal(ec2.region()))))
+                        .map(|(r, serves)| (r, serves, Err(gate.refusal(operation, ec2.region()))))
                         .collect();
                     return (refused, Vec::new(), 0);
                 }
@@ -282,9 +287,10 @@ impl<'a> Gate<'a> {
         *in_flight = in_flight.saturating_sub(n);
     }
 
-    fn refusal(&self, region: &str) -> Error {
+    /// `operation`: the call held back (CreateSnapshot, or CreateSnapshots for a whole instance).
+    fn refusal(&self, operation: &'static str, region: &str) -> Error {
         Error::Api {
-            operation: "CreateSnapshot",
+            operation,
             region: region.to_string(),
             code: PENDING_LIMIT.into(),
             message: format!(
