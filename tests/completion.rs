@@ -22,7 +22,7 @@ use snapwarden::ec2::{
 };
 use snapwarden::error::Result;
 use snapwarden::metrics::Metrics;
-use snapwarden::report::{RunReport, RunResult};
+use snapwarden::report::{Problem, RunReport, RunResult};
 use snapwarden::retention::SnapState;
 use snapwarden::schedule::format_slot;
 use snapwarden::worker::{self, Completion, RunSpec};
@@ -59,6 +59,19 @@ fn single_volume_instances<const N: usize>(fake: &FakeEc2) -> [String; N] {
         let (_, mut v) = fake.add_instance(&[("Backup", "true")], &[("/dev/sdf", "gp3")]);
         v.remove(0)
     })
+}
+
+/// The run's `defer` problems, each checked to be a deferral under the pending-snapshot cap.
+fn pending_limit_deferrals(report: &RunReport) -> Vec<&Problem> {
+    let deferred: Vec<&Problem> = report
+        .problems
+        .iter()
+        .filter(|p| p.operation == "defer")
+        .collect();
+    for p in &deferred {
+        assert_eq!(p.code, "pending-limit", "{report:#?}");
+    }
+    deferred
 }
 
 /// Test-sized polling: 10 ms, doubling to 40 ms.
@@ -525,13 +538,8 @@ async fn a_create_waiting_for_room_that_never_comes_is_deferred_to_the_next_run(
     assert_eq!(report.result(), RunResult::Partial, "{report:#?}");
     assert_eq!(report.created, 1, "{report:#?}");
     assert_eq!(fake.calls("CreateSnapshot"), 1);
-    let deferred: Vec<_> = report
-        .problems
-        .iter()
-        .filter(|p| p.operation == "defer")
-        .collect();
+    let deferred = pending_limit_deferrals(&report);
     assert_eq!(deferred.len(), 1, "{report:#?}");
-    assert_eq!(deferred[0].code, "pending-limit");
     assert!(
         deferred[0].message.contains("cap"),
         "{}",
@@ -559,14 +567,9 @@ async fn a_whole_instance_call_held_back_by_the_cap_is_deferred_as_createsnapsho
     let report = run(&fake, &cfg, 0, quick(Duration::from_secs(1)), &metrics).await;
     assert_eq!(report.created, 2, "{report:#?}");
     assert_eq!(fake.calls("CreateSnapshots"), 1);
-    let deferred: Vec<_> = report
-        .problems
-        .iter()
-        .filter(|p| p.operation == "defer")
-        .collect();
+    let deferred = pending_limit_deferrals(&report);
     assert_eq!(deferred.len(), 2, "{report:#?}");
     for p in deferred {
-        assert_eq!(p.code, "pending-limit");
         assert!(
             p.message.starts_with("CreateSnapshots in "),
             "{}",
