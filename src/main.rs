@@ -11,12 +11,6 @@ use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-/// mimalloc instead of glibc's malloc: a run digests, plans and drops a small record per snapshot, and `simulate`
-/// does that thousands of times, so allocation was a quarter of its time. Built without its transparent huge page
-/// advice (`no_thp`): with it the idle daemon's RSS grew from 17 to 28 MiB for no gain at this size.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use snapwarden::config::{self, Config, ConfigError};
 use snapwarden::daemon::{self, Shared};
 use snapwarden::ec2::{DryRun, Ec2};
@@ -26,6 +20,12 @@ use snapwarden::report::RunResult;
 use snapwarden::retention::Action;
 use snapwarden::schedule::{self, format_slot};
 use snapwarden::worker::{self, Region, RunSpec};
+
+/// mimalloc instead of glibc's malloc: a run digests, plans and drops a small record per snapshot, and `simulate`
+/// does that thousands of times; allocation was a quarter of its time. Built without its transparent huge page
+/// advice (`no_thp`): with it the idle daemon's RSS grew from 17 to 28 MiB.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(
