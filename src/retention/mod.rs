@@ -440,12 +440,18 @@ impl Reason {
         "error-state",
         "orphan-expired",
     ];
-    /// How many of [`Reason::LABELS`] are reasons to keep.
-    pub const KEEP_LABELS: usize = 24;
+    /// Where the calendar rules' labels start in [`Reason::LABELS`] (one per period, in [`Period::ALL`] order), then
+    /// the window rules', then the labels after them.
+    const CALENDAR_LABELS: usize = 9;
+    const WINDOW_LABELS: usize = Self::CALENDAR_LABELS + Period::ALL.len();
+    const AFTER_PERIOD_LABELS: usize = Self::WINDOW_LABELS + Period::ALL.len();
+    /// How many of [`Reason::LABELS`] are reasons to keep: up to `over-cap`.
+    pub const KEEP_LABELS: usize = Self::AFTER_PERIOD_LABELS + 3;
 
     /// The position of this reason's label in [`Reason::LABELS`]: what tallies per label index by, instead of
     /// comparing label strings for every reason of every snapshot.
     pub fn label_index(&self) -> usize {
+        let after = Self::AFTER_PERIOD_LABELS;
         match self {
             Reason::Pinned => 0,
             Reason::Pending => 1,
@@ -456,14 +462,14 @@ impl Reason {
             Reason::All { .. } => 6,
             Reason::CountUnknown { .. } => 7,
             Reason::ScheduleRemoved { .. } => 8,
-            Reason::Calendar { period, .. } => 9 + *period as usize,
-            Reason::WithinCalendar { period, .. } => 15 + *period as usize,
-            Reason::Oldest { .. } => 21,
-            Reason::OrphanKeepAll => 22,
-            Reason::OverCap => 23,
-            Reason::Expired => 24,
-            Reason::ErrorState => 25,
-            Reason::OrphanExpired { .. } => 26,
+            Reason::Calendar { period, .. } => Self::CALENDAR_LABELS + *period as usize,
+            Reason::WithinCalendar { period, .. } => Self::WINDOW_LABELS + *period as usize,
+            Reason::Oldest { .. } => after,
+            Reason::OrphanKeepAll => after + 1,
+            Reason::OverCap => after + 2,
+            Reason::Expired => after + 3,
+            Reason::ErrorState => after + 4,
+            Reason::OrphanExpired { .. } => after + 5,
         }
     }
 
