@@ -77,6 +77,10 @@ grep -q '^RUN cargo build --locked --release --bin snapwarden$' Dockerfile || fa
 mkdir "$tmp/context"
 cp -r Cargo.toml Cargo.lock src "$tmp/context/"
 host=$(rustc -vV | sed -n 's/^host: //p')
+# `--offline` below must not depend on what an earlier build happened to download: `cargo build --bin` above
+# fetched the build's dependencies only, and resolving the manifest needs the dev-dependencies too (a machine
+# that never built the tests failed here). Fetched from the registry now, for the host only.
+cargo fetch --quiet --locked --target "$host" || fail "cargo fetch --locked (the crates Cargo.lock names) failed"
 cargo metadata --quiet --format-version 1 --locked --offline --filter-platform "$host" \
   --manifest-path "$tmp/context/Cargo.toml" >/dev/null || fail "Docker build context (Cargo.toml, Cargo.lock, src/) does not resolve --locked"
 if grep -rqE 'include_(str|bytes)!\("\.\./\.\.' src; then fail "src/ includes files from outside the Docker build context"; fi
