@@ -67,6 +67,9 @@ pub struct RunReport {
     pub created: usize,
     /// Volumes that already had this slot's snapshot (a retry or a restart).
     pub already_done: usize,
+    /// This slot's snapshots still `pending` when a run that does not wait (`completion-deadline = "0s"`) ended:
+    /// made, not yet complete, not a problem. A run that waits reports them as `snapshot-pending` problems instead.
+    pub pending: usize,
     pub deleted: usize,
     pub kept: usize,
     /// Deletions refused because the snapshot backs an AMI: reported, never a failure.
@@ -99,6 +102,7 @@ impl RunReport {
             targeted_volumes: 0,
             created: 0,
             already_done: 0,
+            pending: 0,
             deleted: 0,
             kept: 0,
             kept_in_use: 0,

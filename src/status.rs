@@ -22,6 +22,8 @@ pub struct LastRun {
     pub targeted_volumes: usize,
     pub created: usize,
     pub already_done: usize,
+    /// Made but not yet complete when a run that does not wait ended (`completion-deadline = "0s"`).
+    pub pending: usize,
     pub failed: usize,
     pub deleted: usize,
     pub kept: usize,
@@ -122,6 +124,7 @@ impl StatusBoard {
             targeted_volumes: report.targeted_volumes,
             created: report.created,
             already_done: report.already_done,
+            pending: report.pending,
             failed: report.failed_volumes(),
             deleted: report.deleted,
             kept: report.kept,

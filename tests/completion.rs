@@ -369,7 +369,11 @@ async fn dry_runs_and_runs_without_completion_do_not_poll() {
         1,
         "the survey only"
     );
-    assert_eq!(worker::Completion::from_deadline(Duration::ZERO), None);
+    // A zero deadline is "do not wait", not "do not look" (see the zero-deadline tests below).
+    assert_eq!(
+        worker::Completion::from_deadline(Duration::ZERO).map(|c| c.deadline),
+        Some(Duration::ZERO)
+    );
     assert_eq!(
         worker::Completion::from_deadline(Duration::from_secs(600)).map(|c| c.first_poll),
         Some(Duration::from_secs(2))
@@ -576,4 +580,80 @@ async fn a_whole_instance_call_held_back_by_the_cap_is_deferred_as_createsnapsho
             p.message
         );
     }
+}
+
+/// The daemon's own reading of `completion-deadline = "0s"`: do not wait for pending snapshots.
+fn no_wait_spec(cfg: &Config, day: i64) -> RunSpec<'_> {
+    RunSpec {
+        policy: cfg.policy("prod").unwrap(),
+        firing: vec!["daily".into()],
+        slot: slot(day),
+        account_id: FAKE_ACCOUNT,
+        concurrency: 4,
+        dry_run: false,
+        completion: Completion::from_deadline(Duration::ZERO),
+        explain: false,
+    }
+}
+
+#[tokio::test]
+async fn with_a_zero_deadline_an_error_at_the_first_describe_fails_the_volume_and_prunes_nothing() {
+    let fake = FakeEc2::new(REGION);
+    let cfg = config();
+    let metrics = Metrics::new();
+    let [vol] = single_volume_instances::<1>(&fake);
+    // Three earlier snapshots: keep last 2 over a good new one would delete the two oldest.
+    for day in [-3, -2, -1] {
+        seed(&fake, &vol, day);
+    }
+    // The new snapshot is `error` in the first describe that includes it.
+    fake.complete_after_describes(Some(1));
+    fake.error_snapshots_of(&vol);
+    fake.set_clock(slot(0));
+    let spec = no_wait_spec(&cfg, 0);
+    let report = worker::run(&fake, &spec, &metrics, || slot(0)).await.report;
+    assert_eq!(report.result(), RunResult::Failure, "{report:#?}");
+    assert_eq!(report.failed_volumes(), 1, "{report:#?}");
+    assert_eq!((report.created, report.deleted), (0, 0), "{report:#?}");
+    let p = report
+        .problems
+        .iter()
+        .find(|p| p.code == "snapshot-error")
+        .unwrap_or_else(|| panic!("{report:#?}"));
+    assert_eq!((p.resource.as_str(), p.operation), (vol.as_str(), "create"));
+    // History untouched (the volume is frozen); the errored snapshot itself restores nothing and is gone.
+    let left = of_volume(&fake, &vol);
+    assert_eq!(
+        left,
+        [-3, -2, -1].map(|d| (format_slot(slot(d)), SnapState::Completed)),
+        "{report:#?}"
+    );
+}
+
+#[tokio::test]
+async fn with_a_zero_deadline_a_pending_snapshot_is_reported_not_yet_complete_and_the_run_succeeds()
+{
+    let fake = FakeEc2::new(REGION);
+    let cfg = config();
+    let metrics = Metrics::new();
+    let [vol] = single_volume_instances::<1>(&fake);
+    for day in [-3, -2, -1] {
+        seed(&fake, &vol, day);
+    }
+    // Nothing completes by itself: the one describe after the create still sees it pending.
+    fake.set_clock(slot(0));
+    let before = fake.calls("DescribeSnapshots");
+    let spec = no_wait_spec(&cfg, 0);
+    let report = worker::run(&fake, &spec, &metrics, || slot(0)).await.report;
+    assert_eq!(report.result(), RunResult::Success, "{report:#?}");
+    assert_eq!((report.created, report.pending), (1, 1), "{report:#?}");
+    assert!(report.problems.is_empty(), "{report:#?}");
+    assert_eq!(
+        fake.calls("DescribeSnapshots") - before,
+        2,
+        "the survey and one describe of the new snapshot"
+    );
+    // A pending snapshot protects nothing yet: retention keeps the two newest completed ones and deletes one.
+    assert_eq!(report.deleted, 1, "{report:#?}");
+    assert_eq!(of_volume(&fake, &vol).len(), 3);
 }

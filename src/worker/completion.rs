@@ -1,8 +1,9 @@
 //! Waiting for snapshots to complete: the run polls the policy's pending snapshots (this run's, as each create
 //! returns, and any an earlier run left pending) while it creates, and for up to `daemon.completion-deadline`
 //! after the last create, handing each state it learns to the early deletes ([`super::prune::Early`]). After the
-//! wait it deals with what did not complete: `error` snapshots are reported and deleted, ones still pending are
-//! reported and left for the next run.
+//! wait — or without one: a zero deadline still describes the new snapshots once, and a run that does not poll at
+//! all still has the survey's and the create answers' states — it deals with what did not complete: `error`
+//! snapshots are reported and deleted, ones still pending are reported and left for the next run.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -80,7 +81,8 @@ pub(super) async fn poll(
     }
 }
 
-/// After the wait, for the snapshots in `survey` (states already updated):
+/// After the wait (`waited`: the completion settings of a run that waited; None when it did not), for the snapshots in
+/// `survey` (states already updated):
 /// - a snapshot in `error` (found so by the survey or by polling) restores nothing: it is reported (code
 ///   `snapshot-error`; operation `create` when it was this slot's, so the volume counts as failed, else
 ///   `complete`), counted in `snapshots_failed_total{operation="complete"}`, deleted (it also counts against EC2's
@@ -88,12 +90,14 @@ pub(super) async fn poll(
 ///   like a failed create, and the next run for the slot (catch-up) makes a new one;
 /// - a snapshot still pending at the deadline is reported (code `snapshot-pending`, operation `complete`: the run
 ///   is partial) and counted in `snapshots_pending_at_deadline_total`; it stays, and the next run's survey finds it
-///   and polls it again. Retention keeps pending snapshots and does not count them toward keep rules.
+///   and polls it again. A run that did not wait reports this slot's pending snapshots as not yet complete
+///   (`RunReport::pending`), not as a problem: not waiting was asked for. Either way retention keeps pending
+///   snapshots and does not count them toward keep rules, and the staleness metrics do not count them as protection.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn settle(
     ec2: &dyn Ec2,
     spec: &RunSpec<'_>,
-    c: Completion,
+    waited: Option<Completion>,
     last_error: Option<Error>,
     survey: &mut Survey,
     frozen: &mut HashSet<String>,
@@ -126,9 +130,14 @@ pub(super) async fn settle(
             operation: if this_slot { "create" } else { "complete" },
             code: "snapshot-error".into(),
             message: format!(
-                "snapshot {} of slot {} ended in error state; it restores nothing and was deleted{}",
+                "snapshot {} of slot {} ended in error state; it restores nothing and {}{}",
                 snap.id,
                 format_slot(snap.slot),
+                if spec.dry_run {
+                    "would be deleted"
+                } else {
+                    "was deleted"
+                },
                 if this_slot {
                     "; the next run of this slot makes a new one"
                 } else {
@@ -153,6 +162,14 @@ pub(super) async fn settle(
     // Out of the plan either way: deleted, or reported and retried by the next run.
     survey.snapshots.retain(|s| s.state != SnapState::Error);
 
+    let Some(c) = waited else {
+        report.pending = survey
+            .snapshots
+            .iter()
+            .filter(|s| s.state == SnapState::Pending && s.slot == spec.slot)
+            .count();
+        return;
+    };
     let mut incomplete = 0;
     for snap in survey
         .snapshots

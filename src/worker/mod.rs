@@ -95,9 +95,16 @@ impl Completion {
         }
     }
 
-    /// `daemon.completion-deadline` as the daemon uses it: zero means "do not wait".
+    /// `daemon.completion-deadline` as the daemon uses it. Zero means "do not wait for pending snapshots", not "do
+    /// not look": the run still describes its new snapshots once after the last create, so one already in `error`
+    /// fails its volume like any other (see [`completion::settle`]).
     pub fn from_deadline(deadline: Duration) -> Option<Self> {
-        (!deadline.is_zero()).then(|| Completion::within(deadline))
+        Some(Completion::within(deadline))
+    }
+
+    /// Whether the run waits for pending snapshots at all (a zero deadline only looks once).
+    fn waits(&self) -> bool {
+        !self.deadline.is_zero()
     }
 }
 
@@ -109,8 +116,9 @@ pub struct RunSpec<'a> {
     pub account_id: &'a str,
     pub concurrency: usize,
     pub dry_run: bool,
-    /// Wait for pending snapshots (see [`completion::poll`]); None: create and move on, leaving them pending
-    /// (component tests on `FakeEc2`, `simulate`, which runs in simulated time). Dry runs never wait.
+    /// Poll pending snapshots (see [`completion::poll`]); None: create and move on without describing them
+    /// (component tests on `FakeEc2`, `simulate`, which runs in simulated time). Dry runs never poll. Either way
+    /// every state the run saw (survey, create answers, polls) is settled by [`completion::settle`].
     pub completion: Option<Completion>,
     /// [`Outcome::plan`] holds every decision, kept ones with their reasons (tests, `simulate`); otherwise only
     /// the deletions, so a run over a large estate does not hold a decision per snapshot (~120 bytes each).
@@ -221,11 +229,12 @@ async fn execute(
     }
     let mut frozen = HashSet::new();
     // Retention's deletes go out while the creates are still queued (see `prune`).
-    let waits = spec.completion.filter(|_| !spec.dry_run);
+    let polls = spec.completion.filter(|_| !spec.dry_run);
     // A run that waits for completion admits creates under the account's pending cap as earlier snapshots
     // complete (`create::Gate`); one that does not defers what is over the cap to the next run.
     let cap = ec2.max_pending_snapshots();
-    let upfront_cap = if waits.is_some() { None } else { cap };
+    let waiting = polls.filter(Completion::waits);
+    let upfront_cap = if waiting.is_some() { None } else { cap };
     create::defer_pending(
         spec,
         &survey,
@@ -245,14 +254,14 @@ async fn execute(
         &mut survey,
         &creating,
         &frozen,
-        waits.is_some(),
+        polls.is_some(),
         spec.slot,
         now(),
         tx,
     ));
     let lock = || early.lock().expect("early deletes poisoned");
     let freed = tokio::sync::Notify::new();
-    let gate = waits
+    let gate = waiting
         .zip(cap)
         .map(|(c, cap)| create::Gate::new(cap, &early, &freed, c.deadline));
     let (creating_tx, creating_rx) = tokio::sync::watch::channel(true);
@@ -270,7 +279,7 @@ async fn execute(
                 made
             };
             let polling = async {
-                match waits {
+                match polls {
                     Some(c) => completion::poll(ec2, c, &early, &freed, creating_rx).await,
                     None => None,
                 }
@@ -341,19 +350,18 @@ async fn execute(
                 }
             }
         }
-        if let Some(c) = waits {
-            completion::settle(
-                ec2,
-                spec,
-                c,
-                last_error,
-                &mut survey,
-                &mut frozen,
-                report,
-                metrics,
-            )
-            .await;
-        }
+        // Whether or not the run waited: what it saw decides (an `error` snapshot fails its volume).
+        completion::settle(
+            ec2,
+            spec,
+            waiting,
+            last_error,
+            &mut survey,
+            &mut frozen,
+            report,
+            metrics,
+        )
+        .await;
 
         let mut on_kept = |d: Decision| {
             tally.add(&d);
@@ -545,6 +553,7 @@ fn record(metrics: &Metrics, spec: &RunSpec<'_>, report: &RunReport) {
         result = result.as_str(),
         targeted = report.targeted_volumes,
         created = report.created,
+        pending = report.pending,
         already_done = report.already_done,
         failed = report.failed_volumes(),
         deleted = report.deleted,
