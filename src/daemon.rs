@@ -2,7 +2,8 @@
 //! order. The scheduler is one task that ticks at least once a second (its tick is the `/healthz` heartbeat),
 //! computes each policy's next fire instant with `schedule::next_group`, and spawns one run task per fire; a
 //! schedule whose previous run is still going is skipped for that fire and counted. Shutdown: stop firing,
-//! let in-flight runs finish within the grace period, then stop HTTP and flush alerts.
+//! let in-flight runs finish within the grace period (past it: no new mutating EC2 call, and the ones sent are
+//! waited for), then stop HTTP and flush alerts.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Policy};
 use crate::ec2::pace::{PaceConfig, Paced};
+use crate::ec2::stop::{Guarded, Mutations};
 use crate::ec2::{self, Ec2};
 use crate::error::{Error, Result};
 use crate::http::{self, AppState};
@@ -37,6 +39,8 @@ pub struct Shared {
     pub health: Arc<Health>,
     /// systemd readiness, watchdog and stopping notices (no-ops outside systemd).
     pub sd: Arc<SdNotify>,
+    /// Mutating EC2 calls in flight in every region; stopped when the shutdown grace period is over.
+    pub mutations: Arc<Mutations>,
 }
 
 impl Shared {
@@ -49,6 +53,7 @@ impl Shared {
             status: Arc::default(),
             health,
             sd: Arc::new(SdNotify::disabled()),
+            mutations: Arc::default(),
         }
     }
 
@@ -135,7 +140,7 @@ pub async fn region(
     permits: Arc<Semaphore>,
 ) -> Result<Arc<Region>> {
     let ec2: Arc<dyn Ec2> = Arc::new(ec2::Instrumented::new(
-        backend,
+        guarded(shared, backend),
         permits,
         shared.metrics.clone(),
     ));
@@ -152,11 +157,17 @@ pub async fn paced_region(
     pace: PaceConfig,
 ) -> Result<Arc<Region>> {
     let instrumented: Arc<dyn Ec2> = Arc::new(ec2::Instrumented::new(
-        backend,
+        guarded(shared, backend),
         permits,
         shared.metrics.clone(),
     ));
     resolve(shared, Arc::new(Paced::new(instrumented, pace))).await
+}
+
+/// The innermost layer: every attempt of a mutating call is logged with its outcome and refused once the grace
+/// period is over (`ec2::stop`).
+fn guarded(shared: &Shared, backend: Arc<dyn Ec2>) -> Arc<dyn Ec2> {
+    Arc::new(Guarded::new(backend, shared.mutations.clone()))
 }
 
 async fn resolve(shared: &Shared, ec2: Arc<dyn Ec2>) -> Result<Arc<Region>> {
@@ -334,9 +345,31 @@ pub async fn schedule_loop(
     );
     let drained = tokio::time::timeout(grace, tracker.wait()).await.is_ok();
     if !drained {
-        tracing::error!(in_flight = tracker.len(), "grace period over with runs still going; their slots are completed by catch-up at the next start");
+        stop_mutations(&shared, tracker.len()).await;
     }
     drained
+}
+
+/// The grace period is over with runs still going: no mutating EC2 call starts from here on (a run's next create or
+/// delete is refused and reported as not done), and the calls already sent are waited for, so that each is answered
+/// (or times out, `aws.operation-timeout`) and logged before the process exits, and a restart's survey sees what
+/// they made.
+async fn stop_mutations(shared: &Shared, runs: usize) {
+    let in_flight = shared.mutations.stop();
+    tracing::error!(in_flight = runs, mutating_calls_in_flight = in_flight, "grace period over with runs still going; no new EC2 create, tag or delete starts; their slots are completed by catch-up at the next start");
+    // The SDK's operation timeout bounds each call; the margin covers connecting and reading the answer.
+    let bound = shared.config.aws.operation_timeout + shared.config.aws.connect_timeout;
+    let waited = std::time::Instant::now();
+    let answered = tokio::time::timeout(bound, shared.mutations.idle())
+        .await
+        .is_ok();
+    tracing::info!(
+        waited_for = in_flight,
+        still_in_flight = shared.mutations.in_flight(),
+        seconds = waited.elapsed().as_secs_f64(),
+        answered,
+        "mutating EC2 calls in flight at the end of the grace period: waited for their answers"
+    );
 }
 
 /// The whole daemon: HTTP, notifier, scheduler; returns when shut down (true: clean).

@@ -27,6 +27,13 @@ pub enum Error {
     /// The SDK's credential chain produced nothing usable.
     #[error("no usable AWS credentials: {0}")]
     Credentials(String),
+    /// A mutating call not sent because the daemon is shutting down and its grace period is over
+    /// (`ec2::stop`): nothing was asked of AWS, and the next run of the slot does it.
+    #[error("{operation} in {region}: not sent: the daemon is shutting down and its grace period is over; the next run does it")]
+    Stopped {
+        operation: &'static str,
+        region: String,
+    },
     /// Anything else with a plain explanation (bad CLI input, I/O while starting).
     #[error("{0}")]
     Other(String),
@@ -56,6 +63,7 @@ impl Error {
             },
             Error::Transport { kind, .. } => kind,
             Error::Credentials(_) => "credentials",
+            Error::Stopped { .. } => "stopped",
             Error::Other(_) => "other",
         }
     }

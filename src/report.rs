@@ -43,7 +43,8 @@ pub struct Problem {
     /// volume, instance or snapshot id; the region for run-level problems.
     pub resource: String,
     /// `create`, `delete`, `target` (bad tag value), `describe`, `defer` (a pending-snapshot limit put the
-    /// volume off to the next run: makes the run partial, never failed, and is not counted as a failed volume),
+    /// volume off to the next run, or — code `stopped` — a create or delete was not sent because the daemon was
+    /// shutting down: makes the run partial, never failed, and is not counted as a failed volume),
     /// or `complete` (a snapshot still pending at the completion deadline, or an earlier slot's that ended in
     /// error: partial, not a failed volume; this slot's errored snapshot is a `create` problem).
     pub operation: &'static str,

@@ -1,12 +1,14 @@
 //! What snapwarden needs from EC2, as a small trait over plain types, plus the decorators every backend is wrapped
-//! in: [`pace::Paced`] (rate limits and retries, outermost), [`Instrumented`] (concurrency bound, request metrics)
-//! and [`DryRun`] (records mutations instead of doing them, so a dry run walks exactly the code path of a real
-//! one). Backends: [`sdk::SdkEc2`] (aws-sdk-ec2) and [`fake::FakeEc2`] (in memory, for tests and `demo`). This
-//! module knows nothing of policies or retention.
+//! in: [`pace::Paced`] (rate limits and retries, outermost), [`Instrumented`] (concurrency bound, request metrics),
+//! [`stop::Guarded`] (innermost: logs every mutating call's outcome, refuses new ones at shutdown) and [`DryRun`]
+//! (records mutations instead of doing them, so a dry run walks exactly the code path of a real one). Backends:
+//! [`sdk::SdkEc2`] (aws-sdk-ec2) and [`fake::FakeEc2`] (in memory, for tests and `demo`). This module knows nothing
+//! of policies or retention.
 
 pub mod fake;
 pub mod pace;
 pub mod sdk;
+pub mod stop;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -246,7 +248,10 @@ impl Instrumented {
             .await
             .expect("AWS call semaphore closed");
         let result = fut.await;
-        self.metrics.aws_request(operation, result.as_ref().err());
+        // A call refused at shutdown never reached AWS.
+        if !matches!(result, Err(crate::error::Error::Stopped { .. })) {
+            self.metrics.aws_request(operation, result.as_ref().err());
+        }
         result
     }
 }

@@ -148,6 +148,8 @@ pub(super) async fn settle(
         match ec2.delete_snapshot(&snap.id).await {
             Ok(()) => {}
             Err(e) if e.code() == "InvalidSnapshot.NotFound" => {}
+            // Not sent at shutdown: the next run finds it in error again and deletes it.
+            Err(Error::Stopped { .. }) => {}
             Err(e) => {
                 tracing::error!(snapshot = %snap.id, error = %e, kind = e.kind(), "could not delete the errored snapshot");
                 report.problems.push(Problem {

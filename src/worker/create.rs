@@ -411,6 +411,10 @@ fn clone_error(e: &Error) -> Error {
             message: message.clone(),
         },
         Error::Credentials(m) => Error::Credentials(m.clone()),
+        Error::Stopped { operation, region } => Error::Stopped {
+            operation,
+            region: region.clone(),
+        },
         Error::Other(m) => Error::Other(m.clone()),
     }
 }

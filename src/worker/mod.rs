@@ -23,6 +23,7 @@ use tracing::Instrument;
 
 use crate::config::Policy;
 use crate::ec2::{CreateSnapshot, Ec2};
+use crate::error::Error;
 use crate::metrics::{Freshness, KeptTally, Metrics};
 use crate::report::{Problem, RunReport, RunResult};
 use crate::retention::{Decision, SnapState};
@@ -322,6 +323,17 @@ async fn execute(
                         message: e.to_string(),
                     });
                 }
+                // Not sent: the daemon is shutting down. Not an AWS failure; the next run of the slot makes it.
+                Err(e @ Error::Stopped { .. }) => {
+                    tracing::debug!(volume = %request.volume_id, "snapshot not made: shutting down");
+                    frozen.insert(request.volume_id.clone());
+                    report.problems.push(Problem {
+                        resource: request.volume_id,
+                        operation: "defer",
+                        code: e.code().to_string(),
+                        message: e.to_string(),
+                    });
+                }
                 Err(e) => {
                     tracing::error!(volume = %request.volume_id, error = %e, kind = e.kind(), "snapshot failed");
                     for s in &serves {
@@ -441,6 +453,16 @@ async fn execute(
                     .with_label_values(&[&policy.name, &region])
                     .inc();
                 report.kept_in_use += 1;
+            }
+            // Not sent: the daemon is shutting down. Neither deleted nor failed; the next run plans it again.
+            Err(e @ Error::Stopped { .. }) => {
+                tracing::debug!(snapshot = %d.snapshot_id, "delete not sent: shutting down");
+                report.problems.push(Problem {
+                    resource: d.snapshot_id.to_string(),
+                    operation: "defer",
+                    code: e.code().to_string(),
+                    message: e.to_string(),
+                });
             }
             Err(e) => {
                 tracing::error!(snapshot = %d.snapshot_id, error = %e, kind = e.kind(), "delete failed");

@@ -79,6 +79,18 @@ pub struct Hit {
     pub action: String,
     /// `forwarded`, `delayed`, `reset`, or the injected error code.
     pub outcome: String,
+    /// The form body (query-protocol parameters): which snapshot or volume the request was about.
+    pub body: String,
+}
+
+impl Hit {
+    /// A query-protocol parameter of the request (`SnapshotId`, `VolumeId`), as sent.
+    pub fn param(&self, name: &str) -> Option<String> {
+        self.body.split('&').find_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            (k == name).then(|| v.to_string())
+        })
+    }
 }
 
 struct State {
@@ -245,11 +257,12 @@ fn decide(state: &Mutex<State>, action: &str) -> Option<Fault> {
     None
 }
 
-fn log(state: &Mutex<State>, at: Instant, action: &str, outcome: &str) {
+fn log(state: &Mutex<State>, at: Instant, req: &Request, action: &str, outcome: &str) {
     state.lock().unwrap().log.push(Hit {
         at,
         action: action.to_string(),
         outcome: outcome.to_string(),
+        body: String::from_utf8_lossy(&req.body).into_owned(),
     });
 }
 
@@ -262,16 +275,16 @@ fn serve(client: TcpStream, upstream: u16, state: &Mutex<State>) {
         let fault = decide(state, &action);
         let response = match fault {
             Some(Fault::Error(code)) => {
-                log(state, at, &action, code);
+                log(state, at, &req, &action, code);
                 error_response(code)
             }
             Some(Fault::Reset) => {
-                log(state, at, &action, "reset");
+                log(state, at, &req, &action, "reset");
                 let _ = writer.shutdown(Shutdown::Both);
                 return;
             }
             Some(Fault::Delay(d)) => {
-                log(state, at, &action, "delayed");
+                log(state, at, &req, &action, "delayed");
                 std::thread::sleep(d);
                 match forward(&req, upstream) {
                     Some(r) => r,
@@ -279,7 +292,7 @@ fn serve(client: TcpStream, upstream: u16, state: &Mutex<State>) {
                 }
             }
             None => {
-                log(state, at, &action, "forwarded");
+                log(state, at, &req, &action, "forwarded");
                 match forward(&req, upstream) {
                     Some(r) => r,
                     None => return,
