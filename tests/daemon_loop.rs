@@ -214,8 +214,9 @@ async fn shutdown_waits_for_the_run_but_not_past_the_grace_period() {
     );
     assert_eq!(r.fake.snapshots().len(), 1);
 
-    // Grace shorter than the run: the loop gives up at the grace period and says so.
-    let r = rig("0 0 1 1 *", "500ms", Duration::from_secs(5)).await;
+    // Grace shorter than the run: the loop gives up at the grace period and says so, but only once the create it
+    // had already sent has answered (a restart must see that snapshot); nothing is sent after the grace period.
+    let r = rig("0 0 1 1 *", "500ms", Duration::from_secs(3)).await;
     let stop = CancellationToken::new();
     let task = tokio::spawn(daemon::schedule_loop(
         r.shared.clone(),
@@ -231,11 +232,14 @@ async fn shutdown_waits_for_the_run_but_not_past_the_grace_period() {
         !task.await.unwrap(),
         "reported drained although the run was still going"
     );
+    let waited = t0.elapsed();
     assert!(
-        t0.elapsed() < Duration::from_secs(2),
-        "waited past the grace period: {:?}",
-        t0.elapsed()
+        waited >= Duration::from_millis(2500) && waited < Duration::from_secs(5),
+        "did not wait for the create in flight, or waited past it: {waited:?}"
     );
+    assert_eq!(r.shared.mutations.in_flight(), 0);
+    assert_eq!(r.fake.calls("CreateSnapshot"), 1);
+    assert_eq!(r.fake.snapshots().len(), 1, "the create in flight landed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -982,8 +982,14 @@ fn stall_proxy(upstream: u16, needle: &'static [u8]) -> StallProxy {
     StallProxy { port, held }
 }
 
-/// A daemon whose catch-up run is stuck in CreateSnapshot behind a [`StallProxy`]; returns once it is.
-async fn daemon_with_stuck_run(moto: &Moto, dir: &Path, grace: &str) -> (Daemon, StallProxy) {
+/// A daemon whose catch-up run is stuck in CreateSnapshot behind a [`StallProxy`]; returns once it is. `env`:
+/// config overrides (`SNAPWARDEN_AWS__…`).
+async fn daemon_with_stuck_run(
+    moto: &Moto,
+    dir: &Path,
+    grace: &str,
+    env: &[(&str, &str)],
+) -> (Daemon, StallProxy) {
     let ec2 = moto.ec2().await;
     instance(&ec2, &[("Backup", "e2e-slow")], &["/dev/sdf"]).await;
     let proxy = stall_proxy(moto.port, b"Action=CreateSnapshot");
@@ -995,7 +1001,13 @@ async fn daemon_with_stuck_run(moto: &Moto, dir: &Path, grace: &str) -> (Daemon,
         // Yearly: only the catch-up run fires during the test.
         &policy("slow", "e2e-slow", "newyear", "0 0 1 1 *", "{ last = 3 }"),
     );
-    let mut d = Daemon::spawn(snapwarden().arg("--config").arg(&config).arg("run"));
+    let mut d = Daemon::spawn(
+        snapwarden()
+            .arg("--config")
+            .arg(&config)
+            .arg("run")
+            .envs(env.iter().copied()),
+    );
     let deadline = Instant::now() + Duration::from_secs(15);
     while proxy.held.load(Ordering::SeqCst) == 0 {
         assert!(d.is_running(), "the daemon exited early\n{}", d.logs());
@@ -1013,7 +1025,7 @@ async fn daemon_with_stuck_run(moto: &Moto, dir: &Path, grace: &str) -> (Daemon,
 async fn first_signal_waits_for_the_in_flight_run_and_a_second_exits_at_once() {
     let moto = Moto::start();
     let dir = tempfile::tempdir().unwrap();
-    let (mut d, _proxy) = daemon_with_stuck_run(&moto, dir.path(), "30s").await;
+    let (mut d, _proxy) = daemon_with_stuck_run(&moto, dir.path(), "30s", &[]).await;
 
     d.signal("TERM");
     d.wait_for_output("signal received", Duration::from_secs(5));
@@ -1039,11 +1051,16 @@ async fn first_signal_waits_for_the_in_flight_run_and_a_second_exits_at_once() {
 async fn a_run_outlasting_the_grace_period_is_abandoned_with_exit_code_1() {
     let moto = Moto::start();
     let dir = tempfile::tempdir().unwrap();
-    let (mut d, _proxy) = daemon_with_stuck_run(&moto, dir.path(), "1s").await;
+    // The create sent before the grace period ended is waited for until it times out (3 s per attempt).
+    let timeouts = [
+        ("SNAPWARDEN_AWS__ATTEMPT_TIMEOUT", "3s"),
+        ("SNAPWARDEN_AWS__OPERATION_TIMEOUT", "4s"),
+    ];
+    let (mut d, _proxy) = daemon_with_stuck_run(&moto, dir.path(), "1s", &timeouts).await;
 
     let sent = Instant::now();
     d.signal("INT");
-    // Grace (1 s) plus at most 5 s for the notifier to drain, plus a margin; far below the 60 s hold.
+    // The create's timeout, plus at most 5 s for the notifier to drain, plus a margin; far below the 60 s hold.
     let status = d
         .wait_exit(Duration::from_secs(10))
         .unwrap_or_else(|| panic!("did not give up after the grace period\n{}", d.logs()));
@@ -1058,6 +1075,16 @@ async fn a_run_outlasting_the_grace_period_is_abandoned_with_exit_code_1() {
         lines
             .iter()
             .any(|l| message(l).is_some_and(|m| m.starts_with("grace period over"))),
+        "{}",
+        d.logs()
+    );
+    // The create that never answered is logged with its outcome before the exit.
+    assert!(
+        lines.iter().any(|l| {
+            message(l) == Some("mutating EC2 call answered")
+                && l["fields"]["operation"] == "CreateSnapshot"
+                && l["fields"]["outcome"] == "timeout"
+        }),
         "{}",
         d.logs()
     );
