@@ -5,7 +5,8 @@
 //! other one to success and alerts for the broken one alone; SNS refusing every Publish for a while: runs go on
 //! without waiting, the alert is retried, a newer failure of the same policy/schedule/region replaces the older
 //! undelivered one, and once SNS recovers exactly one message arrives (read back from an SQS queue subscribed to
-//! the topic).
+//! the topic); and with `completion-deadline = "0s"` a new snapshot reported in `error` by the run's one describe
+//! (the proxy rewrites moto's answers) fails its volume and prunes nothing, read back from moto.
 
 mod common;
 
@@ -431,4 +432,95 @@ fn sample(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
         .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_zero_completion_deadline_a_snapshot_in_error_at_its_one_describe_fails_the_volume()
+{
+    use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
+    use snapwarden::ec2::{TAG_MANAGED, TAG_POLICY, TAG_SCHEDULE, TAG_SLOT};
+
+    let moto = Moto::start();
+    let raw = moto.ec2().await;
+    let (_, vols) = common::launch_instance(&raw, &[("Backup", "true")], &["/dev/sdf"]).await;
+    // Four earlier years: keep last 3 over a good new snapshot would delete the two oldest.
+    let mut seeded = std::collections::BTreeSet::new();
+    for year in 2021..2025 {
+        let mut tags = TagSpecification::builder().resource_type(ResourceType::Snapshot);
+        let slot = format!("{year}-01-01T00:00:00Z");
+        for (k, v) in [
+            (TAG_MANAGED, "true"),
+            (TAG_POLICY, "prod"),
+            (TAG_SCHEDULE, "yearly"),
+            (TAG_SLOT, slot.as_str()),
+        ] {
+            tags = tags.tags(Tag::builder().key(k).value(v).build());
+        }
+        let s = raw
+            .create_snapshot()
+            .volume_id(&vols[0])
+            .tag_specifications(tags.build())
+            .send()
+            .await
+            .expect("seed CreateSnapshot");
+        seeded.insert(s.snapshot_id().unwrap().to_string());
+    }
+    let proxy = FaultProxy::start(moto.port, 5);
+    let shared = shared_for(&proxy.endpoint, REGION);
+    let region = region_via(&shared).await;
+    // CreateSnapshot answers `pending`, as EC2's does (moto's says `completed`). The survey is the first
+    // DescribeSnapshots; the second is the run's one look at its new snapshot, which EBS (here: the proxy) reports
+    // in `error`.
+    proxy.set_rules(vec![
+        Rule::new(
+            &["CreateSnapshot"],
+            When::Always,
+            Fault::Rewrite("<status>completed</status>", "<status>pending</status>"),
+        ),
+        Rule::new(
+            &["DescribeSnapshots"],
+            When::Calls(vec![2]),
+            Fault::Rewrite("<status>completed</status>", "<status>error</status>"),
+        ),
+    ]);
+    let spec = RunSpec {
+        policy: shared.config.policy("prod").unwrap(),
+        firing: vec!["yearly".into()],
+        slot: slot(),
+        account_id: &region.account_id,
+        concurrency: 4,
+        dry_run: false,
+        completion: worker::Completion::from_deadline(Duration::ZERO),
+        explain: false,
+    };
+    let report = worker::run(region.ec2.as_ref(), &spec, &shared.metrics, Utc::now)
+        .await
+        .report;
+    assert_eq!(
+        proxy.count("DescribeSnapshots", "rewritten"),
+        1,
+        "{:?}",
+        proxy.log()
+    );
+    assert_eq!(report.result(), RunResult::Failure, "{report:#?}");
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.code == "snapshot-error" && p.operation == "create"),
+        "{report:#?}"
+    );
+    // From moto: the history is untouched, and the snapshot that restores nothing is gone.
+    let left: std::collections::BTreeSet<String> = raw
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(common::filter("tag:snapwarden:policy", &["prod"]))
+        .send()
+        .await
+        .expect("DescribeSnapshots")
+        .snapshots()
+        .iter()
+        .filter_map(|s| s.snapshot_id().map(String::from))
+        .collect();
+    assert_eq!(left, seeded, "{report:#?}");
 }

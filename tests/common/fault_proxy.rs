@@ -1,6 +1,7 @@
 //! A fault-injecting HTTP/1.1 proxy for moto, on 127.0.0.1: it reads each request on a kept-alive client
 //! connection, finds its `Action=` in the form body (EC2 and STS speak the query protocol), and by the first rule
-//! that fires answers it with EC2's error XML, delays it, resets the connection, or forwards it to moto. Rules fire
+//! that fires answers it with EC2's error XML, delays it, resets the connection, rewrites moto's answer, or forwards
+//! it to moto. Rules fire
 //! at a rate (one seeded RNG for the whole proxy, so a failing run can be replayed) or on chosen calls of the
 //! matching actions. Every request is logged with its arrival time, action and outcome, so a test can count
 //! injected faults and measure requests per second as AWS would see them.
@@ -28,6 +29,9 @@ pub enum Fault {
     Delay(Duration),
     /// Close the connection without answering.
     Reset,
+    /// Forward, then replace every `from` in moto's answer with `to`: a state moto never reports (a snapshot in
+    /// `error`), on an answer that is otherwise moto's own.
+    Rewrite(&'static str, &'static str),
 }
 
 /// EC2's HTTP status for an error code.
@@ -77,7 +81,7 @@ impl Rule {
 pub struct Hit {
     pub at: Instant,
     pub action: String,
-    /// `forwarded`, `delayed`, `reset`, or the injected error code.
+    /// `forwarded`, `delayed`, `rewritten`, `reset`, or the injected error code.
     pub outcome: String,
     /// The form body (query-protocol parameters): which snapshot or volume the request was about.
     pub body: String,
@@ -283,17 +287,24 @@ fn serve(client: TcpStream, upstream: u16, state: &Mutex<State>) {
                 let _ = writer.shutdown(Shutdown::Both);
                 return;
             }
+            Some(Fault::Rewrite(from, to)) => {
+                log(state, at, &req, &action, "rewritten");
+                match forward(&req, upstream, Some((from, to))) {
+                    Some(r) => r,
+                    None => return,
+                }
+            }
             Some(Fault::Delay(d)) => {
                 log(state, at, &req, &action, "delayed");
                 std::thread::sleep(d);
-                match forward(&req, upstream) {
+                match forward(&req, upstream, None) {
                     Some(r) => r,
                     None => return,
                 }
             }
             None => {
                 log(state, at, &req, &action, "forwarded");
-                match forward(&req, upstream) {
+                match forward(&req, upstream, None) {
                     Some(r) => r,
                     None => return,
                 }
@@ -320,8 +331,9 @@ fn error_response(code: &str) -> Vec<u8> {
     out
 }
 
-/// Sends `req` to moto on a fresh connection and returns the answer framed for a kept-alive client.
-fn forward(req: &Request, upstream: u16) -> Option<Vec<u8>> {
+/// Sends `req` to moto on a fresh connection and returns the answer framed for a kept-alive client, with
+/// `rewrite` (from, to) applied to its body.
+fn forward(req: &Request, upstream: u16, rewrite: Option<(&str, &str)>) -> Option<Vec<u8>> {
     let mut up = TcpStream::connect(("127.0.0.1", upstream)).ok()?;
     up.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
     let mut out = format!("{}\r\n", req.head[0]);
@@ -372,6 +384,12 @@ fn forward(req: &Request, upstream: u16) -> Option<Vec<u8>> {
         let mut body = Vec::new();
         r.read_to_end(&mut body).ok()?;
         body
+    };
+    let body = match rewrite {
+        Some((from, to)) => String::from_utf8_lossy(&body)
+            .replace(from, to)
+            .into_bytes(),
+        None => body,
     };
     let mut resp = format!("{}\r\n", head[0]);
     for h in &head[1..] {
