@@ -5,7 +5,9 @@
 //! is deleted, freezes that volume's history for retention, and the next run of the slot makes a new one; one still
 //! pending at the deadline makes the run partial with a `snapshot-pending` problem, is counted in
 //! `snapwarden_snapshots_pending_at_deadline_total`, does not count as protection in the staleness metrics, and is
-//! checked again by the next run, which reports and deletes it if it ended in error meanwhile.
+//! checked again by the next run, which reports and deletes it if it ended in error meanwhile. With a zero deadline
+//! (`completion-deadline = "0s"`: do not wait) the run still describes its new snapshots once: one in `error` fails
+//! its volume and prunes nothing; one still pending is counted as `pending`, not a problem.
 
 use std::path::Path;
 use std::sync::Mutex;

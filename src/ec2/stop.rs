@@ -156,6 +156,15 @@ impl Guarded {
                 seconds,
                 "mutating EC2 call answered"
             ),
+            // Throttled: not carried out, and `Paced` tries again; a storm of them is not a warning each.
+            Err(e) if e.is_throttle() => tracing::info!(
+                operation,
+                resource,
+                outcome = e.code(),
+                kind = e.kind(),
+                seconds,
+                "mutating EC2 call answered"
+            ),
             Err(e) => tracing::warn!(
                 operation,
                 resource,
