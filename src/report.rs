@@ -62,6 +62,9 @@ pub struct RunReport {
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
     pub dry_run: bool,
+    /// 0 for a slot's first run, n for its n-th retry within the slot (the daemon retries failed and partial
+    /// runs of the latest slot until the schedule's next fire).
+    pub retry: u32,
     /// Volumes that should have a snapshot of this slot.
     pub targeted_volumes: usize,
     pub created: usize,
@@ -96,6 +99,7 @@ impl RunReport {
             started_at: now,
             finished_at: now,
             dry_run: false,
+            retry: 0,
             targeted_volumes: 0,
             created: 0,
             already_done: 0,

@@ -71,6 +71,11 @@ impl SdNotify {
         self.send("READY=1\nSTATUS=scheduling");
     }
 
+    /// A SIGHUP reload starts; [`SdNotify::ready`] ends it (`systemctl reload` waits for that).
+    pub fn reloading(&self) {
+        self.send("RELOADING=1\nSTATUS=reloading the config");
+    }
+
     pub fn stopping(&self) {
         self.send("STOPPING=1\nSTATUS=finishing in-flight runs");
     }

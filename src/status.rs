@@ -35,6 +35,19 @@ pub struct ScheduleStatus {
     pub skipped_fires: u64,
     /// Latest run per region.
     pub last_runs: BTreeMap<String, LastRun>,
+    /// Set while a failed or partial run of the latest slot waits for its next try.
+    pub retry: Option<Retry>,
+    /// Removed by a reload while its run was going: dropped from the board when the run finishes.
+    #[serde(skip)]
+    retired: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Retry {
+    pub slot: DateTime<Utc>,
+    /// 1 for the slot's first retry.
+    pub attempt: u32,
+    pub next_at: DateTime<Utc>,
 }
 
 /// Readiness milestones and the scheduler heartbeat.
@@ -87,7 +100,27 @@ impl StatusBoard {
     }
 
     pub fn register(&self, policy: &str, schedule: &str, cron: &str) {
-        self.with(policy, schedule, |s| s.cron = cron.to_string());
+        self.with(policy, schedule, |s| {
+            s.cron = cron.to_string();
+            s.retired = false;
+        });
+    }
+
+    /// Drops every schedule `keep` rejects (a reload removed it); one whose run is going stays, marked, until
+    /// [`StatusBoard::finish`], so a fire of a schedule re-added meanwhile still sees it running.
+    pub fn retain(&self, keep: impl Fn(&str, &str) -> bool) {
+        let mut all = self.schedules.lock().expect("status poisoned");
+        for (policy, schedules) in all.iter_mut() {
+            schedules.retain(|name, s| {
+                s.retired = !keep(policy, name);
+                !s.retired || s.running
+            });
+        }
+        all.retain(|_, schedules| !schedules.is_empty());
+    }
+
+    pub fn set_retry(&self, policy: &str, schedule: &str, retry: Option<Retry>) {
+        self.with(policy, schedule, |s| s.retry = retry);
     }
 
     pub fn set_next(&self, policy: &str, schedule: &str, next: Option<DateTime<Utc>>) {
@@ -108,7 +141,20 @@ impl StatusBoard {
     }
 
     pub fn finish(&self, policy: &str, schedule: &str) {
-        self.with(policy, schedule, |s| s.running = false);
+        let mut all = self.schedules.lock().expect("status poisoned");
+        let Some(schedules) = all.get_mut(policy) else {
+            return;
+        };
+        if let Some(s) = schedules.get_mut(schedule) {
+            s.running = false;
+            s.retry = None;
+            if s.retired {
+                schedules.remove(schedule);
+            }
+        }
+        if schedules.is_empty() {
+            all.remove(policy);
+        }
     }
 
     pub fn record(&self, report: &RunReport) {
