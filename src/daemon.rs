@@ -523,7 +523,10 @@ pub fn restart_keys(running: &Config, new: &Config) -> Vec<&'static str> {
             "daemon.max-concurrent-aws-calls",
             a.max_concurrent_aws_calls == b.max_concurrent_aws_calls,
         ),
-        ("daemon.shutdown-grace", a.shutdown_grace == b.shutdown_grace),
+        (
+            "daemon.shutdown-grace",
+            a.shutdown_grace == b.shutdown_grace,
+        ),
         (
             "daemon.completion-deadline",
             a.completion_deadline == b.completion_deadline,
@@ -539,7 +542,8 @@ pub fn restart_keys(running: &Config, new: &Config) -> Vec<&'static str> {
     .map(|(key, _)| key)
     .collect();
     // Whole sections, by value: a key added to one later is covered without a line here.
-    let differs = |x: &dyn std::fmt::Debug, y: &dyn std::fmt::Debug| format!("{x:?}") != format!("{y:?}");
+    let differs =
+        |x: &dyn std::fmt::Debug, y: &dyn std::fmt::Debug| format!("{x:?}") != format!("{y:?}");
     if keys.is_empty() && differs(a, b) {
         keys.push("[daemon]");
     }

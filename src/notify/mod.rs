@@ -819,7 +819,11 @@ mod tests {
         ok.slot = next.slot;
         ok.retry = 2;
         match d.decide(&ok, t) {
-            Verdict::Send(m) => assert!(m.subject.starts_with("snapwarden RECOVERED"), "{}", m.subject),
+            Verdict::Send(m) => assert!(
+                m.subject.starts_with("snapwarden RECOVERED"),
+                "{}",
+                m.subject
+            ),
             other => panic!("expected recovery, got {other:?}"),
         }
     }
