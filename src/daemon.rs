@@ -23,7 +23,6 @@ use crate::error::{Error, Result};
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::notify::{Notifier, Publisher, SnsPublisher};
-use crate::report::RunResult;
 use crate::schedule::{self, Cron};
 use crate::scheduler;
 use crate::sdnotify::SdNotify;
@@ -247,7 +246,7 @@ async fn fire(
                 let mut outcome =
                     worker::run(r.ec2.as_ref(), &spec, &shared.metrics, Utc::now).await;
                 outcome.report.retry = retry;
-                let done = outcome.report.result() == RunResult::Success;
+                let done = !outcome.report.worth_retrying();
                 shared.status.record(&outcome.report);
                 notifier.submit(outcome.report, &shared.metrics);
                 (!done).then(|| r.clone())
@@ -675,4 +674,73 @@ pub async fn serve(
         Err(e) => tracing::error!(error = %e, "HTTP server task failed"),
     }
     Ok(drained)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(daemon: &str, log: &str, policies: &str) -> Config {
+        let text = format!("[daemon]\n{daemon}\n[log]\n{log}\n{policies}");
+        crate::config::from_toml_str(std::path::Path::new("t.toml"), &text, &[]).unwrap()
+    }
+
+    fn policy(name: &str, cron: &str) -> String {
+        format!(
+            "[[policy]]\nname = \"{name}\"\ntarget = {{ resource = \"instance\", tags = {{ Backup = \"{name}\" }} }}\n\
+             schedule = [{{ name = \"s\", cron = \"{cron}\", keep = {{ last = 3 }} }}]\n"
+        )
+    }
+
+    #[test]
+    fn only_policy_changes_reload_without_a_restart() {
+        let running = config("", "", &policy("a", "0 4 * * *"));
+        #[rustfmt::skip]
+        let cases: &[(&str, Config, &[&str])] = &[
+            ("same file", config("", "", &policy("a", "0 4 * * *")), &[]),
+            ("policies added and changed", config("", "", &(policy("a", "0 5 * * *") + &policy("b", "@daily"))), &[]),
+            ("listen", config("listen = \"127.0.0.1:9999\"", "", &policy("a", "0 4 * * *")), &["daemon.listen"]),
+            ("two daemon keys", config("timezone = \"Europe/Berlin\"\nmax-concurrent-runs = 9", "", &policy("a", "0 4 * * *")),
+                &["daemon.timezone", "daemon.max-concurrent-runs"]),
+            ("log level", config("", "level = \"debug\"", &policy("a", "0 4 * * *")), &["[log]"]),
+        ];
+        for (name, new, want) in cases {
+            assert_eq!(restart_keys(&running, new), *want, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_reload_keeps_the_pending_fire_of_unchanged_policies() {
+        let tz = chrono_tz::Tz::UTC;
+        let old = config(
+            "",
+            "",
+            &(policy("a", "0 4 * * *") + &policy("b", "0 4 * * *")),
+        )
+        .policies;
+        let now = DateTime::parse_from_rfc3339("2026-03-02T04:00:30Z")
+            .unwrap()
+            .to_utc();
+        // `a`'s 04:00 fire is due but not yet handled by the loop: it must still happen.
+        let due = DateTime::parse_from_rfc3339("2026-03-02T04:00:00Z")
+            .unwrap()
+            .to_utc();
+        let next = vec![Some(due), Some(due)];
+        let new = config(
+            "",
+            "",
+            &(policy("a", "0 4 * * *") + &policy("b", "0 5 * * *") + &policy("c", "0 6 * * *")),
+        )
+        .policies;
+        let got = rescheduled(&old, &next, &new, now, tz);
+        let at = |s: &str| Some(DateTime::parse_from_rfc3339(s).unwrap().to_utc());
+        assert_eq!(
+            got,
+            vec![
+                Some(due),
+                at("2026-03-02T05:00:00Z"),
+                at("2026-03-02T06:00:00Z")
+            ]
+        );
+    }
 }

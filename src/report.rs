@@ -131,6 +131,12 @@ impl RunReport {
         }
     }
 
+    /// Whether running the slot again could change the outcome: not when the only problems are bad count-tag values
+    /// on targets (`target`), which wait for someone to fix the tag.
+    pub fn worth_retrying(&self) -> bool {
+        self.fatal.is_some() || self.problems.iter().any(|p| p.operation != "target")
+    }
+
     /// The distinct error codes, sorted: what de-duplication compares.
     pub fn codes(&self) -> Vec<String> {
         let mut codes: Vec<String> = self
@@ -168,10 +174,13 @@ mod tests {
         let mut r = RunReport::new("r".into(), "p", vec!["daily".into()], "us-east-1", now, now);
         r.targeted_volumes = 2;
         assert_eq!(r.result(), RunResult::Success);
+        assert!(!r.worth_retrying());
         r.problems.push(problem("target", "bad-count-tag"));
         assert_eq!(r.result(), RunResult::Partial);
+        assert!(!r.worth_retrying(), "a bad tag waits for a person");
         r.problems.push(problem("create", "IncorrectState"));
         assert_eq!(r.result(), RunResult::Partial);
+        assert!(r.worth_retrying());
         r.problems.push(problem("create", "IncorrectState"));
         assert_eq!(r.result(), RunResult::Failure);
         assert_eq!(

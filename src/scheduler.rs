@@ -47,13 +47,23 @@ mod tests {
 
     const MIN: Duration = Duration::from_secs(60);
 
+    /// name, attempt, next fire, base, jitter, expected start.
+    type Case = (
+        &'static str,
+        u32,
+        Option<DateTime<Utc>>,
+        Duration,
+        f64,
+        Option<&'static str>,
+    );
+
     #[test]
     fn backoff_doubles_is_capped_jittered_and_stops_before_the_next_fire() {
         let now = t("2026-03-02T04:31:00Z");
         let daily = Some(t("2026-03-03T04:30:00Z"));
         let hourly = Some(t("2026-03-02T05:00:00Z"));
         #[rustfmt::skip]
-        let cases: &[(&str, u32, Option<DateTime<Utc>>, Duration, f64, Option<&str>)] = &[
+        let cases: &[Case] = &[
             ("first retry, no jitter: one base",        1, daily,  MIN, 1.0, Some("2026-03-02T04:32:00Z")),
             ("jitter 0: half the backoff",              1, daily,  MIN, 0.0,       Some("2026-03-02T04:31:30Z")),
             ("second retry doubles",                    2, daily,  MIN, 1.0, Some("2026-03-02T04:33:00Z")),
