@@ -183,3 +183,51 @@ impl StatusBoard {
         self.schedules.lock().expect("status poisoned").clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_schedule_removed_by_a_reload_leaves_the_board_when_its_run_ends() {
+        let board = StatusBoard::default();
+        board.register("p", "kept", "0 4 * * *");
+        board.register("p", "idle", "0 5 * * *");
+        board.register("p", "busy", "0 6 * * *");
+        assert!(board.try_start("p", "busy"));
+        board.retain(|_, s| s == "kept");
+        let names =
+            |b: &StatusBoard| -> Vec<String> { b.snapshot()["p"].keys().cloned().collect() };
+        // The running one stays (still running: a fire of it, re-added meanwhile, is skipped, not doubled).
+        assert_eq!(names(&board), ["busy", "kept"]);
+        assert!(!board.try_start("p", "busy"));
+        board.finish("p", "busy");
+        assert_eq!(names(&board), ["kept"]);
+        // A schedule re-registered before its run ends is kept.
+        assert!(board.try_start("p", "kept"));
+        board.retain(|_, _| false);
+        board.register("p", "kept", "0 7 * * *");
+        board.finish("p", "kept");
+        assert_eq!(board.snapshot()["p"]["kept"].cron, "0 7 * * *");
+        // A whole policy goes when its last schedule does.
+        board.retain(|_, _| false);
+        assert!(board.snapshot().is_empty());
+    }
+
+    #[test]
+    fn finish_clears_a_pending_retry() {
+        let board = StatusBoard::default();
+        board.register("p", "s", "0 4 * * *");
+        assert!(board.try_start("p", "s"));
+        let at = Utc::now();
+        let retry = Retry {
+            slot: at,
+            attempt: 1,
+            next_at: at,
+        };
+        board.set_retry("p", "s", Some(retry.clone()));
+        assert_eq!(board.snapshot()["p"]["s"].retry, Some(retry));
+        board.finish("p", "s");
+        assert_eq!(board.snapshot()["p"]["s"].retry, None);
+    }
+}
