@@ -1,7 +1,10 @@
 //! Wiring: AWS backends per region, the scheduler loop, run tasks, the HTTP server, signals and the shutdown
 //! order. The scheduler is one task that ticks at least once a second (its tick is the `/healthz` heartbeat),
 //! computes each policy's next fire instant with `schedule::next_group`, and spawns one run task per fire; a
-//! schedule whose previous run is still going is skipped for that fire and counted. Shutdown: stop firing,
+//! schedule whose previous run is still going is skipped for that fire and counted. At most
+//! `daemon.max-concurrent-runs` fires execute at once; the rest wait in firing order (still counted as running).
+//! A fire whose run failed or was partial in some region retries that region within the slot (`scheduler::
+//! retry_at`). SIGHUP hands the loop a re-read config ([`reload`]) for its next fires. Shutdown: stop firing,
 //! let in-flight runs finish within the grace period (past it: no new mutating EC2 call, and the ones sent are
 //! waited for), then stop HTTP and flush alerts.
 
@@ -14,7 +17,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, Policy};
+use crate::config::{Config, ConfigError, Policy};
 use crate::ec2::pace::{PaceConfig, Paced};
 use crate::ec2::stop::{Guarded, Mutations};
 use crate::ec2::{self, Ec2};
@@ -23,8 +26,9 @@ use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::notify::{Notifier, Publisher, SnsPublisher};
 use crate::schedule::{self, Cron};
+use crate::scheduler;
 use crate::sdnotify::SdNotify;
-use crate::status::{Health, StatusBoard};
+use crate::status::{self, Health, StatusBoard};
 use crate::worker::{self, Region, RunSpec};
 
 /// How long the scheduler may stay silent before `/healthz` reports it stalled.
@@ -41,14 +45,18 @@ pub struct Shared {
     pub sd: Arc<SdNotify>,
     /// Mutating EC2 calls in flight in every region; stopped when the shutdown grace period is over.
     pub mutations: Arc<Mutations>,
+    /// The config the scheduler fires from: `config` at start, replaced by each applied [`reload`].
+    pub live: Arc<tokio::sync::watch::Sender<Arc<Config>>>,
 }
 
 impl Shared {
     pub fn new(config: Config) -> Self {
         let health = Arc::new(Health::default());
         health.config_loaded.store(true, Relaxed);
+        let config = Arc::new(config);
         Shared {
-            config: Arc::new(config),
+            live: Arc::new(tokio::sync::watch::Sender::new(config.clone())),
+            config,
             metrics: Arc::new(Metrics::new()),
             status: Arc::default(),
             health,
@@ -198,7 +206,11 @@ pub fn firing_at(policy: &Policy, slot: DateTime<Utc>, tz: chrono_tz::Tz) -> Vec
         .collect()
 }
 
-/// One fire of one policy in every region; returns when all regions are done.
+/// One fire of one policy in every region; returns when all regions are done. It waits for a run permit first
+/// (catch-up after a downtime starts runs in order, so early ones finish), and gives up waiting at shutdown. A
+/// region whose run failed or was partial is run again after a backoff, as the same slot (idempotent by tags),
+/// until it succeeds or the next retry would come too close to the schedule's next fire.
+#[allow(clippy::too_many_arguments)]
 async fn fire(
     shared: Shared,
     regions: Arc<Vec<Arc<Region>>>,
@@ -206,28 +218,101 @@ async fn fire(
     policy: Policy,
     slot: DateTime<Utc>,
     firing: Vec<String>,
+    gate: Arc<Semaphore>,
+    shutdown: CancellationToken,
 ) {
-    let runs = regions.iter().map(|r| {
-        let spec = RunSpec {
-            policy: &policy,
-            firing: firing.clone(),
-            slot,
-            account_id: &r.account_id,
-            concurrency: shared.config.daemon.max_concurrent_aws_calls,
-            dry_run: false,
-            completion: worker::Completion::from_deadline(shared.config.daemon.completion_deadline),
-            explain: false,
+    let tz = shared.config.daemon.timezone;
+    let next_fire = firing
+        .iter()
+        .filter_map(|name| policy.schedule(name))
+        .filter_map(|s| s.cron.next_after(slot, tz))
+        .min();
+    let mut pending: Vec<Arc<Region>> = regions.to_vec();
+    let mut retry = 0;
+    loop {
+        let permit = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => None,
+            p = gate.clone().acquire_owned() => p.ok(),
         };
-        let (shared, notifier) = (&shared, &notifier);
-        async move {
-            let outcome = worker::run(r.ec2.as_ref(), &spec, &shared.metrics, Utc::now).await;
-            shared.status.record(&outcome.report);
-            notifier.submit(outcome.report, &shared.metrics);
+        let Some(permit) = permit else {
+            tracing::info!(policy = %policy.name, schedules = %firing.join(","), slot = %schedule::format_slot(slot), "not started: shutting down");
+            break;
+        };
+        let runs = pending.iter().map(|r| {
+            let spec = RunSpec {
+                policy: &policy,
+                firing: firing.clone(),
+                slot,
+                account_id: &r.account_id,
+                concurrency: shared.config.daemon.max_concurrent_aws_calls,
+                dry_run: false,
+                completion: worker::Completion::from_deadline(
+                    shared.config.daemon.completion_deadline,
+                ),
+                explain: false,
+            };
+            let (shared, notifier) = (&shared, &notifier);
+            async move {
+                let mut outcome =
+                    worker::run(r.ec2.as_ref(), &spec, &shared.metrics, Utc::now).await;
+                outcome.report.retry = retry;
+                let done = !outcome.report.worth_retrying();
+                shared.status.record(&outcome.report);
+                notifier.submit(outcome.report, &shared.metrics);
+                (!done).then(|| r.clone())
+            }
+        });
+        pending = futures::future::join_all(runs)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        drop(permit);
+        if pending.is_empty() {
+            break;
         }
-    });
-    futures::future::join_all(runs).await;
+        retry += 1;
+        let now = Utc::now();
+        let base = shared.config.daemon.retry_backoff;
+        let Some(at) = scheduler::retry_at(retry, now, next_fire, base, rand::random()) else {
+            break;
+        };
+        retry_scheduled(&shared, &policy.name, &firing, slot, retry, at, &pending);
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep((at - now).to_std().unwrap_or_default()) => {}
+        }
+    }
     for s in &firing {
         shared.status.finish(&policy.name, s);
+    }
+}
+
+/// The event "this slot is tried again at `at`": its log line, metric and `/status` entry.
+fn retry_scheduled(
+    shared: &Shared,
+    policy: &str,
+    firing: &[String],
+    slot: DateTime<Utc>,
+    attempt: u32,
+    at: DateTime<Utc>,
+    regions: &[Arc<Region>],
+) {
+    let names: Vec<&str> = regions.iter().map(|r| r.ec2.region()).collect();
+    tracing::warn!(policy, schedules = %firing.join(","), slot = %schedule::format_slot(slot), attempt, next_at = %schedule::format_slot(at), regions = %names.join(","), "run failed or partial: retrying the slot");
+    for s in firing {
+        shared
+            .metrics
+            .run_retries
+            .with_label_values(&[policy, s])
+            .inc();
+        let retry = status::Retry {
+            slot,
+            attempt,
+            next_at: at,
+        };
+        shared.status.set_retry(policy, s, Some(retry));
     }
 }
 
@@ -242,7 +327,10 @@ pub async fn schedule_loop(
 ) -> bool {
     let tz = shared.config.daemon.timezone;
     let tracker = TaskTracker::new();
-    let policies = shared.config.policies.clone();
+    let gate = Arc::new(Semaphore::new(shared.config.daemon.max_concurrent_runs));
+    // Spelled out: tests/deploy_files.rs would read the method-call form as a call of SNS Subscribe.
+    let mut live = tokio::sync::watch::Sender::subscribe(&shared.live);
+    let mut policies = live.borrow_and_update().policies.clone();
     for p in &policies {
         for s in &p.schedules {
             shared.status.register(&p.name, &s.name, s.cron.as_str());
@@ -273,6 +361,8 @@ pub async fn schedule_loop(
             policy.clone(),
             slot,
             firing,
+            gate.clone(),
+            shutdown.clone(),
         ));
     };
 
@@ -333,6 +423,12 @@ pub async fn schedule_loop(
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(wait) => {}
+            Ok(()) = live.changed() => {
+                let config = live.borrow_and_update().clone();
+                next = rescheduled(&policies, &next, &config.policies, Utc::now(), tz);
+                policies = config.policies.clone();
+                reregister(&shared, &regions, &config);
+            }
         }
     }
     shared.sd.stopping();
@@ -370,6 +466,191 @@ async fn stop_mutations(shared: &Shared, runs: usize) {
         answered,
         "mutating EC2 calls in flight at the end of the grace period: waited for their answers"
     );
+}
+
+/// Next fire per policy of a reloaded config: a policy whose schedules are unchanged keeps its pending fire (one
+/// due just now still fires), the others start from `now`.
+fn rescheduled(
+    old: &[Policy],
+    next: &[Option<DateTime<Utc>>],
+    new: &[Policy],
+    now: DateTime<Utc>,
+    tz: chrono_tz::Tz,
+) -> Vec<Option<DateTime<Utc>>> {
+    new.iter()
+        .map(|p| {
+            let same = old
+                .iter()
+                .position(|o| o.name == p.name && same_crons(o, p));
+            match same {
+                Some(i) => next[i],
+                None => schedule::next_group(&crons(p), now, tz).map(|g| g.0),
+            }
+        })
+        .collect()
+}
+
+fn same_crons(a: &Policy, b: &Policy) -> bool {
+    let names = |p: &Policy| -> Vec<(String, String)> {
+        p.schedules
+            .iter()
+            .map(|s| (s.name.clone(), s.cron.as_str().to_string()))
+            .collect()
+    };
+    names(a) == names(b)
+}
+
+/// `/status` and the metric series follow a reloaded config: new schedules appear, removed ones go (a running
+/// one when its run ends), changed crons show their new text.
+fn reregister(shared: &Shared, regions: &[Arc<Region>], config: &Config) {
+    let keep = |policy: &str, schedule: &str| {
+        config
+            .policy(policy)
+            .is_some_and(|p| p.schedule(schedule).is_some())
+    };
+    for (policy, schedules) in shared.status.snapshot() {
+        for schedule in schedules.keys().filter(|s| !keep(&policy, s)) {
+            shared.metrics.forget_schedule(&policy, schedule);
+        }
+    }
+    shared.status.retain(keep);
+    for p in &config.policies {
+        for s in &p.schedules {
+            shared.status.register(&p.name, &s.name, s.cron.as_str());
+        }
+    }
+    let names: Vec<String> = regions.iter().map(|r| r.ec2.region().to_string()).collect();
+    shared.metrics.init_series(config, &names, Utc::now());
+}
+
+/// What a [`reload`] did: the `outcome` label of `snapwarden_config_reloads_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// The scheduler fires from the new policies from now on.
+    Applied,
+    /// The file has problems; nothing changed.
+    Invalid,
+    /// A key outside `[[policy]]` changed; nothing changed until a restart.
+    NeedsRestart,
+}
+
+impl ReloadOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReloadOutcome::Applied => "applied",
+            ReloadOutcome::Invalid => "invalid",
+            ReloadOutcome::NeedsRestart => "needs-restart",
+        }
+    }
+}
+
+/// Keys of `new` that differ from the running config outside `[[policy]]`. The AWS clients, the listener, the
+/// logger, pacing and the run bounds were built from them at start, so they take a restart; policies are what a
+/// reload is for.
+pub fn restart_keys(running: &Config, new: &Config) -> Vec<&'static str> {
+    let (a, b) = (&running.daemon, &new.daemon);
+    let mut keys: Vec<&'static str> = [
+        ("daemon.listen", a.listen == b.listen),
+        ("daemon.timezone", a.timezone == b.timezone),
+        (
+            "daemon.max-concurrent-aws-calls",
+            a.max_concurrent_aws_calls == b.max_concurrent_aws_calls,
+        ),
+        (
+            "daemon.shutdown-grace",
+            a.shutdown_grace == b.shutdown_grace,
+        ),
+        (
+            "daemon.completion-deadline",
+            a.completion_deadline == b.completion_deadline,
+        ),
+        (
+            "daemon.max-concurrent-runs",
+            a.max_concurrent_runs == b.max_concurrent_runs,
+        ),
+        ("daemon.retry-backoff", a.retry_backoff == b.retry_backoff),
+    ]
+    .into_iter()
+    .filter(|(_, same)| !same)
+    .map(|(key, _)| key)
+    .collect();
+    // Whole sections, by value: a key added to one later is covered without a line here.
+    let differs =
+        |x: &dyn std::fmt::Debug, y: &dyn std::fmt::Debug| format!("{x:?}") != format!("{y:?}");
+    if keys.is_empty() && differs(a, b) {
+        keys.push("[daemon]");
+    }
+    for (section, changed) in [
+        ("[aws]", differs(&running.aws, &new.aws)),
+        ("[notify]", differs(&running.notify, &new.notify)),
+        ("[log]", differs(&running.log, &new.log)),
+    ] {
+        if changed {
+            keys.push(section);
+        }
+    }
+    keys
+}
+
+/// SIGHUP: offers a re-read config to the scheduler. A valid file whose only changes are in `[[policy]]` is applied
+/// for the next fires (runs in flight finish under the policy they started with); an invalid one, or one that
+/// changes keys needing a restart, is refused whole with every problem logged, and the running config stays.
+/// One log line and one count per reload; systemd sees RELOADING=1 until READY=1.
+pub fn reload(shared: &Shared, loaded: std::result::Result<Config, ConfigError>) -> ReloadOutcome {
+    shared.sd.reloading();
+    let outcome = match loaded {
+        Err(e) => {
+            let problems: Vec<String> = e.problems.iter().map(ToString::to_string).collect();
+            tracing::error!(file = %e.file.display(), problems = %problems.join("\n"), count = problems.len(), "config reload refused: the file has problems; the running config stays");
+            ReloadOutcome::Invalid
+        }
+        Ok(new) => {
+            let keys = restart_keys(&shared.config, &new);
+            if keys.is_empty() {
+                let old = shared.live.borrow().clone();
+                let (added, removed, changed) = schedule_changes(&old, &new);
+                tracing::info!(file = %new.source.display(), policies = new.policies.len(), added = %added.join(","), removed = %removed.join(","), changed = %changed.join(","), "config reloaded: it applies from the next fires; runs in flight finish under the old one");
+                shared.live.send_replace(Arc::new(new));
+                ReloadOutcome::Applied
+            } else {
+                tracing::error!(file = %new.source.display(), keys = %keys.join(", "), "config reload refused: these keys only change with a restart (systemctl restart snapwarden); nothing was applied");
+                ReloadOutcome::NeedsRestart
+            }
+        }
+    };
+    shared
+        .metrics
+        .config_reloads
+        .with_label_values(&[outcome.as_str()])
+        .inc();
+    shared.sd.ready();
+    outcome
+}
+
+/// `policy/schedule` names added, removed and changed (any setting) between two configs, for the reload log.
+fn schedule_changes(old: &Config, new: &Config) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let all = |c: &Config| -> std::collections::BTreeMap<String, String> {
+        c.policies
+            .iter()
+            .flat_map(|p| {
+                p.schedules.iter().map(move |s| {
+                    // The schedule with its policy's target and settings: a change to either changes its runs.
+                    let mut bare = p.clone();
+                    bare.schedules.clear();
+                    (format!("{}/{}", p.name, s.name), format!("{s:?}{bare:?}"))
+                })
+            })
+            .collect()
+    };
+    let (a, b) = (all(old), all(new));
+    let added = b.keys().filter(|k| !a.contains_key(*k)).cloned().collect();
+    let removed = a.keys().filter(|k| !b.contains_key(*k)).cloned().collect();
+    let changed = b
+        .iter()
+        .filter(|(k, v)| a.get(*k).is_some_and(|o| o != *v))
+        .map(|(k, _)| k.clone())
+        .collect();
+    (added, removed, changed)
 }
 
 /// The whole daemon: HTTP, notifier, scheduler; returns when shut down (true: clean).
@@ -427,4 +708,73 @@ pub async fn serve(
         Err(e) => tracing::error!(error = %e, "HTTP server task failed"),
     }
     Ok(drained)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(daemon: &str, log: &str, policies: &str) -> Config {
+        let text = format!("[daemon]\n{daemon}\n[log]\n{log}\n{policies}");
+        crate::config::from_toml_str(std::path::Path::new("t.toml"), &text, &[]).unwrap()
+    }
+
+    fn policy(name: &str, cron: &str) -> String {
+        format!(
+            "[[policy]]\nname = \"{name}\"\ntarget = {{ resource = \"instance\", tags = {{ Backup = \"{name}\" }} }}\n\
+             schedule = [{{ name = \"s\", cron = \"{cron}\", keep = {{ last = 3 }} }}]\n"
+        )
+    }
+
+    #[test]
+    fn only_policy_changes_reload_without_a_restart() {
+        let running = config("", "", &policy("a", "0 4 * * *"));
+        #[rustfmt::skip]
+        let cases: &[(&str, Config, &[&str])] = &[
+            ("same file", config("", "", &policy("a", "0 4 * * *")), &[]),
+            ("policies added and changed", config("", "", &(policy("a", "0 5 * * *") + &policy("b", "@daily"))), &[]),
+            ("listen", config("listen = \"127.0.0.1:9999\"", "", &policy("a", "0 4 * * *")), &["daemon.listen"]),
+            ("two daemon keys", config("timezone = \"Europe/Berlin\"\nmax-concurrent-runs = 9", "", &policy("a", "0 4 * * *")),
+                &["daemon.timezone", "daemon.max-concurrent-runs"]),
+            ("log level", config("", "level = \"debug\"", &policy("a", "0 4 * * *")), &["[log]"]),
+        ];
+        for (name, new, want) in cases {
+            assert_eq!(restart_keys(&running, new), *want, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_reload_keeps_the_pending_fire_of_unchanged_policies() {
+        let tz = chrono_tz::Tz::UTC;
+        let old = config(
+            "",
+            "",
+            &(policy("a", "0 4 * * *") + &policy("b", "0 4 * * *")),
+        )
+        .policies;
+        let now = DateTime::parse_from_rfc3339("2026-03-02T04:00:30Z")
+            .unwrap()
+            .to_utc();
+        // `a`'s 04:00 fire is due but not yet handled by the loop: it must still happen.
+        let due = DateTime::parse_from_rfc3339("2026-03-02T04:00:00Z")
+            .unwrap()
+            .to_utc();
+        let next = vec![Some(due), Some(due)];
+        let new = config(
+            "",
+            "",
+            &(policy("a", "0 4 * * *") + &policy("b", "0 5 * * *") + &policy("c", "0 6 * * *")),
+        )
+        .policies;
+        let got = rescheduled(&old, &next, &new, now, tz);
+        let at = |s: &str| Some(DateTime::parse_from_rfc3339(s).unwrap().to_utc());
+        assert_eq!(
+            got,
+            vec![
+                Some(due),
+                at("2026-03-02T05:00:00Z"),
+                at("2026-03-02T06:00:00Z")
+            ]
+        );
+    }
 }

@@ -16,6 +16,7 @@ pub mod plan;
 pub mod report;
 pub mod retention;
 pub mod schedule;
+pub mod scheduler;
 pub mod sdnotify;
 pub mod simulate;
 pub mod status;

@@ -320,6 +320,10 @@ async fn serve(
 ) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
     tokio::spawn(signals(shutdown.clone()));
+    // Installed before READY=1: from then on systemd may send SIGHUP, whose default action ends the process.
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot install the SIGHUP handler")?;
+    tokio::spawn(reloads(shared.clone(), hup));
     let drained = daemon::serve(shared, regions, publisher, true, shutdown).await?;
     tracing::info!(drained, "stopped");
     Ok(if drained {
@@ -344,6 +348,15 @@ async fn signals(shutdown: CancellationToken) {
     tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
     eprintln!("second signal: exiting now");
     std::process::exit(130);
+}
+
+/// SIGHUP: re-reads the file the daemon started from (with the environment's overrides, as at start) and offers it
+/// to the scheduler; `daemon::reload` decides and reports.
+async fn reloads(shared: Shared, mut hup: tokio::signal::unix::Signal) {
+    while hup.recv().await.is_some() {
+        tracing::info!(file = %shared.config.source.display(), "SIGHUP: reloading the config");
+        daemon::reload(&shared, load(Some(&shared.config.source)));
+    }
 }
 
 async fn once(

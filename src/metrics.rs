@@ -37,6 +37,10 @@ pub struct Metrics {
     pub aws_throttles: IntCounterVec,
     pub notifications: IntCounterVec,
     pub skipped_fires: IntCounterVec,
+    /// Retries of a failed or partial run within its slot, counted when scheduled.
+    pub run_retries: IntCounterVec,
+    /// SIGHUP reloads by outcome: applied, invalid, needs-restart.
+    pub config_reloads: IntCounterVec,
     pub skipped_resources: IntCounterVec,
     pub kept_in_use: IntCounterVec,
     /// Snapshots a run left `pending` at its completion deadline (the next run re-checks them).
@@ -125,6 +129,13 @@ impl Metrics {
                 "Fires skipped because the schedule's previous run was still going",
                 &["policy", "schedule"],
             ),
+            run_retries: counter(
+                &registry,
+                "run_retries_total",
+                "Retries of a failed or partial run of the latest slot, scheduled before the schedule's next fire",
+                &["policy", "schedule"],
+            ),
+            config_reloads: counter(&registry, "config_reloads_total", "Config reloads (SIGHUP) by outcome", &["outcome"]),
             skipped_resources: counter(
                 &registry,
                 "skipped_resources_total",
@@ -202,6 +213,7 @@ impl Metrics {
                     }
                 }
                 self.skipped_fires.with_label_values(&[pn, sn]);
+                self.run_retries.with_label_values(&[pn, sn]);
                 for reason in ["bad-count-tag", "pending-limit"] {
                     self.skipped_resources.with_label_values(&[pn, sn, reason]);
                 }
@@ -239,6 +251,24 @@ impl Metrics {
         ] {
             self.notifications.with_label_values(&[outcome]);
         }
+        for outcome in ["applied", "invalid", "needs-restart"] {
+            self.config_reloads.with_label_values(&[outcome]);
+        }
+    }
+
+    /// Drops the gauges of a schedule a reload removed, so neither its next fire nor its growing staleness
+    /// lingers (and alerts); its counters stay, as counters do.
+    pub fn forget_schedule(&self, policy: &str, schedule: &str) {
+        let _ = self.next_run.remove_label_values(&[policy, schedule]);
+        let _ = self.staleness.remove_label_values(&[policy, schedule]);
+        let _ = self
+            .staleness_threshold
+            .remove_label_values(&[policy, schedule]);
+        let _ = self.unprotected.remove_label_values(&[policy, schedule]);
+        self.freshness
+            .lock()
+            .expect("freshness poisoned")
+            .retain(|(p, s, _), _| (p.as_str(), s.as_str()) != (policy, schedule));
     }
 
     pub fn aws_request(&self, operation: &str, error: Option<&Error>) {

@@ -63,6 +63,9 @@ pub struct RunReport {
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
     pub dry_run: bool,
+    /// 0 for a slot's first run, n for its n-th retry within the slot (the daemon retries failed and partial
+    /// runs of the latest slot until the schedule's next fire).
+    pub retry: u32,
     /// Volumes that should have a snapshot of this slot.
     pub targeted_volumes: usize,
     pub created: usize,
@@ -100,6 +103,7 @@ impl RunReport {
             started_at: now,
             finished_at: now,
             dry_run: false,
+            retry: 0,
             targeted_volumes: 0,
             created: 0,
             already_done: 0,
@@ -130,6 +134,12 @@ impl RunReport {
         } else {
             RunResult::Partial
         }
+    }
+
+    /// Whether running the slot again could change the outcome: not when the only problems are bad count-tag values
+    /// on targets (`target`), which wait for someone to fix the tag.
+    pub fn worth_retrying(&self) -> bool {
+        self.fatal.is_some() || self.problems.iter().any(|p| p.operation != "target")
     }
 
     /// The distinct error codes, sorted: what de-duplication compares.
@@ -169,10 +179,13 @@ mod tests {
         let mut r = RunReport::new("r".into(), "p", vec!["daily".into()], "us-east-1", now, now);
         r.targeted_volumes = 2;
         assert_eq!(r.result(), RunResult::Success);
+        assert!(!r.worth_retrying());
         r.problems.push(problem("target", "bad-count-tag"));
         assert_eq!(r.result(), RunResult::Partial);
+        assert!(!r.worth_retrying(), "a bad tag waits for a person");
         r.problems.push(problem("create", "IncorrectState"));
         assert_eq!(r.result(), RunResult::Partial);
+        assert!(r.worth_retrying());
         r.problems.push(problem("create", "IncorrectState"));
         assert_eq!(r.result(), RunResult::Failure);
         assert_eq!(

@@ -1,6 +1,7 @@
 //! systemd's notify protocol, just what a `Type=notify` service with a watchdog needs: `READY=1` once config, AWS
 //! clients and the HTTP listener are up, `WATCHDOG=1` from the scheduler loop (so a stuck loop gets the service
-//! restarted), `STOPPING=1` when shutdown starts, and `STATUS=` lines. Outside systemd (`NOTIFY_SOCKET` unset)
+//! restarted), `RELOADING=1` then `READY=1` around a SIGHUP reload, `STOPPING=1` when shutdown starts, and
+//! `STATUS=` lines. Outside systemd (`NOTIFY_SOCKET` unset)
 //! every call is a no-op. A datagram to a local socket; no dependency needed for that.
 
 use std::os::unix::net::UnixDatagram;
@@ -71,6 +72,11 @@ impl SdNotify {
         self.send("READY=1\nSTATUS=scheduling");
     }
 
+    /// A SIGHUP reload starts; [`SdNotify::ready`] ends it (`systemctl reload` waits for that).
+    pub fn reloading(&self) {
+        self.send("RELOADING=1\nSTATUS=reloading the config");
+    }
+
     pub fn stopping(&self) {
         self.send("STOPPING=1\nSTATUS=finishing in-flight runs");
     }
@@ -123,6 +129,8 @@ mod tests {
         n.tick(t0 + Duration::from_millis(500));
         n.tick(t0 + Duration::from_millis(1100));
         assert_eq!(recv(), "WATCHDOG=1");
+        n.reloading();
+        assert!(recv().starts_with("RELOADING=1"));
         n.stopping();
         assert!(recv().starts_with("STOPPING=1"));
     }

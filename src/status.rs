@@ -37,6 +37,19 @@ pub struct ScheduleStatus {
     pub skipped_fires: u64,
     /// Latest run per region.
     pub last_runs: BTreeMap<String, LastRun>,
+    /// Set while a failed or partial run of the latest slot waits for its next try.
+    pub retry: Option<Retry>,
+    /// Removed by a reload while its run was going: dropped from the board when the run finishes.
+    #[serde(skip)]
+    retired: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Retry {
+    pub slot: DateTime<Utc>,
+    /// 1 for the slot's first retry.
+    pub attempt: u32,
+    pub next_at: DateTime<Utc>,
 }
 
 /// Readiness milestones and the scheduler heartbeat.
@@ -89,7 +102,27 @@ impl StatusBoard {
     }
 
     pub fn register(&self, policy: &str, schedule: &str, cron: &str) {
-        self.with(policy, schedule, |s| s.cron = cron.to_string());
+        self.with(policy, schedule, |s| {
+            s.cron = cron.to_string();
+            s.retired = false;
+        });
+    }
+
+    /// Drops every schedule `keep` rejects (a reload removed it); one whose run is going stays, marked, until
+    /// [`StatusBoard::finish`], so a fire of a schedule re-added meanwhile still sees it running.
+    pub fn retain(&self, keep: impl Fn(&str, &str) -> bool) {
+        let mut all = self.schedules.lock().expect("status poisoned");
+        for (policy, schedules) in all.iter_mut() {
+            schedules.retain(|name, s| {
+                s.retired = !keep(policy, name);
+                !s.retired || s.running
+            });
+        }
+        all.retain(|_, schedules| !schedules.is_empty());
+    }
+
+    pub fn set_retry(&self, policy: &str, schedule: &str, retry: Option<Retry>) {
+        self.with(policy, schedule, |s| s.retry = retry);
     }
 
     pub fn set_next(&self, policy: &str, schedule: &str, next: Option<DateTime<Utc>>) {
@@ -110,7 +143,20 @@ impl StatusBoard {
     }
 
     pub fn finish(&self, policy: &str, schedule: &str) {
-        self.with(policy, schedule, |s| s.running = false);
+        let mut all = self.schedules.lock().expect("status poisoned");
+        let Some(schedules) = all.get_mut(policy) else {
+            return;
+        };
+        if let Some(s) = schedules.get_mut(schedule) {
+            s.running = false;
+            s.retry = None;
+            if s.retired {
+                schedules.remove(schedule);
+            }
+        }
+        if schedules.is_empty() {
+            all.remove(policy);
+        }
     }
 
     pub fn record(&self, report: &RunReport) {
@@ -138,5 +184,53 @@ impl StatusBoard {
 
     pub fn snapshot(&self) -> BTreeMap<String, BTreeMap<String, ScheduleStatus>> {
         self.schedules.lock().expect("status poisoned").clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_schedule_removed_by_a_reload_leaves_the_board_when_its_run_ends() {
+        let board = StatusBoard::default();
+        board.register("p", "kept", "0 4 * * *");
+        board.register("p", "idle", "0 5 * * *");
+        board.register("p", "busy", "0 6 * * *");
+        assert!(board.try_start("p", "busy"));
+        board.retain(|_, s| s == "kept");
+        let names =
+            |b: &StatusBoard| -> Vec<String> { b.snapshot()["p"].keys().cloned().collect() };
+        // The running one stays (still running: a fire of it, re-added meanwhile, is skipped, not doubled).
+        assert_eq!(names(&board), ["busy", "kept"]);
+        assert!(!board.try_start("p", "busy"));
+        board.finish("p", "busy");
+        assert_eq!(names(&board), ["kept"]);
+        // A schedule re-registered before its run ends is kept.
+        assert!(board.try_start("p", "kept"));
+        board.retain(|_, _| false);
+        board.register("p", "kept", "0 7 * * *");
+        board.finish("p", "kept");
+        assert_eq!(board.snapshot()["p"]["kept"].cron, "0 7 * * *");
+        // A whole policy goes when its last schedule does.
+        board.retain(|_, _| false);
+        assert!(board.snapshot().is_empty());
+    }
+
+    #[test]
+    fn finish_clears_a_pending_retry() {
+        let board = StatusBoard::default();
+        board.register("p", "s", "0 4 * * *");
+        assert!(board.try_start("p", "s"));
+        let at = Utc::now();
+        let retry = Retry {
+            slot: at,
+            attempt: 1,
+            next_at: at,
+        };
+        board.set_retry("p", "s", Some(retry.clone()));
+        assert_eq!(board.snapshot()["p"]["s"].retry, Some(retry));
+        board.finish("p", "s");
+        assert_eq!(board.snapshot()["p"]["s"].retry, None);
     }
 }

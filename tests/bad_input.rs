@@ -46,6 +46,8 @@ const KNOWN_KEYS: &[&str] = &[
     "max-concurrent-aws-calls",
     "shutdown-grace",
     "completion-deadline",
+    "max-concurrent-runs",
+    "retry-backoff",
     "regions",
     "endpoint-url",
     "max-attempts",

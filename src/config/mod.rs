@@ -65,6 +65,12 @@ pub struct DaemonConfig {
     /// How long a run polls its new snapshots for `completed` before reporting the rest as still pending (the
     /// next run re-checks them). Zero: do not wait.
     pub completion_deadline: Duration,
+    /// Fires (one policy, one slot, every region) executing at once; more wait in firing order, so after a
+    /// downtime the early catch-up runs finish instead of every run advancing together.
+    pub max_concurrent_runs: usize,
+    /// First delay before a failed or partial run of the latest slot is retried (doubling per attempt, capped,
+    /// jittered, never past the schedule's next fire). Zero: no retries.
+    pub retry_backoff: Duration,
 }
 
 #[derive(Debug, Clone)]

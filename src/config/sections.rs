@@ -26,6 +26,11 @@ const DEFAULT_MAX_CONCURRENT_AWS_CALLS: usize = 8;
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Long enough for small volumes' snapshots to complete, short enough that a run never holds its schedule long.
 const DEFAULT_COMPLETION_DEADLINE: Duration = Duration::from_secs(600);
+/// A few runs at once keep the AWS budget for the ones running, so they finish; a big fleet per policy is
+/// bounded by `max-concurrent-aws-calls`, not by this.
+const DEFAULT_MAX_CONCURRENT_RUNS: usize = 4;
+/// Like DLM's retries within the hour: 1, 2, 4, 8 ... minutes.
+const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_secs(60);
 const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(60);
@@ -86,6 +91,8 @@ fn daemon(cx: &mut Collector<'_>, t: Option<&mut Table<'_>>) -> DaemonConfig {
         max_concurrent_aws_calls: DEFAULT_MAX_CONCURRENT_AWS_CALLS,
         shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         completion_deadline: DEFAULT_COMPLETION_DEADLINE,
+        max_concurrent_runs: DEFAULT_MAX_CONCURRENT_RUNS,
+        retry_backoff: DEFAULT_RETRY_BACKOFF,
     };
     let Some(t) = t else { return d };
 
@@ -123,6 +130,16 @@ fn daemon(cx: &mut Collector<'_>, t: Option<&mut Table<'_>>) -> DaemonConfig {
     if let Some(f) = t.get("completion-deadline") {
         if let Some(deadline) = cx.duration(&f, true, "completion-deadline = \"10m\"") {
             d.completion_deadline = deadline;
+        }
+    }
+    if let Some(f) = t.get("max-concurrent-runs") {
+        if let Some(n) = cx.integer(&f, 1..=1024, "max-concurrent-runs = 4") {
+            d.max_concurrent_runs = n as usize;
+        }
+    }
+    if let Some(f) = t.get("retry-backoff") {
+        if let Some(backoff) = cx.duration(&f, true, "retry-backoff = \"1m\"") {
+            d.retry_backoff = backoff;
         }
     }
     d

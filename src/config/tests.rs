@@ -336,6 +336,35 @@ fn completion_deadline_defaults_to_ten_minutes_and_needs_a_unit() {
 }
 
 #[test]
+fn run_bound_and_retry_backoff_have_defaults_and_limits() {
+    let d = parse(MINIMAL).unwrap().daemon;
+    assert_eq!(
+        (d.max_concurrent_runs, d.retry_backoff),
+        (4, Duration::from_secs(60))
+    );
+    let c = parse(&with(
+        "[daemon]\nmax-concurrent-runs = 16\nretry-backoff = \"30s\"",
+    ))
+    .unwrap();
+    assert_eq!(
+        (c.daemon.max_concurrent_runs, c.daemon.retry_backoff),
+        (16, Duration::from_secs(30))
+    );
+    // Zero turns retries off.
+    let c = parse(&with("[daemon]\nretry-backoff = \"0s\"")).unwrap();
+    assert_eq!(c.daemon.retry_backoff, Duration::ZERO);
+    let p = only_problem(
+        &with("[daemon]\nmax-concurrent-runs = 0"),
+        "daemon.max-concurrent-runs",
+    );
+    assert!(p.fix.contains("max-concurrent-runs = 4"), "{p:?}");
+    only_problem(
+        &with("[daemon]\nretry-backoff = 60"),
+        "daemon.retry-backoff",
+    );
+}
+
+#[test]
 fn timezone_suggests_the_right_case() {
     let p = only_problem(
         &with("[daemon]\ntimezone = \"america/new_york\""),

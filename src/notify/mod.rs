@@ -217,13 +217,17 @@ pub fn recovery(report: &RunReport) -> Message {
     Message {
         subject: subject(format!("snapwarden RECOVERED {scope}")),
         body: format!(
-            "snapwarden run succeeded again for policy {} schedule {} in {} (slot {}, run {}): {} volumes targeted, \
-             {} snapshots created, {} already present.\n",
+            "snapwarden run succeeded again for policy {} schedule {} in {} (slot {}, run {}{}): {} volumes \
+             targeted, {} snapshots created, {} already present.\n",
             report.policy,
             report.schedule_label(),
             report.region,
             crate::schedule::format_slot(report.slot),
             report.run_id,
+            match report.retry {
+                0 => String::new(),
+                n => format!(", retry {n} of the slot"),
+            },
             report.targeted_volumes,
             report.created,
             report.already_done
@@ -250,8 +254,8 @@ pub struct Deduper {
 
 /// (policy, schedules, region).
 type AlertKey = (String, String, String);
-/// What was last sent for a key: the verdict, its error codes, and when.
-type Sent = (RunResult, Vec<String>, DateTime<Utc>);
+/// What was last sent for a key: the verdict, its error codes, when, and for which slot.
+type Sent = (RunResult, Vec<String>, DateTime<Utc>, DateTime<Utc>);
 
 impl Deduper {
     pub fn new(window: Duration) -> Self {
@@ -278,7 +282,12 @@ impl Deduper {
             };
         }
         let fingerprint = (result, report.codes());
-        if let Some((r, codes, at)) = self.alerting.get(&key) {
+        if let Some((r, codes, at, slot)) = self.alerting.get(&key) {
+            // A retry within the slot fails the way an outage does, often with other codes each time: the
+            // operator already has this slot's digest, and hears next from its recovery.
+            if report.retry > 0 && *slot == report.slot {
+                return Verdict::Suppressed;
+            }
             let fresh = (now - *at)
                 .to_std()
                 .map(|age| age < self.window)
@@ -288,7 +297,7 @@ impl Deduper {
             }
         }
         self.alerting
-            .insert(key, (fingerprint.0, fingerprint.1, now));
+            .insert(key, (fingerprint.0, fingerprint.1, now, report.slot));
         Verdict::Send(digest(report))
     }
 }
@@ -783,6 +792,40 @@ mod tests {
             );
         }
         assert!(r.backoff(1) <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn a_retry_of_the_same_slot_sends_no_second_digest_and_its_success_recovers() {
+        let mut d = Deduper::new(Duration::ZERO);
+        let t = Utc::now();
+        let first = report(1, 10);
+        assert!(matches!(d.decide(&first, t), Verdict::Send(_)));
+        // The retry fails differently (the outage moved on from throttling to transport errors).
+        let mut retry = report(10, 10);
+        retry.retry = 1;
+        retry.problems[0].code = "ServiceUnavailable".into();
+        assert_eq!(d.decide(&retry, t), Verdict::Suppressed);
+        retry.retry = 2;
+        assert_eq!(
+            d.decide(&retry, t + chrono::Duration::minutes(3)),
+            Verdict::Suppressed
+        );
+        // The next slot's failure is news again, even as a retry.
+        let mut next = report(10, 10);
+        next.slot += chrono::Duration::days(1);
+        next.retry = 1;
+        assert!(matches!(d.decide(&next, t), Verdict::Send(_)));
+        let mut ok = report(0, 10);
+        ok.slot = next.slot;
+        ok.retry = 2;
+        match d.decide(&ok, t) {
+            Verdict::Send(m) => assert!(
+                m.subject.starts_with("snapwarden RECOVERED"),
+                "{}",
+                m.subject
+            ),
+            other => panic!("expected recovery, got {other:?}"),
+        }
     }
 
     #[test]
