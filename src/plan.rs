@@ -637,6 +637,8 @@ mod tests {
             schedules: schedules.iter().map(|&s| Arc::from(s)).collect(),
             state: SnapState::Completed,
             pinned: false,
+            group: retention::Group::Volume,
+            started: 0,
         }
     }
 
