@@ -160,6 +160,7 @@ async fn plan_json_and_table_of_a_fixed_fleet_match_the_fixtures() {
         current: None,
         policy: None,
         at: at(),
+        now: at(),
     };
     let gathered = plan::gather(&regions(&fake), &req).await.unwrap();
     let report = plan::report(&gathered.new, at());
@@ -270,6 +271,7 @@ async fn diff_of_the_fixed_fleet_matches_its_fixture() {
         current: Some(&current),
         policy: Some("app"),
         at: at(),
+        now: at(),
     };
     let gathered = plan::gather(&regions(&fake), &req).await.unwrap();
     let (cur, new) = (
