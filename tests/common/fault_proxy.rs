@@ -2,7 +2,8 @@
 //! connection, finds its `Action=` in the form body (EC2 and STS speak the query protocol), and by the first rule
 //! that fires answers it with EC2's error XML, delays it, resets the connection, or forwards it to moto. Rules fire
 //! at a rate (one seeded RNG for the whole proxy, so a failing run can be replayed) or on chosen calls of the
-//! matching actions. Every request is logged with its arrival time, action and outcome, so a test can count
+//! matching actions, or rewrites moto's answer where moto models something differently from EC2 (a copy's
+//! volume id). Every request is logged with its arrival time, action and outcome, so a test can count
 //! injected faults and measure requests per second as AWS would see them.
 //!
 //! Forwarding opens one moto connection per request with `Connection: close` and re-frames the answer with a
@@ -28,6 +29,8 @@ pub enum Fault {
     Delay(Duration),
     /// Close the connection without answering.
     Reset,
+    /// Forward, then replace each `(from, to)` in moto's answer: what EC2 says where moto says otherwise.
+    Rewrite(Vec<(String, String)>),
 }
 
 /// EC2's HTTP status for an error code.
@@ -273,14 +276,21 @@ fn serve(client: TcpStream, upstream: u16, state: &Mutex<State>) {
             Some(Fault::Delay(d)) => {
                 log(state, at, &action, "delayed");
                 std::thread::sleep(d);
-                match forward(&req, upstream) {
+                match forward(&req, upstream, &[]) {
+                    Some(r) => r,
+                    None => return,
+                }
+            }
+            Some(Fault::Rewrite(pairs)) => {
+                log(state, at, &action, "rewritten");
+                match forward(&req, upstream, &pairs) {
                     Some(r) => r,
                     None => return,
                 }
             }
             None => {
                 log(state, at, &action, "forwarded");
-                match forward(&req, upstream) {
+                match forward(&req, upstream, &[]) {
                     Some(r) => r,
                     None => return,
                 }
@@ -307,8 +317,9 @@ fn error_response(code: &str) -> Vec<u8> {
     out
 }
 
-/// Sends `req` to moto on a fresh connection and returns the answer framed for a kept-alive client.
-fn forward(req: &Request, upstream: u16) -> Option<Vec<u8>> {
+/// Sends `req` to moto on a fresh connection and returns the answer framed for a kept-alive client, with each
+/// `(from, to)` of `rewrite` replaced in its body.
+fn forward(req: &Request, upstream: u16, rewrite: &[(String, String)]) -> Option<Vec<u8>> {
     let mut up = TcpStream::connect(("127.0.0.1", upstream)).ok()?;
     up.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
     let mut out = format!("{}\r\n", req.head[0]);
@@ -359,6 +370,15 @@ fn forward(req: &Request, upstream: u16) -> Option<Vec<u8>> {
         let mut body = Vec::new();
         r.read_to_end(&mut body).ok()?;
         body
+    };
+    let body = if rewrite.is_empty() {
+        body
+    } else {
+        let mut text = String::from_utf8(body).ok()?;
+        for (from, to) in rewrite {
+            text = text.replace(from.as_str(), to);
+        }
+        text.into_bytes()
     };
     let mut resp = format!("{}\r\n", head[0]);
     for h in &head[1..] {
