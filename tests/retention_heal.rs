@@ -327,7 +327,7 @@ async fn two_completed_snapshots_of_one_slot_heal_to_the_older() {
     );
     assert_eq!(
         deleted(&outcome.plan),
-        [second.clone()],
+        std::slice::from_ref(&second),
         "{:#?}",
         outcome.plan
     );
@@ -351,7 +351,8 @@ async fn two_completed_snapshots_of_one_slot_heal_to_the_older() {
 async fn once_refuses_a_future_slot_unless_allowed() {
     let moto = Moto::start();
     let raw = moto.ec2().await;
-    common::launch_instance(&raw, &[("Backup", "once-future")], &["/dev/sdf"]).await;
+    let (_, volumes) =
+        common::launch_instance(&raw, &[("Backup", "once-future")], &["/dev/sdf"]).await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("snapwarden.toml");
     let text = format!(
@@ -399,4 +400,24 @@ async fn once_refuses_a_future_slot_unless_allowed() {
         String::from_utf8_lossy(&allowed.stderr)
     );
     assert!(stdout.contains("would create: snapshot of"), "{stdout}");
+
+    // `plan` lists a snapshot with a future slot, kept for that reason, without an --at beyond it.
+    let future = managed(&raw, &volumes[0], FUTURE, &[]).await;
+    let plan = Command::new(env!("CARGO_BIN_EXE_snapwarden"))
+        .arg("--config")
+        .arg(&path)
+        .args(["plan", "--json"])
+        .envs(common::aws_env())
+        .output()
+        .expect("run snapwarden plan");
+    let stdout = String::from_utf8_lossy(&plan.stdout);
+    assert_eq!(plan.status.code(), Some(0), "{stdout}");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&stdout).expect("plan --json");
+    let row = rows
+        .iter()
+        .find(|r| r["snapshot_id"] == future.as_str())
+        .unwrap_or_else(|| panic!("{future} not listed: {stdout}"));
+    assert_eq!(row["action"], "keep", "{row}");
+    assert_eq!(row["labels"], serde_json::json!(["future-slot"]), "{row}");
+    assert_eq!(row["slot"], FUTURE, "{row}");
 }

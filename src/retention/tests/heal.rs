@@ -296,6 +296,16 @@ fn set_aside_labels_are_keep_labels_and_duplicate_a_delete_label() {
     assert_eq!(Reason::Duplicate.as_str(), "duplicate");
 }
 
+#[test]
+fn a_snap_stays_small() {
+    // A survey holds hundreds of thousands (docs/PERFORMANCE.md): the start time and group cost 8 bytes, no more.
+    assert!(
+        std::mem::size_of::<Snap>() <= 72,
+        "{}",
+        std::mem::size_of::<Snap>()
+    );
+}
+
 proptest! {
     /// Future slots added to any world are kept with their own reason and change no other decision.
     #[test]
