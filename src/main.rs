@@ -366,7 +366,8 @@ fn future_slot_refused(slot: Option<&str>, allowed: bool, now: DateTime<Utc>) ->
     let limit = now + snapwarden::retention::FUTURE_SLOT_ALLOWANCE;
     (t > limit && !allowed).then(|| {
         format!(
-            "--slot {} is in the future (now is {}); snapshots tagged with it would be set aside by retention as              `future-slot`. Check the date, or pass --allow-future-slot if it is intended",
+            "--slot {} is in the future (now is {}); snapshots tagged with it would be set aside by retention as \
+             `future-slot`. Check the date, or pass --allow-future-slot if it is intended",
             format_slot(t),
             format_slot(now)
         )

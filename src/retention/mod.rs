@@ -61,7 +61,8 @@ use rustc_hash::{FxHashMap, FxHashSet};
 pub struct KeepRules {
     /// Keep the N newest completed snapshots of the schedule, per volume.
     pub last: Option<u32>,
-    /// Keep completed snapshots whose slot is within this long of the schedule's newest completed one, per volume.
+    /// Keep completed snapshots whose slot is within this long of the schedule's newest completed one, per volume
+    /// (never one set aside: a future slot is not that reference).
     pub within: Option<Duration>,
     /// Keep every snapshot of the schedule.
     pub all: bool,
