@@ -45,7 +45,9 @@ pub struct Problem {
     /// `create`, `delete`, `target` (bad tag value), `describe`, `defer` (a pending-snapshot limit put the
     /// volume off to the next run: makes the run partial, never failed, and is not counted as a failed volume),
     /// or `complete` (a snapshot still pending at the completion deadline, or an earlier slot's that ended in
-    /// error: partial, not a failed volume; this slot's errored snapshot is a `create` problem).
+    /// error: partial, not a failed volume; this slot's errored snapshot is a `create` problem), or `retention` (a
+    /// deletion cap held the plan back, or it set snapshots aside for a person to look at: codes `deletion-cap`,
+    /// `future-slot`, `unplaced-copy`; partial).
     pub operation: &'static str,
     /// AWS error code, or a bounded label such as `bad-count-tag`.
     pub code: String,
