@@ -59,6 +59,10 @@ enum Command {
         /// Print what would be created and deleted; touch nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Accept a --slot later than now. Without it such a slot is refused (exit 64): it is far more often a
+        /// typo than intent, and retention keeps its snapshots aside as `future-slot` until that time comes.
+        #[arg(long)]
+        allow_future_slot: bool,
     },
     /// The whole daemon against an in-memory EC2 fleet with fast schedules: watch /status and /metrics fill up.
     Demo {
@@ -233,7 +237,16 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
             schedule,
             slot,
             dry_run,
-        } => once(config, &policy, &schedule, slot.as_deref(), dry_run).await,
+            allow_future_slot,
+        } => {
+            if let Some(refused) =
+                future_slot_refused(slot.as_deref(), allow_future_slot, Utc::now())
+            {
+                eprintln!("snapwarden: {refused}");
+                return Ok(ExitCode::from(64));
+            }
+            once(config, &policy, &schedule, slot.as_deref(), dry_run).await
+        }
         Command::Plan {
             policy,
             json,
@@ -357,6 +370,21 @@ async fn reloads(shared: Shared, mut hup: tokio::signal::unix::Signal) {
         tracing::info!(file = %shared.config.source.display(), "SIGHUP: reloading the config");
         daemon::reload(&shared, load(Some(&shared.config.source)));
     }
+}
+
+/// Why `once --slot` refuses `slot`, if it does: a slot later than `now` (beyond the planner's skew allowance)
+/// without `--allow-future-slot`.
+fn future_slot_refused(slot: Option<&str>, allowed: bool, now: DateTime<Utc>) -> Option<String> {
+    let t = schedule::parse_slot(slot?)?;
+    let limit = now + snapwarden::retention::FUTURE_SLOT_ALLOWANCE;
+    (t > limit && !allowed).then(|| {
+        format!(
+            "--slot {} is in the future (now is {}); snapshots tagged with it would be set aside by retention as \
+             `future-slot`. Check the date, or pass --allow-future-slot if it is intended",
+            format_slot(t),
+            format_slot(now)
+        )
+    })
 }
 
 async fn once(
@@ -520,6 +548,7 @@ async fn plan(
         current: current.as_ref(),
         policy: args.policy,
         at,
+        now: Utc::now(),
     };
     let gathered = snapwarden::plan::gather(&regions, &req).await?;
     let out = snapwarden::plan::output(&gathered, at, current.is_some(), args.json)?;

@@ -6,7 +6,9 @@
 //! them becomes a table.
 //!
 //! `--at` moves the clock only: ages and `orphans.expire-after` are measured from it and snapshots whose slot lies
-//! after it are left out as not existing yet. Targets, pins and snapshot states are today's — EC2 keeps no
+//! after it are left out as not existing yet — except those whose slot lies after the real `now` too (beyond
+//! `retention::FUTURE_SLOT_ALLOWANCE`): they exist today with a slot no run could have given them, and are listed
+//! kept as `future-slot` whatever `--at` says. Targets, pins and snapshot states are today's — EC2 keeps no
 //! history of them — so `--at` answers "what would today's fleet look like to the planner at that time".
 //!
 //! The JSON forms ([`Row`], [`Change`]) are a contract, documented in the README: field names are fixed and rows
@@ -544,6 +546,8 @@ pub struct Request<'a> {
     pub policy: Option<&'a str>,
     /// Evaluate as if now were this time.
     pub at: DateTime<Utc>,
+    /// The real time: a snapshot with a slot after it exists with a slot in the future, whatever `at` is.
+    pub now: DateTime<Utc>,
 }
 
 /// Both configs' evaluations; `current` is empty outside diff mode.
@@ -582,12 +586,12 @@ pub async fn gather(regions: &[Arc<Region>], req: &Request<'_>) -> Result<Gather
             };
             let mut listed = None;
             if let Some(p) = req.new.policy(name) {
-                let (e, snaps) = evaluate(region, p, None, req.at).await.map_err(wrap)?;
+                let (e, snaps) = evaluate(region, p, None, req).await.map_err(wrap)?;
                 listed = Some(snaps);
                 out.new.push(e);
             }
             if let Some(p) = req.current.and_then(|c| c.policy(name)) {
-                let (e, _) = evaluate(region, p, listed, req.at).await.map_err(wrap)?;
+                let (e, _) = evaluate(region, p, listed, req).await.map_err(wrap)?;
                 out.current.push(e);
             }
         }
@@ -601,12 +605,14 @@ async fn evaluate(
     region: &Region,
     policy: &Policy,
     snapshots: Option<Vec<Snap>>,
-    at: DateTime<Utc>,
+    req: &Request<'_>,
 ) -> Result<(Evaluation, Vec<Snap>), Error> {
+    let at = req.at;
     let mut survey = worker::survey(region.ec2.as_ref(), policy, &region.account_id, None).await?;
+    let future = req.now + crate::retention::FUTURE_SLOT_ALLOWANCE;
     match snapshots {
         Some(s) => survey.snapshots = s,
-        None => survey.snapshots.retain(|s| s.slot <= at),
+        None => survey.snapshots.retain(|s| s.slot <= at || s.slot > future),
     }
     let plan = worker::plan_retention(policy, &survey, &HashSet::new(), policy.timezone, at, None);
     let e = Evaluation {
@@ -637,6 +643,8 @@ mod tests {
             schedules: schedules.iter().map(|&s| Arc::from(s)).collect(),
             state: SnapState::Completed,
             pinned: false,
+            group: retention::Group::Volume,
+            started: 0,
         }
     }
 

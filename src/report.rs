@@ -46,7 +46,9 @@ pub struct Problem {
     /// volume off to the next run, or — code `stopped` — a create or delete was not sent because the daemon was
     /// shutting down: makes the run partial, never failed, and is not counted as a failed volume),
     /// or `complete` (a snapshot still pending at the completion deadline, or an earlier slot's that ended in
-    /// error: partial, not a failed volume; this slot's errored snapshot is a `create` problem).
+    /// error: partial, not a failed volume; this slot's errored snapshot is a `create` problem), or `retention` (a
+    /// deletion cap held the plan back, or it set snapshots aside for a person to look at: codes `deletion-cap`,
+    /// `future-slot`, `unplaced-copy`; partial).
     pub operation: &'static str,
     /// AWS error code, or a bounded label such as `bad-count-tag`.
     pub code: String,
@@ -136,10 +138,17 @@ impl RunReport {
         }
     }
 
-    /// Whether running the slot again could change the outcome: not when the only problems are bad count-tag values
-    /// on targets (`target`), which wait for someone to fix the tag.
+    /// Whether running the slot again could change the outcome: not when the only problems wait for a person —
+    /// bad count-tag values on targets (`target`), snapshots retention set aside (a slot in the future, a copy
+    /// that records no source) and a deletion cap hit. Retrying those would survey the region again and again
+    /// until the next fire to report the same thing.
     pub fn worth_retrying(&self) -> bool {
-        self.fatal.is_some() || self.problems.iter().any(|p| p.operation != "target")
+        const FOR_A_PERSON: [&str; 3] = ["future-slot", "unplaced-copy", "deletion-cap"];
+        self.fatal.is_some()
+            || self
+                .problems
+                .iter()
+                .any(|p| p.operation != "target" && !FOR_A_PERSON.contains(&p.code.as_str()))
     }
 
     /// The distinct error codes, sorted: what de-duplication compares.
@@ -183,6 +192,11 @@ mod tests {
         r.problems.push(problem("target", "bad-count-tag"));
         assert_eq!(r.result(), RunResult::Partial);
         assert!(!r.worth_retrying(), "a bad tag waits for a person");
+        for code in ["future-slot", "unplaced-copy", "deletion-cap"] {
+            r.problems.push(problem("retention", code));
+            assert!(!r.worth_retrying(), "{code} waits for a person");
+        }
+        r.problems.truncate(1);
         r.problems.push(problem("create", "IncorrectState"));
         assert_eq!(r.result(), RunResult::Partial);
         assert!(r.worth_retrying());

@@ -476,12 +476,18 @@ async fn with_a_zero_completion_deadline_a_snapshot_in_error_at_its_one_describe
         Rule::new(
             &["CreateSnapshot"],
             When::Always,
-            Fault::Rewrite("<status>completed</status>", "<status>pending</status>"),
+            Fault::Rewrite(vec![(
+                "<status>completed</status>".into(),
+                "<status>pending</status>".into(),
+            )]),
         ),
         Rule::new(
             &["DescribeSnapshots"],
             When::Calls(vec![2]),
-            Fault::Rewrite("<status>completed</status>", "<status>error</status>"),
+            Fault::Rewrite(vec![(
+                "<status>completed</status>".into(),
+                "<status>error</status>".into(),
+            )]),
         ),
     ]);
     let spec = RunSpec {

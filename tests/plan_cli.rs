@@ -49,6 +49,11 @@ fn at() -> DateTime<Utc> {
     snapwarden::schedule::parse_slot(AT).unwrap()
 }
 
+/// The fleet's real "now": after its last snapshot (2026-01-11), which `--at` then leaves out as not made yet.
+fn today() -> DateTime<Utc> {
+    at() + chrono::Duration::days(2)
+}
+
 /// Compares `actual` with the checked-in fixture, or rewrites the fixture when `SNAPWARDEN_BLESS=1`.
 fn assert_fixture(name: &str, actual: &str) {
     let path = fixture(name);
@@ -160,6 +165,7 @@ async fn plan_json_and_table_of_a_fixed_fleet_match_the_fixtures() {
         current: None,
         policy: None,
         at: at(),
+        now: today(),
     };
     let gathered = plan::gather(&regions(&fake), &req).await.unwrap();
     let report = plan::report(&gathered.new, at());
@@ -270,6 +276,7 @@ async fn diff_of_the_fixed_fleet_matches_its_fixture() {
         current: Some(&current),
         policy: Some("app"),
         at: at(),
+        now: today(),
     };
     let gathered = plan::gather(&regions(&fake), &req).await.unwrap();
     let (cur, new) = (

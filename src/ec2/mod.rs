@@ -32,6 +32,11 @@ pub const TAG_INSTANCE: &str = "snapwarden:instance-id";
 pub const TAG_DEVICE: &str = "snapwarden:device";
 /// Any value pins a snapshot: retention never deletes it.
 pub const TAG_KEEP: &str = "snapwarden:keep";
+/// The volume a copy was made from. snapwarden does not write it yet; a copying tool (and the disaster-recovery
+/// copies to come) records it at creation, since a copy's own volume id names no volume.
+pub const TAG_SOURCE_VOLUME: &str = "snapwarden:source-volume";
+/// The volume id EC2 reports for every snapshot made by CopySnapshot: a placeholder shared by all copies.
+pub const COPY_VOLUME_ID: &str = "vol-ffffffff";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Instance {

@@ -696,6 +696,8 @@ mod tests {
             schedules: Arc::from([]),
             state,
             pinned: false,
+            group: crate::retention::Group::Volume,
+            started: 0,
         };
         let mut known: Vec<Snap> = (0..5).map(|_| snap("vol-a", SnapState::Pending)).collect();
         known.extend((0..4).map(|_| snap("vol-b", SnapState::Pending)));

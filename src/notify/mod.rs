@@ -47,6 +47,8 @@ fn what_to_do(code: &str) -> &'static str {
         "SnapshotCreationPerVolumeRateExceeded" => "another snapshot of the volume was started less than 15 s earlier",
         "InvalidVolume.NotFound" | "IncorrectState" => "the volume was deleted or detached during the run; nothing to do if intended",
         "bad-count-tag" => "fix the tag value: a whole number from 1 to 10000",
+        "future-slot" => "kept and ignored by retention: fix the snapshot's snapwarden:slot tag (or delete it by hand) and check the clock of whatever wrote it",
+        "unplaced-copy" => "kept and ignored by retention: tag the copy with snapwarden:source-volume (its source volume id)",
         "credentials" | "ExpiredToken" => "snapwarden's AWS credentials are missing or expired; check its role or profile",
         _ => "see the error message; the next run retries",
     }
@@ -691,6 +693,28 @@ mod tests {
         let all = digest(&report(120, 120));
         assert!(all.subject.starts_with("snapwarden FAILED"));
         assert_eq!(all.attributes["severity"], "critical");
+    }
+
+    #[test]
+    fn set_aside_snapshots_get_a_digest_line_with_what_to_do() {
+        let mut r = report(0, 2);
+        for code in ["future-slot", "unplaced-copy"] {
+            r.problems.push(Problem {
+                resource: "us-east-1".into(),
+                operation: "retention",
+                code: code.into(),
+                message: format!("policy prod: {code} found"),
+            });
+        }
+        let m = digest(&r);
+        assert!(m.subject.starts_with("snapwarden PARTIAL"), "{}", m.subject);
+        for line in [
+            "- future-slot: kept and ignored by retention: fix the snapshot's snapwarden:slot tag",
+            "- unplaced-copy: kept and ignored by retention: tag the copy with snapwarden:source-volume",
+            "future-slot found",
+        ] {
+            assert!(m.body.contains(line), "{line}\n{}", m.body);
+        }
     }
 
     #[test]

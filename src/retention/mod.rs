@@ -5,6 +5,12 @@
 //! are still targeted belong to the caller.
 //!
 //! How a snapshot is judged, in order:
+//! - Set aside first, never judged by a rule, never the newest rail and never holding a place in `last`:
+//!   `unplaced-copy` (a copy whose tags name no source volume: kept, each on its own), `future-slot` (a completed
+//!   snapshot whose slot lies more than [`FUTURE_SLOT_ALLOWANCE`] after `now`: kept, so a typo in a slot tag can
+//!   neither erase a volume's history through its `within` windows nor hold a place forever), and `duplicate`
+//!   (a completed snapshot repeating the volume, slot and schedules of one EC2 started earlier: deleted, unless
+//!   pinned or a rail keeps it; only among a real volume's snapshots, never copies).
 //! - Rails that always keep: `pinned` (a `snapwarden:keep` tag), `pending` (not finished, so not judged yet), and
 //!   the newest completed snapshot of each volume across all of the policy's schedules, so a misconfigured rule can
 //!   never leave a volume with no restorable snapshot.
@@ -22,11 +28,13 @@
 //!   gets no new snapshots, so "no snapshot for 90 days" can only be measured against the clock.
 //! - A volume in `frozen_volumes` (one of its snapshots failed in this run) loses nothing: every snapshot that
 //!   would otherwise be deleted is kept with `VolumeFailed`, so `plan` still shows exactly what the freeze saved.
+//! - A snapshot no rule or rail keeps is deleted as `duplicate` when it was set aside as one, else `expired`.
+//!   Duplicates count toward `max-deletes-per-run` but not toward `max-delete-fraction` (see [`Caps`]).
 //! - Deletion caps ([`Caps`]) judge the whole plan last: over either cap, nothing at all is deleted and every
 //!   would-be delete is kept with `OverCap`; [`Plan::cap_hit`] names the setting to raise. All or nothing, because
 //!   a partial prune of a plan that is wrong (a count typo) still loses the history it was wrong about.
 //!
-//! A `Delete` decision carries only delete reasons (`Expired`, `ErrorState`, `OrphanExpired`); a `Keep` decision
+//! A `Delete` decision carries only delete reasons (`Expired`, `ErrorState`, `OrphanExpired`, `Duplicate`); a `Keep` decision
 //! carries every keep reason that applies. Plans are idempotent: planning again without the deleted snapshots
 //! deletes nothing and keeps the same snapshots for the same reasons, with one exception inherited from restic: a
 //! `within-*` window that now reaches past the oldest remaining snapshot adds `Oldest` to it (it was kept anyway).
@@ -53,7 +61,8 @@ use rustc_hash::{FxHashMap, FxHashSet};
 pub struct KeepRules {
     /// Keep the N newest completed snapshots of the schedule, per volume.
     pub last: Option<u32>,
-    /// Keep completed snapshots whose slot is within this long of the schedule's newest completed one, per volume.
+    /// Keep completed snapshots whose slot is within this long of the schedule's newest completed one, per volume
+    /// (never one set aside: a future slot is not that reference).
     pub within: Option<Duration>,
     /// Keep every snapshot of the schedule.
     pub all: bool,
@@ -223,8 +232,9 @@ pub struct Caps {
     /// At most this many deletions in one plan (one policy, one region).
     pub max_deletes_per_run: Option<u32>,
     /// At most this fraction (0 < f ≤ 1) of one volume's managed snapshots deleted by its rules in one plan.
-    /// Error-state and expired-orphan deletions do not count toward it: the first hold no data, the second
-    /// delete a whole volume's history on purpose and would otherwise always exceed it.
+    /// Error-state, duplicate and expired-orphan deletions do not count toward it: the first hold no data, the
+    /// second repeat a slot that stays, the third delete a whole volume's history on purpose and would otherwise
+    /// always exceed it.
     pub max_delete_fraction: Option<f64>,
 }
 
@@ -246,12 +256,32 @@ impl SnapState {
     }
 }
 
+/// How far past `now` a slot may lie and still be judged as usual: clocks of the hosts and tools that tag
+/// snapshots drift a little, and a run tags its snapshots with its slot a moment before that slot's fire time
+/// when it starts early. A slot beyond it cannot be a backup taken yet; see [`Reason::FutureSlot`].
+pub const FUTURE_SLOT_ALLOWANCE: TimeDelta = TimeDelta::minutes(5);
+
+/// What a snapshot's [`Snap::volume_id`] is, i.e. which snapshots it is grouped with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Group {
+    /// The volume id EC2 reports: the snapshot was taken of that volume.
+    Volume,
+    /// A copy (EC2 gives every copy the same placeholder volume id): the key names the source that
+    /// snapwarden's tags record, so copies of one source are judged together and never with the source's own
+    /// snapshots.
+    Copy,
+    /// A copy whose tags record no source: its key is its own, so it is never pooled, and it is kept.
+    Unplaced,
+}
+
 /// A managed snapshot of one policy, as read back from its tags.
 #[derive(Debug, Clone)]
 pub struct Snap {
     /// Shared (`Arc`) with the decisions about it and, for the volume, with every snapshot of the volume: a
     /// survey holds hundreds of thousands of these.
     pub id: Arc<str>,
+    /// The grouping key: the volume id, or for a copy the key [`Group`] describes. Shown as the volume in plans
+    /// and logs.
     pub volume_id: Arc<str>,
     /// From the `snapwarden:slot` tag (StartTime when absent) — the caller resolves it.
     pub slot: DateTime<Utc>,
@@ -261,6 +291,17 @@ pub struct Snap {
     pub state: SnapState,
     /// Carries a `snapwarden:keep` tag.
     pub pinned: bool,
+    pub group: Group,
+    /// EC2's StartTime, in whole seconds since 1970 (`u32` lasts until 2106): what tells the older of two
+    /// snapshots of one slot. Four bytes, not a `DateTime`'s twelve: a survey holds hundreds of thousands.
+    pub started: u32,
+}
+
+impl Snap {
+    /// `started` from EC2's StartTime, clamped to what it can hold.
+    pub fn started_secs(start_time: DateTime<Utc>) -> u32 {
+        u32::try_from(start_time.timestamp().max(0)).unwrap_or(u32::MAX)
+    }
 }
 
 /// Shares the strings of a survey: volume ids (one per volume, not per snapshot) and `snapwarden:schedule` tag
@@ -384,6 +425,13 @@ pub enum Reason {
     },
     /// The volume is an orphan and the policy says `orphans = "keep-all"`.
     OrphanKeepAll,
+    /// The slot lies after `now` (beyond [`FUTURE_SLOT_ALLOWANCE`]): a hand-edited or mistyped tag, or a skewed
+    /// clock. Kept, and set aside: it is not the volume's newest, no rule counts it and no `within` window is
+    /// measured from it, so it can neither erase the volume's history nor hold one of `last`'s places.
+    FutureSlot,
+    /// A copy whose tags name no source volume (neither `snapwarden:source-volume` nor instance and device):
+    /// there is nothing to judge it with, so it is kept rather than pooled with other copies.
+    UnplacedCopy,
     /// Kept only because deleting would exceed a deletion cap ([`Plan::cap_hit`] says which).
     OverCap,
     /// Delete: no listed schedule keeps it and no rail protects it.
@@ -392,6 +440,9 @@ pub enum Reason {
     ErrorState,
     /// Delete: the volume is an orphan whose newest snapshot is older than `after` (`orphans.expire-after`).
     OrphanExpired { after: Duration },
+    /// Delete: a second completed snapshot of the same volume, slot and schedules (a create retried after a
+    /// timeout, or two hosts running one policy); the one EC2 started first stands for the slot.
+    Duplicate,
 }
 
 impl Reason {
@@ -411,7 +462,7 @@ impl Reason {
 
     /// Every label [`Reason::as_str`] gives, in [`Reason::label_index`] order: the labels of kept snapshots (the
     /// first [`Reason::KEEP_LABELS`]), then those of deleted ones.
-    pub const LABELS: [&'static str; 27] = [
+    pub const LABELS: [&'static str; 30] = [
         "pinned",
         "pending",
         "newest",
@@ -435,10 +486,13 @@ impl Reason {
         "within-yearly",
         "oldest",
         "orphan-keep-all",
+        "future-slot",
+        "unplaced-copy",
         "over-cap",
         "expired",
         "error-state",
         "orphan-expired",
+        "duplicate",
     ];
     /// Where the calendar rules' labels start in [`Reason::LABELS`] (one per period, in [`Period::ALL`] order), then
     /// the window rules', then the labels after them.
@@ -446,7 +500,7 @@ impl Reason {
     const WINDOW_LABELS: usize = Self::CALENDAR_LABELS + Period::ALL.len();
     const AFTER_PERIOD_LABELS: usize = Self::WINDOW_LABELS + Period::ALL.len();
     /// How many of [`Reason::LABELS`] are reasons to keep: up to `over-cap`.
-    pub const KEEP_LABELS: usize = Self::AFTER_PERIOD_LABELS + 3;
+    pub const KEEP_LABELS: usize = Self::AFTER_PERIOD_LABELS + 5;
 
     /// The position of this reason's label in [`Reason::LABELS`]: what tallies per label index by, instead of
     /// comparing label strings for every reason of every snapshot.
@@ -466,10 +520,13 @@ impl Reason {
             Reason::WithinCalendar { period, .. } => Self::WINDOW_LABELS + *period as usize,
             Reason::Oldest { .. } => after,
             Reason::OrphanKeepAll => after + 1,
-            Reason::OverCap => after + 2,
-            Reason::Expired => after + 3,
-            Reason::ErrorState => after + 4,
-            Reason::OrphanExpired { .. } => after + 5,
+            Reason::FutureSlot => after + 2,
+            Reason::UnplacedCopy => after + 3,
+            Reason::OverCap => after + 4,
+            Reason::Expired => after + 5,
+            Reason::ErrorState => after + 6,
+            Reason::OrphanExpired { .. } => after + 7,
+            Reason::Duplicate => after + 8,
         }
     }
 
@@ -531,9 +588,12 @@ impl fmt::Display for Reason {
                 DisplayDuration(*window)
             ),
             Reason::OrphanKeepAll => f.write_str("orphan: keep-all"),
+            Reason::FutureSlot => f.write_str("slot in the future"),
+            Reason::UnplacedCopy => f.write_str("copy of unknown volume"),
             Reason::OverCap => f.write_str("over deletion cap"),
             Reason::Expired => f.write_str("expired"),
             Reason::ErrorState => f.write_str("error state"),
+            Reason::Duplicate => f.write_str("duplicate of slot"),
             Reason::OrphanExpired { after } => {
                 write!(f, "orphan expired after {}", DisplayDuration(*after))
             }
@@ -606,8 +666,8 @@ impl Plan {
 
 /// Plans one policy. Deterministic: one decision per input snapshot, in the order [`Plan::decisions`] documents.
 ///
-/// `now` is read by one rule only, `orphans = { expire-after }`; with any other orphan setting the result does
-/// not depend on it. Every `within` window is measured from the newest completed snapshot, never from `now`, so an
+/// `now` is read by `orphans = { expire-after }` and by the future-slot check; with any other orphan setting
+/// and no slot after `now` (plus [`FUTURE_SLOT_ALLOWANCE`]) the result does not depend on it. Every `within` window is measured from the newest completed snapshot, never from `now`, so an
 /// outage of snapshot creation cannot erase history.
 pub fn plan(input: &PlanInput<'_>, now: DateTime<Utc>) -> Plan {
     plan_with(input, now, None)
@@ -780,6 +840,18 @@ struct Scratch<'a> {
     count_key: (String, String),
     /// The schedule name of `ScheduleRemoved` for a snapshot that lists none.
     no_schedule: Arc<str>,
+    /// Why each of the volume's snapshots is set aside from judging, aligned with them.
+    aside: Vec<Aside>,
+}
+
+/// Why a snapshot is kept out of the rules, the newest rail and `last`'s ranks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Aside {
+    /// Judged as usual.
+    No,
+    Future,
+    Duplicate,
+    Unplaced,
 }
 
 struct Listed<'a> {
@@ -795,11 +867,15 @@ impl Scratch<'_> {
             rules: rules::Scratch::new(tz),
             count_key: (String::new(), String::new()),
             no_schedule: Arc::from(""),
+            aside: Vec::new(),
         }
     }
 }
 
 /// What a volume's decisions delete: in all, and by its rules (`Expired`, what `max-delete-fraction` counts).
+/// A `Duplicate` counts toward `max-deletes-per-run` (it is a DeleteSnapshot call like any other) but not toward
+/// the fraction: the slot it repeats stays, so no history is lost, and on a young volume one extra would
+/// otherwise exceed any fraction.
 struct Deletes {
     all: usize,
     by_rules: usize,
@@ -829,9 +905,14 @@ fn plan_volume<'a>(
     out: &mut Vec<Decision>,
 ) -> Deletes {
     let volume_id: &str = &snaps[0].volume_id;
-    let newest_completed = snaps.iter().position(|s| s.state == SnapState::Completed);
+    set_aside(snaps, now, &mut scratch.aside);
+    let aside = &scratch.aside;
+    let newest_completed = (0..snaps.len())
+        .position(|i| snaps[i].state == SnapState::Completed && aside[i] == Aside::No);
     let frozen = !input.frozen_volumes.is_empty() && input.frozen_volumes.contains(volume_id);
-    let orphan = input.targeted.is_some_and(|t| !t.contains(volume_id));
+    // An unplaced copy has no volume to be targeted or not.
+    let orphan =
+        snaps[0].group != Group::Unplaced && input.targeted.is_some_and(|t| !t.contains(volume_id));
     let expired_after = match input.orphans {
         OrphanPolicy::ExpireAfter(after) if orphan => {
             newest_completed.and_then(|i| older_than(snaps[i].slot, after, now).then_some(after))
@@ -847,6 +928,7 @@ fn plan_volume<'a>(
     if expired_after.is_none() {
         schedule_reasons(volume_id, snaps, configured, input, scratch);
     }
+    let aside = &scratch.aside;
 
     let mut deletes = Deletes {
         all: 0,
@@ -855,6 +937,8 @@ fn plan_volume<'a>(
     for (i, (snap, from_rules)) in snaps.iter().zip(&mut scratch.reasons).enumerate() {
         // Rules only ever judge completed snapshots, so `from_rules` is empty for the others.
         let rail = match snap.state {
+            _ if aside[i] == Aside::Unplaced => Some(Reason::UnplacedCopy),
+            _ if aside[i] == Aside::Future => Some(Reason::FutureSlot),
             SnapState::Pending => Some(Reason::Pending),
             // Expiry overrides the newest rail: that rail exists for volumes still being snapshotted.
             SnapState::Completed if expired_after.is_none() && newest_completed == Some(i) => {
@@ -887,6 +971,7 @@ fn plan_volume<'a>(
             reasons.push(match (snap.state, expired_after) {
                 (SnapState::Error, _) => Reason::ErrorState,
                 (_, Some(after)) => Reason::OrphanExpired { after },
+                _ if aside[i] == Aside::Duplicate => Reason::Duplicate,
                 (_, None) => {
                     deletes.by_rules += 1;
                     Reason::Expired
@@ -904,6 +989,48 @@ fn plan_volume<'a>(
         });
     }
     deletes
+}
+
+/// Fills `aside` (aligned with `snaps`, one volume newest first) with why each snapshot is not judged: an
+/// unplaced copy; a completed one whose slot lies beyond [`FUTURE_SLOT_ALLOWANCE`] after `now`; a completed one
+/// that repeats the volume, slot and schedule list of another completed one started earlier (ties: the smaller
+/// id stands). Duplicates are only looked for among a real volume's snapshots: copies of one source made by
+/// different tools are not extras of each other.
+fn set_aside(snaps: &[&Snap], now: DateTime<Utc>, aside: &mut Vec<Aside>) {
+    let limit = now.checked_add_signed(FUTURE_SLOT_ALLOWANCE);
+    aside.clear();
+    aside.extend(snaps.iter().map(|s| match s.group {
+        Group::Unplaced => Aside::Unplaced,
+        _ if s.state == SnapState::Completed && limit.is_some_and(|l| s.slot > l) => Aside::Future,
+        _ => Aside::No,
+    }));
+    if snaps[0].group != Group::Volume {
+        return;
+    }
+    // Newest first, so one slot's snapshots sit together; a slot usually has one, and the pairwise look below
+    // only runs for the rare few that have more.
+    let mut start = 0;
+    while start < snaps.len() {
+        let end = start + snaps[start..].partition_point(|s| s.slot == snaps[start].slot);
+        if end - start > 1 {
+            let judged = |i: usize| snaps[i].state == SnapState::Completed && aside[i] == Aside::No;
+            let extra = |i: usize| {
+                judged(i)
+                    && (start..end).any(|j| {
+                        j != i
+                            && judged(j)
+                            && (Arc::ptr_eq(&snaps[j].schedules, &snaps[i].schedules)
+                                || snaps[j].schedules == snaps[i].schedules)
+                            && (snaps[j].started, &snaps[j].id) < (snaps[i].started, &snaps[i].id)
+                    })
+            };
+            let extras: Vec<usize> = (start..end).filter(|&i| extra(i)).collect();
+            for i in extras {
+                aside[i] = Aside::Duplicate;
+            }
+        }
+        start = end;
+    }
 }
 
 /// `now - slot > after`, strictly; a duration too large for chrono is never exceeded.
@@ -928,7 +1055,7 @@ fn schedule_reasons<'a>(
     let listed = &mut scratch.listed;
     let mut used = 0;
     for (i, snap) in snaps.iter().enumerate() {
-        if snap.state != SnapState::Completed {
+        if snap.state != SnapState::Completed || scratch.aside[i] != Aside::No {
             continue;
         }
         if snap.schedules.is_empty() {

@@ -440,8 +440,21 @@ async fn tag_all(
             .map(|t| (t.volume.id.as_str(), t))
             .collect();
         let queued: HashSet<String> = batches.values().flatten().cloned().collect();
+        // One snapshot per volume: the one EC2 started first, which stands for the slot. A repeat of it is
+        // retention's to delete, in this very run: tagging it too would race that delete (and a CreateTags naming
+        // a snapshot just deleted fails for every snapshot of its batch).
+        let mut first: BTreeMap<&str, &crate::retention::Snap> = BTreeMap::new();
         for s in &survey.snapshots {
-            if s.slot != spec.slot || s.state == SnapState::Error || queued.contains(&*s.id) {
+            if s.slot != spec.slot || s.state == SnapState::Error {
+                continue;
+            }
+            let e = first.entry(&*s.volume_id).or_insert(s);
+            if (s.started, &s.id) < (e.started, &e.id) {
+                *e = s;
+            }
+        }
+        for s in first.into_values() {
+            if queued.contains(&*s.id) {
                 continue;
             }
             let (Some(t), Some(have)) = (targets.get(&*s.volume_id), survey.slot_tags.get(&s.id))

@@ -11,6 +11,7 @@
 
 mod completion;
 mod create;
+mod findings;
 mod prune;
 mod survey;
 
@@ -268,6 +269,7 @@ async fn execute(
     let (creating_tx, creating_rx) = tokio::sync::watch::channel(true);
     let deleting = prune::delete_all(ec2, rx, spec.concurrency);
     let mut tally = KeptTally::default();
+    let mut set_aside = findings::SetAside::default();
     let finishing = async {
         let work = async {
             let create = async {
@@ -377,6 +379,7 @@ async fn execute(
 
         let mut on_kept = |d: Decision| {
             tally.add(&d);
+            set_aside.add(&d);
             log_decision(&d);
         };
         // Explained: the whole plan, in its order. Otherwise keeps are tallied as they are made and not held.
@@ -389,8 +392,10 @@ async fn execute(
         // What the plan holds: every decision when explained, else the deletions (or a blocked plan's keeps).
         for d in &plan.decisions {
             tally.add(d);
+            set_aside.add(d);
             log_decision(d);
         }
+        set_aside.report(&policy.name, &region, report);
         // Over a deletion cap the plan deletes nothing; the problem makes the run partial, so the alert fires.
         if let Some(hit) = &plan.cap_hit {
             tracing::error!(setting = hit.setting, limit = %hit.limit, needed = %hit.needed, detail = %hit.message, "deletion cap hit: nothing deleted");
@@ -436,7 +441,8 @@ async fn execute(
         });
         match result {
             Ok(()) => {
-                tracing::info!(snapshot = %d.snapshot_id, volume = %d.volume_id, "snapshot deleted");
+                let reason = d.reasons.first().map_or("", |r| r.as_str());
+                tracing::info!(snapshot = %d.snapshot_id, volume = %d.volume_id, reason, "snapshot deleted");
                 for s in serves {
                     metrics
                         .snapshots_deleted
@@ -488,7 +494,7 @@ async fn execute(
             .managed_snapshots
             .with_label_values(&[&policy.name, &region])
             .set(survey.snapshots.len() as i64);
-        for (schedule, f) in freshness(policy, &survey) {
+        for (schedule, f) in freshness(policy, &survey, now()) {
             metrics.set_freshness(&policy.name, &schedule, &region, f);
         }
     }
@@ -504,14 +510,21 @@ fn log_decision(d: &Decision) {
     }
 }
 
-/// Per schedule: the oldest newest-completed snapshot over its targeted volumes, and volumes with none.
-pub fn freshness(policy: &Policy, survey: &Survey) -> BTreeMap<String, Freshness> {
+/// Per schedule: the oldest newest-completed snapshot over its targeted volumes, and volumes with none. A slot
+/// after `now` (beyond `retention::FUTURE_SLOT_ALLOWANCE`) is no volume's newest here either: it would hold the
+/// staleness at zero however old the volume's real snapshots are.
+pub fn freshness(
+    policy: &Policy,
+    survey: &Survey,
+    now: DateTime<Utc>,
+) -> BTreeMap<String, Freshness> {
+    let limit = now + crate::retention::FUTURE_SLOT_ALLOWANCE;
     // Once per completed snapshot and schedule: FxHash, as in `retention::Interner`.
     let mut newest: rustc_hash::FxHashMap<(&str, &str), DateTime<Utc>> = Default::default();
     for s in survey
         .snapshots
         .iter()
-        .filter(|s| s.state == SnapState::Completed)
+        .filter(|s| s.state == SnapState::Completed && s.slot <= limit)
     {
         let slot = s.slot;
         for sched in s.schedules.iter() {

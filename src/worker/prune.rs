@@ -24,7 +24,7 @@ use crate::config::Policy;
 use crate::ec2::{Ec2, Snapshot};
 use crate::error::Error;
 use crate::retention::{
-    self, Action, Decision, Interner, PlanInput, ScheduleRules, Snap, SnapState,
+    self, Action, Decision, Group, Interner, PlanInput, ScheduleRules, Snap, SnapState,
 };
 
 /// Plans retention over every managed snapshot of the policy in the region, targeted or not. `tz` is the zone
@@ -59,12 +59,25 @@ pub fn plan_retention(
     );
     // A volume skipped only for a bad count-tag value is still targeted: it must not become an orphan whose
     // history `expire-after` deletes while the tag is being fixed.
-    let targeted: HashSet<String> = survey
+    let mut targeted: HashSet<String> = survey
         .targets
         .iter()
         .map(|t| t.volume.id.clone())
         .chain(survey.seen.iter().map(|(volume, _)| volume.clone()))
         .collect();
+    // Copies of a targeted volume are not orphans: `orphans.expire-after` must not delete them while their
+    // source is still being snapshotted.
+    let copies: Vec<String> = survey
+        .targets
+        .iter()
+        .flat_map(|t| {
+            let at = t.volume.attachment.as_ref();
+            let by_device =
+                at.map(|(instance, device)| super::survey::copy_key_at(instance, device));
+            std::iter::once(super::survey::copy_key(&t.volume.id)).chain(by_device)
+        })
+        .collect();
+    targeted.extend(copies);
     let input = PlanInput {
         snapshots: &survey.snapshots,
         schedules: &rules,
@@ -167,6 +180,9 @@ impl Early {
                 schedules,
                 state: SnapState::Completed,
                 pinned: false,
+                group: Group::Volume,
+                // Started last of the volume's: never the one standing for a slot it repeats.
+                started: u32::MAX,
             });
         }
         // Only its deletions matter; the keeps are dropped as they are made.

@@ -13,7 +13,7 @@ use crate::config::{Policy, ResourceKind};
 use crate::ec2::{self, Ec2, Filter, Instance, Snapshot, Tags, Volume};
 use crate::error::Error;
 use crate::report::Problem;
-use crate::retention::{Interner, Snap};
+use crate::retention::{Group, Interner, Snap};
 use crate::schedule::parse_slot;
 
 /// A volume to snapshot, with the instance it hangs off (instance targets).
@@ -58,14 +58,47 @@ impl Survey {
 
 /// [`Survey::digest`] with the strings shared through `interner`.
 pub(super) fn digest(interner: &mut Interner, s: &Snapshot) -> Snap {
+    let (volume_id, group) = group_of(interner, s);
     Snap {
         id: Arc::clone(&s.id),
-        volume_id: interner.str(&s.volume_id),
+        volume_id,
         slot: slot_of(s),
         schedules: interner.schedules(s.tags.get(ec2::TAG_SCHEDULE).map_or("", String::as_str)),
         state: s.state,
         pinned: s.tags.contains_key(ec2::TAG_KEEP),
+        group,
+        started: Snap::started_secs(s.start_time),
     }
+}
+
+/// The key retention groups a snapshot by. A copy's volume id is EC2's placeholder, the same for every copy, so
+/// grouping by it would judge the copies of every volume as one: a copy is grouped by the source its tags record,
+/// under a key of its own so it is never judged with (or as a duplicate of) the source volume's own snapshots.
+/// A copy that records no source is its own group and is kept ([`Group::Unplaced`]).
+fn group_of(interner: &mut Interner, s: &Snapshot) -> (Arc<str>, Group) {
+    if *s.volume_id != *ec2::COPY_VOLUME_ID {
+        return (interner.str(&s.volume_id), Group::Volume);
+    }
+    let tag = |k: &str| s.tags.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
+    if let Some(volume) = tag(ec2::TAG_SOURCE_VOLUME) {
+        return (interner.str(&copy_key(volume)), Group::Copy);
+    }
+    if let (Some(instance), Some(device)) = (tag(ec2::TAG_INSTANCE), tag(ec2::TAG_DEVICE)) {
+        return (interner.str(&copy_key_at(instance, device)), Group::Copy);
+    }
+    // Unique to the snapshot: not worth interning.
+    let key = format!("{}:{}", ec2::COPY_VOLUME_ID, s.id);
+    (Arc::from(key), Group::Unplaced)
+}
+
+/// The group key of copies of `volume`: it names the volume, as plans and logs show it.
+pub fn copy_key(volume: &str) -> String {
+    format!("copy-of:{volume}")
+}
+
+/// The group key of copies recorded by instance and device (snapwarden's own tags).
+pub fn copy_key_at(instance: &str, device: &str) -> String {
+    format!("copy-of:{instance}:{device}")
 }
 
 /// The slot time of a snapshot: its slot tag, else when it started.

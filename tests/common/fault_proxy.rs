@@ -1,8 +1,8 @@
 //! A fault-injecting HTTP/1.1 proxy for moto, on 127.0.0.1: it reads each request on a kept-alive client
 //! connection, finds its `Action=` in the form body (EC2 and STS speak the query protocol), and by the first rule
-//! that fires answers it with EC2's error XML, delays it, resets the connection, rewrites moto's answer, or forwards
-//! it to moto. Rules fire
-//! at a rate (one seeded RNG for the whole proxy, so a failing run can be replayed) or on chosen calls of the
+//! that fires answers it with EC2's error XML, delays it, resets the connection, rewrites moto's answer where moto
+//! models something differently from EC2 (a copy's volume id, a snapshot's state), or forwards it to moto. Rules
+//! fire at a rate (one seeded RNG for the whole proxy, so a failing run can be replayed) or on chosen calls of the
 //! matching actions. Every request is logged with its arrival time, action and outcome, so a test can count
 //! injected faults and measure requests per second as AWS would see them.
 //!
@@ -29,9 +29,8 @@ pub enum Fault {
     Delay(Duration),
     /// Close the connection without answering.
     Reset,
-    /// Forward, then replace every `from` in moto's answer with `to`: a state moto never reports (a snapshot in
-    /// `error`), on an answer that is otherwise moto's own.
-    Rewrite(&'static str, &'static str),
+    /// Forward, then replace each `(from, to)` in moto's answer: what EC2 says where moto says otherwise.
+    Rewrite(Vec<(String, String)>),
 }
 
 /// EC2's HTTP status for an error code.
@@ -287,24 +286,24 @@ fn serve(client: TcpStream, upstream: u16, state: &Mutex<State>) {
                 let _ = writer.shutdown(Shutdown::Both);
                 return;
             }
-            Some(Fault::Rewrite(from, to)) => {
-                log(state, at, &req, &action, "rewritten");
-                match forward(&req, upstream, Some((from, to))) {
+            Some(Fault::Delay(d)) => {
+                log(state, at, &req, &action, "delayed");
+                std::thread::sleep(d);
+                match forward(&req, upstream, &[]) {
                     Some(r) => r,
                     None => return,
                 }
             }
-            Some(Fault::Delay(d)) => {
-                log(state, at, &req, &action, "delayed");
-                std::thread::sleep(d);
-                match forward(&req, upstream, None) {
+            Some(Fault::Rewrite(pairs)) => {
+                log(state, at, &req, &action, "rewritten");
+                match forward(&req, upstream, &pairs) {
                     Some(r) => r,
                     None => return,
                 }
             }
             None => {
                 log(state, at, &req, &action, "forwarded");
-                match forward(&req, upstream, None) {
+                match forward(&req, upstream, &[]) {
                     Some(r) => r,
                     None => return,
                 }
@@ -331,9 +330,9 @@ fn error_response(code: &str) -> Vec<u8> {
     out
 }
 
-/// Sends `req` to moto on a fresh connection and returns the answer framed for a kept-alive client, with
-/// `rewrite` (from, to) applied to its body.
-fn forward(req: &Request, upstream: u16, rewrite: Option<(&str, &str)>) -> Option<Vec<u8>> {
+/// Sends `req` to moto on a fresh connection and returns the answer framed for a kept-alive client, with each
+/// `(from, to)` of `rewrite` replaced in its body.
+fn forward(req: &Request, upstream: u16, rewrite: &[(String, String)]) -> Option<Vec<u8>> {
     let mut up = TcpStream::connect(("127.0.0.1", upstream)).ok()?;
     up.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
     let mut out = format!("{}\r\n", req.head[0]);
@@ -385,11 +384,14 @@ fn forward(req: &Request, upstream: u16, rewrite: Option<(&str, &str)>) -> Optio
         r.read_to_end(&mut body).ok()?;
         body
     };
-    let body = match rewrite {
-        Some((from, to)) => String::from_utf8_lossy(&body)
-            .replace(from, to)
-            .into_bytes(),
-        None => body,
+    let body = if rewrite.is_empty() {
+        body
+    } else {
+        let mut text = String::from_utf8(body).ok()?;
+        for (from, to) in rewrite {
+            text = text.replace(from.as_str(), to);
+        }
+        text.into_bytes()
     };
     let mut resp = format!("{}\r\n", head[0]);
     for h in &head[1..] {

@@ -956,6 +956,8 @@ fn calendar_world() -> impl Strategy<Value = World> {
                             .collect(),
                         state,
                         pinned,
+                        group: Group::Volume,
+                        started: i as u32,
                     })
                     .collect();
                 World {
@@ -1064,10 +1066,12 @@ proptest! {
                     prop_assert!(matches!(d.reasons[..], [Reason::OrphanExpired { .. }]), "{:?}", d);
                 }
                 prop_assert!(matches!(d.reasons[..],
-                    [Reason::Expired] | [Reason::ErrorState] | [Reason::OrphanExpired { .. }]), "{:?}", d);
+                    [Reason::Expired] | [Reason::ErrorState] | [Reason::OrphanExpired { .. }] | [Reason::Duplicate]),
+                    "{:?}", d);
             } else {
                 prop_assert!(!d.reasons.iter().any(|r| matches!(r,
-                    Reason::Expired | Reason::ErrorState | Reason::OrphanExpired { .. })), "{:?}", d);
+                    Reason::Expired | Reason::ErrorState | Reason::OrphanExpired { .. } | Reason::Duplicate)),
+                    "{:?}", d);
             }
         }
         match &plan.cap_hit {
@@ -1140,8 +1144,8 @@ proptest! {
     fn independent_of_now_without_expire_after(
         mut world in calendar_world(),
         keep_all in any::<bool>(),
-        a in -10_000i64..10_000,
-        b in -10_000i64..10_000,
+        a in 0i64..10_000,
+        b in 0i64..10_000,
     ) {
         if matches!(world.orphans, OrphanPolicy::ExpireAfter(_)) {
             world.orphans = if keep_all { OrphanPolicy::KeepAll } else { OrphanPolicy::KeepRules };
