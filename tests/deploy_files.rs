@@ -357,13 +357,16 @@ fn ecs_task_definition_has_role_logs_health_check_stop_timeout_env_config_and_re
         "JSON logs for awslogs"
     );
 
-    // The daemon drains in-flight runs for shutdown-grace, then gives the notifier up to 5 s: ECS must wait
-    // longer than both before its SIGKILL.
+    // The daemon drains in-flight runs for shutdown-grace, then waits for the mutating calls already sent (each
+    // bounded by operation-timeout after connect-timeout) so each is answered and logged, then gives the notifier
+    // up to 5 s: ECS must wait longer than all of them before its SIGKILL.
     let grace = var("SNAPWARDEN_DAEMON__SHUTDOWN_GRACE").map_or(30, |g| seconds(&g));
+    let calls = var("SNAPWARDEN_AWS__OPERATION_TIMEOUT").map_or(60, |g| seconds(&g))
+        + var("SNAPWARDEN_AWS__CONNECT_TIMEOUT").map_or(3, |g| seconds(&g));
     let stop = c["stopTimeout"].as_u64().expect("stopTimeout");
     assert!(
-        stop >= grace + 5 + 5,
-        "stopTimeout {stop}s leaves no margin over shutdown-grace {grace}s"
+        stop >= grace + calls + 5 + 5,
+        "stopTimeout {stop}s leaves no margin over shutdown-grace {grace}s plus {calls}s for calls in flight"
     );
     assert!(stop <= 120, "Fargate caps stopTimeout at 120 s");
 
