@@ -18,6 +18,7 @@ use crate::ec2::pace::{PaceConfig, Paced};
 use crate::ec2::{self, Ec2};
 use crate::error::{Error, Result};
 use crate::http::{self, AppState};
+use crate::lock::{Held, LockDir, Refused};
 use crate::metrics::Metrics;
 use crate::notify::{Notifier, Publisher, SnsPublisher};
 use crate::schedule::{self, Cron};
@@ -37,6 +38,8 @@ pub struct Shared {
     pub health: Arc<Health>,
     /// systemd readiness, watchdog and stopping notices (no-ops outside systemd).
     pub sd: Arc<SdNotify>,
+    /// Host-wide slot locks each run takes (`run` sets them; None for in-memory backends and tests).
+    pub locks: Option<LockDir>,
 }
 
 impl Shared {
@@ -49,6 +52,7 @@ impl Shared {
             status: Arc::default(),
             health,
             sd: Arc::new(SdNotify::disabled()),
+            locks: None,
         }
     }
 
@@ -196,6 +200,10 @@ async fn fire(
     slot: DateTime<Utc>,
     firing: Vec<String>,
 ) {
+    let _slot_lock = match &shared.locks {
+        Some(locks) => slot_lock(locks, &policy.name, slot).await,
+        None => None,
+    };
     let runs = regions.iter().map(|r| {
         let spec = RunSpec {
             policy: &policy,
@@ -217,6 +225,29 @@ async fn fire(
     futures::future::join_all(runs).await;
     for s in &firing {
         shared.status.finish(&policy.name, s);
+    }
+}
+
+/// Waits for this slot's host lock while another process (a `once`) holds it: that one may create the slot's
+/// snapshots, and this run then finds them done instead of doubling them. A lock directory that cannot be used
+/// is warned about and the run goes ahead without it: backups come first.
+async fn slot_lock(locks: &LockDir, policy: &str, slot: DateTime<Utc>) -> Option<Held> {
+    let mut warned = false;
+    loop {
+        match locks.try_slot(policy, slot) {
+            Ok(held) => return Some(held),
+            Err(Refused::Busy { holder, .. }) => {
+                if !warned {
+                    tracing::warn!(policy, slot = %schedule::format_slot(slot), %holder, "waiting for another process working on this slot");
+                    warned = true;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e @ Refused::Io { .. }) => {
+                tracing::warn!(policy, slot = %schedule::format_slot(slot), error = %e, "running without the host lock");
+                return None;
+            }
+        }
     }
 }
 
@@ -358,11 +389,7 @@ pub async fn serve(
     let server = {
         let stop = http_stop.clone();
         let app = http::router(shared.app_state());
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-        })
+        tokio::spawn(http::serve(listener, app, shared.metrics.clone(), stop))
     };
     let window = shared
         .config
@@ -388,10 +415,8 @@ pub async fn serve(
     // The notifier drains once every sender (held by finished runs and the loop) is gone.
     let _ = tokio::time::timeout(Duration::from_secs(5), notify_task).await;
     http_stop.cancel();
-    match server.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!(error = %e, "HTTP server error"),
-        Err(e) => tracing::error!(error = %e, "HTTP server task failed"),
+    if let Err(e) = server.await {
+        tracing::error!(error = %e, "HTTP server task failed");
     }
     Ok(drained)
 }

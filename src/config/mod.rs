@@ -65,6 +65,9 @@ pub struct DaemonConfig {
     /// How long a run polls its new snapshots for `completed` before reporting the rest as still pending (the
     /// next run re-checks them). Zero: do not wait.
     pub completion_deadline: Duration,
+    /// Where `run` and `once` keep their host-wide locks (`lock::LockDir`); None: systemd's runtime directory,
+    /// else /run/snapwarden.
+    pub lock_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]

@@ -86,6 +86,7 @@ fn daemon(cx: &mut Collector<'_>, t: Option<&mut Table<'_>>) -> DaemonConfig {
         max_concurrent_aws_calls: DEFAULT_MAX_CONCURRENT_AWS_CALLS,
         shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         completion_deadline: DEFAULT_COMPLETION_DEADLINE,
+        lock_dir: None,
     };
     let Some(t) = t else { return d };
 
@@ -123,6 +124,20 @@ fn daemon(cx: &mut Collector<'_>, t: Option<&mut Table<'_>>) -> DaemonConfig {
     if let Some(f) = t.get("completion-deadline") {
         if let Some(deadline) = cx.duration(&f, true, "completion-deadline = \"10m\"") {
             d.completion_deadline = deadline;
+        }
+    }
+    if let Some(f) = t.get("lock-dir") {
+        if let Some(dir) = cx.string(&f, "lock-dir = \"/run/snapwarden\"") {
+            // `once` and the daemon must name the same directory whatever their working directories.
+            if Path::new(&dir).is_absolute() {
+                d.lock_dir = Some(PathBuf::from(dir));
+            } else {
+                cx.problem(
+                    &f,
+                    format!("`{dir}` is not an absolute path"),
+                    "write an absolute directory, e.g. lock-dir = \"/run/snapwarden\"",
+                );
+            }
         }
     }
     d
