@@ -18,7 +18,6 @@ fn write_config(dir: &Path, moto: &Moto, port: u16, policy: &str) -> PathBuf {
             r#"[daemon]
 listen = "127.0.0.1:{port}"
 completion-deadline = "0s"
-lock-dir = "{locks}"
 
 [aws]
 regions = ["{region}"]
@@ -35,13 +34,20 @@ name = "daily"
 cron = "30 4 * * *"
 keep = {{ last = 7 }}
 "#,
-            locks = dir.join("locks").display(),
             region = common::REGION,
             endpoint = moto.endpoint,
         ),
     )
     .unwrap();
     path
+}
+
+/// The binary with the lock directory every process of one test shares (each test its own, so tests running in
+/// parallel do not meet).
+fn sw(dir: &Path) -> std::process::Command {
+    let mut cmd = snapwarden();
+    cmd.env("SNAPWARDEN_DAEMON__LOCK_DIR", dir.join("locks"));
+    cmd
 }
 
 /// Every volume has exactly one snapshot, all of one slot.
@@ -64,7 +70,7 @@ async fn two_once_for_one_slot_started_together_create_each_snapshot_once() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &moto, free_port(), "race");
     let once = || {
-        let mut cmd = snapwarden();
+        let mut cmd = sw(dir.path());
         cmd.arg("--config")
             .arg(&config)
             .args(["once", "--policy", "race", "--schedule", "daily"]);
@@ -108,13 +114,13 @@ async fn a_second_run_daemon_with_the_same_config_is_refused_and_names_the_first
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let config = write_config(dir.path(), &moto, port, "twice");
-    let mut first = Daemon::spawn(snapwarden().arg("--config").arg(&config).arg("run"));
+    let mut first = Daemon::spawn(sw(dir.path()).arg("--config").arg(&config).arg("run"));
     first.wait_for_output("run finished", Duration::from_secs(60));
     assert!(matches!(http_get(port, "/healthz"), Some((200, _))), "{}", first.logs());
 
     // The same file; only the port differs, so the listener cannot be what stops it.
     let mut second = Daemon::spawn(
-        snapwarden()
+        sw(dir.path())
             .arg("--config")
             .arg(&config)
             .arg("run")
@@ -131,7 +137,7 @@ async fn a_second_run_daemon_with_the_same_config_is_refused_and_names_the_first
     assert!(first.stop().success(), "{}", first.logs());
 
     // Once the first has stopped, its lock is gone with it.
-    let mut third = Daemon::spawn(snapwarden().arg("--config").arg(&config).arg("run"));
+    let mut third = Daemon::spawn(sw(dir.path()).arg("--config").arg(&config).arg("run"));
     third.wait_for_output("run finished", Duration::from_secs(60));
     assert!(third.stop().success(), "{}", third.logs());
     assert_one_each(&slots_by_volume(&raw, "twice").await, &volumes, &third.logs());
@@ -144,10 +150,10 @@ async fn once_beside_a_running_daemon_works_for_another_slot() {
     let (_, volumes) = launch_instance(&raw, &[("Backup", "beside")], &["/dev/sdf"]).await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &moto, free_port(), "beside");
-    let mut daemon = Daemon::spawn(snapwarden().arg("--config").arg(&config).arg("run"));
+    let mut daemon = Daemon::spawn(sw(dir.path()).arg("--config").arg(&config).arg("run"));
     daemon.wait_for_output("run finished", Duration::from_secs(60));
     let out = common::process::run_to_end(
-        snapwarden().arg("--config").arg(&config).args([
+        sw(dir.path()).arg("--config").arg(&config).args([
             "once",
             "--policy",
             "beside",
