@@ -144,7 +144,10 @@ pub async fn serve(
             Err(e) => {
                 // Out of descriptors (EMFILE) or a connection reset before accept: accepting again at once
                 // would spin. The backlog waits in the kernel meanwhile, holding none of ours.
-                metrics.http_refused.with_label_values(&["accept-error"]).inc();
+                metrics
+                    .http_refused
+                    .with_label_values(&["accept-error"])
+                    .inc();
                 tracing::warn!(error = %e, "HTTP accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;

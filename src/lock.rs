@@ -29,7 +29,10 @@ pub enum Refused {
     /// Another process holds it: its pid and command line as it wrote them.
     Busy { path: PathBuf, holder: String },
     /// The directory or file cannot be used (missing permissions, read-only file system).
-    Io { path: PathBuf, error: std::io::Error },
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
 }
 
 impl std::fmt::Display for Refused {
@@ -196,6 +199,9 @@ mod tests {
         assert_eq!(d.path(), Path::new("/run/snapwarden"));
         let d = LockDir::resolve(Some(Path::new("/srv/locks")), Some("/run/snapwarden"));
         assert_eq!(d.path(), Path::new("/srv/locks"));
-        assert_eq!(LockDir::resolve(None, None).path(), Path::new("/run/snapwarden"));
+        assert_eq!(
+            LockDir::resolve(None, None).path(),
+            Path::new("/run/snapwarden")
+        );
     }
 }

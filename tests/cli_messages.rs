@@ -46,17 +46,23 @@ fn a_refused_connection_is_explained_in_words_without_a_debug_dump() {
     let closed = free_port();
     let config = write_config(dir.path(), &format!("http://127.0.0.1:{closed}"));
     let out = run_to_end(
-        snapwarden()
-            .arg("--config")
-            .arg(&config)
-            .args(["once", "--policy", "prod", "--schedule", "daily"]),
+        snapwarden().arg("--config").arg(&config).args([
+            "once",
+            "--policy",
+            "prod",
+            "--schedule",
+            "daily",
+        ]),
         Duration::from_secs(60),
     );
     let all = text(&out);
     assert_eq!(out.status.code(), Some(1), "{all}");
     let err = String::from_utf8_lossy(&out.stderr);
     let last = err.lines().last().unwrap_or_default();
-    assert!(last.starts_with("snapwarden: cannot start: GetCallerIdentity in us-east-1: transport: "), "{all}");
+    assert!(
+        last.starts_with("snapwarden: cannot start: GetCallerIdentity in us-east-1: transport: "),
+        "{all}"
+    );
     assert!(last.contains("Connection refused"), "{all}");
     for dump in ["DispatchFailure(", "ConnectorError {", "Os {", "kind: "] {
         assert!(!err.contains(dump), "`{dump}` in the message:\n{all}");
@@ -68,10 +74,15 @@ fn simulate_rejects_zero_volumes() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "http://127.0.0.1:9");
     let out = run_to_end(
-        snapwarden()
-            .arg("--config")
-            .arg(&config)
-            .args(["simulate", "--from", "2026-01-01", "--days", "3", "--volumes", "0"]),
+        snapwarden().arg("--config").arg(&config).args([
+            "simulate",
+            "--from",
+            "2026-01-01",
+            "--days",
+            "3",
+            "--volumes",
+            "0",
+        ]),
         Duration::from_secs(60),
     );
     let all = text(&out);

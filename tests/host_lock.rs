@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
+use common::fault_proxy::{Fault, FaultProxy, Rule, When};
 use common::process::{snapwarden, text, Daemon};
 use common::{free_port, http_get, launch_instance, slots_by_volume, Moto};
 
-fn write_config(dir: &Path, moto: &Moto, port: u16, policy: &str) -> PathBuf {
+fn write_config(dir: &Path, endpoint: &str, port: u16, policy: &str) -> PathBuf {
     let path = dir.join("snapwarden.toml");
     std::fs::write(
         &path,
@@ -35,7 +36,6 @@ cron = "30 4 * * *"
 keep = {{ last = 7 }}
 "#,
             region = common::REGION,
-            endpoint = moto.endpoint,
         ),
     )
     .unwrap();
@@ -51,10 +51,18 @@ fn sw(dir: &Path) -> std::process::Command {
 }
 
 /// Every volume has exactly one snapshot, all of one slot.
-fn assert_one_each(by: &std::collections::BTreeMap<String, Vec<String>>, volumes: &[String], logs: &str) {
+fn assert_one_each(
+    by: &std::collections::BTreeMap<String, Vec<String>>,
+    volumes: &[String],
+    logs: &str,
+) {
     for v in volumes {
         let slots = by.get(v).map(Vec::as_slice).unwrap_or_default();
-        assert_eq!(slots.len(), 1, "volume {v}: snapshots of slots {slots:?}\n{logs}");
+        assert_eq!(
+            slots.len(),
+            1,
+            "volume {v}: snapshots of slots {slots:?}\n{logs}"
+        );
     }
 }
 
@@ -67,8 +75,16 @@ async fn two_once_for_one_slot_started_together_create_each_snapshot_once() {
         let (_, v) = launch_instance(&raw, &[("Backup", "race")], &["/dev/sdf", "/dev/sdg"]).await;
         volumes.extend(v);
     }
+    // Every DescribeSnapshots (the survey's history read) held 2 s: two runs started together are both in their
+    // survey at once, so without a lock both find the slot missing and both create it.
+    let proxy = FaultProxy::start(moto.port, 1);
+    proxy.set_rules(vec![Rule::new(
+        &["DescribeSnapshots"],
+        When::Always,
+        Fault::Delay(Duration::from_secs(2)),
+    )]);
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &moto, free_port(), "race");
+    let config = write_config(dir.path(), &proxy.endpoint, free_port(), "race");
     let once = || {
         let mut cmd = sw(dir.path());
         cmd.arg("--config")
@@ -89,19 +105,23 @@ async fn two_once_for_one_slot_started_together_create_each_snapshot_once() {
         }
     };
     let (out_a, out_b) = (finish(&mut a), finish(&mut b));
-    let both = format!("--- A (pid {}) ---\n{}\n--- B (pid {}) ---\n{}", pids.0, text(&out_a), pids.1, text(&out_b));
+    let both = format!(
+        "--- A (pid {}) ---\n{}\n--- B (pid {}) ---\n{}",
+        pids.0,
+        text(&out_a),
+        pids.1,
+        text(&out_b)
+    );
 
     assert_one_each(&slots_by_volume(&raw, "race").await, &volumes, &both);
-    // Either one stood back naming the other, or the second came after the first and found the slot done.
+    // The one that came second stood back at once, naming the other.
     let refused = |out: &Output, other: u32| {
         out.status.code() == Some(75)
             && String::from_utf8_lossy(&out.stderr).contains(&format!("pid {other} ("))
     };
     let ok = |out: &Output| out.status.success();
     assert!(
-        (ok(&out_a) && refused(&out_b, pids.0))
-            || (ok(&out_b) && refused(&out_a, pids.1))
-            || (ok(&out_a) && ok(&out_b)),
+        (ok(&out_a) && refused(&out_b, pids.0)) || (ok(&out_b) && refused(&out_a, pids.1)),
         "{both}"
     );
 }
@@ -110,37 +130,50 @@ async fn two_once_for_one_slot_started_together_create_each_snapshot_once() {
 async fn a_second_run_daemon_with_the_same_config_is_refused_and_names_the_first() {
     let moto = Moto::start();
     let raw = moto.ec2().await;
-    let (_, volumes) = launch_instance(&raw, &[("Backup", "twice")], &["/dev/sdf", "/dev/sdg"]).await;
+    let (_, volumes) =
+        launch_instance(&raw, &[("Backup", "twice")], &["/dev/sdf", "/dev/sdg"]).await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let config = write_config(dir.path(), &moto, port, "twice");
+    let config = write_config(dir.path(), &moto.endpoint, port, "twice");
     let mut first = Daemon::spawn(sw(dir.path()).arg("--config").arg(&config).arg("run"));
     first.wait_for_output("run finished", Duration::from_secs(60));
-    assert!(matches!(http_get(port, "/healthz"), Some((200, _))), "{}", first.logs());
+    assert!(
+        matches!(http_get(port, "/healthz"), Some((200, _))),
+        "{}",
+        first.logs()
+    );
 
     // The same file; only the port differs, so the listener cannot be what stops it.
-    let mut second = Daemon::spawn(
-        sw(dir.path())
-            .arg("--config")
-            .arg(&config)
-            .arg("run")
-            .env("SNAPWARDEN_DAEMON__LISTEN", format!("127.0.0.1:{}", free_port())),
-    );
+    let mut second = Daemon::spawn(sw(dir.path()).arg("--config").arg(&config).arg("run").env(
+        "SNAPWARDEN_DAEMON__LISTEN",
+        format!("127.0.0.1:{}", free_port()),
+    ));
     let status = second
         .wait_exit(Duration::from_secs(30))
         .unwrap_or_else(|| panic!("the second daemon is still running\n{}", second.logs()));
     let err = second.stderr();
     assert_eq!(status.code(), Some(75), "{}", second.logs());
-    assert!(err.contains("policy `twice` is already run by another snapwarden daemon"), "{err}");
+    assert!(
+        err.contains("policy `twice` is already run by another snapwarden daemon"),
+        "{err}"
+    );
     assert!(err.contains(&format!("pid {} (", first.pid())), "{err}");
-    assert_one_each(&slots_by_volume(&raw, "twice").await, &volumes, &first.logs());
+    assert_one_each(
+        &slots_by_volume(&raw, "twice").await,
+        &volumes,
+        &first.logs(),
+    );
     assert!(first.stop().success(), "{}", first.logs());
 
     // Once the first has stopped, its lock is gone with it.
     let mut third = Daemon::spawn(sw(dir.path()).arg("--config").arg(&config).arg("run"));
     third.wait_for_output("run finished", Duration::from_secs(60));
     assert!(third.stop().success(), "{}", third.logs());
-    assert_one_each(&slots_by_volume(&raw, "twice").await, &volumes, &third.logs());
+    assert_one_each(
+        &slots_by_volume(&raw, "twice").await,
+        &volumes,
+        &third.logs(),
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,7 +182,7 @@ async fn once_beside_a_running_daemon_works_for_another_slot() {
     let raw = moto.ec2().await;
     let (_, volumes) = launch_instance(&raw, &[("Backup", "beside")], &["/dev/sdf"]).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &moto, free_port(), "beside");
+    let config = write_config(dir.path(), &moto.endpoint, free_port(), "beside");
     let mut daemon = Daemon::spawn(sw(dir.path()).arg("--config").arg(&config).arg("run"));
     daemon.wait_for_output("run finished", Duration::from_secs(60));
     let out = common::process::run_to_end(

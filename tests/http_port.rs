@@ -123,7 +123,10 @@ async fn idle_connections_beyond_the_fd_limit_leave_healthz_and_ec2_runs_working
     for i in 0..1100 {
         match TcpStream::connect(("127.0.0.1", port)) {
             Ok(s) => idle.push(s),
-            Err(e) => panic!("connection {i} to the daemon failed: {e}\n{}", daemon.logs()),
+            Err(e) => panic!(
+                "connection {i} to the daemon failed: {e}\n{}",
+                daemon.logs()
+            ),
         }
     }
 
@@ -162,7 +165,9 @@ async fn idle_connections_beyond_the_fd_limit_leave_healthz_and_ec2_runs_working
     let (_, metrics) = http_get(port, "/metrics").expect("/metrics answers");
     let refused = metrics
         .lines()
-        .find(|l| l.starts_with("snapwarden_http_connections_refused_total{reason=\"connection-cap\"}"))
+        .find(|l| {
+            l.starts_with("snapwarden_http_connections_refused_total{reason=\"connection-cap\"}")
+        })
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse::<f64>().ok())
         .unwrap_or_else(|| panic!("no connection-cap refusals series\n{metrics}"));
