@@ -202,3 +202,58 @@ async fn once_beside_a_running_daemon_works_for_another_slot() {
     assert_eq!(by[&volumes[0]].len(), 2, "{by:?}\n{}", text(&out));
     assert!(daemon.stop().success(), "{}", daemon.logs());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_waits_for_a_once_on_its_slot_and_then_finds_it_done() {
+    let moto = Moto::start();
+    let raw = moto.ec2().await;
+    let (_, volumes) =
+        launch_instance(&raw, &[("Backup", "wait")], &["/dev/sdf", "/dev/sdg"]).await;
+    // The `once` is held in its survey long enough for the daemon's catch-up of the same slot to meet its lock.
+    let proxy = FaultProxy::start(moto.port, 1);
+    proxy.set_rules(vec![Rule::new(
+        &["DescribeSnapshots"],
+        When::Always,
+        Fault::Delay(Duration::from_secs(3)),
+    )]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &proxy.endpoint, free_port(), "wait");
+    let mut once = Daemon::spawn(sw(dir.path()).arg("--config").arg(&config).args([
+        "once",
+        "--policy",
+        "wait",
+        "--schedule",
+        "daily",
+    ]));
+    let lock = dir.path().join("locks");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_dir(&lock).is_ok_and(|mut d| d.next().is_some()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "once took no lock\n{}",
+            once.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut daemon = Daemon::spawn(sw(dir.path()).arg("--config").arg(&config).arg("run"));
+    daemon.wait_for_output(
+        "waiting for another process working on this slot",
+        Duration::from_secs(30),
+    );
+    let status = once
+        .wait_exit(Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("once did not finish\n{}", once.logs()));
+    assert!(status.success(), "{}", once.logs());
+    daemon.wait_for_output("run finished", Duration::from_secs(60));
+    assert!(
+        daemon.stdout().contains("\"created\":0,\"already_done\":2"),
+        "{}",
+        daemon.logs()
+    );
+    assert!(daemon.stop().success(), "{}", daemon.logs());
+    assert_one_each(
+        &slots_by_volume(&raw, "wait").await,
+        &volumes,
+        &daemon.logs(),
+    );
+}
