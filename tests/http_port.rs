@@ -49,14 +49,18 @@ keep = {{ last = 1000 }}
 /// The daemon with soft and hard descriptor limits of 1,024, set in the child before exec: the hard limit too,
 /// or the daemon would raise its soft limit past the flood.
 fn start_at_1024(config: &Path) -> Daemon {
+    start_with_fd_limit(config, 1024, 1024)
+}
+
+fn start_with_fd_limit(config: &Path, soft: u64, hard: u64) -> Daemon {
     let mut cmd = snapwarden();
     cmd.arg("--config").arg(config).arg("run");
     // SAFETY: setrlimit is async-signal-safe and touches no memory of the parent.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             let limit = libc::rlimit {
-                rlim_cur: 1024,
-                rlim_max: 1024,
+                rlim_cur: soft,
+                rlim_max: hard,
             };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
                 return Err(std::io::Error::last_os_error());
@@ -206,4 +210,30 @@ async fn sigterm_with_a_half_sent_request_exits_within_a_bounded_time() {
         });
     assert!(status.success(), "{status:?}\n{}", daemon.logs());
     drop(half);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_raises_its_soft_descriptor_limit_to_the_hard_one_and_logs_both() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(dir.path(), &moto, port, "rlimit", "0 0 1 1 *");
+    let mut daemon = start_with_fd_limit(&config, 1024, 4096);
+    daemon.wait_for_output("HTTP listening", Duration::from_secs(60));
+    let pid = daemon.pid();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap_or_else(|| panic!("{limits}"));
+    let numbers: Vec<&str> = open_files.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(numbers, ["4096", "4096"], "{open_files}\n{}", daemon.logs());
+    assert!(
+        daemon
+            .stdout()
+            .contains("\"soft_before\":1024,\"soft\":4096,\"hard\":4096"),
+        "{}",
+        daemon.logs()
+    );
+    assert!(daemon.stop().success(), "{}", daemon.logs());
 }
