@@ -26,7 +26,11 @@ RUN apt-get update \
     && groupadd --system --gid 10001 snapwarden \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
        --shell /usr/sbin/nologin snapwarden \
-    && install -d -m 0755 /etc/snapwarden
+    && install -d -m 0755 /etc/snapwarden \
+    && install -d -o 10001 -g 10001 -m 0750 /run/snapwarden
+# The host locks (`snapwarden once` inside the container meets the daemon's). A volume, so it stays writable
+# under a read-only root file system; ECS copies this directory into the bind mount deploy/ecs gives it.
+VOLUME ["/run/snapwarden"]
 COPY --from=build /src/target/release/snapwarden /usr/local/bin/snapwarden
 
 # Listen on every interface inside the container so the port can be published; JSON lines to stdout for the

@@ -23,6 +23,7 @@ use crate::ec2::stop::{Guarded, Mutations};
 use crate::ec2::{self, Ec2};
 use crate::error::{Error, Result};
 use crate::http::{self, AppState};
+use crate::lock::{Held, LockDir, Refused};
 use crate::metrics::Metrics;
 use crate::notify::{Notifier, Publisher, SnsPublisher};
 use crate::schedule::{self, Cron};
@@ -47,6 +48,8 @@ pub struct Shared {
     pub mutations: Arc<Mutations>,
     /// The config the scheduler fires from: `config` at start, replaced by each applied [`reload`].
     pub live: Arc<tokio::sync::watch::Sender<Arc<Config>>>,
+    /// Host-wide slot locks each run takes (`run` sets them; None for in-memory backends and tests).
+    pub locks: Option<LockDir>,
 }
 
 impl Shared {
@@ -62,6 +65,7 @@ impl Shared {
             health,
             sd: Arc::new(SdNotify::disabled()),
             mutations: Arc::default(),
+            locks: None,
         }
     }
 
@@ -239,6 +243,18 @@ async fn fire(
             tracing::info!(policy = %policy.name, schedules = %firing.join(","), slot = %schedule::format_slot(slot), "not started: shutting down");
             break;
         };
+        // Each attempt holds the slot's host lock while it works; waiting for a `once` on the slot ends at shutdown.
+        let held = match &shared.locks {
+            Some(locks) => tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    tracing::info!(policy = %policy.name, schedules = %firing.join(","), slot = %schedule::format_slot(slot), "not started: shutting down while another process held the slot");
+                    break;
+                }
+                held = slot_lock(locks, &policy.name, slot) => held,
+            },
+            None => None,
+        };
         let runs = pending.iter().map(|r| {
             let spec = RunSpec {
                 policy: &policy,
@@ -268,6 +284,7 @@ async fn fire(
             .into_iter()
             .flatten()
             .collect();
+        drop(held);
         drop(permit);
         if pending.is_empty() {
             break;
@@ -313,6 +330,29 @@ fn retry_scheduled(
             next_at: at,
         };
         shared.status.set_retry(policy, s, Some(retry));
+    }
+}
+
+/// Waits for this slot's host lock while another process (a `once`) holds it: that one may create the slot's
+/// snapshots, and this run then finds them done instead of doubling them. A lock directory that cannot be used
+/// is warned about and the run goes ahead without it: backups come first.
+async fn slot_lock(locks: &LockDir, policy: &str, slot: DateTime<Utc>) -> Option<Held> {
+    let mut warned = false;
+    loop {
+        match locks.try_slot(policy, slot) {
+            Ok(held) => return Some(held),
+            Err(Refused::Busy { holder, .. }) => {
+                if !warned {
+                    tracing::warn!(policy, slot = %schedule::format_slot(slot), %holder, "waiting for another process working on this slot");
+                    warned = true;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e @ Refused::Io { .. }) => {
+                tracing::warn!(policy, slot = %schedule::format_slot(slot), error = %e, "running without the host lock");
+                return None;
+            }
+        }
     }
 }
 
@@ -672,11 +712,7 @@ pub async fn serve(
     let server = {
         let stop = http_stop.clone();
         let app = http::router(shared.app_state());
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-        })
+        tokio::spawn(http::serve(listener, app, shared.metrics.clone(), stop))
     };
     let window = shared
         .config
@@ -702,10 +738,8 @@ pub async fn serve(
     // The notifier drains once every sender (held by finished runs and the loop) is gone.
     let _ = tokio::time::timeout(Duration::from_secs(5), notify_task).await;
     http_stop.cancel();
-    match server.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!(error = %e, "HTTP server error"),
-        Err(e) => tracing::error!(error = %e, "HTTP server task failed"),
+    if let Err(e) = server.await {
+        tracing::error!(error = %e, "HTTP server task failed");
     }
     Ok(drained)
 }

@@ -152,6 +152,23 @@ impl fmt::Display for Hint<'_> {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// An error and its causes in words, `outer: cause: root cause`. The SDK's own `DisplayErrorContext` appends a
+/// `Debug` dump of the whole error after the chain, which buries the one line an operator needs.
+pub fn cause_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut next = err.source();
+    while let Some(cause) = next {
+        let part = cause.to_string();
+        // Some layers already print their source; saying it twice adds nothing.
+        if !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        next = cause.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,6 +190,21 @@ mod tests {
         assert!(!api("UnauthorizedOperation").is_retryable());
         assert_eq!(api("Whatever.New").kind(), "aws-api");
         assert_eq!(api("InvalidSnapshot.InUse").kind(), "in-use");
+    }
+
+    #[test]
+    fn cause_chain_is_words_without_a_debug_dump() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("dispatch failure")]
+        struct Outer(#[source] std::io::Error);
+        let err = Outer(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "Connection refused (os error 111)",
+        ));
+        assert_eq!(
+            cause_chain(&err),
+            "dispatch failure: Connection refused (os error 111)"
+        );
     }
 
     #[test]

@@ -1,6 +1,10 @@
 //! The HTTP surface: `router(state)` serves `/healthz` (the scheduler loop is ticking), `/readyz` (config
 //! loaded, credentials resolved, first AWS call answered), `/metrics` (Prometheus text) and `/status` (JSON per
-//! policy/schedule). It only reads shared state; it never triggers work.
+//! policy/schedule). It only reads shared state; it never triggers work. [`serve`] is the port's accept loop:
+//! a cap on open connections (an excess one is closed at once, not queued), a header-read timeout that also
+//! closes idle keep-alive connections, a bound on a connection's life, and a shutdown that ends within a fixed
+//! time however far a client got with its request — so the port cannot take the descriptors AWS calls need, nor
+//! hold up a stop.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -106,6 +110,86 @@ async fn status(State(s): State<AppState>) -> Response {
         "policies": policies,
     }))
     .into_response()
+}
+
+/// Open HTTP connections at most. The port serves a scraper, a health check and the odd operator: a few at a
+/// time. 64 leaves more than 900 of even a 1,024 descriptor limit to AWS calls (at most
+/// `daemon.max-concurrent-aws-calls` ≤ 256 connections), logs and the lock files.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Time a client has to send a request's headers, counted from the connection's start or the previous response:
+/// also the idle keep-alive timeout.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection is asked to close after this long, whatever it is doing (a client that never reads its response).
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+/// After a stop or the end of its life, how long a connection may take to finish the response it is writing.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Serves `app` on `listener` until `stop`; then stops accepting, lets each connection finish its current
+/// response within [`SHUTDOWN_TIMEOUT`] and drops the rest. Returns when every connection is gone.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    metrics: Arc<Metrics>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let connections = tokio_util::task::TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors (EMFILE) or a connection reset before accept: accepting again at once
+                // would spin. The backlog waits in the kernel meanwhile, holding none of ours.
+                metrics
+                    .http_refused
+                    .with_label_values(&["accept-error"])
+                    .inc();
+                tracing::warn!(error = %e, "HTTP accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            metrics
+                .http_refused
+                .with_label_values(&["connection-cap"])
+                .inc();
+            drop(stream);
+            continue;
+        };
+        connections.spawn(connection(stream, app.clone(), stop.clone(), permit));
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+}
+
+async fn connection(
+    stream: tokio::net::TcpStream,
+    app: Router,
+    stop: tokio_util::sync::CancellationToken,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = stop.cancelled() => {}
+        _ = tokio::time::sleep(CONNECTION_LIFETIME) => {}
+    }
+    // Closes an idle connection at once and one mid-response after the response; a half-sent request is
+    // dropped with the timeout.
+    conn.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, conn).await;
 }
 
 #[cfg(test)]

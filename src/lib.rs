@@ -9,6 +9,7 @@ pub mod demo;
 pub mod ec2;
 pub mod error;
 pub mod http;
+pub mod lock;
 pub mod logging;
 pub mod metrics;
 pub mod notify;

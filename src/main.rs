@@ -1,6 +1,7 @@
 //! The `snapwarden` command line: parses arguments, loads the config (exit 78 on a bad one), sets up logging and
 //! hands over to the library. Exit codes: 0 done, 1 runtime failure, 2 a one-shot run ended partial, 3 `plan
-//! --fail-on-delete` found deletions, 64 bad arguments, 78 bad config.
+//! --fail-on-delete` found deletions, 64 bad arguments, 75 another snapwarden process holds the policy or slot,
+//! 78 bad config.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use snapwarden::config::{self, Config, ConfigError};
 use snapwarden::daemon::{self, Shared};
 use snapwarden::ec2::{DryRun, Ec2};
+use snapwarden::lock::{Held, LockDir, Refused};
 use snapwarden::logging::{self, Console};
 use snapwarden::notify::Notifier;
 use snapwarden::report::RunResult;
@@ -100,8 +102,8 @@ enum Command {
         days: u32,
         /// Volumes per policy (alike: every figure but the created/deleted totals is per volume; time is linear
         /// in this)
-        #[arg(long, default_value_t = 3)]
-        volumes: usize,
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+        volumes: u32,
         /// Value of count tags, for schedules that read their keep count from a tag
         #[arg(long, default_value_t = 7)]
         count_tag_value: u32,
@@ -159,6 +161,9 @@ fn main() -> ExitCode {
             return ExitCode::from(ConfigError::EXIT_CODE as u8);
         }
     };
+    if matches!(cli.command, Command::Run | Command::Demo { .. }) {
+        raise_fd_limit();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -177,6 +182,70 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Raises the soft descriptor limit to the hard one before any thread starts: the common soft default of 1,024
+/// is a leftover for select(2), which nothing here uses, and the hard limit is what the host grants. Both values
+/// are logged; failing to raise (a seccomp filter, say) is a warning, not a reason to stop.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        let e = std::io::Error::last_os_error();
+        tracing::warn!(error = %e, "cannot read the open-file limit (RLIMIT_NOFILE)");
+        return;
+    }
+    let before = limit.rlim_cur;
+    // An unlimited hard limit still stops at the kernel's fs.nr_open (2^20 by default).
+    let target = limit.rlim_max.min(1 << 20);
+    if limit.rlim_cur < target {
+        let raised = libc::rlimit {
+            rlim_cur: target,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit only reads the struct it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit.rlim_cur = target;
+        } else {
+            let e = std::io::Error::last_os_error();
+            tracing::warn!(error = %e, soft = before, hard = limit.rlim_max, "cannot raise the open-file limit; set LimitNOFILE= (systemd) or --ulimit nofile= (containers)");
+        }
+    }
+    tracing::info!(
+        soft_before = before,
+        soft = limit.rlim_cur,
+        hard = limit.rlim_max,
+        "open-file limit (RLIMIT_NOFILE)"
+    );
+}
+
+/// Exit code when another snapwarden process holds a lock this one needs (EX_TEMPFAIL: try again later).
+const LOCKED: u8 = 75;
+
+/// The lock of every policy of the config, or why not: a second daemon with one of these policies would double
+/// every slot. A lock directory that cannot be used is warned about and the daemon starts anyway.
+fn daemon_locks(config: &Config, locks: &LockDir) -> Result<Vec<Held>, String> {
+    let mut held = Vec::new();
+    for p in &config.policies {
+        match locks.try_daemon(&p.name) {
+            Ok(h) => held.push(h),
+            Err(e @ Refused::Busy { .. }) => {
+                return Err(format!(
+                    "policy `{}` is already run by another snapwarden daemon on this host: {e}; stop that one \
+                     first, or remove the policy from {}",
+                    p.name,
+                    config.source.display()
+                ))
+            }
+            Err(e) => {
+                tracing::warn!(policy = %p.name, error = %e, "running without the host lock");
+            }
+        }
+    }
+    Ok(held)
 }
 
 fn load(cli: Option<&std::path::Path>) -> Result<Config, ConfigError> {
@@ -207,7 +276,19 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
     match command {
         Command::Validate => unreachable!("handled before the runtime starts"),
         Command::Run => {
+            let locks = LockDir::resolve(
+                config.daemon.lock_dir.as_deref(),
+                std::env::var("RUNTIME_DIRECTORY").ok().as_deref(),
+            );
+            let _daemon_locks = match daemon_locks(&config, &locks) {
+                Ok(held) => held,
+                Err(message) => {
+                    eprintln!("snapwarden: {message}");
+                    return Ok(ExitCode::from(LOCKED));
+                }
+            };
             let mut shared = Shared::new(config);
+            shared.locks = Some(locks);
             shared.sd = Arc::new(snapwarden::sdnotify::SdNotify::from_env(|k| {
                 std::env::var(k).ok()
             }));
@@ -290,7 +371,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
             let opts = snapwarden::simulate::SimOptions {
                 from,
                 days,
-                volumes,
+                volumes: volumes as usize,
                 count_tag_value,
                 policy,
             };
@@ -431,6 +512,30 @@ async fn once(
             .context("the schedule has never fired")?,
     };
     let firing = daemon::firing_at(&p, slot, tz);
+    // A dry run changes nothing, so it needs no lock and may look while a real run works.
+    let _slot_lock = if dry_run {
+        None
+    } else {
+        let locks = LockDir::resolve(
+            config.daemon.lock_dir.as_deref(),
+            std::env::var("RUNTIME_DIRECTORY").ok().as_deref(),
+        );
+        match locks.try_slot(policy, slot) {
+            Ok(held) => Some(held),
+            Err(e @ Refused::Busy { .. }) => {
+                eprintln!(
+                    "snapwarden: {policy} slot {} is being worked on by another process: {e}; it creates the \
+                     slot's snapshots — run `once` again after it has finished if it fails",
+                    format_slot(slot)
+                );
+                return Ok(ExitCode::from(LOCKED));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "running without the host lock");
+                None
+            }
+        }
+    };
     let shared = Shared::new(config);
     let regions = daemon::aws_regions(&shared).await.context("cannot start")?;
     let (notifier, notify_task) = if dry_run {

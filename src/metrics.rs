@@ -48,6 +48,8 @@ pub struct Metrics {
     kept_by_reason: IntGaugeVec,
     deletions_blocked: IntCounterVec,
     orphaned: IntGaugeVec,
+    /// HTTP connections closed at once: over the connection cap, or an accept that failed (out of descriptors).
+    pub http_refused: IntCounterVec,
     freshness: Mutex<HashMap<(String, String, String), Freshness>>,
 }
 
@@ -172,9 +174,18 @@ impl Metrics {
                 "Managed snapshots of volumes that are gone or no longer targeted",
                 &["policy", "region"],
             ),
+            http_refused: counter(
+                &registry,
+                "http_connections_refused_total",
+                "HTTP connections refused, by reason: connection-cap (closed at once, not queued) or accept-error",
+                &["reason"],
+            ),
             freshness: Mutex::new(HashMap::new()),
             registry,
         };
+        for reason in ["connection-cap", "accept-error"] {
+            m.http_refused.with_label_values(&[reason]);
+        }
         let build = int_gauge(&m.registry, "build_info", "Build information", &["version"]);
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         m

@@ -595,6 +595,7 @@ fn real_prometheus_evaluates_every_dashboard_query_and_alert_expression_against_
         format!(
             r#"[daemon]
 listen = "127.0.0.1:{daemon_port}"
+lock-dir = "{locks}"
 [aws]
 regions = ["us-east-1"]
 endpoint-url = "{endpoint}"
@@ -607,7 +608,8 @@ name = "fast"
 cron = "*/2 * * * * *"
 keep = {{ last = 2 }}
 "#,
-            endpoint = moto.endpoint
+            endpoint = moto.endpoint,
+            locks = dir.path().display()
         ),
     )
     .unwrap();

@@ -819,6 +819,7 @@ fn run_without_credentials_stops_quickly_and_says_what_to_set() {
     // Start from nothing so no credential source of the test's own environment (keys, profile, SSO, web
     // identity, container role) can leak in.
     cmd.env_clear()
+        .env("SNAPWARDEN_DAEMON__LOCK_DIR", dir.path())
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("HOME", dir.path())
         .env("AWS_REGION", REGION)

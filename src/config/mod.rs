@@ -71,6 +71,9 @@ pub struct DaemonConfig {
     /// First delay before a failed or partial run of the latest slot is retried (doubling per attempt, capped,
     /// jittered, never past the schedule's next fire). Zero: no retries.
     pub retry_backoff: Duration,
+    /// Where `run` and `once` keep their host-wide locks (`lock::LockDir`); None: systemd's runtime directory,
+    /// else /run/snapwarden.
+    pub lock_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]

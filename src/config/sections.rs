@@ -93,6 +93,7 @@ fn daemon(cx: &mut Collector<'_>, t: Option<&mut Table<'_>>) -> DaemonConfig {
         completion_deadline: DEFAULT_COMPLETION_DEADLINE,
         max_concurrent_runs: DEFAULT_MAX_CONCURRENT_RUNS,
         retry_backoff: DEFAULT_RETRY_BACKOFF,
+        lock_dir: None,
     };
     let Some(t) = t else { return d };
 
@@ -140,6 +141,20 @@ fn daemon(cx: &mut Collector<'_>, t: Option<&mut Table<'_>>) -> DaemonConfig {
     if let Some(f) = t.get("retry-backoff") {
         if let Some(backoff) = cx.duration(&f, true, "retry-backoff = \"1m\"") {
             d.retry_backoff = backoff;
+        }
+    }
+    if let Some(f) = t.get("lock-dir") {
+        if let Some(dir) = cx.string(&f, "lock-dir = \"/run/snapwarden\"") {
+            // `once` and the daemon must name the same directory whatever their working directories.
+            if Path::new(&dir).is_absolute() {
+                d.lock_dir = Some(PathBuf::from(dir));
+            } else {
+                cx.problem(
+                    &f,
+                    format!("`{dir}` is not an absolute path"),
+                    "write an absolute directory, e.g. lock-dir = \"/run/snapwarden\"",
+                );
+            }
         }
     }
     d

@@ -109,7 +109,7 @@ where
             message: err.message().unwrap_or_default().into(),
         };
     }
-    let text = aws_smithy_types::error::display::DisplayErrorContext(&err).to_string();
+    let text = crate::error::cause_chain(&err);
     let kind = match &err {
         SdkError::TimeoutError(_) => "timeout",
         SdkError::DispatchFailure(d) if d.is_timeout() => "timeout",

@@ -20,7 +20,18 @@ pub fn snapwarden() -> Command {
     for (k, v) in super::aws_env() {
         cmd.env(k, v);
     }
+    // A directory of its own for the host locks, so tests that run the same policy and slot against separate
+    // moto servers in parallel do not wait on each other; a test of the locks sets one directory for both.
+    cmd.env("SNAPWARDEN_DAEMON__LOCK_DIR", own_lock_dir());
     cmd
+}
+
+fn own_lock_dir() -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("locks")
+        .join(format!("{}-{n}", std::process::id()))
 }
 
 /// Runs a one-shot command to completion with a deadline, so a hang fails the test instead of stalling it.
@@ -73,6 +84,10 @@ impl Daemon {
             err,
             readers,
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn stdout(&self) -> String {
