@@ -9,34 +9,8 @@ use common::free_port;
 use common::process::{run_to_end, snapwarden, text};
 
 fn write_config(dir: &std::path::Path, endpoint: &str) -> std::path::PathBuf {
-    let path = dir.join("snapwarden.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"[daemon]
-listen = "127.0.0.1:{port}"
-
-[aws]
-regions = ["{region}"]
-endpoint-url = "{endpoint}"
-max-attempts = 1
-
-[[policy]]
-name = "prod"
-[policy.target]
-resource = "instance"
-tags = {{ Backup = "true" }}
-[[policy.schedule]]
-name = "daily"
-cron = "30 4 * * *"
-keep = {{ last = 7 }}
-"#,
-            port = free_port(),
-            region = common::REGION,
-        ),
-    )
-    .unwrap();
-    path
+    let prod = common::instance_policy("prod", "true", "daily", "30 4 * * *", "last = 7");
+    common::write_config(dir, free_port(), "", endpoint, "max-attempts = 1", &prod)
 }
 
 #[test]

@@ -12,34 +12,9 @@ use common::process::{snapwarden, text, Daemon};
 use common::{free_port, http_get, launch_instance, slots_by_volume, Moto};
 
 fn write_config(dir: &Path, endpoint: &str, port: u16, policy: &str) -> PathBuf {
-    let path = dir.join("snapwarden.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"[daemon]
-listen = "127.0.0.1:{port}"
-completion-deadline = "0s"
-
-[aws]
-regions = ["{region}"]
-endpoint-url = "{endpoint}"
-max-attempts = 2
-
-[[policy]]
-name = "{policy}"
-[policy.target]
-resource = "instance"
-tags = {{ Backup = "{policy}" }}
-[[policy.schedule]]
-name = "daily"
-cron = "30 4 * * *"
-keep = {{ last = 7 }}
-"#,
-            region = common::REGION,
-        ),
-    )
-    .unwrap();
-    path
+    let daily = common::instance_policy(policy, policy, "daily", "30 4 * * *", "last = 7");
+    let daemon = r#"completion-deadline = "0s""#;
+    common::write_config(dir, port, daemon, endpoint, "max-attempts = 2", &daily)
 }
 
 /// The binary with the lock directory every process of one test shares (each test its own, so tests running in

@@ -15,35 +15,16 @@ use common::process::{snapwarden, Daemon};
 use common::{free_port, http_get, launch_instance, slots_by_volume, Moto};
 
 fn write_config(dir: &Path, moto: &Moto, port: u16, policy: &str, cron: &str) -> PathBuf {
-    let path = dir.join("snapwarden.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"[daemon]
-listen = "127.0.0.1:{port}"
-completion-deadline = "0s"
-
-[aws]
-regions = ["{region}"]
-endpoint-url = "{endpoint}"
-max-attempts = 2
-
-[[policy]]
-name = "{policy}"
-[policy.target]
-resource = "instance"
-tags = {{ Backup = "{policy}" }}
-[[policy.schedule]]
-name = "often"
-cron = "{cron}"
-keep = {{ last = 1000 }}
-"#,
-            region = common::REGION,
-            endpoint = moto.endpoint,
-        ),
+    let often = common::instance_policy(policy, policy, "often", cron, "last = 1000");
+    let daemon = r#"completion-deadline = "0s""#;
+    common::write_config(
+        dir,
+        port,
+        daemon,
+        &moto.endpoint,
+        "max-attempts = 2",
+        &often,
     )
-    .unwrap();
-    path
 }
 
 /// The daemon with soft and hard descriptor limits of 1,024, set in the child before exec: the hard limit too,

@@ -29,41 +29,11 @@ use tokio_util::sync::CancellationToken;
 // ---------------------------------------------------------------------------------------------------------------
 
 fn write_config(dir: &Path, endpoint: &str, port: u16, daemon_extra: &str, rest: &str) -> PathBuf {
-    let path = dir.join("snapwarden.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"[daemon]
-listen = "127.0.0.1:{port}"
-{daemon_extra}
-
-[aws]
-regions = ["{REGION}"]
-endpoint-url = "{endpoint}"
-max-attempts = 2
-
-{rest}
-"#
-        ),
-    )
-    .unwrap();
-    path
+    common::write_config(dir, port, daemon_extra, endpoint, "max-attempts = 2", rest)
 }
 
 fn policy(name: &str, tag: &str, cron: &str) -> String {
-    format!(
-        r#"[[policy]]
-name = "{name}"
-[policy.target]
-resource = "instance"
-tags = {{ Backup = "{tag}" }}
-
-[[policy.schedule]]
-name = "s"
-cron = "{cron}"
-keep = {{ last = 100 }}
-"#
-    )
+    common::instance_policy(name, tag, "s", cron, "last = 100")
 }
 
 fn status(port: u16, d: &Daemon) -> Value {

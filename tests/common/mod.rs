@@ -109,6 +109,43 @@ impl Drop for Moto {
     }
 }
 
+/// A config file for the real binary, written into `dir`: `[daemon]` listening on 127.0.0.1:`port` plus the lines
+/// `daemon`, `[aws]` in [`REGION`] against `endpoint` plus the lines `aws`, then `rest` (policies, other sections).
+pub fn write_config(
+    dir: &Path,
+    port: u16,
+    daemon: &str,
+    endpoint: &str,
+    aws: &str,
+    rest: &str,
+) -> PathBuf {
+    let path = dir.join("snapwarden.toml");
+    let text = format!(
+        "[daemon]\nlisten = \"127.0.0.1:{port}\"\n{daemon}\n\n[aws]\nregions = [\"{REGION}\"]\n\
+         endpoint-url = \"{endpoint}\"\n{aws}\n\n{rest}\n"
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A `[[policy]]` of the instances tagged `Backup = tag`, with one schedule `schedule` on `cron` keeping `keep`
+/// (the inside of the keep table, e.g. `last = 7`).
+pub fn instance_policy(name: &str, tag: &str, schedule: &str, cron: &str, keep: &str) -> String {
+    format!(
+        r#"[[policy]]
+name = "{name}"
+[policy.target]
+resource = "instance"
+tags = {{ Backup = "{tag}" }}
+
+[[policy.schedule]]
+name = "{schedule}"
+cron = "{cron}"
+keep = {{ {keep} }}
+"#
+    )
+}
+
 /// Minimal HTTP/1.0 GET on loopback: (status code, body).
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
