@@ -103,12 +103,9 @@ impl LockDir {
             match file.try_lock() {
                 Ok(()) => {}
                 Err(TryLockError::WouldBlock) => {
-                    let mut holder = String::new();
-                    let _ = file.read_to_string(&mut holder);
-                    let holder = match holder.trim() {
-                        // Between its lock and its write: it will say in a moment.
-                        "" => "another snapwarden process".to_string(),
-                        text => text.to_string(),
+                    let holder = match read_holder(&mut file) {
+                        Some(text) => text,
+                        None => "another snapwarden process".to_string(),
                     };
                     return Err(Refused::Busy { path, holder });
                 }
@@ -133,6 +130,23 @@ impl Drop for Held {
         let _ = std::fs::remove_file(&self.path);
         let _ = self.file.unlock();
     }
+}
+
+/// What the holder of a lock wrote about itself. It writes right after it wins the lock, so a file found empty is
+/// read again for a moment (at most ~200 ms, in the rare case of two processes starting together) before the
+/// refusal goes out without the holder's name.
+fn read_holder(file: &mut File) -> Option<String> {
+    for _ in 0..20 {
+        let mut text = String::new();
+        if file.rewind().is_ok()
+            && file.read_to_string(&mut text).is_ok()
+            && !text.trim().is_empty()
+        {
+            return Some(text.trim().to_string());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    None
 }
 
 fn same_file(file: &File, path: &Path) -> bool {
@@ -190,6 +204,27 @@ mod tests {
         drop(held);
         assert!(!dir.path().join("prod.20261121T043000Z.lock").exists());
         assert!(locks.try_slot("prod", slot()).is_ok());
+    }
+
+    #[test]
+    fn a_holder_caught_between_its_lock_and_its_note_is_still_named() {
+        // Two `once` started together: the loser can read the file before the winner has written who it is.
+        let dir = tempfile::tempdir().unwrap();
+        let locks = LockDir::resolve(Some(dir.path()), None);
+        let path = dir.path().join("prod.20261121T043000Z.lock");
+        let winner = File::create(&path).unwrap();
+        winner.try_lock().unwrap();
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(40));
+            let mut w = &winner;
+            writeln!(w, "pid 4242 (snapwarden once)").unwrap();
+            winner
+        });
+        match locks.try_slot("prod", slot()) {
+            Err(Refused::Busy { holder, .. }) => assert_eq!(holder, "pid 4242 (snapwarden once)"),
+            other => panic!("expected busy, got {other:?}"),
+        }
+        drop(writer.join().unwrap());
     }
 
     #[test]
