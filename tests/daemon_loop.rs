@@ -12,7 +12,7 @@ use snapwarden::daemon::{self, Shared};
 use snapwarden::ec2::fake::FakeEc2;
 use snapwarden::ec2::{CreateSnapshot, Ec2, Filter, Instance, Page, Snapshot, Volume};
 use snapwarden::error::Result;
-use snapwarden::notify::Notifier;
+use snapwarden::notify::{Message, Notifier, Publisher};
 use snapwarden::worker::Region;
 use tokio_util::sync::CancellationToken;
 
@@ -270,4 +270,172 @@ async fn heartbeat_and_next_run_are_published() {
     );
     stop.cancel();
     assert!(task.await.unwrap());
+}
+
+/// Panics in its first CreateSnapshot (a bug in a run), then forwards every call to the fake.
+struct PanicsOnce {
+    inner: Arc<FakeEc2>,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait]
+impl Ec2 for PanicsOnce {
+    fn region(&self) -> &str {
+        self.inner.region()
+    }
+    async fn account_id(&self) -> Result<String> {
+        self.inner.account_id().await
+    }
+    async fn describe_instances(&self, f: &[Filter]) -> Result<Vec<Instance>> {
+        self.inner.describe_instances(f).await
+    }
+    async fn describe_volumes(&self, f: &[Filter]) -> Result<Vec<Volume>> {
+        self.inner.describe_volumes(f).await
+    }
+    async fn describe_snapshots(&self, f: &[Filter], t: Option<&str>) -> Result<Page<Snapshot>> {
+        self.inner.describe_snapshots(f, t).await
+    }
+    async fn create_snapshot(&self, r: &CreateSnapshot) -> Result<Snapshot> {
+        if self.armed.swap(false, Ordering::SeqCst) {
+            panic!("injected: CreateSnapshot blew up");
+        }
+        self.inner.create_snapshot(r).await
+    }
+    async fn delete_snapshot(&self, id: &str) -> Result<()> {
+        self.inner.delete_snapshot(id).await
+    }
+}
+
+/// Keeps what the notifier publishes.
+#[derive(Default)]
+struct Recorder {
+    sent: std::sync::Mutex<Vec<Message>>,
+}
+
+#[async_trait]
+impl Publisher for Recorder {
+    async fn publish(&self, message: &Message) -> Result<()> {
+        self.sent.lock().unwrap().push(message.clone());
+        Ok(())
+    }
+}
+
+/// `/status` as the HTTP port serves it.
+async fn status_json(shared: &Shared) -> serde_json::Value {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let request = axum::http::Request::get("/status")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = snapwarden::http::router(shared.app_state())
+        .oneshot(request)
+        .await
+        .unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    serde_json::from_slice(&body).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_one_region_fails_that_run_alerts_and_the_next_fire_runs() {
+    // Fires every second, in two regions; the first create in `test-1` panics.
+    let shared = Shared::new(config("* * * * * *", "5s"));
+    let permits = Arc::new(tokio::sync::Semaphore::new(8));
+    let broken = Arc::new(FakeEc2::new("test-1"));
+    broken.add_instance(&[("Backup", "true")], &[("/dev/xvda", "gp3")]);
+    let healthy = Arc::new(FakeEc2::new("test-2"));
+    healthy.add_instance(&[("Backup", "true")], &[("/dev/xvda", "gp3")]);
+    let panics = Arc::new(PanicsOnce {
+        inner: broken.clone(),
+        armed: std::sync::atomic::AtomicBool::new(true),
+    });
+    let regions = Arc::new(vec![
+        daemon::region(&shared, panics, permits.clone()).await.unwrap(),
+        daemon::region(&shared, healthy.clone(), permits).await.unwrap(),
+    ]);
+    let recorder = Arc::new(Recorder::default());
+    let (notifier, notify_task) = Notifier::spawn(
+        Some(recorder.clone() as Arc<dyn Publisher>),
+        Duration::from_secs(3600),
+        shared.metrics.clone(),
+    );
+    let stop = CancellationToken::new();
+    let lp = tokio::spawn(daemon::schedule_loop(
+        shared.clone(),
+        regions,
+        notifier,
+        false,
+        stop.clone(),
+    ));
+
+    // The panicked run shows on /status as the region's last run: a failure, with the panic as its error.
+    let started = Instant::now();
+    let failed = loop {
+        let v = status_json(&shared).await;
+        let last = &v["policies"]["p"]["s"]["last_runs"]["test-1"];
+        if last["result"] == "failure" {
+            break last.clone();
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{v:#}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(failed["error"]["code"], "panic", "{failed:#}");
+    let message = failed["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("injected: CreateSnapshot blew up"), "{failed:#}");
+    // The other region of that fire ran to the end.
+    let slot = failed["slot"].as_str().unwrap().replace("+00:00", "Z");
+    let slots = |fake: &FakeEc2| -> Vec<String> {
+        let mut s: Vec<String> = fake
+            .snapshots()
+            .iter()
+            .map(|s| s.tags["snapwarden:slot"].clone())
+            .collect();
+        s.sort();
+        s
+    };
+    // The next fires run in the region that panicked: the schedule was not left "running".
+    let started = Instant::now();
+    while broken.snapshots().is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no fire ran after the panic: {:#}",
+            status_json(&shared).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    assert!(lp.await.unwrap(), "drained");
+    let _ = tokio::time::timeout(Duration::from_secs(5), notify_task).await;
+
+    assert!(slots(&healthy).contains(&slot), "{slot} {:?}", slots(&healthy));
+    assert!(!slots(&broken).contains(&slot), "{slot} {:?}", slots(&broken));
+    let v = status_json(&shared).await;
+    assert_eq!(v["policies"]["p"]["s"]["running"], false, "{v:#}");
+    assert_eq!(v["policies"]["p"]["s"]["last_runs"]["test-1"]["result"], "success", "{v:#}");
+    assert_eq!(
+        metric(&shared, "snapwarden_run_panics_total{policy=\"p\",schedule=\"s\"}"),
+        1.0
+    );
+    assert!(
+        metric(
+            &shared,
+            "snapwarden_runs_total{kind=\"snapshot\",policy=\"p\",result=\"failure\",schedule=\"s\"}"
+        ) >= 1.0
+    );
+    assert_eq!(
+        metric(&shared, "snapwarden_skipped_fires_total{policy=\"p\",schedule=\"s\"}"),
+        0.0
+    );
+    // One alert for the panic, naming it; the region's recovery may follow.
+    let sent = recorder.sent.lock().unwrap().clone();
+    let alerts: Vec<&Message> = sent
+        .iter()
+        .filter(|m| m.subject.starts_with("snapwarden FAILED p/s test-1"))
+        .collect();
+    assert_eq!(alerts.len(), 1, "{sent:#?}");
+    assert!(alerts[0].subject.contains("panic"), "{}", alerts[0].subject);
+    assert!(
+        alerts[0].body.contains("injected: CreateSnapshot blew up"),
+        "{}",
+        alerts[0].body
+    );
 }
