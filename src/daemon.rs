@@ -8,12 +8,14 @@
 //! let in-flight runs finish within the grace period (past it: no new mutating EC2 call, and the ones sent are
 //! waited for), then stop HTTP and flush alerts.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::Semaphore;
+use futures::FutureExt;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -26,8 +28,9 @@ use crate::http::{self, AppState};
 use crate::lock::{Held, LockDir, Refused};
 use crate::metrics::Metrics;
 use crate::notify::{Notifier, Publisher, SnsPublisher};
-use crate::schedule::{self, Cron};
-use crate::scheduler;
+use crate::report::{Problem, RunReport};
+use crate::schedule;
+use crate::scheduler::{self, Jump, Scheduler, Scope, Tick};
 use crate::sdnotify::SdNotify;
 use crate::status::{self, Health, StatusBoard};
 use crate::worker::{self, Region, RunSpec};
@@ -196,10 +199,6 @@ pub async fn sns_publisher(config: &Config) -> Option<Arc<dyn Publisher>> {
     Some(Arc::new(SnsPublisher::new(&conf, &sns.topic_arn)))
 }
 
-fn crons(policy: &Policy) -> Vec<&Cron> {
-    policy.schedules.iter().map(|s| &s.cron).collect()
-}
-
 /// Every schedule of `policy` that fires exactly at `slot`: they share the slot's snapshot.
 pub fn firing_at(policy: &Policy, slot: DateTime<Utc>, tz: chrono_tz::Tz) -> Vec<String> {
     policy
@@ -210,28 +209,73 @@ pub fn firing_at(policy: &Policy, slot: DateTime<Utc>, tz: chrono_tz::Tz) -> Vec
         .collect()
 }
 
-/// One fire of one policy in every region; returns when all regions are done. It waits for a run permit first
-/// (catch-up after a downtime starts runs in order, so early ones finish), and gives up waiting at shutdown. A
-/// region whose run failed or was partial is run again after a backoff, as the same slot (idempotent by tags),
-/// until it succeeds or the next retry would come too close to the schedule's next fire.
-#[allow(clippy::too_many_arguments)]
+/// A fire's claim on its schedules: while it lives they are running (on `/status`, and for the scheduler, which
+/// hears of their end over `done`). Dropped on every way out of a fire — finished, given up, shut down, panicked —
+/// so a schedule is never left running.
+struct Running {
+    status: Arc<StatusBoard>,
+    policy: String,
+    schedules: Vec<String>,
+    done: mpsc::UnboundedSender<(String, Vec<String>)>,
+}
+
+impl Running {
+    fn start(
+        status: &Arc<StatusBoard>,
+        fire: &scheduler::Fire,
+        done: &mpsc::UnboundedSender<(String, Vec<String>)>,
+    ) -> Self {
+        for s in &fire.schedules {
+            // The scheduler only fires a schedule it knows is not running, and the board is cleared first.
+            let started = status.try_start(&fire.policy.name, s);
+            debug_assert!(started, "{}/{s} fired while running", fire.policy.name);
+        }
+        Running {
+            status: status.clone(),
+            policy: fire.policy.name.clone(),
+            schedules: fire.schedules.clone(),
+            done: done.clone(),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for s in &self.schedules {
+            self.status.finish(&self.policy, s);
+        }
+        // The loop may be gone at shutdown; nothing is left to tell then.
+        let _ = self
+            .done
+            .send((self.policy.clone(), std::mem::take(&mut self.schedules)));
+    }
+}
+
+/// One fire of one policy in the regions of its scopes; returns when all of them are done. It waits for a run
+/// permit first (catch-up after a downtime starts runs in order, so early ones finish), and gives up waiting at
+/// shutdown. A region whose run failed, was partial or panicked is run again after a backoff, as the same slot
+/// (idempotent by tags), until it succeeds or the next retry would come too close to the schedule's next fire.
 async fn fire(
     shared: Shared,
-    regions: Arc<Vec<Arc<Region>>>,
+    mut pending: Vec<Arc<Region>>,
     notifier: Notifier,
-    policy: Policy,
-    slot: DateTime<Utc>,
-    firing: Vec<String>,
+    fire: scheduler::Fire,
+    _running: Running,
     gate: Arc<Semaphore>,
     shutdown: CancellationToken,
 ) {
     let tz = shared.config.daemon.timezone;
+    let scheduler::Fire {
+        policy,
+        slot,
+        schedules: firing,
+        ..
+    } = fire;
     let next_fire = firing
         .iter()
         .filter_map(|name| policy.schedule(name))
         .filter_map(|s| s.cron.next_after(slot, tz))
         .min();
-    let mut pending: Vec<Arc<Region>> = regions.to_vec();
     let mut retry = 0;
     loop {
         let permit = tokio::select! {
@@ -270,12 +314,17 @@ async fn fire(
             };
             let (shared, notifier) = (&shared, &notifier);
             async move {
-                let mut outcome =
-                    worker::run(r.ec2.as_ref(), &spec, &shared.metrics, Utc::now).await;
-                outcome.report.retry = retry;
-                let done = !outcome.report.worth_retrying();
-                shared.status.record(&outcome.report);
-                notifier.submit(outcome.report, &shared.metrics);
+                let started = Utc::now();
+                let run = worker::run(r.ec2.as_ref(), &spec, &shared.metrics, Utc::now);
+                // A panic ends this region's run only: the others of the fire go on, and it is a failed run.
+                let mut report = match AssertUnwindSafe(run).catch_unwind().await {
+                    Ok(outcome) => outcome.report,
+                    Err(payload) => run_panicked(shared, &spec, r.ec2.region(), started, &*payload),
+                };
+                report.retry = retry;
+                let done = !report.worth_retrying();
+                shared.status.record(&report);
+                notifier.submit(report, &shared.metrics);
                 (!done).then(|| r.clone())
             }
         });
@@ -301,9 +350,45 @@ async fn fire(
             _ = tokio::time::sleep((at - now).to_std().unwrap_or_default()) => {}
         }
     }
-    for s in &firing {
-        shared.status.finish(&policy.name, s);
-    }
+}
+
+/// The event "a run panicked": its log line, its metrics (a failed run, and a panic), and the report that
+/// `/status` and the digest show, with the panic's message as the run's fatal problem (code `panic`).
+fn run_panicked(
+    shared: &Shared,
+    spec: &RunSpec<'_>,
+    region: &str,
+    started: DateTime<Utc>,
+    payload: &(dyn std::any::Any + Send),
+) -> RunReport {
+    let what = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into());
+    let policy = &spec.policy.name;
+    tracing::error!(policy = %policy, schedules = %spec.firing.join(","), region, slot = %schedule::format_slot(spec.slot), panic = %what, "run panicked: recorded as failed; the schedule fires again as usual");
+    shared.metrics.run_panicked(policy, &spec.firing);
+    let mut report = RunReport::new(
+        worker::new_run_id(),
+        policy,
+        spec.firing.clone(),
+        region,
+        spec.slot,
+        started,
+    );
+    report.finished_at = Utc::now();
+    report.fatal = Some(Problem {
+        resource: region.to_string(),
+        operation: "run",
+        code: "panic".into(),
+        message: format!(
+            "the run panicked: {what}. A bug in snapwarden: please report it with the log lines around it; \
+             what the run did before is kept, and the next run of the slot does the rest"
+        ),
+    });
+    report.retention_skipped = Some("the run panicked".into());
+    report
 }
 
 /// The event "this slot is tried again at `at`": its log line, metric and `/status` entry.
@@ -357,7 +442,8 @@ async fn slot_lock(locks: &LockDir, policy: &str, slot: DateTime<Utc>) -> Option
 }
 
 /// Runs the scheduler until `shutdown` is cancelled, then drains in-flight runs for up to the grace period.
-/// Returns false if runs were still going when the grace period ended.
+/// Returns false if runs were still going when the grace period ended. The decisions are the pure
+/// [`Scheduler`]'s; this loop reads the clock for it, carries out what it decided, and tells it when fires end.
 pub async fn schedule_loop(
     shared: Shared,
     regions: Arc<Vec<Arc<Region>>>,
@@ -368,79 +454,62 @@ pub async fn schedule_loop(
     let tz = shared.config.daemon.timezone;
     let tracker = TaskTracker::new();
     let gate = Arc::new(Semaphore::new(shared.config.daemon.max_concurrent_runs));
+    let (done, mut ended) = mpsc::unbounded_channel();
     // Spelled out: tests/deploy_files.rs would read the method-call form as a call of SNS Subscribe.
     let mut live = tokio::sync::watch::Sender::subscribe(&shared.live);
-    let mut policies = live.borrow_and_update().policies.clone();
+    let policies = live.borrow_and_update().policies.clone();
     for p in &policies {
         for s in &p.schedules {
             shared.status.register(&p.name, &s.name, s.cron.as_str());
         }
     }
-    let start_fire = |policy: &Policy, slot: DateTime<Utc>, names: Vec<String>, why: &str| {
-        let mut firing = Vec::new();
-        for name in names {
-            if shared.status.try_start(&policy.name, &name) {
-                firing.push(name);
-            } else {
-                shared
-                    .metrics
-                    .skipped_fires
-                    .with_label_values(&[&policy.name, &name])
-                    .inc();
-                tracing::warn!(policy = %policy.name, schedule = %name, slot = %schedule::format_slot(slot), "fire skipped: the previous run of this schedule is still going");
-            }
-        }
-        if firing.is_empty() {
-            return;
-        }
-        tracing::info!(policy = %policy.name, schedules = %firing.join(","), slot = %schedule::format_slot(slot), why, "firing");
-        tracker.spawn(fire(
-            shared.clone(),
-            regions.clone(),
-            notifier.clone(),
-            policy.clone(),
-            slot,
-            firing,
-            gate.clone(),
-            shutdown.clone(),
-        ));
-    };
-
+    let scopes = regions.iter().map(|r| Scope::region(r.ec2.region())).collect();
     let now = Utc::now();
-    if catch_up {
-        // The latest slot of each policy: runs already done for it find their snapshots and do nothing.
-        for p in &policies {
-            if let Some((slot, idx)) = schedule::latest_group(&crons(p), now, tz) {
-                start_fire(
-                    p,
-                    slot,
-                    idx.iter().map(|&i| p.schedules[i].name.clone()).collect(),
-                    "catch-up",
-                );
+    let mut scheduler = Scheduler::new(policies, scopes, tz, now);
+    let act = |tick: Tick| {
+        match tick.jump {
+            Some(Jump::Pause(gap)) => {
+                tracing::warn!(paused_seconds = gap.num_seconds(), "the scheduler did not run for a while (suspend, or the clock set forward): each policy fires its latest slot once")
             }
+            Some(Jump::Back(by)) => {
+                tracing::warn!(back_seconds = by.num_seconds(), "the clock was set back: next fires planned again from the new time")
+            }
+            None => {}
         }
+        for skip in &tick.skips {
+            fire_skipped(&shared, skip);
+        }
+        for f in tick.fires {
+            tracing::info!(policy = %f.policy.name, schedules = %f.schedules.join(","), slot = %schedule::format_slot(f.slot), why = f.why.as_str(), "firing");
+            let running = Running::start(&shared.status, &f, &done);
+            let pending = f
+                .units()
+                .filter_map(|u| regions.iter().find(|r| r.ec2.region() == u.scope.region))
+                .cloned()
+                .collect();
+            tracker.spawn(fire(
+                shared.clone(),
+                pending,
+                notifier.clone(),
+                f,
+                running,
+                gate.clone(),
+                shutdown.clone(),
+            ));
+        }
+    };
+    if catch_up {
+        act(scheduler.catch_up(now));
     }
-    let mut next: Vec<Option<DateTime<Utc>>> = policies
-        .iter()
-        .map(|p| schedule::next_group(&crons(p), now, tz).map(|g| g.0))
-        .collect();
     loop {
         let now = Utc::now();
         shared.health.beat(now);
         shared.sd.tick(std::time::Instant::now());
-        for (i, p) in policies.iter().enumerate() {
-            if next[i].is_some_and(|t| t <= now) {
-                // The most recent slot, not every missed one: after a suspend, catch up once.
-                if let Some((slot, idx)) = schedule::latest_group(&crons(p), now, tz) {
-                    start_fire(
-                        p,
-                        slot,
-                        idx.iter().map(|&i| p.schedules[i].name.clone()).collect(),
-                        "schedule",
-                    );
-                }
-                next[i] = schedule::next_group(&crons(p), now, tz).map(|g| g.0);
-            }
+        while let Ok((policy, schedules)) = ended.try_recv() {
+            scheduler.finished(&policy, &schedules);
+        }
+        act(scheduler.tick(now));
+        for p in scheduler.policies() {
             for s in &p.schedules {
                 let n = s.cron.next_after(now, tz);
                 shared.status.set_next(&p.name, &s.name, n);
@@ -453,8 +522,7 @@ pub async fn schedule_loop(
                 }
             }
         }
-        let until = next.iter().flatten().min().copied();
-        let wait = until.map_or(Duration::from_secs(1), |t| {
+        let wait = scheduler.next_due().map_or(Duration::from_secs(1), |t| {
             (t - Utc::now())
                 .to_std()
                 .unwrap_or_default()
@@ -465,8 +533,7 @@ pub async fn schedule_loop(
             _ = tokio::time::sleep(wait) => {}
             Ok(()) = live.changed() => {
                 let config = live.borrow_and_update().clone();
-                next = rescheduled(&policies, &next, &config.policies, Utc::now(), tz);
-                policies = config.policies.clone();
+                scheduler.reload(config.policies.clone(), Utc::now());
                 reregister(&shared, &regions, &config);
             }
         }
@@ -484,6 +551,17 @@ pub async fn schedule_loop(
         stop_mutations(&shared, tracker.len()).await;
     }
     drained
+}
+
+/// The event "a fire of this schedule is skipped: its previous run is still going": log line, metric, `/status`.
+fn fire_skipped(shared: &Shared, skip: &scheduler::Skip) {
+    shared
+        .metrics
+        .skipped_fires
+        .with_label_values(&[&skip.policy, &skip.schedule])
+        .inc();
+    shared.status.skipped(&skip.policy, &skip.schedule);
+    tracing::warn!(policy = %skip.policy, schedule = %skip.schedule, slot = %schedule::format_slot(skip.slot), "fire skipped: the previous run of this schedule is still going");
 }
 
 /// The grace period is over with runs still going: no mutating EC2 call starts from here on (a run's next create or
@@ -506,38 +584,6 @@ async fn stop_mutations(shared: &Shared, runs: usize) {
         answered,
         "mutating EC2 calls in flight at the end of the grace period: waited for their answers"
     );
-}
-
-/// Next fire per policy of a reloaded config: a policy whose schedules are unchanged keeps its pending fire (one
-/// due just now still fires), the others start from `now`.
-fn rescheduled(
-    old: &[Policy],
-    next: &[Option<DateTime<Utc>>],
-    new: &[Policy],
-    now: DateTime<Utc>,
-    tz: chrono_tz::Tz,
-) -> Vec<Option<DateTime<Utc>>> {
-    new.iter()
-        .map(|p| {
-            let same = old
-                .iter()
-                .position(|o| o.name == p.name && same_crons(o, p));
-            match same {
-                Some(i) => next[i],
-                None => schedule::next_group(&crons(p), now, tz).map(|g| g.0),
-            }
-        })
-        .collect()
-}
-
-fn same_crons(a: &Policy, b: &Policy) -> bool {
-    let names = |p: &Policy| -> Vec<(String, String)> {
-        p.schedules
-            .iter()
-            .map(|s| (s.name.clone(), s.cron.as_str().to_string()))
-            .collect()
-    };
-    names(a) == names(b)
 }
 
 /// `/status` and the metric series follow a reloaded config: new schedules appear, removed ones go (a running
@@ -775,40 +821,5 @@ mod tests {
         for (name, new, want) in cases {
             assert_eq!(restart_keys(&running, new), *want, "{name}");
         }
-    }
-
-    #[test]
-    fn a_reload_keeps_the_pending_fire_of_unchanged_policies() {
-        let tz = chrono_tz::Tz::UTC;
-        let old = config(
-            "",
-            "",
-            &(policy("a", "0 4 * * *") + &policy("b", "0 4 * * *")),
-        )
-        .policies;
-        let now = DateTime::parse_from_rfc3339("2026-03-02T04:00:30Z")
-            .unwrap()
-            .to_utc();
-        // `a`'s 04:00 fire is due but not yet handled by the loop: it must still happen.
-        let due = DateTime::parse_from_rfc3339("2026-03-02T04:00:00Z")
-            .unwrap()
-            .to_utc();
-        let next = vec![Some(due), Some(due)];
-        let new = config(
-            "",
-            "",
-            &(policy("a", "0 4 * * *") + &policy("b", "0 5 * * *") + &policy("c", "0 6 * * *")),
-        )
-        .policies;
-        let got = rescheduled(&old, &next, &new, now, tz);
-        let at = |s: &str| Some(DateTime::parse_from_rfc3339(s).unwrap().to_utc());
-        assert_eq!(
-            got,
-            vec![
-                Some(due),
-                at("2026-03-02T05:00:00Z"),
-                at("2026-03-02T06:00:00Z")
-            ]
-        );
     }
 }

@@ -37,6 +37,8 @@ pub struct Metrics {
     pub aws_throttles: IntCounterVec,
     pub notifications: IntCounterVec,
     pub skipped_fires: IntCounterVec,
+    /// Runs that panicked (each also counted as a failed run in `runs`).
+    pub run_panics: IntCounterVec,
     /// Retries of a failed or partial run within its slot, counted when scheduled.
     pub run_retries: IntCounterVec,
     /// SIGHUP reloads by outcome: applied, invalid, needs-restart.
@@ -129,6 +131,12 @@ impl Metrics {
                 &registry,
                 "skipped_fires_total",
                 "Fires skipped because the schedule's previous run was still going",
+                &["policy", "schedule"],
+            ),
+            run_panics: counter(
+                &registry,
+                "run_panics_total",
+                "Runs that panicked (a bug): each is a failed run, alerted with its message; the schedule fires on",
                 &["policy", "schedule"],
             ),
             run_retries: counter(
@@ -225,6 +233,7 @@ impl Metrics {
                 }
                 self.skipped_fires.with_label_values(&[pn, sn]);
                 self.run_retries.with_label_values(&[pn, sn]);
+                self.run_panics.with_label_values(&[pn, sn]);
                 for reason in ["bad-count-tag", "pending-limit"] {
                     self.skipped_resources.with_label_values(&[pn, sn, reason]);
                 }
@@ -280,6 +289,18 @@ impl Metrics {
             .lock()
             .expect("freshness poisoned")
             .retain(|(p, s, _), _| (p.as_str(), s.as_str()) != (policy, schedule));
+    }
+
+    /// A run of `schedules` panicked: a failed snapshot and retention run, and a panic.
+    pub fn run_panicked(&self, policy: &str, schedules: &[String]) {
+        for s in schedules {
+            for job in ["snapshot", "retention"] {
+                self.runs
+                    .with_label_values(&[policy, s, job, "failure"])
+                    .inc();
+            }
+            self.run_panics.with_label_values(&[policy, s]).inc();
+        }
     }
 
     pub fn aws_request(&self, operation: &str, error: Option<&Error>) {

@@ -1,10 +1,17 @@
-//! Pure scheduling decisions that take `now` as a value, tested by tables: for now, when a failed or partial run
-//! of the latest slot is tried again. The due-fire decisions (catch-up, skip-while-running) still live in
-//! `daemon::schedule_loop`. No tokio, no AWS types, no clock.
+//! Pure scheduling decisions that take `now` as a value, tested by tables: which fires are due ([`Scheduler`]:
+//! next fires, co-firing groups, catch-up at start, a long pause or a clock jump, skip-while-running) and when a
+//! failed or partial run of the latest slot is tried again ([`retry_at`]). It hands out [`Fire`]s whose units of
+//! work are (policy, slot, [`Scope`]); `daemon::schedule_loop` reads the clock, spawns them and reports back
+//! when one ends. No tokio, no AWS types, no clock.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+
+use crate::config::Policy;
+use crate::schedule::{self, Cron};
 
 /// The longest wait between two retries of one slot: a daily schedule keeps trying every half hour or so after
 /// the first few quick attempts, instead of waiting most of a day between the last ones.
@@ -35,6 +42,272 @@ pub fn retry_at(
     let at = now + chrono::Duration::from_std(delay).ok()?;
     let latest_start = next_fire - chrono::Duration::from_std(base).ok()?;
     (at <= latest_start).then_some(at)
+}
+
+/// Where a fire acts: today one region of the account the daemon runs as; it is to become an (account, region)
+/// pair, which is why it is a type and not a region name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Scope {
+    pub region: String,
+}
+
+impl Scope {
+    pub fn region(name: impl Into<String>) -> Self {
+        Scope {
+            region: name.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.region)
+    }
+}
+
+/// Why a fire starts: the `why` field of its log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    /// The latest slot of each policy at start: runs already done for it find their snapshots and do nothing.
+    CatchUp,
+    Schedule,
+}
+
+impl Why {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Why::CatchUp => "catch-up",
+            Why::Schedule => "schedule",
+        }
+    }
+}
+
+/// The unit of work: one policy's slot in one scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unit<'a> {
+    pub policy: &'a str,
+    pub slot: DateTime<Utc>,
+    pub scope: &'a Scope,
+}
+
+/// One fire: the schedules of one policy that fire at `slot` and are not still running (one snapshot per volume
+/// serves them all), over every scope. Its units run together: they share one run permit, one host lock and one
+/// retry loop per attempt. Until [`Scheduler::finished`] hears of it, its schedules count as running.
+#[derive(Debug, Clone)]
+pub struct Fire {
+    /// The policy as it was when the fire started: a reload does not change a run in flight.
+    pub policy: Policy,
+    pub slot: DateTime<Utc>,
+    pub schedules: Vec<String>,
+    pub scopes: Vec<Scope>,
+    pub why: Why,
+}
+
+impl Fire {
+    pub fn units(&self) -> impl Iterator<Item = Unit<'_>> {
+        self.scopes.iter().map(|scope| Unit {
+            policy: &self.policy.name,
+            slot: self.slot,
+            scope,
+        })
+    }
+}
+
+/// A schedule due at `slot` whose previous run is still going: this fire of it is skipped (runs of one schedule
+/// never overlap) and counted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skip {
+    pub policy: String,
+    pub schedule: String,
+    pub slot: DateTime<Utc>,
+}
+
+/// The wall clock between two ticks did not move as a ticking loop's does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Jump {
+    /// Suspend and resume, a stopped process, or a clock set forward: each policy fires its latest slot once,
+    /// never every slot it missed.
+    Pause(chrono::Duration),
+    /// The clock was set back: next fires are planned again from the new time. Slots fired in the skipped-back
+    /// span may fire again when the clock reaches them; their runs find their snapshots and create nothing.
+    Back(chrono::Duration),
+}
+
+/// A gap between ticks longer than this is a pause (the loop ticks at least once a second).
+pub const PAUSE_AFTER: Duration = Duration::from_secs(60);
+/// A clock set back by more than this plans again; less is noise (a stepped NTP correction).
+pub const BACK_AFTER: Duration = Duration::from_secs(5);
+
+/// What one look at the clock decided.
+#[derive(Debug, Default, Clone)]
+pub struct Tick {
+    pub fires: Vec<Fire>,
+    pub skips: Vec<Skip>,
+    pub jump: Option<Jump>,
+}
+
+/// The scheduler's state between ticks: the policies it fires from, each one's next fire instant, and which
+/// schedules have a fire in flight. Every decision takes `now` as a value.
+#[derive(Debug)]
+pub struct Scheduler {
+    tz: Tz,
+    scopes: Vec<Scope>,
+    policies: Vec<Policy>,
+    next: Vec<Option<DateTime<Utc>>>,
+    /// (policy, schedule) with a fire in flight: a removed schedule stays here until its fire ends, so a fire of
+    /// it re-added meanwhile is skipped, not doubled.
+    running: BTreeSet<(String, String)>,
+    last_tick: Option<DateTime<Utc>>,
+}
+
+impl Scheduler {
+    pub fn new(policies: Vec<Policy>, scopes: Vec<Scope>, tz: Tz, now: DateTime<Utc>) -> Self {
+        let next = policies.iter().map(|p| next_fire(p, now, tz)).collect();
+        Scheduler {
+            tz,
+            scopes,
+            policies,
+            next,
+            running: BTreeSet::new(),
+            last_tick: None,
+        }
+    }
+
+    pub fn policies(&self) -> &[Policy] {
+        &self.policies
+    }
+
+    /// Catch-up at start: every policy's latest slot (its most recent fire time) fires now.
+    pub fn catch_up(&mut self, now: DateTime<Utc>) -> Tick {
+        let mut tick = Tick::default();
+        for i in 0..self.policies.len() {
+            self.fire_latest(i, now, Why::CatchUp, &mut tick);
+        }
+        self.last_tick = Some(now);
+        tick
+    }
+
+    /// The fires due at `now`: each policy whose next fire has come fires its most recent slot (after a pause,
+    /// that one only) and plans its next one.
+    pub fn tick(&mut self, now: DateTime<Utc>) -> Tick {
+        let mut tick = Tick {
+            jump: self.last_tick.and_then(|last| jump(last, now)),
+            ..Tick::default()
+        };
+        self.last_tick = Some(now);
+        if let Some(Jump::Back(_)) = tick.jump {
+            for (p, next) in self.policies.iter().zip(&mut self.next) {
+                *next = next_fire(p, now, self.tz);
+            }
+        }
+        for i in 0..self.policies.len() {
+            if self.next[i].is_some_and(|t| t <= now) {
+                self.fire_latest(i, now, Why::Schedule, &mut tick);
+                self.next[i] = next_fire(&self.policies[i], now, self.tz);
+            }
+        }
+        tick
+    }
+
+    /// A fire's run has ended (finished, given up, or panicked): its schedules may fire again.
+    pub fn finished(&mut self, policy: &str, schedules: &[String]) {
+        for s in schedules {
+            self.running.remove(&(policy.to_string(), s.clone()));
+        }
+    }
+
+    /// A reloaded config: a policy whose schedules are unchanged keeps its pending fire (one due just now still
+    /// fires), the others plan from `now`. Fires in flight keep their schedules running.
+    pub fn reload(&mut self, policies: Vec<Policy>, now: DateTime<Utc>) {
+        self.next = rescheduled(&self.policies, &self.next, &policies, now, self.tz);
+        self.policies = policies;
+    }
+
+    /// The earliest pending fire instant of any policy, to sleep until.
+    pub fn next_due(&self) -> Option<DateTime<Utc>> {
+        self.next.iter().flatten().min().copied()
+    }
+
+    fn fire_latest(&mut self, i: usize, now: DateTime<Utc>, why: Why, tick: &mut Tick) {
+        let p = &self.policies[i];
+        let Some((slot, members)) = schedule::latest_group(&crons(p), now, self.tz) else {
+            return;
+        };
+        let mut schedules = Vec::new();
+        for m in members {
+            let name = &p.schedules[m].name;
+            if self.running.insert((p.name.clone(), name.clone())) {
+                schedules.push(name.clone());
+            } else {
+                tick.skips.push(Skip {
+                    policy: p.name.clone(),
+                    schedule: name.clone(),
+                    slot,
+                });
+            }
+        }
+        if !schedules.is_empty() {
+            tick.fires.push(Fire {
+                policy: p.clone(),
+                slot,
+                schedules,
+                scopes: self.scopes.clone(),
+                why,
+            });
+        }
+    }
+}
+
+fn jump(last: DateTime<Utc>, now: DateTime<Utc>) -> Option<Jump> {
+    let gap = now - last;
+    let limit = |d: Duration| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+    if gap > limit(PAUSE_AFTER) {
+        Some(Jump::Pause(gap))
+    } else if -gap > limit(BACK_AFTER) {
+        Some(Jump::Back(-gap))
+    } else {
+        None
+    }
+}
+
+fn crons(policy: &Policy) -> Vec<&Cron> {
+    policy.schedules.iter().map(|s| &s.cron).collect()
+}
+
+fn next_fire(policy: &Policy, now: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
+    schedule::next_group(&crons(policy), now, tz).map(|g| g.0)
+}
+
+/// Next fire per policy of a reloaded config: a policy whose schedules are unchanged keeps its pending fire (one
+/// due just now still fires), the others start from `now`.
+fn rescheduled(
+    old: &[Policy],
+    next: &[Option<DateTime<Utc>>],
+    new: &[Policy],
+    now: DateTime<Utc>,
+    tz: Tz,
+) -> Vec<Option<DateTime<Utc>>> {
+    new.iter()
+        .map(|p| {
+            let same = old
+                .iter()
+                .position(|o| o.name == p.name && same_crons(o, p));
+            match same {
+                Some(i) => next[i],
+                None => next_fire(p, now, tz),
+            }
+        })
+        .collect()
+}
+
+fn same_crons(a: &Policy, b: &Policy) -> bool {
+    let names = |p: &Policy| -> Vec<(String, String)> {
+        p.schedules
+            .iter()
+            .map(|s| (s.name.clone(), s.cron.as_str().to_string()))
+            .collect()
+    };
+    names(a) == names(b)
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::report::{RunReport, RunResult};
+use crate::report::{Problem, RunReport, RunResult};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct LastRun {
@@ -27,6 +27,9 @@ pub struct LastRun {
     pub failed: usize,
     pub deleted: usize,
     pub kept: usize,
+    /// What ended the run before its end, when something did: the region could not be read, or the run
+    /// panicked (code `panic`, the panic's message).
+    pub error: Option<Problem>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -142,6 +145,11 @@ impl StatusBoard {
         })
     }
 
+    /// Counts a fire skipped because the schedule's previous run is still going.
+    pub fn skipped(&self, policy: &str, schedule: &str) {
+        self.with(policy, schedule, |s| s.skipped_fires += 1);
+    }
+
     pub fn finish(&self, policy: &str, schedule: &str) {
         let mut all = self.schedules.lock().expect("status poisoned");
         let Some(schedules) = all.get_mut(policy) else {
@@ -174,6 +182,7 @@ impl StatusBoard {
             failed: report.failed_volumes(),
             deleted: report.deleted,
             kept: report.kept,
+            error: report.fatal.clone(),
         };
         for s in &report.schedules {
             self.with(&report.policy, s, |st| {
