@@ -463,7 +463,10 @@ pub async fn schedule_loop(
             shared.status.register(&p.name, &s.name, s.cron.as_str());
         }
     }
-    let scopes = regions.iter().map(|r| Scope::region(r.ec2.region())).collect();
+    let scopes = regions
+        .iter()
+        .map(|r| Scope::region(r.ec2.region()))
+        .collect();
     let now = Utc::now();
     let mut scheduler = Scheduler::new(policies, scopes, tz, now);
     let act = |tick: Tick| {
@@ -472,7 +475,10 @@ pub async fn schedule_loop(
                 tracing::warn!(paused_seconds = gap.num_seconds(), "the scheduler did not run for a while (suspend, or the clock set forward): each policy fires its latest slot once")
             }
             Some(Jump::Back(by)) => {
-                tracing::warn!(back_seconds = by.num_seconds(), "the clock was set back: next fires planned again from the new time")
+                tracing::warn!(
+                    back_seconds = by.num_seconds(),
+                    "the clock was set back: next fires planned again from the new time"
+                )
             }
             None => {}
         }

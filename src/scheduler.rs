@@ -369,4 +369,257 @@ mod tests {
             assert!((120_000..=240_000).contains(&wait), "jitter {j}: {wait} ms");
         }
     }
+
+    fn policies(toml: &str) -> Vec<Policy> {
+        crate::config::from_toml_str(std::path::Path::new("t.toml"), toml, &[])
+            .unwrap()
+            .policies
+    }
+
+    /// One policy `p` with schedules (name, cron).
+    fn policy(schedules: &[(&str, &str)]) -> String {
+        let list: Vec<String> = schedules
+            .iter()
+            .map(|(n, c)| format!("{{ name = \"{n}\", cron = \"{c}\", keep = {{ last = 3 }} }}"))
+            .collect();
+        format!(
+            "[[policy]]\nname = \"p\"\ntarget = {{ resource = \"instance\", tags = {{ Backup = \"p\" }} }}\n\
+             schedule = [{}]\n",
+            list.join(", ")
+        )
+    }
+
+    #[derive(Clone, Copy)]
+    enum Step {
+        CatchUp(&'static str),
+        Tick(&'static str),
+        Finished(&'static [&'static str]),
+        NextDue,
+    }
+
+    /// A tick's decisions as text: `fire <slot> <schedules> <why> <scopes>`, `skip <schedule> <slot>`, `pause
+    /// <seconds>`, `back <seconds>`.
+    fn render(tick: Tick) -> Vec<String> {
+        let mut out = Vec::new();
+        match tick.jump {
+            Some(Jump::Pause(d)) => out.push(format!("pause {}", d.num_seconds())),
+            Some(Jump::Back(d)) => out.push(format!("back {}", d.num_seconds())),
+            None => {}
+        }
+        for s in tick.skips {
+            out.push(format!(
+                "skip {} {}",
+                s.schedule,
+                schedule::format_slot(s.slot)
+            ));
+        }
+        for f in tick.fires {
+            let units: Vec<String> = f
+                .units()
+                .map(|u| format!("{}@{}", u.policy, u.scope))
+                .collect();
+            out.push(format!(
+                "fire {} {} {} {}",
+                schedule::format_slot(f.slot),
+                f.schedules.join(","),
+                f.why.as_str(),
+                units.join(",")
+            ));
+        }
+        out
+    }
+
+    type Scenario = (
+        &'static str,
+        &'static [(&'static str, &'static str)],
+        &'static str,
+        &'static [(Step, &'static [&'static str])],
+    );
+
+    #[test]
+    fn due_fires_follow_the_clock_they_are_given() {
+        use Step::*;
+        const DAILY_WEEKLY: &[(&str, &str)] = &[("daily", "30 4 * * *"), ("weekly", "30 4 * * 1")];
+        // 2026-03-02 is a Monday.
+        #[rustfmt::skip]
+        let scenarios: &[Scenario] = &[
+            ("nothing before the first fire, then exactly one", &[("daily", "30 4 * * *")], "2026-03-02T04:29:00Z", &[
+                (Tick("2026-03-02T04:29:01Z"), &[]),
+                (Tick("2026-03-02T04:29:59Z"), &[]),
+                (Tick("2026-03-02T04:30:00Z"), &["fire 2026-03-02T04:30:00Z daily schedule p@r1"]),
+                (Tick("2026-03-02T04:30:01Z"), &[]),
+                (NextDue, &["next 2026-03-03T04:30:00Z"]),
+            ]),
+            ("schedules firing at one slot are one fire", DAILY_WEEKLY, "2026-03-02T04:29:59Z", &[
+                (Tick("2026-03-02T04:30:00Z"), &["fire 2026-03-02T04:30:00Z daily,weekly schedule p@r1"]),
+            ]),
+            ("catch-up fires the latest slot at start, once", DAILY_WEEKLY, "2026-03-02T10:00:00Z", &[
+                (CatchUp("2026-03-02T10:00:00Z"), &["fire 2026-03-02T04:30:00Z daily,weekly catch-up p@r1"]),
+                (Finished(&["daily", "weekly"]), &[]),
+                (Tick("2026-03-02T10:00:01Z"), &[]),
+                (NextDue, &["next 2026-03-03T04:30:00Z"]),
+            ]),
+            ("without catch-up nothing fires before the next fire", DAILY_WEEKLY, "2026-03-02T10:00:00Z", &[
+                (Tick("2026-03-02T10:00:01Z"), &[]),
+                (NextDue, &["next 2026-03-03T04:30:00Z"]),
+            ]),
+            ("a schedule still running is skipped, then fires again once finished", &[("m", "* * * * *")], "2026-03-02T04:29:30Z", &[
+                (Tick("2026-03-02T04:30:00Z"), &["fire 2026-03-02T04:30:00Z m schedule p@r1"]),
+                (Tick("2026-03-02T04:31:00Z"), &["skip m 2026-03-02T04:31:00Z"]),
+                (Finished(&["m"]), &[]),
+                (Tick("2026-03-02T04:31:30Z"), &[]),
+                (Tick("2026-03-02T04:32:00Z"), &["fire 2026-03-02T04:32:00Z m schedule p@r1"]),
+            ]),
+            ("a running member of a group is skipped, the others fire", DAILY_WEEKLY, "2026-03-01T04:29:59Z", &[
+                (Tick("2026-03-01T04:30:00Z"), &["fire 2026-03-01T04:30:00Z daily schedule p@r1"]),
+                (Tick("2026-03-02T04:29:59Z"), &["pause 86399"]),
+                (Tick("2026-03-02T04:30:00Z"), &["skip daily 2026-03-02T04:30:00Z", "fire 2026-03-02T04:30:00Z weekly schedule p@r1"]),
+            ]),
+            ("after a pause only the latest missed slot fires", &[("daily", "30 4 * * *")], "2026-03-02T04:00:00Z", &[
+                (Tick("2026-03-02T04:00:01Z"), &[]),
+                (Tick("2026-03-05T12:00:00Z"), &["pause 287999", "fire 2026-03-05T04:30:00Z daily schedule p@r1"]),
+                (Finished(&["daily"]), &[]),
+                (Tick("2026-03-05T12:00:01Z"), &[]),
+                (NextDue, &["next 2026-03-06T04:30:00Z"]),
+            ]),
+            ("a gap of a minute is not a pause", &[("daily", "30 4 * * *")], "2026-03-02T04:29:00Z", &[
+                (Tick("2026-03-02T04:29:00Z"), &[]),
+                (Tick("2026-03-02T04:30:00Z"), &["fire 2026-03-02T04:30:00Z daily schedule p@r1"]),
+            ]),
+            ("a clock set back plans again from the new time", &[("hourly", "0 * * * *")], "2026-03-02T09:59:59Z", &[
+                (Tick("2026-03-02T10:00:00Z"), &["fire 2026-03-02T10:00:00Z hourly schedule p@r1"]),
+                (Finished(&["hourly"]), &[]),
+                (Tick("2026-03-02T08:59:59Z"), &["back 3601"]),
+                // Without planning again the next fire would stay at 11:00 and 09:00 would be lost.
+                (NextDue, &["next 2026-03-02T09:00:00Z"]),
+                (Tick("2026-03-02T09:00:00Z"), &["fire 2026-03-02T09:00:00Z hourly schedule p@r1"]),
+            ]),
+            ("a clock set back by a second changes nothing", &[("hourly", "0 * * * *")], "2026-03-02T09:59:00Z", &[
+                (Tick("2026-03-02T09:59:30Z"), &[]),
+                (Tick("2026-03-02T09:59:29Z"), &[]),
+                (Tick("2026-03-02T10:00:00Z"), &["fire 2026-03-02T10:00:00Z hourly schedule p@r1"]),
+            ]),
+        ];
+        for (name, schedules, start, steps) in scenarios {
+            let mut s = Scheduler::new(
+                policies(&policy(schedules)),
+                vec![Scope::region("r1")],
+                Tz::UTC,
+                t(start),
+            );
+            for (i, (step, want)) in steps.iter().enumerate() {
+                let got = match *step {
+                    CatchUp(now) => render(s.catch_up(t(now))),
+                    Tick(now) => render(s.tick(t(now))),
+                    Finished(names) => {
+                        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+                        s.finished("p", &names);
+                        Vec::new()
+                    }
+                    NextDue => vec![format!(
+                        "next {}",
+                        s.next_due().map_or("none".into(), schedule::format_slot)
+                    )],
+                };
+                assert_eq!(got, *want, "{name}: step {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_fire_hands_out_one_unit_per_scope() {
+        let mut s = Scheduler::new(
+            policies(&policy(&[("daily", "30 4 * * *")])),
+            vec![Scope::region("eu-west-1"), Scope::region("us-east-1")],
+            Tz::UTC,
+            t("2026-03-02T04:00:00Z"),
+        );
+        assert_eq!(s.next_due(), Some(t("2026-03-02T04:30:00Z")));
+        assert_eq!(
+            render(s.tick(t("2026-03-02T04:30:00Z"))),
+            ["fire 2026-03-02T04:30:00Z daily schedule p@eu-west-1,p@us-east-1"]
+        );
+        // No scope (no region configured): the fire still claims its schedules and does nothing.
+        let mut none = Scheduler::new(
+            policies(&policy(&[("daily", "30 4 * * *")])),
+            Vec::new(),
+            Tz::UTC,
+            t("2026-03-02T04:00:00Z"),
+        );
+        assert_eq!(
+            none.tick(t("2026-03-02T04:30:00Z")).fires[0]
+                .units()
+                .count(),
+            0
+        );
+    }
+
+    #[test]
+    fn a_reload_keeps_running_schedules_running() {
+        let mut s = Scheduler::new(
+            policies(&policy(&[("m", "* * * * *")])),
+            vec![Scope::region("r1")],
+            Tz::UTC,
+            t("2026-03-02T04:29:30Z"),
+        );
+        assert_eq!(s.tick(t("2026-03-02T04:30:00Z")).fires.len(), 1);
+        // Removed while its fire runs, then added back: its next fire is skipped, not doubled.
+        s.reload(Vec::new(), t("2026-03-02T04:30:10Z"));
+        assert!(s.tick(t("2026-03-02T04:30:20Z")).fires.is_empty());
+        s.reload(
+            policies(&policy(&[("m", "* * * * *")])),
+            t("2026-03-02T04:30:30Z"),
+        );
+        assert_eq!(
+            render(s.tick(t("2026-03-02T04:31:00Z"))),
+            ["skip m 2026-03-02T04:31:00Z"]
+        );
+        s.finished("p", &["m".to_string()]);
+        assert_eq!(s.tick(t("2026-03-02T04:32:00Z")).fires.len(), 1);
+    }
+
+    #[test]
+    fn a_reload_keeps_the_pending_fire_of_unchanged_policies() {
+        let tz = chrono_tz::Tz::UTC;
+        let named = |name: &str, cron: &str| {
+            policy(&[("s", cron)]).replace("\"p\"", &format!("\"{name}\""))
+        };
+        let old = policies(&(named("a", "0 4 * * *") + &named("b", "0 4 * * *")));
+        let now = DateTime::parse_from_rfc3339("2026-03-02T04:00:30Z")
+            .unwrap()
+            .to_utc();
+        // `a`'s 04:00 fire is due but not yet handled by the loop: it must still happen.
+        let due = DateTime::parse_from_rfc3339("2026-03-02T04:00:00Z")
+            .unwrap()
+            .to_utc();
+        let next = vec![Some(due), Some(due)];
+        let new = policies(
+            &(named("a", "0 4 * * *") + &named("b", "0 5 * * *") + &named("c", "0 6 * * *")),
+        );
+        let got = rescheduled(&old, &next, &new, now, tz);
+        let at = |s: &str| Some(DateTime::parse_from_rfc3339(s).unwrap().to_utc());
+        assert_eq!(
+            got,
+            vec![
+                Some(due),
+                at("2026-03-02T05:00:00Z"),
+                at("2026-03-02T06:00:00Z")
+            ]
+        );
+        // The same through the scheduler: `a` fires its due slot at the next tick, `b` and `c` wait.
+        let mut s = Scheduler::new(
+            old,
+            vec![Scope::region("r1")],
+            tz,
+            t("2026-03-02T03:59:00Z"),
+        );
+        s.reload(new, now);
+        let fired: Vec<String> = s
+            .tick(now)
+            .fires
+            .iter()
+            .map(|f| f.policy.name.clone())
+            .collect();
+        assert_eq!(fired, ["a"]);
+    }
 }

@@ -349,8 +349,12 @@ async fn a_panic_in_one_region_fails_that_run_alerts_and_the_next_fire_runs() {
         armed: std::sync::atomic::AtomicBool::new(true),
     });
     let regions = Arc::new(vec![
-        daemon::region(&shared, panics, permits.clone()).await.unwrap(),
-        daemon::region(&shared, healthy.clone(), permits).await.unwrap(),
+        daemon::region(&shared, panics, permits.clone())
+            .await
+            .unwrap(),
+        daemon::region(&shared, healthy.clone(), permits)
+            .await
+            .unwrap(),
     ]);
     let recorder = Arc::new(Recorder::default());
     let (notifier, notify_task) = Notifier::spawn(
@@ -380,7 +384,10 @@ async fn a_panic_in_one_region_fails_that_run_alerts_and_the_next_fire_runs() {
     };
     assert_eq!(failed["error"]["code"], "panic", "{failed:#}");
     let message = failed["error"]["message"].as_str().unwrap_or_default();
-    assert!(message.contains("injected: CreateSnapshot blew up"), "{failed:#}");
+    assert!(
+        message.contains("injected: CreateSnapshot blew up"),
+        "{failed:#}"
+    );
     // The other region of that fire ran to the end.
     let slot = failed["slot"].as_str().unwrap().replace("+00:00", "Z");
     let slots = |fake: &FakeEc2| -> Vec<String> {
@@ -406,13 +413,27 @@ async fn a_panic_in_one_region_fails_that_run_alerts_and_the_next_fire_runs() {
     assert!(lp.await.unwrap(), "drained");
     let _ = tokio::time::timeout(Duration::from_secs(5), notify_task).await;
 
-    assert!(slots(&healthy).contains(&slot), "{slot} {:?}", slots(&healthy));
-    assert!(!slots(&broken).contains(&slot), "{slot} {:?}", slots(&broken));
+    assert!(
+        slots(&healthy).contains(&slot),
+        "{slot} {:?}",
+        slots(&healthy)
+    );
+    assert!(
+        !slots(&broken).contains(&slot),
+        "{slot} {:?}",
+        slots(&broken)
+    );
     let v = status_json(&shared).await;
     assert_eq!(v["policies"]["p"]["s"]["running"], false, "{v:#}");
-    assert_eq!(v["policies"]["p"]["s"]["last_runs"]["test-1"]["result"], "success", "{v:#}");
     assert_eq!(
-        metric(&shared, "snapwarden_run_panics_total{policy=\"p\",schedule=\"s\"}"),
+        v["policies"]["p"]["s"]["last_runs"]["test-1"]["result"], "success",
+        "{v:#}"
+    );
+    assert_eq!(
+        metric(
+            &shared,
+            "snapwarden_run_panics_total{policy=\"p\",schedule=\"s\"}"
+        ),
         1.0
     );
     assert!(
@@ -422,7 +443,10 @@ async fn a_panic_in_one_region_fails_that_run_alerts_and_the_next_fire_runs() {
         ) >= 1.0
     );
     assert_eq!(
-        metric(&shared, "snapwarden_skipped_fires_total{policy=\"p\",schedule=\"s\"}"),
+        metric(
+            &shared,
+            "snapwarden_skipped_fires_total{policy=\"p\",schedule=\"s\"}"
+        ),
         0.0
     );
     // One alert for the panic, naming it; the region's recovery may follow.
