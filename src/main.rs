@@ -19,7 +19,6 @@ use snapwarden::lock::{Held, LockDir, Refused};
 use snapwarden::logging::{self, Console};
 use snapwarden::notify::Notifier;
 use snapwarden::report::RunResult;
-use snapwarden::retention::Action;
 use snapwarden::schedule::{self, format_slot};
 use snapwarden::worker::{self, Region, RunSpec};
 
@@ -386,21 +385,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
             Ok(ExitCode::SUCCESS)
         }
         Command::Next { count } => {
-            let tz = config.daemon.timezone;
-            let now = Utc::now();
-            for p in &config.policies {
-                for s in &p.schedules {
-                    for t in s.cron.upcoming(now, tz, count) {
-                        println!(
-                            "{}/{}\t{}\t{}",
-                            p.name,
-                            s.name,
-                            t.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S %Z"),
-                            format_slot(t)
-                        );
-                    }
-                }
-            }
+            print!("{}", snapwarden::next::upcoming(&config, Utc::now(), count));
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -573,38 +558,9 @@ async fn once(
             explain: false,
         };
         let outcome = worker::run(ec2, &spec, &shared.metrics, Utc::now).await;
-        let rep = &outcome.report;
-        println!(
-            "{} {}/{} slot {}: {} — {} targeted, {} created, {} already present, {} failed, {} deleted, {} kept, {} kept (AMI)",
-            rep.region, rep.policy, rep.schedule_label(), format_slot(slot), rep.result().as_str(), rep.targeted_volumes, rep.created,
-            rep.already_done, rep.failed_volumes(), rep.deleted, rep.kept, rep.kept_in_use
-        );
-        for pr in rep.fatal.iter().chain(&rep.problems) {
-            println!(
-                "  problem: {} {}: {} {}",
-                pr.operation, pr.resource, pr.code, pr.message
-            );
-        }
-        if let Some(d) = &dry {
-            let log = d.log();
-            for c in &log.created {
-                println!(
-                    "  would create: snapshot of {} ({})",
-                    c.volume_id, c.description
-                );
-            }
-            for dec in outcome.plan.iter().filter(|d| d.action == Action::Delete) {
-                let why: Vec<String> = dec.reasons.iter().map(ToString::to_string).collect();
-                println!(
-                    "  would delete: {} of {} slot {} ({})",
-                    dec.snapshot_id,
-                    dec.volume_id,
-                    format_slot(dec.slot),
-                    why.join("; ")
-                );
-            }
-        }
-        worst = worst.max_severity(rep.result());
+        let log = dry.as_ref().map(|d| d.log());
+        print!("{}", snapwarden::once::region_lines(&outcome, log.as_ref()));
+        worst = worst.max_severity(outcome.report.result());
         if let Some(n) = &notifier {
             n.submit(outcome.report, &shared.metrics);
         }
