@@ -1,12 +1,12 @@
-//! Wiring: AWS backends per region, the scheduler loop, run tasks, the HTTP server, signals and the shutdown
-//! order. The scheduler is one task that ticks at least once a second (its tick is the `/healthz` heartbeat),
-//! computes each policy's next fire instant with `schedule::next_group`, and spawns one run task per fire; a
-//! schedule whose previous run is still going is skipped for that fire and counted. At most
-//! `daemon.max-concurrent-runs` fires execute at once; the rest wait in firing order (still counted as running).
-//! A fire whose run failed or was partial in some region retries that region within the slot (`scheduler::
-//! retry_at`). SIGHUP hands the loop a re-read config ([`reload`]) for its next fires. Shutdown: stop firing,
-//! let in-flight runs finish within the grace period (past it: no new mutating EC2 call, and the ones sent are
-//! waited for), then stop HTTP and flush alerts.
+//! Wiring: AWS backends per region, the scheduler loop, run tasks, the HTTP server, signals and the shutdown order. The
+//! scheduler loop ticks at least once a second (its tick is the `/healthz` heartbeat) and carries out what the pure
+//! `scheduler::Scheduler` decides: it spawns one run task per fire and skips (and counts) the fire of a schedule whose
+//! previous run is still going. At most `daemon.max-concurrent-runs` fires execute at once; the rest wait in firing
+//! order (still counted as running). A run task's guard (`Running`) clears its schedules' running flag however the task
+//! ends, and a panic in one region's run is a failed run of that region. A fire whose run failed or was partial in some
+//! region retries that region within the slot (`scheduler::retry_at`). SIGHUP hands the loop a re-read config
+//! ([`reload`]) for its next fires. Shutdown: stop firing, let in-flight runs finish within the grace period (past it:
+//! no new mutating EC2 call, and the ones sent are waited for), then stop HTTP and flush alerts.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering::Relaxed;
