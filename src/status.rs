@@ -227,6 +227,19 @@ mod tests {
     }
 
     #[test]
+    fn a_skipped_fire_is_counted_and_leaves_the_flag_alone() {
+        let board = StatusBoard::default();
+        board.register("p", "s", "0 4 * * *");
+        board.skipped("p", "s");
+        let st = &board.snapshot()["p"]["s"];
+        assert_eq!((st.skipped_fires, st.running), (1, false));
+        assert!(board.try_start("p", "s"));
+        board.skipped("p", "s");
+        let st = &board.snapshot()["p"]["s"];
+        assert_eq!((st.skipped_fires, st.running), (2, true));
+    }
+
+    #[test]
     fn finish_clears_a_pending_retry() {
         let board = StatusBoard::default();
         board.register("p", "s", "0 4 * * *");
