@@ -221,4 +221,17 @@ mod tests {
         assert!(text.contains("deploy/iam/policy.json"), "{text}");
         assert!(text.contains("grant ec2:CreateSnapshot"), "{text}");
     }
+
+    #[test]
+    fn every_access_denied_code_says_what_to_grant() {
+        for code in [
+            "UnauthorizedOperation",
+            "AccessDenied",
+            "AccessDeniedException",
+            "AuthorizationError",
+        ] {
+            let text = Error::api(Op::Publish, "us-east-1", code, "no").to_string();
+            assert!(text.contains("grant sns:Publish"), "{text}");
+        }
+    }
 }

@@ -315,4 +315,31 @@ mod tests {
             m.body
         );
     }
+
+    #[test]
+    fn codes_of_one_meaning_get_the_same_advice() {
+        for (raw, advice) in [
+            ("RequestLimitExceeded", "EC2 throttled the account"),
+            ("ThrottlingException", "EC2 throttled the account"),
+            ("Throttled", "EC2 throttled the account"),
+            (
+                "ExpiredToken",
+                "snapwarden's AWS credentials are missing or expired",
+            ),
+            (
+                "RequestExpired",
+                "snapwarden's AWS credentials are missing or expired",
+            ),
+            (
+                "SignatureDoesNotMatch",
+                "snapwarden's AWS credentials are missing or expired",
+            ),
+        ] {
+            let mut r = report(0, 2);
+            let e = Error::api(Op::CreateSnapshot, "us-east-1", raw, "m");
+            r.problems.push(problem("vol-1", "create", &e));
+            let body = digest(&r).body;
+            assert!(body.contains(&format!("- {raw}: {advice}")), "{body}");
+        }
+    }
 }
