@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use crate::ec2::op::{ApiFailure, Code, Op, Retry};
+use crate::ec2::op::{ApiFailure, Code, Op, RetryAfter};
 
 /// A failure talking to AWS or another outside party. Clone: one call's error is shared by every volume it
 /// covered (a CreateSnapshots that failed as a whole).
@@ -99,34 +99,34 @@ impl Error {
         }
     }
 
-    /// Whether and how trying the same call again later can succeed without anyone changing anything: the one
-    /// classification `ec2::pace::Paced`, the only retrier, acts on.
-    pub fn retry(&self) -> Retry {
+    /// Whether trying the same call again can succeed without anyone changing anything, and after what wait
+    /// (None: give the error back): the one classification `ec2::pace::Paced`, the only retrier, acts on.
+    pub fn retry(&self) -> Option<RetryAfter> {
         let create = |op: &Op| op.group() == Some(crate::ec2::pace::Group::Create);
         match self {
             // A throttled request was not executed, whatever the action.
             Error::Api {
                 code: Code::Throttled,
                 ..
-            } => Retry::Backoff,
+            } => Some(RetryAfter::Backoff),
             Error::Api {
                 operation,
                 code: Code::VolumeRate,
                 ..
-            } if create(operation) => Retry::VolumeGap,
+            } if create(operation) => Some(RetryAfter::VolumeGap),
             // CreateSnapshot has no client token: after a 5xx or a lost answer the snapshot may exist, and a
             // retry could duplicate it (see `ec2::pace`).
             Error::Api { operation, .. } | Error::Transport { operation, .. }
                 if create(operation) =>
             {
-                Retry::No
+                None
             }
             Error::Api {
                 code: Code::Internal,
                 ..
             }
-            | Error::Transport { .. } => Retry::Backoff,
-            _ => Retry::No,
+            | Error::Transport { .. } => Some(RetryAfter::Backoff),
+            _ => None,
         }
     }
 }
@@ -186,9 +186,12 @@ mod tests {
     #[test]
     fn kinds_are_bounded_and_classify_codes() {
         assert_eq!(api("RequestLimitExceeded").kind(), "throttled");
-        assert_eq!(api("RequestLimitExceeded").retry(), Retry::Backoff);
+        assert_eq!(
+            api("RequestLimitExceeded").retry(),
+            Some(RetryAfter::Backoff)
+        );
         assert_eq!(api("UnauthorizedOperation").kind(), "access-denied");
-        assert_eq!(api("UnauthorizedOperation").retry(), Retry::No);
+        assert_eq!(api("UnauthorizedOperation").retry(), None);
         assert_eq!(api("Whatever.New").kind(), "aws-api");
         assert_eq!(api("Whatever.New").code(), "Whatever.New");
         assert_eq!(api("InvalidSnapshot.InUse").kind(), "in-use");

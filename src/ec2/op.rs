@@ -179,14 +179,13 @@ impl Code {
     }
 }
 
-/// What to do after a failed attempt of a call.
+/// When a failed call may be tried again (`Error::retry`; no retry at all when retrying cannot help, needs a
+/// person, or could duplicate a snapshot).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Retry {
-    /// Give the error back: retrying cannot help, needs a person, or could duplicate a snapshot.
-    No,
-    /// Back off with jitter and try again.
+pub enum RetryAfter {
+    /// A backoff with jitter.
     Backoff,
-    /// Wait the per-volume gap between snapshots of one volume, then try again.
+    /// The per-volume gap between snapshots of one volume.
     VolumeGap,
 }
 

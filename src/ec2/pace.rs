@@ -30,7 +30,7 @@ use async_trait::async_trait;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::op::{Op, Retry};
+use super::op::{Op, RetryAfter};
 use super::{
     CreateSnapshot, CreateSnapshots, Ec2, Filter, Instance, Page, Snapshot, Tags, Volume,
     VolumeResult,
@@ -309,8 +309,8 @@ impl Paced {
                 Err(e) => e,
             };
             match err.retry() {
-                Retry::No => return Err(err),
-                Retry::Backoff => {
+                None => return Err(err),
+                Some(RetryAfter::Backoff) => {
                     if let (true, Some(g)) = (err.is_throttle(), group) {
                         self.bucket(g, |b| b.drain(now()));
                     }
@@ -336,7 +336,7 @@ impl Paced {
                     );
                     sleep(d).await;
                 }
-                Retry::VolumeGap => {
+                Some(RetryAfter::VolumeGap) => {
                     gap_retries += 1;
                     if gap_retries > self.config.per_volume_retries {
                         return Err(err);
@@ -611,29 +611,32 @@ mod tests {
         for (err, want) in [
             (
                 api(Op::CreateSnapshot, "RequestLimitExceeded"),
-                Retry::Backoff,
+                Some(RetryAfter::Backoff),
             ),
             (
                 api(Op::CreateSnapshot, "SnapshotCreationPerVolumeRateExceeded"),
-                Retry::VolumeGap,
+                Some(RetryAfter::VolumeGap),
             ),
-            (api(Op::CreateSnapshot, "InternalError"), Retry::No),
-            (api(Op::CreateSnapshots, "ServiceUnavailable"), Retry::No),
+            (api(Op::CreateSnapshot, "InternalError"), None),
+            (api(Op::CreateSnapshots, "ServiceUnavailable"), None),
             (
                 api(Op::CreateSnapshot, "ConcurrentSnapshotLimitExceeded"),
-                Retry::No,
+                None,
             ),
             (
                 api(Op::DescribeVolumes, "RequestLimitExceeded"),
-                Retry::Backoff,
+                Some(RetryAfter::Backoff),
             ),
-            (api(Op::DescribeVolumes, "InternalError"), Retry::Backoff),
+            (
+                api(Op::DescribeVolumes, "InternalError"),
+                Some(RetryAfter::Backoff),
+            ),
             (
                 api(Op::DeleteSnapshot, "ServiceUnavailable"),
-                Retry::Backoff,
+                Some(RetryAfter::Backoff),
             ),
-            (api(Op::DeleteSnapshot, "UnauthorizedOperation"), Retry::No),
-            (transport, Retry::Backoff),
+            (api(Op::DeleteSnapshot, "UnauthorizedOperation"), None),
+            (transport, Some(RetryAfter::Backoff)),
         ] {
             assert_eq!(err.retry(), want, "{err}");
         }

@@ -363,7 +363,7 @@ mod tests {
         assert_eq!(ledger.stop(), 0);
         let refused = ec2.delete_snapshot(&snap).await.unwrap_err();
         assert_eq!(refused.kind(), "stopped");
-        assert_eq!(refused.retry(), crate::ec2::op::Retry::No);
+        assert_eq!(refused.retry(), None);
         assert!(ec2.create_snapshot(&request).await.is_err());
         assert!(ec2
             .create_tags(std::slice::from_ref(&snap), &Tags::new())
