@@ -382,6 +382,7 @@ fn run_panicked(
         resource: region.to_string(),
         operation: "run",
         code: "panic".into(),
+        aws: None,
         message: format!(
             "the run panicked: {what}. A bug in snapwarden: please report it with the log lines around it; \
              what the run did before is kept, and the next run of the slot does the rest"
@@ -771,7 +772,7 @@ pub async fn serve(
         .notify
         .sns
         .as_ref()
-        .map_or(Duration::from_secs(6 * 3600), |s| s.dedup_window);
+        .map_or(crate::config::DEFAULT_DEDUP_WINDOW, |s| s.dedup_window);
     let (notifier, notify_task) = Notifier::spawn(publisher, window, shared.metrics.clone());
     let region_names: Vec<String> = regions.iter().map(|r| r.ec2.region().to_string()).collect();
     shared

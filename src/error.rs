@@ -5,21 +5,25 @@
 
 use std::fmt;
 
-/// A failure talking to AWS or another outside party.
-#[derive(Debug, thiserror::Error)]
+use crate::ec2::op::{ApiFailure, Code, Op, RetryAfter};
+
+/// A failure talking to AWS or another outside party. Clone: one call's error is shared by every volume it
+/// covered (a CreateSnapshots that failed as a whole).
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
-    /// AWS answered with an error code (EC2's `Code`, SNS's error type).
-    #[error("{operation} in {region}: {code}: {message}{hint}", hint = Hint(code, operation))]
+    /// AWS answered with an error code (EC2's `Code`, SNS's error type): `raw_code` as sent, `code` what it means.
+    #[error("{operation} in {region}: {raw_code}: {message}{hint}", hint = Hint(*code, *operation))]
     Api {
-        operation: &'static str,
+        operation: Op,
         region: String,
-        code: String,
+        code: Code,
+        raw_code: String,
         message: String,
     },
     /// No answer: DNS, connect, TLS, timeout or a response we could not read.
     #[error("{operation} in {region}: {kind}: {message}")]
     Transport {
-        operation: &'static str,
+        operation: Op,
         region: String,
         kind: &'static str,
         message: String,
@@ -30,37 +34,34 @@ pub enum Error {
     /// A mutating call not sent because the daemon is shutting down and its grace period is over
     /// (`ec2::stop`): nothing was asked of AWS, and the next run of the slot does it.
     #[error("{operation} in {region}: not sent: the daemon is shutting down and its grace period is over; the next run does it")]
-    Stopped {
-        operation: &'static str,
-        region: String,
-    },
+    Stopped { operation: Op, region: String },
     /// Anything else with a plain explanation (bad CLI input, I/O while starting).
     #[error("{0}")]
     Other(String),
 }
 
 impl Error {
+    /// An API error with AWS's code, read once here ([`Code::parse`]).
+    pub fn api(
+        operation: Op,
+        region: impl Into<String>,
+        raw_code: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Error {
+        let raw_code = raw_code.into();
+        Error::Api {
+            operation,
+            region: region.into(),
+            code: Code::parse(&raw_code),
+            raw_code,
+            message: message.into(),
+        }
+    }
+
     /// Bounded label for metrics and alerts; never contains ids or free text.
     pub fn kind(&self) -> &'static str {
         match self {
-            Error::Api { code, .. } => match code.as_str() {
-                c if is_throttle_code(c) => "throttled",
-                c if is_access_denied_code(c) => "access-denied",
-                "InvalidClientTokenId"
-                | "ExpiredToken"
-                | "RequestExpired"
-                | "SignatureDoesNotMatch" => "credentials",
-                "InvalidSnapshot.NotFound" | "InvalidVolume.NotFound" | "NotFound" => "not-found",
-                "InvalidSnapshot.InUse" => "in-use",
-                "SnapshotCreationPerVolumeRateExceeded" | "ConcurrentSnapshotLimitExceeded" => {
-                    "limit"
-                }
-                "IncorrectState" => "incorrect-state",
-                "InternalError" | "InternalFailure" | "ServiceUnavailable" | "Unavailable" => {
-                    "aws-internal"
-                }
-                _ => "aws-api",
-            },
+            Error::Api { code, .. } => code.label(),
             Error::Transport { kind, .. } => kind,
             Error::Credentials(_) => "credentials",
             Error::Stopped { .. } => "stopped",
@@ -68,82 +69,87 @@ impl Error {
         }
     }
 
-    /// The AWS error code, or the kind label when AWS did not answer.
+    /// The AWS error code as AWS sent it, or the kind label when AWS did not answer.
     pub fn code(&self) -> &str {
         match self {
-            Error::Api { code, .. } => code,
+            Error::Api { raw_code, .. } => raw_code,
             other => other.kind(),
         }
     }
 
+    /// Whether AWS answered with an error code of this meaning.
+    pub fn is(&self, code: Code) -> bool {
+        matches!(self, Error::Api { code: c, .. } if *c == code)
+    }
+
     pub fn is_throttle(&self) -> bool {
-        matches!(self, Error::Api { code, .. } if is_throttle_code(code))
+        self.is(Code::Throttled)
     }
 
-    /// Whether trying the same call again later can succeed without anyone changing anything.
-    pub fn is_retryable(&self) -> bool {
-        matches!(
-            self.kind(),
-            "throttled" | "aws-internal" | "limit" | "timeout" | "transport"
-        )
+    /// The call and the meaning of its code, for an API error.
+    pub fn api_failure(&self) -> Option<ApiFailure> {
+        match self {
+            Error::Api {
+                operation, code, ..
+            } => Some(ApiFailure {
+                operation: *operation,
+                code: *code,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Whether trying the same call again can succeed without anyone changing anything, and after what wait
+    /// (None: give the error back): the one classification `ec2::pace::Paced`, the only retrier, acts on.
+    pub fn retry(&self) -> Option<RetryAfter> {
+        let create = |op: &Op| op.group() == Some(crate::ec2::pace::Group::Create);
+        match self {
+            // A throttled request was not executed, whatever the action.
+            Error::Api {
+                code: Code::Throttled,
+                ..
+            } => Some(RetryAfter::Backoff),
+            Error::Api {
+                operation,
+                code: Code::VolumeRate,
+                ..
+            } if create(operation) => Some(RetryAfter::VolumeGap),
+            // CreateSnapshot has no client token: after a 5xx or a lost answer the snapshot may exist, and a
+            // retry could duplicate it (see `ec2::pace`).
+            Error::Api { operation, .. } | Error::Transport { operation, .. }
+                if create(operation) =>
+            {
+                None
+            }
+            Error::Api {
+                code: Code::Internal,
+                ..
+            }
+            | Error::Transport { .. } => Some(RetryAfter::Backoff),
+            _ => None,
+        }
     }
 }
 
-fn is_throttle_code(code: &str) -> bool {
-    matches!(
-        code,
-        "RequestLimitExceeded" | "Throttling" | "ThrottlingException" | "Throttled"
-    )
-}
+/// A short "what to do" appended to API errors whose fix is always the same.
+struct Hint(Code, Op);
 
-/// The IAM action an AWS operation needs: `ec2:CreateSnapshot`, `sts:GetCallerIdentity`, `sns:Publish`. What an
-/// access-denied alert tells the operator to grant.
-pub fn iam_action(operation: &str) -> String {
-    let service = match operation {
-        "GetCallerIdentity" => "sts",
-        "Publish" => "sns",
-        _ => "ec2",
-    };
-    format!("{service}:{operation}")
-}
-
-/// Whether an AWS error code means "the credentials work but may not do this".
-pub fn is_access_denied_code(code: &str) -> bool {
-    matches!(
-        code,
-        "UnauthorizedOperation"
-            | "AccessDenied"
-            | "AccessDeniedException"
-            | "AuthFailure"
-            | "AuthorizationError"
-    )
-}
-
-/// A short "what to do" appended to API errors whose fix is always the same: (code, operation).
-struct Hint<'a>(&'a str, &'a str);
-
-impl fmt::Display for Hint<'_> {
+impl fmt::Display for Hint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let hint = match self.0 {
-            "UnauthorizedOperation" | "AccessDenied" | "AuthorizationError" => {
+            Code::AccessDenied => {
                 return write!(
                     f,
                     " (grant {} to snapwarden's IAM role; see deploy/iam/policy.json)",
-                    iam_action(self.1)
+                    self.1.iam_action()
                 );
             }
-            "ExpiredToken" | "RequestExpired" | "InvalidClientTokenId" => {
+            Code::Credentials => {
                 " (credentials expired or invalid; check the role or profile snapwarden runs with)"
             }
-            "InvalidSnapshot.InUse" => {
-                " (the snapshot backs an AMI; deregister the AMI to let it go)"
-            }
-            "SnapshotCreationPerVolumeRateExceeded" => {
-                " (wait 15 s between snapshots of one volume)"
-            }
-            "ConcurrentSnapshotLimitExceeded" => {
-                " (too many pending snapshots; the next run retries)"
-            }
+            Code::SnapshotInUse => " (the snapshot backs an AMI; deregister the AMI to let it go)",
+            Code::VolumeRate => " (wait 15 s between snapshots of one volume)",
+            Code::PendingLimit => " (too many pending snapshots; the next run retries)",
             _ => "",
         };
         f.write_str(hint)
@@ -174,22 +180,23 @@ mod tests {
     use super::*;
 
     fn api(code: &str) -> Error {
-        Error::Api {
-            operation: "CreateSnapshot",
-            region: "us-east-1".into(),
-            code: code.into(),
-            message: "m".into(),
-        }
+        Error::api(Op::CreateSnapshot, "us-east-1", code, "m")
     }
 
     #[test]
     fn kinds_are_bounded_and_classify_codes() {
         assert_eq!(api("RequestLimitExceeded").kind(), "throttled");
-        assert!(api("RequestLimitExceeded").is_retryable());
+        assert_eq!(
+            api("RequestLimitExceeded").retry(),
+            Some(RetryAfter::Backoff)
+        );
         assert_eq!(api("UnauthorizedOperation").kind(), "access-denied");
-        assert!(!api("UnauthorizedOperation").is_retryable());
+        assert_eq!(api("UnauthorizedOperation").retry(), None);
         assert_eq!(api("Whatever.New").kind(), "aws-api");
+        assert_eq!(api("Whatever.New").code(), "Whatever.New");
         assert_eq!(api("InvalidSnapshot.InUse").kind(), "in-use");
+        assert_eq!(api("pending-limit").kind(), "aws-api");
+        assert_eq!(api("ConcurrentSnapshotLimitExceeded").kind(), "limit");
     }
 
     #[test]
@@ -216,7 +223,18 @@ mod tests {
         );
         assert!(text.contains("deploy/iam/policy.json"), "{text}");
         assert!(text.contains("grant ec2:CreateSnapshot"), "{text}");
-        assert_eq!(iam_action("GetCallerIdentity"), "sts:GetCallerIdentity");
-        assert_eq!(iam_action("Publish"), "sns:Publish");
+    }
+
+    #[test]
+    fn every_access_denied_code_says_what_to_grant() {
+        for code in [
+            "UnauthorizedOperation",
+            "AccessDenied",
+            "AccessDeniedException",
+            "AuthorizationError",
+        ] {
+            let text = Error::api(Op::Publish, "us-east-1", code, "no").to_string();
+            assert!(text.contains("grant sns:Publish"), "{text}");
+        }
     }
 }

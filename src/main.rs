@@ -531,7 +531,7 @@ async fn once(
             .notify
             .sns
             .as_ref()
-            .map_or(std::time::Duration::from_secs(0), |s| s.dedup_window);
+            .map_or(snapwarden::config::DEFAULT_DEDUP_WINDOW, |s| s.dedup_window);
         let (n, t) = Notifier::spawn(
             daemon::sns_publisher(&shared.config).await,
             window,

@@ -14,6 +14,7 @@ use prometheus::{
     TextEncoder,
 };
 
+use crate::ec2::op::Op;
 use crate::error::Error;
 use crate::retention::{Action, Decision, Reason};
 
@@ -249,15 +250,7 @@ impl Metrics {
                 }
             }
         }
-        for op in [
-            "DescribeInstances",
-            "DescribeVolumes",
-            "DescribeSnapshots",
-            "CreateSnapshot",
-            "CreateSnapshots",
-            "CreateTags",
-            "DeleteSnapshot",
-        ] {
+        for op in Op::EC2.map(Op::name) {
             self.aws_requests.with_label_values(&[op, "ok"]);
             self.aws_throttles.with_label_values(&[op]);
         }
@@ -303,13 +296,15 @@ impl Metrics {
         }
     }
 
-    pub fn aws_request(&self, operation: &str, error: Option<&Error>) {
+    pub fn aws_request(&self, operation: Op, error: Option<&Error>) {
         let outcome = error.map_or("ok", Error::kind);
         self.aws_requests
-            .with_label_values(&[operation, outcome])
+            .with_label_values(&[operation.name(), outcome])
             .inc();
         if error.is_some_and(Error::is_throttle) {
-            self.aws_throttles.with_label_values(&[operation]).inc();
+            self.aws_throttles
+                .with_label_values(&[operation.name()])
+                .inc();
         }
     }
 

@@ -5,6 +5,8 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::ec2::op::ApiFailure;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RunResult {
@@ -53,6 +55,10 @@ pub struct Problem {
     /// AWS error code, or a bounded label such as `bad-count-tag`.
     pub code: String,
     pub message: String,
+    /// For an AWS error: the call and what its code means, which alerts match on (`Error::api_failure`). Not in
+    /// the JSON: `code` and `message` say it in words.
+    #[serde(skip)]
+    pub aws: Option<ApiFailure>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -179,6 +185,7 @@ mod tests {
             operation: op,
             code: code.into(),
             message: String::new(),
+            aws: None,
         }
     }
 

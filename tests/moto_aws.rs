@@ -27,6 +27,7 @@ use chrono::{DateTime, Utc};
 use common::{filter, Moto, ACCOUNT, REGION};
 use snapwarden::config::{self, Config};
 use snapwarden::daemon::{self, Shared};
+use snapwarden::ec2::op::Op;
 use snapwarden::ec2::sdk::{check_sdk_config, SdkEc2};
 use snapwarden::ec2::{self, CreateSnapshot, Ec2, Filter, Instance, Page, Snapshot, Volume};
 use snapwarden::error::{Error, Result};
@@ -807,12 +808,12 @@ impl Ec2 for FailVolume {
     }
     async fn create_snapshot(&self, request: &CreateSnapshot) -> Result<Snapshot> {
         if request.volume_id == self.volume && self.failing.load(Ordering::SeqCst) {
-            return Err(Error::Api {
-                operation: "CreateSnapshot",
-                region: self.region().to_string(),
-                code: "UnauthorizedOperation".into(),
-                message: "You are not authorized to perform this operation.".into(),
-            });
+            return Err(Error::api(
+                Op::CreateSnapshot,
+                self.region(),
+                "UnauthorizedOperation",
+                "You are not authorized to perform this operation.",
+            ));
         }
         self.inner.create_snapshot(request).await
     }

@@ -20,6 +20,7 @@ use chrono::{DateTime, Utc};
 use snapwarden::config::{self, Config, Policy};
 use snapwarden::daemon::firing_at;
 use snapwarden::ec2::fake::{FakeEc2, FAKE_ACCOUNT};
+use snapwarden::ec2::op::Op;
 use snapwarden::ec2::{
     CreateSnapshot, DryRun, Ec2, Filter, Instance, Page, Snapshot, Volume, TAG_DEVICE,
     TAG_INSTANCE, TAG_KEEP, TAG_MANAGED, TAG_POLICY, TAG_SCHEDULE, TAG_SLOT,
@@ -1268,12 +1269,12 @@ impl Publisher for Broken {
     async fn publish(&self, _message: &Message) -> snapwarden::error::Result<()> {
         self.attempts.fetch_add(1, Ordering::SeqCst);
         let _permit = self.gate.acquire().await.unwrap();
-        Err(Error::Api {
-            operation: "Publish",
-            region: REGION.into(),
-            code: "InternalError".into(),
-            message: "SNS is down".into(),
-        })
+        Err(Error::api(
+            Op::Publish,
+            REGION,
+            "InternalError",
+            "SNS is down",
+        ))
     }
 }
 

@@ -16,6 +16,8 @@ mod env;
 mod sections;
 mod tree;
 
+pub use sections::DEFAULT_DEDUP_WINDOW;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;

@@ -1041,3 +1041,28 @@ fn consistency_defaults_by_target_and_rejects_instance_for_volume_targets() {
     );
     assert!(p.message.contains("is not one of"), "{p:?}");
 }
+
+#[test]
+fn the_dedup_window_default_is_written_down_as_the_constant_says() {
+    let default = humantime::format_duration(DEFAULT_DEDUP_WINDOW).to_string();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let example = std::fs::read_to_string(root.join("config/snapwarden.example.toml")).unwrap();
+    assert!(
+        readme.contains(&format!("`notify.sns.dedup-window` (default {default})")),
+        "README.md must state the de-dup window default {default}"
+    );
+    assert!(
+        example.contains(&format!(
+            "Default: \"{default}\".\n# dedup-window = \"{default}\""
+        )),
+        "config/snapwarden.example.toml must state the de-dup window default {default}"
+    );
+    let toml = MINIMAL.replace(
+        "[[policy]]",
+        "[notify.sns]\ntopic-arn = \"arn:aws:sns:us-east-1:123456789012:t\"\n\n[[policy]]",
+    );
+    assert_ne!(toml, MINIMAL);
+    let sns = parse(&toml).unwrap().notify.sns.unwrap();
+    assert_eq!(sns.dedup_window, DEFAULT_DEDUP_WINDOW);
+}

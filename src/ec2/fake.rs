@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+use super::op::Op;
 use super::{
     CreateSnapshot, CreateSnapshots, Ec2, Filter, Instance, Page, Snapshot, Tags, Volume,
     VolumeResult,
@@ -27,10 +28,10 @@ struct State {
     /// volume id -> error code returned by CreateSnapshot for that volume.
     create_faults: HashMap<String, String>,
     /// operation -> error code returned by every call of it.
-    operation_faults: HashMap<&'static str, String>,
+    operation_faults: HashMap<Op, String>,
     /// snapshots that back an AMI: DeleteSnapshot answers InvalidSnapshot.InUse.
     in_use: HashSet<String>,
-    calls: BTreeMap<&'static str, u64>,
+    calls: BTreeMap<Op, u64>,
     /// When set, snapshots are created with this StartTime instead of the wall clock.
     clock: Option<DateTime<Utc>>,
     /// When set, a pending snapshot leaves `pending` in the n-th DescribeSnapshots answer that includes it.
@@ -210,7 +211,7 @@ impl FakeEc2 {
 
     /// `ConcurrentSnapshotLimitExceeded` if `n` more pending snapshots would pass the account's limit. Counts every
     /// snapshot, so only tests that set a limit pay for it.
-    fn check_pending(&self, st: &State, operation: &'static str, n: usize) -> Result<()> {
+    fn check_pending(&self, st: &State, operation: Op, n: usize) -> Result<()> {
         let Some(cap) = st.max_pending else {
             return Ok(());
         };
@@ -236,8 +237,10 @@ impl FakeEc2 {
             .insert(volume_id.into(), code.into());
     }
 
-    pub fn fail_operation(&self, operation: &'static str, code: &str) {
-        self.state().operation_faults.insert(operation, code.into());
+    /// Every call of `operation` (its AWS name, e.g. "DeleteSnapshot") fails with `code`.
+    pub fn fail_operation(&self, operation: &str, code: &str) {
+        let op = known(operation);
+        self.state().operation_faults.insert(op, code.into());
     }
 
     pub fn clear_faults(&self) {
@@ -259,27 +262,34 @@ impl FakeEc2 {
         self.state().snapshots.values().cloned().collect()
     }
 
+    /// How many calls of `operation` (its AWS name) reached the fake.
     pub fn calls(&self, operation: &str) -> u64 {
-        self.state().calls.get(operation).copied().unwrap_or(0)
+        let op = known(operation);
+        self.state().calls.get(&op).copied().unwrap_or(0)
     }
 
-    fn enter(&self, operation: &'static str) -> Result<std::sync::MutexGuard<'_, State>> {
+    fn enter(&self, operation: Op) -> Result<std::sync::MutexGuard<'_, State>> {
         let mut st = self.state();
         *st.calls.entry(operation).or_default() += 1;
-        if let Some(code) = st.operation_faults.get(operation) {
+        if let Some(code) = st.operation_faults.get(&operation) {
             return Err(self.api_error(operation, code));
         }
         Ok(st)
     }
 
-    fn api_error(&self, operation: &'static str, code: &str) -> Error {
-        Error::Api {
+    fn api_error(&self, operation: Op, code: &str) -> Error {
+        Error::api(
             operation,
-            region: self.region.clone(),
-            code: code.into(),
-            message: "injected by the fake EC2 backend".into(),
-        }
+            &self.region,
+            code,
+            "injected by the fake EC2 backend",
+        )
     }
+}
+
+/// The operation a test names; a misspelt one would silently never fail or count.
+fn known(operation: &str) -> Op {
+    Op::from_name(operation).unwrap_or_else(|| panic!("fake EC2: no operation named {operation:?}"))
 }
 
 fn to_tags(tags: &[(&str, &str)]) -> Tags {
@@ -325,12 +335,12 @@ impl Ec2 for FakeEc2 {
     }
 
     async fn account_id(&self) -> Result<String> {
-        drop(self.enter("GetCallerIdentity")?);
+        drop(self.enter(Op::GetCallerIdentity)?);
         Ok(FAKE_ACCOUNT.into())
     }
 
     async fn describe_instances(&self, filters: &[Filter]) -> Result<Vec<Instance>> {
-        let st = self.enter("DescribeInstances")?;
+        let st = self.enter(Op::DescribeInstances)?;
         let mut out = Vec::new();
         for i in st.instances.values() {
             let attr = |name: &str| match name {
@@ -346,7 +356,7 @@ impl Ec2 for FakeEc2 {
     }
 
     async fn describe_volumes(&self, filters: &[Filter]) -> Result<Vec<Volume>> {
-        let st = self.enter("DescribeVolumes")?;
+        let st = self.enter(Op::DescribeVolumes)?;
         let mut out = Vec::new();
         for v in st.volumes.values() {
             let attr = |name: &str| match name {
@@ -382,7 +392,7 @@ impl Ec2 for FakeEc2 {
         filters: &[Filter],
         token: Option<&str>,
     ) -> Result<Page<Snapshot>> {
-        let mut guard = self.enter("DescribeSnapshots")?;
+        let mut guard = self.enter(Op::DescribeSnapshots)?;
         let st = &mut *guard;
         let from = match token {
             Some(t) => Bound::Excluded(t.to_string()),
@@ -423,14 +433,14 @@ impl Ec2 for FakeEc2 {
     }
 
     async fn create_snapshot(&self, request: &CreateSnapshot) -> Result<Snapshot> {
-        let mut st = self.enter("CreateSnapshot")?;
+        let mut st = self.enter(Op::CreateSnapshot)?;
         if let Some(code) = st.create_faults.get(&request.volume_id) {
-            return Err(self.api_error("CreateSnapshot", code));
+            return Err(self.api_error(Op::CreateSnapshot, code));
         }
         if !st.volumes.contains_key(&request.volume_id) {
-            return Err(self.api_error("CreateSnapshot", "InvalidVolume.NotFound"));
+            return Err(self.api_error(Op::CreateSnapshot, "InvalidVolume.NotFound"));
         }
-        self.check_pending(&st, "CreateSnapshot", 1)?;
+        self.check_pending(&st, Op::CreateSnapshot, 1)?;
         let id = Self::next_id(&mut st, "snap");
         let snapshot = Snapshot {
             id: id.as_str().into(),
@@ -449,9 +459,9 @@ impl Ec2 for FakeEc2 {
     /// injected create fault gets its own error instead of a snapshot (EC2 would fail the call or leave the volume
     /// out; the fake says why, so tests can tell); `fail_operation("CreateSnapshots", …)` fails the whole call.
     async fn create_snapshots(&self, request: &CreateSnapshots) -> Result<Vec<VolumeResult>> {
-        let mut st = self.enter("CreateSnapshots")?;
+        let mut st = self.enter(Op::CreateSnapshots)?;
         if !st.instances.contains_key(&request.instance_id) {
-            return Err(self.api_error("CreateSnapshots", "InvalidInstanceID.NotFound"));
+            return Err(self.api_error(Op::CreateSnapshots, "InvalidInstanceID.NotFound"));
         }
         let attached: Vec<String> = st
             .volumes
@@ -463,11 +473,11 @@ impl Ec2 for FakeEc2 {
             })
             .map(|v| v.id.clone())
             .collect();
-        self.check_pending(&st, "CreateSnapshots", attached.len())?;
+        self.check_pending(&st, Op::CreateSnapshots, attached.len())?;
         let mut out = Vec::new();
         for volume in attached {
             if let Some(code) = st.create_faults.get(&volume) {
-                let err = self.api_error("CreateSnapshots", code);
+                let err = self.api_error(Op::CreateSnapshots, code);
                 out.push((volume, Err(err)));
                 continue;
             }
@@ -488,10 +498,10 @@ impl Ec2 for FakeEc2 {
     }
 
     async fn create_tags(&self, resource_ids: &[String], tags: &Tags) -> Result<()> {
-        let mut st = self.enter("CreateTags")?;
+        let mut st = self.enter(Op::CreateTags)?;
         // EC2 checks every id before tagging any.
         if resource_ids.iter().any(|id| !st.snapshots.contains_key(id)) {
-            return Err(self.api_error("CreateTags", "InvalidSnapshot.NotFound"));
+            return Err(self.api_error(Op::CreateTags, "InvalidSnapshot.NotFound"));
         }
         for id in resource_ids {
             if let Some(s) = st.snapshots.get_mut(id) {
@@ -502,13 +512,13 @@ impl Ec2 for FakeEc2 {
     }
 
     async fn delete_snapshot(&self, snapshot_id: &str) -> Result<()> {
-        let mut st = self.enter("DeleteSnapshot")?;
+        let mut st = self.enter(Op::DeleteSnapshot)?;
         if st.in_use.contains(snapshot_id) {
-            return Err(self.api_error("DeleteSnapshot", "InvalidSnapshot.InUse"));
+            return Err(self.api_error(Op::DeleteSnapshot, "InvalidSnapshot.InUse"));
         }
         match st.snapshots.remove(snapshot_id) {
             Some(_) => Ok(()),
-            None => Err(self.api_error("DeleteSnapshot", "InvalidSnapshot.NotFound")),
+            None => Err(self.api_error(Op::DeleteSnapshot, "InvalidSnapshot.NotFound")),
         }
     }
 }

@@ -6,6 +6,7 @@
 //! of policies or retention.
 
 pub mod fake;
+pub mod op;
 pub mod pace;
 pub mod sdk;
 pub mod stop;
@@ -20,6 +21,7 @@ use tokio::sync::Semaphore;
 use crate::error::Result;
 use crate::metrics::Metrics;
 use crate::retention::SnapState;
+use op::Op;
 
 pub type Tags = BTreeMap<String, String>;
 
@@ -242,7 +244,7 @@ impl Instrumented {
         }
     }
 
-    async fn call<T, F>(&self, operation: &'static str, fut: F) -> Result<T>
+    async fn call<T, F>(&self, operation: Op, fut: F) -> Result<T>
     where
         F: std::future::Future<Output = Result<T>>,
     {
@@ -270,15 +272,18 @@ impl Ec2 for Instrumented {
         self.inner.max_pending_snapshots()
     }
     async fn account_id(&self) -> Result<String> {
-        self.call("GetCallerIdentity", self.inner.account_id())
+        self.call(Op::GetCallerIdentity, self.inner.account_id())
             .await
     }
     async fn describe_instances(&self, filters: &[Filter]) -> Result<Vec<Instance>> {
-        self.call("DescribeInstances", self.inner.describe_instances(filters))
-            .await
+        self.call(
+            Op::DescribeInstances,
+            self.inner.describe_instances(filters),
+        )
+        .await
     }
     async fn describe_volumes(&self, filters: &[Filter]) -> Result<Vec<Volume>> {
-        self.call("DescribeVolumes", self.inner.describe_volumes(filters))
+        self.call(Op::DescribeVolumes, self.inner.describe_volumes(filters))
             .await
     }
     async fn describe_snapshots(
@@ -287,25 +292,25 @@ impl Ec2 for Instrumented {
         token: Option<&str>,
     ) -> Result<Page<Snapshot>> {
         self.call(
-            "DescribeSnapshots",
+            Op::DescribeSnapshots,
             self.inner.describe_snapshots(filters, token),
         )
         .await
     }
     async fn create_snapshot(&self, request: &CreateSnapshot) -> Result<Snapshot> {
-        self.call("CreateSnapshot", self.inner.create_snapshot(request))
+        self.call(Op::CreateSnapshot, self.inner.create_snapshot(request))
             .await
     }
     async fn create_snapshots(&self, request: &CreateSnapshots) -> Result<Vec<VolumeResult>> {
-        self.call("CreateSnapshots", self.inner.create_snapshots(request))
+        self.call(Op::CreateSnapshots, self.inner.create_snapshots(request))
             .await
     }
     async fn create_tags(&self, resource_ids: &[String], tags: &Tags) -> Result<()> {
-        self.call("CreateTags", self.inner.create_tags(resource_ids, tags))
+        self.call(Op::CreateTags, self.inner.create_tags(resource_ids, tags))
             .await
     }
     async fn delete_snapshot(&self, snapshot_id: &str) -> Result<()> {
-        self.call("DeleteSnapshot", self.inner.delete_snapshot(snapshot_id))
+        self.call(Op::DeleteSnapshot, self.inner.delete_snapshot(snapshot_id))
             .await
     }
 }

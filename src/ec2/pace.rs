@@ -30,11 +30,12 @@ use async_trait::async_trait;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use super::op::{Op, RetryAfter};
 use super::{
     CreateSnapshot, CreateSnapshots, Ec2, Filter, Instance, Page, Snapshot, Tags, Volume,
     VolumeResult,
 };
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::retention::{Snap, SnapState};
 
 /// A token bucket over time given as a value: full at creation, refilled continuously.
@@ -96,14 +97,14 @@ impl TokenBucket {
     }
 }
 
-/// EC2's API rate-limit groups snapwarden calls into.
+/// EC2's API rate-limit groups snapwarden calls into; [`Op::group`] says which is whose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Group {
     /// CreateSnapshot, CreateSnapshots.
     Create,
     /// DeleteSnapshot.
     Delete,
-    /// CreateTags, DeleteTags.
+    /// CreateTags (and DeleteTags, which snapwarden does not call).
     Tags,
     /// DescribeInstances, DescribeVolumes, DescribeSnapshots with a filter or pagination (always, here).
     Describe,
@@ -119,17 +120,6 @@ impl Group {
             Group::Delete => (100.0, 5.0),
             Group::Tags => (100.0, 10.0),
             Group::Describe => (100.0, 20.0),
-        }
-    }
-
-    /// The group of an EC2 action; None for calls outside EC2's buckets (STS).
-    pub fn of(operation: &str) -> Option<Group> {
-        match operation {
-            "CreateSnapshot" | "CreateSnapshots" => Some(Group::Create),
-            "DeleteSnapshot" => Some(Group::Delete),
-            "CreateTags" | "DeleteTags" => Some(Group::Tags),
-            "DescribeInstances" | "DescribeVolumes" | "DescribeSnapshots" => Some(Group::Describe),
-            _ => None,
         }
     }
 }
@@ -202,32 +192,6 @@ pub fn backoff(base: Duration, cap: Duration, attempt: u32, rng: &mut impl Rng) 
         return Duration::ZERO;
     }
     Duration::from_secs_f64(rng.random_range(0.0..=ceiling.as_secs_f64()))
-}
-
-/// What to do after a failed attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Retry {
-    No,
-    Backoff,
-    VolumeGap,
-}
-
-fn classify(operation: &str, err: &Error) -> Retry {
-    let create = Group::of(operation) == Some(Group::Create);
-    if err.is_throttle() {
-        // A throttled request was not executed, whatever the action.
-        return Retry::Backoff;
-    }
-    match err.code() {
-        "SnapshotCreationPerVolumeRateExceeded" if create => Retry::VolumeGap,
-        // The snapshot may exist after these; see the module docs.
-        _ if create => Retry::No,
-        "InternalError" | "InternalFailure" | "ServiceUnavailable" | "Unavailable" => {
-            Retry::Backoff
-        }
-        _ if matches!(err, Error::Transport { .. }) => Retry::Backoff,
-        _ => Retry::No,
-    }
 }
 
 /// The `Ec2` decorator that paces and retries; see the module docs.
@@ -324,18 +288,13 @@ impl Paced {
         )
     }
 
-    async fn call<T, F, Fut>(
-        &self,
-        operation: &'static str,
-        volumes: &[&str],
-        mut attempt: F,
-    ) -> Result<T>
+    async fn call<T, F, Fut>(&self, operation: Op, volumes: &[&str], mut attempt: F) -> Result<T>
     where
         F: FnMut() -> Fut + Send,
         Fut: std::future::Future<Output = Result<T>> + Send,
         T: Send,
     {
-        let group = Group::of(operation);
+        let group = operation.group();
         let mut tries = 0u32;
         let mut failing_since: Option<Instant> = None;
         let mut gap_retries = 0u32;
@@ -349,9 +308,9 @@ impl Paced {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
             };
-            match classify(operation, &err) {
-                Retry::No => return Err(err),
-                Retry::Backoff => {
+            match err.retry() {
+                None => return Err(err),
+                Some(RetryAfter::Backoff) => {
                     if let (true, Some(g)) = (err.is_throttle(), group) {
                         self.bucket(g, |b| b.drain(now()));
                     }
@@ -360,7 +319,7 @@ impl Paced {
                     let since = *failing_since.get_or_insert(t);
                     if tries >= self.config.max_attempts || t + d > since + self.config.max_wait {
                         tracing::warn!(
-                            operation,
+                            operation = operation.name(),
                             attempts = tries,
                             failing_seconds = (t - since).as_secs_f64(),
                             code = err.code(),
@@ -369,7 +328,7 @@ impl Paced {
                         return Err(err);
                     }
                     tracing::debug!(
-                        operation,
+                        operation = operation.name(),
                         attempt = tries,
                         code = err.code(),
                         sleep_ms = d.as_millis() as u64,
@@ -377,7 +336,7 @@ impl Paced {
                     );
                     sleep(d).await;
                 }
-                Retry::VolumeGap => {
+                Some(RetryAfter::VolumeGap) => {
                     gap_retries += 1;
                     if gap_retries > self.config.per_volume_retries {
                         return Err(err);
@@ -392,7 +351,7 @@ impl Paced {
                         }
                     }
                     let volume = volumes.join(",");
-                    tracing::info!(operation, volume, "snapshot of this volume started too recently; retrying after the per-volume gap");
+                    tracing::info!(operation = operation.name(), volume, "snapshot of this volume started too recently; retrying after the per-volume gap");
                 }
             }
         }
@@ -408,17 +367,17 @@ impl Ec2 for Paced {
         Some(self.config.max_pending_per_account)
     }
     async fn account_id(&self) -> Result<String> {
-        self.call("GetCallerIdentity", &[], || self.inner.account_id())
+        self.call(Op::GetCallerIdentity, &[], || self.inner.account_id())
             .await
     }
     async fn describe_instances(&self, filters: &[Filter]) -> Result<Vec<Instance>> {
-        self.call("DescribeInstances", &[], || {
+        self.call(Op::DescribeInstances, &[], || {
             self.inner.describe_instances(filters)
         })
         .await
     }
     async fn describe_volumes(&self, filters: &[Filter]) -> Result<Vec<Volume>> {
-        self.call("DescribeVolumes", &[], || {
+        self.call(Op::DescribeVolumes, &[], || {
             self.inner.describe_volumes(filters)
         })
         .await
@@ -429,13 +388,13 @@ impl Ec2 for Paced {
         filters: &[Filter],
         token: Option<&str>,
     ) -> Result<Page<Snapshot>> {
-        self.call("DescribeSnapshots", &[], || {
+        self.call(Op::DescribeSnapshots, &[], || {
             self.inner.describe_snapshots(filters, token)
         })
         .await
     }
     async fn create_snapshot(&self, request: &CreateSnapshot) -> Result<Snapshot> {
-        self.call("CreateSnapshot", &[&request.volume_id], || {
+        self.call(Op::CreateSnapshot, &[&request.volume_id], || {
             self.inner.create_snapshot(request)
         })
         .await
@@ -443,20 +402,20 @@ impl Ec2 for Paced {
     /// One Create token for the whole instance; the per-volume gap holds for each of its volumes.
     async fn create_snapshots(&self, request: &CreateSnapshots) -> Result<Vec<VolumeResult>> {
         let volumes: Vec<&str> = request.volumes.iter().map(|(v, _)| v.as_str()).collect();
-        self.call("CreateSnapshots", &volumes, || {
+        self.call(Op::CreateSnapshots, &volumes, || {
             self.inner.create_snapshots(request)
         })
         .await
     }
     /// CreateTags is idempotent, so transient failures are retried like a describe's.
     async fn create_tags(&self, resource_ids: &[String], tags: &Tags) -> Result<()> {
-        self.call("CreateTags", &[], || {
+        self.call(Op::CreateTags, &[], || {
             self.inner.create_tags(resource_ids, tags)
         })
         .await
     }
     async fn delete_snapshot(&self, snapshot_id: &str) -> Result<()> {
-        self.call("DeleteSnapshot", &[], || {
+        self.call(Op::DeleteSnapshot, &[], || {
             self.inner.delete_snapshot(snapshot_id)
         })
         .await
@@ -540,6 +499,7 @@ pub fn pending_deferrals(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Error;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn ms(n: u64) -> Duration {
@@ -603,9 +563,6 @@ mod tests {
             ..PaceConfig::default()
         };
         assert_eq!(tiny.bucket(Group::Delete, t0).capacity, 1.0);
-        assert_eq!(Group::of("DescribeSnapshots"), Some(Group::Describe));
-        assert_eq!(Group::of("CreateSnapshots"), Some(Group::Create));
-        assert_eq!(Group::of("GetCallerIdentity"), None);
     }
 
     #[test]
@@ -639,51 +596,49 @@ mod tests {
         assert_eq!(a, b);
     }
 
-    fn api(code: &str) -> Error {
-        Error::Api {
-            operation: "X",
-            region: "r".into(),
-            code: code.into(),
-            message: "m".into(),
-        }
+    fn api(operation: Op, code: &str) -> Error {
+        Error::api(operation, "r", code, "m")
     }
 
     #[test]
     fn only_what_aws_did_not_do_is_retried_for_creates() {
         let transport = Error::Transport {
-            operation: "X",
+            operation: Op::DescribeSnapshots,
             region: "r".into(),
             kind: "transport",
             message: "reset".into(),
         };
-        for (op, err, want) in [
+        for (err, want) in [
             (
-                "CreateSnapshot",
-                api("RequestLimitExceeded"),
-                Retry::Backoff,
+                api(Op::CreateSnapshot, "RequestLimitExceeded"),
+                Some(RetryAfter::Backoff),
             ),
             (
-                "CreateSnapshot",
-                api("SnapshotCreationPerVolumeRateExceeded"),
-                Retry::VolumeGap,
+                api(Op::CreateSnapshot, "SnapshotCreationPerVolumeRateExceeded"),
+                Some(RetryAfter::VolumeGap),
             ),
-            ("CreateSnapshot", api("InternalError"), Retry::No),
+            (api(Op::CreateSnapshot, "InternalError"), None),
+            (api(Op::CreateSnapshots, "ServiceUnavailable"), None),
             (
-                "CreateSnapshot",
-                api("ConcurrentSnapshotLimitExceeded"),
-                Retry::No,
+                api(Op::CreateSnapshot, "ConcurrentSnapshotLimitExceeded"),
+                None,
             ),
             (
-                "DescribeVolumes",
-                api("RequestLimitExceeded"),
-                Retry::Backoff,
+                api(Op::DescribeVolumes, "RequestLimitExceeded"),
+                Some(RetryAfter::Backoff),
             ),
-            ("DescribeVolumes", api("InternalError"), Retry::Backoff),
-            ("DeleteSnapshot", api("ServiceUnavailable"), Retry::Backoff),
-            ("DeleteSnapshot", api("UnauthorizedOperation"), Retry::No),
-            ("DescribeSnapshots", transport, Retry::Backoff),
+            (
+                api(Op::DescribeVolumes, "InternalError"),
+                Some(RetryAfter::Backoff),
+            ),
+            (
+                api(Op::DeleteSnapshot, "ServiceUnavailable"),
+                Some(RetryAfter::Backoff),
+            ),
+            (api(Op::DeleteSnapshot, "UnauthorizedOperation"), None),
+            (transport, Some(RetryAfter::Backoff)),
         ] {
-            assert_eq!(classify(op, &err), want, "{op} {}", err.code());
+            assert_eq!(err.retry(), want, "{err}");
         }
     }
 
@@ -759,11 +714,11 @@ mod tests {
                 at: Mutex::new(Vec::new()),
             })
         }
-        fn next(&self) -> Result<()> {
+        fn next(&self, operation: Op) -> Result<()> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             self.at.lock().unwrap().push(now());
             match self.errors.lock().unwrap().pop() {
-                Some(code) => Err(api(code)),
+                Some(code) => Err(api(operation, code)),
                 None => Ok(()),
             }
         }
@@ -775,23 +730,23 @@ mod tests {
             "r"
         }
         async fn account_id(&self) -> Result<String> {
-            self.next().map(|_| "1".into())
+            self.next(Op::GetCallerIdentity).map(|_| "1".into())
         }
         async fn describe_instances(&self, _: &[Filter]) -> Result<Vec<Instance>> {
-            self.next().map(|_| Vec::new())
+            self.next(Op::DescribeInstances).map(|_| Vec::new())
         }
         async fn describe_volumes(&self, _: &[Filter]) -> Result<Vec<Volume>> {
-            self.next().map(|_| Vec::new())
+            self.next(Op::DescribeVolumes).map(|_| Vec::new())
         }
         async fn describe_snapshots(
             &self,
             _: &[Filter],
             _: Option<&str>,
         ) -> Result<Page<Snapshot>> {
-            self.next().map(|_| Page::default())
+            self.next(Op::DescribeSnapshots).map(|_| Page::default())
         }
         async fn create_snapshot(&self, r: &CreateSnapshot) -> Result<Snapshot> {
-            self.next().map(|_| Snapshot {
+            self.next(Op::CreateSnapshot).map(|_| Snapshot {
                 id: "snap-1".into(),
                 volume_id: r.volume_id.as_str().into(),
                 state: SnapState::Pending,
@@ -802,7 +757,7 @@ mod tests {
             })
         }
         async fn delete_snapshot(&self, _: &str) -> Result<()> {
-            self.next()
+            self.next(Op::DeleteSnapshot)
         }
     }
 

@@ -14,6 +14,7 @@ use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::{self as ec2t, ResourceType, TagSpecification};
 use chrono::{DateTime, Utc};
 
+use super::op::Op;
 use super::{
     CreateSnapshot, CreateSnapshots, Ec2, Filter, Instance, Page, Snapshot, Tags, Volume,
     VolumeResult,
@@ -86,7 +87,7 @@ impl SdkEc2 {
         }
     }
 
-    fn error<E, R>(&self, operation: &'static str, err: SdkError<E, R>) -> Error
+    fn error<E, R>(&self, operation: Op, err: SdkError<E, R>) -> Error
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
         R: std::fmt::Debug + Send + Sync + 'static,
@@ -95,19 +96,15 @@ impl SdkEc2 {
     }
 }
 
-/// Maps any SDK error: service errors keep AWS's code; the rest say which transport step failed.
-pub fn sdk_error<E, R>(operation: &'static str, region: &str, err: SdkError<E, R>) -> Error
+/// Maps any SDK error: service errors keep AWS's code, read here once ([`Error::api`]); the rest say which
+/// transport step failed.
+pub fn sdk_error<E, R>(operation: Op, region: &str, err: SdkError<E, R>) -> Error
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug + Send + Sync + 'static,
 {
     if let Some(code) = err.code() {
-        return Error::Api {
-            operation,
-            region: region.to_string(),
-            code: code.to_string(),
-            message: err.message().unwrap_or_default().into(),
-        };
+        return Error::api(operation, region, code, err.message().unwrap_or_default());
     }
     let text = crate::error::cause_chain(&err);
     let kind = match &err {
@@ -186,7 +183,7 @@ impl Ec2 for SdkEc2 {
             .get_caller_identity()
             .send()
             .await
-            .map_err(|e| sdk_error("GetCallerIdentity", &self.region, e))?;
+            .map_err(|e| sdk_error(Op::GetCallerIdentity, &self.region, e))?;
         out.account()
             .map(str::to_string)
             .ok_or_else(|| Error::Other("GetCallerIdentity returned no account".into()))
@@ -202,7 +199,7 @@ impl Ec2 for SdkEc2 {
             .send();
         let mut out = Vec::new();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| self.error("DescribeInstances", e))?;
+            let page = page.map_err(|e| self.error(Op::DescribeInstances, e))?;
             for i in page.reservations().iter().flat_map(|r| r.instances()) {
                 out.push(Instance {
                     id: i.instance_id().unwrap_or_default().into(),
@@ -223,7 +220,7 @@ impl Ec2 for SdkEc2 {
             .send();
         let mut out = Vec::new();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| self.error("DescribeVolumes", e))?;
+            let page = page.map_err(|e| self.error(Op::DescribeVolumes, e))?;
             for v in page.volumes() {
                 let attachment = v
                     .attachments()
@@ -263,7 +260,7 @@ impl Ec2 for SdkEc2 {
             .set_next_token(token.map(String::from))
             .send()
             .await
-            .map_err(|e| self.error("DescribeSnapshots", e))?;
+            .map_err(|e| self.error(Op::DescribeSnapshots, e))?;
         Ok(Page {
             items: page.snapshots().iter().map(snapshot_of).collect(),
             next: page.next_token().map(String::from),
@@ -285,7 +282,7 @@ impl Ec2 for SdkEc2 {
             )
             .send()
             .await
-            .map_err(|e| self.error("CreateSnapshot", e))?;
+            .map_err(|e| self.error(Op::CreateSnapshot, e))?;
         Ok(Snapshot {
             id: out.snapshot_id().unwrap_or_default().into(),
             volume_id: request.volume_id.as_str().into(),
@@ -318,7 +315,7 @@ impl Ec2 for SdkEc2 {
             )
             .send()
             .await
-            .map_err(|e| self.error("CreateSnapshots", e))?;
+            .map_err(|e| self.error(Op::CreateSnapshots, e))?;
         Ok(out
             .snapshots()
             .iter()
@@ -351,7 +348,7 @@ impl Ec2 for SdkEc2 {
             .set_tags(Some(sdk_tags(tags)))
             .send()
             .await
-            .map_err(|e| self.error("CreateTags", e))?;
+            .map_err(|e| self.error(Op::CreateTags, e))?;
         Ok(())
     }
 
@@ -361,7 +358,7 @@ impl Ec2 for SdkEc2 {
             .snapshot_id(snapshot_id)
             .send()
             .await
-            .map_err(|e| self.error("DeleteSnapshot", e))?;
+            .map_err(|e| self.error(Op::DeleteSnapshot, e))?;
         Ok(())
     }
 }

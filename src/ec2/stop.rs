@@ -17,6 +17,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
+use super::op::Op;
 use super::{
     CreateSnapshot, CreateSnapshots, Ec2, Filter, Instance, Page, Snapshot, Tags, Volume,
     VolumeResult,
@@ -89,7 +90,7 @@ impl Mutations {
 /// the call may or may not have been carried out.
 struct InFlight<'a> {
     ledger: &'a Mutations,
-    operation: &'static str,
+    operation: Op,
     resource: &'a str,
     answered: bool,
 }
@@ -98,7 +99,7 @@ impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         if !self.answered {
             tracing::warn!(
-                operation = self.operation,
+                operation = self.operation.name(),
                 resource = self.resource,
                 outcome = "abandoned",
                 "mutating EC2 call abandoned before its answer: it may or may not have been carried out"
@@ -122,7 +123,7 @@ impl Guarded {
     /// Sends `call` unless stopped, and logs its outcome; `made` names what an answered call produced.
     async fn mutate<T, F>(
         &self,
-        operation: &'static str,
+        operation: Op,
         resource: &str,
         made: impl FnOnce(&T) -> String,
         call: F,
@@ -131,7 +132,11 @@ impl Guarded {
         F: std::future::Future<Output = Result<T>>,
     {
         if !self.ledger.begin() {
-            tracing::debug!(operation, resource, "mutating EC2 call not sent: stopping");
+            tracing::debug!(
+                operation = operation.name(),
+                resource,
+                "mutating EC2 call not sent: stopping"
+            );
             return Err(Error::Stopped {
                 operation,
                 region: self.inner.region().to_string(),
@@ -149,7 +154,7 @@ impl Guarded {
         let seconds = started.elapsed().as_secs_f64();
         match &result {
             Ok(v) => tracing::info!(
-                operation,
+                operation = operation.name(),
                 resource,
                 outcome = "ok",
                 made = %made(v),
@@ -158,7 +163,7 @@ impl Guarded {
             ),
             // Throttled: not carried out, and `Paced` tries again; a storm of them is not a warning each.
             Err(e) if e.is_throttle() => tracing::info!(
-                operation,
+                operation = operation.name(),
                 resource,
                 outcome = e.code(),
                 kind = e.kind(),
@@ -166,7 +171,7 @@ impl Guarded {
                 "mutating EC2 call answered"
             ),
             Err(e) => tracing::warn!(
-                operation,
+                operation = operation.name(),
                 resource,
                 outcome = e.code(),
                 kind = e.kind(),
@@ -216,7 +221,7 @@ impl Ec2 for Guarded {
     }
     async fn create_snapshot(&self, request: &CreateSnapshot) -> Result<Snapshot> {
         self.mutate(
-            "CreateSnapshot",
+            Op::CreateSnapshot,
             &request.volume_id,
             |s: &Snapshot| s.id.to_string(),
             self.inner.create_snapshot(request),
@@ -225,7 +230,7 @@ impl Ec2 for Guarded {
     }
     async fn create_snapshots(&self, request: &CreateSnapshots) -> Result<Vec<VolumeResult>> {
         self.mutate(
-            "CreateSnapshots",
+            Op::CreateSnapshots,
             &request.instance_id,
             |answer: &Vec<VolumeResult>| {
                 ids(answer
@@ -240,7 +245,7 @@ impl Ec2 for Guarded {
     }
     async fn create_tags(&self, resource_ids: &[String], tags: &Tags) -> Result<()> {
         self.mutate(
-            "CreateTags",
+            Op::CreateTags,
             &ids(resource_ids.iter()),
             |_| String::new(),
             self.inner.create_tags(resource_ids, tags),
@@ -249,7 +254,7 @@ impl Ec2 for Guarded {
     }
     async fn delete_snapshot(&self, snapshot_id: &str) -> Result<()> {
         self.mutate(
-            "DeleteSnapshot",
+            Op::DeleteSnapshot,
             snapshot_id,
             |_| String::new(),
             self.inner.delete_snapshot(snapshot_id),
@@ -358,7 +363,7 @@ mod tests {
         assert_eq!(ledger.stop(), 0);
         let refused = ec2.delete_snapshot(&snap).await.unwrap_err();
         assert_eq!(refused.kind(), "stopped");
-        assert!(!refused.is_retryable());
+        assert_eq!(refused.retry(), None);
         assert!(ec2.create_snapshot(&request).await.is_err());
         assert!(ec2
             .create_tags(std::slice::from_ref(&snap), &Tags::new())

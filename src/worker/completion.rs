@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use super::prune::Early;
 use super::survey::Survey;
 use super::{Completion, RunSpec, FILTER_VALUES};
+use crate::ec2::op::Code;
 use crate::ec2::{self, Ec2, Filter};
 use crate::error::Error;
 use crate::metrics::Metrics;
@@ -144,10 +145,11 @@ pub(super) async fn settle(
                     ""
                 }
             ),
+            aws: None,
         });
         match ec2.delete_snapshot(&snap.id).await {
             Ok(()) => {}
-            Err(e) if e.code() == "InvalidSnapshot.NotFound" => {}
+            Err(e) if e.is(Code::SnapshotNotFound) => {}
             // Not sent at shutdown: the next run finds it in error again and deletes it.
             Err(Error::Stopped { .. }) => {}
             Err(e) => {
@@ -157,6 +159,7 @@ pub(super) async fn settle(
                     operation: "delete",
                     code: e.code().to_string(),
                     message: e.to_string(),
+                    aws: e.api_failure(),
                 });
             }
         }
@@ -194,6 +197,7 @@ pub(super) async fn settle(
                     .map(|e| format!(" (last poll failed: {e})"))
                     .unwrap_or_default()
             ),
+            aws: None,
         });
     }
     if incomplete > 0 {

@@ -14,6 +14,7 @@ use super::prune::Early;
 use super::survey::{Survey, TargetVolume};
 use super::{RunSpec, MAX_TAGS};
 use crate::config::{Consistency, Policy};
+use crate::ec2::op::Op;
 use crate::ec2::{self, CreateSnapshot, Ec2, Snapshot, Tags};
 use crate::error::Error;
 use crate::metrics::Metrics;
@@ -166,9 +167,9 @@ pub(super) async fn create_all(
             if let Some(gate) = gate {
                 if !gate.admit(n).await {
                     let operation = if instance.is_empty() {
-                        "CreateSnapshot"
+                        Op::CreateSnapshot
                     } else {
-                        "CreateSnapshots"
+                        Op::CreateSnapshots
                     };
                     let refused = items
                         .into_iter()
@@ -288,18 +289,18 @@ impl<'a> Gate<'a> {
     }
 
     /// `operation`: the call held back (CreateSnapshot, or CreateSnapshots for a whole instance).
-    fn refusal(&self, operation: &'static str, region: &str) -> Error {
-        Error::Api {
+    fn refusal(&self, operation: Op, region: &str) -> Error {
+        Error::api(
             operation,
-            region: region.to_string(),
-            code: PENDING_LIMIT.into(),
-            message: format!(
+            region,
+            PENDING_LIMIT,
+            format!(
                 "{} snapshots stayed pending (the account cap) for {}s with none completing; deferred to the next \
                  run",
                 self.cap,
                 self.patience.as_secs()
             ),
-        }
+        )
     }
 }
 
@@ -346,10 +347,7 @@ async fn create_instance(
             // The call failed as a whole: every volume failed (or is deferred) with the same error.
             let results = items
                 .into_iter()
-                .map(|(r, serves)| {
-                    let e = clone_error(&e);
-                    (r, serves, Err(e))
-                })
+                .map(|(r, serves)| (r, serves, Err(e.clone())))
                 .collect();
             return (results, Vec::new());
         }
@@ -383,40 +381,6 @@ fn instance_description(policy: &str, common: &Tags, instance: &str) -> String {
         get(ec2::TAG_SLOT)
     );
     cut_description(d)
-}
-
-/// Errors are not `Clone` (they may wrap anything); one call's error shared by its volumes keeps what matters.
-fn clone_error(e: &Error) -> Error {
-    match e {
-        Error::Api {
-            operation,
-            region,
-            code,
-            message,
-        } => Error::Api {
-            operation,
-            region: region.clone(),
-            code: code.clone(),
-            message: message.clone(),
-        },
-        Error::Transport {
-            operation,
-            region,
-            kind,
-            message,
-        } => Error::Transport {
-            operation,
-            region: region.clone(),
-            kind,
-            message: message.clone(),
-        },
-        Error::Credentials(m) => Error::Credentials(m.clone()),
-        Error::Stopped { operation, region } => Error::Stopped {
-            operation,
-            region: region.clone(),
-        },
-        Error::Other(m) => Error::Other(m.clone()),
-    }
 }
 
 /// Adds the tags a snapshot of this slot should carry but does not: those CreateSnapshots could not set per
@@ -493,6 +457,7 @@ async fn tag_all(
                 operation: "tag",
                 code: e.code().to_string(),
                 message: e.to_string(),
+                aws: e.api_failure(),
             });
         }
     }
@@ -546,6 +511,7 @@ pub(super) fn defer_pending(
             operation: "defer",
             code: "pending-limit".into(),
             message,
+            aws: None,
         });
         false
     });

@@ -63,6 +63,7 @@ impl SetAside {
                 operation: "retention",
                 code: "future-slot".into(),
                 message,
+                aws: None,
             });
         }
         if self.unplaced.count > 0 {
@@ -80,6 +81,7 @@ impl SetAside {
                 operation: "retention",
                 code: "unplaced-copy".into(),
                 message,
+                aws: None,
             });
         }
     }

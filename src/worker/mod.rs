@@ -23,6 +23,7 @@ use chrono::{DateTime, Utc};
 use tracing::Instrument;
 
 use crate::config::Policy;
+use crate::ec2::op::Code;
 use crate::ec2::{CreateSnapshot, Ec2};
 use crate::error::Error;
 use crate::metrics::{Freshness, KeptTally, Metrics};
@@ -178,6 +179,7 @@ async fn execute(
                 operation: "describe",
                 code: e.code().to_string(),
                 message: e.to_string(),
+                aws: e.api_failure(),
             });
             report.retention_skipped = Some("the region could not be read".into());
             return Vec::new();
@@ -304,12 +306,7 @@ async fn execute(
                 }
                 // EC2 counted pending snapshots we could not see (another tool's, another policy's), or none of
                 // ours completed while the create waited for room under the cap: defer.
-                Err(e)
-                    if matches!(
-                        e.code(),
-                        "ConcurrentSnapshotLimitExceeded" | create::PENDING_LIMIT
-                    ) =>
-                {
+                Err(e) if e.api_failure().is_some_and(|f| f.code.defers()) => {
                     tracing::warn!(volume = %request.volume_id, error = %e, "snapshot deferred: EC2's pending-snapshot limit");
                     for s in &serves {
                         metrics
@@ -323,6 +320,7 @@ async fn execute(
                         operation: "defer",
                         code: e.code().to_string(),
                         message: e.to_string(),
+                        aws: e.api_failure(),
                     });
                 }
                 // Not sent: the daemon is shutting down. Not an AWS failure; the next run of the slot makes it.
@@ -334,6 +332,7 @@ async fn execute(
                         operation: "defer",
                         code: e.code().to_string(),
                         message: e.to_string(),
+                        aws: e.api_failure(),
                     });
                 }
                 Err(e) => {
@@ -350,6 +349,7 @@ async fn execute(
                         operation: "create",
                         code: e.code().to_string(),
                         message: e.to_string(),
+                        aws: e.api_failure(),
                     });
                 }
             }
@@ -404,6 +404,7 @@ async fn execute(
                 operation: "retention",
                 code: "deletion-cap".into(),
                 message: format!("policy {}: {}", policy.name, hit.message),
+                aws: None,
             });
             lock().close();
         } else {
@@ -433,7 +434,7 @@ async fn execute(
         let serves = listed.get(&*d.snapshot_id).copied().unwrap_or_default();
         // Already gone counts as done: describe is eventually consistent.
         let result = result.or_else(|e| {
-            if e.code() == "InvalidSnapshot.NotFound" {
+            if e.is(Code::SnapshotNotFound) {
                 Ok(())
             } else {
                 Err(e)
@@ -452,7 +453,7 @@ async fn execute(
                 report.deleted += 1;
                 gone.insert(Arc::clone(&d.snapshot_id));
             }
-            Err(e) if e.code() == "InvalidSnapshot.InUse" => {
+            Err(e) if e.is(Code::SnapshotInUse) => {
                 tracing::info!(snapshot = %d.snapshot_id, volume = %d.volume_id, "kept: the snapshot backs an AMI");
                 metrics
                     .kept_in_use
@@ -468,6 +469,7 @@ async fn execute(
                     operation: "defer",
                     code: e.code().to_string(),
                     message: e.to_string(),
+                    aws: e.api_failure(),
                 });
             }
             Err(e) => {
@@ -483,6 +485,7 @@ async fn execute(
                     operation: "delete",
                     code: e.code().to_string(),
                     message: e.to_string(),
+                    aws: e.api_failure(),
                 });
             }
         }

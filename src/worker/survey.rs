@@ -198,6 +198,7 @@ pub async fn survey(
                         operation: "target",
                         code: "bad-count-tag".into(),
                         message: format!("tag {tag}: {why}"),
+                        aws: None,
                     },
                 )),
             }

@@ -26,6 +26,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use snapwarden::config::{self, Config};
 use snapwarden::ec2::fake::{FakeEc2, FAKE_ACCOUNT};
+use snapwarden::ec2::op::Op;
 use snapwarden::ec2::pace::{Group, PaceConfig, Paced, TokenBucket};
 use snapwarden::ec2::{
     self, CreateSnapshot, CreateSnapshots, Ec2, Filter, Instance, Instrumented, Page, Snapshot,
@@ -126,8 +127,8 @@ struct Metered {
     inner: Arc<dyn Ec2>,
     latency: Duration,
     aws: Option<Mutex<BTreeMap<Group, TokenBucket>>>,
-    requests: Mutex<BTreeMap<&'static str, u64>>,
-    throttled: Mutex<BTreeMap<&'static str, u64>>,
+    requests: Mutex<BTreeMap<Op, u64>>,
+    throttled: Mutex<BTreeMap<Op, u64>>,
 }
 
 impl Metered {
@@ -153,12 +154,12 @@ impl Metered {
         }
     }
 
-    async fn request(&self, operation: &'static str) -> Result<()> {
+    async fn request(&self, operation: Op) -> Result<()> {
         if !self.latency.is_zero() {
             tokio::time::sleep(self.latency).await;
         }
         *self.requests.lock().unwrap().entry(operation).or_default() += 1;
-        if let (Some(aws), Some(group)) = (&self.aws, Group::of(operation)) {
+        if let (Some(aws), Some(group)) = (&self.aws, operation.group()) {
             let now = tokio::time::Instant::now().into_std();
             let refused = aws
                 .lock()
@@ -169,26 +170,26 @@ impl Metered {
                 .is_err();
             if refused {
                 *self.throttled.lock().unwrap().entry(operation).or_default() += 1;
-                return Err(Error::Api {
+                return Err(Error::api(
                     operation,
-                    region: self.inner.region().to_string(),
-                    code: "RequestLimitExceeded".into(),
-                    message: "Request limit exceeded (benchmark bucket)".into(),
-                });
+                    self.inner.region(),
+                    "RequestLimitExceeded",
+                    "Request limit exceeded (benchmark bucket)",
+                ));
             }
         }
         Ok(())
     }
 
     /// A paginated describe: one request per 1,000 objects (at least one); a refused page fails the sweep.
-    async fn pages<T>(&self, operation: &'static str, items: Vec<T>) -> Result<Vec<T>> {
+    async fn pages<T>(&self, operation: Op, items: Vec<T>) -> Result<Vec<T>> {
         for _ in 0..items.len().div_ceil(1000).max(1) {
             self.request(operation).await?;
         }
         Ok(items)
     }
 
-    fn requests(&self) -> BTreeMap<&'static str, u64> {
+    fn requests(&self) -> BTreeMap<Op, u64> {
         self.requests.lock().unwrap().clone()
     }
 
@@ -203,36 +204,36 @@ impl Ec2 for Metered {
         self.inner.region()
     }
     async fn account_id(&self) -> Result<String> {
-        self.request("GetCallerIdentity").await?;
+        self.request(Op::GetCallerIdentity).await?;
         self.inner.account_id().await
     }
     async fn describe_instances(&self, f: &[Filter]) -> Result<Vec<Instance>> {
         let all = self.inner.describe_instances(f).await?;
-        self.pages("DescribeInstances", all).await
+        self.pages(Op::DescribeInstances, all).await
     }
     async fn describe_volumes(&self, f: &[Filter]) -> Result<Vec<Volume>> {
         let all = self.inner.describe_volumes(f).await?;
-        self.pages("DescribeVolumes", all).await
+        self.pages(Op::DescribeVolumes, all).await
     }
     /// Paged by the caller: one request per page.
     async fn describe_snapshots(&self, f: &[Filter], t: Option<&str>) -> Result<Page<Snapshot>> {
-        self.request("DescribeSnapshots").await?;
+        self.request(Op::DescribeSnapshots).await?;
         self.inner.describe_snapshots(f, t).await
     }
     async fn create_snapshot(&self, r: &CreateSnapshot) -> Result<Snapshot> {
-        self.request("CreateSnapshot").await?;
+        self.request(Op::CreateSnapshot).await?;
         self.inner.create_snapshot(r).await
     }
     async fn create_snapshots(&self, r: &CreateSnapshots) -> Result<Vec<VolumeResult>> {
-        self.request("CreateSnapshots").await?;
+        self.request(Op::CreateSnapshots).await?;
         self.inner.create_snapshots(r).await
     }
     async fn create_tags(&self, ids: &[String], tags: &Tags) -> Result<()> {
-        self.request("CreateTags").await?;
+        self.request(Op::CreateTags).await?;
         self.inner.create_tags(ids, tags).await
     }
     async fn delete_snapshot(&self, id: &str) -> Result<()> {
-        self.request("DeleteSnapshot").await?;
+        self.request(Op::DeleteSnapshot).await?;
         self.inner.delete_snapshot(id).await
     }
 }
@@ -377,7 +378,7 @@ fn pace(budget: f64) -> PaceConfig {
 }
 
 struct Pass {
-    requests: BTreeMap<&'static str, u64>,
+    requests: BTreeMap<Op, u64>,
     throttled: u64,
     wall: Duration,
     report: snapwarden::report::RunReport,
@@ -416,10 +417,10 @@ async fn pass(metered: Arc<Metered>, config: &Config, pace: PaceConfig) -> Pass 
 }
 
 /// Seconds the budgeted buckets need for `requests`, per group: (requests − burst) / refill, at least 0.
-fn floors(requests: &BTreeMap<&'static str, u64>, pace: &PaceConfig) -> BTreeMap<Group, f64> {
+fn floors(requests: &BTreeMap<Op, u64>, pace: &PaceConfig) -> BTreeMap<Group, f64> {
     let mut per_group: BTreeMap<Group, u64> = BTreeMap::new();
     for (op, n) in requests {
-        if let Some(g) = Group::of(op) {
+        if let Some(g) = op.group() {
             *per_group.entry(g).or_default() += n;
         }
     }
@@ -482,7 +483,7 @@ fn in_memory(a: &Args, volumes: usize) {
     let total: u64 = p
         .requests
         .iter()
-        .filter(|(op, _)| Group::of(op).is_some())
+        .filter(|(op, _)| op.group().is_some())
         .map(|(_, n)| n)
         .sum();
     let floors = floors(&p.requests, &pace);
@@ -745,14 +746,14 @@ fn moto(a: &Args) {
         report.created,
         report.deleted
     );
-    let ops: std::collections::BTreeSet<&str> =
+    let ops: std::collections::BTreeSet<Op> =
         moto_requests.keys().chain(memory.keys()).copied().collect();
     let mut same = true;
     println!("  {:<18} {:>7} {:>9}", "operation", "moto", "in-memory");
     for op in ops {
         let (m, f) = (
-            moto_requests.get(op).copied().unwrap_or(0),
-            memory.get(op).copied().unwrap_or(0),
+            moto_requests.get(&op).copied().unwrap_or(0),
+            memory.get(&op).copied().unwrap_or(0),
         );
         same &= m == f;
         println!(

@@ -1,0 +1,243 @@
+//! The AWS vocabulary as types: [`Op`], every AWS operation snapwarden calls (its name as AWS spells it, its
+//! EC2 rate-limit group, the IAM action it needs), and [`Code`], what an AWS error code means to snapwarden,
+//! parsed once where an SDK error becomes an [`crate::error::Error`]. Pacing, retries, error kinds, the report
+//! and the alert hints match on these; no other module compares AWS codes or operation names as strings. Pure:
+//! no AWS crate, no I/O.
+
+use std::fmt;
+
+use super::pace::Group;
+
+/// An AWS operation snapwarden calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Op {
+    GetCallerIdentity,
+    DescribeInstances,
+    DescribeVolumes,
+    DescribeSnapshots,
+    CreateSnapshot,
+    CreateSnapshots,
+    CreateTags,
+    DeleteSnapshot,
+    Publish,
+}
+
+impl Op {
+    /// The EC2 operations, in the order `/metrics` lists their series before the first call.
+    pub const EC2: [Op; 7] = [
+        Op::DescribeInstances,
+        Op::DescribeVolumes,
+        Op::DescribeSnapshots,
+        Op::CreateSnapshot,
+        Op::CreateSnapshots,
+        Op::CreateTags,
+        Op::DeleteSnapshot,
+    ];
+
+    /// The name as AWS spells it: a metric label value, and the start of an API error's message.
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::GetCallerIdentity => "GetCallerIdentity",
+            Op::DescribeInstances => "DescribeInstances",
+            Op::DescribeVolumes => "DescribeVolumes",
+            Op::DescribeSnapshots => "DescribeSnapshots",
+            Op::CreateSnapshot => "CreateSnapshot",
+            Op::CreateSnapshots => "CreateSnapshots",
+            Op::CreateTags => "CreateTags",
+            Op::DeleteSnapshot => "DeleteSnapshot",
+            Op::Publish => "Publish",
+        }
+    }
+
+    /// The operation named `name`, for test doubles that are told which call to fail.
+    pub fn from_name(name: &str) -> Option<Op> {
+        Op::EC2
+            .into_iter()
+            .chain([Op::GetCallerIdentity, Op::Publish])
+            .find(|op| op.name() == name)
+    }
+
+    /// EC2's API rate-limit group; None for calls outside EC2's buckets (STS, SNS).
+    pub fn group(self) -> Option<Group> {
+        match self {
+            Op::CreateSnapshot | Op::CreateSnapshots => Some(Group::Create),
+            Op::DeleteSnapshot => Some(Group::Delete),
+            Op::CreateTags => Some(Group::Tags),
+            Op::DescribeInstances | Op::DescribeVolumes | Op::DescribeSnapshots => {
+                Some(Group::Describe)
+            }
+            Op::GetCallerIdentity | Op::Publish => None,
+        }
+    }
+
+    /// The IAM action the call needs, e.g. `ec2:CreateSnapshot`: what an access-denied alert says to grant.
+    pub fn iam_action(self) -> &'static str {
+        match self {
+            Op::GetCallerIdentity => "sts:GetCallerIdentity",
+            Op::DescribeInstances => "ec2:DescribeInstances",
+            Op::DescribeVolumes => "ec2:DescribeVolumes",
+            Op::DescribeSnapshots => "ec2:DescribeSnapshots",
+            Op::CreateSnapshot => "ec2:CreateSnapshot",
+            Op::CreateSnapshots => "ec2:CreateSnapshots",
+            Op::CreateTags => "ec2:CreateTags",
+            Op::DeleteSnapshot => "ec2:DeleteSnapshot",
+            Op::Publish => "sns:Publish",
+        }
+    }
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `pad`: a width in the format string (`{op:<18}`) applies.
+        f.pad(self.name())
+    }
+}
+
+/// What an AWS error code means to snapwarden. Several codes of one meaning share a variant (EC2, STS and SNS
+/// spell "throttled" four ways); the code as AWS sent it stays on the error for messages and reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Code {
+    /// `RequestLimitExceeded`, `Throttling`, `ThrottlingException`, `Throttled`: not executed; back off.
+    Throttled,
+    /// `UnauthorizedOperation`, `AccessDenied`, `AccessDeniedException`, `AuthFailure`, `AuthorizationError`:
+    /// the credentials work but may not do this.
+    AccessDenied,
+    /// `InvalidClientTokenId`, `ExpiredToken`, `RequestExpired`, `SignatureDoesNotMatch`.
+    Credentials,
+    /// `InvalidSnapshot.NotFound`: already gone (describes are eventually consistent).
+    SnapshotNotFound,
+    /// `InvalidVolume.NotFound`: the volume went away during the run.
+    VolumeNotFound,
+    /// `NotFound` (SNS: the topic).
+    NotFound,
+    /// `InvalidSnapshot.InUse`: the snapshot backs an AMI.
+    SnapshotInUse,
+    /// `SnapshotCreationPerVolumeRateExceeded`: another snapshot of the volume started less than 15 s ago.
+    VolumeRate,
+    /// `ConcurrentSnapshotLimitExceeded`: too many pending snapshots on the volume or account.
+    PendingLimit,
+    /// `pending-limit`: not AWS's but the daemon's own account cap on pending snapshots (`worker::create`), which
+    /// holds a create back the way `ConcurrentSnapshotLimitExceeded` would.
+    PendingCap,
+    /// `IncorrectState`: e.g. the volume is detaching.
+    IncorrectState,
+    /// `InternalError`, `InternalFailure`, `ServiceUnavailable`, `Unavailable`: AWS's side, transient.
+    Internal,
+    /// Any other code.
+    Other,
+}
+
+impl Code {
+    /// The one place AWS's error codes are read.
+    pub fn parse(code: &str) -> Code {
+        match code {
+            "RequestLimitExceeded" | "Throttling" | "ThrottlingException" | "Throttled" => {
+                Code::Throttled
+            }
+            "UnauthorizedOperation"
+            | "AccessDenied"
+            | "AccessDeniedException"
+            | "AuthFailure"
+            | "AuthorizationError" => Code::AccessDenied,
+            "InvalidClientTokenId"
+            | "ExpiredToken"
+            | "RequestExpired"
+            | "SignatureDoesNotMatch" => Code::Credentials,
+            "InvalidSnapshot.NotFound" => Code::SnapshotNotFound,
+            "InvalidVolume.NotFound" => Code::VolumeNotFound,
+            "NotFound" => Code::NotFound,
+            "InvalidSnapshot.InUse" => Code::SnapshotInUse,
+            "SnapshotCreationPerVolumeRateExceeded" => Code::VolumeRate,
+            "ConcurrentSnapshotLimitExceeded" => Code::PendingLimit,
+            "pending-limit" => Code::PendingCap,
+            "IncorrectState" => Code::IncorrectState,
+            "InternalError" | "InternalFailure" | "ServiceUnavailable" | "Unavailable" => {
+                Code::Internal
+            }
+            _ => Code::Other,
+        }
+    }
+
+    /// The bounded label of [`crate::error::Error::kind`] for an API error with this code.
+    pub fn label(self) -> &'static str {
+        match self {
+            Code::Throttled => "throttled",
+            Code::AccessDenied => "access-denied",
+            Code::Credentials => "credentials",
+            Code::SnapshotNotFound | Code::VolumeNotFound | Code::NotFound => "not-found",
+            Code::SnapshotInUse => "in-use",
+            Code::VolumeRate | Code::PendingLimit => "limit",
+            Code::IncorrectState => "incorrect-state",
+            Code::Internal => "aws-internal",
+            Code::PendingCap | Code::Other => "aws-api",
+        }
+    }
+
+    /// Whether a create refused with this code is put off to the next run instead of failing its volume.
+    pub fn defers(self) -> bool {
+        matches!(self, Code::PendingLimit | Code::PendingCap)
+    }
+}
+
+/// When a failed call may be tried again (`Error::retry`; no retry at all when retrying cannot help, needs a
+/// person, or could duplicate a snapshot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryAfter {
+    /// A backoff with jitter.
+    Backoff,
+    /// The per-volume gap between snapshots of one volume.
+    VolumeGap,
+}
+
+/// The AWS call that failed and what its code means: what a report problem keeps of an API error, so alerts
+/// match on it rather than on text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ApiFailure {
+    pub operation: Op,
+    pub code: Code,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_actions_name_the_service() {
+        for op in Op::EC2
+            .into_iter()
+            .chain([Op::GetCallerIdentity, Op::Publish])
+        {
+            assert_eq!(Op::from_name(op.name()), Some(op));
+            assert!(
+                op.iam_action().ends_with(&format!(":{}", op.name())),
+                "{op}"
+            );
+        }
+        assert_eq!(Op::from_name("DeleteTags"), None);
+        assert_eq!(Op::GetCallerIdentity.iam_action(), "sts:GetCallerIdentity");
+        assert_eq!(Op::Publish.iam_action(), "sns:Publish");
+        assert_eq!(Op::DescribeSnapshots.group(), Some(Group::Describe));
+        assert_eq!(Op::CreateSnapshots.group(), Some(Group::Create));
+        assert_eq!(Op::GetCallerIdentity.group(), None);
+    }
+
+    #[test]
+    fn codes_of_one_meaning_share_a_variant() {
+        for c in [
+            "RequestLimitExceeded",
+            "Throttling",
+            "ThrottlingException",
+            "Throttled",
+        ] {
+            assert_eq!(Code::parse(c), Code::Throttled, "{c}");
+        }
+        assert_eq!(
+            Code::parse("InvalidSnapshot.NotFound"),
+            Code::SnapshotNotFound
+        );
+        assert_eq!(Code::parse("Whatever.New"), Code::Other);
+        assert_eq!(Code::parse("AuthorizationError").label(), "access-denied");
+        assert!(Code::parse("ConcurrentSnapshotLimitExceeded").defers());
+        assert!(!Code::parse("SnapshotCreationPerVolumeRateExceeded").defers());
+    }
+}

@@ -1,0 +1,345 @@
+//! The text of alerts: a failure digest (subject, a human summary with what to do per error code, the report as
+//! JSON cut to SNS's size limit) and a recovery message. Pure: no I/O, no clock, no AWS types beyond the
+//! vocabulary of [`crate::ec2::op`].
+
+use std::collections::BTreeMap;
+
+use crate::ec2::op::Code;
+use crate::report::{Problem, RunReport, RunResult};
+
+/// SNS's limit is 256 KiB for the whole message; stay well under it so attributes and encoding fit too.
+pub const MAX_BODY_BYTES: usize = 200 * 1024;
+pub const MAX_SUBJECT_CHARS: usize = 100;
+/// How many problems the human summary lists before it says how many were left out.
+const SUMMARY_LINES: usize = 20;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub subject: String,
+    pub body: String,
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// What to do about the problems of one code: matched on what an AWS code means where the problem is an AWS
+/// error, else on snapwarden's own label.
+fn what_to_do(code: &str, aws: Option<Code>) -> &'static str {
+    if let Some(code) = aws {
+        return match code {
+            Code::AccessDenied => "grant the missing action to snapwarden's IAM role (deploy/iam/policy.json)",
+            Code::Throttled => "EC2 throttled the account; the next run retries. Check other tools sharing the API budget",
+            Code::PendingLimit => "too many pending snapshots on the volume or account; the next run retries",
+            Code::VolumeRate => "another snapshot of the volume was started less than 15 s earlier",
+            Code::VolumeNotFound | Code::IncorrectState => "the volume was deleted or detached during the run; nothing to do if intended",
+            Code::Credentials => "snapwarden's AWS credentials are missing or expired; check its role or profile",
+            _ => "see the error message; the next run retries",
+        };
+    }
+    match code {
+        "snapshot-error" => "EBS could not complete the snapshot (it was deleted); the next run of the slot makes a new one. If it repeats, check the volume's health",
+        "snapshot-pending" => "the snapshot was still pending at daemon.completion-deadline; the next run checks it again. Raise the deadline if first snapshots of big volumes are expected",
+        "transport" | "timeout" => "AWS could not be reached in this region (network, DNS, endpoint); the other regions ran. The next run retries",
+        "bad-count-tag" => "fix the tag value: a whole number from 1 to 10000",
+        "future-slot" => "kept and ignored by retention: fix the snapshot's snapwarden:slot tag (or delete it by hand) and check the clock of whatever wrote it",
+        "unplaced-copy" => "kept and ignored by retention: tag the copy with snapwarden:source-volume (its source volume id)",
+        "credentials" => "snapwarden's AWS credentials are missing or expired; check its role or profile",
+        _ => "see the error message; the next run retries",
+    }
+}
+
+/// The problems of the run whose code is `code`.
+fn with_code<'a>(report: &'a RunReport, code: &'a str) -> impl Iterator<Item = &'a Problem> {
+    report
+        .fatal
+        .iter()
+        .chain(&report.problems)
+        .filter(move |p| p.code == code)
+}
+
+/// The IAM actions access-denied problems of `code` were refused, e.g. `ec2:CreateSnapshot`.
+fn missing_actions(report: &RunReport, code: &str) -> Vec<&'static str> {
+    let mut actions: Vec<&'static str> = with_code(report, code)
+        .filter_map(|p| p.aws)
+        .filter(|f| f.code == Code::AccessDenied)
+        .map(|f| f.operation.iam_action())
+        .collect();
+    actions.sort();
+    actions.dedup();
+    actions
+}
+
+fn severity(result: RunResult) -> &'static str {
+    match result {
+        RunResult::Failure => "critical",
+        RunResult::Partial => "warning",
+        RunResult::Success => "info",
+    }
+}
+
+/// SNS subjects: ASCII, no control characters, at most 100 characters.
+fn subject(text: String) -> String {
+    let clean: String = text
+        .chars()
+        .map(|c| {
+            if c.is_ascii() && !c.is_ascii_control() {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    if clean.len() <= MAX_SUBJECT_CHARS {
+        clean
+    } else {
+        format!("{}...", &clean[..MAX_SUBJECT_CHARS - 3])
+    }
+}
+
+fn attributes(report: &RunReport, severity: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("policy".to_string(), report.policy.clone()),
+        ("schedule".to_string(), report.schedule_label()),
+        ("region".to_string(), report.region.clone()),
+        ("severity".to_string(), severity.to_string()),
+    ])
+}
+
+/// The alert for a failed or partial run: subject, a human summary, then the report as JSON.
+pub fn digest(report: &RunReport) -> Message {
+    let result = report.result();
+    let verdict = if result == RunResult::Failure {
+        "FAILED"
+    } else {
+        "PARTIAL"
+    };
+    let failed = report.failed_volumes();
+    let scope = format!(
+        "{}/{} {}",
+        report.policy,
+        report.schedule_label(),
+        report.region
+    );
+    let detail = match &report.fatal {
+        Some(p) => format!("run failed ({})", p.code),
+        None if failed > 0 => format!("{failed} of {} volumes", report.targeted_volumes),
+        None => format!("{} problems", report.problems.len()),
+    };
+    let mut body = format!(
+        "snapwarden run {verdict} for policy {} schedule {} in {} (slot {}, run {}).\n\n\
+         Volumes targeted: {}, snapshots created: {}, already present: {}, failed: {}.\n\
+         Retention: {} deleted, {} kept, {} kept because they back an AMI{}.\n\n",
+        report.policy,
+        report.schedule_label(),
+        report.region,
+        crate::schedule::format_slot(report.slot),
+        report.run_id,
+        report.targeted_volumes,
+        report.created,
+        report.already_done,
+        failed,
+        report.deleted,
+        report.kept,
+        report.kept_in_use,
+        report
+            .retention_skipped
+            .as_deref()
+            .map(|w| format!(" (retention skipped: {w})"))
+            .unwrap_or_default(),
+    );
+    body.push_str("What to do:\n");
+    for code in report.codes() {
+        let actions = missing_actions(report, &code);
+        if !actions.is_empty() {
+            body.push_str(&format!(
+                "- {code}: grant {} to snapwarden's IAM role (deploy/iam/policy.json)\n",
+                actions.join(", ")
+            ));
+        } else {
+            let aws = with_code(report, &code).find_map(|p| p.aws).map(|f| f.code);
+            body.push_str(&format!("- {code}: {}\n", what_to_do(&code, aws)));
+        }
+    }
+    body.push_str("\nProblems:\n");
+    let all: Vec<_> = report.fatal.iter().chain(&report.problems).collect();
+    for p in all.iter().take(SUMMARY_LINES) {
+        body.push_str(&format!(
+            "- {} {}: {} {}\n",
+            p.operation, p.resource, p.code, p.message
+        ));
+    }
+    if all.len() > SUMMARY_LINES {
+        body.push_str(&format!(
+            "- ... and {} more (all in the JSON below)\n",
+            all.len() - SUMMARY_LINES
+        ));
+    }
+    body.push_str("\n--- JSON ---\n");
+    body.push_str(&json_within(
+        report,
+        MAX_BODY_BYTES.saturating_sub(body.len()),
+    ));
+    Message {
+        subject: subject(format!("snapwarden {verdict} {scope}: {detail}")),
+        body,
+        attributes: attributes(report, severity(result)),
+    }
+}
+
+/// The report as JSON, with the problem list cut so the text fits in `budget` bytes.
+fn json_within(report: &RunReport, budget: usize) -> String {
+    let mut cut = report.clone();
+    let mut left_out = 0;
+    loop {
+        let mut value = serde_json::to_value(&cut).expect("report serializes");
+        value["problems_left_out"] = left_out.into();
+        let text = serde_json::to_string_pretty(&value).expect("json value serializes");
+        if text.len() <= budget || cut.problems.is_empty() {
+            return text;
+        }
+        // Halve until it fits: a few iterations even for tens of thousands of problems.
+        let keep = cut.problems.len() / 2;
+        left_out += cut.problems.len() - keep;
+        cut.problems.truncate(keep);
+    }
+}
+
+pub fn recovery(report: &RunReport) -> Message {
+    let scope = format!(
+        "{}/{} {}",
+        report.policy,
+        report.schedule_label(),
+        report.region
+    );
+    Message {
+        subject: subject(format!("snapwarden RECOVERED {scope}")),
+        body: format!(
+            "snapwarden run succeeded again for policy {} schedule {} in {} (slot {}, run {}{}): {} volumes \
+             targeted, {} snapshots created, {} already present.\n",
+            report.policy,
+            report.schedule_label(),
+            report.region,
+            crate::schedule::format_slot(report.slot),
+            report.run_id,
+            match report.retry {
+                0 => String::new(),
+                n => format!(", retry {n} of the slot"),
+            },
+            report.targeted_volumes,
+            report.created,
+            report.already_done
+        ),
+        attributes: attributes(report, "info"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::{problem, report};
+    use super::*;
+    use crate::ec2::op::Op;
+    use crate::error::Error;
+
+    #[test]
+    fn digest_subject_summary_and_json() {
+        let m = digest(&report(3, 120));
+        assert_eq!(
+            m.subject,
+            "snapwarden PARTIAL prod/daily us-east-1: 3 of 120 volumes"
+        );
+        assert!(m.body.starts_with("snapwarden run PARTIAL"), "{}", m.body);
+        assert!(
+            m.body
+                .contains("IncorrectState: the volume was deleted or detached"),
+            "{}",
+            m.body
+        );
+        let json = m.body.split("--- JSON ---\n").nth(1).unwrap();
+        let v: serde_json::Value = serde_json::from_str(json).unwrap();
+        assert_eq!(v["problems"].as_array().unwrap().len(), 3);
+        assert_eq!(m.attributes["severity"], "warning");
+        let all = digest(&report(120, 120));
+        assert!(all.subject.starts_with("snapwarden FAILED"));
+        assert_eq!(all.attributes["severity"], "critical");
+    }
+
+    #[test]
+    fn set_aside_snapshots_get_a_digest_line_with_what_to_do() {
+        let mut r = report(0, 2);
+        for code in ["future-slot", "unplaced-copy"] {
+            r.problems.push(Problem {
+                resource: "us-east-1".into(),
+                operation: "retention",
+                code: code.into(),
+                message: format!("policy prod: {code} found"),
+                aws: None,
+            });
+        }
+        let m = digest(&r);
+        assert!(m.subject.starts_with("snapwarden PARTIAL"), "{}", m.subject);
+        for line in [
+            "- future-slot: kept and ignored by retention: fix the snapshot's snapwarden:slot tag",
+            "- unplaced-copy: kept and ignored by retention: tag the copy with snapwarden:source-volume",
+            "future-slot found",
+        ] {
+            assert!(m.body.contains(line), "{line}\n{}", m.body);
+        }
+    }
+
+    #[test]
+    fn long_subjects_are_cut_and_huge_bodies_fit() {
+        let mut r = report(20_000, 20_000);
+        r.policy = "p".repeat(150);
+        let m = digest(&r);
+        assert!(m.subject.len() <= MAX_SUBJECT_CHARS && m.subject.ends_with("..."));
+        assert!(m.body.len() <= MAX_BODY_BYTES, "{}", m.body.len());
+        assert!(m.body.contains("... and 19980 more"));
+        let json = m.body.split("--- JSON ---\n").nth(1).unwrap();
+        let v: serde_json::Value = serde_json::from_str(json).unwrap();
+        assert!(v["problems_left_out"].as_u64().unwrap() > 0);
+    }
+
+    #[test]
+    fn access_denied_digest_names_the_missing_action() {
+        let mut r = report(0, 2);
+        let denied = |op| Error::api(op, "us-east-1", "UnauthorizedOperation", "no");
+        r.problems
+            .push(problem("vol-1", "create", &denied(Op::CreateSnapshot)));
+        r.fatal = Some(problem(
+            "us-east-1",
+            "describe",
+            &denied(Op::DescribeVolumes),
+        ));
+        let m = digest(&r);
+        assert!(
+            m.body.contains("- UnauthorizedOperation: grant ec2:CreateSnapshot, ec2:DescribeVolumes to snapwarden's IAM role"),
+            "{}",
+            m.body
+        );
+    }
+
+    #[test]
+    fn codes_of_one_meaning_get_the_same_advice() {
+        for (raw, advice) in [
+            ("RequestLimitExceeded", "EC2 throttled the account"),
+            ("ThrottlingException", "EC2 throttled the account"),
+            ("Throttled", "EC2 throttled the account"),
+            (
+                "ExpiredToken",
+                "snapwarden's AWS credentials are missing or expired",
+            ),
+            (
+                "RequestExpired",
+                "snapwarden's AWS credentials are missing or expired",
+            ),
+            (
+                "SignatureDoesNotMatch",
+                "snapwarden's AWS credentials are missing or expired",
+            ),
+        ] {
+            let mut r = report(0, 2);
+            let e = Error::api(Op::CreateSnapshot, "us-east-1", raw, "m");
+            r.problems.push(problem("vol-1", "create", &e));
+            let body = digest(&r).body;
+            assert!(body.contains(&format!("- {raw}: {advice}")), "{body}");
+        }
+    }
+}
