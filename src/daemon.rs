@@ -256,18 +256,12 @@ async fn fire(
             None => None,
         };
         let runs = pending.iter().map(|r| {
-            let spec = RunSpec {
-                policy: &policy,
-                firing: firing.clone(),
-                slot,
-                account_id: &r.account_id,
-                concurrency: shared.config.daemon.max_concurrent_aws_calls,
-                dry_run: false,
-                completion: worker::Completion::from_deadline(
+            let spec = RunSpec::new(&policy, slot, &r.account_id)
+                .firing(firing.clone())
+                .concurrency(shared.config.daemon.max_concurrent_aws_calls)
+                .completion(worker::Completion::from_deadline(
                     shared.config.daemon.completion_deadline,
-                ),
-                explain: false,
-            };
+                ));
             let (shared, notifier) = (&shared, &notifier);
             async move {
                 let mut outcome =
@@ -319,11 +313,7 @@ fn retry_scheduled(
     let names: Vec<&str> = regions.iter().map(|r| r.ec2.region()).collect();
     tracing::warn!(policy, schedules = %firing.join(","), slot = %schedule::format_slot(slot), attempt, next_at = %schedule::format_slot(at), regions = %names.join(","), "run failed or partial: retrying the slot");
     for s in firing {
-        shared
-            .metrics
-            .run_retries
-            .with_label_values(&[policy, s])
-            .inc();
+        shared.metrics.run_retry(policy, s);
         let retry = status::Retry {
             slot,
             attempt,
@@ -382,11 +372,7 @@ pub async fn schedule_loop(
             if shared.status.try_start(&policy.name, &name) {
                 firing.push(name);
             } else {
-                shared
-                    .metrics
-                    .skipped_fires
-                    .with_label_values(&[&policy.name, &name])
-                    .inc();
+                shared.metrics.fire_skipped(&policy.name, &name);
                 tracing::warn!(policy = %policy.name, schedule = %name, slot = %schedule::format_slot(slot), "fire skipped: the previous run of this schedule is still going");
             }
         }
@@ -445,11 +431,7 @@ pub async fn schedule_loop(
                 let n = s.cron.next_after(now, tz);
                 shared.status.set_next(&p.name, &s.name, n);
                 if let Some(n) = n {
-                    shared
-                        .metrics
-                        .next_run
-                        .with_label_values(&[&p.name, &s.name])
-                        .set(n.timestamp() as f64);
+                    shared.metrics.next_run(&p.name, &s.name, n);
                 }
             }
         }
@@ -658,11 +640,7 @@ pub fn reload(shared: &Shared, loaded: std::result::Result<Config, ConfigError>)
             }
         }
     };
-    shared
-        .metrics
-        .config_reloads
-        .with_label_values(&[outcome.as_str()])
-        .inc();
+    shared.metrics.config_reload(outcome.as_str());
     shared.sd.ready();
     outcome
 }

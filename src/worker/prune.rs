@@ -19,6 +19,7 @@ use chrono::{DateTime, Utc};
 use futures::stream::{self, StreamExt};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
+use super::run::Run;
 use super::survey::Survey;
 use crate::config::Policy;
 use crate::ec2::{Ec2, Snapshot};
@@ -119,21 +120,17 @@ pub(super) struct Early {
 }
 
 impl Early {
-    /// Plans the expected end state of the run: `survey` with every pending snapshot completed and a completed
-    /// snapshot of `slot` for each volume of `creating`. Volumes waiting for nothing are released at once.
-    /// `waits`: the run polls for completion; without it nothing is planned early and the end-of-run plan
-    /// decides everything.
-    #[allow(clippy::too_many_arguments)]
+    /// Plans the expected end state of the run: its survey with every pending snapshot completed and a completed
+    /// snapshot of the slot for each volume of `creating`. Volumes waiting for nothing are released at once. A
+    /// run that does not poll for completion plans nothing early: the end-of-run plan decides everything.
     pub fn plan(
-        policy: &Policy,
-        survey: &mut Survey,
+        run: &mut Run<'_>,
         creating: &[(String, Vec<String>)],
-        frozen: &HashSet<String>,
-        waits: bool,
-        slot: DateTime<Utc>,
-        now: DateTime<Utc>,
         tx: UnboundedSender<Decision>,
     ) -> Early {
+        let (policy, slot, now) = (run.spec.policy, run.spec.slot, run.now());
+        let waits = run.polls().is_some();
+        let (survey, frozen) = (&mut run.survey, &run.frozen);
         let mut e = Early {
             tx: Some(tx),
             ..Early::default()

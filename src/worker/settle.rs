@@ -1,39 +1,31 @@
-//! Waiting for snapshots to complete: the run polls the policy's pending snapshots (this run's, as each create
+//! The settle phase: waiting for snapshots to complete. The run polls the policy's pending snapshots (this run's, as each create
 //! returns, and any an earlier run left pending) while it creates, and for up to `daemon.completion-deadline`
 //! after the last create, handing each state it learns to the early deletes ([`super::prune::Early`]). After the
 //! wait — or without one: a zero deadline still describes the new snapshots once, and a run that does not poll at
 //! all still has the survey's and the create answers' states — it deals with what did not complete: `error`
 //! snapshots are reported and deleted, ones still pending are reported and left for the next run.
 
-use std::collections::HashSet;
-use std::sync::Mutex;
-
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::prune::Early;
-use super::survey::Survey;
-use super::{Completion, RunSpec, FILTER_VALUES};
+use super::run::{Flight, Run};
+use super::{Completion, FILTER_VALUES};
 use crate::ec2::{self, Ec2, Filter};
 use crate::error::Error;
-use crate::metrics::Metrics;
-use crate::report::{Problem, RunReport};
 use crate::retention::SnapState;
-use crate::schedule::format_slot;
 
 /// Polls until creation is over (`creating` turns false) and then nothing is pending or `c.deadline` has passed
-/// since; `freed` is signalled after every poll. One DescribeSnapshots (filtered by id, 200 ids each) per poll, the interval doubling from
+/// since; `flight.freed` is signalled after every poll. One DescribeSnapshots (filtered by id, 200 ids each) per poll, the interval doubling from
 /// `c.first_poll` to `c.max_poll`; the first poll after the last create goes out at once. Returns the last
 /// poll's error, if it failed: a failed poll is not fatal, the snapshots just stay pending as far as the run
 /// knows and the next poll tries again.
 pub(super) async fn poll(
     ec2: &dyn Ec2,
     c: Completion,
-    early: &Mutex<Early>,
-    freed: &Notify,
+    flight: &Flight,
     mut creating: watch::Receiver<bool>,
 ) -> Option<Error> {
-    let lock = || early.lock().expect("early deletes poisoned");
+    let lock = || flight.lock();
     let mut interval = c.first_poll;
     let mut deadline: Option<Instant> = None;
     let mut last_error = None;
@@ -63,7 +55,7 @@ pub(super) async fn poll(
             }
         }
         // Creates waiting for room under the account's pending cap look again.
-        freed.notify_waiters();
+        flight.freed.notify_waiters();
         let left = !lock().pending.is_empty();
         let now = Instant::now();
         match deadline {
@@ -81,8 +73,8 @@ pub(super) async fn poll(
     }
 }
 
-/// After the wait (`waited`: the completion settings of a run that waited; None when it did not), for the snapshots in
-/// `survey` (states already updated):
+/// The phase, after the creates and the wait (`last_error`: the last poll's, if it failed): this run's snapshots
+/// join the survey with every state learnt, then what did not complete is dealt with:
 /// - a snapshot in `error` (found so by the survey or by polling) restores nothing: it is reported (code
 ///   `snapshot-error`; operation `create` when it was this slot's, so the volume counts as failed, else
 ///   `complete`), counted in `snapshots_failed_total{operation="complete"}`, deleted (it also counts against EC2's
@@ -93,113 +85,61 @@ pub(super) async fn poll(
 ///   and polls it again. A run that did not wait reports this slot's pending snapshots as not yet complete
 ///   (`RunReport::pending`), not as a problem: not waiting was asked for. Either way retention keeps pending
 ///   snapshots and does not count them toward keep rules, and the staleness metrics do not count them as protection.
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn settle(
-    ec2: &dyn Ec2,
-    spec: &RunSpec<'_>,
-    waited: Option<Completion>,
-    last_error: Option<Error>,
-    survey: &mut Survey,
-    frozen: &mut HashSet<String>,
-    report: &mut RunReport,
-    metrics: &Metrics,
-) {
-    let policy = &spec.policy.name;
-    let region = ec2.region().to_string();
-    let errored: Vec<_> = survey
+pub(super) async fn phase(run: &mut Run<'_>, flight: &Flight, last_error: Option<Error>) {
+    {
+        let mut early = flight.lock();
+        run.survey.snapshots.append(&mut early.created);
+        for s in run.survey.snapshots.iter_mut() {
+            if let Some(&state) = early.states.get(&*s.id) {
+                s.state = state;
+            }
+        }
+    }
+    // Whether or not the run waited: what it saw decides (an `error` snapshot fails its volume).
+    delete_errored(run).await;
+    match run.waits() {
+        Some(c) => {
+            let pending: Vec<_> = run
+                .survey
+                .snapshots
+                .iter()
+                .filter(|s| s.state == SnapState::Pending)
+                .cloned()
+                .collect();
+            for snap in &pending {
+                run.still_pending(snap, c, last_error.as_ref());
+            }
+        }
+        None => {
+            run.report.pending = run
+                .survey
+                .snapshots
+                .iter()
+                .filter(|s| s.state == SnapState::Pending && s.slot == run.spec.slot)
+                .count();
+        }
+    }
+}
+
+/// Reports and deletes the snapshots in `error` state, and takes them out of the survey: deleted, or reported
+/// and retried by the next run.
+async fn delete_errored(run: &mut Run<'_>) {
+    let errored: Vec<_> = run
+        .survey
         .snapshots
         .iter()
         .filter(|s| s.state == SnapState::Error)
         .cloned()
         .collect();
     for snap in &errored {
-        let this_slot = snap.slot == spec.slot;
-        tracing::error!(snapshot = %snap.id, volume = %snap.volume_id, this_slot, "snapshot ended in error state: deleting it");
-        for s in snap.schedules.iter() {
-            metrics
-                .snapshots_failed
-                .with_label_values(&[policy, &**s, &region, "complete"])
-                .inc();
-        }
-        if this_slot {
-            frozen.insert(snap.volume_id.to_string());
-            report.created = report.created.saturating_sub(1);
-        }
-        report.problems.push(Problem {
-            resource: snap.volume_id.to_string(),
-            operation: if this_slot { "create" } else { "complete" },
-            code: "snapshot-error".into(),
-            message: format!(
-                "snapshot {} of slot {} ended in error state; it restores nothing and {}{}",
-                snap.id,
-                format_slot(snap.slot),
-                if spec.dry_run {
-                    "would be deleted"
-                } else {
-                    "was deleted"
-                },
-                if this_slot {
-                    "; the next run of this slot makes a new one"
-                } else {
-                    ""
-                }
-            ),
-        });
-        match ec2.delete_snapshot(&snap.id).await {
+        run.errored(snap);
+        match run.ec2.delete_snapshot(&snap.id).await {
             Ok(()) => {}
             Err(e) if e.code() == "InvalidSnapshot.NotFound" => {}
             // Not sent at shutdown: the next run finds it in error again and deletes it.
             Err(Error::Stopped { .. }) => {}
-            Err(e) => {
-                tracing::error!(snapshot = %snap.id, error = %e, kind = e.kind(), "could not delete the errored snapshot");
-                report.problems.push(Problem {
-                    resource: snap.id.to_string(),
-                    operation: "delete",
-                    code: e.code().to_string(),
-                    message: e.to_string(),
-                });
-            }
+            Err(e) => run.errored_not_deleted(&snap.id, &e),
         }
     }
-    // Out of the plan either way: deleted, or reported and retried by the next run.
-    survey.snapshots.retain(|s| s.state != SnapState::Error);
-
-    let Some(c) = waited else {
-        report.pending = survey
-            .snapshots
-            .iter()
-            .filter(|s| s.state == SnapState::Pending && s.slot == spec.slot)
-            .count();
-        return;
-    };
-    let mut incomplete = 0;
-    for snap in survey
-        .snapshots
-        .iter()
-        .filter(|s| s.state == SnapState::Pending)
-    {
-        incomplete += 1;
-        tracing::warn!(snapshot = %snap.id, volume = %snap.volume_id, "snapshot still pending at the completion deadline; the next run checks it again");
-        report.problems.push(Problem {
-            resource: snap.volume_id.to_string(),
-            operation: "complete",
-            code: "snapshot-pending".into(),
-            message: format!(
-                "snapshot {} of slot {} still pending after {}{}; the next run checks it again",
-                snap.id,
-                format_slot(snap.slot),
-                humantime::format_duration(c.deadline),
-                last_error
-                    .as_ref()
-                    .map(|e| format!(" (last poll failed: {e})"))
-                    .unwrap_or_default()
-            ),
-        });
-    }
-    if incomplete > 0 {
-        metrics
-            .snapshots_incomplete
-            .with_label_values(&[policy, &region])
-            .inc_by(incomplete);
-    }
+    run.survey.snapshots.retain(|s| s.state != SnapState::Error);
 }
