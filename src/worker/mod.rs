@@ -1,23 +1,23 @@
 //! Snapshot and retention runs: the only module that mixes decisions with I/O. A run is one policy, one slot
-//! (fire time) and one region, carried out as a sequence of phases over one run context ([`run::Run`]):
+//! (fire time) and one region, carried out as a sequence of phases over one run context (`run::Run`):
 //!
-//! 1. [`survey`]: what the region holds (targets, count tags, the policy's managed snapshots — one filtered,
+//! 1. `survey`: what the region holds (targets, count tags, the policy's managed snapshots — one filtered,
 //!    paginated sweep each);
-//! 2. [`create`]: the slot's missing snapshots, while [`settle::poll`] watches them complete;
-//! 3. [`settle`]: this run's snapshots join the survey; `error` snapshots are reported and deleted, ones still
+//! 2. `create`: the slot's missing snapshots, while `settle::poll` watches them complete;
+//! 3. `settle`: this run's snapshots join the survey; `error` snapshots are reported and deleted, ones still
 //!    pending at the deadline reported;
-//! 4. [`retain`]: retention planned over that end state, its deletes sent;
-//! 5. [`record`]: the estate's gauges, the `run finished` line, the run metrics.
+//! 4. `retain`: retention planned over that end state, its deletes sent;
+//! 5. `record`: the estate's gauges, the `run finished` line, the run metrics.
 //!
 //! Retention's deletes do not wait for step 4: before anything is created the run plans the end state it expects
-//! ([`run::Flight`], [`prune`]), and a volume's deletes go out as soon as its new snapshot has completed, on a
+//! (`run::Flight`, `prune`), and a volume's deletes go out as soon as its new snapshot has completed, on a
 //! queue drained beside every phase until `retain` closes it. Creates wait for room under the account's
 //! pending-snapshot cap as completion polls find snapshots done (`create::Gate`).
 //!
 //! A phase decides and calls; everything it records goes through the context's event methods (`created`,
 //! `deferred`, `create_failed`, `deleted`, `kept_in_use`, `cap_hit`, …), each writing the log line, the metric and
 //! the report entry together. A new phase (scripts before the creates, copies after they settle) is a file of its
-//! own here with one function over the context, and one line in [`execute`]; new events are context methods.
+//! own here with one function over the context, and one line in `execute`; new events are context methods.
 //!
 //! Everything a run needs to know is read back from tags, so a retry or a restart after a crash finds the slot's
 //! snapshots and does not duplicate them. Dry runs go through the same code with an `ec2::DryRun` backend; the
@@ -116,7 +116,7 @@ impl Completion {
 
     /// `daemon.completion-deadline` as the daemon uses it. Zero means "do not wait for pending snapshots", not "do
     /// not look": the run still describes its new snapshots once after the last create, so one already in `error`
-    /// fails its volume like any other (see [`completion::settle`]).
+    /// fails its volume like any other (see `settle::phase`).
     pub fn from_deadline(deadline: Duration) -> Option<Self> {
         Some(Completion::within(deadline))
     }
@@ -135,9 +135,9 @@ pub struct RunSpec<'a> {
     pub slot: DateTime<Utc>,
     pub account_id: &'a str,
     pub concurrency: usize,
-    /// Poll pending snapshots (see [`settle::poll`]); None: create and move on without describing them
+    /// Poll pending snapshots (see `settle::poll`); None: create and move on without describing them
     /// (component tests on `FakeEc2`, `simulate`, which runs in simulated time). Dry runs never poll. Either way
-    /// every state the run saw (survey, create answers, polls) is settled by [`settle::phase`].
+    /// every state the run saw (survey, create answers, polls) is settled by `settle::phase`.
     pub completion: Option<Completion>,
     /// [`Outcome::plan`] holds every decision, kept ones with their reasons (tests, `simulate`); otherwise only
     /// the deletions, so a run over a large estate does not hold a decision per snapshot (~120 bytes each).
