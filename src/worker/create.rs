@@ -13,7 +13,7 @@ use tokio::sync::{watch, Notify};
 
 use super::prune::Early;
 use super::run::{Flight, Run};
-use super::survey::TargetVolume;
+use super::survey::{Survey, TargetVolume};
 use super::{settle, MAX_TAGS};
 use crate::config::{Consistency, Policy};
 use crate::ec2::{self, CreateSnapshot, Ec2, Snapshot, Tags};
@@ -214,40 +214,11 @@ async fn create_all(
     created: &(dyn Fn(&Snapshot) + Sync),
 ) -> Vec<Created> {
     let (ec2, spec, policy) = (run.ec2, run.spec, run.spec.policy);
-    let survey = &run.survey;
-    // Surveyed volumes per instance: an instance is snapshotted as a whole only when all of them are to do.
-    let mut surveyed: HashMap<&str, usize> = HashMap::new();
-    let mut owner: HashMap<&str, &str> = HashMap::new();
-    for t in &survey.targets {
-        if let Some(i) = by_instance(policy, t) {
-            *surveyed.entry(i).or_default() += 1;
-            owner.insert(t.volume.id.as_str(), i);
-        }
-    }
-    let mut groups: BTreeMap<String, Vec<Todo>> = BTreeMap::new();
-    let mut singles = Vec::new();
-    for item in todo {
-        match owner.get(item.0.volume_id.as_str()) {
-            Some(i) => groups.entry(i.to_string()).or_default().push(item),
-            None => singles.push(item),
-        }
-    }
-    let mut calls: Vec<(String, Vec<Todo>)> = Vec::new();
-    for (instance, items) in groups {
-        let whole = surveyed.get(instance.as_str()) == Some(&items.len())
-            && (2..=MAX_CREATE_SNAPSHOTS_VOLUMES).contains(&items.len())
-            && items.iter().all(|(_, serves)| *serves == items[0].1);
-        if whole {
-            calls.push((instance, items));
-        } else {
-            singles.extend(items);
-        }
-    }
-    let singles = singles.into_iter().map(|item| (String::new(), vec![item]));
+    let calls = calls(policy, &run.survey, todo);
     let mut results = Vec::new();
     // Tags CreateSnapshots could not set per volume, by tag set: what `tag_all` adds.
     let mut batches: BTreeMap<Tags, Vec<String>> = BTreeMap::new();
-    stream::iter(calls.into_iter().chain(singles))
+    stream::iter(calls)
         .map(|(instance, items)| async move {
             let n = items.len();
             if let Some(gate) = gate {
@@ -302,6 +273,41 @@ async fn create_all(
         .await;
     tag_all(run, batches).await;
     results
+}
+
+/// The create calls for `todo`, as (instance, requests): a whole instance's volumes for one CreateSnapshots, or
+/// (with no instance) one volume for one CreateSnapshot. See [`create_all`].
+fn calls(policy: &Policy, survey: &Survey, todo: Vec<Todo>) -> Vec<(String, Vec<Todo>)> {
+    // Surveyed volumes per instance: an instance is snapshotted as a whole only when all of them are to do.
+    let mut surveyed: HashMap<&str, usize> = HashMap::new();
+    let mut owner: HashMap<&str, &str> = HashMap::new();
+    for t in &survey.targets {
+        if let Some(i) = by_instance(policy, t) {
+            *surveyed.entry(i).or_default() += 1;
+            owner.insert(t.volume.id.as_str(), i);
+        }
+    }
+    let mut groups: BTreeMap<String, Vec<Todo>> = BTreeMap::new();
+    let mut singles = Vec::new();
+    for item in todo {
+        match owner.get(item.0.volume_id.as_str()) {
+            Some(i) => groups.entry(i.to_string()).or_default().push(item),
+            None => singles.push(item),
+        }
+    }
+    let mut calls: Vec<(String, Vec<Todo>)> = Vec::new();
+    for (instance, items) in groups {
+        let whole = surveyed.get(instance.as_str()) == Some(&items.len())
+            && (2..=MAX_CREATE_SNAPSHOTS_VOLUMES).contains(&items.len())
+            && items.iter().all(|(_, serves)| *serves == items[0].1);
+        if whole {
+            calls.push((instance, items));
+        } else {
+            singles.extend(items);
+        }
+    }
+    calls.extend(singles.into_iter().map(|item| (String::new(), vec![item])));
+    calls
 }
 
 /// The problem code of a create the [`Gate`] gave up on.

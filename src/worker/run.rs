@@ -132,8 +132,10 @@ impl<'a> Run<'a> {
         self.report.problems.push(p);
     }
 
+    /// Logged at debug level, like [`Run::deleted`]: the call ledger (`ec2::stop::Guarded`) has already written the
+    /// call's info line; this one adds which volume got which snapshot, for whoever follows a run in detail.
     pub fn created(&mut self, volume: &str, snapshot: &str, serves: &[String]) {
-        tracing::info!(volume = %volume, snapshot = %snapshot, "snapshot created");
+        tracing::debug!(volume = %volume, snapshot = %snapshot, "snapshot created");
         self.metrics
             .snapshot_created(self.policy(), serves, self.region());
         self.report.created += 1;
@@ -261,10 +263,10 @@ impl<'a> Run<'a> {
         );
     }
 
-    /// `serves`: the schedules the snapshot served, for the metric's labels.
+    /// `serves`: the schedules the snapshot served, for the metric's labels. Debug level: see [`Run::created`].
     pub fn deleted(&mut self, d: &Decision, serves: &[Arc<str>]) {
         let reason = d.reasons.first().map_or("", |r| r.as_str());
-        tracing::info!(snapshot = %d.snapshot_id, volume = %d.volume_id, reason, "snapshot deleted");
+        tracing::debug!(snapshot = %d.snapshot_id, volume = %d.volume_id, reason, "snapshot deleted");
         self.metrics
             .snapshot_deleted(self.policy(), serves, self.region());
         self.report.deleted += 1;
