@@ -357,3 +357,87 @@ impl Flight {
         self.early.lock().expect("early deletes poisoned")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ec2::fake::{FakeEc2, FAKE_ACCOUNT};
+    use crate::error::Error;
+    use crate::retention::Action;
+
+    fn config() -> crate::config::Config {
+        let path = std::path::Path::new("demo");
+        crate::config::from_toml_str(path, crate::demo::DEMO_CONFIG, &[]).unwrap()
+    }
+
+    fn api_error(code: &str) -> Error {
+        Error::Api {
+            operation: "DeleteSnapshot",
+            region: "r-1".into(),
+            code: code.into(),
+            message: "refused".into(),
+        }
+    }
+
+    #[test]
+    fn each_event_writes_its_metric_and_its_report_entry_together() {
+        let config = config();
+        let policy = config.policy("prod").unwrap();
+        let slot = Utc::now();
+        let spec = RunSpec::new(policy, slot, FAKE_ACCOUNT);
+        let (fake, metrics) = (FakeEc2::new("r-1"), Metrics::new());
+        let now = move || slot;
+        let mut run = Run::new(&fake, &spec, &metrics, &now);
+        let serves = ["fast".to_string(), "slow".to_string()];
+        run.created("vol-1", "snap-new", &serves);
+        run.deferred(
+            "vol-2".into(),
+            &serves[..1],
+            "pending-limit".into(),
+            "full".into(),
+        );
+        run.create_failed("vol-3".into(), &serves[1..], &api_error("InternalError"));
+        let d = Decision {
+            snapshot_id: "snap-old".into(),
+            volume_id: "vol-1".into(),
+            slot,
+            action: Action::Delete,
+            reasons: Vec::new(),
+            orphan: false,
+        };
+        let fast: Vec<Arc<str>> = vec!["fast".into()];
+        run.deleted(&d, &fast);
+        run.kept_in_use(&d);
+        run.delete_failed(&d, &fast, &api_error("InternalError"));
+
+        let r = &run.report;
+        assert_eq!((r.created, r.deleted, r.kept_in_use), (1, 1, 1));
+        let problems: Vec<(&str, &str, &str)> = r
+            .problems
+            .iter()
+            .map(|p| (p.resource.as_str(), p.operation, p.code.as_str()))
+            .collect();
+        assert_eq!(
+            problems,
+            [
+                ("vol-2", "defer", "pending-limit"),
+                ("vol-3", "create", "InternalError"),
+                ("snap-old", "delete", "InternalError"),
+            ]
+        );
+        let frozen: HashSet<&str> = run.frozen.iter().map(String::as_str).collect();
+        assert_eq!(frozen, HashSet::from(["vol-2", "vol-3"]));
+        let text = metrics.render(slot);
+        for line in [
+            r#"snapwarden_snapshots_created_total{policy="prod",region="r-1",schedule="fast"} 1"#,
+            r#"snapwarden_snapshots_created_total{policy="prod",region="r-1",schedule="slow"} 1"#,
+            r#"snapwarden_skipped_resources_total{policy="prod",reason="pending-limit",schedule="fast"} 1"#,
+            r#"snapwarden_snapshots_failed_total{operation="create",policy="prod",region="r-1",schedule="slow"} 1"#,
+            r#"snapwarden_snapshots_deleted_total{policy="prod",region="r-1",schedule="fast"} 1"#,
+            r#"snapwarden_snapshots_kept_in_use_total{policy="prod",region="r-1"} 1"#,
+            r#"snapwarden_snapshots_failed_total{operation="delete",policy="prod",region="r-1",schedule="fast"} 1"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+    }
+}
