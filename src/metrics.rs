@@ -351,7 +351,8 @@ impl Metrics {
     }
 }
 
-/// One method per event a run, the scheduler or the HTTP port counts: the only callers of `with_label_values`.
+/// One method per event a run, the scheduler, a reload or the HTTP port counts, so that callers never spell out
+/// label arrays.
 impl Metrics {
     /// A snapshot made, counted under every schedule it serves.
     pub fn snapshot_created(&self, policy: &str, schedules: &[impl AsRef<str>], region: &str) {

@@ -1,5 +1,6 @@
-//! Retention inside a run: planning it from the survey and deleting what the plan says, overlapped with the
-//! creates. The delete budget is the scarcest one at scale (one DeleteSnapshot per expired snapshot, at the same
+//! Retention inside a run: planning it from a survey ([`plan_retention`], also for `plan` and `simulate`), the
+//! early deletes ([`Early`]) and the delete queue ([`delete_all`]), which drains beside every phase of the run
+//! until the retain phase (`super::retain`) has sent the end-of-run plan's deletes and closed it. The delete budget is the scarcest one at scale (one DeleteSnapshot per expired snapshot, at the same
 //! rate EC2 allows creates), so it must not idle while snapshots are being made.
 //!
 //! How deletes start early without changing what gets deleted: before creating anything, the run plans retention

@@ -1,4 +1,4 @@
-//! The survey: what one region holds for one policy, read in one filtered, paginated sweep per resource type
+//! The survey phase ([`phase`]; [`survey`] for `plan` and `simulate` too): what one region holds for one policy, read in one filtered, paginated sweep per resource type
 //! (targets, then the policy's managed snapshots). Snapshots are digested page by page into compact [`Snap`]
 //! records — tags parsed once, strings shared — so a sweep of hundreds of thousands of snapshots costs about a
 //! hundred bytes each, not the kilobyte a snapshot with all its tags takes.
