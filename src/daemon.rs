@@ -300,18 +300,12 @@ async fn fire(
             None => None,
         };
         let runs = pending.iter().map(|r| {
-            let spec = RunSpec {
-                policy: &policy,
-                firing: firing.clone(),
-                slot,
-                account_id: &r.account_id,
-                concurrency: shared.config.daemon.max_concurrent_aws_calls,
-                dry_run: false,
-                completion: worker::Completion::from_deadline(
+            let spec = RunSpec::new(&policy, slot, &r.account_id)
+                .firing(firing.clone())
+                .concurrency(shared.config.daemon.max_concurrent_aws_calls)
+                .completion(worker::Completion::from_deadline(
                     shared.config.daemon.completion_deadline,
-                ),
-                explain: false,
-            };
+                ));
             let (shared, notifier) = (&shared, &notifier);
             async move {
                 let started = Utc::now();
@@ -405,11 +399,7 @@ fn retry_scheduled(
     let names: Vec<&str> = regions.iter().map(|r| r.ec2.region()).collect();
     tracing::warn!(policy, schedules = %firing.join(","), slot = %schedule::format_slot(slot), attempt, next_at = %schedule::format_slot(at), regions = %names.join(","), "run failed or partial: retrying the slot");
     for s in firing {
-        shared
-            .metrics
-            .run_retries
-            .with_label_values(&[policy, s])
-            .inc();
+        shared.metrics.run_retry(policy, s);
         let retry = status::Retry {
             slot,
             attempt,
@@ -521,11 +511,7 @@ pub async fn schedule_loop(
                 let n = s.cron.next_after(now, tz);
                 shared.status.set_next(&p.name, &s.name, n);
                 if let Some(n) = n {
-                    shared
-                        .metrics
-                        .next_run
-                        .with_label_values(&[&p.name, &s.name])
-                        .set(n.timestamp() as f64);
+                    shared.metrics.next_run(&p.name, &s.name, n);
                 }
             }
         }
@@ -562,11 +548,7 @@ pub async fn schedule_loop(
 
 /// The event "a fire of this schedule is skipped: its previous run is still going": log line, metric, `/status`.
 fn fire_skipped(shared: &Shared, skip: &scheduler::Skip) {
-    shared
-        .metrics
-        .skipped_fires
-        .with_label_values(&[&skip.policy, &skip.schedule])
-        .inc();
+    shared.metrics.fire_skipped(&skip.policy, &skip.schedule);
     shared.status.skipped(&skip.policy, &skip.schedule);
     tracing::warn!(policy = %skip.policy, schedule = %skip.schedule, slot = %schedule::format_slot(skip.slot), "fire skipped: the previous run of this schedule is still going");
 }
@@ -711,11 +693,7 @@ pub fn reload(shared: &Shared, loaded: std::result::Result<Config, ConfigError>)
             }
         }
     };
-    shared
-        .metrics
-        .config_reloads
-        .with_label_values(&[outcome.as_str()])
-        .inc();
+    shared.metrics.config_reload(outcome.as_str());
     shared.sd.ready();
     outcome
 }

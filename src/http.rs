@@ -144,20 +144,14 @@ pub async fn serve(
             Err(e) => {
                 // Out of descriptors (EMFILE) or a connection reset before accept: accepting again at once
                 // would spin. The backlog waits in the kernel meanwhile, holding none of ours.
-                metrics
-                    .http_refused
-                    .with_label_values(&["accept-error"])
-                    .inc();
+                metrics.http_refused("accept-error");
                 tracing::warn!(error = %e, "HTTP accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            metrics
-                .http_refused
-                .with_label_values(&["connection-cap"])
-                .inc();
+            metrics.http_refused("connection-cap");
             drop(stream);
             continue;
         };

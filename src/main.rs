@@ -546,17 +546,13 @@ async fn once(
             Some(d) => d.as_ref(),
             None => r.ec2.as_ref(),
         };
-        let spec = RunSpec {
-            policy: &p,
-            firing: firing.clone(),
-            slot,
-            account_id: &r.account_id,
-            concurrency: shared.config.daemon.max_concurrent_aws_calls,
-            dry_run,
-            completion: worker::Completion::from_deadline(shared.config.daemon.completion_deadline),
-            // Only the deletions are printed.
-            explain: false,
-        };
+        // Only the deletions are printed: not explained.
+        let spec = RunSpec::new(&p, slot, &r.account_id)
+            .firing(firing.clone())
+            .concurrency(shared.config.daemon.max_concurrent_aws_calls)
+            .completion(worker::Completion::from_deadline(
+                shared.config.daemon.completion_deadline,
+            ));
         let outcome = worker::run(ec2, &spec, &shared.metrics, Utc::now).await;
         let log = dry.as_ref().map(|d| d.log());
         print!("{}", snapwarden::once::region_lines(&outcome, log.as_ref()));

@@ -16,6 +16,7 @@ use prometheus::{
 
 use crate::ec2::op::Op;
 use crate::error::Error;
+use crate::report::RunResult;
 use crate::retention::{Action, Decision, Reason};
 
 /// Every label `retention::Reason::as_str` gives a kept snapshot, so each series exists (at 0) from the first plan.
@@ -296,6 +297,11 @@ impl Metrics {
         }
     }
 
+    /// `n` alerts ended with `outcome` (sent, failed, deduplicated, disabled, superseded, dropped).
+    pub fn notified(&self, outcome: &'static str, n: u64) {
+        self.notifications.with_label_values(&[outcome]).inc_by(n);
+    }
+
     pub fn aws_request(&self, operation: Op, error: Option<&Error>) {
         let outcome = error.map_or("ok", Error::kind);
         self.aws_requests
@@ -363,6 +369,128 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut buf)
             .expect("text encoding cannot fail");
         String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+}
+
+/// One method per event a run, the scheduler, a reload or the HTTP port counts, so that callers never spell out
+/// label arrays.
+impl Metrics {
+    /// A snapshot made, counted under every schedule it serves.
+    pub fn snapshot_created(&self, policy: &str, schedules: &[impl AsRef<str>], region: &str) {
+        for s in schedules {
+            self.snapshots_created
+                .with_label_values(&[policy, s.as_ref(), region])
+                .inc();
+        }
+    }
+
+    /// A snapshot retention deleted, counted under every schedule it served.
+    pub fn snapshot_deleted(&self, policy: &str, schedules: &[impl AsRef<str>], region: &str) {
+        for s in schedules {
+            self.snapshots_deleted
+                .with_label_values(&[policy, s.as_ref(), region])
+                .inc();
+        }
+    }
+
+    /// A create, delete or completion (`operation`) that failed, counted under every schedule concerned.
+    pub fn snapshot_failed(
+        &self,
+        policy: &str,
+        schedules: &[impl AsRef<str>],
+        region: &str,
+        operation: &str,
+    ) {
+        for s in schedules {
+            self.snapshots_failed
+                .with_label_values(&[policy, s.as_ref(), region, operation])
+                .inc();
+        }
+    }
+
+    /// A target skipped for a schedule this run: `bad-count-tag`, or `pending-limit` (deferred).
+    pub fn resource_skipped(&self, policy: &str, schedules: &[impl AsRef<str>], reason: &str) {
+        for s in schedules {
+            self.skipped_resources
+                .with_label_values(&[policy, s.as_ref(), reason])
+                .inc();
+        }
+    }
+
+    /// A deletion refused because the snapshot backs an AMI.
+    pub fn kept_in_use(&self, policy: &str, region: &str) {
+        self.kept_in_use.with_label_values(&[policy, region]).inc();
+    }
+
+    /// A snapshot still pending at its run's completion deadline.
+    pub fn pending_at_deadline(&self, policy: &str, region: &str) {
+        self.snapshots_incomplete
+            .with_label_values(&[policy, region])
+            .inc();
+    }
+
+    /// The managed snapshots a run left in the region.
+    pub fn managed_snapshots(&self, policy: &str, region: &str, n: usize) {
+        self.managed_snapshots
+            .with_label_values(&[policy, region])
+            .set(n as i64);
+    }
+
+    /// A finished run: its duration, and per firing schedule the result of each job (`snapshot`, `retention`)
+    /// with the time of its last success.
+    pub fn run_finished(
+        &self,
+        policy: &str,
+        schedules: &[String],
+        seconds: f64,
+        results: [(&str, RunResult); 2],
+        at: DateTime<Utc>,
+    ) {
+        self.run_duration
+            .with_label_values(&[policy, "snapshot"])
+            .observe(seconds);
+        for s in schedules {
+            for (job, r) in results {
+                self.runs
+                    .with_label_values(&[policy, s, job, r.as_str()])
+                    .inc();
+                if r == RunResult::Success {
+                    self.last_success
+                        .with_label_values(&[policy, s, job])
+                        .set(at.timestamp() as f64);
+                }
+            }
+        }
+    }
+
+    /// A failed or partial run's retry, scheduled.
+    pub fn run_retry(&self, policy: &str, schedule: &str) {
+        self.run_retries
+            .with_label_values(&[policy, schedule])
+            .inc();
+    }
+
+    /// A fire skipped because the schedule's previous run was still going.
+    pub fn fire_skipped(&self, policy: &str, schedule: &str) {
+        self.skipped_fires
+            .with_label_values(&[policy, schedule])
+            .inc();
+    }
+
+    pub fn next_run(&self, policy: &str, schedule: &str, at: DateTime<Utc>) {
+        self.next_run
+            .with_label_values(&[policy, schedule])
+            .set(at.timestamp() as f64);
+    }
+
+    /// A SIGHUP reload: `applied`, `invalid` or `needs-restart`.
+    pub fn config_reload(&self, outcome: &str) {
+        self.config_reloads.with_label_values(&[outcome]).inc();
+    }
+
+    /// An HTTP connection closed at once: `connection-cap` or `accept-error`.
+    pub fn http_refused(&self, reason: &str) {
+        self.http_refused.with_label_values(&[reason]).inc();
     }
 }
 

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::ec2::op::ApiFailure;
+use crate::error::Error;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -59,6 +60,20 @@ pub struct Problem {
     /// the JSON: `code` and `message` say it in words.
     #[serde(skip)]
     pub aws: Option<ApiFailure>,
+}
+
+impl Problem {
+    /// What `e` did to `resource` during `operation`: its code, its message, and the AWS call and code meaning
+    /// it carries, if any.
+    pub fn of(resource: String, operation: &'static str, e: &Error) -> Problem {
+        Problem {
+            resource,
+            operation,
+            code: e.code().to_string(),
+            message: e.to_string(),
+            aws: e.api_failure(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -199,21 +199,12 @@ async fn simulate_policy(policy: &Policy, opts: &SimOptions, until: DateTime<Utc
             month = (slot.year(), slot.month());
         }
         fake.set_clock(slot);
-        let spec = RunSpec {
-            policy,
-            firing: idx
-                .iter()
-                .map(|&i| policy.schedules[i].name.clone())
-                .collect(),
-            slot,
-            account_id: FAKE_ACCOUNT,
-            concurrency: 8,
-            dry_run: false,
-            // Simulated time: waiting would sleep in real time; the simulation completes snapshots itself.
-            completion: None,
-            // The peaks come from the kept decisions.
-            explain: true,
-        };
+        // Simulated time: no completion polling (waiting would sleep in real time; the simulation completes
+        // snapshots itself). The peaks come from the kept decisions: explained.
+        let spec = RunSpec::new(policy, slot, FAKE_ACCOUNT)
+            .firing(idx.iter().map(|&i| policy.schedules[i].name.clone()))
+            .concurrency(8)
+            .explain(true);
         let outcome = worker::run(&fake as &dyn Ec2, &spec, &metrics, || slot).await;
         fake.complete_all();
         sim.fires += 1;

@@ -243,16 +243,7 @@ fn config_with(extra_policy: &str, schedule: &str) -> Config {
 }
 
 async fn run(ec2: &dyn Ec2, cfg: &Config) -> RunReport {
-    let spec = RunSpec {
-        policy: cfg.policy("prod").unwrap(),
-        firing: vec!["daily".into()],
-        slot: slot(),
-        account_id: FAKE_ACCOUNT,
-        concurrency: 4,
-        dry_run: false,
-        completion: None,
-        explain: false,
-    };
+    let spec = RunSpec::new(cfg.policy("prod").unwrap(), slot(), FAKE_ACCOUNT).firing(["daily"]);
     worker::run(ec2, &spec, &Metrics::new(), slot).await.report
 }
 

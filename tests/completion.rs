@@ -10,17 +10,18 @@
 //! its volume and prunes nothing; one still pending is counted as `pending`, not a problem.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use tokio::sync::Semaphore;
 
 use snapwarden::config::{self, Config};
 use snapwarden::ec2::fake::{FakeEc2, FAKE_ACCOUNT};
 use snapwarden::ec2::{
-    CreateSnapshot, Ec2, Filter, Instance, Page, Snapshot, Volume, TAG_MANAGED, TAG_POLICY,
-    TAG_SCHEDULE, TAG_SLOT,
+    CreateSnapshot, DryRun, Ec2, Filter, Instance, Instrumented, Page, Snapshot, Volume,
+    TAG_MANAGED, TAG_POLICY, TAG_SCHEDULE, TAG_SLOT,
 };
 use snapwarden::error::Result;
 use snapwarden::metrics::Metrics;
@@ -93,16 +94,9 @@ async fn run(
     metrics: &Metrics,
 ) -> RunReport {
     fake.set_clock(slot(day));
-    let spec = RunSpec {
-        policy: cfg.policy("prod").unwrap(),
-        firing: vec!["daily".into()],
-        slot: slot(day),
-        account_id: FAKE_ACCOUNT,
-        concurrency: 4,
-        dry_run: false,
-        completion: Some(c),
-        explain: false,
-    };
+    let spec = RunSpec::new(cfg.policy("prod").unwrap(), slot(day), FAKE_ACCOUNT)
+        .firing(["daily"])
+        .completion(c);
     worker::run(fake, &spec, metrics, || slot(day)).await.report
 }
 
@@ -354,16 +348,7 @@ async fn dry_runs_and_runs_without_completion_do_not_poll() {
     fake.add_instance(&[("Backup", "true")], &[("/dev/sdf", "gp3")]);
     let before = fake.calls("DescribeSnapshots");
     fake.set_clock(slot(0));
-    let spec = RunSpec {
-        policy: cfg.policy("prod").unwrap(),
-        firing: vec!["daily".into()],
-        slot: slot(0),
-        account_id: FAKE_ACCOUNT,
-        concurrency: 4,
-        dry_run: false,
-        completion: None,
-        explain: false,
-    };
+    let spec = RunSpec::new(cfg.policy("prod").unwrap(), slot(0), FAKE_ACCOUNT).firing(["daily"]);
     let report = worker::run(&fake, &spec, &metrics, || slot(0)).await.report;
     assert_eq!(report.result(), RunResult::Success, "{report:#?}");
     assert_eq!(
@@ -380,6 +365,38 @@ async fn dry_runs_and_runs_without_completion_do_not_poll() {
         worker::Completion::from_deadline(Duration::from_secs(600)).map(|c| c.first_poll),
         Some(Duration::from_secs(2))
     );
+}
+
+/// A dry run is the backend's: a run through `DryRun`, behind a decorator as `once --dry-run` has it, says so in
+/// its report, does not poll (what it "created" does not exist and would stay pending until the deadline) and
+/// leaves the run metrics alone.
+#[tokio::test]
+async fn a_dry_run_is_known_from_its_backend_through_a_decorator_and_does_not_poll() {
+    let fake = Arc::new(FakeEc2::new(REGION));
+    let cfg = config();
+    let metrics = Arc::new(Metrics::new());
+    fake.add_instance(&[("Backup", "true")], &[("/dev/sdf", "gp3")]);
+    fake.set_clock(slot(0));
+    let before = fake.calls("DescribeSnapshots");
+    let dry: Arc<dyn Ec2> = Arc::new(DryRun::new(fake.clone()));
+    let ec2 = Instrumented::new(dry, Arc::new(Semaphore::new(4)), metrics.clone());
+    let spec = RunSpec::new(cfg.policy("prod").unwrap(), slot(0), FAKE_ACCOUNT)
+        .firing(["daily"])
+        .completion(quick(Duration::from_secs(5)));
+    let report = worker::run(&ec2, &spec, &metrics, || slot(0)).await.report;
+    assert!(report.dry_run, "{report:#?}");
+    assert_eq!(report.result(), RunResult::Success, "{report:#?}");
+    assert_eq!(report.created, 1, "{report:#?}");
+    assert_eq!(
+        fake.calls("DescribeSnapshots") - before,
+        1,
+        "the survey only"
+    );
+    assert!(fake.snapshots().is_empty());
+    let text = metrics.render(slot(0));
+    for untouched in ["snapwarden_runs_total{", "snapwarden_managed_snapshots{"] {
+        assert!(!text.contains(untouched), "{untouched} in\n{text}");
+    }
 }
 
 /// Delays every create of one volume and records when each delete went out and when the slow create returned.
@@ -439,16 +456,9 @@ async fn a_volume_is_pruned_as_soon_as_its_new_snapshot_completes_not_after_ever
         slow_done: Mutex::new(None),
         deletes: Mutex::new(Vec::new()),
     };
-    let spec = RunSpec {
-        policy: cfg.policy("prod").unwrap(),
-        firing: vec!["daily".into()],
-        slot: slot(0),
-        account_id: FAKE_ACCOUNT,
-        concurrency: 4,
-        dry_run: false,
-        completion: Some(quick(Duration::from_secs(5))),
-        explain: false,
-    };
+    let spec = RunSpec::new(cfg.policy("prod").unwrap(), slot(0), FAKE_ACCOUNT)
+        .firing(["daily"])
+        .completion(quick(Duration::from_secs(5)));
     let report = worker::run(&slow, &spec, &metrics, || slot(0)).await.report;
     assert_eq!(report.result(), RunResult::Success, "{report:#?}");
     assert_eq!((report.created, report.deleted), (2, 2));
@@ -586,16 +596,9 @@ async fn a_whole_instance_call_held_back_by_the_cap_is_deferred_as_createsnapsho
 
 /// The daemon's own reading of `completion-deadline = "0s"`: do not wait for pending snapshots.
 fn no_wait_spec(cfg: &Config, day: i64) -> RunSpec<'_> {
-    RunSpec {
-        policy: cfg.policy("prod").unwrap(),
-        firing: vec!["daily".into()],
-        slot: slot(day),
-        account_id: FAKE_ACCOUNT,
-        concurrency: 4,
-        dry_run: false,
-        completion: Completion::from_deadline(Duration::ZERO),
-        explain: false,
-    }
+    RunSpec::new(cfg.policy("prod").unwrap(), slot(day), FAKE_ACCOUNT)
+        .firing(["daily"])
+        .completion(Completion::from_deadline(Duration::ZERO))
 }
 
 #[tokio::test]

@@ -427,16 +427,14 @@ async fn run_with_rules(rules: Vec<Rule>) -> (worker::Outcome, BTreeMap<String, 
     r.proxy.set_rules(rules);
     r.proxy.clear_log();
     let slot: DateTime<Utc> = this_years_slot().parse().unwrap();
-    let spec = RunSpec {
-        policy: shared.config.policy(POLICY).unwrap(),
-        firing: vec!["yearly".into()],
+    let spec = RunSpec::new(
+        shared.config.policy(POLICY).unwrap(),
         slot,
-        account_id: &region.account_id,
-        concurrency: 4,
-        dry_run: false,
-        completion: Some(Completion::within(Duration::from_secs(5))),
-        explain: true,
-    };
+        &region.account_id,
+    )
+    .firing(["yearly"])
+    .completion(Completion::within(Duration::from_secs(5)))
+    .explain(true);
     let outcome = worker::run(region.ec2.as_ref(), &spec, &shared.metrics, Utc::now).await;
     let after = slots_by_volume(&r.raw, POLICY).await;
     (outcome, after, r)

@@ -37,16 +37,7 @@ fn config(consistency: Option<&str>) -> Config {
 }
 
 async fn run(ec2: &dyn Ec2, policy: &Policy) -> Outcome {
-    let spec = RunSpec {
-        policy,
-        firing: vec!["daily".into()],
-        slot: slot(),
-        account_id: snapwarden::ec2::fake::FAKE_ACCOUNT,
-        concurrency: 4,
-        dry_run: false,
-        completion: None,
-        explain: false,
-    };
+    let spec = RunSpec::new(policy, slot(), snapwarden::ec2::fake::FAKE_ACCOUNT).firing(["daily"]);
     worker::run(ec2, &spec, &Metrics::new(), slot).await
 }
 

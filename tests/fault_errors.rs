@@ -90,16 +90,12 @@ fn slot() -> DateTime<Utc> {
 }
 
 async fn run_once(shared: &Shared, region: &Region) -> RunReport {
-    let spec = RunSpec {
-        policy: shared.config.policy("prod").unwrap(),
-        firing: vec!["yearly".into()],
-        slot: slot(),
-        account_id: &region.account_id,
-        concurrency: 4,
-        dry_run: false,
-        completion: None,
-        explain: false,
-    };
+    let spec = RunSpec::new(
+        shared.config.policy("prod").unwrap(),
+        slot(),
+        &region.account_id,
+    )
+    .firing(["yearly"]);
     worker::run(region.ec2.as_ref(), &spec, &shared.metrics, Utc::now)
         .await
         .report
@@ -269,16 +265,7 @@ async fn failing_run(
         &[("/dev/sdf", "gp3"), ("/dev/sdg", "gp3")],
     );
     fake.fail_create_for(&vols[0], code);
-    let spec = RunSpec {
-        policy: cfg.policy("prod").unwrap(),
-        firing: vec!["yearly".into()],
-        slot: slot(),
-        account_id: FAKE_ACCOUNT,
-        concurrency: 4,
-        dry_run: false,
-        completion: None,
-        explain: false,
-    };
+    let spec = RunSpec::new(cfg.policy("prod").unwrap(), slot(), FAKE_ACCOUNT).firing(["yearly"]);
     let started = Instant::now();
     let outcome = worker::run(fake, &spec, metrics, Utc::now).await;
     assert_eq!(
@@ -490,16 +477,13 @@ async fn with_a_zero_completion_deadline_a_snapshot_in_error_at_its_one_describe
             )]),
         ),
     ]);
-    let spec = RunSpec {
-        policy: shared.config.policy("prod").unwrap(),
-        firing: vec!["yearly".into()],
-        slot: slot(),
-        account_id: &region.account_id,
-        concurrency: 4,
-        dry_run: false,
-        completion: worker::Completion::from_deadline(Duration::ZERO),
-        explain: false,
-    };
+    let spec = RunSpec::new(
+        shared.config.policy("prod").unwrap(),
+        slot(),
+        &region.account_id,
+    )
+    .firing(["yearly"])
+    .completion(worker::Completion::from_deadline(Duration::ZERO));
     let report = worker::run(region.ec2.as_ref(), &spec, &shared.metrics, Utc::now)
         .await
         .report;

@@ -127,16 +127,9 @@ async fn rig(keep_last: u32, pace: PaceConfig, seed: u64) -> Rig {
 
 async fn run(r: &Rig, day: i64) -> Outcome {
     let policy = r.shared.config.policy("prod").expect("policy prod");
-    let spec = RunSpec {
-        policy,
-        firing: vec!["daily".into()],
-        slot: slot(day),
-        account_id: &r.region.account_id,
-        concurrency: r.shared.config.daemon.max_concurrent_aws_calls,
-        dry_run: false,
-        completion: None,
-        explain: false,
-    };
+    let spec = RunSpec::new(policy, slot(day), &r.region.account_id)
+        .firing(["daily"])
+        .concurrency(r.shared.config.daemon.max_concurrent_aws_calls);
     worker::run(r.region.ec2.as_ref(), &spec, &r.shared.metrics, Utc::now).await
 }
 
@@ -618,16 +611,12 @@ async fn fake_region(shared: &Shared, fake: Arc<FakeEc2>, cap: usize) -> Arc<Reg
 }
 
 async fn fake_run(shared: &Shared, region: &Region, day: i64) -> Outcome {
-    let spec = RunSpec {
-        policy: shared.config.policy("prod").unwrap(),
-        firing: vec!["daily".into()],
-        slot: slot(day),
-        account_id: &region.account_id,
-        concurrency: 4,
-        dry_run: false,
-        completion: None,
-        explain: false,
-    };
+    let spec = RunSpec::new(
+        shared.config.policy("prod").unwrap(),
+        slot(day),
+        &region.account_id,
+    )
+    .firing(["daily"]);
     worker::run(region.ec2.as_ref(), &spec, &shared.metrics, || slot(day)).await
 }
 

@@ -79,18 +79,13 @@ async fn run(
     firing: &[&str],
 ) -> Outcome {
     let policy = shared.config.policy(policy).expect("policy in config");
-    let spec = RunSpec {
-        policy,
-        firing: firing.iter().map(|s| s.to_string()).collect(),
-        slot: slot(),
-        account_id: account,
-        concurrency: shared.config.daemon.max_concurrent_aws_calls,
-        dry_run: false,
+    let spec = RunSpec::new(policy, slot(), account)
+        .firing(firing.iter().copied())
+        .concurrency(shared.config.daemon.max_concurrent_aws_calls)
         // moto completes snapshots at once but leaves State out of CreateSnapshots' answer (they read back as
         // pending); the daemon's completion poll finds them completed on its first look, as it would on EC2.
-        completion: Some(worker::Completion::within(Duration::from_secs(30))),
-        explain: true,
-    };
+        .completion(worker::Completion::within(Duration::from_secs(30)))
+        .explain(true);
     worker::run(ec2, &spec, &shared.metrics, Utc::now).await
 }
 

@@ -48,16 +48,10 @@ async fn run_once(shared: &Shared) -> Outcome {
         .expect("moto region")
         .remove(0);
     let policy = &shared.config.policies[0];
-    let spec = RunSpec {
-        policy,
-        firing: vec![policy.schedules[0].name.clone()],
-        slot: slot(),
-        account_id: &region.account_id,
-        concurrency: 8,
-        dry_run: false,
-        completion: None,
-        explain: true,
-    };
+    let spec = RunSpec::new(policy, slot(), &region.account_id)
+        .firing([policy.schedules[0].name.clone()])
+        .concurrency(8)
+        .explain(true);
     worker::run(region.ec2.as_ref(), &spec, &shared.metrics, Utc::now).await
 }
 

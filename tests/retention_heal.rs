@@ -56,17 +56,12 @@ async fn backend(endpoint: &str, rest: &str) -> (Shared, Arc<Region>) {
     (shared, regions.remove(0))
 }
 
-async fn run(shared: &Shared, ec2: &dyn Ec2, account: &str, dry_run: bool) -> Outcome {
-    let spec = RunSpec {
-        policy: shared.config.policy("heal").unwrap(),
-        firing: vec!["daily".into()],
-        slot: slot(),
-        account_id: account,
-        concurrency: 4,
-        dry_run,
-        completion: Some(worker::Completion::within(Duration::from_secs(30))),
-        explain: true,
-    };
+/// A dry run is one through an `ec2::DryRun` backend: the run learns it from the backend.
+async fn run(shared: &Shared, ec2: &dyn Ec2, account: &str) -> Outcome {
+    let spec = RunSpec::new(shared.config.policy("heal").unwrap(), slot(), account)
+        .firing(["daily"])
+        .completion(worker::Completion::within(Duration::from_secs(30)))
+        .explain(true);
     worker::run(ec2, &spec, &shared.metrics, Utc::now).await
 }
 
@@ -163,14 +158,14 @@ async fn a_future_slot_erases_no_history_and_the_dry_run_agrees() {
     let (shared, region) = backend(&moto.endpoint, &policy("future", "{ within = \"7d\" }")).await;
 
     let dry = DryRun::new(region.ec2.clone());
-    let predicted = run(&shared, &dry, &region.account_id, true).await;
+    let predicted = run(&shared, &dry, &region.account_id).await;
     assert_eq!(
         deleted(&predicted.plan),
         Vec::<String>::new(),
         "{:#?}",
         predicted.plan
     );
-    let real = run(&shared, region.ec2.as_ref(), &region.account_id, false).await;
+    let real = run(&shared, region.ec2.as_ref(), &region.account_id).await;
     assert_eq!(real.report.created, 1, "{:#?}", real.report);
     assert_eq!(
         deleted(&real.plan),
@@ -265,7 +260,7 @@ async fn copies_with_the_placeholder_volume_id_are_judged_per_source_never_poole
     )]);
     let (shared, region) = backend(&proxy.endpoint, &policy("copies", "{ last = 3 }")).await;
 
-    let outcome = run(&shared, region.ec2.as_ref(), &region.account_id, false).await;
+    let outcome = run(&shared, region.ec2.as_ref(), &region.account_id).await;
     assert_eq!(outcome.report.created, 3, "{:#?}", outcome.report);
     assert!(proxy.count("DescribeSnapshots", "rewritten") > 0);
     // Each source keeps its three newest copies: only each one's oldest goes.
@@ -318,7 +313,7 @@ async fn two_completed_snapshots_of_one_slot_heal_to_the_older() {
     let second = managed(&raw, vol, SLOT, &[]).await;
     let (shared, region) = backend(&moto.endpoint, &policy("twice", "{ last = 7 }")).await;
 
-    let outcome = run(&shared, region.ec2.as_ref(), &region.account_id, false).await;
+    let outcome = run(&shared, region.ec2.as_ref(), &region.account_id).await;
     assert_eq!(
         (outcome.report.created, outcome.report.already_done),
         (0, 1),

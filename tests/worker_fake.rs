@@ -92,16 +92,9 @@ async fn run_at(
     now: DateTime<Utc>,
     metrics: &Metrics,
 ) -> Outcome {
-    let spec = RunSpec {
-        policy,
-        firing: firing.iter().map(|s| s.to_string()).collect(),
-        slot,
-        account_id: FAKE_ACCOUNT,
-        concurrency: 4,
-        dry_run: false,
-        completion: None,
-        explain: true,
-    };
+    let spec = RunSpec::new(policy, slot, FAKE_ACCOUNT)
+        .firing(firing.iter().copied())
+        .explain(true);
     worker::run(ec2, &spec, metrics, || now).await
 }
 
@@ -1016,16 +1009,9 @@ async fn a_dry_run_reports_what_it_would_do_and_changes_nothing() {
     let before = fake.snapshots();
     let dry = DryRun::new(fake.clone());
 
-    let spec = RunSpec {
-        policy,
-        firing: vec!["daily".into()],
-        slot: slot(),
-        account_id: FAKE_ACCOUNT,
-        concurrency: 4,
-        dry_run: true,
-        completion: None,
-        explain: true,
-    };
+    let spec = RunSpec::new(policy, slot(), FAKE_ACCOUNT)
+        .firing(["daily"])
+        .explain(true);
     let now = slot();
     let out = worker::run(&dry, &spec, &Metrics::new(), || now).await;
     let r = &out.report;

@@ -158,6 +158,11 @@ pub trait Ec2: Send + Sync {
     fn max_pending_snapshots(&self) -> Option<usize> {
         None
     }
+    /// Whether calls that change anything only pretend to ([`DryRun`]): the run then reports itself as a dry run,
+    /// leaves the metrics alone and does not wait for snapshots that will never exist. Decorators forward it.
+    fn dry_run(&self) -> bool {
+        false
+    }
     /// The account the credentials belong to; snapshots owned by anyone else are never deletion candidates.
     async fn account_id(&self) -> Result<String>;
     async fn describe_instances(&self, filters: &[Filter]) -> Result<Vec<Instance>>;
@@ -271,6 +276,9 @@ impl Ec2 for Instrumented {
     fn max_pending_snapshots(&self) -> Option<usize> {
         self.inner.max_pending_snapshots()
     }
+    fn dry_run(&self) -> bool {
+        self.inner.dry_run()
+    }
     async fn account_id(&self) -> Result<String> {
         self.call(Op::GetCallerIdentity, self.inner.account_id())
             .await
@@ -365,6 +373,9 @@ impl Ec2 for DryRun {
     }
     fn max_pending_snapshots(&self) -> Option<usize> {
         self.inner.max_pending_snapshots()
+    }
+    fn dry_run(&self) -> bool {
+        true
     }
     async fn account_id(&self) -> Result<String> {
         self.inner.account_id().await

@@ -366,6 +366,9 @@ impl Ec2 for Paced {
     fn max_pending_snapshots(&self) -> Option<usize> {
         Some(self.config.max_pending_per_account)
     }
+    fn dry_run(&self) -> bool {
+        self.inner.dry_run()
+    }
     async fn account_id(&self) -> Result<String> {
         self.call(Op::GetCallerIdentity, &[], || self.inner.account_id())
             .await

@@ -203,6 +203,9 @@ impl Ec2 for Guarded {
     fn max_pending_snapshots(&self) -> Option<usize> {
         self.inner.max_pending_snapshots()
     }
+    fn dry_run(&self) -> bool {
+        self.inner.dry_run()
+    }
     async fn account_id(&self) -> Result<String> {
         self.inner.account_id().await
     }

@@ -47,7 +47,7 @@ impl Notifier {
 
     pub fn submit(&self, report: RunReport, metrics: &Metrics) {
         if self.tx.try_send(report).is_err() {
-            metrics.notifications.with_label_values(&["dropped"]).inc();
+            metrics.notified("dropped", 1);
             tracing::error!("alert queue full or closed: report dropped");
         }
     }
@@ -64,17 +64,14 @@ fn accept(
     let message = match dedup.decide(report, Utc::now()) {
         Verdict::Quiet => return,
         Verdict::Suppressed => {
-            metrics
-                .notifications
-                .with_label_values(&["deduplicated"])
-                .inc();
+            metrics.notified("deduplicated", 1);
             tracing::info!(policy = %report.policy, schedule = %report.schedule_label(), region = %report.region, "alert suppressed: same failure already sent within the de-dup window");
             return;
         }
         Verdict::Send(m) => m,
     };
     if !sending {
-        metrics.notifications.with_label_values(&["disabled"]).inc();
+        metrics.notified("disabled", 1);
         tracing::warn!(subject = %message.subject, "alert not sent: no notify.sns.topic-arn configured");
         return;
     }
@@ -82,17 +79,11 @@ fn accept(
     let subject = message.subject.clone();
     let pushed = outbox.push(key, message, report.result() == RunResult::Success);
     if pushed.superseded > 0 {
-        metrics
-            .notifications
-            .with_label_values(&["superseded"])
-            .inc_by(pushed.superseded as u64);
+        metrics.notified("superseded", pushed.superseded as u64);
         tracing::info!(subject = %subject, cancelled = pushed.cancelled, "undelivered alert superseded by a newer one");
     }
     if pushed.dropped > 0 {
-        metrics
-            .notifications
-            .with_label_values(&["dropped"])
-            .inc_by(pushed.dropped as u64);
+        metrics.notified("dropped", pushed.dropped as u64);
         tracing::error!(
             dropped = pushed.dropped,
             "alert outbox full: oldest undelivered alerts dropped"
@@ -165,17 +156,17 @@ async fn attempt(
     // Bounded so a hung SNS endpoint cannot stall the queue forever.
     match tokio::time::timeout(retry.attempt_timeout, publisher.publish(message)).await {
         Ok(Ok(())) => {
-            metrics.notifications.with_label_values(&["sent"]).inc();
+            metrics.notified("sent", 1);
             tracing::info!(subject = %message.subject, "alert sent");
             true
         }
         Ok(Err(e)) => {
-            metrics.notifications.with_label_values(&["failed"]).inc();
+            metrics.notified("failed", 1);
             tracing::error!(subject = %message.subject, error = %e, kind = e.kind(), "alert could not be sent");
             false
         }
         Err(_) => {
-            metrics.notifications.with_label_values(&["failed"]).inc();
+            metrics.notified("failed", 1);
             tracing::error!(subject = %message.subject, timeout_seconds = retry.attempt_timeout.as_secs_f64(), "alert could not be sent: SNS did not answer in time");
             false
         }

@@ -1,5 +1,6 @@
-//! Creating a slot's snapshots: the tags and description each gets, the create calls (one CreateSnapshots per
-//! instance under instance consistency, else one CreateSnapshot per volume), the CreateTags that add what
+//! The create phase: making a slot's snapshots. Which volumes still need one ([`prepare`]), the tags and
+//! description each gets, the create calls (one CreateSnapshots per instance under instance consistency, else one
+//! CreateSnapshot per volume) with completion polling beside them ([`phase`]), the CreateTags that add what
 //! CreateSnapshots cannot set per volume, and the deferral of volumes EC2 would refuse for too many pending
 //! snapshots. Everything idempotency depends on (managed, policy, schedule, slot) is set at creation.
 
@@ -8,19 +9,109 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 use super::prune::Early;
+use super::run::{Flight, Run};
 use super::survey::{Survey, TargetVolume};
-use super::{RunSpec, MAX_TAGS};
+use super::{settle, MAX_TAGS};
 use crate::config::{Consistency, Policy};
 use crate::ec2::op::Op;
 use crate::ec2::{self, CreateSnapshot, Ec2, Snapshot, Tags};
 use crate::error::Error;
-use crate::metrics::Metrics;
-use crate::report::{Problem, RunReport};
+use crate::report::Problem;
 use crate::retention::SnapState;
 use crate::schedule::format_slot;
+
+/// The creates this run is to make: one snapshot per targeted volume without one of the slot, serving every
+/// firing schedule that targets it. Counts the targeted and already done volumes, and defers what EC2 would
+/// refuse for too many pending snapshots ([`defer_pending`]).
+pub(super) fn prepare(run: &mut Run<'_>) -> Vec<Todo> {
+    let (spec, policy) = (run.spec, run.spec.policy);
+    let slot = format_slot(spec.slot);
+    let done: HashSet<&str> = run
+        .survey
+        .snapshots
+        .iter()
+        .filter(|s| s.slot == spec.slot && s.state != SnapState::Error)
+        .map(|s| &*s.volume_id)
+        .collect();
+    let mut todo = Vec::new();
+    for t in &run.survey.targets {
+        let serves: Vec<String> = t
+            .schedules
+            .iter()
+            .filter(|s| spec.firing.contains(s))
+            .cloned()
+            .collect();
+        if serves.is_empty() {
+            continue;
+        }
+        run.report.targeted_volumes += 1;
+        if done.contains(t.volume.id.as_str()) {
+            run.report.already_done += 1;
+            continue;
+        }
+        let schedules = serves.join(",");
+        let request = CreateSnapshot {
+            volume_id: t.volume.id.clone(),
+            description: description(&policy.name, &schedules, &slot, t),
+            tags: snapshot_tags(policy, &schedules, &slot, t),
+        };
+        todo.push((request, serves));
+    }
+    drop(done);
+    // A run that waits for completion admits creates under the account's pending cap as earlier snapshots
+    // complete ([`Gate`]); one that does not defers what is over the cap to the next run.
+    let upfront_cap = match run.waits() {
+        Some(_) => None,
+        None => run.ec2.max_pending_snapshots(),
+    };
+    defer_pending(run, upfront_cap, &mut todo);
+    todo
+}
+
+/// The phase: makes `todo`'s snapshots while the completion poll ([`settle::poll`]) watches them and the early
+/// deletes go out, and records each create's outcome. Returns the last poll's error, if it failed.
+pub(super) async fn phase(run: &mut Run<'_>, flight: &Flight, todo: Vec<Todo>) -> Option<Error> {
+    let (ec2, polls) = (run.ec2, run.polls());
+    let gate = run
+        .waits()
+        .zip(ec2.max_pending_snapshots())
+        .map(|(c, cap)| Gate::new(cap, &flight.early, &flight.freed, c.deadline));
+    let (creating_tx, creating_rx) = watch::channel(true);
+    let create = async {
+        let made = create_all(run, todo, gate.as_ref(), &|s| flight.lock().created(s)).await;
+        let _ = creating_tx.send(false);
+        made
+    };
+    let polling = async {
+        match polls {
+            Some(c) => settle::poll(ec2, c, flight, creating_rx).await,
+            None => None,
+        }
+    };
+    let (results, last_error) = tokio::join!(create, polling);
+    for (request, serves, result) in results {
+        let volume = request.volume_id;
+        match result {
+            Ok(snapshot) => run.created(&volume, &snapshot.id, &serves),
+            // EC2 counted pending snapshots we could not see (another tool's, another policy's), or none of ours
+            // completed while the create waited for room under the cap.
+            Err(e) if over_pending_limit(&e) => {
+                run.deferred(&serves, Problem::of(volume, "defer", &e))
+            }
+            Err(e @ Error::Stopped { .. }) => run.create_not_sent(volume, &e),
+            Err(e) => run.create_failed(volume, &serves, &e),
+        }
+    }
+    last_error
+}
+
+/// A create refused for too many pending snapshots, by EC2 or by the [`Gate`].
+fn over_pending_limit(e: &Error) -> bool {
+    e.api_failure().is_some_and(|f| f.code.defers())
+}
 
 /// A volume's snapshot tags: user tags of the instance, then of the volume (more specific wins), a Name, and
 /// snapwarden's own. Capped at EC2's 50 tags, dropping user tags (ours and Name always fit).
@@ -112,56 +203,24 @@ pub(super) type Created = (CreateSnapshot, Vec<String>, Result<Snapshot, Error>)
 /// CreateSnapshots cannot set per volume (device, the volume's own tags and Name) is added afterwards by
 /// [`tag_all`], one CreateTags per distinct tag set. A volume missing from a CreateSnapshots answer failed alone.
 ///
-/// Concurrency: up to `spec.concurrency` calls wait at once; what actually paces them is the backend's token
+/// Concurrency: up to `run.spec.concurrency` calls wait at once; what actually paces them is the backend's token
 /// buckets (`ec2::pace::Paced`), which queue them at the budgeted rate.
 ///
 /// `created` hears of every snapshot the moment its call returns (a volume attached since the survey included),
 /// so that completion tracking starts while other calls are still queued; that is also the only place the snapshot
 /// of a volume nobody asked for (attached since the survey) is handed on.
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn create_all(
-    ec2: &dyn Ec2,
-    spec: &RunSpec<'_>,
-    survey: &Survey,
+async fn create_all(
+    run: &mut Run<'_>,
     todo: Vec<Todo>,
     gate: Option<&Gate<'_>>,
-    report: &mut RunReport,
     created: &(dyn Fn(&Snapshot) + Sync),
 ) -> Vec<Created> {
-    let policy = spec.policy;
-    // Surveyed volumes per instance: an instance is snapshotted as a whole only when all of them are to do.
-    let mut surveyed: HashMap<&str, usize> = HashMap::new();
-    let mut owner: HashMap<&str, &str> = HashMap::new();
-    for t in &survey.targets {
-        if let Some(i) = by_instance(policy, t) {
-            *surveyed.entry(i).or_default() += 1;
-            owner.insert(t.volume.id.as_str(), i);
-        }
-    }
-    let mut groups: BTreeMap<String, Vec<Todo>> = BTreeMap::new();
-    let mut singles = Vec::new();
-    for item in todo {
-        match owner.get(item.0.volume_id.as_str()) {
-            Some(i) => groups.entry(i.to_string()).or_default().push(item),
-            None => singles.push(item),
-        }
-    }
-    let mut calls: Vec<(String, Vec<Todo>)> = Vec::new();
-    for (instance, items) in groups {
-        let whole = surveyed.get(instance.as_str()) == Some(&items.len())
-            && (2..=MAX_CREATE_SNAPSHOTS_VOLUMES).contains(&items.len())
-            && items.iter().all(|(_, serves)| *serves == items[0].1);
-        if whole {
-            calls.push((instance, items));
-        } else {
-            singles.extend(items);
-        }
-    }
-    let singles = singles.into_iter().map(|item| (String::new(), vec![item]));
+    let (ec2, spec, policy) = (run.ec2, run.spec, run.spec.policy);
+    let calls = calls(policy, &run.survey, todo);
     let mut results = Vec::new();
     // Tags CreateSnapshots could not set per volume, by tag set: what `tag_all` adds.
     let mut batches: BTreeMap<Tags, Vec<String>> = BTreeMap::new();
-    stream::iter(calls.into_iter().chain(singles))
+    stream::iter(calls)
         .map(|(instance, items)| async move {
             let n = items.len();
             if let Some(gate) = gate {
@@ -214,8 +273,43 @@ pub(super) async fn create_all(
             std::future::ready(())
         })
         .await;
-    tag_all(ec2, spec, survey, batches, report).await;
+    tag_all(run, batches).await;
     results
+}
+
+/// The create calls for `todo`, as (instance, requests): a whole instance's volumes for one CreateSnapshots, or
+/// (with no instance) one volume for one CreateSnapshot. See [`create_all`].
+fn calls(policy: &Policy, survey: &Survey, todo: Vec<Todo>) -> Vec<(String, Vec<Todo>)> {
+    // Surveyed volumes per instance: an instance is snapshotted as a whole only when all of them are to do.
+    let mut surveyed: HashMap<&str, usize> = HashMap::new();
+    let mut owner: HashMap<&str, &str> = HashMap::new();
+    for t in &survey.targets {
+        if let Some(i) = by_instance(policy, t) {
+            *surveyed.entry(i).or_default() += 1;
+            owner.insert(t.volume.id.as_str(), i);
+        }
+    }
+    let mut groups: BTreeMap<String, Vec<Todo>> = BTreeMap::new();
+    let mut singles = Vec::new();
+    for item in todo {
+        match owner.get(item.0.volume_id.as_str()) {
+            Some(i) => groups.entry(i.to_string()).or_default().push(item),
+            None => singles.push(item),
+        }
+    }
+    let mut calls: Vec<(String, Vec<Todo>)> = Vec::new();
+    for (instance, items) in groups {
+        let whole = surveyed.get(instance.as_str()) == Some(&items.len())
+            && (2..=MAX_CREATE_SNAPSHOTS_VOLUMES).contains(&items.len())
+            && items.iter().all(|(_, serves)| *serves == items[0].1);
+        if whole {
+            calls.push((instance, items));
+        } else {
+            singles.extend(items);
+        }
+    }
+    calls.extend(singles.into_iter().map(|item| (String::new(), vec![item])));
+    calls
 }
 
 /// The problem code of a create the [`Gate`] gave up on.
@@ -347,7 +441,10 @@ async fn create_instance(
             // The call failed as a whole: every volume failed (or is deferred) with the same error.
             let results = items
                 .into_iter()
-                .map(|(r, serves)| (r, serves, Err(e.clone())))
+                .map(|(r, serves)| {
+                    let e = e.clone();
+                    (r, serves, Err(e))
+                })
                 .collect();
             return (results, Vec::new());
         }
@@ -388,13 +485,8 @@ fn instance_description(policy: &str, common: &Tags, instance: &str) -> String {
 /// made and did not get to tag (a crash or a failed CreateTags between the two calls). Only missing keys are added, never a value changed. Snapshots
 /// needing the same tags share CreateTags calls (up to [`TAG_BATCH`] ids each). A failure is a `tag` problem (the
 /// run is partial); the snapshot itself is good, and the next run of the slot tries again.
-async fn tag_all(
-    ec2: &dyn Ec2,
-    spec: &RunSpec<'_>,
-    survey: &Survey,
-    mut batches: BTreeMap<Tags, Vec<String>>,
-    report: &mut RunReport,
-) {
+async fn tag_all(run: &mut Run<'_>, mut batches: BTreeMap<Tags, Vec<String>>) {
+    let (ec2, spec, survey) = (run.ec2, run.spec, &run.survey);
     // Earlier runs of this slot: only where CreateSnapshots leaves something out (several volumes of an instance).
     if spec.policy.consistency == Consistency::Instance {
         let slot = format_slot(spec.slot);
@@ -450,33 +542,17 @@ async fn tag_all(
         .collect()
         .await;
     for (ids, e) in failed {
-        tracing::error!(snapshots = ids.len(), error = %e, kind = e.kind(), "could not tag snapshots; the next run of the slot tries again");
-        for id in ids {
-            report.problems.push(Problem {
-                resource: id,
-                operation: "tag",
-                code: e.code().to_string(),
-                message: e.to_string(),
-                aws: e.api_failure(),
-            });
-        }
+        run.tag_failed(ids, &e);
     }
 }
 
 /// Takes out of `todo` the volumes EC2 would refuse for too many pending snapshots (`ec2::pace::pending_deferrals`
 /// over the survey's snapshots): creating them would only fail with `ConcurrentSnapshotLimitExceeded`. Each is
-/// reported as a `defer` problem — the run is partial, never failed, for it — and frozen for retention, since it
-/// has no snapshot of this slot. The next run tries again. `account_cap`: the account's pending cap, when it is to
-/// be applied here rather than by a [`Gate`].
-pub(super) fn defer_pending(
-    spec: &RunSpec<'_>,
-    survey: &Survey,
-    account_cap: Option<usize>,
-    todo: &mut Vec<(CreateSnapshot, Vec<String>)>,
-    frozen: &mut HashSet<String>,
-    report: &mut RunReport,
-    metrics: &Metrics,
-) {
+/// [`Run::deferred`] — the run is partial, never failed, for it — and frozen for retention, since it has no
+/// snapshot of this slot. The next run tries again. `account_cap`: the account's pending cap, when it is to be
+/// applied here rather than by a [`Gate`].
+fn defer_pending(run: &mut Run<'_>, account_cap: Option<usize>, todo: &mut Vec<Todo>) {
+    let survey = &run.survey;
     let types: HashMap<&str, &str> = survey
         .targets
         .iter()
@@ -497,22 +573,14 @@ pub(super) fn defer_pending(
         let Some(why) = deferred.get(&request.volume_id) else {
             return true;
         };
-        let message = why.message();
-        tracing::warn!(volume = %request.volume_id, reason = %message, "snapshot deferred: pending-snapshot limit");
-        for s in serves {
-            metrics
-                .skipped_resources
-                .with_label_values(&[&spec.policy.name, s, "pending-limit"])
-                .inc();
-        }
-        frozen.insert(request.volume_id.clone());
-        report.problems.push(Problem {
+        let why = Problem {
             resource: request.volume_id.clone(),
             operation: "defer",
-            code: "pending-limit".into(),
-            message,
+            code: PENDING_LIMIT.into(),
+            message: why.message(),
             aws: None,
-        });
+        };
+        run.deferred(serves, why);
         false
     });
 }

@@ -1,5 +1,6 @@
-//! Retention inside a run: planning it from the survey and deleting what the plan says, overlapped with the
-//! creates. The delete budget is the scarcest one at scale (one DeleteSnapshot per expired snapshot, at the same
+//! Retention inside a run: planning it from a survey ([`plan_retention`], also for `plan` and `simulate`), the
+//! early deletes ([`Early`]) and the delete queue ([`delete_all`]), which drains beside every phase of the run
+//! until the retain phase (`super::retain`) has sent the end-of-run plan's deletes and closed it. The delete budget is the scarcest one at scale (one DeleteSnapshot per expired snapshot, at the same
 //! rate EC2 allows creates), so it must not idle while snapshots are being made.
 //!
 //! How deletes start early without changing what gets deleted: before creating anything, the run plans retention
@@ -19,6 +20,7 @@ use chrono::{DateTime, Utc};
 use futures::stream::{self, StreamExt};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
+use super::run::Run;
 use super::survey::Survey;
 use crate::config::Policy;
 use crate::ec2::{Ec2, Snapshot};
@@ -119,21 +121,17 @@ pub(super) struct Early {
 }
 
 impl Early {
-    /// Plans the expected end state of the run: `survey` with every pending snapshot completed and a completed
-    /// snapshot of `slot` for each volume of `creating`. Volumes waiting for nothing are released at once.
-    /// `waits`: the run polls for completion; without it nothing is planned early and the end-of-run plan
-    /// decides everything.
-    #[allow(clippy::too_many_arguments)]
+    /// Plans the expected end state of the run: its survey with every pending snapshot completed and a completed
+    /// snapshot of the slot for each volume of `creating`. Volumes waiting for nothing are released at once. A
+    /// run that does not poll for completion plans nothing early: the end-of-run plan decides everything.
     pub fn plan(
-        policy: &Policy,
-        survey: &mut Survey,
+        run: &mut Run<'_>,
         creating: &[(String, Vec<String>)],
-        frozen: &HashSet<String>,
-        waits: bool,
-        slot: DateTime<Utc>,
-        now: DateTime<Utc>,
         tx: UnboundedSender<Decision>,
     ) -> Early {
+        let (policy, slot, now) = (run.spec.policy, run.spec.slot, run.now());
+        let waits = run.polls().is_some();
+        let (survey, frozen) = (&mut run.survey, &run.frozen);
         let mut e = Early {
             tx: Some(tx),
             ..Early::default()

@@ -1,4 +1,4 @@
-//! The survey: what one region holds for one policy, read in one filtered, paginated sweep per resource type
+//! The survey phase ([`phase`]; [`survey`] for `plan` and `simulate` too): what one region holds for one policy, read in one filtered, paginated sweep per resource type
 //! (targets, then the policy's managed snapshots). Snapshots are digested page by page into compact [`Snap`]
 //! records — tags parsed once, strings shared — so a sweep of hundreds of thousands of snapshots costs about a
 //! hundred bytes each, not the kilobyte a snapshot with all its tags takes.
@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
+use super::run::Run;
 use super::{parse_count, FILTER_VALUES};
 use crate::config::{Policy, ResourceKind};
 use crate::ec2::{self, Ec2, Filter, Instance, Snapshot, Tags, Volume};
@@ -116,6 +117,25 @@ fn state_filter() -> Filter {
             .map(String::from)
             .to_vec(),
     )
+}
+
+/// The survey phase: the region as the run starts from, and the bad count-tag values of the firing schedules'
+/// targets reported. False when the region could not be read: the run creates and deletes nothing.
+pub(super) async fn phase(run: &mut Run<'_>) -> bool {
+    let spec = run.spec;
+    match survey(run.ec2, spec.policy, spec.account_id, Some(spec.slot)).await {
+        Ok(s) => run.survey = s,
+        Err(e) => {
+            run.survey_failed(&e);
+            return false;
+        }
+    }
+    for (schedule, p) in std::mem::take(&mut run.survey.problems) {
+        if spec.firing.contains(&schedule) {
+            run.target_skipped(&schedule, p);
+        }
+    }
+    true
 }
 
 /// Reads targets and the policy's managed snapshots. Any describe failure fails the survey: acting on a

@@ -396,16 +396,10 @@ async fn pass(metered: Arc<Metered>, config: &Config, pace: PaceConfig) -> Pass 
     let t0 = tokio::time::Instant::now();
     let account = paced.account_id().await.expect("account id");
     let policy = &config.policies[0];
-    let spec = RunSpec {
-        policy,
-        firing: vec!["daily".into()],
-        slot: slot(),
-        account_id: &account,
-        concurrency: config.daemon.max_concurrent_aws_calls,
-        dry_run: false,
-        completion: Some(Completion::within(Duration::from_secs(6 * 3600))),
-        explain: false,
-    };
+    let spec = RunSpec::new(policy, slot(), &account)
+        .firing(["daily"])
+        .concurrency(config.daemon.max_concurrent_aws_calls)
+        .completion(Completion::within(Duration::from_secs(6 * 3600)));
     let now = move || slot() + chrono::Duration::from_std(t0.elapsed()).unwrap_or_default();
     let out = worker::run(&paced, &spec, &metrics, now).await;
     Pass {
