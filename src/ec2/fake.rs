@@ -1,7 +1,9 @@
 //! An in-memory EC2 region: instances, volumes and snapshots with the filter semantics snapwarden relies on, plus
 //! fault injection (per-volume create errors, AMI-backed snapshots, failing describes) and per-operation call
 //! counts. It backs `snapwarden demo` and the fast component tests; it does not model rate limits or latency
-//! (the moto emulator and the benchmark cover those).
+//! (the moto emulator and the benchmark cover those). `demo` and `simulate` only build a fleet (the demo's with one
+//! failing volume), complete snapshots and set the clock; the knobs only tests turn (seeding history, injected faults, limits, call counts) are compiled
+//! with the `testing` feature alone, which the crate's tests enable and a release build does not.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
@@ -74,6 +76,7 @@ impl FakeEc2 {
         }
     }
 
+    #[cfg(any(test, feature = "testing"))]
     /// Snapshots per DescribeSnapshots page (at least 1): small pages let tests walk several.
     pub fn set_page_size(&self, n: usize) {
         self.state().page_size = n.max(1);
@@ -136,22 +139,26 @@ impl FakeEc2 {
         vid
     }
 
+    #[cfg(any(test, feature = "testing"))]
     pub fn set_volume_tags(&self, volume_id: &str, tags: &[(&str, &str)]) {
         if let Some(v) = self.state().volumes.get_mut(volume_id) {
             v.tags = to_tags(tags);
         }
     }
 
+    #[cfg(any(test, feature = "testing"))]
     pub fn set_instance_tags(&self, instance_id: &str, tags: &[(&str, &str)]) {
         if let Some(i) = self.state().instances.get_mut(instance_id) {
             i.tags = to_tags(tags);
         }
     }
 
+    #[cfg(any(test, feature = "testing"))]
     pub fn remove_volume(&self, volume_id: &str) {
         self.state().volumes.remove(volume_id);
     }
 
+    #[cfg(any(test, feature = "testing"))]
     /// Inserts a snapshot as if created earlier (history seeding); returns its id.
     pub fn seed_snapshot(
         &self,
@@ -178,6 +185,7 @@ impl FakeEc2 {
         id
     }
 
+    #[cfg(any(test, feature = "testing"))]
     pub fn set_snapshot_state(&self, snapshot_id: &str, state: SnapState) {
         if let Some(s) = self.state().snapshots.get_mut(snapshot_id) {
             s.state = state;
@@ -193,6 +201,7 @@ impl FakeEc2 {
         }
     }
 
+    #[cfg(any(test, feature = "testing"))]
     /// Models EBS finishing snapshots in the background: each pending snapshot turns `completed` (or `error` for
     /// a volume given to [`FakeEc2::error_snapshots_of`]) in the `n`-th DescribeSnapshots answer that includes it,
     /// so a completion poller sees it pending `n - 1` times. None (the default): snapshots stay pending until
@@ -201,6 +210,7 @@ impl FakeEc2 {
         self.state().complete_after = n;
     }
 
+    #[cfg(any(test, feature = "testing"))]
     /// An account limit on pending snapshots, as EC2 has: the fake reports it as its
     /// [`Ec2::max_pending_snapshots`] and refuses a create that would pass it with
     /// `ConcurrentSnapshotLimitExceeded`. None (the default): no limit.
@@ -225,6 +235,7 @@ impl FakeEc2 {
         Ok(())
     }
 
+    #[cfg(any(test, feature = "testing"))]
     /// Snapshots of `volume_id` end in `error` when they leave `pending` (see `complete_after_describes`).
     pub fn error_snapshots_of(&self, volume_id: &str) {
         self.state().error_volumes.insert(volume_id.into());
@@ -236,10 +247,12 @@ impl FakeEc2 {
             .insert(volume_id.into(), code.into());
     }
 
+    #[cfg(any(test, feature = "testing"))]
     pub fn fail_operation(&self, operation: &'static str, code: &str) {
         self.state().operation_faults.insert(operation, code.into());
     }
 
+    #[cfg(any(test, feature = "testing"))]
     pub fn clear_faults(&self) {
         let mut st = self.state();
         st.create_faults.clear();
@@ -247,6 +260,7 @@ impl FakeEc2 {
         st.error_volumes.clear();
     }
 
+    #[cfg(any(test, feature = "testing"))]
     pub fn mark_in_use(&self, snapshot_id: &str) {
         self.state().in_use.insert(snapshot_id.into());
     }
@@ -255,10 +269,12 @@ impl FakeEc2 {
         self.state().clock = Some(now);
     }
 
+    #[cfg(any(test, feature = "testing"))]
     pub fn snapshots(&self) -> Vec<Snapshot> {
         self.state().snapshots.values().cloned().collect()
     }
 
+    #[cfg(any(test, feature = "testing"))]
     pub fn calls(&self, operation: &str) -> u64 {
         self.state().calls.get(operation).copied().unwrap_or(0)
     }
