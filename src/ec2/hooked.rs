@@ -230,8 +230,10 @@ mod tests {
     #[tokio::test]
     async fn hooks_see_every_call_and_can_refuse_it_or_change_its_answer() {
         let fake = Arc::new(FakeEc2::new("test-1"));
-        let (instance, vols) =
-            fake.add_instance(&[("Backup", "true")], &[("/dev/sdf", "gp3"), ("/dev/sdg", "gp3")]);
+        let (instance, vols) = fake.add_instance(
+            &[("Backup", "true")],
+            &[("/dev/sdf", "gp3"), ("/dev/sdg", "gp3")],
+        );
         let seen = Arc::new(AtomicUsize::new(0));
         let counted = seen.clone();
         let ec2 = Hooked::new(fake.clone())
@@ -248,7 +250,10 @@ mod tests {
                 }
                 Step::Go
             });
-        assert_eq!(ec2.account_id().await.unwrap(), crate::ec2::fake::FAKE_ACCOUNT);
+        assert_eq!(
+            ec2.account_id().await.unwrap(),
+            crate::ec2::fake::FAKE_ACCOUNT
+        );
         assert!(ec2.describe_instances(&[]).await.unwrap().is_empty());
         assert_eq!(ec2.describe_volumes(&[]).await.unwrap().len(), 2);
         let request = CreateSnapshots {
@@ -258,21 +263,36 @@ mod tests {
             volumes: vols.iter().map(|v| (v.clone(), Tags::new())).collect(),
         };
         let made = ec2.create_snapshots(&request).await.unwrap();
-        let ids: Vec<String> = made.iter().map(|(_, s)| s.as_ref().unwrap().id.to_string()).collect();
+        let ids: Vec<String> = made
+            .iter()
+            .map(|(_, s)| s.as_ref().unwrap().id.to_string())
+            .collect();
         ec2.create_tags(&ids, &Tags::new()).await.unwrap();
-        assert_eq!(super::super::all_snapshots(&ec2, &[]).await.unwrap().len(), 2);
+        assert_eq!(
+            super::super::all_snapshots(&ec2, &[]).await.unwrap().len(),
+            2
+        );
         let err = ec2.delete_snapshot(&ids[0]).await.unwrap_err();
         assert_eq!(err.code(), "UnauthorizedOperation");
-        assert_eq!(fake.calls("DeleteSnapshot"), 0, "a refused call never reaches the backend");
-        assert_eq!((fake.calls("CreateSnapshots"), fake.calls("CreateTags")), (1, 1));
+        assert_eq!(
+            fake.calls("DeleteSnapshot"),
+            0,
+            "a refused call never reaches the backend"
+        );
+        assert_eq!(
+            (fake.calls("CreateSnapshots"), fake.calls("CreateTags")),
+            (1, 1)
+        );
         assert_eq!(seen.load(Ordering::SeqCst), 7);
     }
 
     #[tokio::test]
     async fn one_volume_at_a_time_sends_each_volume_through_the_hooks() {
         let fake = Arc::new(FakeEc2::new("test-1"));
-        let (instance, vols) =
-            fake.add_instance(&[("Backup", "true")], &[("/dev/sdf", "gp3"), ("/dev/sdg", "gp3")]);
+        let (instance, vols) = fake.add_instance(
+            &[("Backup", "true")],
+            &[("/dev/sdf", "gp3"), ("/dev/sdg", "gp3")],
+        );
         let doomed = vols[1].clone();
         let ec2 = Hooked::new(fake.clone())
             .one_volume_at_a_time()
@@ -288,6 +308,9 @@ mod tests {
         };
         let made = ec2.create_snapshots(&request).await.unwrap();
         assert!(made[0].1.is_ok() && made[1].1.is_err(), "{made:?}");
-        assert_eq!((fake.calls("CreateSnapshots"), fake.calls("CreateSnapshot")), (0, 1));
+        assert_eq!(
+            (fake.calls("CreateSnapshots"), fake.calls("CreateSnapshot")),
+            (0, 1)
+        );
     }
 }

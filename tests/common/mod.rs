@@ -5,6 +5,11 @@
 
 pub mod fault_proxy;
 pub mod process;
+pub mod prom;
+
+// Not every test binary reads metrics.
+#[allow(unused_imports)]
+pub use prom::{metric, metric_sum};
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -12,8 +17,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
+
 pub const REGION: &str = "us-east-1";
 pub const ACCOUNT: &str = "123456789012";
+
+/// A time from its RFC 3339 text: the slot (or the clock) a test runs at.
+pub fn slot(rfc3339: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(rfc3339)
+        .unwrap_or_else(|e| panic!("{rfc3339}: {e}"))
+        .to_utc()
+}
 
 pub struct Moto {
     child: Child,
