@@ -18,7 +18,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use aws_sdk_ec2::types::{
     BlockDeviceMapping, EbsBlockDevice, InstanceType, ResourceType, Tag, TagSpecification,
 };
@@ -27,9 +26,10 @@ use chrono::{DateTime, Utc};
 use common::{filter, Moto, ACCOUNT, REGION};
 use snapwarden::config::{self, Config};
 use snapwarden::daemon::{self, Shared};
+use snapwarden::ec2::hooked::{Call, Hooked, Step};
 use snapwarden::ec2::sdk::{check_sdk_config, SdkEc2};
-use snapwarden::ec2::{self, CreateSnapshot, Ec2, Filter, Instance, Page, Snapshot, Volume};
-use snapwarden::error::{Error, Result};
+use snapwarden::ec2::{self, CreateSnapshot, Ec2, Filter};
+use snapwarden::error::Error;
 use snapwarden::notify::Notifier;
 use snapwarden::report::RunResult;
 use snapwarden::retention::Action;
@@ -40,7 +40,7 @@ const SLOT: &str = "2026-11-20T04:30:00Z";
 const DAILY: &str = "cron = \"30 4 * * *\"";
 
 fn slot() -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(SLOT).unwrap().to_utc()
+    common::slot(SLOT)
 }
 
 /// The slot `days` daily fires before [`SLOT`], as the tag text snapwarden writes.
@@ -776,49 +776,23 @@ async fn count_tags_prune_good_values_and_report_bad_ones() {
     assert!(ids_of_volume(&all, &none_vols[0].0).is_empty());
 }
 
-/// Fails CreateSnapshot of one volume the way EC2 does when the role lacks the permission, and passes everything
-/// else through to the real backend.
-struct FailVolume {
-    inner: Arc<dyn Ec2>,
-    volume: String,
-    failing: AtomicBool,
-}
-
-#[async_trait]
-impl Ec2 for FailVolume {
-    fn region(&self) -> &str {
-        self.inner.region()
-    }
-    async fn account_id(&self) -> Result<String> {
-        self.inner.account_id().await
-    }
-    async fn describe_instances(&self, filters: &[Filter]) -> Result<Vec<Instance>> {
-        self.inner.describe_instances(filters).await
-    }
-    async fn describe_volumes(&self, filters: &[Filter]) -> Result<Vec<Volume>> {
-        self.inner.describe_volumes(filters).await
-    }
-    async fn describe_snapshots(
-        &self,
-        filters: &[Filter],
-        token: Option<&str>,
-    ) -> Result<Page<Snapshot>> {
-        self.inner.describe_snapshots(filters, token).await
-    }
-    async fn create_snapshot(&self, request: &CreateSnapshot) -> Result<Snapshot> {
-        if request.volume_id == self.volume && self.failing.load(Ordering::SeqCst) {
-            return Err(Error::Api {
-                operation: "CreateSnapshot",
-                region: self.region().to_string(),
-                code: "UnauthorizedOperation".into(),
-                message: "You are not authorized to perform this operation.".into(),
-            });
-        }
-        self.inner.create_snapshot(request).await
-    }
-    async fn delete_snapshot(&self, snapshot_id: &str) -> Result<()> {
-        self.inner.delete_snapshot(snapshot_id).await
-    }
+/// Fails CreateSnapshot of `volume` the way EC2 does when the role lacks the permission, while `failing` is set, and
+/// passes everything else through to the real backend, snapshotting one volume at a time.
+fn fail_volume(inner: Arc<dyn Ec2>, volume: String, failing: Arc<AtomicBool>) -> Hooked {
+    let region = inner.region().to_string();
+    Hooked::new(inner)
+        .one_volume_at_a_time()
+        .before(move |call| match call {
+            Call::CreateSnapshot(r) if r.volume_id == volume && failing.load(Ordering::SeqCst) => {
+                Step::Fail(Error::Api {
+                    operation: "CreateSnapshot",
+                    region: region.clone(),
+                    code: "UnauthorizedOperation".into(),
+                    message: "You are not authorized to perform this operation.".into(),
+                })
+            }
+            _ => Step::Go,
+        })
 }
 
 /// Waits for up to `within` for messages on the queue, returning (and deleting) what arrived.
@@ -922,11 +896,8 @@ async fn sns_digest_is_sent_once_then_recovery() {
     let window = shared.config.notify.sns.as_ref().unwrap().dedup_window;
     assert_eq!(window, Duration::from_secs(3600));
     let (notifier, task) = Notifier::spawn(publisher, window, shared.metrics.clone());
-    let ec2 = FailVolume {
-        inner: region.ec2.clone(),
-        volume: doomed.clone(),
-        failing: AtomicBool::new(true),
-    };
+    let failing = Arc::new(AtomicBool::new(true));
+    let ec2 = fail_volume(region.ec2.clone(), doomed.clone(), failing.clone());
     let notes = |outcome: &str| {
         shared
             .metrics
@@ -987,7 +958,7 @@ async fn sns_digest_is_sent_once_then_recovery() {
     assert!(drain(&sqs, &queue, Duration::from_secs(2)).await.is_empty());
 
     // Permission granted: the missing snapshot is made and a recovery follows.
-    ec2.failing.store(false, Ordering::SeqCst);
+    failing.store(false, Ordering::SeqCst);
     let fixed = run(&shared, &ec2, &region.account_id, "prod", &["daily"]).await;
     assert_eq!((fixed.report.created, fixed.report.already_done), (1, 2));
     assert_eq!(fixed.report.result(), RunResult::Success);

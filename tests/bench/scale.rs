@@ -22,15 +22,12 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use snapwarden::config::{self, Config};
 use snapwarden::ec2::fake::{FakeEc2, FAKE_ACCOUNT};
+use snapwarden::ec2::hooked::{Answer, Call, Hooked, Step};
 use snapwarden::ec2::pace::{Group, PaceConfig, Paced, TokenBucket};
-use snapwarden::ec2::{
-    self, CreateSnapshot, CreateSnapshots, Ec2, Filter, Instance, Instrumented, Page, Snapshot,
-    Tags, Volume, VolumeResult,
-};
+use snapwarden::ec2::{self, Ec2, Instrumented, Snapshot, Tags};
 use snapwarden::error::{Error, Result};
 use snapwarden::metrics::Metrics;
 use snapwarden::retention::{self, PlanInput, ScheduleRules, SnapState};
@@ -123,7 +120,13 @@ fn cpu() -> Duration {
 /// `RequestLimitExceeded`, as EC2 does. Counts requests and refusals per operation. Wraps any backend: the
 /// in-memory one (latency and buckets on) or the SDK against moto (both off: counting only).
 struct Metered {
-    inner: Arc<dyn Ec2>,
+    /// The backend behind the meter.
+    ec2: Arc<dyn Ec2>,
+    meter: Arc<Meter>,
+}
+
+struct Meter {
+    region: String,
     latency: Duration,
     aws: Option<Mutex<BTreeMap<Group, TokenBucket>>>,
     requests: Mutex<BTreeMap<&'static str, u64>>,
@@ -144,96 +147,75 @@ impl Metered {
                     .collect(),
             )
         });
-        Metered {
-            inner,
+        let meter = Arc::new(Meter {
+            region: inner.region().to_string(),
             latency,
             aws,
             requests: Mutex::new(BTreeMap::new()),
             throttled: Mutex::new(BTreeMap::new()),
+        });
+        let (before, after) = (meter.clone(), meter.clone());
+        let ec2 = Hooked::new(inner)
+            .before(move |call| match call {
+                // Paginated describes: counted once the answer says how many pages it took.
+                Call::DescribeInstances(_) | Call::DescribeVolumes(_) => Step::Go,
+                // DescribeSnapshots is paged by the caller: one request per page, like every other call.
+                _ => Step::run(before.clone().requests(call.operation(), 1)),
+            })
+            .after(move |call, answer| {
+                let n = match answer {
+                    Answer::Instances(Ok(all)) => all.len(),
+                    Answer::Volumes(Ok(all)) => all.len(),
+                    _ => return Step::Go,
+                };
+                // One request per 1,000 objects (at least one); a refused page fails the sweep.
+                let pages = n.div_ceil(1000).max(1);
+                Step::run(after.clone().requests(call.operation(), pages))
+            });
+        Metered {
+            ec2: Arc::new(ec2),
+            meter,
         }
-    }
-
-    async fn request(&self, operation: &'static str) -> Result<()> {
-        if !self.latency.is_zero() {
-            tokio::time::sleep(self.latency).await;
-        }
-        *self.requests.lock().unwrap().entry(operation).or_default() += 1;
-        if let (Some(aws), Some(group)) = (&self.aws, Group::of(operation)) {
-            let now = tokio::time::Instant::now().into_std();
-            let refused = aws
-                .lock()
-                .unwrap()
-                .get_mut(&group)
-                .expect("a bucket per group")
-                .try_take(now)
-                .is_err();
-            if refused {
-                *self.throttled.lock().unwrap().entry(operation).or_default() += 1;
-                return Err(Error::Api {
-                    operation,
-                    region: self.inner.region().to_string(),
-                    code: "RequestLimitExceeded".into(),
-                    message: "Request limit exceeded (benchmark bucket)".into(),
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// A paginated describe: one request per 1,000 objects (at least one); a refused page fails the sweep.
-    async fn pages<T>(&self, operation: &'static str, items: Vec<T>) -> Result<Vec<T>> {
-        for _ in 0..items.len().div_ceil(1000).max(1) {
-            self.request(operation).await?;
-        }
-        Ok(items)
     }
 
     fn requests(&self) -> BTreeMap<&'static str, u64> {
-        self.requests.lock().unwrap().clone()
+        self.meter.requests.lock().unwrap().clone()
     }
 
     fn throttled(&self) -> u64 {
-        self.throttled.lock().unwrap().values().sum()
+        self.meter.throttled.lock().unwrap().values().sum()
     }
 }
 
-#[async_trait]
-impl Ec2 for Metered {
-    fn region(&self) -> &str {
-        self.inner.region()
-    }
-    async fn account_id(&self) -> Result<String> {
-        self.request("GetCallerIdentity").await?;
-        self.inner.account_id().await
-    }
-    async fn describe_instances(&self, f: &[Filter]) -> Result<Vec<Instance>> {
-        let all = self.inner.describe_instances(f).await?;
-        self.pages("DescribeInstances", all).await
-    }
-    async fn describe_volumes(&self, f: &[Filter]) -> Result<Vec<Volume>> {
-        let all = self.inner.describe_volumes(f).await?;
-        self.pages("DescribeVolumes", all).await
-    }
-    /// Paged by the caller: one request per page.
-    async fn describe_snapshots(&self, f: &[Filter], t: Option<&str>) -> Result<Page<Snapshot>> {
-        self.request("DescribeSnapshots").await?;
-        self.inner.describe_snapshots(f, t).await
-    }
-    async fn create_snapshot(&self, r: &CreateSnapshot) -> Result<Snapshot> {
-        self.request("CreateSnapshot").await?;
-        self.inner.create_snapshot(r).await
-    }
-    async fn create_snapshots(&self, r: &CreateSnapshots) -> Result<Vec<VolumeResult>> {
-        self.request("CreateSnapshots").await?;
-        self.inner.create_snapshots(r).await
-    }
-    async fn create_tags(&self, ids: &[String], tags: &Tags) -> Result<()> {
-        self.request("CreateTags").await?;
-        self.inner.create_tags(ids, tags).await
-    }
-    async fn delete_snapshot(&self, id: &str) -> Result<()> {
-        self.request("DeleteSnapshot").await?;
-        self.inner.delete_snapshot(id).await
+impl Meter {
+    /// `n` requests of `operation`, one after the other; the first refused ends them.
+    async fn requests(self: Arc<Self>, operation: &'static str, n: usize) -> Result<()> {
+        for _ in 0..n {
+            if !self.latency.is_zero() {
+                tokio::time::sleep(self.latency).await;
+            }
+            *self.requests.lock().unwrap().entry(operation).or_default() += 1;
+            if let (Some(aws), Some(group)) = (&self.aws, Group::of(operation)) {
+                let now = tokio::time::Instant::now().into_std();
+                let refused = aws
+                    .lock()
+                    .unwrap()
+                    .get_mut(&group)
+                    .expect("a bucket per group")
+                    .try_take(now)
+                    .is_err();
+                if refused {
+                    *self.throttled.lock().unwrap().entry(operation).or_default() += 1;
+                    return Err(Error::Api {
+                        operation,
+                        region: self.region.clone(),
+                        code: "RequestLimitExceeded".into(),
+                        message: "Request limit exceeded (benchmark bucket)".into(),
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -242,9 +224,7 @@ impl Ec2 for Metered {
 const DEVICES: [&str; 4] = ["/dev/xvda", "/dev/sdf", "/dev/sdg", "/dev/sdh"];
 
 fn slot() -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339("2026-03-02T04:30:00Z")
-        .unwrap()
-        .to_utc()
+    common::slot("2026-03-02T04:30:00Z")
 }
 
 /// Volumes per instance: 1, 2, 3, 4, 1, 2, … (2.5 on average), the last instance cut to reach exactly `volumes`.
@@ -389,8 +369,11 @@ async fn pass(metered: Arc<Metered>, config: &Config, pace: PaceConfig) -> Pass 
         config.daemon.max_concurrent_aws_calls,
     ));
     let metrics = Arc::new(Metrics::new());
-    let instrumented: Arc<dyn Ec2> =
-        Arc::new(Instrumented::new(metered.clone(), permits, metrics.clone()));
+    let instrumented: Arc<dyn Ec2> = Arc::new(Instrumented::new(
+        metered.ec2.clone(),
+        permits,
+        metrics.clone(),
+    ));
     let paced = Paced::new(instrumented, pace);
     let t0 = tokio::time::Instant::now();
     let account = paced.account_id().await.expect("account id");
