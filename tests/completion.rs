@@ -20,7 +20,7 @@ use chrono::{DateTime, Utc};
 use snapwarden::config::{self, Config};
 use snapwarden::ec2::fake::{FakeEc2, FAKE_ACCOUNT};
 use snapwarden::ec2::hooked::{Call, Hooked, Step};
-use snapwarden::ec2::{TAG_MANAGED, TAG_POLICY, TAG_SCHEDULE, TAG_SLOT};
+use snapwarden::ec2::TAG_SLOT;
 use snapwarden::metrics::Metrics;
 use snapwarden::report::{Problem, RunReport, RunResult};
 use snapwarden::retention::SnapState;
@@ -104,17 +104,8 @@ async fn run(
 /// A completed snapshot of an earlier slot, tagged as snapwarden tags its own.
 fn seed(fake: &FakeEc2, volume: &str, day: i64) -> String {
     let s = format_slot(slot(day));
-    fake.seed_snapshot(
-        volume,
-        SnapState::Completed,
-        FAKE_ACCOUNT,
-        &[
-            (TAG_MANAGED, "true"),
-            (TAG_POLICY, "prod"),
-            (TAG_SCHEDULE, "daily"),
-            (TAG_SLOT, &s),
-        ],
-    )
+    let tags = common::managed_tags("prod", "daily", &s);
+    fake.seed_snapshot(volume, SnapState::Completed, FAKE_ACCOUNT, &tags)
 }
 
 fn of_volume(fake: &FakeEc2, volume: &str) -> Vec<(String, SnapState)> {

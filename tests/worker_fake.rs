@@ -142,13 +142,7 @@ fn seed_owned(
     extra: &[(&str, &str)],
 ) -> String {
     let slot = format_slot(slot);
-    let mut tags = vec![
-        (TAG_MANAGED, "true"),
-        (TAG_POLICY, policy),
-        (TAG_SCHEDULE, schedules),
-        (TAG_SLOT, slot.as_str()),
-    ];
-    tags.extend_from_slice(extra);
+    let tags = [&common::managed_tags(policy, schedules, &slot)[..], extra].concat();
     fake.seed_snapshot(volume, state, owner, &tags)
 }
 

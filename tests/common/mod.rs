@@ -215,7 +215,56 @@ pub async fn slots_by_volume(
     by
 }
 
+/// The tags snapwarden writes on its snapshots of `policy` for `schedules` (comma-separated) at `slot` (the slot's
+/// tag text): what every history a test seeds carries, in moto or in `FakeEc2`.
+pub fn managed_tags<'a>(
+    policy: &'a str,
+    schedules: &'a str,
+    slot: &'a str,
+) -> [(&'a str, &'a str); 4] {
+    use snapwarden::ec2::{TAG_MANAGED, TAG_POLICY, TAG_SCHEDULE, TAG_SLOT};
+    [
+        (TAG_MANAGED, "true"),
+        (TAG_POLICY, policy),
+        (TAG_SCHEDULE, schedules),
+        (TAG_SLOT, slot),
+    ]
+}
+
+/// A snapshot of `volume` in moto with `tags` at creation (moto completes it at once); returns its id.
+pub async fn moto_snapshot(
+    raw: &aws_sdk_ec2::Client,
+    volume: &str,
+    tags: &[(&str, &str)],
+) -> String {
+    use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
+    let mut req = raw
+        .create_snapshot()
+        .volume_id(volume)
+        .description("seeded by a test");
+    // moto refuses a tag specification without tags.
+    if !tags.is_empty() {
+        req = req.tag_specifications(
+            TagSpecification::builder()
+                .resource_type(ResourceType::Snapshot)
+                .set_tags(Some(
+                    tags.iter()
+                        .map(|(k, v)| Tag::builder().key(*k).value(*v).build())
+                        .collect(),
+                ))
+                .build(),
+        );
+    }
+    req.send()
+        .await
+        .expect("CreateSnapshot on moto")
+        .snapshot_id()
+        .unwrap()
+        .to_string()
+}
+
 /// Launches one instance tagged `tags` with one 8 GiB EBS volume per device; returns (instance id, volume ids).
+/// moto makes no root volume when block device mappings are given: one volume per device, checked.
 pub async fn launch_instance(
     raw: &aws_sdk_ec2::Client,
     tags: &[(&str, &str)],
@@ -256,11 +305,18 @@ pub async fn launch_instance(
         .send()
         .await
         .expect("DescribeVolumes");
-    let volumes = vols
+    let volumes: Vec<String> = vols
         .volumes()
         .iter()
         .filter_map(|v| v.volume_id())
         .map(String::from)
         .collect();
+    if !devices.is_empty() {
+        assert_eq!(
+            volumes.len(),
+            devices.len(),
+            "moto made one volume per mapping of {id}"
+        );
+    }
     (id, volumes)
 }
