@@ -19,12 +19,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aws_sdk_ec2::types::{
-    BlockDeviceMapping, EbsBlockDevice, Filter, ResourceType, Snapshot, Tag, TagSpecification,
-};
+use aws_sdk_ec2::types::Snapshot;
 use chrono::{DateTime, Datelike, Utc, Weekday};
 use common::process::{run_to_end, snapwarden, text, Daemon};
-use common::{http_get, Moto, REGION};
+use common::{http_get, metric_sum, Moto, REGION};
 use serde_json::Value;
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -87,48 +85,8 @@ async fn instance(
     tags: &[(&str, &str)],
     devices: &[&str],
 ) -> Vec<String> {
-    let mut spec = TagSpecification::builder().resource_type(ResourceType::Instance);
-    for (k, v) in tags {
-        spec = spec.tags(Tag::builder().key(*k).value(*v).build());
-    }
-    let mut req = ec2
-        .run_instances()
-        .image_id("ami-12345678")
-        .min_count(1)
-        .max_count(1)
-        .tag_specifications(spec.build());
-    for d in devices {
-        req = req.block_device_mappings(
-            BlockDeviceMapping::builder()
-                .device_name(*d)
-                .ebs(EbsBlockDevice::builder().volume_size(1).build())
-                .build(),
-        );
-    }
-    let out = req.send().await.expect("RunInstances on moto");
-    let id = out.instances()[0].instance_id().unwrap().to_string();
-    let vols = ec2
-        .describe_volumes()
-        .filters(
-            Filter::builder()
-                .name("attachment.instance-id")
-                .values(&id)
-                .build(),
-        )
-        .send()
-        .await
-        .expect("DescribeVolumes on moto");
-    let mut ids: Vec<String> = vols
-        .volumes()
-        .iter()
-        .map(|v| v.volume_id().unwrap().to_string())
-        .collect();
+    let (_, mut ids) = common::launch_instance(ec2, tags, devices).await;
     ids.sort();
-    assert_eq!(
-        ids.len(),
-        devices.len(),
-        "moto attached one volume per mapping"
-    );
     ids
 }
 
@@ -161,78 +119,6 @@ fn managed_by_volume(snaps: &[Snapshot], policy: &str) -> BTreeMap<String, Vec<S
         }
     }
     out
-}
-
-/// Creates a snapshot of `volume` with `tags` at creation, the way snapwarden writes them.
-async fn seed_snapshot(ec2: &aws_sdk_ec2::Client, volume: &str, tags: &[(&str, &str)]) -> String {
-    let mut spec = TagSpecification::builder().resource_type(ResourceType::Snapshot);
-    for (k, v) in tags {
-        spec = spec.tags(Tag::builder().key(*k).value(*v).build());
-    }
-    let mut req = ec2.create_snapshot().volume_id(volume);
-    if !tags.is_empty() {
-        req = req.tag_specifications(spec.build());
-    }
-    req.send()
-        .await
-        .expect("CreateSnapshot on moto")
-        .snapshot_id()
-        .unwrap()
-        .to_string()
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// Prometheus text
-// ---------------------------------------------------------------------------------------------------------------
-
-struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
-}
-
-/// Parses the exposition format's sample lines (label values here never contain `,` or `"`).
-fn samples(text: &str) -> Vec<Sample> {
-    let mut out = Vec::new();
-    for line in text
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-    {
-        let (series, value) = line.rsplit_once(' ').expect("sample line has a value");
-        let (name, labels) = match series.split_once('{') {
-            Some((n, rest)) => (n, rest.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        let labels = labels
-            .split(',')
-            .filter(|l| !l.is_empty())
-            .map(|l| {
-                let (k, v) = l.split_once('=').expect("label is k=\"v\"");
-                (k.to_string(), v.trim_matches('"').to_string())
-            })
-            .collect();
-        out.push(Sample {
-            name: name.to_string(),
-            labels,
-            value: value.parse().expect("sample value is a number"),
-        });
-    }
-    out
-}
-
-/// The sum over samples of `name` whose labels include all of `labels`; None when there is none.
-fn metric(all: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let matching: Vec<f64> = all
-        .iter()
-        .filter(|s| {
-            s.name == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-        })
-        .map(|s| s.value)
-        .collect();
-    (!matching.is_empty()).then(|| matching.iter().sum())
 }
 
 fn get(port: u16, path: &str, d: &Daemon) -> (u16, String) {
@@ -293,11 +179,11 @@ async fn run_fires_prunes_serves_http_and_stops_on_sigterm() {
     let metrics = loop {
         assert!(d.is_running(), "the daemon exited early\n{}", d.logs());
         if let Some((200, body)) = http_get(port, "/metrics") {
-            let all = samples(&body);
+            let all = body.clone();
             let created =
-                metric(&all, "snapwarden_snapshots_created_total", &labels).unwrap_or(0.0);
+                metric_sum(&all, "snapwarden_snapshots_created_total", &labels).unwrap_or(0.0);
             let deleted =
-                metric(&all, "snapwarden_snapshots_deleted_total", &labels).unwrap_or(0.0);
+                metric_sum(&all, "snapwarden_snapshots_deleted_total", &labels).unwrap_or(0.0);
             if created >= 3.0 * targeted.len() as f64 && deleted >= targeted.len() as f64 {
                 break all;
             }
@@ -329,7 +215,7 @@ async fn run_fires_prunes_serves_http_and_stops_on_sigterm() {
     );
 
     // Metrics: counters, the RPO gauge, run results and build info.
-    let created = metric(
+    let created = metric_sum(
         &metrics,
         "snapwarden_snapshots_created_total",
         &[
@@ -345,8 +231,8 @@ async fn run_fires_prunes_serves_http_and_stops_on_sigterm() {
     );
     let (code, body) = get(port, "/metrics", &d);
     assert_eq!(code, 200, "{body}");
-    let now_metrics = samples(&body);
-    let staleness = metric(&now_metrics, "snapwarden_staleness_seconds", &labels)
+    let now_metrics = body.clone();
+    let staleness = metric_sum(&now_metrics, "snapwarden_staleness_seconds", &labels)
         .unwrap_or_else(|| panic!("no staleness gauge for fast/every2s:\n{body}"));
     // The newest snapshot of every volume is at most a couple of fires old.
     assert!(
@@ -354,11 +240,11 @@ async fn run_fires_prunes_serves_http_and_stops_on_sigterm() {
         "staleness {staleness}:\n{body}"
     );
     assert_eq!(
-        metric(&now_metrics, "snapwarden_unprotected_volumes", &labels),
+        metric_sum(&now_metrics, "snapwarden_unprotected_volumes", &labels),
         Some(0.0),
         "{body}"
     );
-    let ok_runs = metric(
+    let ok_runs = metric_sum(
         &now_metrics,
         "snapwarden_runs_total",
         &[
@@ -373,7 +259,7 @@ async fn run_fires_prunes_serves_http_and_stops_on_sigterm() {
         "runs_total success:\n{body}"
     );
     assert_eq!(
-        metric(
+        metric_sum(
             &now_metrics,
             "snapwarden_build_info",
             &[("version", env!("CARGO_PKG_VERSION"))]
@@ -606,22 +492,15 @@ async fn plan_json_lists_every_managed_snapshot_with_action_and_reasons() {
         .args(["once", "--policy", "planned", "--schedule", "daily"]);
     let out = run_to_end(&mut cmd, Duration::from_secs(20));
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let managed = |slot: &'static str| {
-        vec![
-            ("snapwarden:managed", "true"),
-            ("snapwarden:policy", "planned"),
-            ("snapwarden:schedule", "daily"),
-            ("snapwarden:slot", slot),
-        ]
-    };
+    let managed = |slot: &'static str| common::managed_tags("planned", "daily", slot).to_vec();
     let mut pinned_tags = managed("2025-03-01T04:30:00Z");
     pinned_tags.push(("snapwarden:keep", "audit"));
-    let pinned = seed_snapshot(&ec2, &vol, &pinned_tags).await;
-    let second_oldest = seed_snapshot(&ec2, &vol, &managed("2025-03-02T04:30:00Z")).await;
-    let third_oldest = seed_snapshot(&ec2, &vol, &managed("2025-03-03T04:30:00Z")).await;
-    let recent = seed_snapshot(&ec2, &vol, &managed("2025-03-04T04:30:00Z")).await;
-    let unmanaged = seed_snapshot(&ec2, &vol, &[("Owner", "someone else")]).await;
-    let other_policy = seed_snapshot(
+    let pinned = common::moto_snapshot(&ec2, &vol, &pinned_tags).await;
+    let second_oldest = common::moto_snapshot(&ec2, &vol, &managed("2025-03-02T04:30:00Z")).await;
+    let third_oldest = common::moto_snapshot(&ec2, &vol, &managed("2025-03-03T04:30:00Z")).await;
+    let recent = common::moto_snapshot(&ec2, &vol, &managed("2025-03-04T04:30:00Z")).await;
+    let unmanaged = common::moto_snapshot(&ec2, &vol, &[("Owner", "someone else")]).await;
+    let other_policy = common::moto_snapshot(
         &ec2,
         &vol,
         &[

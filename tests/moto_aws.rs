@@ -178,40 +178,9 @@ async fn launch(
     (id, attached)
 }
 
-async fn snapshot(raw: &aws_sdk_ec2::Client, volume: &str, tags: &[(&str, &str)]) -> String {
-    let mut req = raw
-        .create_snapshot()
-        .volume_id(volume)
-        .description("seeded by moto_aws.rs");
-    if !tags.is_empty() {
-        req = req.tag_specifications(
-            TagSpecification::builder()
-                .resource_type(ResourceType::Snapshot)
-                .set_tags(Some(raw_tags(tags)))
-                .build(),
-        );
-    }
-    req.send()
-        .await
-        .expect("CreateSnapshot")
-        .snapshot_id()
-        .unwrap()
-        .to_string()
-}
-
 /// A snapshot as snapwarden would have written it for `policy`/`daily` at `slot`.
 async fn managed(raw: &aws_sdk_ec2::Client, volume: &str, policy: &str, slot: &str) -> String {
-    snapshot(
-        raw,
-        volume,
-        &[
-            (ec2::TAG_MANAGED, "true"),
-            (ec2::TAG_POLICY, policy),
-            (ec2::TAG_SCHEDULE, "daily"),
-            (ec2::TAG_SLOT, slot),
-        ],
-    )
-    .await
+    common::moto_snapshot(raw, volume, &common::managed_tags(policy, "daily", slot)).await
 }
 
 #[derive(Debug)]
@@ -437,7 +406,7 @@ async fn history_is_pruned_to_keep_last_and_foreign_snapshots_stay() {
         .await
         .unwrap();
     let old = days_before(40);
-    let unmanaged = snapshot(
+    let unmanaged = common::moto_snapshot(
         &raw,
         v1,
         &[
@@ -448,8 +417,8 @@ async fn history_is_pruned_to_keep_last_and_foreign_snapshots_stay() {
     )
     .await;
     let other_policy = managed(&raw, v1, "other", &old).await;
-    let manual = snapshot(&raw, v2, &[]).await;
-    let not_true = snapshot(
+    let manual = common::moto_snapshot(&raw, v2, &[]).await;
+    let not_true = common::moto_snapshot(
         &raw,
         v2,
         &[
