@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use common::DEVICES;
 use snapwarden::config::{self, Config, Policy};
 use snapwarden::ec2::fake::FakeEc2;
 use snapwarden::ec2::hooked::{Answer, Hooked, Step};
@@ -46,18 +47,9 @@ async fn run(ec2: &dyn Ec2, policy: &Policy) -> Outcome {
     worker::run(ec2, &spec, &Metrics::new(), slot).await
 }
 
-const DEVICES: [&str; 4] = ["/dev/xvda", "/dev/sdf", "/dev/sdg", "/dev/sdh"];
-
 /// Instances named `web-<i>` with 1, 2, 3, 4, 1, … volumes; returns (instance, volume ids) per instance.
 fn estate(fake: &FakeEc2, instances: usize) -> Vec<(String, Vec<String>)> {
-    (0..instances)
-        .map(|i| {
-            let devs: Vec<(&str, &str)> =
-                DEVICES[..1 + i % 4].iter().map(|d| (*d, "gp3")).collect();
-            let name = format!("web-{i}");
-            fake.add_instance(&[("Backup", "true"), ("Name", &name)], &devs)
-        })
-        .collect()
+    common::web_fleet(fake, (0..instances).map(|i| 1 + i % 4))
 }
 
 fn calls(fake: &FakeEc2) -> [u64; 3] {

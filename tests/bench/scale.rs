@@ -221,8 +221,6 @@ impl Meter {
 
 // --- the estate --------------------------------------------------------------------------------------------------
 
-const DEVICES: [&str; 4] = ["/dev/xvda", "/dev/sdf", "/dev/sdg", "/dev/sdh"];
-
 fn slot() -> DateTime<Utc> {
     common::slot("2026-03-02T04:30:00Z")
 }
@@ -241,40 +239,38 @@ fn shape(volumes: usize) -> Vec<usize> {
     out
 }
 
+/// The tags of a history snapshot of `device` of `instance`, `day` days before the slot, as snapwarden writes them.
 fn history_tags(instance: &str, device: &str, day: i64) -> Vec<(String, String)> {
-    vec![
-        (ec2::TAG_MANAGED.into(), "true".into()),
-        (ec2::TAG_POLICY.into(), "prod".into()),
-        (ec2::TAG_SCHEDULE.into(), "daily".into()),
-        (
-            ec2::TAG_SLOT.into(),
-            format_slot(slot() - chrono::Duration::days(day)),
-        ),
-        ("Name".into(), format!("web-{instance}")),
-        (ec2::TAG_INSTANCE.into(), instance.into()),
-        (ec2::TAG_DEVICE.into(), device.into()),
-        ("Backup".into(), "true".into()),
-    ]
+    let at = format_slot(slot() - chrono::Duration::days(day));
+    let name = format!("web-{instance}");
+    let own = [
+        ("Name", name.as_str()),
+        (ec2::TAG_INSTANCE, instance),
+        (ec2::TAG_DEVICE, device),
+        ("Backup", "true"),
+    ];
+    common::managed_tags("prod", "daily", &at)
+        .iter()
+        .chain(&own)
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 fn fake_estate(region: &str, volumes: usize, history: usize) -> (Arc<FakeEc2>, usize) {
     let fake = Arc::new(FakeEc2::new(region));
     fake.set_clock(slot());
-    let shape = shape(volumes);
-    for (i, &k) in shape.iter().enumerate() {
-        let name = format!("web-{i}");
-        let devs: Vec<(&str, &str)> = DEVICES[..k].iter().map(|d| (*d, "gp3")).collect();
-        let (id, vols) = fake.add_instance(&[("Backup", "true"), ("Name", &name)], &devs);
-        for (v, dev) in vols.iter().zip(DEVICES) {
+    let fleet = common::web_fleet(&fake, shape(volumes));
+    for (id, vols) in &fleet {
+        for (v, dev) in vols.iter().zip(common::DEVICES) {
             for day in 1..=history as i64 {
-                let tags = history_tags(&id, dev, day);
+                let tags = history_tags(id, dev, day);
                 let tags: Vec<(&str, &str)> =
                     tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
                 fake.seed_snapshot(v, SnapState::Completed, FAKE_ACCOUNT, &tags);
             }
         }
     }
-    (fake, shape.len())
+    (fake, fleet.len())
 }
 
 fn policy_config(history: usize, consistency: &str) -> Config {
@@ -661,7 +657,7 @@ fn moto(a: &Args) {
                         .tags(tag("Name", &format!("web-{i}")))
                         .build(),
                 );
-            for d in &DEVICES[..k] {
+            for d in &common::DEVICES[..k] {
                 req = req.block_device_mappings(
                     BlockDeviceMapping::builder()
                         .device_name(*d)
@@ -687,17 +683,10 @@ fn moto(a: &Args) {
             for v in vols.volumes() {
                 let device = v.attachments()[0].device().unwrap_or_default().to_string();
                 for day in 1..=a.moto_history as i64 {
-                    let mut spec =
-                        TagSpecification::builder().resource_type(ResourceType::Snapshot);
-                    for (k, v) in history_tags(&id, &device, day) {
-                        spec = spec.tags(tag(&k, &v));
-                    }
-                    raw.create_snapshot()
-                        .volume_id(v.volume_id().unwrap())
-                        .tag_specifications(spec.build())
-                        .send()
-                        .await
-                        .expect("CreateSnapshot (history)");
+                    let tags = history_tags(&id, &device, day);
+                    let tags: Vec<(&str, &str)> =
+                        tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                    common::moto_snapshot(&raw, v.volume_id().unwrap(), &tags).await;
                 }
             }
         }

@@ -231,6 +231,26 @@ pub fn managed_tags<'a>(
     ]
 }
 
+/// Device names of the volumes of [`web_fleet`]'s instances, in order.
+pub const DEVICES: [&str; 4] = ["/dev/xvda", "/dev/sdf", "/dev/sdg", "/dev/sdh"];
+
+/// Instances named `web-<i>` and tagged `Backup = "true"` in `fake`, the i-th with `volumes[i]` gp3 volumes (1 to 4,
+/// on [`DEVICES`]); returns (instance id, volume ids) per instance.
+pub fn web_fleet(
+    fake: &snapwarden::ec2::fake::FakeEc2,
+    volumes: impl IntoIterator<Item = usize>,
+) -> Vec<(String, Vec<String>)> {
+    volumes
+        .into_iter()
+        .enumerate()
+        .map(|(i, k)| {
+            let devs: Vec<(&str, &str)> = DEVICES[..k].iter().map(|d| (*d, "gp3")).collect();
+            let name = format!("web-{i}");
+            fake.add_instance(&[("Backup", "true"), ("Name", &name)], &devs)
+        })
+        .collect()
+}
+
 /// A snapshot of `volume` in moto with `tags` at creation (moto completes it at once); returns its id.
 pub async fn moto_snapshot(
     raw: &aws_sdk_ec2::Client,
