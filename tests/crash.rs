@@ -103,21 +103,8 @@ async fn rig(seed_rng: u64, consistency: &str) -> Rig {
     let proxy = FaultProxy::start(moto.port, seed_rng);
     let dir = tempfile::tempdir().unwrap();
     let port = common::free_port();
-    let config = dir.path().join("snapwarden.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[daemon]
-listen = "127.0.0.1:{port}"
-max-concurrent-aws-calls = 1
-completion-deadline = "20s"
-
-[aws]
-regions = ["{REGION}"]
-endpoint-url = "{}"
-max-attempts = 3
-
-[[policy]]
+    let policy = format!(
+        r#"[[policy]]
 name = "{POLICY}"
 target = {{ resource = "instance", tags = {{ Backup = "crash" }} }}
 consistency = "{consistency}"
@@ -126,11 +113,16 @@ consistency = "{consistency}"
 name = "yearly"
 cron = "0 0 1 1 *"
 keep = {{ last = {KEEP_LAST} }}
-"#,
-            proxy.endpoint
-        ),
-    )
-    .unwrap();
+"#
+    );
+    let config = common::write_config(
+        dir.path(),
+        port,
+        "max-concurrent-aws-calls = 1\ncompletion-deadline = \"20s\"",
+        &proxy.endpoint,
+        "max-attempts = 3",
+        &policy,
+    );
     Rig {
         dir,
         config,

@@ -42,40 +42,8 @@ fn write_config(
     daemon_extra: &str,
     rest: &str,
 ) -> PathBuf {
-    let path = dir.join("snapwarden.toml");
-    let text = format!(
-        r#"[daemon]
-listen = "127.0.0.1:{listen_port}"
-{daemon_extra}
-
-[aws]
-regions = ["{REGION}"]
-endpoint-url = "{endpoint}"
-max-attempts = 2
-operation-timeout = "55s"
-attempt-timeout = "50s"
-
-{rest}
-"#
-    );
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn policy(name: &str, backup_tag: &str, schedule: &str, cron: &str, keep: &str) -> String {
-    format!(
-        r#"[[policy]]
-name = "{name}"
-[policy.target]
-resource = "instance"
-tags = {{ Backup = "{backup_tag}" }}
-
-[[policy.schedule]]
-name = "{schedule}"
-cron = "{cron}"
-keep = {keep}
-"#
-    )
+    let aws = "max-attempts = 2\noperation-timeout = \"55s\"\nattempt-timeout = \"50s\"";
+    common::write_config(dir, listen_port, daemon_extra, endpoint, aws, rest)
 }
 
 /// Launches one instance with `tags` and one EBS volume per device; returns its volume ids (moto creates no root
@@ -163,13 +131,7 @@ async fn run_fires_prunes_serves_http_and_stops_on_sigterm() {
         &moto.endpoint,
         port,
         "shutdown-grace = \"10s\"",
-        &policy(
-            "fast",
-            "e2e-run",
-            "every2s",
-            "*/2 * * * * *",
-            "{ last = 2 }",
-        ),
+        &common::instance_policy("fast", "e2e-run", "every2s", "*/2 * * * * *", "last = 2"),
     );
     let mut d = Daemon::spawn(snapwarden().arg("run").env("SNAPWARDEN_CONFIG", &config));
 
@@ -397,7 +359,7 @@ async fn once_is_idempotent_dry_run_touches_nothing_and_slot_must_be_a_fire_time
         &moto.endpoint,
         common::free_port(),
         "",
-        &policy("yearly", "e2e-once", "newyear", "0 0 1 1 *", "{ last = 3 }"),
+        &common::instance_policy("yearly", "e2e-once", "newyear", "0 0 1 1 *", "last = 3"),
     );
     let once = |extra: &[&str]| {
         let mut cmd = snapwarden();
@@ -482,7 +444,7 @@ async fn plan_json_lists_every_managed_snapshot_with_action_and_reasons() {
         &moto.endpoint,
         common::free_port(),
         "",
-        &policy("planned", "e2e-plan", "daily", "30 4 * * *", "{ last = 2 }"),
+        &common::instance_policy("planned", "e2e-plan", "daily", "30 4 * * *", "last = 2"),
     );
 
     // One snapshot written by the binary itself (today's slot), then history seeded with past slots.
@@ -595,7 +557,7 @@ fn validate_accepts_a_good_file_and_names_every_problem_of_a_bad_one() {
         "http://127.0.0.1:9",
         common::free_port(),
         "timezone = \"Europe/Berlin\"",
-        &policy("prod", "true", "daily", "30 4 * * *", "{ last = 7 }"),
+        &common::instance_policy("prod", "true", "daily", "30 4 * * *", "last = 7"),
     );
     let out = run_to_end(
         snapwarden().arg("--config").arg(&good).arg("validate"),
@@ -692,7 +654,7 @@ fn run_without_credentials_stops_quickly_and_says_what_to_set() {
         &format!("http://127.0.0.1:{}", common::free_port()),
         common::free_port(),
         "",
-        &policy("prod", "true", "daily", "30 4 * * *", "{ last = 7 }"),
+        &common::instance_policy("prod", "true", "daily", "30 4 * * *", "last = 7"),
     );
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_snapwarden"));
     // Start from nothing so no credential source of the test's own environment (keys, profile, SSO, web
@@ -727,7 +689,7 @@ fn next_lists_upcoming_fires_in_the_configured_timezone() {
     let dir = tempfile::tempdir().unwrap();
     let rest = format!(
         "{}\n[[policy.schedule]]\nname = \"weekly\"\ncron = \"0 5 * * 0\"\nkeep = {{ last = 4 }}\n",
-        policy("prod", "true", "daily", "30 4 * * *", "{ last = 7 }")
+        common::instance_policy("prod", "true", "daily", "30 4 * * *", "last = 7")
     );
     let config = write_config(
         dir.path(),
@@ -879,7 +841,7 @@ async fn daemon_with_stuck_run(
         common::free_port(),
         &format!("shutdown-grace = \"{grace}\""),
         // Yearly: only the catch-up run fires during the test.
-        &policy("slow", "e2e-slow", "newyear", "0 0 1 1 *", "{ last = 3 }"),
+        &common::instance_policy("slow", "e2e-slow", "newyear", "0 0 1 1 *", "last = 3"),
     );
     let mut d = Daemon::spawn(
         snapwarden()
@@ -1004,7 +966,7 @@ async fn under_systemd_it_signals_ready_after_the_listener_pings_the_watchdog_an
         &moto.endpoint,
         port,
         "shutdown-grace = \"5s\"",
-        &policy("p", "true", "yearly", "0 0 1 1 *", "{ last = 2 }"),
+        &common::instance_policy("p", "true", "yearly", "0 0 1 1 *", "last = 2"),
     );
     let sock_path = dir.path().join("notify.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();

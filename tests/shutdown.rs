@@ -29,23 +29,11 @@ const DELETE: &str = "DeleteSnapshot";
 /// A daemon config: one yearly schedule (only catch-up fires during a test, always the same slot), one volume per
 /// create call, a one-second grace period.
 fn write_config(dir: &Path, endpoint: &str, port: u16, concurrency: usize, keep: usize) -> PathBuf {
-    let config = dir.join("snapwarden.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[daemon]
-listen = "127.0.0.1:{port}"
-max-concurrent-aws-calls = {concurrency}
-shutdown-grace = "1s"
-completion-deadline = "10s"
-
-[aws]
-regions = ["{REGION}"]
-endpoint-url = "{endpoint}"
-max-attempts = 3
-operation-timeout = "60s"
-
-[log]
+    let daemon = format!(
+        "max-concurrent-aws-calls = {concurrency}\nshutdown-grace = \"1s\"\ncompletion-deadline = \"10s\""
+    );
+    let rest = format!(
+        r#"[log]
 format = "json"
 
 [[policy]]
@@ -58,10 +46,9 @@ name = "yearly"
 cron = "0 0 1 1 *"
 keep = {{ last = {keep} }}
 "#
-        ),
-    )
-    .unwrap();
-    config
+    );
+    let aws = "max-attempts = 3\noperation-timeout = \"60s\"";
+    common::write_config(dir, port, &daemon, endpoint, aws, &rest)
 }
 
 fn start(config: &Path) -> Daemon {
