@@ -2,8 +2,9 @@
 //! fault injection (per-volume create errors, AMI-backed snapshots, failing describes) and per-operation call
 //! counts. It backs `snapwarden demo` and the fast component tests; it does not model rate limits or latency
 //! (the moto emulator and the benchmark cover those). `demo` and `simulate` only build a fleet (the demo's with one
-//! failing volume), complete snapshots and set the clock; the knobs only tests turn (seeding history, injected faults, limits, call counts) are compiled
-//! with the `testing` feature alone, which the crate's tests enable and a release build does not.
+//! failing volume), complete snapshots and set the clock; the knobs only tests turn (seeding history, injected
+//! faults, limits, call counts) are compiled with the `testing` feature alone, which the crate's tests enable and a
+//! release build does not.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
@@ -76,8 +77,8 @@ impl FakeEc2 {
         }
     }
 
-    #[cfg(any(test, feature = "testing"))]
     /// Snapshots per DescribeSnapshots page (at least 1): small pages let tests walk several.
+    #[cfg(any(test, feature = "testing"))]
     pub fn set_page_size(&self, n: usize) {
         self.state().page_size = n.max(1);
     }
@@ -158,8 +159,8 @@ impl FakeEc2 {
         self.state().volumes.remove(volume_id);
     }
 
-    #[cfg(any(test, feature = "testing"))]
     /// Inserts a snapshot as if created earlier (history seeding); returns its id.
+    #[cfg(any(test, feature = "testing"))]
     pub fn seed_snapshot(
         &self,
         volume_id: &str,
@@ -201,19 +202,19 @@ impl FakeEc2 {
         }
     }
 
-    #[cfg(any(test, feature = "testing"))]
     /// Models EBS finishing snapshots in the background: each pending snapshot turns `completed` (or `error` for
     /// a volume given to [`FakeEc2::error_snapshots_of`]) in the `n`-th DescribeSnapshots answer that includes it,
     /// so a completion poller sees it pending `n - 1` times. None (the default): snapshots stay pending until
     /// [`FakeEc2::complete_all`] or [`FakeEc2::set_snapshot_state`].
+    #[cfg(any(test, feature = "testing"))]
     pub fn complete_after_describes(&self, n: Option<u32>) {
         self.state().complete_after = n;
     }
 
-    #[cfg(any(test, feature = "testing"))]
     /// An account limit on pending snapshots, as EC2 has: the fake reports it as its
     /// [`Ec2::max_pending_snapshots`] and refuses a create that would pass it with
     /// `ConcurrentSnapshotLimitExceeded`. None (the default): no limit.
+    #[cfg(any(test, feature = "testing"))]
     pub fn set_max_pending_snapshots(&self, cap: Option<usize>) {
         self.state().max_pending = cap;
     }
@@ -235,8 +236,8 @@ impl FakeEc2 {
         Ok(())
     }
 
-    #[cfg(any(test, feature = "testing"))]
     /// Snapshots of `volume_id` end in `error` when they leave `pending` (see `complete_after_describes`).
+    #[cfg(any(test, feature = "testing"))]
     pub fn error_snapshots_of(&self, volume_id: &str) {
         self.state().error_volumes.insert(volume_id.into());
     }
