@@ -18,9 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aws_sdk_ec2::types::{
-    BlockDeviceMapping, EbsBlockDevice, InstanceType, ResourceType, Tag, TagSpecification,
-};
+use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
 use chrono::{DateTime, Utc};
 
 use common::{filter, Moto, ACCOUNT, REGION};
@@ -125,30 +123,7 @@ async fn launch(
     tags: &[(&str, &str)],
     devices: &[&str],
 ) -> (String, Vec<(String, String)>) {
-    let mut req = raw
-        .run_instances()
-        .image_id("ami-12c6146b")
-        .instance_type(InstanceType::T3Micro)
-        .min_count(1)
-        .max_count(1);
-    for d in devices {
-        req = req.block_device_mappings(
-            BlockDeviceMapping::builder()
-                .device_name(*d)
-                .ebs(EbsBlockDevice::builder().volume_size(8).build())
-                .build(),
-        );
-    }
-    if !tags.is_empty() {
-        req = req.tag_specifications(
-            TagSpecification::builder()
-                .resource_type(ResourceType::Instance)
-                .set_tags(Some(raw_tags(tags)))
-                .build(),
-        );
-    }
-    let out = req.send().await.expect("RunInstances");
-    let id = out.instances()[0].instance_id().unwrap().to_string();
+    let (id, _) = common::launch_instance(raw, tags, devices).await;
     let vols = raw
         .describe_volumes()
         .filters(filter("attachment.instance-id", &[&id]))

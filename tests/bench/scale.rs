@@ -625,9 +625,6 @@ fn planner(n: usize) {
 /// Builds the estate shape in moto through the raw SDK (instances with their volumes, H tagged history snapshots per
 /// volume), runs the pass through `SdkEc2`, and compares the requests with an in-memory pass of the same shape.
 fn moto(a: &Args) {
-    use aws_sdk_ec2::types::{
-        BlockDeviceMapping, EbsBlockDevice, InstanceType, ResourceType, Tag, TagSpecification,
-    };
     let moto = common::Moto::start();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -639,44 +636,16 @@ fn moto(a: &Args) {
         per_volume_gap: Duration::ZERO,
         ..pace(1.0)
     };
-    let tag = |k: &str, v: &str| Tag::builder().key(k).value(v).build();
     let (moto_requests, report) = rt.block_on(async {
         let conf = moto.sdk_config().await;
         let raw = aws_sdk_ec2::Client::new(&conf);
         for (i, &k) in shape.iter().enumerate() {
-            let mut req = raw
-                .run_instances()
-                .image_id("ami-12c6146b")
-                .instance_type(InstanceType::T3Micro)
-                .min_count(1)
-                .max_count(1)
-                .tag_specifications(
-                    TagSpecification::builder()
-                        .resource_type(ResourceType::Instance)
-                        .tags(tag("Backup", "true"))
-                        .tags(tag("Name", &format!("web-{i}")))
-                        .build(),
-                );
-            for d in &common::DEVICES[..k] {
-                req = req.block_device_mappings(
-                    BlockDeviceMapping::builder()
-                        .device_name(*d)
-                        .ebs(EbsBlockDevice::builder().volume_size(8).build())
-                        .build(),
-                );
-            }
-            let id = req.send().await.expect("RunInstances").instances()[0]
-                .instance_id()
-                .unwrap()
-                .to_string();
+            let name = format!("web-{i}");
+            let tags = [("Backup", "true"), ("Name", name.as_str())];
+            let (id, _) = common::launch_instance(&raw, &tags, &common::DEVICES[..k]).await;
             let vols = raw
                 .describe_volumes()
-                .filters(
-                    aws_sdk_ec2::types::Filter::builder()
-                        .name("attachment.instance-id")
-                        .values(&id)
-                        .build(),
-                )
+                .filters(common::filter("attachment.instance-id", &[&id]))
                 .send()
                 .await
                 .expect("DescribeVolumes");

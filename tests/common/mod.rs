@@ -298,8 +298,10 @@ pub async fn launch_instance(
         .image_id("ami-12c6146b")
         .instance_type(InstanceType::T3Micro)
         .min_count(1)
-        .max_count(1)
-        .tag_specifications(
+        .max_count(1);
+    // moto refuses a tag specification without tags.
+    if !tags.is_empty() {
+        req = req.tag_specifications(
             TagSpecification::builder()
                 .resource_type(ResourceType::Instance)
                 .set_tags(Some(
@@ -309,6 +311,7 @@ pub async fn launch_instance(
                 ))
                 .build(),
         );
+    }
     for d in devices {
         req = req.block_device_mappings(
             BlockDeviceMapping::builder()
