@@ -1,6 +1,8 @@
 //! Test support shared by the integration tests: a real moto server on a free loopback port (one per test, killed
 //! on drop), SDK clients pointed at it, and a config whose `aws.endpoint-url` names it. A test that needs moto and
-//! cannot find it fails with the command that installs it; it never skips.
+//! cannot find it fails with the command that installs it; it never skips. Also what every test file would
+//! otherwise write again: a slot from its text, metric values out of Prometheus text (`prom.rs`), and estates to
+//! seed (instances and volumes in moto or `FakeEc2`, snapshots tagged as snapwarden tags its own).
 #![allow(dead_code)]
 
 pub mod fault_proxy;
