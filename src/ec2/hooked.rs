@@ -313,4 +313,21 @@ mod tests {
             (0, 1)
         );
     }
+
+    #[tokio::test]
+    async fn a_hook_can_panic_inside_a_call_and_later_calls_go_on() {
+        let fake = Arc::new(FakeEc2::new("test-1"));
+        let ec2 = Arc::new(Hooked::new(fake).before(|call| match call {
+            Call::DeleteSnapshot(id) => panic!("injected panic deleting {id}"),
+            _ => Step::Go,
+        }));
+        let call = ec2.clone();
+        let joined = tokio::spawn(async move { call.delete_snapshot("snap-1").await }).await;
+        let panic = joined.unwrap_err().into_panic();
+        assert_eq!(
+            panic.downcast_ref::<String>().map(String::as_str),
+            Some("injected panic deleting snap-1")
+        );
+        assert!(ec2.account_id().await.is_ok());
+    }
 }
