@@ -7,21 +7,19 @@
 //! volumes, one with 40, and a volume detached between the survey and the create (the run goes on, the volume is
 //! reported with EC2's `InvalidVolume.NotFound`), for both per-volume and per-instance creates.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use proptest::prelude::*;
 
 use snapwarden::config::{self, Config};
 use snapwarden::ec2::fake::{FakeEc2, FAKE_ACCOUNT};
-use snapwarden::ec2::{
-    CreateSnapshot, CreateSnapshots, Ec2, Filter, Instance, Page, Snapshot, Tags, Volume,
-    VolumeResult,
-};
-use snapwarden::error::Result;
+use snapwarden::ec2::hooked::{Call, Hooked, Step};
+use snapwarden::ec2::Ec2;
 use snapwarden::metrics::Metrics;
 use snapwarden::report::{RunReport, RunResult};
 use snapwarden::worker::{self, RunSpec};
@@ -225,9 +223,7 @@ proptest! {
 // ---------------------------------------------------------------------------------------------------------------
 
 fn slot() -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339("2026-11-20T04:30:00Z")
-        .unwrap()
-        .to_utc()
+    common::slot("2026-11-20T04:30:00Z")
 }
 
 fn config_with(extra_policy: &str, schedule: &str) -> Config {
@@ -384,46 +380,13 @@ async fn instances_with_no_volumes_and_with_forty_are_handled() {
 
 /// Passes everything to the fake, but detaches (removes) `victim` right after the survey's last describe, so the
 /// create meets a volume that was there a moment ago.
-struct DetachAfterSurvey {
-    fake: Arc<FakeEc2>,
-    victim: String,
-}
-
-#[async_trait]
-impl Ec2 for DetachAfterSurvey {
-    fn region(&self) -> &str {
-        self.fake.region()
-    }
-    async fn account_id(&self) -> Result<String> {
-        self.fake.account_id().await
-    }
-    async fn describe_instances(&self, filters: &[Filter]) -> Result<Vec<Instance>> {
-        self.fake.describe_instances(filters).await
-    }
-    async fn describe_volumes(&self, filters: &[Filter]) -> Result<Vec<Volume>> {
-        self.fake.describe_volumes(filters).await
-    }
-    async fn describe_snapshots(
-        &self,
-        filters: &[Filter],
-        token: Option<&str>,
-    ) -> Result<Page<Snapshot>> {
-        let out = self.fake.describe_snapshots(filters, token).await;
-        self.fake.remove_volume(&self.victim);
-        out
-    }
-    async fn create_snapshot(&self, request: &CreateSnapshot) -> Result<Snapshot> {
-        self.fake.create_snapshot(request).await
-    }
-    async fn create_snapshots(&self, request: &CreateSnapshots) -> Result<Vec<VolumeResult>> {
-        self.fake.create_snapshots(request).await
-    }
-    async fn create_tags(&self, ids: &[String], tags: &Tags) -> Result<()> {
-        self.fake.create_tags(ids, tags).await
-    }
-    async fn delete_snapshot(&self, snapshot_id: &str) -> Result<()> {
-        self.fake.delete_snapshot(snapshot_id).await
-    }
+fn detach_after_survey(fake: Arc<FakeEc2>, victim: String) -> Hooked {
+    Hooked::new(fake.clone()).after(move |call, _| {
+        if let Call::DescribeSnapshots(..) = call {
+            fake.remove_volume(&victim);
+        }
+        Step::Go
+    })
 }
 
 #[tokio::test]
@@ -443,10 +406,7 @@ async fn a_volume_detached_mid_run_is_reported_and_the_run_goes_on() {
             ],
         );
         let (_, other) = fake.add_instance(&[("Backup", "true")], &[("/dev/sdf", "gp3")]);
-        let ec2 = DetachAfterSurvey {
-            fake: fake.clone(),
-            victim: vols[1].clone(),
-        };
+        let ec2 = detach_after_survey(fake.clone(), vols[1].clone());
         let report = run(&ec2, &cfg).await;
         assert_eq!(
             report.result(),

@@ -9,21 +9,19 @@
 //! (`completion-deadline = "0s"`: do not wait) the run still describes its new snapshots once: one in `error` fails
 //! its volume and prunes nothing; one still pending is counted as `pending`, not a problem.
 
+mod common;
+
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio::sync::Semaphore;
 
 use snapwarden::config::{self, Config};
 use snapwarden::ec2::fake::{FakeEc2, FAKE_ACCOUNT};
-use snapwarden::ec2::{
-    CreateSnapshot, DryRun, Ec2, Filter, Instance, Instrumented, Page, Snapshot, Volume,
-    TAG_MANAGED, TAG_POLICY, TAG_SCHEDULE, TAG_SLOT,
-};
-use snapwarden::error::Result;
+use snapwarden::ec2::hooked::{Call, Hooked, Step};
+use snapwarden::ec2::{DryRun, Ec2, Instrumented, TAG_SLOT};
 use snapwarden::metrics::Metrics;
 use snapwarden::report::{Problem, RunReport, RunResult};
 use snapwarden::retention::SnapState;
@@ -50,10 +48,7 @@ keep = { last = 2 }
 }
 
 fn slot(day: i64) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339("2026-11-20T04:30:00Z")
-        .unwrap()
-        .to_utc()
-        + chrono::Duration::days(day)
+    common::slot("2026-11-20T04:30:00Z") + chrono::Duration::days(day)
 }
 
 /// `N` instances tagged for the policy, one `/dev/sdf` volume each; returns the volume ids.
@@ -103,17 +98,8 @@ async fn run(
 /// A completed snapshot of an earlier slot, tagged as snapwarden tags its own.
 fn seed(fake: &FakeEc2, volume: &str, day: i64) -> String {
     let s = format_slot(slot(day));
-    fake.seed_snapshot(
-        volume,
-        SnapState::Completed,
-        FAKE_ACCOUNT,
-        &[
-            (TAG_MANAGED, "true"),
-            (TAG_POLICY, "prod"),
-            (TAG_SCHEDULE, "daily"),
-            (TAG_SLOT, &s),
-        ],
-    )
+    let tags = common::managed_tags("prod", "daily", &s);
+    fake.seed_snapshot(volume, SnapState::Completed, FAKE_ACCOUNT, &tags)
 }
 
 fn of_volume(fake: &FakeEc2, volume: &str) -> Vec<(String, SnapState)> {
@@ -128,11 +114,9 @@ fn of_volume(fake: &FakeEc2, volume: &str) -> Vec<(String, SnapState)> {
 }
 
 /// One series of the metrics as a scrape at the first run's slot would show it (staleness is measured from then).
-fn metric(metrics: &Metrics, series: &str) -> f64 {
+fn metric(metrics: &Metrics, name: &str, labels: &[(&str, &str)]) -> f64 {
     let text = metrics.render(slot(0));
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    common::metric(&text, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?} in\n{text}"))
 }
 
 #[tokio::test]
@@ -161,7 +145,8 @@ async fn a_run_waits_for_completion_with_one_describe_per_200_pending_per_poll()
     assert_eq!(
         metric(
             &metrics,
-            "snapwarden_unprotected_volumes{policy=\"prod\",schedule=\"daily\"}"
+            "snapwarden_unprotected_volumes",
+            &[("policy", "prod"), ("schedule", "daily")]
         ),
         0.0
     );
@@ -208,7 +193,16 @@ async fn an_errored_snapshot_fails_its_volume_is_deleted_and_the_slot_retried() 
     );
     assert_eq!(of_volume(&fake, &vols[1]).len(), 2);
     assert_eq!(
-        metric(&metrics, "snapwarden_snapshots_failed_total{operation=\"complete\",policy=\"prod\",region=\"us-east-1\",schedule=\"daily\"}"),
+        metric(
+            &metrics,
+            "snapwarden_snapshots_failed_total",
+            &[
+                ("operation", "complete"),
+                ("policy", "prod"),
+                ("region", "us-east-1"),
+                ("schedule", "daily")
+            ]
+        ),
         1.0
     );
     let digest = snapwarden::notify::digest(&report);
@@ -272,7 +266,8 @@ async fn a_snapshot_pending_at_the_deadline_is_reported_counted_and_rechecked_ne
     assert_eq!(
         metric(
             &metrics,
-            "snapwarden_snapshots_pending_at_deadline_total{policy=\"prod\",region=\"us-east-1\"}"
+            "snapwarden_snapshots_pending_at_deadline_total",
+            &[("policy", "prod"), ("region", "us-east-1")]
         ),
         2.0
     );
@@ -283,7 +278,8 @@ async fn a_snapshot_pending_at_the_deadline_is_reported_counted_and_rechecked_ne
     assert_eq!(
         metric(
             &metrics,
-            "snapwarden_staleness_seconds{policy=\"prod\",schedule=\"daily\"}"
+            "snapwarden_staleness_seconds",
+            &[("policy", "prod"), ("schedule", "daily")]
         ),
         86_400.0
     );
@@ -399,49 +395,39 @@ async fn a_dry_run_is_known_from_its_backend_through_a_decorator_and_does_not_po
     }
 }
 
-/// Delays every create of one volume and records when each delete went out and when the slow create returned.
-struct SlowVolume {
-    inner: FakeEc2,
-    slow: String,
-    delay: Duration,
+/// When the slow create returned and when each delete went out.
+#[derive(Default)]
+struct Timeline {
     slow_done: Mutex<Option<tokio::time::Instant>>,
     deletes: Mutex<Vec<(String, tokio::time::Instant)>>,
 }
 
-#[async_trait]
-impl Ec2 for SlowVolume {
-    fn region(&self) -> &str {
-        self.inner.region()
-    }
-    async fn account_id(&self) -> Result<String> {
-        self.inner.account_id().await
-    }
-    async fn describe_instances(&self, f: &[Filter]) -> Result<Vec<Instance>> {
-        self.inner.describe_instances(f).await
-    }
-    async fn describe_volumes(&self, f: &[Filter]) -> Result<Vec<Volume>> {
-        self.inner.describe_volumes(f).await
-    }
-    async fn describe_snapshots(&self, f: &[Filter], t: Option<&str>) -> Result<Page<Snapshot>> {
-        self.inner.describe_snapshots(f, t).await
-    }
-    async fn create_snapshot(&self, r: &CreateSnapshot) -> Result<Snapshot> {
-        if r.volume_id == self.slow {
-            tokio::time::sleep(self.delay).await;
-            *self.slow_done.lock().unwrap() = Some(tokio::time::Instant::now());
-        }
-        self.inner.create_snapshot(r).await
-    }
-    async fn delete_snapshot(&self, id: &str) -> Result<()> {
-        let at = tokio::time::Instant::now();
-        self.deletes.lock().unwrap().push((id.to_string(), at));
-        self.inner.delete_snapshot(id).await
-    }
+/// Delays every create of volume `slow` by `delay` and records the timeline.
+fn slow_volume(fake: Arc<FakeEc2>, slow: String, delay: Duration, seen: Arc<Timeline>) -> Hooked {
+    let (slow_after, seen_after) = (slow.clone(), seen.clone());
+    Hooked::new(fake)
+        .before(move |call| match call {
+            Call::CreateSnapshot(r) if r.volume_id == slow => Step::Delay(delay),
+            Call::DeleteSnapshot(id) => {
+                let at = tokio::time::Instant::now();
+                seen.deletes.lock().unwrap().push((id.to_string(), at));
+                Step::Go
+            }
+            _ => Step::Go,
+        })
+        .after(move |call, _| {
+            if let Call::CreateSnapshot(r) = call {
+                if r.volume_id == slow_after {
+                    *seen_after.slow_done.lock().unwrap() = Some(tokio::time::Instant::now());
+                }
+            }
+            Step::Go
+        })
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_volume_is_pruned_as_soon_as_its_new_snapshot_completes_not_after_every_create() {
-    let fake = FakeEc2::new(REGION);
+    let fake = Arc::new(FakeEc2::new(REGION));
     let cfg = config();
     let metrics = Metrics::new();
     let [a, b] = single_volume_instances(&fake);
@@ -449,13 +435,13 @@ async fn a_volume_is_pruned_as_soon_as_its_new_snapshot_completes_not_after_ever
     let b_old = [seed(&fake, &b, -2), seed(&fake, &b, -1)];
     fake.complete_after_describes(Some(1));
     fake.set_clock(slot(0));
-    let slow = SlowVolume {
-        inner: fake,
-        slow: a.clone(),
-        delay: Duration::from_secs(100),
-        slow_done: Mutex::new(None),
-        deletes: Mutex::new(Vec::new()),
-    };
+    let seen = Arc::new(Timeline::default());
+    let slow = slow_volume(
+        fake.clone(),
+        a.clone(),
+        Duration::from_secs(100),
+        seen.clone(),
+    );
     let spec = RunSpec::new(cfg.policy("prod").unwrap(), slot(0), FAKE_ACCOUNT)
         .firing(["daily"])
         .completion(quick(Duration::from_secs(5)));
@@ -463,8 +449,8 @@ async fn a_volume_is_pruned_as_soon_as_its_new_snapshot_completes_not_after_ever
     assert_eq!(report.result(), RunResult::Success, "{report:#?}");
     assert_eq!((report.created, report.deleted), (2, 2));
 
-    let slow_done = slow.slow_done.lock().unwrap().expect("the slow create ran");
-    let deletes = slow.deletes.lock().unwrap().clone();
+    let slow_done = seen.slow_done.lock().unwrap().expect("the slow create ran");
+    let deletes = seen.deletes.lock().unwrap().clone();
     let when = |id: &str| {
         deletes
             .iter()
@@ -476,8 +462,7 @@ async fn a_volume_is_pruned_as_soon_as_its_new_snapshot_completes_not_after_ever
     assert!(when(&b_old[0]) < slow_done, "{deletes:?}");
     // A's oldest only once A's own new snapshot had completed.
     assert!(when(&a_old[0]) >= slow_done, "{deletes:?}");
-    let left: Vec<String> = slow
-        .inner
+    let left: Vec<String> = fake
         .snapshots()
         .into_iter()
         .map(|s| s.id.to_string())

@@ -19,7 +19,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
@@ -29,7 +28,6 @@ use common::{http_get, slots_by_volume, Moto, REGION};
 use snapwarden::config;
 use snapwarden::daemon::{self, Shared};
 use snapwarden::ec2::pace::PaceConfig;
-use snapwarden::ec2::{TAG_MANAGED, TAG_POLICY, TAG_SCHEDULE, TAG_SLOT};
 use snapwarden::report::RunResult;
 use snapwarden::schedule::format_slot;
 use snapwarden::worker::{self, Completion, RunSpec};
@@ -69,21 +67,7 @@ async fn launch(raw: &aws_sdk_ec2::Client, count: usize) -> Vec<String> {
 
 /// A managed snapshot of an earlier slot, tagged the way snapwarden tags its own.
 async fn seed(raw: &aws_sdk_ec2::Client, volume: &str, slot: &str) {
-    let mut spec = TagSpecification::builder().resource_type(ResourceType::Snapshot);
-    for (k, v) in [
-        (TAG_MANAGED, "true"),
-        (TAG_POLICY, POLICY),
-        (TAG_SCHEDULE, "yearly"),
-        (TAG_SLOT, slot),
-    ] {
-        spec = spec.tags(Tag::builder().key(k).value(v).build());
-    }
-    raw.create_snapshot()
-        .volume_id(volume)
-        .tag_specifications(spec.build())
-        .send()
-        .await
-        .expect("seed CreateSnapshot");
+    common::moto_snapshot(raw, volume, &common::managed_tags(POLICY, "yearly", slot)).await;
 }
 
 /// moto (straight), the proxy in front of it, six volumes, one of them with four snapshots of earlier years, and
@@ -119,21 +103,8 @@ async fn rig(seed_rng: u64, consistency: &str) -> Rig {
     let proxy = FaultProxy::start(moto.port, seed_rng);
     let dir = tempfile::tempdir().unwrap();
     let port = common::free_port();
-    let config = dir.path().join("snapwarden.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[daemon]
-listen = "127.0.0.1:{port}"
-max-concurrent-aws-calls = 1
-completion-deadline = "20s"
-
-[aws]
-regions = ["{REGION}"]
-endpoint-url = "{}"
-max-attempts = 3
-
-[[policy]]
+    let policy = format!(
+        r#"[[policy]]
 name = "{POLICY}"
 target = {{ resource = "instance", tags = {{ Backup = "crash" }} }}
 consistency = "{consistency}"
@@ -142,11 +113,16 @@ consistency = "{consistency}"
 name = "yearly"
 cron = "0 0 1 1 *"
 keep = {{ last = {KEEP_LAST} }}
-"#,
-            proxy.endpoint
-        ),
-    )
-    .unwrap();
+"#
+    );
+    let config = common::write_config(
+        dir.path(),
+        port,
+        "max-concurrent-aws-calls = 1\ncompletion-deadline = \"20s\"",
+        &proxy.endpoint,
+        "max-attempts = 3",
+        &policy,
+    );
     Rig {
         dir,
         config,

@@ -4,27 +4,24 @@
 //! from a CreateSnapshots answer failing alone, tags a crash or a failed CreateTags left out completed by the next
 //! run of the slot, dry runs recording per volume, and the survey reading a large region in a few describe calls.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use common::DEVICES;
 use snapwarden::config::{self, Config, Policy};
 use snapwarden::ec2::fake::FakeEc2;
-use snapwarden::ec2::{
-    CreateSnapshot, CreateSnapshots, DryRun, Ec2, Filter, Instance, Page, Snapshot, Tags, Volume,
-    VolumeResult, TAG_DEVICE, TAG_INSTANCE, TAG_SLOT,
-};
-use snapwarden::error::Result;
+use snapwarden::ec2::hooked::{Answer, Hooked, Step};
+use snapwarden::ec2::{DryRun, Ec2, Snapshot, Tags, TAG_DEVICE, TAG_INSTANCE, TAG_SLOT};
 use snapwarden::metrics::Metrics;
 use snapwarden::report::RunResult;
 use snapwarden::worker::{self, Outcome, RunSpec};
 
 fn slot() -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339("2026-03-02T04:30:00Z")
-        .unwrap()
-        .to_utc()
+    common::slot("2026-03-02T04:30:00Z")
 }
 
 fn config(consistency: Option<&str>) -> Config {
@@ -41,18 +38,9 @@ async fn run(ec2: &dyn Ec2, policy: &Policy) -> Outcome {
     worker::run(ec2, &spec, &Metrics::new(), slot).await
 }
 
-const DEVICES: [&str; 4] = ["/dev/xvda", "/dev/sdf", "/dev/sdg", "/dev/sdh"];
-
 /// Instances named `web-<i>` with 1, 2, 3, 4, 1, … volumes; returns (instance, volume ids) per instance.
 fn estate(fake: &FakeEc2, instances: usize) -> Vec<(String, Vec<String>)> {
-    (0..instances)
-        .map(|i| {
-            let devs: Vec<(&str, &str)> =
-                DEVICES[..1 + i % 4].iter().map(|d| (*d, "gp3")).collect();
-            let name = format!("web-{i}");
-            fake.add_instance(&[("Backup", "true"), ("Name", &name)], &devs)
-        })
-        .collect()
+    common::web_fleet(fake, (0..instances).map(|i| 1 + i % 4))
 }
 
 fn calls(fake: &FakeEc2) -> [u64; 3] {
@@ -111,44 +99,15 @@ async fn volume_consistency_makes_one_fully_tagged_create_per_volume() {
         .all(|s| s.tags.contains_key(TAG_DEVICE) && s.description.contains("/dev/")));
 }
 
-/// Passes everything through but leaves one volume out of every CreateSnapshots answer, as EC2 may for a volume
+/// Passes everything through but leaves `dropped` out of every CreateSnapshots answer, as EC2 may for a volume
 /// detached while the call ran.
-struct DropsOne {
-    inner: Arc<FakeEc2>,
-    dropped: String,
-}
-
-#[async_trait]
-impl Ec2 for DropsOne {
-    fn region(&self) -> &str {
-        self.inner.region()
-    }
-    async fn account_id(&self) -> Result<String> {
-        self.inner.account_id().await
-    }
-    async fn describe_instances(&self, f: &[Filter]) -> Result<Vec<Instance>> {
-        self.inner.describe_instances(f).await
-    }
-    async fn describe_volumes(&self, f: &[Filter]) -> Result<Vec<Volume>> {
-        self.inner.describe_volumes(f).await
-    }
-    async fn describe_snapshots(&self, f: &[Filter], t: Option<&str>) -> Result<Page<Snapshot>> {
-        self.inner.describe_snapshots(f, t).await
-    }
-    async fn create_snapshot(&self, r: &CreateSnapshot) -> Result<Snapshot> {
-        self.inner.create_snapshot(r).await
-    }
-    async fn create_snapshots(&self, r: &CreateSnapshots) -> Result<Vec<VolumeResult>> {
-        let mut answer = self.inner.create_snapshots(r).await?;
-        answer.retain(|(v, _)| *v != self.dropped);
-        Ok(answer)
-    }
-    async fn create_tags(&self, ids: &[String], tags: &Tags) -> Result<()> {
-        self.inner.create_tags(ids, tags).await
-    }
-    async fn delete_snapshot(&self, id: &str) -> Result<()> {
-        self.inner.delete_snapshot(id).await
-    }
+fn drops_one(fake: Arc<FakeEc2>, dropped: String) -> Hooked {
+    Hooked::new(fake).after(move |_, answer| {
+        if let Answer::CreatedEach(Ok(answer)) = answer {
+            answer.retain(|(v, _)| *v != dropped);
+        }
+        Step::Go
+    })
 }
 
 #[tokio::test]
@@ -165,10 +124,7 @@ async fn a_volume_missing_from_the_answer_fails_alone() {
     );
     // The fake did snapshot it; the answer did not say so. The worker fails that volume (it cannot know), and the
     // next run of the slot finds the snapshot by its slot tag.
-    let ec2 = DropsOne {
-        inner: fake.clone(),
-        dropped: vols[1].clone(),
-    };
+    let ec2 = drops_one(fake.clone(), vols[1].clone());
     let out = run(&ec2, &cfg.policies[0]).await;
     let r = &out.report;
     assert_eq!(r.result(), RunResult::Partial, "{r:#?}");

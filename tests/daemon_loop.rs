@@ -4,15 +4,17 @@
 //! next fire runs. Real time is used, with schedules firing every second or two. The decisions themselves are
 //! table-tested in `scheduler.rs`; these check the loop carries them out.
 
+mod common;
+
+use async_trait::async_trait;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use snapwarden::config::{self, Config};
 use snapwarden::daemon::{self, Shared};
 use snapwarden::ec2::fake::FakeEc2;
-use snapwarden::ec2::{CreateSnapshot, Ec2, Filter, Instance, Page, Snapshot, Volume};
+use snapwarden::ec2::hooked::{Call, Hooked, Step};
 use snapwarden::error::Result;
 use snapwarden::notify::{Message, Notifier, Publisher};
 use snapwarden::worker::Region;
@@ -34,47 +36,31 @@ schedule = [{{ name = "s", cron = "{cron}", keep = {{ last = 100 }} }}]
     config::from_toml_str(std::path::Path::new("test.toml"), &toml, &[]).expect("valid test config")
 }
 
-/// Delays every CreateSnapshot and records how many run at once.
-struct Slow {
-    inner: Arc<FakeEc2>,
-    delay: Duration,
-    in_flight: AtomicUsize,
-    max_in_flight: AtomicUsize,
-}
-
-#[async_trait]
-impl Ec2 for Slow {
-    fn region(&self) -> &str {
-        self.inner.region()
-    }
-    async fn account_id(&self) -> Result<String> {
-        self.inner.account_id().await
-    }
-    async fn describe_instances(&self, f: &[Filter]) -> Result<Vec<Instance>> {
-        self.inner.describe_instances(f).await
-    }
-    async fn describe_volumes(&self, f: &[Filter]) -> Result<Vec<Volume>> {
-        self.inner.describe_volumes(f).await
-    }
-    async fn describe_snapshots(&self, f: &[Filter], t: Option<&str>) -> Result<Page<Snapshot>> {
-        self.inner.describe_snapshots(f, t).await
-    }
-    async fn create_snapshot(&self, r: &CreateSnapshot) -> Result<Snapshot> {
-        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-        self.max_in_flight.fetch_max(now, Ordering::SeqCst);
-        tokio::time::sleep(self.delay).await;
-        self.in_flight.fetch_sub(1, Ordering::SeqCst);
-        self.inner.create_snapshot(r).await
-    }
-    async fn delete_snapshot(&self, id: &str) -> Result<()> {
-        self.inner.delete_snapshot(id).await
-    }
+/// Delays every CreateSnapshot and records in `max_in_flight` the most that ran at once.
+fn slow(fake: Arc<FakeEc2>, delay: Duration, max_in_flight: Arc<AtomicUsize>) -> Hooked {
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let leaving = in_flight.clone();
+    Hooked::new(fake)
+        .before(move |call| match call {
+            Call::CreateSnapshot(_) => {
+                let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                max_in_flight.fetch_max(now, Ordering::SeqCst);
+                Step::Delay(delay)
+            }
+            _ => Step::Go,
+        })
+        .after(move |call, _| {
+            if let Call::CreateSnapshot(_) = call {
+                leaving.fetch_sub(1, Ordering::SeqCst);
+            }
+            Step::Go
+        })
 }
 
 struct Rig {
     shared: Shared,
     fake: Arc<FakeEc2>,
-    slow: Arc<Slow>,
+    max_in_flight: Arc<AtomicUsize>,
     regions: Arc<Vec<Arc<Region>>>,
 }
 
@@ -82,20 +68,16 @@ async fn rig(cron: &str, grace: &str, delay: Duration) -> Rig {
     let shared = Shared::new(config(cron, grace));
     let fake = Arc::new(FakeEc2::new("test-1"));
     fake.add_instance(&[("Backup", "true")], &[("/dev/xvda", "gp3")]);
-    let slow = Arc::new(Slow {
-        inner: fake.clone(),
-        delay,
-        in_flight: AtomicUsize::new(0),
-        max_in_flight: AtomicUsize::new(0),
-    });
+    let max_in_flight = Arc::new(AtomicUsize::new(0));
+    let slow = Arc::new(slow(fake.clone(), delay, max_in_flight.clone()));
     let permits = Arc::new(tokio::sync::Semaphore::new(8));
-    let region = daemon::region(&shared, slow.clone(), permits)
+    let region = daemon::region(&shared, slow, permits)
         .await
         .expect("fake region");
     Rig {
         shared,
         fake,
-        slow,
+        max_in_flight,
         regions: Arc::new(vec![region]),
     }
 }
@@ -119,14 +101,9 @@ async fn run_loop(r: &Rig, catch_up: bool, run_for: Duration) -> bool {
     task.await.unwrap()
 }
 
-fn metric(shared: &Shared, name_and_labels: &str) -> f64 {
-    let text = shared.metrics.render(chrono::Utc::now());
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(name_and_labels)
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .unwrap_or(0.0)
+/// A sample's value in the metrics as scraped now; 0 when absent.
+fn metric(shared: &Shared, name: &str, labels: &[(&str, &str)]) -> f64 {
+    common::metric(&shared.metrics.render(chrono::Utc::now()), name, labels).unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -164,13 +141,14 @@ async fn a_slow_run_is_never_overlapped_and_late_fires_are_counted() {
         "runs drained within the grace period"
     );
     assert_eq!(
-        r.slow.max_in_flight.load(Ordering::SeqCst),
+        r.max_in_flight.load(Ordering::SeqCst),
         1,
         "runs of one schedule overlapped"
     );
     let skipped = metric(
         &r.shared,
-        "snapwarden_skipped_fires_total{policy=\"p\",schedule=\"s\"}",
+        "snapwarden_skipped_fires_total",
+        &[("policy", "p"), ("schedule", "s")],
     );
     assert!(skipped >= 2.0, "expected skipped fires, got {skipped}");
     // Every run that started made its snapshot: one per started slot, no duplicates per slot.
@@ -264,7 +242,8 @@ async fn heartbeat_and_next_run_are_published() {
     assert!(age < 1.5, "heartbeat {age}s old");
     let next = metric(
         &r.shared,
-        "snapwarden_next_run_timestamp_seconds{policy=\"p\",schedule=\"s\"}",
+        "snapwarden_next_run_timestamp_seconds",
+        &[("policy", "p"), ("schedule", "s")],
     );
     assert!(
         next > chrono::Utc::now().timestamp() as f64,
@@ -275,37 +254,14 @@ async fn heartbeat_and_next_run_are_published() {
 }
 
 /// Panics in its first CreateSnapshot (a bug in a run), then forwards every call to the fake.
-struct PanicsOnce {
-    inner: Arc<FakeEc2>,
-    armed: std::sync::atomic::AtomicBool,
-}
-
-#[async_trait]
-impl Ec2 for PanicsOnce {
-    fn region(&self) -> &str {
-        self.inner.region()
-    }
-    async fn account_id(&self) -> Result<String> {
-        self.inner.account_id().await
-    }
-    async fn describe_instances(&self, f: &[Filter]) -> Result<Vec<Instance>> {
-        self.inner.describe_instances(f).await
-    }
-    async fn describe_volumes(&self, f: &[Filter]) -> Result<Vec<Volume>> {
-        self.inner.describe_volumes(f).await
-    }
-    async fn describe_snapshots(&self, f: &[Filter], t: Option<&str>) -> Result<Page<Snapshot>> {
-        self.inner.describe_snapshots(f, t).await
-    }
-    async fn create_snapshot(&self, r: &CreateSnapshot) -> Result<Snapshot> {
-        if self.armed.swap(false, Ordering::SeqCst) {
+fn panics_once(inner: Arc<FakeEc2>) -> Hooked {
+    let armed = std::sync::atomic::AtomicBool::new(true);
+    Hooked::new(inner).before(move |call| {
+        if matches!(call, Call::CreateSnapshot(_)) && armed.swap(false, Ordering::SeqCst) {
             panic!("injected: CreateSnapshot blew up");
         }
-        self.inner.create_snapshot(r).await
-    }
-    async fn delete_snapshot(&self, id: &str) -> Result<()> {
-        self.inner.delete_snapshot(id).await
-    }
+        Step::Go
+    })
 }
 
 /// Keeps what the notifier publishes.
@@ -346,10 +302,7 @@ async fn a_panic_in_one_region_fails_that_run_alerts_and_the_next_fire_runs() {
     broken.add_instance(&[("Backup", "true")], &[("/dev/xvda", "gp3")]);
     let healthy = Arc::new(FakeEc2::new("test-2"));
     healthy.add_instance(&[("Backup", "true")], &[("/dev/xvda", "gp3")]);
-    let panics = Arc::new(PanicsOnce {
-        inner: broken.clone(),
-        armed: std::sync::atomic::AtomicBool::new(true),
-    });
+    let panics = Arc::new(panics_once(broken.clone()));
     let regions = Arc::new(vec![
         daemon::region(&shared, panics, permits.clone())
             .await
@@ -434,20 +387,28 @@ async fn a_panic_in_one_region_fails_that_run_alerts_and_the_next_fire_runs() {
     assert_eq!(
         metric(
             &shared,
-            "snapwarden_run_panics_total{policy=\"p\",schedule=\"s\"}"
+            "snapwarden_run_panics_total",
+            &[("policy", "p"), ("schedule", "s")]
         ),
         1.0
     );
     assert!(
         metric(
             &shared,
-            "snapwarden_runs_total{kind=\"snapshot\",policy=\"p\",result=\"failure\",schedule=\"s\"}"
+            "snapwarden_runs_total",
+            &[
+                ("kind", "snapshot"),
+                ("policy", "p"),
+                ("result", "failure"),
+                ("schedule", "s")
+            ]
         ) >= 1.0
     );
     assert_eq!(
         metric(
             &shared,
-            "snapwarden_skipped_fires_total{policy=\"p\",schedule=\"s\"}"
+            "snapwarden_skipped_fires_total",
+            &[("policy", "p"), ("schedule", "s")]
         ),
         0.0
     );

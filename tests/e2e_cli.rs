@@ -19,12 +19,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aws_sdk_ec2::types::{
-    BlockDeviceMapping, EbsBlockDevice, Filter, ResourceType, Snapshot, Tag, TagSpecification,
-};
+use aws_sdk_ec2::types::Snapshot;
 use chrono::{DateTime, Datelike, Utc, Weekday};
 use common::process::{run_to_end, snapwarden, text, Daemon};
-use common::{http_get, Moto, REGION};
+use common::{http_get, metric_sum, Moto, REGION};
 use serde_json::Value;
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -44,40 +42,8 @@ fn write_config(
     daemon_extra: &str,
     rest: &str,
 ) -> PathBuf {
-    let path = dir.join("snapwarden.toml");
-    let text = format!(
-        r#"[daemon]
-listen = "127.0.0.1:{listen_port}"
-{daemon_extra}
-
-[aws]
-regions = ["{REGION}"]
-endpoint-url = "{endpoint}"
-max-attempts = 2
-operation-timeout = "55s"
-attempt-timeout = "50s"
-
-{rest}
-"#
-    );
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn policy(name: &str, backup_tag: &str, schedule: &str, cron: &str, keep: &str) -> String {
-    format!(
-        r#"[[policy]]
-name = "{name}"
-[policy.target]
-resource = "instance"
-tags = {{ Backup = "{backup_tag}" }}
-
-[[policy.schedule]]
-name = "{schedule}"
-cron = "{cron}"
-keep = {keep}
-"#
-    )
+    let aws = "max-attempts = 2\noperation-timeout = \"55s\"\nattempt-timeout = \"50s\"";
+    common::write_config(dir, listen_port, daemon_extra, endpoint, aws, rest)
 }
 
 /// Launches one instance with `tags` and one EBS volume per device; returns its volume ids (moto creates no root
@@ -87,48 +53,8 @@ async fn instance(
     tags: &[(&str, &str)],
     devices: &[&str],
 ) -> Vec<String> {
-    let mut spec = TagSpecification::builder().resource_type(ResourceType::Instance);
-    for (k, v) in tags {
-        spec = spec.tags(Tag::builder().key(*k).value(*v).build());
-    }
-    let mut req = ec2
-        .run_instances()
-        .image_id("ami-12345678")
-        .min_count(1)
-        .max_count(1)
-        .tag_specifications(spec.build());
-    for d in devices {
-        req = req.block_device_mappings(
-            BlockDeviceMapping::builder()
-                .device_name(*d)
-                .ebs(EbsBlockDevice::builder().volume_size(1).build())
-                .build(),
-        );
-    }
-    let out = req.send().await.expect("RunInstances on moto");
-    let id = out.instances()[0].instance_id().unwrap().to_string();
-    let vols = ec2
-        .describe_volumes()
-        .filters(
-            Filter::builder()
-                .name("attachment.instance-id")
-                .values(&id)
-                .build(),
-        )
-        .send()
-        .await
-        .expect("DescribeVolumes on moto");
-    let mut ids: Vec<String> = vols
-        .volumes()
-        .iter()
-        .map(|v| v.volume_id().unwrap().to_string())
-        .collect();
+    let (_, mut ids) = common::launch_instance(ec2, tags, devices).await;
     ids.sort();
-    assert_eq!(
-        ids.len(),
-        devices.len(),
-        "moto attached one volume per mapping"
-    );
     ids
 }
 
@@ -161,78 +87,6 @@ fn managed_by_volume(snaps: &[Snapshot], policy: &str) -> BTreeMap<String, Vec<S
         }
     }
     out
-}
-
-/// Creates a snapshot of `volume` with `tags` at creation, the way snapwarden writes them.
-async fn seed_snapshot(ec2: &aws_sdk_ec2::Client, volume: &str, tags: &[(&str, &str)]) -> String {
-    let mut spec = TagSpecification::builder().resource_type(ResourceType::Snapshot);
-    for (k, v) in tags {
-        spec = spec.tags(Tag::builder().key(*k).value(*v).build());
-    }
-    let mut req = ec2.create_snapshot().volume_id(volume);
-    if !tags.is_empty() {
-        req = req.tag_specifications(spec.build());
-    }
-    req.send()
-        .await
-        .expect("CreateSnapshot on moto")
-        .snapshot_id()
-        .unwrap()
-        .to_string()
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// Prometheus text
-// ---------------------------------------------------------------------------------------------------------------
-
-struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
-}
-
-/// Parses the exposition format's sample lines (label values here never contain `,` or `"`).
-fn samples(text: &str) -> Vec<Sample> {
-    let mut out = Vec::new();
-    for line in text
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-    {
-        let (series, value) = line.rsplit_once(' ').expect("sample line has a value");
-        let (name, labels) = match series.split_once('{') {
-            Some((n, rest)) => (n, rest.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        let labels = labels
-            .split(',')
-            .filter(|l| !l.is_empty())
-            .map(|l| {
-                let (k, v) = l.split_once('=').expect("label is k=\"v\"");
-                (k.to_string(), v.trim_matches('"').to_string())
-            })
-            .collect();
-        out.push(Sample {
-            name: name.to_string(),
-            labels,
-            value: value.parse().expect("sample value is a number"),
-        });
-    }
-    out
-}
-
-/// The sum over samples of `name` whose labels include all of `labels`; None when there is none.
-fn metric(all: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let matching: Vec<f64> = all
-        .iter()
-        .filter(|s| {
-            s.name == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-        })
-        .map(|s| s.value)
-        .collect();
-    (!matching.is_empty()).then(|| matching.iter().sum())
 }
 
 fn get(port: u16, path: &str, d: &Daemon) -> (u16, String) {
@@ -277,13 +131,7 @@ async fn run_fires_prunes_serves_http_and_stops_on_sigterm() {
         &moto.endpoint,
         port,
         "shutdown-grace = \"10s\"",
-        &policy(
-            "fast",
-            "e2e-run",
-            "every2s",
-            "*/2 * * * * *",
-            "{ last = 2 }",
-        ),
+        &common::instance_policy("fast", "e2e-run", "every2s", "*/2 * * * * *", "last = 2"),
     );
     let mut d = Daemon::spawn(snapwarden().arg("run").env("SNAPWARDEN_CONFIG", &config));
 
@@ -293,11 +141,11 @@ async fn run_fires_prunes_serves_http_and_stops_on_sigterm() {
     let metrics = loop {
         assert!(d.is_running(), "the daemon exited early\n{}", d.logs());
         if let Some((200, body)) = http_get(port, "/metrics") {
-            let all = samples(&body);
+            let all = body.clone();
             let created =
-                metric(&all, "snapwarden_snapshots_created_total", &labels).unwrap_or(0.0);
+                metric_sum(&all, "snapwarden_snapshots_created_total", &labels).unwrap_or(0.0);
             let deleted =
-                metric(&all, "snapwarden_snapshots_deleted_total", &labels).unwrap_or(0.0);
+                metric_sum(&all, "snapwarden_snapshots_deleted_total", &labels).unwrap_or(0.0);
             if created >= 3.0 * targeted.len() as f64 && deleted >= targeted.len() as f64 {
                 break all;
             }
@@ -329,7 +177,7 @@ async fn run_fires_prunes_serves_http_and_stops_on_sigterm() {
     );
 
     // Metrics: counters, the RPO gauge, run results and build info.
-    let created = metric(
+    let created = metric_sum(
         &metrics,
         "snapwarden_snapshots_created_total",
         &[
@@ -345,8 +193,8 @@ async fn run_fires_prunes_serves_http_and_stops_on_sigterm() {
     );
     let (code, body) = get(port, "/metrics", &d);
     assert_eq!(code, 200, "{body}");
-    let now_metrics = samples(&body);
-    let staleness = metric(&now_metrics, "snapwarden_staleness_seconds", &labels)
+    let now_metrics = body.clone();
+    let staleness = metric_sum(&now_metrics, "snapwarden_staleness_seconds", &labels)
         .unwrap_or_else(|| panic!("no staleness gauge for fast/every2s:\n{body}"));
     // The newest snapshot of every volume is at most a couple of fires old.
     assert!(
@@ -354,11 +202,11 @@ async fn run_fires_prunes_serves_http_and_stops_on_sigterm() {
         "staleness {staleness}:\n{body}"
     );
     assert_eq!(
-        metric(&now_metrics, "snapwarden_unprotected_volumes", &labels),
+        metric_sum(&now_metrics, "snapwarden_unprotected_volumes", &labels),
         Some(0.0),
         "{body}"
     );
-    let ok_runs = metric(
+    let ok_runs = metric_sum(
         &now_metrics,
         "snapwarden_runs_total",
         &[
@@ -373,7 +221,7 @@ async fn run_fires_prunes_serves_http_and_stops_on_sigterm() {
         "runs_total success:\n{body}"
     );
     assert_eq!(
-        metric(
+        metric_sum(
             &now_metrics,
             "snapwarden_build_info",
             &[("version", env!("CARGO_PKG_VERSION"))]
@@ -511,7 +359,7 @@ async fn once_is_idempotent_dry_run_touches_nothing_and_slot_must_be_a_fire_time
         &moto.endpoint,
         common::free_port(),
         "",
-        &policy("yearly", "e2e-once", "newyear", "0 0 1 1 *", "{ last = 3 }"),
+        &common::instance_policy("yearly", "e2e-once", "newyear", "0 0 1 1 *", "last = 3"),
     );
     let once = |extra: &[&str]| {
         let mut cmd = snapwarden();
@@ -596,7 +444,7 @@ async fn plan_json_lists_every_managed_snapshot_with_action_and_reasons() {
         &moto.endpoint,
         common::free_port(),
         "",
-        &policy("planned", "e2e-plan", "daily", "30 4 * * *", "{ last = 2 }"),
+        &common::instance_policy("planned", "e2e-plan", "daily", "30 4 * * *", "last = 2"),
     );
 
     // One snapshot written by the binary itself (today's slot), then history seeded with past slots.
@@ -606,22 +454,15 @@ async fn plan_json_lists_every_managed_snapshot_with_action_and_reasons() {
         .args(["once", "--policy", "planned", "--schedule", "daily"]);
     let out = run_to_end(&mut cmd, Duration::from_secs(20));
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let managed = |slot: &'static str| {
-        vec![
-            ("snapwarden:managed", "true"),
-            ("snapwarden:policy", "planned"),
-            ("snapwarden:schedule", "daily"),
-            ("snapwarden:slot", slot),
-        ]
-    };
+    let managed = |slot: &'static str| common::managed_tags("planned", "daily", slot).to_vec();
     let mut pinned_tags = managed("2025-03-01T04:30:00Z");
     pinned_tags.push(("snapwarden:keep", "audit"));
-    let pinned = seed_snapshot(&ec2, &vol, &pinned_tags).await;
-    let second_oldest = seed_snapshot(&ec2, &vol, &managed("2025-03-02T04:30:00Z")).await;
-    let third_oldest = seed_snapshot(&ec2, &vol, &managed("2025-03-03T04:30:00Z")).await;
-    let recent = seed_snapshot(&ec2, &vol, &managed("2025-03-04T04:30:00Z")).await;
-    let unmanaged = seed_snapshot(&ec2, &vol, &[("Owner", "someone else")]).await;
-    let other_policy = seed_snapshot(
+    let pinned = common::moto_snapshot(&ec2, &vol, &pinned_tags).await;
+    let second_oldest = common::moto_snapshot(&ec2, &vol, &managed("2025-03-02T04:30:00Z")).await;
+    let third_oldest = common::moto_snapshot(&ec2, &vol, &managed("2025-03-03T04:30:00Z")).await;
+    let recent = common::moto_snapshot(&ec2, &vol, &managed("2025-03-04T04:30:00Z")).await;
+    let unmanaged = common::moto_snapshot(&ec2, &vol, &[("Owner", "someone else")]).await;
+    let other_policy = common::moto_snapshot(
         &ec2,
         &vol,
         &[
@@ -716,7 +557,7 @@ fn validate_accepts_a_good_file_and_names_every_problem_of_a_bad_one() {
         "http://127.0.0.1:9",
         common::free_port(),
         "timezone = \"Europe/Berlin\"",
-        &policy("prod", "true", "daily", "30 4 * * *", "{ last = 7 }"),
+        &common::instance_policy("prod", "true", "daily", "30 4 * * *", "last = 7"),
     );
     let out = run_to_end(
         snapwarden().arg("--config").arg(&good).arg("validate"),
@@ -813,7 +654,7 @@ fn run_without_credentials_stops_quickly_and_says_what_to_set() {
         &format!("http://127.0.0.1:{}", common::free_port()),
         common::free_port(),
         "",
-        &policy("prod", "true", "daily", "30 4 * * *", "{ last = 7 }"),
+        &common::instance_policy("prod", "true", "daily", "30 4 * * *", "last = 7"),
     );
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_snapwarden"));
     // Start from nothing so no credential source of the test's own environment (keys, profile, SSO, web
@@ -848,7 +689,7 @@ fn next_lists_upcoming_fires_in_the_configured_timezone() {
     let dir = tempfile::tempdir().unwrap();
     let rest = format!(
         "{}\n[[policy.schedule]]\nname = \"weekly\"\ncron = \"0 5 * * 0\"\nkeep = {{ last = 4 }}\n",
-        policy("prod", "true", "daily", "30 4 * * *", "{ last = 7 }")
+        common::instance_policy("prod", "true", "daily", "30 4 * * *", "last = 7")
     );
     let config = write_config(
         dir.path(),
@@ -1000,7 +841,7 @@ async fn daemon_with_stuck_run(
         common::free_port(),
         &format!("shutdown-grace = \"{grace}\""),
         // Yearly: only the catch-up run fires during the test.
-        &policy("slow", "e2e-slow", "newyear", "0 0 1 1 *", "{ last = 3 }"),
+        &common::instance_policy("slow", "e2e-slow", "newyear", "0 0 1 1 *", "last = 3"),
     );
     let mut d = Daemon::spawn(
         snapwarden()
@@ -1125,7 +966,7 @@ async fn under_systemd_it_signals_ready_after_the_listener_pings_the_watchdog_an
         &moto.endpoint,
         port,
         "shutdown-grace = \"5s\"",
-        &policy("p", "true", "yearly", "0 0 1 1 *", "{ last = 2 }"),
+        &common::instance_policy("p", "true", "yearly", "0 0 1 1 *", "last = 2"),
     );
     let sock_path = dir.path().join("notify.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();

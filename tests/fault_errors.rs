@@ -84,9 +84,7 @@ async fn launch(moto: &Moto, region: &str) {
 }
 
 fn slot() -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
-        .unwrap()
-        .to_utc()
+    common::slot("2026-01-01T00:00:00Z")
 }
 
 async fn run_once(shared: &Shared, region: &Region) -> RunReport {
@@ -407,19 +405,14 @@ async fn sns_outage_runs_go_on_and_the_latest_alert_arrives_once_after_recovery(
     );
     let text = metrics.render(Utc::now());
     for (outcome, at_least) in [("superseded", 1.0), ("sent", 1.0), ("failed", 3.0)] {
-        let v = sample(
+        let v = common::metric(
             &text,
-            &format!("snapwarden_notifications_total{{outcome=\"{outcome}\"}}"),
-        );
+            "snapwarden_notifications_total",
+            &[("outcome", outcome)],
+        )
+        .unwrap_or(0.0);
         assert!(v >= at_least, "{outcome}: {v}\n{text}");
     }
-}
-
-/// The value of one exact series in Prometheus text, 0 when absent.
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

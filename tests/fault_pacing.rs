@@ -20,18 +20,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use aws_sdk_ec2::types::{
-    BlockDeviceMapping, EbsBlockDevice, InstanceType, ResourceType, Tag, TagSpecification,
-};
 use chrono::{DateTime, Utc};
 
 use common::fault_proxy::{Fault, FaultProxy, Rule, When};
-use common::{filter, slots_by_volume, Moto, ACCOUNT, REGION};
+use common::{slots_by_volume, Moto, ACCOUNT, REGION};
 use snapwarden::config::{self, Config};
 use snapwarden::daemon::{self, Shared};
 use snapwarden::ec2::fake::FakeEc2;
 use snapwarden::ec2::pace::{Group, PaceConfig};
-use snapwarden::ec2::{TAG_MANAGED, TAG_POLICY, TAG_SCHEDULE, TAG_SLOT};
 use snapwarden::notify::{Message, Notifier, Publisher};
 use snapwarden::report::RunResult;
 use snapwarden::retention::SnapState;
@@ -52,10 +48,7 @@ const THROTTLED: &str = "RequestLimitExceeded";
 
 /// The first slot every test fires (a `30 4 * * *` fire time); later runs fire whole days after it.
 fn slot(day: i64) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339("2026-11-20T04:30:00Z")
-        .unwrap()
-        .to_utc()
-        + chrono::Duration::days(day)
+    common::slot("2026-11-20T04:30:00Z") + chrono::Duration::days(day)
 }
 
 /// Per-volume creates (`consistency = "volume"`): the fault rules and request counts here are written for
@@ -143,44 +136,9 @@ async fn launch(
     let names = ["/dev/sdf", "/dev/sdg", "/dev/sdh", "/dev/sdi"];
     let mut volumes = Vec::new();
     for _ in 0..count {
-        let mut req = raw
-            .run_instances()
-            .image_id("ami-12c6146b")
-            .instance_type(InstanceType::T3Micro)
-            .min_count(1)
-            .max_count(1)
-            .tag_specifications(
-                TagSpecification::builder()
-                    .resource_type(ResourceType::Instance)
-                    .tags(Tag::builder().key("Backup").value(backup).build())
-                    .build(),
-            );
-        for d in &names[..devices] {
-            req = req.block_device_mappings(
-                BlockDeviceMapping::builder()
-                    .device_name(*d)
-                    .ebs(EbsBlockDevice::builder().volume_size(8).build())
-                    .build(),
-            );
-        }
-        let out = req.send().await.expect("RunInstances");
-        let id = out.instances()[0].instance_id().unwrap().to_string();
-        let vols = raw
-            .describe_volumes()
-            .filters(filter("attachment.instance-id", &[&id]))
-            .send()
-            .await
-            .expect("DescribeVolumes");
-        assert_eq!(
-            vols.volumes().len(),
-            devices,
-            "moto made one volume per mapping"
-        );
-        volumes.extend(
-            vols.volumes()
-                .iter()
-                .map(|v| v.volume_id().unwrap().to_string()),
-        );
+        let (_, vols) =
+            common::launch_instance(raw, &[("Backup", backup)], &names[..devices]).await;
+        volumes.extend(vols);
     }
     volumes
 }
@@ -624,17 +582,8 @@ async fn fake_run(shared: &Shared, region: &Region, day: i64) -> Outcome {
 fn seed(fake: &FakeEc2, volume: &str, state: SnapState, n: usize, first_day: i64) {
     for i in 0..n {
         let at = format_slot(slot(first_day - i as i64));
-        fake.seed_snapshot(
-            volume,
-            state,
-            snapwarden::ec2::fake::FAKE_ACCOUNT,
-            &[
-                (TAG_MANAGED, "true"),
-                (TAG_POLICY, "prod"),
-                (TAG_SCHEDULE, "daily"),
-                (TAG_SLOT, &at),
-            ],
-        );
+        let tags = common::managed_tags("prod", "daily", &at);
+        fake.seed_snapshot(volume, state, snapwarden::ec2::fake::FAKE_ACCOUNT, &tags);
     }
 }
 

@@ -18,19 +18,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use aws_sdk_ec2::types::{
-    BlockDeviceMapping, EbsBlockDevice, InstanceType, ResourceType, Tag, TagSpecification,
-};
+use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
 use chrono::{DateTime, Utc};
 
 use common::{filter, Moto, ACCOUNT, REGION};
 use snapwarden::config::{self, Config};
 use snapwarden::daemon::{self, Shared};
+use snapwarden::ec2::hooked::{Call, Hooked, Step};
 use snapwarden::ec2::op::Op;
 use snapwarden::ec2::sdk::{check_sdk_config, SdkEc2};
-use snapwarden::ec2::{self, CreateSnapshot, Ec2, Filter, Instance, Page, Snapshot, Volume};
-use snapwarden::error::{Error, Result};
+use snapwarden::ec2::{self, CreateSnapshot, Ec2, Filter};
+use snapwarden::error::Error;
 use snapwarden::notify::Notifier;
 use snapwarden::report::RunResult;
 use snapwarden::retention::Action;
@@ -41,7 +39,7 @@ const SLOT: &str = "2026-11-20T04:30:00Z";
 const DAILY: &str = "cron = \"30 4 * * *\"";
 
 fn slot() -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(SLOT).unwrap().to_utc()
+    common::slot(SLOT)
 }
 
 /// The slot `days` daily fires before [`SLOT`], as the tag text snapwarden writes.
@@ -121,30 +119,7 @@ async fn launch(
     tags: &[(&str, &str)],
     devices: &[&str],
 ) -> (String, Vec<(String, String)>) {
-    let mut req = raw
-        .run_instances()
-        .image_id("ami-12c6146b")
-        .instance_type(InstanceType::T3Micro)
-        .min_count(1)
-        .max_count(1);
-    for d in devices {
-        req = req.block_device_mappings(
-            BlockDeviceMapping::builder()
-                .device_name(*d)
-                .ebs(EbsBlockDevice::builder().volume_size(8).build())
-                .build(),
-        );
-    }
-    if !tags.is_empty() {
-        req = req.tag_specifications(
-            TagSpecification::builder()
-                .resource_type(ResourceType::Instance)
-                .set_tags(Some(raw_tags(tags)))
-                .build(),
-        );
-    }
-    let out = req.send().await.expect("RunInstances");
-    let id = out.instances()[0].instance_id().unwrap().to_string();
+    let (id, _) = common::launch_instance(raw, tags, devices).await;
     let vols = raw
         .describe_volumes()
         .filters(filter("attachment.instance-id", &[&id]))
@@ -174,40 +149,9 @@ async fn launch(
     (id, attached)
 }
 
-async fn snapshot(raw: &aws_sdk_ec2::Client, volume: &str, tags: &[(&str, &str)]) -> String {
-    let mut req = raw
-        .create_snapshot()
-        .volume_id(volume)
-        .description("seeded by moto_aws.rs");
-    if !tags.is_empty() {
-        req = req.tag_specifications(
-            TagSpecification::builder()
-                .resource_type(ResourceType::Snapshot)
-                .set_tags(Some(raw_tags(tags)))
-                .build(),
-        );
-    }
-    req.send()
-        .await
-        .expect("CreateSnapshot")
-        .snapshot_id()
-        .unwrap()
-        .to_string()
-}
-
 /// A snapshot as snapwarden would have written it for `policy`/`daily` at `slot`.
 async fn managed(raw: &aws_sdk_ec2::Client, volume: &str, policy: &str, slot: &str) -> String {
-    snapshot(
-        raw,
-        volume,
-        &[
-            (ec2::TAG_MANAGED, "true"),
-            (ec2::TAG_POLICY, policy),
-            (ec2::TAG_SCHEDULE, "daily"),
-            (ec2::TAG_SLOT, slot),
-        ],
-    )
-    .await
+    common::moto_snapshot(raw, volume, &common::managed_tags(policy, "daily", slot)).await
 }
 
 #[derive(Debug)]
@@ -433,7 +377,7 @@ async fn history_is_pruned_to_keep_last_and_foreign_snapshots_stay() {
         .await
         .unwrap();
     let old = days_before(40);
-    let unmanaged = snapshot(
+    let unmanaged = common::moto_snapshot(
         &raw,
         v1,
         &[
@@ -444,8 +388,8 @@ async fn history_is_pruned_to_keep_last_and_foreign_snapshots_stay() {
     )
     .await;
     let other_policy = managed(&raw, v1, "other", &old).await;
-    let manual = snapshot(&raw, v2, &[]).await;
-    let not_true = snapshot(
+    let manual = common::moto_snapshot(&raw, v2, &[]).await;
+    let not_true = common::moto_snapshot(
         &raw,
         v2,
         &[
@@ -772,49 +716,23 @@ async fn count_tags_prune_good_values_and_report_bad_ones() {
     assert!(ids_of_volume(&all, &none_vols[0].0).is_empty());
 }
 
-/// Fails CreateSnapshot of one volume the way EC2 does when the role lacks the permission, and passes everything
-/// else through to the real backend.
-struct FailVolume {
-    inner: Arc<dyn Ec2>,
-    volume: String,
-    failing: AtomicBool,
-}
-
-#[async_trait]
-impl Ec2 for FailVolume {
-    fn region(&self) -> &str {
-        self.inner.region()
-    }
-    async fn account_id(&self) -> Result<String> {
-        self.inner.account_id().await
-    }
-    async fn describe_instances(&self, filters: &[Filter]) -> Result<Vec<Instance>> {
-        self.inner.describe_instances(filters).await
-    }
-    async fn describe_volumes(&self, filters: &[Filter]) -> Result<Vec<Volume>> {
-        self.inner.describe_volumes(filters).await
-    }
-    async fn describe_snapshots(
-        &self,
-        filters: &[Filter],
-        token: Option<&str>,
-    ) -> Result<Page<Snapshot>> {
-        self.inner.describe_snapshots(filters, token).await
-    }
-    async fn create_snapshot(&self, request: &CreateSnapshot) -> Result<Snapshot> {
-        if request.volume_id == self.volume && self.failing.load(Ordering::SeqCst) {
-            return Err(Error::api(
-                Op::CreateSnapshot,
-                self.region(),
-                "UnauthorizedOperation",
-                "You are not authorized to perform this operation.",
-            ));
-        }
-        self.inner.create_snapshot(request).await
-    }
-    async fn delete_snapshot(&self, snapshot_id: &str) -> Result<()> {
-        self.inner.delete_snapshot(snapshot_id).await
-    }
+/// Fails CreateSnapshot of `volume` the way EC2 does when the role lacks the permission, while `failing` is set, and
+/// passes everything else through to the real backend, snapshotting one volume at a time.
+fn fail_volume(inner: Arc<dyn Ec2>, volume: String, failing: Arc<AtomicBool>) -> Hooked {
+    let region = inner.region().to_string();
+    Hooked::new(inner)
+        .one_volume_at_a_time()
+        .before(move |call| match call {
+            Call::CreateSnapshot(r) if r.volume_id == volume && failing.load(Ordering::SeqCst) => {
+                Step::Fail(Error::api(
+                    Op::CreateSnapshot,
+                    region.clone(),
+                    "UnauthorizedOperation",
+                    "You are not authorized to perform this operation.",
+                ))
+            }
+            _ => Step::Go,
+        })
 }
 
 /// Waits for up to `within` for messages on the queue, returning (and deleting) what arrived.
@@ -918,11 +836,8 @@ async fn sns_digest_is_sent_once_then_recovery() {
     let window = shared.config.notify.sns.as_ref().unwrap().dedup_window;
     assert_eq!(window, Duration::from_secs(3600));
     let (notifier, task) = Notifier::spawn(publisher, window, shared.metrics.clone());
-    let ec2 = FailVolume {
-        inner: region.ec2.clone(),
-        volume: doomed.clone(),
-        failing: AtomicBool::new(true),
-    };
+    let failing = Arc::new(AtomicBool::new(true));
+    let ec2 = fail_volume(region.ec2.clone(), doomed.clone(), failing.clone());
     let notes = |outcome: &str| {
         shared
             .metrics
@@ -983,7 +898,7 @@ async fn sns_digest_is_sent_once_then_recovery() {
     assert!(drain(&sqs, &queue, Duration::from_secs(2)).await.is_empty());
 
     // Permission granted: the missing snapshot is made and a recovery follows.
-    ec2.failing.store(false, Ordering::SeqCst);
+    failing.store(false, Ordering::SeqCst);
     let fixed = run(&shared, &ec2, &region.account_id, "prod", &["daily"]).await;
     assert_eq!((fixed.report.created, fixed.report.already_done), (1, 2));
     assert_eq!(fixed.report.result(), RunResult::Success);

@@ -21,9 +21,7 @@ use snapwarden::worker::{self, Outcome, RunSpec};
 
 /// Saturday 21 November 2026, 04:30 UTC: the slot every run here fires.
 fn slot() -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339("2026-11-21T04:30:00Z")
-        .unwrap()
-        .to_utc()
+    common::slot("2026-11-21T04:30:00Z")
 }
 
 async fn shared(moto: &Moto, policy: &str) -> Shared {
@@ -79,26 +77,8 @@ async fn volume(ec2: &aws_sdk_ec2::Client, tags: &[(&str, &str)]) -> String {
 async fn seed_daily(ec2: &aws_sdk_ec2::Client, volume: &str, policy: &str, days: i64) {
     use futures::stream::{self, StreamExt};
     let seed = |d: i64| async move {
-        let tags = [
-            ("snapwarden:managed", "true".to_string()),
-            ("snapwarden:policy", policy.to_string()),
-            ("snapwarden:schedule", "daily".to_string()),
-            ("snapwarden:slot", format_slot(slot() - Duration::days(d))),
-        ];
-        let spec = TagSpecification::builder()
-            .resource_type(ResourceType::Snapshot)
-            .set_tags(Some(
-                tags.iter()
-                    .map(|(k, v)| Tag::builder().key(*k).value(v).build())
-                    .collect(),
-            ))
-            .build();
-        ec2.create_snapshot()
-            .volume_id(volume)
-            .tag_specifications(spec)
-            .send()
-            .await
-            .unwrap();
+        let at = format_slot(slot() - Duration::days(d));
+        common::moto_snapshot(ec2, volume, &common::managed_tags(policy, "daily", &at)).await;
     };
     stream::iter(1..=days)
         .map(seed)
@@ -295,7 +275,7 @@ async fn orphan_run(orphans: &str) -> (usize, BTreeSet<String>) {
             .unwrap()
             .value()
             .unwrap();
-        if DateTime::parse_from_rfc3339(slot).unwrap().to_utc() > slot_days_ago(40) {
+        if common::slot(slot) > slot_days_ago(40) {
             ec2.delete_snapshot()
                 .snapshot_id(s.snapshot_id().unwrap())
                 .send()

@@ -18,9 +18,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_ec2::types::{
-    BlockDeviceMapping, EbsBlockDevice, Filter, ResourceType, Tag, TagSpecification,
-};
 use chrono::{DateTime, Utc};
 use common::process::{run_to_end, snapwarden, text};
 use common::{Moto, REGION};
@@ -69,15 +66,6 @@ fn assert_fixture(name: &str, actual: &str) {
     );
 }
 
-fn managed<'a>(policy: &'a str, schedule: &'a str, slot: &'a str) -> Vec<(&'a str, &'a str)> {
-    vec![
-        ("snapwarden:managed", "true"),
-        ("snapwarden:policy", policy),
-        ("snapwarden:schedule", schedule),
-        ("snapwarden:slot", slot),
-    ]
-}
-
 /// The README's example history on one instance volume, an orphan, and a volume whose policy is over its cap.
 /// Seeded in a fixed order, so every id is the same on every run.
 fn fleet() -> Arc<FakeEc2> {
@@ -101,7 +89,7 @@ fn fleet() -> Arc<FakeEc2> {
         "2026-01-09",
     ] {
         let slot = format!("{day}T03:00:00Z");
-        let mut tags = managed("app", "nightly", &slot);
+        let mut tags = common::managed_tags("app", "nightly", &slot).to_vec();
         if day == "2025-12-15" {
             tags.push(("snapwarden:keep", "audit"));
         }
@@ -111,14 +99,14 @@ fn fleet() -> Arc<FakeEc2> {
         app,
         SnapState::Pending,
         FAKE_ACCOUNT,
-        &managed("app", "nightly", "2026-01-10T03:00:00Z"),
+        &common::managed_tags("app", "nightly", "2026-01-10T03:00:00Z"),
     );
     // After --at: does not exist yet as far as the plan is concerned.
     fake.seed_snapshot(
         app,
         completed,
         FAKE_ACCOUNT,
-        &managed("app", "nightly", "2026-01-11T03:00:00Z"),
+        &common::managed_tags("app", "nightly", "2026-01-11T03:00:00Z"),
     );
     for day in ["2025-11-02", "2025-11-03"] {
         let slot = format!("{day}T03:00:00Z");
@@ -126,7 +114,7 @@ fn fleet() -> Arc<FakeEc2> {
             &gone,
             completed,
             FAKE_ACCOUNT,
-            &managed("app", "nightly", &slot),
+            &common::managed_tags("app", "nightly", &slot),
         );
     }
     fake.remove_volume(&gone);
@@ -142,7 +130,7 @@ fn fleet() -> Arc<FakeEc2> {
             &tight,
             completed,
             FAKE_ACCOUNT,
-            &managed("tight", "daily", &slot),
+            &common::managed_tags("tight", "daily", &slot),
         );
     }
     Arc::new(fake)
@@ -357,56 +345,8 @@ keep = {keep}
 
 /// One instance with one EBS volume; returns the volume id.
 async fn instance_volume(ec2: &aws_sdk_ec2::Client, tags: &[(&str, &str)]) -> String {
-    let mut spec = TagSpecification::builder().resource_type(ResourceType::Instance);
-    for (k, v) in tags {
-        spec = spec.tags(Tag::builder().key(*k).value(*v).build());
-    }
-    let out = ec2
-        .run_instances()
-        .image_id("ami-12345678")
-        .min_count(1)
-        .max_count(1)
-        .tag_specifications(spec.build())
-        .block_device_mappings(
-            BlockDeviceMapping::builder()
-                .device_name("/dev/sdf")
-                .ebs(EbsBlockDevice::builder().volume_size(1).build())
-                .build(),
-        )
-        .send()
-        .await
-        .expect("RunInstances on moto");
-    let id = out.instances()[0].instance_id().unwrap().to_string();
-    let vols = ec2
-        .describe_volumes()
-        .filters(
-            Filter::builder()
-                .name("attachment.instance-id")
-                .values(&id)
-                .build(),
-        )
-        .send()
-        .await
-        .expect("DescribeVolumes on moto");
-    assert_eq!(vols.volumes().len(), 1, "moto attached one volume");
-    vols.volumes()[0].volume_id().unwrap().to_string()
-}
-
-/// A snapshot of `volume` with `tags` at creation, as snapwarden writes them (moto completes it at once).
-async fn seed_snapshot(ec2: &aws_sdk_ec2::Client, volume: &str, tags: &[(&str, &str)]) -> String {
-    let mut spec = TagSpecification::builder().resource_type(ResourceType::Snapshot);
-    for (k, v) in tags {
-        spec = spec.tags(Tag::builder().key(*k).value(*v).build());
-    }
-    ec2.create_snapshot()
-        .volume_id(volume)
-        .tag_specifications(spec.build())
-        .send()
-        .await
-        .expect("CreateSnapshot on moto")
-        .snapshot_id()
-        .unwrap()
-        .to_string()
+    let (_, mut volumes) = common::launch_instance(ec2, tags, &["/dev/sdf"]).await;
+    volumes.remove(0)
 }
 
 async fn snapshot_ids(ec2: &aws_sdk_ec2::Client) -> BTreeSet<String> {
@@ -428,7 +368,8 @@ async fn diff_mode_shows_what_a_smaller_last_would_delete_and_fails_ci_only_for_
     let mut by_day = std::collections::BTreeMap::new();
     for day in ["05", "06", "07", "08", "09", "11"] {
         let slot = format!("2026-01-{day}T03:00:00Z");
-        let id = seed_snapshot(&ec2, &vol, &managed("diffed", "daily", &slot)).await;
+        let id = common::moto_snapshot(&ec2, &vol, &common::managed_tags("diffed", "daily", &slot))
+            .await;
         by_day.insert(day, id);
     }
     let before = snapshot_ids(&ec2).await;

@@ -13,7 +13,6 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
 use chrono::{DateTime, Utc};
 
 use common::fault_proxy::{Fault, FaultProxy, Rule, When};
@@ -31,7 +30,7 @@ const SLOT: &str = "2026-11-20T04:30:00Z";
 const FUTURE: &str = "2062-12-05T04:30:00Z";
 
 fn slot() -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(SLOT).unwrap().to_utc()
+    common::slot(SLOT)
 }
 
 fn days_before(days: i64) -> String {
@@ -65,28 +64,6 @@ async fn run(shared: &Shared, ec2: &dyn Ec2, account: &str) -> Outcome {
     worker::run(ec2, &spec, &shared.metrics, Utc::now).await
 }
 
-/// A completed snapshot of `volume` with `tags` (moto completes at once).
-async fn snapshot(raw: &aws_sdk_ec2::Client, volume: &str, tags: &[(&str, &str)]) -> String {
-    raw.create_snapshot()
-        .volume_id(volume)
-        .tag_specifications(
-            TagSpecification::builder()
-                .resource_type(ResourceType::Snapshot)
-                .set_tags(Some(
-                    tags.iter()
-                        .map(|(k, v)| Tag::builder().key(*k).value(*v).build())
-                        .collect(),
-                ))
-                .build(),
-        )
-        .send()
-        .await
-        .expect("CreateSnapshot")
-        .snapshot_id()
-        .unwrap()
-        .to_string()
-}
-
 /// A snapshot as snapwarden writes it for `heal`/`daily` at `slot`, plus `extra` tags.
 async fn managed(
     raw: &aws_sdk_ec2::Client,
@@ -94,14 +71,8 @@ async fn managed(
     slot: &str,
     extra: &[(&str, &str)],
 ) -> String {
-    let mut tags = vec![
-        (ec2::TAG_MANAGED, "true"),
-        (ec2::TAG_POLICY, "heal"),
-        (ec2::TAG_SCHEDULE, "daily"),
-        (ec2::TAG_SLOT, slot),
-    ];
-    tags.extend_from_slice(extra);
-    snapshot(raw, volume, &tags).await
+    let tags = [&common::managed_tags("heal", "daily", slot)[..], extra].concat();
+    common::moto_snapshot(raw, volume, &tags).await
 }
 
 /// Snapshot id -> volume id of every snapshot of the policy, read with the raw client straight from moto.

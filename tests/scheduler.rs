@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use chrono::{Datelike, Utc};
 use common::fault_proxy::{Fault, FaultProxy, Rule, When};
 use common::process::{snapwarden, Daemon};
@@ -20,7 +19,7 @@ use serde_json::Value;
 use snapwarden::config;
 use snapwarden::daemon::{self, Shared};
 use snapwarden::ec2::fake::FakeEc2;
-use snapwarden::ec2::{CreateSnapshot, Ec2, Filter, Instance, Page, Snapshot, Volume};
+use snapwarden::ec2::hooked::{Call, Hooked, Step};
 use snapwarden::notify::Notifier;
 use tokio_util::sync::CancellationToken;
 
@@ -43,18 +42,9 @@ fn status(port: u16, d: &Daemon) -> Value {
     serde_json::from_str(&body).unwrap()
 }
 
-/// A sample's value from `/metrics`: the line of `name` carrying every `labels` pair (in any order); 0 when absent.
+/// A sample's value from `/metrics`; 0 when absent.
 fn metric(port: u16, name: &str, labels: &[(&str, &str)]) -> f64 {
-    metric_text(port)
-        .lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .find(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
+    common::metric(&metric_text(port), name, labels).unwrap_or(0.0)
 }
 
 fn metric_text(port: u16) -> String {
@@ -311,42 +301,22 @@ async fn sighup_refuses_an_invalid_config_or_one_needing_a_restart_and_keeps_the
 // Catch-up of many policies (the loop over the in-memory EC2)
 // ---------------------------------------------------------------------------------------------------------------
 
-/// Counts the runs that started (each begins with one DescribeInstances) and slows snapshot creation down.
+/// The fake behind the loop, and how many runs started (each begins with one DescribeInstances).
 struct Counting {
     inner: Arc<FakeEc2>,
-    delay: Duration,
-    started: AtomicUsize,
+    started: Arc<AtomicUsize>,
 }
 
-#[async_trait]
-impl Ec2 for Counting {
-    fn region(&self) -> &str {
-        self.inner.region()
-    }
-    async fn account_id(&self) -> snapwarden::error::Result<String> {
-        self.inner.account_id().await
-    }
-    async fn describe_instances(&self, f: &[Filter]) -> snapwarden::error::Result<Vec<Instance>> {
-        self.started.fetch_add(1, Ordering::SeqCst);
-        self.inner.describe_instances(f).await
-    }
-    async fn describe_volumes(&self, f: &[Filter]) -> snapwarden::error::Result<Vec<Volume>> {
-        self.inner.describe_volumes(f).await
-    }
-    async fn describe_snapshots(
-        &self,
-        f: &[Filter],
-        t: Option<&str>,
-    ) -> snapwarden::error::Result<Page<Snapshot>> {
-        self.inner.describe_snapshots(f, t).await
-    }
-    async fn create_snapshot(&self, r: &CreateSnapshot) -> snapwarden::error::Result<Snapshot> {
-        tokio::time::sleep(self.delay).await;
-        self.inner.create_snapshot(r).await
-    }
-    async fn delete_snapshot(&self, id: &str) -> snapwarden::error::Result<()> {
-        self.inner.delete_snapshot(id).await
-    }
+/// Counts the runs that start and slows snapshot creation down.
+fn counting(fake: Arc<FakeEc2>, delay: Duration, started: Arc<AtomicUsize>) -> Hooked {
+    Hooked::new(fake).before(move |call| match call {
+        Call::DescribeInstances(_) => {
+            started.fetch_add(1, Ordering::SeqCst);
+            Step::Go
+        }
+        Call::CreateSnapshot(_) => Step::Delay(delay),
+        _ => Step::Go,
+    })
 }
 
 async fn many_policies(
@@ -373,14 +343,15 @@ async fn many_policies(
     let shared = Shared::new(
         config::from_toml_str(Path::new("many.toml"), &toml, &[]).expect("valid test config"),
     );
+    let started = Arc::new(AtomicUsize::new(0));
+    let ec2 = Arc::new(counting(fake.clone(), delay, started.clone()));
     let counting = Arc::new(Counting {
         inner: fake,
-        delay,
-        started: AtomicUsize::new(0),
+        started,
     });
     // Plenty of AWS permits: only the run bound may hold runs back.
     let permits = Arc::new(tokio::sync::Semaphore::new(256));
-    let region = daemon::region(&shared, counting.clone(), permits)
+    let region = daemon::region(&shared, ec2, permits)
         .await
         .expect("fake region");
     (shared, counting, Arc::new(vec![region]))

@@ -14,14 +14,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
 use chrono::Utc;
 use serde_json::Value;
 
 use common::fault_proxy::{Fault, FaultProxy, Rule, When};
 use common::process::{snapwarden, Daemon};
 use common::{http_get, slots_by_volume, Moto, REGION};
-use snapwarden::ec2::{TAG_MANAGED, TAG_POLICY, TAG_SCHEDULE, TAG_SLOT};
 use snapwarden::schedule::format_slot;
 
 const POLICY: &str = "stopping";
@@ -31,23 +29,11 @@ const DELETE: &str = "DeleteSnapshot";
 /// A daemon config: one yearly schedule (only catch-up fires during a test, always the same slot), one volume per
 /// create call, a one-second grace period.
 fn write_config(dir: &Path, endpoint: &str, port: u16, concurrency: usize, keep: usize) -> PathBuf {
-    let config = dir.join("snapwarden.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[daemon]
-listen = "127.0.0.1:{port}"
-max-concurrent-aws-calls = {concurrency}
-shutdown-grace = "1s"
-completion-deadline = "10s"
-
-[aws]
-regions = ["{REGION}"]
-endpoint-url = "{endpoint}"
-max-attempts = 3
-operation-timeout = "60s"
-
-[log]
+    let daemon = format!(
+        "max-concurrent-aws-calls = {concurrency}\nshutdown-grace = \"1s\"\ncompletion-deadline = \"10s\""
+    );
+    let rest = format!(
+        r#"[log]
 format = "json"
 
 [[policy]]
@@ -60,10 +46,9 @@ name = "yearly"
 cron = "0 0 1 1 *"
 keep = {{ last = {keep} }}
 "#
-        ),
-    )
-    .unwrap();
-    config
+    );
+    let aws = "max-attempts = 3\noperation-timeout = \"60s\"";
+    common::write_config(dir, port, &daemon, endpoint, aws, &rest)
 }
 
 fn start(config: &Path) -> Daemon {
@@ -225,24 +210,7 @@ async fn a_restart_right_after_the_grace_period_with_a_create_in_flight_makes_no
 /// A managed snapshot of an earlier year, tagged as snapwarden tags its own; returns its id.
 async fn seed(raw: &aws_sdk_ec2::Client, volume: &str, year: u32) -> String {
     let slot = format!("{year}-01-01T00:00:00Z");
-    let mut spec = TagSpecification::builder().resource_type(ResourceType::Snapshot);
-    for (k, v) in [
-        (TAG_MANAGED, "true"),
-        (TAG_POLICY, POLICY),
-        (TAG_SCHEDULE, "yearly"),
-        (TAG_SLOT, slot.as_str()),
-    ] {
-        spec = spec.tags(Tag::builder().key(k).value(v).build());
-    }
-    raw.create_snapshot()
-        .volume_id(volume)
-        .tag_specifications(spec.build())
-        .send()
-        .await
-        .expect("seed CreateSnapshot")
-        .snapshot_id()
-        .unwrap()
-        .to_string()
+    common::moto_snapshot(raw, volume, &common::managed_tags(POLICY, "yearly", &slot)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,10 +2,11 @@
 //! say, and the distinct total per volume is the sum of the rule counts minus the snapshots that serve several
 //! rules — worked out by hand in each test.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use chrono::DateTime;
 use snapwarden::simulate::{simulate, SimOptions, SimReport};
 
 async fn run(example: &str, days: u32) -> SimReport {
@@ -14,9 +15,7 @@ async fn run(example: &str, days: u32) -> SimReport {
         .join(example);
     let config = snapwarden::config::load(&path, &[]).expect("example validates");
     let opts = SimOptions {
-        from: DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
-            .unwrap()
-            .to_utc(),
+        from: common::slot("2026-01-01T00:00:00Z"),
         days,
         volumes: 2,
         count_tag_value: 7,

@@ -8,6 +8,8 @@
 //! History is seeded with past `snapwarden:slot` tags rather than by waiting, and every run is given `now` as a
 //! value, so nothing here depends on the wall clock except the notifier's de-dup window (hours wide).
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,13 +19,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+use common::metric;
 use snapwarden::config::{self, Config, Policy};
 use snapwarden::daemon::firing_at;
 use snapwarden::ec2::fake::{FakeEc2, FAKE_ACCOUNT};
+use snapwarden::ec2::hooked::{Answer, Call, Hooked, Step};
 use snapwarden::ec2::op::Op;
 use snapwarden::ec2::{
-    CreateSnapshot, DryRun, Ec2, Filter, Instance, Page, Snapshot, Volume, TAG_DEVICE,
-    TAG_INSTANCE, TAG_KEEP, TAG_MANAGED, TAG_POLICY, TAG_SCHEDULE, TAG_SLOT,
+    DryRun, Ec2, Snapshot, TAG_DEVICE, TAG_INSTANCE, TAG_KEEP, TAG_MANAGED, TAG_POLICY,
+    TAG_SCHEDULE, TAG_SLOT,
 };
 use snapwarden::error::Error;
 use snapwarden::metrics::Metrics;
@@ -37,7 +41,7 @@ const REGION: &str = "us-east-1";
 const OTHER_ACCOUNT: &str = "210987654321";
 
 fn at(rfc3339: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(rfc3339).unwrap().to_utc()
+    common::slot(rfc3339)
 }
 
 /// The slot every test fires: a Monday, so a weekly `30 4 * * 1` co-fires with a daily `30 4 * * *`.
@@ -132,13 +136,7 @@ fn seed_owned(
     extra: &[(&str, &str)],
 ) -> String {
     let slot = format_slot(slot);
-    let mut tags = vec![
-        (TAG_MANAGED, "true"),
-        (TAG_POLICY, policy),
-        (TAG_SCHEDULE, schedules),
-        (TAG_SLOT, slot.as_str()),
-    ];
-    tags.extend_from_slice(extra);
+    let tags = [&common::managed_tags(policy, schedules, &slot)[..], extra].concat();
     fake.seed_snapshot(volume, state, owner, &tags)
 }
 
@@ -217,17 +215,6 @@ fn last(schedule: &str, rank: u32, of: u32) -> Reason {
         rank,
         of,
     }
-}
-
-/// The value of the one sample of `name` whose label set is exactly `labels` (in any order), if there is one.
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let want: BTreeSet<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-    text.lines().find_map(|line| {
-        let rest = line.strip_prefix(name)?.strip_prefix('{')?;
-        let (inside, value) = rest.split_once("} ")?;
-        let have: BTreeSet<String> = inside.split(',').map(str::to_string).collect();
-        (have == want).then(|| value.trim().parse().unwrap())
-    })
 }
 
 #[tokio::test]
@@ -723,55 +710,24 @@ async fn a_snapshot_backing_an_ami_is_kept_in_use_and_is_not_a_problem() {
     );
 }
 
-/// Deletes one snapshot right after the survey has listed it, as another actor (or EC2's eventually consistent
+/// Deletes `victim` right after the survey has listed it, as another actor (or EC2's eventually consistent
 /// describe) can: the worker's own delete then answers `InvalidSnapshot.NotFound`.
-struct VanishAfterDescribe {
-    inner: Arc<FakeEc2>,
-    victim: Mutex<Option<String>>,
-}
-
-#[async_trait]
-impl Ec2 for VanishAfterDescribe {
-    fn region(&self) -> &str {
-        self.inner.region()
-    }
-    async fn account_id(&self) -> snapwarden::error::Result<String> {
-        self.inner.account_id().await
-    }
-    async fn describe_instances(
-        &self,
-        filters: &[Filter],
-    ) -> snapwarden::error::Result<Vec<Instance>> {
-        self.inner.describe_instances(filters).await
-    }
-    async fn describe_volumes(&self, filters: &[Filter]) -> snapwarden::error::Result<Vec<Volume>> {
-        self.inner.describe_volumes(filters).await
-    }
-    async fn describe_snapshots(
-        &self,
-        filters: &[Filter],
-        token: Option<&str>,
-    ) -> snapwarden::error::Result<Page<Snapshot>> {
-        let listed = self.inner.describe_snapshots(filters, token).await?;
-        let victim = self.victim.lock().unwrap().take();
-        if let Some(id) = victim {
-            assert!(
-                listed.items.iter().any(|s| *s.id == *id),
-                "{id} must be listed first"
-            );
-            self.inner.delete_snapshot(&id).await?;
-        }
-        Ok(listed)
-    }
-    async fn create_snapshot(
-        &self,
-        request: &CreateSnapshot,
-    ) -> snapwarden::error::Result<Snapshot> {
-        self.inner.create_snapshot(request).await
-    }
-    async fn delete_snapshot(&self, snapshot_id: &str) -> snapwarden::error::Result<()> {
-        self.inner.delete_snapshot(snapshot_id).await
-    }
+fn vanish_after_describe(fake: Arc<FakeEc2>, victim: String) -> Hooked {
+    let victim = Mutex::new(Some(victim));
+    Hooked::new(fake.clone()).after(move |call, answer| {
+        let (Call::DescribeSnapshots(..), Answer::Snapshots(Ok(listed))) = (call, answer) else {
+            return Step::Go;
+        };
+        let Some(id) = victim.lock().unwrap().take() else {
+            return Step::Go;
+        };
+        assert!(
+            listed.items.iter().any(|s| *s.id == *id),
+            "{id} must be listed first"
+        );
+        let fake = fake.clone();
+        Step::run(async move { fake.delete_snapshot(&id).await })
+    })
 }
 
 #[tokio::test]
@@ -781,10 +737,7 @@ async fn a_snapshot_already_gone_counts_as_deleted() {
     let fake = Arc::new(fleet());
     let (_, vols) = backed_up_instance(&fake, 1);
     let hist = daily_history(&fake, &vols[0], &[3, 2, 1]);
-    let ec2 = VanishAfterDescribe {
-        inner: fake.clone(),
-        victim: Mutex::new(Some(hist[1].clone())),
-    };
+    let ec2 = vanish_after_describe(fake.clone(), hist[1].clone());
 
     let m = Metrics::new();
     let out = run_at(&ec2, policy, &["daily"], slot(), slot(), &m).await;
@@ -1134,49 +1087,49 @@ keep = { last = 4 }
     let ps = |s| [("policy", "prod"), ("schedule", s)];
     // One snapshot per volume serves both schedules and counts once under each.
     assert_eq!(
-        sample(&text, "snapwarden_snapshots_created_total", &pss("daily")),
+        metric(&text, "snapwarden_snapshots_created_total", &pss("daily")),
         Some(2.0),
         "{text}"
     );
     assert_eq!(
-        sample(&text, "snapwarden_snapshots_created_total", &pss("weekly")),
+        metric(&text, "snapwarden_snapshots_created_total", &pss("weekly")),
         Some(2.0),
         "{text}"
     );
     assert_eq!(
-        sample(&text, "snapwarden_snapshots_deleted_total", &pss("daily")),
+        metric(&text, "snapwarden_snapshots_deleted_total", &pss("daily")),
         Some(1.0),
         "{text}"
     );
     assert_eq!(
-        sample(&text, "snapwarden_snapshots_deleted_total", &pss("weekly")),
+        metric(&text, "snapwarden_snapshots_deleted_total", &pss("weekly")),
         None,
         "{text}"
     );
     // New snapshots are pending: daily's worst volume is the first one's snapshot of a day ago (plus 5 minutes),
     // and the second volume has nothing completed. Weekly has no completed snapshot anywhere.
     assert_eq!(
-        sample(&text, "snapwarden_staleness_seconds", &ps("daily")),
+        metric(&text, "snapwarden_staleness_seconds", &ps("daily")),
         Some(86_400.0 + 300.0),
         "{text}"
     );
     assert_eq!(
-        sample(&text, "snapwarden_unprotected_volumes", &ps("daily")),
+        metric(&text, "snapwarden_unprotected_volumes", &ps("daily")),
         Some(1.0),
         "{text}"
     );
     assert_eq!(
-        sample(&text, "snapwarden_staleness_seconds", &ps("weekly")),
+        metric(&text, "snapwarden_staleness_seconds", &ps("weekly")),
         None,
         "{text}"
     );
     assert_eq!(
-        sample(&text, "snapwarden_unprotected_volumes", &ps("weekly")),
+        metric(&text, "snapwarden_unprotected_volumes", &ps("weekly")),
         Some(2.0),
         "{text}"
     );
     assert_eq!(
-        sample(
+        metric(
             &text,
             "snapwarden_managed_snapshots",
             &[("policy", "prod"), ("region", REGION)]
@@ -1185,7 +1138,7 @@ keep = { last = 4 }
         "{text}"
     );
     assert_eq!(
-        sample(
+        metric(
             &text,
             "snapwarden_runs_total",
             &[
@@ -1207,24 +1160,24 @@ keep = { last = 4 }
     let text = m.render(later + chrono::Duration::hours(1));
     for s in ["daily", "weekly"] {
         assert_eq!(
-            sample(&text, "snapwarden_staleness_seconds", &ps(s)),
+            metric(&text, "snapwarden_staleness_seconds", &ps(s)),
             Some(3_600.0 + 600.0),
             "{text}"
         );
         assert_eq!(
-            sample(&text, "snapwarden_unprotected_volumes", &ps(s)),
+            metric(&text, "snapwarden_unprotected_volumes", &ps(s)),
             Some(0.0),
             "{text}"
         );
     }
     assert_eq!(
-        sample(&text, "snapwarden_snapshots_created_total", &pss("daily")),
+        metric(&text, "snapwarden_snapshots_created_total", &pss("daily")),
         Some(2.0),
         "{text}"
     );
     // The first volume's snapshot of yesterday is now surplus to daily's one.
     assert_eq!(
-        sample(&text, "snapwarden_snapshots_deleted_total", &pss("daily")),
+        metric(&text, "snapwarden_snapshots_deleted_total", &pss("daily")),
         Some(2.0),
         "{text}"
     );

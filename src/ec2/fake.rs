@@ -1,7 +1,10 @@
 //! An in-memory EC2 region: instances, volumes and snapshots with the filter semantics snapwarden relies on, plus
 //! fault injection (per-volume create errors, AMI-backed snapshots, failing describes) and per-operation call
 //! counts. It backs `snapwarden demo` and the fast component tests; it does not model rate limits or latency
-//! (the moto emulator and the benchmark cover those).
+//! (the moto emulator and the benchmark cover those). `demo` and `simulate` only build a fleet (the demo's with one
+//! failing volume), complete snapshots and set the clock; the knobs only tests turn (seeding history, injected
+//! faults, limits, call counts) are compiled with the `testing` feature alone, which the crate's tests enable and a
+//! release build does not.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
@@ -76,6 +79,7 @@ impl FakeEc2 {
     }
 
     /// Snapshots per DescribeSnapshots page (at least 1): small pages let tests walk several.
+    #[cfg(any(test, feature = "testing"))]
     pub fn set_page_size(&self, n: usize) {
         self.state().page_size = n.max(1);
     }
@@ -137,23 +141,27 @@ impl FakeEc2 {
         vid
     }
 
+    #[cfg(any(test, feature = "testing"))]
     pub fn set_volume_tags(&self, volume_id: &str, tags: &[(&str, &str)]) {
         if let Some(v) = self.state().volumes.get_mut(volume_id) {
             v.tags = to_tags(tags);
         }
     }
 
+    #[cfg(any(test, feature = "testing"))]
     pub fn set_instance_tags(&self, instance_id: &str, tags: &[(&str, &str)]) {
         if let Some(i) = self.state().instances.get_mut(instance_id) {
             i.tags = to_tags(tags);
         }
     }
 
+    #[cfg(any(test, feature = "testing"))]
     pub fn remove_volume(&self, volume_id: &str) {
         self.state().volumes.remove(volume_id);
     }
 
     /// Inserts a snapshot as if created earlier (history seeding); returns its id.
+    #[cfg(any(test, feature = "testing"))]
     pub fn seed_snapshot(
         &self,
         volume_id: &str,
@@ -179,6 +187,7 @@ impl FakeEc2 {
         id
     }
 
+    #[cfg(any(test, feature = "testing"))]
     pub fn set_snapshot_state(&self, snapshot_id: &str, state: SnapState) {
         if let Some(s) = self.state().snapshots.get_mut(snapshot_id) {
             s.state = state;
@@ -198,6 +207,7 @@ impl FakeEc2 {
     /// a volume given to [`FakeEc2::error_snapshots_of`]) in the `n`-th DescribeSnapshots answer that includes it,
     /// so a completion poller sees it pending `n - 1` times. None (the default): snapshots stay pending until
     /// [`FakeEc2::complete_all`] or [`FakeEc2::set_snapshot_state`].
+    #[cfg(any(test, feature = "testing"))]
     pub fn complete_after_describes(&self, n: Option<u32>) {
         self.state().complete_after = n;
     }
@@ -205,6 +215,7 @@ impl FakeEc2 {
     /// An account limit on pending snapshots, as EC2 has: the fake reports it as its
     /// [`Ec2::max_pending_snapshots`] and refuses a create that would pass it with
     /// `ConcurrentSnapshotLimitExceeded`. None (the default): no limit.
+    #[cfg(any(test, feature = "testing"))]
     pub fn set_max_pending_snapshots(&self, cap: Option<usize>) {
         self.state().max_pending = cap;
     }
@@ -227,6 +238,7 @@ impl FakeEc2 {
     }
 
     /// Snapshots of `volume_id` end in `error` when they leave `pending` (see `complete_after_describes`).
+    #[cfg(any(test, feature = "testing"))]
     pub fn error_snapshots_of(&self, volume_id: &str) {
         self.state().error_volumes.insert(volume_id.into());
     }
@@ -238,11 +250,13 @@ impl FakeEc2 {
     }
 
     /// Every call of `operation` (its AWS name, e.g. "DeleteSnapshot") fails with `code`.
+    #[cfg(any(test, feature = "testing"))]
     pub fn fail_operation(&self, operation: &str, code: &str) {
         let op = known(operation);
         self.state().operation_faults.insert(op, code.into());
     }
 
+    #[cfg(any(test, feature = "testing"))]
     pub fn clear_faults(&self) {
         let mut st = self.state();
         st.create_faults.clear();
@@ -250,6 +264,7 @@ impl FakeEc2 {
         st.error_volumes.clear();
     }
 
+    #[cfg(any(test, feature = "testing"))]
     pub fn mark_in_use(&self, snapshot_id: &str) {
         self.state().in_use.insert(snapshot_id.into());
     }
@@ -258,11 +273,13 @@ impl FakeEc2 {
         self.state().clock = Some(now);
     }
 
+    #[cfg(any(test, feature = "testing"))]
     pub fn snapshots(&self) -> Vec<Snapshot> {
         self.state().snapshots.values().cloned().collect()
     }
 
     /// How many calls of `operation` (its AWS name) reached the fake.
+    #[cfg(any(test, feature = "testing"))]
     pub fn calls(&self, operation: &str) -> u64 {
         let op = known(operation);
         self.state().calls.get(&op).copied().unwrap_or(0)
@@ -287,6 +304,7 @@ impl FakeEc2 {
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
 /// The operation a test names; a misspelt one would silently never fail or count.
 fn known(operation: &str) -> Op {
     Op::from_name(operation).unwrap_or_else(|| panic!("fake EC2: no operation named {operation:?}"))
@@ -332,6 +350,10 @@ impl Ec2 for FakeEc2 {
 
     fn max_pending_snapshots(&self) -> Option<usize> {
         self.state().max_pending
+    }
+
+    fn dry_run(&self) -> bool {
+        false
     }
 
     async fn account_id(&self) -> Result<String> {

@@ -6,6 +6,8 @@
 //! of policies or retention.
 
 pub mod fake;
+#[cfg(any(test, feature = "testing"))]
+pub mod hooked;
 pub mod op;
 pub mod pace;
 pub mod sdk;
@@ -149,7 +151,8 @@ pub struct CreateSnapshots {
 pub type VolumeResult = (String, Result<Snapshot>);
 
 /// The EC2 operations snapwarden uses, one region per value. Describes are filtered and fully paginated by the
-/// implementation; snapshot describes are always restricted to snapshots the account owns.
+/// implementation; snapshot describes are always restricted to snapshots the account owns. A new method is also
+/// forwarded by each decorator here and by the test decorator `hooked::Hooked`.
 #[async_trait]
 pub trait Ec2: Send + Sync {
     fn region(&self) -> &str;
@@ -159,10 +162,9 @@ pub trait Ec2: Send + Sync {
         None
     }
     /// Whether calls that change anything only pretend to ([`DryRun`]): the run then reports itself as a dry run,
-    /// leaves the metrics alone and does not wait for snapshots that will never exist. Decorators forward it.
-    fn dry_run(&self) -> bool {
-        false
-    }
+    /// leaves the metrics alone and does not wait for snapshots that will never exist. No default: a decorator
+    /// that forgot to forward it would turn a dry run into one that waits for and counts what it never made.
+    fn dry_run(&self) -> bool;
     /// The account the credentials belong to; snapshots owned by anyone else are never deletion candidates.
     async fn account_id(&self) -> Result<String>;
     async fn describe_instances(&self, filters: &[Filter]) -> Result<Vec<Instance>>;
@@ -184,17 +186,7 @@ pub trait Ec2: Send + Sync {
     /// per expected volume, tags and all, each with its own outcome. Same snapshots and tags, one instant per
     /// volume instead of one per instance; every decorator and backend that can do better forwards it.
     async fn create_snapshots(&self, request: &CreateSnapshots) -> Result<Vec<VolumeResult>> {
-        let calls = request.volumes.iter().map(|(volume, extra)| async move {
-            let mut tags = request.tags.clone();
-            tags.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
-            let single = CreateSnapshot {
-                volume_id: volume.clone(),
-                description: request.description.clone(),
-                tags,
-            };
-            (volume.clone(), self.create_snapshot(&single).await)
-        });
-        Ok(futures::future::join_all(calls).await)
+        Ok(create_each(self, request).await)
     }
     /// Adds (or overwrites) `tags` on every resource of `resource_ids` (EC2 takes many ids per call). The default
     /// refuses: only a backend that creates snapshots without all their tags needs it.
@@ -206,6 +198,22 @@ pub trait Ec2: Send + Sync {
         )))
     }
     async fn delete_snapshot(&self, snapshot_id: &str) -> Result<()>;
+}
+
+/// A [`CreateSnapshots`] as one [`Ec2::create_snapshot`] per expected volume, tags and all: the answer of a backend
+/// that snapshots one volume at a time (the trait's default, and `hooked::Hooked::one_volume_at_a_time`).
+pub async fn create_each<E: Ec2 + ?Sized>(ec2: &E, request: &CreateSnapshots) -> Vec<VolumeResult> {
+    let calls = request.volumes.iter().map(|(volume, extra)| async move {
+        let mut tags = request.tags.clone();
+        tags.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let single = CreateSnapshot {
+            volume_id: volume.clone(),
+            description: request.description.clone(),
+            tags,
+        };
+        (volume.clone(), ec2.create_snapshot(&single).await)
+    });
+    futures::future::join_all(calls).await
 }
 
 /// Walks every page of a snapshot describe, handing each page's snapshots to `each` before asking for the next.

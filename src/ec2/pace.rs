@@ -732,6 +732,9 @@ mod tests {
         fn region(&self) -> &str {
             "r"
         }
+        fn dry_run(&self) -> bool {
+            false
+        }
         async fn account_id(&self) -> Result<String> {
             self.next(Op::GetCallerIdentity).map(|_| "1".into())
         }

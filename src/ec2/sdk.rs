@@ -176,6 +176,9 @@ impl Ec2 for SdkEc2 {
     fn region(&self) -> &str {
         &self.region
     }
+    fn dry_run(&self) -> bool {
+        false
+    }
 
     async fn account_id(&self) -> Result<String> {
         let out = self

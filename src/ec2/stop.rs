@@ -270,60 +270,37 @@ impl Ec2 for Guarded {
 mod tests {
     use super::*;
     use crate::ec2::fake::FakeEc2;
+    use crate::ec2::hooked::{Call, Hooked, Step};
     use crate::ec2::pace::{PaceConfig, Paced};
     use crate::retention::SnapState;
 
     /// Throttles the first DeleteSnapshot and stops the ledger at that moment: the stop arrives while `Paced` has
     /// the call between two attempts (in backoff).
-    struct StopWhileThrottled {
-        fake: FakeEc2,
-        ledger: Arc<Mutations>,
-    }
-
-    #[async_trait]
-    impl Ec2 for StopWhileThrottled {
-        fn region(&self) -> &str {
-            self.fake.region()
-        }
-        async fn account_id(&self) -> Result<String> {
-            self.fake.account_id().await
-        }
-        async fn describe_instances(&self, f: &[Filter]) -> Result<Vec<Instance>> {
-            self.fake.describe_instances(f).await
-        }
-        async fn describe_volumes(&self, f: &[Filter]) -> Result<Vec<Volume>> {
-            self.fake.describe_volumes(f).await
-        }
-        async fn describe_snapshots(
-            &self,
-            f: &[Filter],
-            t: Option<&str>,
-        ) -> Result<Page<Snapshot>> {
-            self.fake.describe_snapshots(f, t).await
-        }
-        async fn create_snapshot(&self, r: &CreateSnapshot) -> Result<Snapshot> {
-            self.fake.create_snapshot(r).await
-        }
-        async fn delete_snapshot(&self, id: &str) -> Result<()> {
-            self.fake
-                .fail_operation("DeleteSnapshot", "RequestLimitExceeded");
-            let answer = self.fake.delete_snapshot(id).await;
-            self.fake.clear_faults();
-            self.ledger.stop();
-            answer
-        }
+    fn stop_while_throttled(fake: Arc<FakeEc2>, ledger: Arc<Mutations>) -> Hooked {
+        let throttle = fake.clone();
+        Hooked::new(fake.clone())
+            .before(move |call| {
+                if let Call::DeleteSnapshot(_) = call {
+                    throttle.fail_operation("DeleteSnapshot", "RequestLimitExceeded");
+                }
+                Step::Go
+            })
+            .after(move |call, _| {
+                if let Call::DeleteSnapshot(_) = call {
+                    fake.clear_faults();
+                    ledger.stop();
+                }
+                Step::Go
+            })
     }
 
     #[tokio::test]
     async fn a_call_in_backoff_when_the_stop_comes_is_not_sent_again() {
         let ledger = Arc::new(Mutations::default());
-        let fake = FakeEc2::new("test-1");
+        let fake = Arc::new(FakeEc2::new("test-1"));
         let (_, vols) = fake.add_instance(&[("Backup", "true")], &[("/dev/sdf", "gp3")]);
         let snap = fake.seed_snapshot(&vols[0], SnapState::Completed, "1", &[]);
-        let backend = Arc::new(StopWhileThrottled {
-            fake,
-            ledger: ledger.clone(),
-        });
+        let backend = Arc::new(stop_while_throttled(fake.clone(), ledger.clone()));
         let pace = PaceConfig {
             backoff_base: std::time::Duration::from_millis(1),
             backoff_cap: std::time::Duration::from_millis(5),
@@ -336,12 +313,8 @@ mod tests {
         );
         let err = ec2.delete_snapshot(&snap).await.unwrap_err();
         assert_eq!(err.kind(), "stopped", "{err}");
-        assert_eq!(
-            backend.fake.calls("DeleteSnapshot"),
-            1,
-            "the retry was not sent"
-        );
-        assert_eq!(backend.fake.snapshots().len(), 1, "nothing deleted");
+        assert_eq!(fake.calls("DeleteSnapshot"), 1, "the retry was not sent");
+        assert_eq!(fake.snapshots().len(), 1, "nothing deleted");
         assert_eq!(ledger.in_flight(), 0);
     }
 

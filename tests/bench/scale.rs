@@ -22,16 +22,13 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use snapwarden::config::{self, Config};
 use snapwarden::ec2::fake::{FakeEc2, FAKE_ACCOUNT};
+use snapwarden::ec2::hooked::{Answer, Call, Hooked, Step};
 use snapwarden::ec2::op::Op;
 use snapwarden::ec2::pace::{Group, PaceConfig, Paced, TokenBucket};
-use snapwarden::ec2::{
-    self, CreateSnapshot, CreateSnapshots, Ec2, Filter, Instance, Instrumented, Page, Snapshot,
-    Tags, Volume, VolumeResult,
-};
+use snapwarden::ec2::{self, Ec2, Instrumented, Snapshot, Tags};
 use snapwarden::error::{Error, Result};
 use snapwarden::metrics::Metrics;
 use snapwarden::retention::{self, PlanInput, ScheduleRules, SnapState};
@@ -124,7 +121,13 @@ fn cpu() -> Duration {
 /// `RequestLimitExceeded`, as EC2 does. Counts requests and refusals per operation. Wraps any backend: the
 /// in-memory one (latency and buckets on) or the SDK against moto (both off: counting only).
 struct Metered {
-    inner: Arc<dyn Ec2>,
+    /// The backend behind the meter.
+    ec2: Arc<dyn Ec2>,
+    meter: Arc<Meter>,
+}
+
+struct Meter {
+    region: String,
     latency: Duration,
     aws: Option<Mutex<BTreeMap<Group, TokenBucket>>>,
     requests: Mutex<BTreeMap<Op, u64>>,
@@ -145,107 +148,82 @@ impl Metered {
                     .collect(),
             )
         });
-        Metered {
-            inner,
+        let meter = Arc::new(Meter {
+            region: inner.region().to_string(),
             latency,
             aws,
             requests: Mutex::new(BTreeMap::new()),
             throttled: Mutex::new(BTreeMap::new()),
+        });
+        let (before, after) = (meter.clone(), meter.clone());
+        let ec2 = Hooked::new(inner)
+            .before(move |call| match call {
+                // Paginated describes: counted once the answer says how many pages it took.
+                Call::DescribeInstances(_) | Call::DescribeVolumes(_) => Step::Go,
+                // DescribeSnapshots is paged by the caller: one request per page, like every other call.
+                _ => Step::run(before.clone().requests(call.operation(), 1)),
+            })
+            .after(move |call, answer| {
+                let n = match answer {
+                    Answer::Instances(Ok(all)) => all.len(),
+                    Answer::Volumes(Ok(all)) => all.len(),
+                    _ => return Step::Go,
+                };
+                // One request per 1,000 objects (at least one); a refused page fails the sweep.
+                let pages = n.div_ceil(1000).max(1);
+                Step::run(after.clone().requests(call.operation(), pages))
+            });
+        Metered {
+            ec2: Arc::new(ec2),
+            meter,
         }
-    }
-
-    async fn request(&self, operation: Op) -> Result<()> {
-        if !self.latency.is_zero() {
-            tokio::time::sleep(self.latency).await;
-        }
-        *self.requests.lock().unwrap().entry(operation).or_default() += 1;
-        if let (Some(aws), Some(group)) = (&self.aws, operation.group()) {
-            let now = tokio::time::Instant::now().into_std();
-            let refused = aws
-                .lock()
-                .unwrap()
-                .get_mut(&group)
-                .expect("a bucket per group")
-                .try_take(now)
-                .is_err();
-            if refused {
-                *self.throttled.lock().unwrap().entry(operation).or_default() += 1;
-                return Err(Error::api(
-                    operation,
-                    self.inner.region(),
-                    "RequestLimitExceeded",
-                    "Request limit exceeded (benchmark bucket)",
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// A paginated describe: one request per 1,000 objects (at least one); a refused page fails the sweep.
-    async fn pages<T>(&self, operation: Op, items: Vec<T>) -> Result<Vec<T>> {
-        for _ in 0..items.len().div_ceil(1000).max(1) {
-            self.request(operation).await?;
-        }
-        Ok(items)
     }
 
     fn requests(&self) -> BTreeMap<Op, u64> {
-        self.requests.lock().unwrap().clone()
+        self.meter.requests.lock().unwrap().clone()
     }
 
     fn throttled(&self) -> u64 {
-        self.throttled.lock().unwrap().values().sum()
+        self.meter.throttled.lock().unwrap().values().sum()
     }
 }
 
-#[async_trait]
-impl Ec2 for Metered {
-    fn region(&self) -> &str {
-        self.inner.region()
-    }
-    async fn account_id(&self) -> Result<String> {
-        self.request(Op::GetCallerIdentity).await?;
-        self.inner.account_id().await
-    }
-    async fn describe_instances(&self, f: &[Filter]) -> Result<Vec<Instance>> {
-        let all = self.inner.describe_instances(f).await?;
-        self.pages(Op::DescribeInstances, all).await
-    }
-    async fn describe_volumes(&self, f: &[Filter]) -> Result<Vec<Volume>> {
-        let all = self.inner.describe_volumes(f).await?;
-        self.pages(Op::DescribeVolumes, all).await
-    }
-    /// Paged by the caller: one request per page.
-    async fn describe_snapshots(&self, f: &[Filter], t: Option<&str>) -> Result<Page<Snapshot>> {
-        self.request(Op::DescribeSnapshots).await?;
-        self.inner.describe_snapshots(f, t).await
-    }
-    async fn create_snapshot(&self, r: &CreateSnapshot) -> Result<Snapshot> {
-        self.request(Op::CreateSnapshot).await?;
-        self.inner.create_snapshot(r).await
-    }
-    async fn create_snapshots(&self, r: &CreateSnapshots) -> Result<Vec<VolumeResult>> {
-        self.request(Op::CreateSnapshots).await?;
-        self.inner.create_snapshots(r).await
-    }
-    async fn create_tags(&self, ids: &[String], tags: &Tags) -> Result<()> {
-        self.request(Op::CreateTags).await?;
-        self.inner.create_tags(ids, tags).await
-    }
-    async fn delete_snapshot(&self, id: &str) -> Result<()> {
-        self.request(Op::DeleteSnapshot).await?;
-        self.inner.delete_snapshot(id).await
+impl Meter {
+    /// `n` requests of `operation`, one after the other; the first refused ends them.
+    async fn requests(self: Arc<Self>, operation: Op, n: usize) -> Result<()> {
+        for _ in 0..n {
+            if !self.latency.is_zero() {
+                tokio::time::sleep(self.latency).await;
+            }
+            *self.requests.lock().unwrap().entry(operation).or_default() += 1;
+            if let (Some(aws), Some(group)) = (&self.aws, operation.group()) {
+                let now = tokio::time::Instant::now().into_std();
+                let refused = aws
+                    .lock()
+                    .unwrap()
+                    .get_mut(&group)
+                    .expect("a bucket per group")
+                    .try_take(now)
+                    .is_err();
+                if refused {
+                    *self.throttled.lock().unwrap().entry(operation).or_default() += 1;
+                    return Err(Error::api(
+                        operation,
+                        self.region.clone(),
+                        "RequestLimitExceeded",
+                        "Request limit exceeded (benchmark bucket)",
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
 // --- the estate --------------------------------------------------------------------------------------------------
 
-const DEVICES: [&str; 4] = ["/dev/xvda", "/dev/sdf", "/dev/sdg", "/dev/sdh"];
-
 fn slot() -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339("2026-03-02T04:30:00Z")
-        .unwrap()
-        .to_utc()
+    common::slot("2026-03-02T04:30:00Z")
 }
 
 /// Volumes per instance: 1, 2, 3, 4, 1, 2, … (2.5 on average), the last instance cut to reach exactly `volumes`.
@@ -262,40 +240,38 @@ fn shape(volumes: usize) -> Vec<usize> {
     out
 }
 
+/// The tags of a history snapshot of `device` of `instance`, `day` days before the slot, as snapwarden writes them.
 fn history_tags(instance: &str, device: &str, day: i64) -> Vec<(String, String)> {
-    vec![
-        (ec2::TAG_MANAGED.into(), "true".into()),
-        (ec2::TAG_POLICY.into(), "prod".into()),
-        (ec2::TAG_SCHEDULE.into(), "daily".into()),
-        (
-            ec2::TAG_SLOT.into(),
-            format_slot(slot() - chrono::Duration::days(day)),
-        ),
-        ("Name".into(), format!("web-{instance}")),
-        (ec2::TAG_INSTANCE.into(), instance.into()),
-        (ec2::TAG_DEVICE.into(), device.into()),
-        ("Backup".into(), "true".into()),
-    ]
+    let at = format_slot(slot() - chrono::Duration::days(day));
+    let name = format!("web-{instance}");
+    let own = [
+        ("Name", name.as_str()),
+        (ec2::TAG_INSTANCE, instance),
+        (ec2::TAG_DEVICE, device),
+        ("Backup", "true"),
+    ];
+    common::managed_tags("prod", "daily", &at)
+        .iter()
+        .chain(&own)
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 fn fake_estate(region: &str, volumes: usize, history: usize) -> (Arc<FakeEc2>, usize) {
     let fake = Arc::new(FakeEc2::new(region));
     fake.set_clock(slot());
-    let shape = shape(volumes);
-    for (i, &k) in shape.iter().enumerate() {
-        let name = format!("web-{i}");
-        let devs: Vec<(&str, &str)> = DEVICES[..k].iter().map(|d| (*d, "gp3")).collect();
-        let (id, vols) = fake.add_instance(&[("Backup", "true"), ("Name", &name)], &devs);
-        for (v, dev) in vols.iter().zip(DEVICES) {
+    let fleet = common::web_fleet(&fake, shape(volumes));
+    for (id, vols) in &fleet {
+        for (v, dev) in vols.iter().zip(common::DEVICES) {
             for day in 1..=history as i64 {
-                let tags = history_tags(&id, dev, day);
+                let tags = history_tags(id, dev, day);
                 let tags: Vec<(&str, &str)> =
                     tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
                 fake.seed_snapshot(v, SnapState::Completed, FAKE_ACCOUNT, &tags);
             }
         }
     }
-    (fake, shape.len())
+    (fake, fleet.len())
 }
 
 fn policy_config(history: usize, consistency: &str) -> Config {
@@ -390,8 +366,11 @@ async fn pass(metered: Arc<Metered>, config: &Config, pace: PaceConfig) -> Pass 
         config.daemon.max_concurrent_aws_calls,
     ));
     let metrics = Arc::new(Metrics::new());
-    let instrumented: Arc<dyn Ec2> =
-        Arc::new(Instrumented::new(metered.clone(), permits, metrics.clone()));
+    let instrumented: Arc<dyn Ec2> = Arc::new(Instrumented::new(
+        metered.ec2.clone(),
+        permits,
+        metrics.clone(),
+    ));
     let paced = Paced::new(instrumented, pace);
     let t0 = tokio::time::Instant::now();
     let account = paced.account_id().await.expect("account id");
@@ -641,9 +620,6 @@ fn planner(n: usize) {
 /// Builds the estate shape in moto through the raw SDK (instances with their volumes, H tagged history snapshots per
 /// volume), runs the pass through `SdkEc2`, and compares the requests with an in-memory pass of the same shape.
 fn moto(a: &Args) {
-    use aws_sdk_ec2::types::{
-        BlockDeviceMapping, EbsBlockDevice, InstanceType, ResourceType, Tag, TagSpecification,
-    };
     let moto = common::Moto::start();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -655,61 +631,26 @@ fn moto(a: &Args) {
         per_volume_gap: Duration::ZERO,
         ..pace(1.0)
     };
-    let tag = |k: &str, v: &str| Tag::builder().key(k).value(v).build();
     let (moto_requests, report) = rt.block_on(async {
         let conf = moto.sdk_config().await;
         let raw = aws_sdk_ec2::Client::new(&conf);
         for (i, &k) in shape.iter().enumerate() {
-            let mut req = raw
-                .run_instances()
-                .image_id("ami-12c6146b")
-                .instance_type(InstanceType::T3Micro)
-                .min_count(1)
-                .max_count(1)
-                .tag_specifications(
-                    TagSpecification::builder()
-                        .resource_type(ResourceType::Instance)
-                        .tags(tag("Backup", "true"))
-                        .tags(tag("Name", &format!("web-{i}")))
-                        .build(),
-                );
-            for d in &DEVICES[..k] {
-                req = req.block_device_mappings(
-                    BlockDeviceMapping::builder()
-                        .device_name(*d)
-                        .ebs(EbsBlockDevice::builder().volume_size(8).build())
-                        .build(),
-                );
-            }
-            let id = req.send().await.expect("RunInstances").instances()[0]
-                .instance_id()
-                .unwrap()
-                .to_string();
+            let name = format!("web-{i}");
+            let tags = [("Backup", "true"), ("Name", name.as_str())];
+            let (id, _) = common::launch_instance(&raw, &tags, &common::DEVICES[..k]).await;
             let vols = raw
                 .describe_volumes()
-                .filters(
-                    aws_sdk_ec2::types::Filter::builder()
-                        .name("attachment.instance-id")
-                        .values(&id)
-                        .build(),
-                )
+                .filters(common::filter("attachment.instance-id", &[&id]))
                 .send()
                 .await
                 .expect("DescribeVolumes");
             for v in vols.volumes() {
                 let device = v.attachments()[0].device().unwrap_or_default().to_string();
                 for day in 1..=a.moto_history as i64 {
-                    let mut spec =
-                        TagSpecification::builder().resource_type(ResourceType::Snapshot);
-                    for (k, v) in history_tags(&id, &device, day) {
-                        spec = spec.tags(tag(&k, &v));
-                    }
-                    raw.create_snapshot()
-                        .volume_id(v.volume_id().unwrap())
-                        .tag_specifications(spec.build())
-                        .send()
-                        .await
-                        .expect("CreateSnapshot (history)");
+                    let tags = history_tags(&id, &device, day);
+                    let tags: Vec<(&str, &str)> =
+                        tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                    common::moto_snapshot(&raw, v.volume_id().unwrap(), &tags).await;
                 }
             }
         }

@@ -1,10 +1,17 @@
 //! Test support shared by the integration tests: a real moto server on a free loopback port (one per test, killed
 //! on drop), SDK clients pointed at it, and a config whose `aws.endpoint-url` names it. A test that needs moto and
-//! cannot find it fails with the command that installs it; it never skips.
+//! cannot find it fails with the command that installs it; it never skips. Also what every test file would
+//! otherwise write again: a slot from its text, metric values out of Prometheus text (`prom.rs`), and estates to
+//! seed (instances and volumes in moto or `FakeEc2`, snapshots tagged as snapwarden tags its own).
 #![allow(dead_code)]
 
 pub mod fault_proxy;
 pub mod process;
+pub mod prom;
+
+// Not every test binary reads metrics.
+#[allow(unused_imports)]
+pub use prom::{metric, metric_sum};
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -12,8 +19,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
+
 pub const REGION: &str = "us-east-1";
 pub const ACCOUNT: &str = "123456789012";
+
+/// A time from its RFC 3339 text: the slot (or the clock) a test runs at.
+pub fn slot(rfc3339: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(rfc3339)
+        .unwrap_or_else(|e| panic!("{rfc3339}: {e}"))
+        .to_utc()
+}
 
 pub struct Moto {
     child: Child,
@@ -201,7 +217,76 @@ pub async fn slots_by_volume(
     by
 }
 
+/// The tags snapwarden writes on its snapshots of `policy` for `schedules` (comma-separated) at `slot` (the slot's
+/// tag text): what every history a test seeds carries, in moto or in `FakeEc2`.
+pub fn managed_tags<'a>(
+    policy: &'a str,
+    schedules: &'a str,
+    slot: &'a str,
+) -> [(&'a str, &'a str); 4] {
+    use snapwarden::ec2::{TAG_MANAGED, TAG_POLICY, TAG_SCHEDULE, TAG_SLOT};
+    [
+        (TAG_MANAGED, "true"),
+        (TAG_POLICY, policy),
+        (TAG_SCHEDULE, schedules),
+        (TAG_SLOT, slot),
+    ]
+}
+
+/// Device names of the volumes of [`web_fleet`]'s instances, in order.
+pub const DEVICES: [&str; 4] = ["/dev/xvda", "/dev/sdf", "/dev/sdg", "/dev/sdh"];
+
+/// Instances named `web-<i>` and tagged `Backup = "true"` in `fake`, the i-th with `volumes[i]` gp3 volumes (1 to 4,
+/// on [`DEVICES`]); returns (instance id, volume ids) per instance.
+pub fn web_fleet(
+    fake: &snapwarden::ec2::fake::FakeEc2,
+    volumes: impl IntoIterator<Item = usize>,
+) -> Vec<(String, Vec<String>)> {
+    volumes
+        .into_iter()
+        .enumerate()
+        .map(|(i, k)| {
+            let devs: Vec<(&str, &str)> = DEVICES[..k].iter().map(|d| (*d, "gp3")).collect();
+            let name = format!("web-{i}");
+            fake.add_instance(&[("Backup", "true"), ("Name", &name)], &devs)
+        })
+        .collect()
+}
+
+/// A snapshot of `volume` in moto with `tags` at creation (moto completes it at once); returns its id.
+pub async fn moto_snapshot(
+    raw: &aws_sdk_ec2::Client,
+    volume: &str,
+    tags: &[(&str, &str)],
+) -> String {
+    use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
+    let mut req = raw
+        .create_snapshot()
+        .volume_id(volume)
+        .description("seeded by a test");
+    // moto refuses a tag specification without tags.
+    if !tags.is_empty() {
+        req = req.tag_specifications(
+            TagSpecification::builder()
+                .resource_type(ResourceType::Snapshot)
+                .set_tags(Some(
+                    tags.iter()
+                        .map(|(k, v)| Tag::builder().key(*k).value(*v).build())
+                        .collect(),
+                ))
+                .build(),
+        );
+    }
+    req.send()
+        .await
+        .expect("CreateSnapshot on moto")
+        .snapshot_id()
+        .unwrap()
+        .to_string()
+}
+
 /// Launches one instance tagged `tags` with one 8 GiB EBS volume per device; returns (instance id, volume ids).
+/// moto makes no root volume when block device mappings are given: one volume per device, checked.
 pub async fn launch_instance(
     raw: &aws_sdk_ec2::Client,
     tags: &[(&str, &str)],
@@ -215,8 +300,10 @@ pub async fn launch_instance(
         .image_id("ami-12c6146b")
         .instance_type(InstanceType::T3Micro)
         .min_count(1)
-        .max_count(1)
-        .tag_specifications(
+        .max_count(1);
+    // moto refuses a tag specification without tags.
+    if !tags.is_empty() {
+        req = req.tag_specifications(
             TagSpecification::builder()
                 .resource_type(ResourceType::Instance)
                 .set_tags(Some(
@@ -226,6 +313,7 @@ pub async fn launch_instance(
                 ))
                 .build(),
         );
+    }
     for d in devices {
         req = req.block_device_mappings(
             BlockDeviceMapping::builder()
@@ -242,11 +330,18 @@ pub async fn launch_instance(
         .send()
         .await
         .expect("DescribeVolumes");
-    let volumes = vols
+    let volumes: Vec<String> = vols
         .volumes()
         .iter()
         .filter_map(|v| v.volume_id())
         .map(String::from)
         .collect();
+    if !devices.is_empty() {
+        assert_eq!(
+            volumes.len(),
+            devices.len(),
+            "moto made one volume per mapping of {id}"
+        );
+    }
     (id, volumes)
 }
