@@ -36,7 +36,7 @@ use crate::status::{self, Health, StatusBoard};
 use crate::worker::{self, Region, RunSpec};
 
 /// How long the scheduler may stay silent before `/healthz` reports it stalled.
-pub const STALL_AFTER: Duration = Duration::from_secs(30);
+pub(crate) const STALL_AFTER: Duration = Duration::from_secs(30);
 
 /// Shared parts of the process.
 #[derive(Clone)]
@@ -50,7 +50,7 @@ pub struct Shared {
     /// Mutating EC2 calls in flight in every region; stopped when the shutdown grace period is over.
     pub mutations: Arc<Mutations>,
     /// The config the scheduler fires from: `config` at start, replaced by each applied [`reload`].
-    pub live: Arc<tokio::sync::watch::Sender<Arc<Config>>>,
+    pub(crate) live: Arc<tokio::sync::watch::Sender<Arc<Config>>>,
     /// Host-wide slot locks each run takes (`run` sets them; None for in-memory backends and tests).
     pub locks: Option<LockDir>,
 }
@@ -610,7 +610,7 @@ pub enum ReloadOutcome {
 }
 
 impl ReloadOutcome {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ReloadOutcome::Applied => "applied",
             ReloadOutcome::Invalid => "invalid",
@@ -622,7 +622,7 @@ impl ReloadOutcome {
 /// Keys of `new` that differ from the running config outside `[[policy]]`. The AWS clients, the listener, the
 /// logger, pacing and the run bounds were built from them at start, so they take a restart; policies are what a
 /// reload is for.
-pub fn restart_keys(running: &Config, new: &Config) -> Vec<&'static str> {
+pub(crate) fn restart_keys(running: &Config, new: &Config) -> Vec<&'static str> {
     let (a, b) = (&running.daemon, &new.daemon);
     let mut keys: Vec<&'static str> = [
         ("daemon.listen", a.listen == b.listen),

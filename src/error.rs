@@ -78,16 +78,16 @@ impl Error {
     }
 
     /// Whether AWS answered with an error code of this meaning.
-    pub fn is(&self, code: Code) -> bool {
+    pub(crate) fn is(&self, code: Code) -> bool {
         matches!(self, Error::Api { code: c, .. } if *c == code)
     }
 
-    pub fn is_throttle(&self) -> bool {
+    pub(crate) fn is_throttle(&self) -> bool {
         self.is(Code::Throttled)
     }
 
     /// The call and the meaning of its code, for an API error.
-    pub fn api_failure(&self) -> Option<ApiFailure> {
+    pub(crate) fn api_failure(&self) -> Option<ApiFailure> {
         match self {
             Error::Api {
                 operation, code, ..
@@ -101,7 +101,7 @@ impl Error {
 
     /// Whether trying the same call again can succeed without anyone changing anything, and after what wait
     /// (None: give the error back): the one classification `ec2::pace::Paced`, the only retrier, acts on.
-    pub fn retry(&self) -> Option<RetryAfter> {
+    pub(crate) fn retry(&self) -> Option<RetryAfter> {
         let create = |op: &Op| op.group() == Some(crate::ec2::pace::Group::Create);
         match self {
             // A throttled request was not executed, whatever the action.
@@ -160,7 +160,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// An error and its causes in words, `outer: cause: root cause`. The SDK's own `DisplayErrorContext` appends a
 /// `Debug` dump of the whole error after the chain, which buries the one line an operator needs.
-pub fn cause_chain(err: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn cause_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = err.to_string();
     let mut next = err.source();
     while let Some(cause) = next {

@@ -22,11 +22,11 @@ use crate::status::{Health, StatusBoard};
 
 #[derive(Clone)]
 pub struct AppState {
-    pub metrics: Arc<Metrics>,
-    pub status: Arc<StatusBoard>,
-    pub health: Arc<Health>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) status: Arc<StatusBoard>,
+    pub(crate) health: Arc<Health>,
     /// The loop ticks at least once a second; this much silence means it is stuck.
-    pub stall_after: Duration,
+    pub(crate) stall_after: Duration,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -115,18 +115,18 @@ async fn status(State(s): State<AppState>) -> Response {
 /// Open HTTP connections at most. The port serves a scraper, a health check and the odd operator: a few at a
 /// time. 64 leaves more than 900 of even a 1,024 descriptor limit to AWS calls (at most
 /// `daemon.max-concurrent-aws-calls` ≤ 256 connections), logs and the lock files.
-pub const MAX_CONNECTIONS: usize = 64;
+pub(crate) const MAX_CONNECTIONS: usize = 64;
 /// Time a client has to send a request's headers, counted from the connection's start or the previous response:
 /// also the idle keep-alive timeout.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection is asked to close after this long, whatever it is doing (a client that never reads its response).
-pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+pub(crate) const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 /// After a stop or the end of its life, how long a connection may take to finish the response it is writing.
-pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3);
+pub(crate) const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Serves `app` on `listener` until `stop`; then stops accepting, lets each connection finish its current
 /// response within [`SHUTDOWN_TIMEOUT`] and drops the rest. Returns when every connection is gone.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
     metrics: Arc<Metrics>,

@@ -67,7 +67,8 @@ impl LockDir {
         LockDir(dir)
     }
 
-    pub fn path(&self) -> &Path {
+    #[cfg(test)]
+    pub(crate) fn path(&self) -> &Path {
         &self.0
     }
 

@@ -24,36 +24,36 @@ const KEEP_REASONS: &[&str] = Reason::LABELS.split_at(Reason::KEEP_LABELS).0;
 
 pub struct Metrics {
     registry: Registry,
-    pub snapshots_created: IntCounterVec,
+    pub(crate) snapshots_created: IntCounterVec,
     pub snapshots_deleted: IntCounterVec,
     pub snapshots_failed: IntCounterVec,
-    pub runs: IntCounterVec,
-    pub run_duration: HistogramVec,
-    pub last_success: GaugeVec,
-    pub next_run: GaugeVec,
-    pub managed_snapshots: IntGaugeVec,
+    pub(crate) runs: IntCounterVec,
+    pub(crate) run_duration: HistogramVec,
+    pub(crate) last_success: GaugeVec,
+    pub(crate) next_run: GaugeVec,
+    pub(crate) managed_snapshots: IntGaugeVec,
     staleness: GaugeVec,
-    pub staleness_threshold: GaugeVec,
+    pub(crate) staleness_threshold: GaugeVec,
     unprotected: IntGaugeVec,
-    pub aws_requests: IntCounterVec,
+    pub(crate) aws_requests: IntCounterVec,
     pub aws_throttles: IntCounterVec,
     pub notifications: IntCounterVec,
-    pub skipped_fires: IntCounterVec,
+    pub(crate) skipped_fires: IntCounterVec,
     /// Runs that panicked (each also counted as a failed run in `runs`).
-    pub run_panics: IntCounterVec,
+    pub(crate) run_panics: IntCounterVec,
     /// Retries of a failed or partial run within its slot, counted when scheduled.
-    pub run_retries: IntCounterVec,
+    pub(crate) run_retries: IntCounterVec,
     /// SIGHUP reloads by outcome: applied, invalid, needs-restart.
-    pub config_reloads: IntCounterVec,
+    pub(crate) config_reloads: IntCounterVec,
     pub skipped_resources: IntCounterVec,
     pub kept_in_use: IntCounterVec,
     /// Snapshots a run left `pending` at its completion deadline (the next run re-checks them).
-    pub snapshots_incomplete: IntCounterVec,
+    pub(crate) snapshots_incomplete: IntCounterVec,
     kept_by_reason: IntGaugeVec,
     deletions_blocked: IntCounterVec,
     orphaned: IntGaugeVec,
     /// HTTP connections closed at once: over the connection cap, or an accept that failed (out of descriptors).
-    pub http_refused: IntCounterVec,
+    pub(crate) http_refused: IntCounterVec,
     freshness: Mutex<HashMap<(String, String, String), Freshness>>,
 }
 
@@ -61,8 +61,8 @@ pub struct Metrics {
 /// targeted volumes have no completed snapshot at all.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Freshness {
-    pub oldest_newest: Option<DateTime<Utc>>,
-    pub unprotected: usize,
+    pub(crate) oldest_newest: Option<DateTime<Utc>>,
+    pub(crate) unprotected: usize,
 }
 
 impl Default for Metrics {
@@ -203,7 +203,7 @@ impl Metrics {
 
     /// Creates every series whose labels are known from the config, at zero, so dashboards and `rate()` alerts
     /// see a value from the first scrape instead of an absent series.
-    pub fn init_series(
+    pub(crate) fn init_series(
         &self,
         config: &crate::config::Config,
         regions: &[String],
@@ -272,7 +272,7 @@ impl Metrics {
 
     /// Drops the gauges of a schedule a reload removed, so neither its next fire nor its growing staleness
     /// lingers (and alerts); its counters stay, as counters do.
-    pub fn forget_schedule(&self, policy: &str, schedule: &str) {
+    pub(crate) fn forget_schedule(&self, policy: &str, schedule: &str) {
         let _ = self.next_run.remove_label_values(&[policy, schedule]);
         let _ = self.staleness.remove_label_values(&[policy, schedule]);
         let _ = self
@@ -286,7 +286,7 @@ impl Metrics {
     }
 
     /// A run of `schedules` panicked: a failed snapshot and retention run, and a panic.
-    pub fn run_panicked(&self, policy: &str, schedules: &[String]) {
+    pub(crate) fn run_panicked(&self, policy: &str, schedules: &[String]) {
         for s in schedules {
             for job in ["snapshot", "retention"] {
                 self.runs
@@ -298,11 +298,11 @@ impl Metrics {
     }
 
     /// `n` alerts ended with `outcome` (sent, failed, deduplicated, disabled, superseded, dropped).
-    pub fn notified(&self, outcome: &'static str, n: u64) {
+    pub(crate) fn notified(&self, outcome: &'static str, n: u64) {
         self.notifications.with_label_values(&[outcome]).inc_by(n);
     }
 
-    pub fn aws_request(&self, operation: Op, error: Option<&Error>) {
+    pub(crate) fn aws_request(&self, operation: Op, error: Option<&Error>) {
         let outcome = error.map_or("ok", Error::kind);
         self.aws_requests
             .with_label_values(&[operation.name(), outcome])
@@ -315,7 +315,7 @@ impl Metrics {
     }
 
     /// Kept-by-reason, cap blocks and orphans from one retention plan.
-    pub fn record_plan(&self, policy: &str, region: &str, plan: &KeptTally) {
+    pub(crate) fn record_plan(&self, policy: &str, region: &str, plan: &KeptTally) {
         for (reason, &n) in KEEP_REASONS.iter().zip(&plan.by_reason) {
             self.kept_by_reason
                 .with_label_values(&[policy, region, reason])
@@ -329,7 +329,7 @@ impl Metrics {
             .set(plan.orphans);
     }
 
-    pub fn set_freshness(&self, policy: &str, schedule: &str, region: &str, f: Freshness) {
+    pub(crate) fn set_freshness(&self, policy: &str, schedule: &str, region: &str, f: Freshness) {
         let key = (policy.to_string(), schedule.to_string(), region.to_string());
         self.freshness
             .lock()
@@ -376,7 +376,12 @@ impl Metrics {
 /// label arrays.
 impl Metrics {
     /// A snapshot made, counted under every schedule it serves.
-    pub fn snapshot_created(&self, policy: &str, schedules: &[impl AsRef<str>], region: &str) {
+    pub(crate) fn snapshot_created(
+        &self,
+        policy: &str,
+        schedules: &[impl AsRef<str>],
+        region: &str,
+    ) {
         for s in schedules {
             self.snapshots_created
                 .with_label_values(&[policy, s.as_ref(), region])
@@ -385,7 +390,12 @@ impl Metrics {
     }
 
     /// A snapshot retention deleted, counted under every schedule it served.
-    pub fn snapshot_deleted(&self, policy: &str, schedules: &[impl AsRef<str>], region: &str) {
+    pub(crate) fn snapshot_deleted(
+        &self,
+        policy: &str,
+        schedules: &[impl AsRef<str>],
+        region: &str,
+    ) {
         for s in schedules {
             self.snapshots_deleted
                 .with_label_values(&[policy, s.as_ref(), region])
@@ -394,7 +404,7 @@ impl Metrics {
     }
 
     /// A create, delete or completion (`operation`) that failed, counted under every schedule concerned.
-    pub fn snapshot_failed(
+    pub(crate) fn snapshot_failed(
         &self,
         policy: &str,
         schedules: &[impl AsRef<str>],
@@ -409,7 +419,12 @@ impl Metrics {
     }
 
     /// A target skipped for a schedule this run: `bad-count-tag`, or `pending-limit` (deferred).
-    pub fn resource_skipped(&self, policy: &str, schedules: &[impl AsRef<str>], reason: &str) {
+    pub(crate) fn resource_skipped(
+        &self,
+        policy: &str,
+        schedules: &[impl AsRef<str>],
+        reason: &str,
+    ) {
         for s in schedules {
             self.skipped_resources
                 .with_label_values(&[policy, s.as_ref(), reason])
@@ -418,19 +433,19 @@ impl Metrics {
     }
 
     /// A deletion refused because the snapshot backs an AMI.
-    pub fn kept_in_use(&self, policy: &str, region: &str) {
+    pub(crate) fn kept_in_use(&self, policy: &str, region: &str) {
         self.kept_in_use.with_label_values(&[policy, region]).inc();
     }
 
     /// A snapshot still pending at its run's completion deadline.
-    pub fn pending_at_deadline(&self, policy: &str, region: &str) {
+    pub(crate) fn pending_at_deadline(&self, policy: &str, region: &str) {
         self.snapshots_incomplete
             .with_label_values(&[policy, region])
             .inc();
     }
 
     /// The managed snapshots a run left in the region.
-    pub fn managed_snapshots(&self, policy: &str, region: &str, n: usize) {
+    pub(crate) fn managed_snapshots(&self, policy: &str, region: &str, n: usize) {
         self.managed_snapshots
             .with_label_values(&[policy, region])
             .set(n as i64);
@@ -438,7 +453,7 @@ impl Metrics {
 
     /// A finished run: its duration, and per firing schedule the result of each job (`snapshot`, `retention`)
     /// with the time of its last success.
-    pub fn run_finished(
+    pub(crate) fn run_finished(
         &self,
         policy: &str,
         schedules: &[String],
@@ -464,32 +479,32 @@ impl Metrics {
     }
 
     /// A failed or partial run's retry, scheduled.
-    pub fn run_retry(&self, policy: &str, schedule: &str) {
+    pub(crate) fn run_retry(&self, policy: &str, schedule: &str) {
         self.run_retries
             .with_label_values(&[policy, schedule])
             .inc();
     }
 
     /// A fire skipped because the schedule's previous run was still going.
-    pub fn fire_skipped(&self, policy: &str, schedule: &str) {
+    pub(crate) fn fire_skipped(&self, policy: &str, schedule: &str) {
         self.skipped_fires
             .with_label_values(&[policy, schedule])
             .inc();
     }
 
-    pub fn next_run(&self, policy: &str, schedule: &str, at: DateTime<Utc>) {
+    pub(crate) fn next_run(&self, policy: &str, schedule: &str, at: DateTime<Utc>) {
         self.next_run
             .with_label_values(&[policy, schedule])
             .set(at.timestamp() as f64);
     }
 
     /// A SIGHUP reload: `applied`, `invalid` or `needs-restart`.
-    pub fn config_reload(&self, outcome: &str) {
+    pub(crate) fn config_reload(&self, outcome: &str) {
         self.config_reloads.with_label_values(&[outcome]).inc();
     }
 
     /// An HTTP connection closed at once: `connection-cap` or `accept-error`.
-    pub fn http_refused(&self, reason: &str) {
+    pub(crate) fn http_refused(&self, reason: &str) {
         self.http_refused.with_label_values(&[reason]).inc();
     }
 }
@@ -518,13 +533,13 @@ fn int_gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeV
 /// What [`Metrics::record_plan`] reports of a plan, gathered decision by decision so a run need not hold all of
 /// them (see `retention::plan_deletions`).
 #[derive(Debug, Clone)]
-pub struct KeptTally {
+pub(crate) struct KeptTally {
     /// Kept snapshots per [`KEEP_REASONS`] entry (a snapshot counts once per distinct reason label).
     by_reason: Vec<i64>,
     blocked: u64,
     orphans: i64,
     /// Kept snapshots in all.
-    pub kept: usize,
+    pub(crate) kept: usize,
 }
 
 impl Default for KeptTally {
@@ -540,7 +555,7 @@ impl Default for KeptTally {
 
 impl KeptTally {
     /// Counts `d` if it is a keep; deletions are not counted.
-    pub fn add(&mut self, d: &Decision) {
+    pub(crate) fn add(&mut self, d: &Decision) {
         if d.action != Action::Keep {
             return;
         }

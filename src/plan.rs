@@ -32,11 +32,11 @@ use crate::worker::{self, Region};
 /// One config's plan for one policy in one region, with the snapshots it judged.
 #[derive(Debug, Clone)]
 pub struct Evaluation {
-    pub policy: String,
-    pub region: String,
+    pub(crate) policy: String,
+    pub(crate) region: String,
     /// The snapshots the plan judged (slot at or before `at`): where rows take state and schedules from.
-    pub snapshots: Vec<Snap>,
-    pub plan: Plan,
+    pub(crate) snapshots: Vec<Snap>,
+    pub(crate) plan: Plan,
 }
 
 /// A plan over a deletion cap, with where it happened: nothing of that policy in that region would be deleted.
@@ -47,50 +47,50 @@ pub struct CapVerdict {
     /// The config key to raise: `max-deletes-per-run` or `max-delete-fraction`.
     pub setting: &'static str,
     /// Its configured value.
-    pub limit: String,
+    pub(crate) limit: String,
     /// The smallest value that lets this plan through.
-    pub needed: String,
+    pub(crate) needed: String,
     pub message: String,
 }
 
 /// One managed snapshot and what a config does with it: one element of `plan --json`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Row {
-    pub policy: String,
-    pub region: String,
-    pub volume_id: String,
-    pub snapshot_id: String,
+pub(crate) struct Row {
+    pub(crate) policy: String,
+    pub(crate) region: String,
+    pub(crate) volume_id: String,
+    pub(crate) snapshot_id: String,
     /// RFC 3339 UTC, from the `snapwarden:slot` tag (the start time when it has none).
-    pub slot: String,
+    pub(crate) slot: String,
     /// `at - slot`.
-    pub age_seconds: i64,
+    pub(crate) age_seconds: i64,
     /// `pending`, `completed` or `error`.
-    pub state: &'static str,
+    pub(crate) state: &'static str,
     /// The schedules the snapshot serves (its `snapwarden:schedule` tag).
-    pub schedules: Vec<String>,
+    pub(crate) schedules: Vec<String>,
     /// The policy no longer targets the volume.
-    pub orphan: bool,
+    pub(crate) orphan: bool,
     /// `keep` or `delete`.
-    pub action: &'static str,
+    pub(crate) action: &'static str,
     /// Why, for people (`daily last 2/7`, `hourly weekly 1/4`, `pinned`, `over deletion cap`); never empty.
-    pub reasons: Vec<String>,
+    pub(crate) reasons: Vec<String>,
     /// The same reasons as bounded labels (`last`, `weekly`, `pinned`, `over-cap`, …), aligned with `reasons`.
-    pub labels: Vec<&'static str>,
+    pub(crate) labels: Vec<&'static str>,
     /// Set when a deletion cap blocked this policy's plan in this region.
-    pub cap_hit: Option<CapVerdict>,
+    pub(crate) cap_hit: Option<CapVerdict>,
 }
 
 /// One config's rows and cap verdicts, at one point in time.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Report {
-    pub at: DateTime<Utc>,
-    pub rows: Vec<Row>,
+    pub(crate) at: DateTime<Utc>,
+    pub(crate) rows: Vec<Row>,
     pub caps: Vec<CapVerdict>,
 }
 
 impl Report {
     /// What `--fail-on-delete` fails on: a deletion, or a cap that blocks deletions (the daemon would alert).
-    pub fn would_delete(&self) -> bool {
+    pub(crate) fn would_delete(&self) -> bool {
         !self.caps.is_empty() || self.rows.iter().any(|r| r.action == "delete")
     }
 }
@@ -146,9 +146,9 @@ pub fn report(evaluations: &[Evaluation], at: DateTime<Utc>) -> Report {
 
 /// Keep and delete counts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Count {
-    pub keep: usize,
-    pub delete: usize,
+pub(crate) struct Count {
+    pub(crate) keep: usize,
+    pub(crate) delete: usize,
 }
 
 impl Count {
@@ -164,16 +164,16 @@ impl Count {
 /// Counts per policy (all regions), per schedule and per volume. A snapshot serving several schedules counts
 /// under each of them (as in `/metrics`); one listing none counts under the schedule `""`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Totals {
-    pub all: Count,
-    pub policies: BTreeMap<String, Count>,
+pub(crate) struct Totals {
+    pub(crate) all: Count,
+    pub(crate) policies: BTreeMap<String, Count>,
     /// (policy, schedule)
-    pub schedules: BTreeMap<(String, String), Count>,
+    pub(crate) schedules: BTreeMap<(String, String), Count>,
     /// (policy, region, volume id)
-    pub volumes: BTreeMap<(String, String, String), Count>,
+    pub(crate) volumes: BTreeMap<(String, String, String), Count>,
 }
 
-pub fn totals(rows: &[Row]) -> Totals {
+pub(crate) fn totals(rows: &[Row]) -> Totals {
     let mut t = Totals::default();
     for r in rows {
         t.all.add(r.action);
@@ -204,10 +204,10 @@ pub fn totals(rows: &[Row]) -> Totals {
 /// What one config does with one snapshot, in a [`Change`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Verdict {
-    pub action: &'static str,
-    pub orphan: bool,
+    pub(crate) action: &'static str,
+    pub(crate) orphan: bool,
     pub reasons: Vec<String>,
-    pub labels: Vec<&'static str>,
+    pub(crate) labels: Vec<&'static str>,
 }
 
 impl Verdict {
@@ -235,12 +235,12 @@ impl Verdict {
 /// `plan --against … --json`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Change {
-    pub policy: String,
-    pub region: String,
-    pub volume_id: String,
-    pub snapshot_id: String,
+    pub(crate) policy: String,
+    pub(crate) region: String,
+    pub(crate) volume_id: String,
+    pub(crate) snapshot_id: String,
     pub slot: String,
-    pub age_seconds: i64,
+    pub(crate) age_seconds: i64,
     /// `newly-deleted` (the new config deletes what the current one keeps) or `newly-kept` (the reverse).
     pub change: &'static str,
     pub current: Verdict,
@@ -307,7 +307,7 @@ pub fn diff_would_delete(new: &Report, changes: &[Change]) -> bool {
 }
 
 /// `3d 4h`, `5h 12m`, `40m`: enough to read retention at a glance; the JSON has the exact seconds.
-pub fn format_age(seconds: i64) -> String {
+pub(crate) fn format_age(seconds: i64) -> String {
     let (sign, s) = if seconds < 0 {
         ("-", -seconds)
     } else {
@@ -369,7 +369,7 @@ fn cap_lines(caps: &[CapVerdict], which: &str) -> String {
 
 /// The human form of a plan: cap verdicts first (they decide whether anything is deleted at all), every snapshot,
 /// then totals per policy, schedule and volume.
-pub fn render_table(report: &Report) -> String {
+pub(crate) fn render_table(report: &Report) -> String {
     let mut out = format!(
         "plan at {} (ages from it; snapshots with a later slot are not counted)\n",
         format_slot(report.at)
@@ -445,7 +445,7 @@ fn render_totals(t: &Totals) -> String {
 }
 
 /// The human form of a diff: what changes, with both configs' reasons, then each config's totals.
-pub fn render_diff(current: &Report, new: &Report, changes: &[Change]) -> String {
+pub(crate) fn render_diff(current: &Report, new: &Report, changes: &[Change]) -> String {
     let mut out = format!(
         "diff at {}: the new config (--config) against the current one (--against)\n",
         format_slot(new.at)
@@ -561,8 +561,8 @@ pub struct Gathered {
 #[derive(Debug, thiserror::Error)]
 #[error("policy `{policy}`: {error}")]
 pub struct GatherError {
-    pub policy: String,
-    pub error: Error,
+    pub(crate) policy: String,
+    pub(crate) error: Error,
 }
 
 /// Surveys every region for every policy of `new` (and of `current`, by name) and plans them at `req.at`.

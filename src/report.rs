@@ -59,13 +59,13 @@ pub struct Problem {
     /// For an AWS error: the call and what its code means, which alerts match on (`Error::api_failure`). Not in
     /// the JSON: `code` and `message` say it in words.
     #[serde(skip)]
-    pub aws: Option<ApiFailure>,
+    pub(crate) aws: Option<ApiFailure>,
 }
 
 impl Problem {
     /// What `e` did to `resource` during `operation`: its code, its message, and the AWS call and code meaning
     /// it carries, if any.
-    pub fn of(resource: String, operation: &'static str, e: &Error) -> Problem {
+    pub(crate) fn of(resource: String, operation: &'static str, e: &Error) -> Problem {
         Problem {
             resource,
             operation,
@@ -79,16 +79,16 @@ impl Problem {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RunReport {
     pub run_id: String,
-    pub policy: String,
-    pub schedules: Vec<String>,
-    pub region: String,
-    pub slot: DateTime<Utc>,
-    pub started_at: DateTime<Utc>,
-    pub finished_at: DateTime<Utc>,
+    pub(crate) policy: String,
+    pub(crate) schedules: Vec<String>,
+    pub(crate) region: String,
+    pub(crate) slot: DateTime<Utc>,
+    pub(crate) started_at: DateTime<Utc>,
+    pub(crate) finished_at: DateTime<Utc>,
     pub dry_run: bool,
     /// 0 for a slot's first run, n for its n-th retry within the slot (the daemon retries failed and partial
     /// runs of the latest slot until the schedule's next fire).
-    pub retry: u32,
+    pub(crate) retry: u32,
     /// Volumes that should have a snapshot of this slot.
     pub targeted_volumes: usize,
     pub created: usize,
@@ -109,7 +109,7 @@ pub struct RunReport {
 }
 
 impl RunReport {
-    pub fn new(
+    pub(crate) fn new(
         run_id: String,
         policy: &str,
         schedules: Vec<String>,
@@ -163,7 +163,7 @@ impl RunReport {
     /// bad count-tag values on targets (`target`), snapshots retention set aside (a slot in the future, a copy
     /// that records no source) and a deletion cap hit. Retrying those would survey the region again and again
     /// until the next fire to report the same thing.
-    pub fn worth_retrying(&self) -> bool {
+    pub(crate) fn worth_retrying(&self) -> bool {
         const FOR_A_PERSON: [&str; 3] = ["future-slot", "unplaced-copy", "deletion-cap"];
         self.fatal.is_some()
             || self
@@ -173,7 +173,7 @@ impl RunReport {
     }
 
     /// The distinct error codes, sorted: what de-duplication compares.
-    pub fn codes(&self) -> Vec<String> {
+    pub(crate) fn codes(&self) -> Vec<String> {
         let mut codes: Vec<String> = self
             .fatal
             .iter()
@@ -185,7 +185,7 @@ impl RunReport {
         codes
     }
 
-    pub fn schedule_label(&self) -> String {
+    pub(crate) fn schedule_label(&self) -> String {
         self.schedules.join(",")
     }
 }

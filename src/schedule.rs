@@ -145,7 +145,7 @@ impl Cron {
     }
 
     /// First fire time strictly after `after`, computed in timezone `tz`.
-    pub fn next_after(&self, after: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
+    pub(crate) fn next_after(&self, after: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
         let after = whole_seconds(after);
         let wall = after.with_timezone(&tz).naive_local();
         let ahead = self.first_fire_after_wall(wall, after, tz);
@@ -170,7 +170,7 @@ impl Cron {
     }
 
     /// The next `n` fire times strictly after `after`.
-    pub fn upcoming(&self, after: DateTime<Utc>, tz: Tz, n: usize) -> Vec<DateTime<Utc>> {
+    pub(crate) fn upcoming(&self, after: DateTime<Utc>, tz: Tz, n: usize) -> Vec<DateTime<Utc>> {
         let mut out = Vec::with_capacity(n);
         let mut cursor = after;
         while out.len() < n {
@@ -322,7 +322,7 @@ impl Cron {
 
 /// Several schedules of one policy: the earliest fire instant strictly after `after` and the indexes
 /// (ascending) of every schedule that fires at exactly that instant. None if no schedule ever fires again.
-pub fn next_group(
+pub(crate) fn next_group(
     crons: &[&Cron],
     after: DateTime<Utc>,
     tz: Tz,
@@ -331,7 +331,7 @@ pub fn next_group(
 }
 
 /// Same as `next_group`, for the latest instant at or before `at` (catch-up at start, `once` without --slot).
-pub fn latest_group(
+pub(crate) fn latest_group(
     crons: &[&Cron],
     at: DateTime<Utc>,
     tz: Tz,

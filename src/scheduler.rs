@@ -15,7 +15,7 @@ use crate::schedule::{self, Cron};
 
 /// The longest wait between two retries of one slot: a daily schedule keeps trying every half hour or so after
 /// the first few quick attempts, instead of waiting most of a day between the last ones.
-pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(30 * 60);
+pub(crate) const MAX_RETRY_DELAY: Duration = Duration::from_secs(30 * 60);
 
 /// When retry number `attempt` (1 for the first) of a slot starts, or None when the slot is given up on.
 ///
@@ -24,7 +24,7 @@ pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(30 * 60);
 /// never sooner than half the backoff (an outage is not over a second later). A retry must leave one `base` before
 /// `next_fire`: a retry still running when the schedule fires again would make that newer fire skip, and the newer
 /// slot matters more. No `next_fire` (a cron that never fires again) or a zero `base` means no retries.
-pub fn retry_at(
+pub(crate) fn retry_at(
     attempt: u32,
     now: DateTime<Utc>,
     next_fire: Option<DateTime<Utc>>,
@@ -47,12 +47,12 @@ pub fn retry_at(
 /// Where a fire acts: today one region of the account the daemon runs as; it is to become an (account, region)
 /// pair, which is why it is a type and not a region name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Scope {
-    pub region: String,
+pub(crate) struct Scope {
+    pub(crate) region: String,
 }
 
 impl Scope {
-    pub fn region(name: impl Into<String>) -> Self {
+    pub(crate) fn region(name: impl Into<String>) -> Self {
         Scope {
             region: name.into(),
         }
@@ -67,14 +67,14 @@ impl std::fmt::Display for Scope {
 
 /// Why a fire starts: the `why` field of its log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Why {
+pub(crate) enum Why {
     /// The latest slot of each policy at start: runs already done for it find their snapshots and do nothing.
     CatchUp,
     Schedule,
 }
 
 impl Why {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Why::CatchUp => "catch-up",
             Why::Schedule => "schedule",
@@ -84,27 +84,27 @@ impl Why {
 
 /// The unit of work: one policy's slot in one scope.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Unit<'a> {
-    pub policy: &'a str,
-    pub slot: DateTime<Utc>,
-    pub scope: &'a Scope,
+pub(crate) struct Unit<'a> {
+    pub(crate) policy: &'a str,
+    pub(crate) slot: DateTime<Utc>,
+    pub(crate) scope: &'a Scope,
 }
 
 /// One fire: the schedules of one policy that fire at `slot` and are not still running (one snapshot per volume
 /// serves them all), over every scope. Its units run together: they share one run permit, one host lock and one
 /// retry loop per attempt. Until [`Scheduler::finished`] hears of it, its schedules count as running.
 #[derive(Debug, Clone)]
-pub struct Fire {
+pub(crate) struct Fire {
     /// The policy as it was when the fire started: a reload does not change a run in flight.
-    pub policy: Policy,
-    pub slot: DateTime<Utc>,
-    pub schedules: Vec<String>,
-    pub scopes: Vec<Scope>,
-    pub why: Why,
+    pub(crate) policy: Policy,
+    pub(crate) slot: DateTime<Utc>,
+    pub(crate) schedules: Vec<String>,
+    pub(crate) scopes: Vec<Scope>,
+    pub(crate) why: Why,
 }
 
 impl Fire {
-    pub fn units(&self) -> impl Iterator<Item = Unit<'_>> {
+    pub(crate) fn units(&self) -> impl Iterator<Item = Unit<'_>> {
         self.scopes.iter().map(|scope| Unit {
             policy: &self.policy.name,
             slot: self.slot,
@@ -116,15 +116,15 @@ impl Fire {
 /// A schedule due at `slot` whose previous run is still going: this fire of it is skipped (runs of one schedule
 /// never overlap) and counted.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Skip {
-    pub policy: String,
-    pub schedule: String,
-    pub slot: DateTime<Utc>,
+pub(crate) struct Skip {
+    pub(crate) policy: String,
+    pub(crate) schedule: String,
+    pub(crate) slot: DateTime<Utc>,
 }
 
 /// The wall clock between two ticks did not move as a ticking loop's does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Jump {
+pub(crate) enum Jump {
     /// Suspend and resume, a stopped process, or a clock set forward: each policy fires its latest slot once,
     /// never every slot it missed.
     Pause(chrono::Duration),
@@ -134,22 +134,22 @@ pub enum Jump {
 }
 
 /// A gap between ticks longer than this is a pause (the loop ticks at least once a second).
-pub const PAUSE_AFTER: Duration = Duration::from_secs(60);
+pub(crate) const PAUSE_AFTER: Duration = Duration::from_secs(60);
 /// A clock set back by more than this plans again; less is noise (a stepped NTP correction).
-pub const BACK_AFTER: Duration = Duration::from_secs(5);
+pub(crate) const BACK_AFTER: Duration = Duration::from_secs(5);
 
 /// What one look at the clock decided.
 #[derive(Debug, Default, Clone)]
-pub struct Tick {
-    pub fires: Vec<Fire>,
-    pub skips: Vec<Skip>,
-    pub jump: Option<Jump>,
+pub(crate) struct Tick {
+    pub(crate) fires: Vec<Fire>,
+    pub(crate) skips: Vec<Skip>,
+    pub(crate) jump: Option<Jump>,
 }
 
 /// The scheduler's state between ticks: the policies it fires from, each one's next fire instant, and which
 /// schedules have a fire in flight. Every decision takes `now` as a value.
 #[derive(Debug)]
-pub struct Scheduler {
+pub(crate) struct Scheduler {
     tz: Tz,
     scopes: Vec<Scope>,
     policies: Vec<Policy>,
@@ -161,7 +161,12 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    pub fn new(policies: Vec<Policy>, scopes: Vec<Scope>, tz: Tz, now: DateTime<Utc>) -> Self {
+    pub(crate) fn new(
+        policies: Vec<Policy>,
+        scopes: Vec<Scope>,
+        tz: Tz,
+        now: DateTime<Utc>,
+    ) -> Self {
         let next = policies.iter().map(|p| next_fire(p, now, tz)).collect();
         Scheduler {
             tz,
@@ -173,12 +178,12 @@ impl Scheduler {
         }
     }
 
-    pub fn policies(&self) -> &[Policy] {
+    pub(crate) fn policies(&self) -> &[Policy] {
         &self.policies
     }
 
     /// Catch-up at start: every policy's latest slot (its most recent fire time) fires now.
-    pub fn catch_up(&mut self, now: DateTime<Utc>) -> Tick {
+    pub(crate) fn catch_up(&mut self, now: DateTime<Utc>) -> Tick {
         let mut tick = Tick::default();
         for i in 0..self.policies.len() {
             self.fire_latest(i, now, Why::CatchUp, &mut tick);
@@ -189,7 +194,7 @@ impl Scheduler {
 
     /// The fires due at `now`: each policy whose next fire has come fires its most recent slot (after a pause,
     /// that one only) and plans its next one.
-    pub fn tick(&mut self, now: DateTime<Utc>) -> Tick {
+    pub(crate) fn tick(&mut self, now: DateTime<Utc>) -> Tick {
         let mut tick = Tick {
             jump: self.last_tick.and_then(|last| jump(last, now)),
             ..Tick::default()
@@ -210,7 +215,7 @@ impl Scheduler {
     }
 
     /// A fire's run has ended (finished, given up, or panicked): its schedules may fire again.
-    pub fn finished(&mut self, policy: &str, schedules: &[String]) {
+    pub(crate) fn finished(&mut self, policy: &str, schedules: &[String]) {
         for s in schedules {
             self.running.remove(&(policy.to_string(), s.clone()));
         }
@@ -218,13 +223,13 @@ impl Scheduler {
 
     /// A reloaded config: a policy whose schedules are unchanged keeps its pending fire (one due just now still
     /// fires), the others plan from `now`. Fires in flight keep their schedules running.
-    pub fn reload(&mut self, policies: Vec<Policy>, now: DateTime<Utc>) {
+    pub(crate) fn reload(&mut self, policies: Vec<Policy>, now: DateTime<Utc>) {
         self.next = rescheduled(&self.policies, &self.next, &policies, now, self.tz);
         self.policies = policies;
     }
 
     /// The earliest pending fire instant of any policy, to sleep until.
-    pub fn next_due(&self) -> Option<DateTime<Utc>> {
+    pub(crate) fn next_due(&self) -> Option<DateTime<Utc>> {
         self.next.iter().flatten().min().copied()
     }
 

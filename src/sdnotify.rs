@@ -45,7 +45,7 @@ impl SdNotify {
         }
     }
 
-    pub fn disabled() -> Self {
+    pub(crate) fn disabled() -> Self {
         SdNotify {
             target: None,
             ping_every: None,
@@ -53,7 +53,7 @@ impl SdNotify {
         }
     }
 
-    pub fn send(&self, state: &str) {
+    pub(crate) fn send(&self, state: &str) {
         let Some(target) = &self.target else { return };
         let result = UnixDatagram::unbound().and_then(|sock| match target {
             Target::Path(p) => sock.send_to(state.as_bytes(), p),
@@ -68,21 +68,21 @@ impl SdNotify {
         }
     }
 
-    pub fn ready(&self) {
+    pub(crate) fn ready(&self) {
         self.send("READY=1\nSTATUS=scheduling");
     }
 
     /// A SIGHUP reload starts; [`SdNotify::ready`] ends it (`systemctl reload` waits for that).
-    pub fn reloading(&self) {
+    pub(crate) fn reloading(&self) {
         self.send("RELOADING=1\nSTATUS=reloading the config");
     }
 
-    pub fn stopping(&self) {
+    pub(crate) fn stopping(&self) {
         self.send("STOPPING=1\nSTATUS=finishing in-flight runs");
     }
 
     /// Called on every scheduler tick; sends at most one ping per half watchdog interval.
-    pub fn tick(&self, now: Instant) {
+    pub(crate) fn tick(&self, now: Instant) {
         let Some(every) = self.ping_every else { return };
         let mut last = self.last_ping.lock().expect("watchdog state poisoned");
         if last.is_none_or(|t| now.duration_since(t) >= every) {

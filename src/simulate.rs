@@ -30,35 +30,35 @@ pub struct SimOptions {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ScheduleSim {
-    pub policy: String,
+    pub(crate) policy: String,
     pub schedule: String,
     /// Snapshots of one volume kept by this schedule: the most at any time (during a run this includes the new,
     /// still pending snapshot, so it is one above the rule) and the steady state at the end.
     pub peak: usize,
     pub end: usize,
     /// Count at the end of each calendar month (UTC) of the simulation.
-    pub monthly: Vec<(String, usize)>,
+    pub(crate) monthly: Vec<(String, usize)>,
     /// Slots of the first volume's snapshots listing this schedule at the end, newest first.
     pub surviving: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PolicySim {
-    pub policy: String,
-    pub fires: usize,
-    pub created: usize,
-    pub deleted: usize,
+    pub(crate) policy: String,
+    pub(crate) fires: usize,
+    pub(crate) created: usize,
+    pub(crate) deleted: usize,
     /// Distinct snapshots of one volume (a snapshot serving several schedules counts once).
-    pub peak_per_volume: usize,
+    pub(crate) peak_per_volume: usize,
     pub end_per_volume: usize,
     pub schedules: Vec<ScheduleSim>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct SimReport {
-    pub from: DateTime<Utc>,
-    pub until: DateTime<Utc>,
-    pub volumes: usize,
+    pub(crate) from: DateTime<Utc>,
+    pub(crate) until: DateTime<Utc>,
+    pub(crate) volumes: usize,
     pub policies: Vec<PolicySim>,
 }
 

@@ -13,31 +13,31 @@ use crate::report::{Problem, RunReport, RunResult};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct LastRun {
-    pub run_id: String,
-    pub region: String,
-    pub slot: DateTime<Utc>,
+    pub(crate) run_id: String,
+    pub(crate) region: String,
+    pub(crate) slot: DateTime<Utc>,
     pub result: RunResult,
-    pub started_at: DateTime<Utc>,
-    pub finished_at: DateTime<Utc>,
-    pub targeted_volumes: usize,
+    pub(crate) started_at: DateTime<Utc>,
+    pub(crate) finished_at: DateTime<Utc>,
+    pub(crate) targeted_volumes: usize,
     pub created: usize,
-    pub already_done: usize,
+    pub(crate) already_done: usize,
     /// Made but not yet complete when a run that does not wait ended (`completion-deadline = "0s"`).
-    pub pending: usize,
-    pub failed: usize,
-    pub deleted: usize,
-    pub kept: usize,
+    pub(crate) pending: usize,
+    pub(crate) failed: usize,
+    pub(crate) deleted: usize,
+    pub(crate) kept: usize,
     /// What ended the run before its end, when something did: the region could not be read, or the run
     /// panicked (code `panic`, the panic's message).
-    pub error: Option<Problem>,
+    pub(crate) error: Option<Problem>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ScheduleStatus {
-    pub cron: String,
-    pub next_fire: Option<DateTime<Utc>>,
+    pub(crate) cron: String,
+    pub(crate) next_fire: Option<DateTime<Utc>>,
     pub running: bool,
-    pub skipped_fires: u64,
+    pub(crate) skipped_fires: u64,
     /// Latest run per region.
     pub last_runs: BTreeMap<String, LastRun>,
     /// Set while a failed or partial run of the latest slot waits for its next try.
@@ -49,23 +49,23 @@ pub struct ScheduleStatus {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Retry {
-    pub slot: DateTime<Utc>,
+    pub(crate) slot: DateTime<Utc>,
     /// 1 for the slot's first retry.
-    pub attempt: u32,
-    pub next_at: DateTime<Utc>,
+    pub(crate) attempt: u32,
+    pub(crate) next_at: DateTime<Utc>,
 }
 
 /// Readiness milestones and the scheduler heartbeat.
 #[derive(Debug, Default)]
 pub struct Health {
     heartbeat_ms: AtomicI64,
-    pub config_loaded: AtomicBool,
-    pub credentials_resolved: AtomicBool,
-    pub aws_reachable: AtomicBool,
+    pub(crate) config_loaded: AtomicBool,
+    pub(crate) credentials_resolved: AtomicBool,
+    pub(crate) aws_reachable: AtomicBool,
 }
 
 impl Health {
-    pub fn beat(&self, now: DateTime<Utc>) {
+    pub(crate) fn beat(&self, now: DateTime<Utc>) {
         self.heartbeat_ms
             .store(now.timestamp_millis(), Ordering::Relaxed);
     }
@@ -78,7 +78,7 @@ impl Health {
         }
     }
 
-    pub fn ready(&self) -> bool {
+    pub(crate) fn ready(&self) -> bool {
         [
             &self.config_loaded,
             &self.credentials_resolved,
@@ -104,7 +104,7 @@ impl StatusBoard {
             .or_default())
     }
 
-    pub fn register(&self, policy: &str, schedule: &str, cron: &str) {
+    pub(crate) fn register(&self, policy: &str, schedule: &str, cron: &str) {
         self.with(policy, schedule, |s| {
             s.cron = cron.to_string();
             s.retired = false;
@@ -113,7 +113,7 @@ impl StatusBoard {
 
     /// Drops every schedule `keep` rejects (a reload removed it); one whose run is going stays, marked, until
     /// [`StatusBoard::finish`], so a fire of a schedule re-added meanwhile still sees it running.
-    pub fn retain(&self, keep: impl Fn(&str, &str) -> bool) {
+    pub(crate) fn retain(&self, keep: impl Fn(&str, &str) -> bool) {
         let mut all = self.schedules.lock().expect("status poisoned");
         for (policy, schedules) in all.iter_mut() {
             schedules.retain(|name, s| {
@@ -124,16 +124,16 @@ impl StatusBoard {
         all.retain(|_, schedules| !schedules.is_empty());
     }
 
-    pub fn set_retry(&self, policy: &str, schedule: &str, retry: Option<Retry>) {
+    pub(crate) fn set_retry(&self, policy: &str, schedule: &str, retry: Option<Retry>) {
         self.with(policy, schedule, |s| s.retry = retry);
     }
 
-    pub fn set_next(&self, policy: &str, schedule: &str, next: Option<DateTime<Utc>>) {
+    pub(crate) fn set_next(&self, policy: &str, schedule: &str, next: Option<DateTime<Utc>>) {
         self.with(policy, schedule, |s| s.next_fire = next);
     }
 
     /// Marks a schedule running; false when it already is (the caller skips the fire).
-    pub fn try_start(&self, policy: &str, schedule: &str) -> bool {
+    pub(crate) fn try_start(&self, policy: &str, schedule: &str) -> bool {
         self.with(policy, schedule, |s| {
             if s.running {
                 s.skipped_fires += 1;
@@ -146,11 +146,11 @@ impl StatusBoard {
     }
 
     /// Counts a fire skipped because the schedule's previous run is still going.
-    pub fn skipped(&self, policy: &str, schedule: &str) {
+    pub(crate) fn skipped(&self, policy: &str, schedule: &str) {
         self.with(policy, schedule, |s| s.skipped_fires += 1);
     }
 
-    pub fn finish(&self, policy: &str, schedule: &str) {
+    pub(crate) fn finish(&self, policy: &str, schedule: &str) {
         let mut all = self.schedules.lock().expect("status poisoned");
         let Some(schedules) = all.get_mut(policy) else {
             return;
@@ -167,7 +167,7 @@ impl StatusBoard {
         }
     }
 
-    pub fn record(&self, report: &RunReport) {
+    pub(crate) fn record(&self, report: &RunReport) {
         let last = LastRun {
             run_id: report.run_id.clone(),
             region: report.region.clone(),

@@ -31,14 +31,14 @@ use crate::retention::{Caps, KeepRules, OrphanPolicy};
 use crate::schedule::Cron;
 
 /// Where the daemon looks when neither `--config` nor `SNAPWARDEN_CONFIG` names a file.
-pub const DEFAULT_PATH: &str = "/etc/snapwarden/snapwarden.toml";
+pub(crate) const DEFAULT_PATH: &str = "/etc/snapwarden/snapwarden.toml";
 
 /// The environment variable naming the config file; it is not an override of a key.
-pub const CONFIG_PATH_ENV: &str = "SNAPWARDEN_CONFIG";
+pub(crate) const CONFIG_PATH_ENV: &str = "SNAPWARDEN_CONFIG";
 
 /// Prefix of environment variables that override keys of the file (`SNAPWARDEN_SECTION__KEY`; names without `__`
 /// are not overrides).
-pub const ENV_PREFIX: &str = "SNAPWARDEN_";
+pub(crate) const ENV_PREFIX: &str = "SNAPWARDEN_";
 
 /// The whole validated configuration.
 #[derive(Debug, Clone)]
@@ -63,16 +63,16 @@ pub struct DaemonConfig {
     pub listen: SocketAddr,
     pub timezone: chrono_tz::Tz,
     pub max_concurrent_aws_calls: usize,
-    pub shutdown_grace: Duration,
+    pub(crate) shutdown_grace: Duration,
     /// How long a run polls its new snapshots for `completed` before reporting the rest as still pending (the
     /// next run re-checks them). Zero: do not wait.
     pub completion_deadline: Duration,
     /// Fires (one policy, one slot, every region) executing at once; more wait in firing order, so after a
     /// downtime the early catch-up runs finish instead of every run advancing together.
-    pub max_concurrent_runs: usize,
+    pub(crate) max_concurrent_runs: usize,
     /// First delay before a failed or partial run of the latest slot is retried (doubling per attempt, capped,
     /// jittered, never past the schedule's next fire). Zero: no retries.
-    pub retry_backoff: Duration,
+    pub(crate) retry_backoff: Duration,
     /// Where `run` and `once` keep their host-wide locks (`lock::LockDir`); None: systemd's runtime directory,
     /// else /run/snapwarden.
     pub lock_dir: Option<PathBuf>,
@@ -81,13 +81,13 @@ pub struct DaemonConfig {
 #[derive(Debug, Clone)]
 pub struct AwsConfig {
     /// Empty means "the region the SDK's default chain finds".
-    pub regions: Vec<String>,
+    pub(crate) regions: Vec<String>,
     pub endpoint_url: Option<String>,
     pub max_attempts: u32,
-    pub connect_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
     /// The whole operation, retries included.
-    pub operation_timeout: Duration,
-    pub attempt_timeout: Duration,
+    pub(crate) operation_timeout: Duration,
+    pub(crate) attempt_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -98,7 +98,7 @@ pub struct NotifyConfig {
 
 #[derive(Debug, Clone)]
 pub struct SnsConfig {
-    pub topic_arn: String,
+    pub(crate) topic_arn: String,
     /// Parsed from the ARN: the topic must be called in its own region.
     pub region: String,
     pub dedup_window: Duration,
@@ -108,15 +108,6 @@ pub struct SnsConfig {
 pub enum LogFormat {
     Json,
     Pretty,
-}
-
-impl LogFormat {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LogFormat::Json => "json",
-            LogFormat::Pretty => "pretty",
-        }
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -136,21 +127,10 @@ pub enum Rotation {
     Never,
 }
 
-impl Rotation {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Rotation::Minutely => "minutely",
-            Rotation::Hourly => "hourly",
-            Rotation::Daily => "daily",
-            Rotation::Never => "never",
-        }
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct LogFileConfig {
-    pub directory: PathBuf,
-    pub prefix: String,
+    pub(crate) directory: PathBuf,
+    pub(crate) prefix: String,
     pub rotation: Rotation,
 }
 
@@ -161,7 +141,7 @@ pub enum ResourceKind {
 }
 
 impl ResourceKind {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ResourceKind::Instance => "instance",
             ResourceKind::Volume => "volume",
@@ -189,26 +169,17 @@ pub struct Policy {
     /// `max-deletes-per-run` and `max-delete-fraction`.
     pub caps: Caps,
     /// `consistency`: how an instance target's volumes are snapshotted.
-    pub consistency: Consistency,
+    pub(crate) consistency: Consistency,
 }
 
 /// How the volumes of one instance are snapshotted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Consistency {
+pub(crate) enum Consistency {
     /// One CreateSnapshots per instance: its volumes are captured at one instant (crash-consistent across them),
     /// and it costs one create call per instance instead of one per volume. The default for instance targets.
     Instance,
     /// One CreateSnapshot per volume, each at its own instant. The only choice for volume targets.
     Volume,
-}
-
-impl Consistency {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Consistency::Instance => "instance",
-            Consistency::Volume => "volume",
-        }
-    }
 }
 
 impl Policy {

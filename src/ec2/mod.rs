@@ -11,7 +11,7 @@ pub mod hooked;
 pub mod op;
 pub mod pace;
 pub mod sdk;
-pub mod stop;
+pub(crate) mod stop;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -38,23 +38,23 @@ pub const TAG_DEVICE: &str = "snapwarden:device";
 pub const TAG_KEEP: &str = "snapwarden:keep";
 /// The volume a copy was made from. snapwarden does not write it yet; a copying tool (and the disaster-recovery
 /// copies to come) records it at creation, since a copy's own volume id names no volume.
-pub const TAG_SOURCE_VOLUME: &str = "snapwarden:source-volume";
+pub(crate) const TAG_SOURCE_VOLUME: &str = "snapwarden:source-volume";
 /// The volume id EC2 reports for every snapshot made by CopySnapshot: a placeholder shared by all copies.
 pub const COPY_VOLUME_ID: &str = "vol-ffffffff";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Instance {
-    pub id: String,
-    pub tags: Tags,
+    pub(crate) id: String,
+    pub(crate) tags: Tags,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Volume {
     pub id: String,
-    pub tags: Tags,
-    pub volume_type: String,
+    pub(crate) tags: Tags,
+    pub(crate) volume_type: String,
     /// (instance id, device name) when attached.
-    pub attachment: Option<(String, String)>,
+    pub(crate) attachment: Option<(String, String)>,
 }
 
 /// The strings are shared (`Arc<str>`) for the same reason as the tags, and so that a survey's digest of a snapshot
@@ -76,7 +76,7 @@ pub struct Snapshot {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Page<T> {
     pub items: Vec<T>,
-    pub next: Option<String>,
+    pub(crate) next: Option<String>,
 }
 
 impl<T> Default for Page<T> {
@@ -91,12 +91,12 @@ impl<T> Default for Page<T> {
 /// An EC2 describe filter (`tag:Name`, `tag-key`, `attachment.instance-id`, …).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Filter {
-    pub name: String,
-    pub values: Vec<String>,
+    pub(crate) name: String,
+    pub(crate) values: Vec<String>,
 }
 
 impl Filter {
-    pub fn new(name: impl Into<String>, values: Vec<String>) -> Self {
+    pub(crate) fn new(name: impl Into<String>, values: Vec<String>) -> Self {
         Filter {
             name: name.into(),
             values,
@@ -113,7 +113,7 @@ impl Filter {
     }
 
     /// Whether `tags` satisfy a tag filter; other filters are the backend's business.
-    pub fn matches_tags(&self, tags: &Tags) -> Option<bool> {
+    pub(crate) fn matches_tags(&self, tags: &Tags) -> Option<bool> {
         if self.name == "tag-key" {
             return Some(self.values.iter().any(|k| tags.contains_key(k)));
         }
@@ -136,19 +136,19 @@ pub struct CreateSnapshot {
 /// instant, so the snapshots are crash-consistent across the instance's volumes. EC2 takes up to 40 volumes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CreateSnapshots {
-    pub instance_id: String,
+    pub(crate) instance_id: String,
     /// One description for every snapshot of the call (CreateSnapshots takes one).
-    pub description: String,
+    pub(crate) description: String,
     /// Tags every snapshot gets at creation (TagSpecifications): at least everything idempotency depends on.
-    pub tags: Tags,
+    pub(crate) tags: Tags,
     /// The volumes the caller expects to be captured, each with the tags its snapshot should carry beyond `tags`
     /// (device, the volume's own tags). CreateSnapshots cannot set tags per volume; the caller adds whatever a
     /// returned snapshot lacks with CreateTags. A backend that snapshots one volume at a time sets them at once.
-    pub volumes: Vec<(String, Tags)>,
+    pub(crate) volumes: Vec<(String, Tags)>,
 }
 
 /// The outcome of one volume of a [`CreateSnapshots`] call.
-pub type VolumeResult = (String, Result<Snapshot>);
+pub(crate) type VolumeResult = (String, Result<Snapshot>);
 
 /// The EC2 operations snapwarden uses, one region per value. Describes are filtered and fully paginated by the
 /// implementation; snapshot describes are always restricted to snapshots the account owns. A new method is also
@@ -202,7 +202,10 @@ pub trait Ec2: Send + Sync {
 
 /// A [`CreateSnapshots`] as one [`Ec2::create_snapshot`] per expected volume, tags and all: the answer of a backend
 /// that snapshots one volume at a time (the trait's default, and `hooked::Hooked::one_volume_at_a_time`).
-pub async fn create_each<E: Ec2 + ?Sized>(ec2: &E, request: &CreateSnapshots) -> Vec<VolumeResult> {
+pub(crate) async fn create_each<E: Ec2 + ?Sized>(
+    ec2: &E,
+    request: &CreateSnapshots,
+) -> Vec<VolumeResult> {
     let calls = request.volumes.iter().map(|(volume, extra)| async move {
         let mut tags = request.tags.clone();
         tags.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -217,7 +220,7 @@ pub async fn create_each<E: Ec2 + ?Sized>(ec2: &E, request: &CreateSnapshots) ->
 }
 
 /// Walks every page of a snapshot describe, handing each page's snapshots to `each` before asking for the next.
-pub async fn for_each_snapshot(
+pub(crate) async fn for_each_snapshot(
     ec2: &dyn Ec2,
     filters: &[Filter],
     mut each: impl FnMut(Vec<Snapshot>) + Send,
@@ -443,7 +446,7 @@ impl Ec2 for DryRun {
 
 /// User tags worth copying onto a snapshot: never `aws:*` (reserved, CreateSnapshot rejects them) and never our
 /// own, which are set explicitly.
-pub fn copyable_tags(tags: &Tags) -> impl Iterator<Item = (&String, &String)> {
+pub(crate) fn copyable_tags(tags: &Tags) -> impl Iterator<Item = (&String, &String)> {
     tags.iter()
         .filter(|(k, _)| !k.starts_with("aws:") && !k.starts_with("snapwarden:"))
 }

@@ -24,7 +24,7 @@ pub enum Op {
 
 impl Op {
     /// The EC2 operations, in the order `/metrics` lists their series before the first call.
-    pub const EC2: [Op; 7] = [
+    pub(crate) const EC2: [Op; 7] = [
         Op::DescribeInstances,
         Op::DescribeVolumes,
         Op::DescribeSnapshots,
@@ -35,7 +35,7 @@ impl Op {
     ];
 
     /// The name as AWS spells it: a metric label value, and the start of an API error's message.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Op::GetCallerIdentity => "GetCallerIdentity",
             Op::DescribeInstances => "DescribeInstances",
@@ -50,7 +50,8 @@ impl Op {
     }
 
     /// The operation named `name`, for test doubles that are told which call to fail.
-    pub fn from_name(name: &str) -> Option<Op> {
+    #[cfg(any(test, feature = "testing"))]
+    pub(crate) fn from_name(name: &str) -> Option<Op> {
         Op::EC2
             .into_iter()
             .chain([Op::GetCallerIdentity, Op::Publish])
@@ -71,7 +72,7 @@ impl Op {
     }
 
     /// The IAM action the call needs, e.g. `ec2:CreateSnapshot`: what an access-denied alert says to grant.
-    pub fn iam_action(self) -> &'static str {
+    pub(crate) fn iam_action(self) -> &'static str {
         match self {
             Op::GetCallerIdentity => "sts:GetCallerIdentity",
             Op::DescribeInstances => "ec2:DescribeInstances",
@@ -129,7 +130,7 @@ pub enum Code {
 
 impl Code {
     /// The one place AWS's error codes are read.
-    pub fn parse(code: &str) -> Code {
+    pub(crate) fn parse(code: &str) -> Code {
         match code {
             "RequestLimitExceeded" | "Throttling" | "ThrottlingException" | "Throttled" => {
                 Code::Throttled
@@ -159,7 +160,7 @@ impl Code {
     }
 
     /// The bounded label of [`crate::error::Error::kind`] for an API error with this code.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Code::Throttled => "throttled",
             Code::AccessDenied => "access-denied",
@@ -174,7 +175,7 @@ impl Code {
     }
 
     /// Whether a create refused with this code is put off to the next run instead of failing its volume.
-    pub fn defers(self) -> bool {
+    pub(crate) fn defers(self) -> bool {
         matches!(self, Code::PendingLimit | Code::PendingCap)
     }
 }
@@ -182,7 +183,7 @@ impl Code {
 /// When a failed call may be tried again (`Error::retry`; no retry at all when retrying cannot help, needs a
 /// person, or could duplicate a snapshot).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RetryAfter {
+pub(crate) enum RetryAfter {
     /// A backoff with jitter.
     Backoff,
     /// The per-volume gap between snapshots of one volume.
@@ -192,9 +193,9 @@ pub enum RetryAfter {
 /// The AWS call that failed and what its code means: what a report problem keeps of an API error, so alerts
 /// match on it rather than on text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ApiFailure {
-    pub operation: Op,
-    pub code: Code,
+pub(crate) struct ApiFailure {
+    pub(crate) operation: Op,
+    pub(crate) code: Code,
 }
 
 #[cfg(test)]

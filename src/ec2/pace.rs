@@ -43,8 +43,8 @@ use crate::retention::{Snap, SnapState};
 pub struct TokenBucket {
     pub capacity: f64,
     pub refill_per_sec: f64,
-    pub tokens: f64,
-    pub last: Instant,
+    pub(crate) tokens: f64,
+    pub(crate) last: Instant,
 }
 
 impl TokenBucket {
@@ -76,7 +76,7 @@ impl TokenBucket {
 
     /// Takes a token now even if the bucket is empty (going into debt) and returns when it may be used. Waiters
     /// queue in order instead of all waking at the same refill and racing for one token.
-    pub fn reserve(&mut self, now: Instant) -> Duration {
+    pub(crate) fn reserve(&mut self, now: Instant) -> Duration {
         self.refill(now);
         self.tokens -= 1.0;
         if self.tokens >= 0.0 {
@@ -87,7 +87,7 @@ impl TokenBucket {
     }
 
     /// AWS said the account's bucket is empty: whatever this one holds is not really there.
-    pub fn drain(&mut self, now: Instant) {
+    pub(crate) fn drain(&mut self, now: Instant) {
         self.refill(now);
         self.tokens = self.tokens.min(0.0);
     }
@@ -183,7 +183,7 @@ impl PaceConfig {
 }
 
 /// Full jitter: a uniform sleep in [0, min(cap, base * 2^attempt)] (attempt 0 is the first retry).
-pub fn backoff(base: Duration, cap: Duration, attempt: u32, rng: &mut impl Rng) -> Duration {
+pub(crate) fn backoff(base: Duration, cap: Duration, attempt: u32, rng: &mut impl Rng) -> Duration {
     let ceiling = base
         .checked_mul(1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX))
         .unwrap_or(cap)
@@ -234,10 +234,6 @@ impl Paced {
             last_create: Mutex::new(HashMap::new()),
             rng: Mutex::new(rng),
         }
-    }
-
-    pub fn config(&self) -> &PaceConfig {
-        &self.config
     }
 
     fn bucket<T>(&self, group: Group, f: impl FnOnce(&mut TokenBucket) -> T) -> T {
@@ -426,7 +422,7 @@ impl Ec2 for Paced {
 }
 
 /// EC2's per-volume pending-snapshot limit for a volume type: 1 for throughput-optimized and cold HDD, else 5.
-pub fn pending_limit(volume_type: &str) -> usize {
+pub(crate) fn pending_limit(volume_type: &str) -> usize {
     match volume_type {
         "st1" | "sc1" => 1,
         _ => 5,
@@ -435,7 +431,7 @@ pub fn pending_limit(volume_type: &str) -> usize {
 
 /// Why a volume's snapshot was put off to the next run.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Deferral {
+pub(crate) enum Deferral {
     /// The volume already has `pending` unfinished snapshots, at its limit.
     Volume { pending: usize, limit: usize },
     /// The account has `pending` unfinished snapshots (counting this run's), at the configured cap.
@@ -443,7 +439,7 @@ pub enum Deferral {
 }
 
 impl Deferral {
-    pub fn message(&self) -> String {
+    pub(crate) fn message(&self) -> String {
         match self {
             Deferral::Volume { pending, limit } => format!(
                 "{pending} snapshots of this volume are still pending or failed (EC2 allows {limit} for its type); \
@@ -462,7 +458,7 @@ impl Deferral {
 /// it until it is deleted). The account cap admits candidates in order until the account's pending count, this
 /// run's creates included, reaches it; `None` means no account cap. Only the snapshots the caller can see count:
 /// for the worker that is its policy's, so the cap is a guard, not an exact account-wide figure.
-pub fn pending_deferrals(
+pub(crate) fn pending_deferrals(
     candidates: &[(&str, &str)],
     known: &[Snap],
     account_cap: Option<usize>,

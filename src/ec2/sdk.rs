@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::retention::SnapState;
 
 /// Loads the SDK configuration for one region (None: the SDK's own region chain).
-pub async fn sdk_config(aws: &AwsConfig, region: Option<&str>) -> SdkConfig {
+pub(crate) async fn sdk_config(aws: &AwsConfig, region: Option<&str>) -> SdkConfig {
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .retry_config(RetryConfig::standard().with_max_attempts(aws.max_attempts))
         .timeout_config(
@@ -98,7 +98,7 @@ impl SdkEc2 {
 
 /// Maps any SDK error: service errors keep AWS's code, read here once ([`Error::api`]); the rest say which
 /// transport step failed.
-pub fn sdk_error<E, R>(operation: Op, region: &str, err: SdkError<E, R>) -> Error
+pub(crate) fn sdk_error<E, R>(operation: Op, region: &str, err: SdkError<E, R>) -> Error
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug + Send + Sync + 'static,

@@ -44,7 +44,7 @@ impl Mutations {
 
     /// No mutating call starts from now on; returns how many are in flight. Checked and counted under one lock
     /// with [`Mutations::begin`], so every call that started before the stop is in that count.
-    pub fn stop(&self) -> usize {
+    pub(crate) fn stop(&self) -> usize {
         let mut st = self.state();
         st.stopped = true;
         st.in_flight
@@ -55,7 +55,7 @@ impl Mutations {
     }
 
     /// Returns once no mutating call is in flight.
-    pub async fn idle(&self) {
+    pub(crate) async fn idle(&self) {
         loop {
             let woken = self.idle.notified();
             tokio::pin!(woken);
@@ -110,13 +110,13 @@ impl Drop for InFlight<'_> {
 }
 
 /// The [`Ec2`] decorator of this module; see the module docs.
-pub struct Guarded {
+pub(crate) struct Guarded {
     inner: Arc<dyn Ec2>,
     ledger: Arc<Mutations>,
 }
 
 impl Guarded {
-    pub fn new(inner: Arc<dyn Ec2>, ledger: Arc<Mutations>) -> Self {
+    pub(crate) fn new(inner: Arc<dyn Ec2>, ledger: Arc<Mutations>) -> Self {
         Guarded { inner, ledger }
     }
 

@@ -21,7 +21,7 @@ pub enum Verdict {
 
 /// Remembers which (policy, schedules, region) are alerting and with what, so the same failure is sent once per
 /// window and a recovery follows the first success.
-pub struct Deduper {
+pub(crate) struct Deduper {
     window: Duration,
     alerting: HashMap<AlertKey, Sent>,
 }
@@ -40,14 +40,14 @@ pub(super) fn alert_key(report: &RunReport) -> AlertKey {
 type Sent = (RunResult, Vec<String>, DateTime<Utc>, DateTime<Utc>);
 
 impl Deduper {
-    pub fn new(window: Duration) -> Self {
+    pub(crate) fn new(window: Duration) -> Self {
         Deduper {
             window,
             alerting: HashMap::new(),
         }
     }
 
-    pub fn decide(&mut self, report: &RunReport, now: DateTime<Utc>) -> Verdict {
+    pub(crate) fn decide(&mut self, report: &RunReport, now: DateTime<Utc>) -> Verdict {
         if report.dry_run {
             return Verdict::Quiet;
         }

@@ -8,8 +8,8 @@ use crate::ec2::op::Code;
 use crate::report::{Problem, RunReport, RunResult};
 
 /// SNS's limit is 256 KiB for the whole message; stay well under it so attributes and encoding fit too.
-pub const MAX_BODY_BYTES: usize = 200 * 1024;
-pub const MAX_SUBJECT_CHARS: usize = 100;
+pub(crate) const MAX_BODY_BYTES: usize = 200 * 1024;
+pub(crate) const MAX_SUBJECT_CHARS: usize = 100;
 /// How many problems the human summary lists before it says how many were left out.
 const SUMMARY_LINES: usize = 20;
 
@@ -202,7 +202,7 @@ fn json_within(report: &RunReport, budget: usize) -> String {
     }
 }
 
-pub fn recovery(report: &RunReport) -> Message {
+pub(crate) fn recovery(report: &RunReport) -> Message {
     let scope = format!(
         "{}/{} {}",
         report.policy,

@@ -4,7 +4,7 @@
 //! crate, no clock, checked by `tests/layering.rs`); only [`sns`] (the [`SnsPublisher`]) and [`sender`] (the task)
 //! do I/O. Without a topic, alerts are logged and counted only.
 //!
-//! SNS outages: a message SNS refused stays in the [`Outbox`] (in memory, bounded: when full the oldest is dropped
+//! SNS outages: a message SNS refused stays in the [`Outbox`](outbox::Outbox) (in memory, bounded: when full the oldest is dropped
 //! and counted) and is retried with exponential backoff and full jitter until it is delivered or superseded — a
 //! newer message for the same policy, schedules and region replaces an undelivered older one, since only the
 //! latest state is worth reading. A recovery that supersedes an undelivered failure is itself dropped unless an
@@ -12,15 +12,14 @@
 //! (the failed run is still in the metrics and logs). Messages go out in order; while the first one waits for its
 //! retry, the others wait too (SNS is down for all of them). Alerts still queued at shutdown get one last try.
 
-pub mod dedup;
-pub mod message;
-pub mod outbox;
-pub mod sender;
-pub mod sns;
+pub(crate) mod dedup;
+pub(crate) mod message;
+pub(crate) mod outbox;
+pub(crate) mod sender;
+pub(crate) mod sns;
 
-pub use dedup::{Deduper, Verdict};
-pub use message::{digest, recovery, Message, MAX_BODY_BYTES, MAX_SUBJECT_CHARS};
-pub use outbox::{Outbox, Pushed, Retry};
+pub use message::{digest, Message};
+pub use outbox::Retry;
 pub use sender::Notifier;
 pub use sns::{Publisher, SnsPublisher};
 

@@ -10,7 +10,7 @@ use super::message::Message;
 /// Alerts SNS has not taken yet, oldest first, at most one per key; see the module doc for the rules. The sender
 /// tries a message as soon as it is queued, so only a message SNS refused (or one queued behind it) can be
 /// superseded: with SNS healthy, every digest and recovery goes out in order.
-pub struct Outbox {
+pub(crate) struct Outbox {
     capacity: usize,
     queue: VecDeque<Queued>,
     /// Keys whose last delivered message was a failure digest: a recovery for them is news.
@@ -26,17 +26,17 @@ struct Queued {
 
 /// What [`Outbox::push`] did besides queueing.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Pushed {
+pub(crate) struct Pushed {
     /// Undelivered messages replaced by the new one (0 or 1).
-    pub superseded: usize,
+    pub(crate) superseded: usize,
     /// Oldest messages dropped because the outbox was full.
-    pub dropped: usize,
+    pub(crate) dropped: usize,
     /// The new message is a recovery from a failure nobody was told about: not queued.
-    pub cancelled: bool,
+    pub(crate) cancelled: bool,
 }
 
 impl Outbox {
-    pub fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         Outbox {
             capacity: capacity.max(1),
             queue: VecDeque::new(),
@@ -45,7 +45,7 @@ impl Outbox {
     }
 
     /// Queues `message` for `key` (policy, schedules, region); `recovery` tells a recovery from a digest.
-    pub fn push(&mut self, key: AlertKey, message: Message, recovery: bool) -> Pushed {
+    pub(crate) fn push(&mut self, key: AlertKey, message: Message, recovery: bool) -> Pushed {
         let mut out = Pushed::default();
         if let Some(i) = self.queue.iter().position(|q| q.key == key) {
             let old = self.queue.remove(i).expect("index from position");
@@ -68,12 +68,12 @@ impl Outbox {
     }
 
     /// The next message to send.
-    pub fn front(&self) -> Option<&Message> {
+    pub(crate) fn front(&self) -> Option<&Message> {
         self.queue.front().map(|q| &q.message)
     }
 
     /// The front message was delivered.
-    pub fn delivered(&mut self) {
+    pub(crate) fn delivered(&mut self) {
         if let Some(q) = self.queue.pop_front() {
             if q.recovery {
                 self.alerted.remove(&q.key);
@@ -83,11 +83,11 @@ impl Outbox {
         }
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.queue.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.queue.is_empty()
     }
 }

@@ -71,21 +71,21 @@ pub struct KeepRules {
     pub daily: Option<Count>,
     pub weekly: Option<Count>,
     pub monthly: Option<Count>,
-    pub quarterly: Option<Count>,
+    pub(crate) quarterly: Option<Count>,
     pub yearly: Option<Count>,
     /// Calendar windows: keep the newest snapshot of each period that has a snapshot within this long of the
     /// schedule's newest completed one.
-    pub within_hourly: Option<Duration>,
-    pub within_daily: Option<Duration>,
-    pub within_weekly: Option<Duration>,
-    pub within_monthly: Option<Duration>,
-    pub within_quarterly: Option<Duration>,
-    pub within_yearly: Option<Duration>,
+    pub(crate) within_hourly: Option<Duration>,
+    pub(crate) within_daily: Option<Duration>,
+    pub(crate) within_weekly: Option<Duration>,
+    pub(crate) within_monthly: Option<Duration>,
+    pub(crate) within_quarterly: Option<Duration>,
+    pub(crate) within_yearly: Option<Duration>,
 }
 
 impl KeepRules {
     /// True when no rule is configured at all (`last = Some(0)` counts as configured: it was written on purpose).
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.last.is_none()
             && self.within.is_none()
             && !self.all
@@ -95,7 +95,7 @@ impl KeepRules {
     }
 
     /// The calendar count rule for `period`.
-    pub fn count(&self, period: Period) -> Option<Count> {
+    pub(crate) fn count(&self, period: Period) -> Option<Count> {
         match period {
             Period::Hour => self.hourly,
             Period::Day => self.daily,
@@ -106,7 +106,7 @@ impl KeepRules {
         }
     }
 
-    pub fn count_mut(&mut self, period: Period) -> &mut Option<Count> {
+    pub(crate) fn count_mut(&mut self, period: Period) -> &mut Option<Count> {
         match period {
             Period::Hour => &mut self.hourly,
             Period::Day => &mut self.daily,
@@ -118,7 +118,7 @@ impl KeepRules {
     }
 
     /// The calendar window rule (`within-daily`, …) for `period`.
-    pub fn window(&self, period: Period) -> Option<Duration> {
+    pub(crate) fn window(&self, period: Period) -> Option<Duration> {
         match period {
             Period::Hour => self.within_hourly,
             Period::Day => self.within_daily,
@@ -129,7 +129,7 @@ impl KeepRules {
         }
     }
 
-    pub fn window_mut(&mut self, period: Period) -> &mut Option<Duration> {
+    pub(crate) fn window_mut(&mut self, period: Period) -> &mut Option<Duration> {
         match period {
             Period::Hour => &mut self.within_hourly,
             Period::Day => &mut self.within_daily,
@@ -178,7 +178,7 @@ pub enum Period {
 }
 
 impl Period {
-    pub const ALL: [Period; 6] = [
+    pub(crate) const ALL: [Period; 6] = [
         Period::Hour,
         Period::Day,
         Period::Week,
@@ -188,7 +188,7 @@ impl Period {
     ];
 
     /// The count rule's config key, and its reason label.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Period::Hour => "hourly",
             Period::Day => "daily",
@@ -200,7 +200,7 @@ impl Period {
     }
 
     /// The window rule's config key, and its reason label.
-    pub fn within_str(self) -> &'static str {
+    pub(crate) fn within_str(self) -> &'static str {
         match self {
             Period::Hour => "within-hourly",
             Period::Day => "within-daily",
@@ -247,7 +247,7 @@ pub enum SnapState {
 
 impl SnapState {
     /// EC2's own spelling of the state.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             SnapState::Pending => "pending",
             SnapState::Completed => "completed",
@@ -263,7 +263,7 @@ pub const FUTURE_SLOT_ALLOWANCE: TimeDelta = TimeDelta::minutes(5);
 
 /// What a snapshot's [`Snap::volume_id`] is, i.e. which snapshots it is grouped with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Group {
+pub(crate) enum Group {
     /// The volume id EC2 reports: the snapshot was taken of that volume.
     Volume,
     /// A copy (EC2 gives every copy the same placeholder volume id): the key names the source that
@@ -279,27 +279,27 @@ pub enum Group {
 pub struct Snap {
     /// Shared (`Arc`) with the decisions about it and, for the volume, with every snapshot of the volume: a
     /// survey holds hundreds of thousands of these.
-    pub id: Arc<str>,
+    pub(crate) id: Arc<str>,
     /// The grouping key: the volume id, or for a copy the key [`Group`] describes. Shown as the volume in plans
     /// and logs.
-    pub volume_id: Arc<str>,
+    pub(crate) volume_id: Arc<str>,
     /// From the `snapwarden:slot` tag (StartTime when absent) — the caller resolves it.
-    pub slot: DateTime<Utc>,
+    pub(crate) slot: DateTime<Utc>,
     /// From `snapwarden:schedule` (comma separated, already split). Compared with schedule names exactly. Shared:
     /// every snapshot with the same tag value holds the same list (see [`Interner`]).
-    pub schedules: Arc<[Arc<str>]>,
-    pub state: SnapState,
+    pub(crate) schedules: Arc<[Arc<str>]>,
+    pub(crate) state: SnapState,
     /// Carries a `snapwarden:keep` tag.
-    pub pinned: bool,
-    pub group: Group,
+    pub(crate) pinned: bool,
+    pub(crate) group: Group,
     /// EC2's StartTime, in whole seconds since 1970 (`u32` lasts until 2106): what tells the older of two
     /// snapshots of one slot. Four bytes, not a `DateTime`'s twelve: a survey holds hundreds of thousands.
-    pub started: u32,
+    pub(crate) started: u32,
 }
 
 impl Snap {
     /// `started` from EC2's StartTime, clamped to what it can hold.
-    pub fn started_secs(start_time: DateTime<Utc>) -> u32 {
+    pub(crate) fn started_secs(start_time: DateTime<Utc>) -> u32 {
         u32::try_from(start_time.timestamp().max(0)).unwrap_or(u32::MAX)
     }
 }
@@ -316,7 +316,7 @@ pub struct Interner {
 }
 
 impl Interner {
-    pub fn str(&mut self, s: &str) -> Arc<str> {
+    pub(crate) fn str(&mut self, s: &str) -> Arc<str> {
         if let Some(v) = self.strs.get(s) {
             return Arc::clone(v);
         }
@@ -326,7 +326,7 @@ impl Interner {
     }
 
     /// A `snapwarden:schedule` value split on commas, blanks trimmed and empty names dropped.
-    pub fn schedules(&mut self, tag: &str) -> Arc<[Arc<str>]> {
+    pub(crate) fn schedules(&mut self, tag: &str) -> Arc<[Arc<str>]> {
         if let Some(v) = self.lists.get(tag) {
             return Arc::clone(v);
         }
@@ -447,7 +447,7 @@ pub enum Reason {
 
 impl Reason {
     /// The schedule whose rule gave this reason, for the reasons that come from one.
-    pub fn schedule(&self) -> Option<&str> {
+    pub(crate) fn schedule(&self) -> Option<&str> {
         match self {
             Reason::Last { schedule, .. }
             | Reason::Within { schedule, .. }
@@ -462,7 +462,7 @@ impl Reason {
 
     /// Every label [`Reason::as_str`] gives, in [`Reason::label_index`] order: the labels of kept snapshots (the
     /// first [`Reason::KEEP_LABELS`]), then those of deleted ones.
-    pub const LABELS: [&'static str; 30] = [
+    pub(crate) const LABELS: [&'static str; 30] = [
         "pinned",
         "pending",
         "newest",
@@ -500,11 +500,11 @@ impl Reason {
     const WINDOW_LABELS: usize = Self::CALENDAR_LABELS + Period::ALL.len();
     const AFTER_PERIOD_LABELS: usize = Self::WINDOW_LABELS + Period::ALL.len();
     /// How many of [`Reason::LABELS`] are reasons to keep: up to `over-cap`.
-    pub const KEEP_LABELS: usize = Self::AFTER_PERIOD_LABELS + 5;
+    pub(crate) const KEEP_LABELS: usize = Self::AFTER_PERIOD_LABELS + 5;
 
     /// The position of this reason's label in [`Reason::LABELS`]: what tallies per label index by, instead of
     /// comparing label strings for every reason of every snapshot.
-    pub fn label_index(&self) -> usize {
+    pub(crate) fn label_index(&self) -> usize {
         let after = Self::AFTER_PERIOD_LABELS;
         match self {
             Reason::Pinned => 0,
@@ -639,15 +639,15 @@ pub struct Decision {
 
 /// A plan over a deletion cap: nothing is deleted, and this says what to change if the deletions are intended.
 #[derive(Debug, Clone, PartialEq)]
-pub struct CapHit {
+pub(crate) struct CapHit {
     /// The config key to raise: `max-deletes-per-run` or `max-delete-fraction`.
-    pub setting: &'static str,
+    pub(crate) setting: &'static str,
     /// Its configured value, as written in the config (`50`, `0.5`).
-    pub limit: String,
+    pub(crate) limit: String,
     /// The smallest value that would let this plan through.
-    pub needed: String,
+    pub(crate) needed: String,
     /// One line for logs and alerts: what the plan wanted, the cap, and the fix.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -655,7 +655,7 @@ pub struct Plan {
     /// One per input snapshot, sorted by (volume_id, slot descending, snapshot_id).
     pub decisions: Vec<Decision>,
     /// Set when a cap blocked the plan; every decision is then `Keep`.
-    pub cap_hit: Option<CapHit>,
+    pub(crate) cap_hit: Option<CapHit>,
 }
 
 impl Plan {
@@ -678,7 +678,7 @@ pub fn plan(input: &PlanInput<'_>, now: DateTime<Utc>) -> Plan {
 /// snapshots kept for `OverCap` (in its documented order). The decisions are exactly [`plan`]'s; what differs is
 /// memory: a volume's worth of decisions at a time instead of one per snapshot (a run over 300,000 snapshots held
 /// ~40 MB of them).
-pub fn plan_deletions(
+pub(crate) fn plan_deletions(
     input: &PlanInput<'_>,
     now: DateTime<Utc>,
     kept: &mut dyn FnMut(Decision),

@@ -57,9 +57,9 @@ impl Scratch {
 /// One schedule's completed snapshots on one volume: `snaps` is the whole volume newest first, `list` the
 /// positions in it of the schedule's completed snapshots, newest first. Reasons go to `out`, aligned with `snaps`.
 pub(super) struct Volume<'v, 's> {
-    pub snaps: &'v [&'s Snap],
-    pub list: &'v [usize],
-    pub out: &'v mut [Vec<Reason>],
+    pub(crate) snaps: &'v [&'s Snap],
+    pub(crate) list: &'v [usize],
+    pub(crate) out: &'v mut [Vec<Reason>],
 }
 
 /// Appends this schedule's keep reasons to `out[i]` for every `i` in `list` (an entry that gets none is not kept
