@@ -11,7 +11,7 @@ use super::message::{digest, recovery, Message};
 use crate::report::{RunReport, RunResult};
 
 #[derive(Debug, Clone, PartialEq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     Send(Message),
     /// The same failure was already sent inside the window.
     Suppressed,
