@@ -144,14 +144,14 @@ pub fn report(evaluations: &[Evaluation], at: DateTime<Utc>) -> Report {
     Report { at, rows, caps }
 }
 
-/// Keep and delete counts.
+/// Keep and delete counts of one group of snapshots (a policy, a schedule, a volume).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub(crate) struct Count {
+pub(crate) struct Tally {
     pub(crate) keep: usize,
     pub(crate) delete: usize,
 }
 
-impl Count {
+impl Tally {
     fn add(&mut self, action: &str) {
         if action == "delete" {
             self.delete += 1;
@@ -165,12 +165,12 @@ impl Count {
 /// under each of them (as in `/metrics`); one listing none counts under the schedule `""`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Totals {
-    pub(crate) all: Count,
-    pub(crate) policies: BTreeMap<String, Count>,
+    pub(crate) all: Tally,
+    pub(crate) policies: BTreeMap<String, Tally>,
     /// (policy, schedule)
-    pub(crate) schedules: BTreeMap<(String, String), Count>,
+    pub(crate) schedules: BTreeMap<(String, String), Tally>,
     /// (policy, region, volume id)
-    pub(crate) volumes: BTreeMap<(String, String, String), Count>,
+    pub(crate) volumes: BTreeMap<(String, String, String), Tally>,
 }
 
 pub(crate) fn totals(rows: &[Row]) -> Totals {
@@ -831,19 +831,19 @@ mod tests {
         );
         let r = report(&[e], t(AT));
         let tot = totals(&r.rows);
-        assert_eq!(tot.all, Count { keep: 5, delete: 1 }, "{:#?}", r.rows);
+        assert_eq!(tot.all, Tally { keep: 5, delete: 1 }, "{:#?}", r.rows);
         assert_eq!(tot.policies["prod"], tot.all);
         let sched = |s: &str| tot.schedules[&("prod".to_string(), s.to_string())];
-        assert_eq!(sched("daily"), Count { keep: 4, delete: 1 });
-        assert_eq!(sched("weekly"), Count { keep: 1, delete: 0 });
+        assert_eq!(sched("daily"), Tally { keep: 4, delete: 1 });
+        assert_eq!(sched("weekly"), Tally { keep: 1, delete: 0 });
         assert_eq!(
             sched(""),
-            Count { keep: 1, delete: 0 },
+            Tally { keep: 1, delete: 0 },
             "a snapshot listing no schedule"
         );
         let vol = |v: &str| tot.volumes[&("prod".to_string(), "r1".to_string(), v.to_string())];
-        assert_eq!(vol("vol-a"), Count { keep: 4, delete: 1 });
-        assert_eq!(vol("vol-b"), Count { keep: 1, delete: 0 });
+        assert_eq!(vol("vol-a"), Tally { keep: 4, delete: 1 });
+        assert_eq!(vol("vol-b"), Tally { keep: 1, delete: 0 });
         let text = render_table(&r);
         assert!(text.contains("6 snapshots: 5 keep, 1 delete"), "{text}");
         assert!(text.contains("prod/(none listed)"), "{text}");

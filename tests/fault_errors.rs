@@ -25,7 +25,7 @@ use snapwarden::daemon::{self, Shared};
 use snapwarden::ec2::fake::{FakeEc2, FAKE_ACCOUNT};
 use snapwarden::ec2::pace::PaceConfig;
 use snapwarden::metrics::Metrics;
-use snapwarden::notify::{self, Message, Notifier, Publisher, Retry, SnsPublisher};
+use snapwarden::notify::{self, Delivery, Message, Notifier, Publisher, SnsPublisher};
 use snapwarden::report::{RunReport, RunResult};
 use snapwarden::worker::{self, Region, RunSpec};
 
@@ -320,7 +320,7 @@ async fn sns_outage_runs_go_on_and_the_latest_alert_arrives_once_after_recovery(
         Some(publisher),
         Duration::from_secs(3600),
         metrics.clone(),
-        Retry {
+        Delivery {
             base: Duration::from_millis(50),
             cap: Duration::from_millis(200),
             outbox: 10,

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use figment::value::{Dict, Map, Value};
 use figment::{Metadata, Profile, Provider};
 
-use super::{Problem, ENV_PREFIX};
+use super::{ConfigIssue, ENV_PREFIX};
 
 /// The figment metadata name of values that came from the environment (used to recognise them again).
 pub(super) const SOURCE_NAME: &str = "environment variable";
@@ -24,7 +24,7 @@ pub(super) struct EnvOverrides {
     /// Key path (as inserted) -> the variable that set it, so messages can name the variable as written.
     names: Arc<BTreeMap<Vec<String>, String>>,
     /// Variables that cannot be mapped to a key at all.
-    pub(super) problems: Vec<Problem>,
+    pub(super) problems: Vec<ConfigIssue>,
 }
 
 impl EnvOverrides {
@@ -50,7 +50,7 @@ impl EnvOverrides {
             }
             let keys: Vec<String> = rest.split("__").map(segment_to_key).collect();
             if keys.iter().any(String::is_empty) {
-                problems.push(Problem {
+                problems.push(ConfigIssue {
                     key: name.clone(),
                     message: "this environment variable does not name a config key (empty segment between `__`)"
                         .into(),
@@ -63,7 +63,7 @@ impl EnvOverrides {
             let value: Value = raw.parse().unwrap_or_else(|never| match never {});
             if let Err(conflict) = insert(&mut dict, &keys, value) {
                 let other = names.get(&keys[..conflict]).cloned().unwrap_or_default();
-                problems.push(Problem {
+                problems.push(ConfigIssue {
                     key: name.clone(),
                     message: format!(
                         "conflicts with {other}, which sets the whole `{}`",

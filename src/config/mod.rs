@@ -200,7 +200,7 @@ pub struct Schedule {
 
 /// One thing wrong with the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
+pub struct ConfigIssue {
     /// Key path such as `policy[prod].schedule[daily].cron`; empty for file-level problems (unreadable, syntax).
     pub key: String,
     /// What is wrong.
@@ -209,7 +209,7 @@ pub struct Problem {
     pub fix: String,
 }
 
-impl fmt::Display for Problem {
+impl fmt::Display for ConfigIssue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if !self.key.is_empty() {
             write!(f, "{}: ", self.key)?;
@@ -222,14 +222,14 @@ impl fmt::Display for Problem {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     pub file: PathBuf,
-    pub problems: Vec<Problem>,
+    pub problems: Vec<ConfigIssue>,
 }
 
 impl ConfigError {
     /// `EX_CONFIG` from sysexits.h; systemd and supervisors read it as "do not restart, fix the config".
     pub const EXIT_CODE: i32 = 78;
 
-    fn single(file: &Path, problem: Problem) -> Self {
+    fn single(file: &Path, problem: ConfigIssue) -> Self {
         ConfigError {
             file: file.to_path_buf(),
             problems: vec![problem],
@@ -288,7 +288,7 @@ pub fn load(path: &Path, env: &[(String, String)]) -> Result<Config, ConfigError
         };
         ConfigError::single(
             path,
-            Problem {
+            ConfigIssue {
                 key: String::new(),
                 message: format!("cannot read {}: {e}", path.display()),
                 fix,
@@ -317,7 +317,7 @@ pub fn from_toml_str(
         Ok(data) => data,
         // Unreachable after the parse above, but a figment error must still surface as a problem, not a panic.
         Err(e) => {
-            problems.push(Problem {
+            problems.push(ConfigIssue {
                 key: String::new(),
                 message: e.to_string(),
                 fix: "fix the TOML syntax".into(),
@@ -343,7 +343,7 @@ pub fn from_toml_str(
     }
 }
 
-fn syntax_problem(text: &str, e: &toml::de::Error) -> Problem {
+fn syntax_problem(text: &str, e: &toml::de::Error) -> ConfigIssue {
     let key = match e.span() {
         Some(span) => {
             let before = &text[..span.start.min(text.len())];
@@ -353,7 +353,7 @@ fn syntax_problem(text: &str, e: &toml::de::Error) -> Problem {
         }
         None => String::new(),
     };
-    Problem {
+    ConfigIssue {
         key,
         // toml's message spans lines ("invalid string\nexpected `\"`"); a problem is one line.
         message: format!("not valid TOML: {}", e.message().trim().replace('\n', "; ")),

@@ -29,19 +29,19 @@ fn parse_env(toml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
 }
 
 /// The problems, or a panic showing the config that unexpectedly validated.
-fn problems(toml: &str) -> Vec<Problem> {
+fn problems(toml: &str) -> Vec<ConfigIssue> {
     match parse(toml) {
         Ok(config) => panic!("expected problems, got {config:#?}"),
         Err(e) => e.problems,
     }
 }
 
-fn keys(problems: &[Problem]) -> Vec<&str> {
+fn keys(problems: &[ConfigIssue]) -> Vec<&str> {
     problems.iter().map(|p| p.key.as_str()).collect()
 }
 
 /// The only problem, which must be at `key`.
-fn only_problem(toml: &str, key: &str) -> Problem {
+fn only_problem(toml: &str, key: &str) -> ConfigIssue {
     let problems = problems(toml);
     assert_eq!(keys(&problems), [key], "{problems:#?}");
     problems.into_iter().next().unwrap()
@@ -220,7 +220,7 @@ fn display_has_a_count_line_then_key_message_fix_lines() {
 
     let one = ConfigError {
         file: "/x.toml".into(),
-        problems: vec![Problem {
+        problems: vec![ConfigIssue {
             key: String::new(),
             message: "m".into(),
             fix: "f".into(),
@@ -810,7 +810,7 @@ fn rules_that_keep_nothing_are_refused_all_at_once() {
         "keep = { last = 0, daily = 0, weekly = \"All\", monthly = \"12\", yearly = \"forever\", \
          quarterly = 10001, within-daily = \"0d\", within-weekly = 30, hourly = -1 }",
     ));
-    let by_key: BTreeMap<&str, &Problem> = found.iter().map(|p| (p.key.as_str(), p)).collect();
+    let by_key: BTreeMap<&str, &ConfigIssue> = found.iter().map(|p| (p.key.as_str(), p)).collect();
     let k = "policy[prod].schedule[daily].keep";
     assert_eq!(
         keys(&found),

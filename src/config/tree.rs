@@ -11,7 +11,7 @@ use figment::value::{Dict, Num, Value};
 use figment::{Figment, Profile};
 
 use super::env;
-use super::Problem;
+use super::ConfigIssue;
 
 /// A key path in two forms: for people (`policy[prod].schedule[daily].cron`) and as figment keys (for the
 /// environment variable interpolater).
@@ -79,7 +79,7 @@ pub(super) struct Field<'v> {
 /// Collects problems; every check reports here and carries on.
 pub(super) struct Collector<'f> {
     figment: &'f Figment,
-    problems: Vec<Problem>,
+    problems: Vec<ConfigIssue>,
 }
 
 impl<'f> Collector<'f> {
@@ -90,7 +90,7 @@ impl<'f> Collector<'f> {
         }
     }
 
-    pub(super) fn into_problems(self) -> Vec<Problem> {
+    pub(super) fn into_problems(self) -> Vec<ConfigIssue> {
         self.problems
     }
 
@@ -101,7 +101,7 @@ impl<'f> Collector<'f> {
         message: impl Into<String>,
         fix: impl Into<String>,
     ) {
-        self.problems.push(Problem {
+        self.problems.push(ConfigIssue {
             key: path.as_str().to_string(),
             message: message.into(),
             fix: fix.into(),
@@ -120,7 +120,7 @@ impl<'f> Collector<'f> {
         if let Some(var) = self.env_var(field) {
             message.push_str(&format!(" (set by environment variable {var})"));
         }
-        self.problems.push(Problem {
+        self.problems.push(ConfigIssue {
             key: field.path.as_str().to_string(),
             message,
             fix: fix.into(),

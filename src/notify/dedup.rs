@@ -10,8 +10,9 @@ use chrono::{DateTime, Utc};
 use super::message::{digest, recovery, Message};
 use crate::report::{RunReport, RunResult};
 
+/// What the de-dup window says to do with a run's alert.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Verdict {
+pub(crate) enum AlertAction {
     Send(Message),
     /// The same failure was already sent inside the window.
     Suppressed,
@@ -47,16 +48,16 @@ impl Deduper {
         }
     }
 
-    pub(crate) fn decide(&mut self, report: &RunReport, now: DateTime<Utc>) -> Verdict {
+    pub(crate) fn decide(&mut self, report: &RunReport, now: DateTime<Utc>) -> AlertAction {
         if report.dry_run {
-            return Verdict::Quiet;
+            return AlertAction::Quiet;
         }
         let key = alert_key(report);
         let result = report.result();
         if result == RunResult::Success {
             return match self.alerting.remove(&key) {
-                Some(_) => Verdict::Send(recovery(report)),
-                None => Verdict::Quiet,
+                Some(_) => AlertAction::Send(recovery(report)),
+                None => AlertAction::Quiet,
             };
         }
         let fingerprint = (result, report.codes());
@@ -64,19 +65,19 @@ impl Deduper {
             // A retry within the slot fails the way an outage does, often with other codes each time: the
             // operator already has this slot's digest, and hears next from its recovery.
             if report.retry > 0 && *slot == report.slot {
-                return Verdict::Suppressed;
+                return AlertAction::Suppressed;
             }
             let fresh = (now - *at)
                 .to_std()
                 .map(|age| age < self.window)
                 .unwrap_or(true);
             if (*r, codes) == (fingerprint.0, &fingerprint.1) && fresh {
-                return Verdict::Suppressed;
+                return AlertAction::Suppressed;
             }
         }
         self.alerting
             .insert(key, (fingerprint.0, fingerprint.1, now, report.slot));
-        Verdict::Send(digest(report))
+        AlertAction::Send(digest(report))
     }
 }
 
@@ -90,27 +91,27 @@ mod tests {
         let mut d = Deduper::new(Duration::ZERO);
         let t = Utc::now();
         let first = report(1, 10);
-        assert!(matches!(d.decide(&first, t), Verdict::Send(_)));
+        assert!(matches!(d.decide(&first, t), AlertAction::Send(_)));
         // The retry fails differently (the outage moved on from throttling to transport errors).
         let mut retry = report(10, 10);
         retry.retry = 1;
         retry.problems[0].code = "ServiceUnavailable".into();
-        assert_eq!(d.decide(&retry, t), Verdict::Suppressed);
+        assert_eq!(d.decide(&retry, t), AlertAction::Suppressed);
         retry.retry = 2;
         assert_eq!(
             d.decide(&retry, t + chrono::Duration::minutes(3)),
-            Verdict::Suppressed
+            AlertAction::Suppressed
         );
         // The next slot's failure is news again, even as a retry.
         let mut next = report(10, 10);
         next.slot += chrono::Duration::days(1);
         next.retry = 1;
-        assert!(matches!(d.decide(&next, t), Verdict::Send(_)));
+        assert!(matches!(d.decide(&next, t), AlertAction::Send(_)));
         let mut ok = report(0, 10);
         ok.slot = next.slot;
         ok.retry = 2;
         match d.decide(&ok, t) {
-            Verdict::Send(m) => assert!(
+            AlertAction::Send(m) => assert!(
                 m.subject.starts_with("snapwarden RECOVERED"),
                 "{}",
                 m.subject
@@ -124,25 +125,25 @@ mod tests {
         let mut d = Deduper::new(Duration::from_secs(6 * 3600));
         let t = Utc::now();
         let bad = report(1, 10);
-        assert!(matches!(d.decide(&bad, t), Verdict::Send(_)));
+        assert!(matches!(d.decide(&bad, t), AlertAction::Send(_)));
         assert_eq!(
             d.decide(&bad, t + chrono::Duration::hours(1)),
-            Verdict::Suppressed
+            AlertAction::Suppressed
         );
         // A different failure is news.
         let mut worse = report(10, 10);
         worse.problems[0].code = "UnauthorizedOperation".into();
         assert!(matches!(
             d.decide(&worse, t + chrono::Duration::hours(2)),
-            Verdict::Send(_)
+            AlertAction::Send(_)
         ));
         // The same one again after the window is re-sent.
         assert!(matches!(
             d.decide(&worse, t + chrono::Duration::hours(9)),
-            Verdict::Send(_)
+            AlertAction::Send(_)
         ));
         match d.decide(&report(0, 10), t + chrono::Duration::hours(10)) {
-            Verdict::Send(m) => assert!(
+            AlertAction::Send(m) => assert!(
                 m.subject.starts_with("snapwarden RECOVERED prod/daily"),
                 "{}",
                 m.subject
@@ -151,7 +152,7 @@ mod tests {
         }
         assert_eq!(
             d.decide(&report(0, 10), t + chrono::Duration::hours(11)),
-            Verdict::Quiet
+            AlertAction::Quiet
         );
     }
 }

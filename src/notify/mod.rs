@@ -19,7 +19,7 @@ pub(crate) mod sender;
 pub(crate) mod sns;
 
 pub use message::{digest, Message};
-pub use outbox::Retry;
+pub use outbox::Delivery;
 pub use sender::Notifier;
 pub use sns::{Publisher, SnsPublisher};
 

@@ -92,9 +92,10 @@ impl Outbox {
     }
 }
 
-/// How the sender task retries SNS.
+/// How the sender task delivers alerts to SNS: the backoff between tries, how many undelivered alerts it keeps,
+/// and how long one try may take.
 #[derive(Debug, Clone)]
-pub struct Retry {
+pub struct Delivery {
     /// Backoff after the first failure; doubles per consecutive failure, with full jitter.
     pub base: Duration,
     pub cap: Duration,
@@ -104,9 +105,9 @@ pub struct Retry {
     pub attempt_timeout: Duration,
 }
 
-impl Default for Retry {
+impl Default for Delivery {
     fn default() -> Self {
-        Retry {
+        Delivery {
             base: Duration::from_secs(2),
             cap: Duration::from_secs(300),
             outbox: 100,
@@ -115,7 +116,7 @@ impl Default for Retry {
     }
 }
 
-impl Retry {
+impl Delivery {
     /// Full jitter: uniform in [0, min(cap, base * 2^(failures - 1))], with a floor so the loop never spins.
     pub(super) fn backoff(&self, failures: u32) -> Duration {
         let ceiling = self
@@ -183,10 +184,10 @@ mod tests {
 
     #[test]
     fn backoff_is_jittered_and_capped() {
-        let r = Retry {
+        let r = Delivery {
             base: Duration::from_millis(100),
             cap: Duration::from_millis(400),
-            ..Retry::default()
+            ..Delivery::default()
         };
         for failures in 1..40 {
             let b = r.backoff(failures);

@@ -8,9 +8,9 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::sync::mpsc;
 
-use super::dedup::{alert_key, Deduper, Verdict};
+use super::dedup::{alert_key, AlertAction, Deduper};
 use super::message::Message;
-use super::outbox::{Outbox, Retry};
+use super::outbox::{Delivery, Outbox};
 use super::sns::Publisher;
 use crate::metrics::Metrics;
 use crate::report::{RunReport, RunResult};
@@ -30,7 +30,7 @@ impl Notifier {
         window: Duration,
         metrics: Arc<Metrics>,
     ) -> (Notifier, tokio::task::JoinHandle<()>) {
-        Self::spawn_with(publisher, window, metrics, Retry::default())
+        Self::spawn_with(publisher, window, metrics, Delivery::default())
     }
 
     /// [`Notifier::spawn`] with explicit retry timings (tests shorten them).
@@ -38,10 +38,10 @@ impl Notifier {
         publisher: Option<Arc<dyn Publisher>>,
         window: Duration,
         metrics: Arc<Metrics>,
-        retry: Retry,
+        delivery: Delivery,
     ) -> (Notifier, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel::<RunReport>(QUEUE);
-        let task = tokio::spawn(sender(rx, publisher, window, metrics, retry));
+        let task = tokio::spawn(sender(rx, publisher, window, metrics, delivery));
         (Notifier { tx }, task)
     }
 
@@ -62,13 +62,13 @@ fn accept(
     metrics: &Metrics,
 ) {
     let message = match dedup.decide(report, Utc::now()) {
-        Verdict::Quiet => return,
-        Verdict::Suppressed => {
+        AlertAction::Quiet => return,
+        AlertAction::Suppressed => {
             metrics.notified("deduplicated", 1);
             tracing::info!(policy = %report.policy, schedule = %report.schedule_label(), region = %report.region, "alert suppressed: same failure already sent within the de-dup window");
             return;
         }
-        Verdict::Send(m) => m,
+        AlertAction::Send(m) => m,
     };
     if !sending {
         metrics.notified("disabled", 1);
@@ -96,10 +96,10 @@ async fn sender(
     publisher: Option<Arc<dyn Publisher>>,
     window: Duration,
     metrics: Arc<Metrics>,
-    retry: Retry,
+    delivery: Delivery,
 ) {
     let mut dedup = Deduper::new(window);
-    let mut outbox = Outbox::new(retry.outbox);
+    let mut outbox = Outbox::new(delivery.outbox);
     let sending = publisher.is_some();
     let mut failures = 0u32;
     let mut retry_at: Option<tokio::time::Instant> = None;
@@ -118,13 +118,13 @@ async fn sender(
         let (Some(publisher), Some(message)) = (&publisher, outbox.front()) else {
             continue;
         };
-        if attempt(publisher.as_ref(), message, &retry, &metrics).await {
+        if attempt(publisher.as_ref(), message, &delivery, &metrics).await {
             outbox.delivered();
             failures = 0;
             retry_at = None;
         } else {
             failures += 1;
-            let wait = retry.backoff(failures);
+            let wait = delivery.backoff(failures);
             tracing::warn!(
                 queued = outbox.len(),
                 failures,
@@ -137,7 +137,7 @@ async fn sender(
     // Shutting down: one last try for what is queued, in order, stopping at the first failure.
     if let Some(publisher) = &publisher {
         while let Some(message) = outbox.front() {
-            if !attempt(publisher.as_ref(), message, &retry, &metrics).await {
+            if !attempt(publisher.as_ref(), message, &delivery, &metrics).await {
                 tracing::error!(lost = outbox.len(), "alerts not delivered before shutdown");
                 break;
             }
@@ -150,11 +150,11 @@ async fn sender(
 async fn attempt(
     publisher: &dyn Publisher,
     message: &Message,
-    retry: &Retry,
+    delivery: &Delivery,
     metrics: &Metrics,
 ) -> bool {
     // Bounded so a hung SNS endpoint cannot stall the queue forever.
-    match tokio::time::timeout(retry.attempt_timeout, publisher.publish(message)).await {
+    match tokio::time::timeout(delivery.attempt_timeout, publisher.publish(message)).await {
         Ok(Ok(())) => {
             metrics.notified("sent", 1);
             tracing::info!(subject = %message.subject, "alert sent");
@@ -167,7 +167,7 @@ async fn attempt(
         }
         Err(_) => {
             metrics.notified("failed", 1);
-            tracing::error!(subject = %message.subject, timeout_seconds = retry.attempt_timeout.as_secs_f64(), "alert could not be sent: SNS did not answer in time");
+            tracing::error!(subject = %message.subject, timeout_seconds = delivery.attempt_timeout.as_secs_f64(), "alert could not be sent: SNS did not answer in time");
             false
         }
     }
