@@ -35,6 +35,10 @@ use crate::sdnotify::SdNotify;
 use crate::status::{self, Health, StatusBoard};
 use crate::worker::{self, Region, RunSpec};
 
+/// How long the notifier may take after the last run to send what is still queued before the daemon exits
+/// anyway (the deploy files' stop timeouts leave room for it).
+pub const NOTIFIER_DRAIN: Duration = Duration::from_secs(5);
+
 /// How long the scheduler may stay silent before `/healthz` reports it stalled.
 pub(crate) const STALL_AFTER: Duration = Duration::from_secs(30);
 
@@ -767,7 +771,7 @@ pub async fn serve(
     )
     .await;
     // The notifier drains once every sender (held by finished runs and the loop) is gone.
-    let _ = tokio::time::timeout(Duration::from_secs(5), notify_task).await;
+    let _ = tokio::time::timeout(NOTIFIER_DRAIN, notify_task).await;
     http_stop.cancel();
     if let Err(e) = server.await {
         tracing::error!(error = %e, "HTTP server task failed");

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use common::{free_port, http_get, Moto};
 use serde_json::Value;
+use snapwarden::config;
+use snapwarden::daemon::NOTIFIER_DRAIN;
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -359,13 +361,24 @@ fn ecs_task_definition_has_role_logs_health_check_stop_timeout_env_config_and_re
 
     // The daemon drains in-flight runs for shutdown-grace, then waits for the mutating calls already sent (each
     // bounded by operation-timeout after connect-timeout) so each is answered and logged, then gives the notifier
-    // up to 5 s: ECS must wait longer than all of them before its SIGKILL.
-    let grace = var("SNAPWARDEN_DAEMON__SHUTDOWN_GRACE").map_or(30, |g| seconds(&g));
-    let calls = var("SNAPWARDEN_AWS__OPERATION_TIMEOUT").map_or(60, |g| seconds(&g))
-        + var("SNAPWARDEN_AWS__CONNECT_TIMEOUT").map_or(3, |g| seconds(&g));
+    // up to NOTIFIER_DRAIN: ECS must wait longer than all of them (and a 5 s margin) before its SIGKILL. Unset
+    // keys take the daemon's own defaults.
+    let or_default =
+        |key: &str, default: Duration| var(key).map_or(default.as_secs(), |g| seconds(&g));
+    let grace = or_default(
+        "SNAPWARDEN_DAEMON__SHUTDOWN_GRACE",
+        config::DEFAULT_SHUTDOWN_GRACE,
+    );
+    let calls = or_default(
+        "SNAPWARDEN_AWS__OPERATION_TIMEOUT",
+        config::DEFAULT_OPERATION_TIMEOUT,
+    ) + or_default(
+        "SNAPWARDEN_AWS__CONNECT_TIMEOUT",
+        config::DEFAULT_CONNECT_TIMEOUT,
+    );
     let stop = c["stopTimeout"].as_u64().expect("stopTimeout");
     assert!(
-        stop >= grace + calls + 5 + 5,
+        stop >= grace + calls + NOTIFIER_DRAIN.as_secs() + 5,
         "stopTimeout {stop}s leaves no margin over shutdown-grace {grace}s plus {calls}s for calls in flight"
     );
     assert!(stop <= 120, "Fargate caps stopTimeout at 120 s");

@@ -16,7 +16,10 @@ mod env;
 mod sections;
 mod tree;
 
-pub use sections::DEFAULT_DEDUP_WINDOW;
+pub use sections::{
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_DEDUP_WINDOW, DEFAULT_OPERATION_TIMEOUT,
+    DEFAULT_SHUTDOWN_GRACE,
+};
 
 use std::collections::BTreeMap;
 use std::fmt;

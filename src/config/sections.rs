@@ -23,17 +23,18 @@ use crate::schedule::Cron;
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:9180";
 const DEFAULT_MAX_CONCURRENT_AWS_CALLS: usize = 8;
-const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Also the grace the deploy files' stop timeouts are checked against (tests/deploy_files.rs).
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Long enough for small volumes' snapshots to complete, short enough that a run never holds its schedule long.
-const DEFAULT_COMPLETION_DEADLINE: Duration = Duration::from_secs(600);
+pub(crate) const DEFAULT_COMPLETION_DEADLINE: Duration = Duration::from_secs(600);
 /// A few runs at once keep the AWS budget for the ones running, so they finish; a big fleet per policy is
 /// bounded by `max-concurrent-aws-calls`, not by this.
-const DEFAULT_MAX_CONCURRENT_RUNS: usize = 4;
+pub(crate) const DEFAULT_MAX_CONCURRENT_RUNS: usize = 4;
 /// Like DLM's retries within the hour: 1, 2, 4, 8 ... minutes.
-const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_secs(60);
 const DEFAULT_MAX_ATTEMPTS: u32 = 5;
-const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
 /// `notify.sns.dedup-window`, and the window the notifier uses without a topic (counted, not sent) and in `once`.
 pub const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(6 * 3600);

@@ -1066,3 +1066,105 @@ fn the_dedup_window_default_is_written_down_as_the_constant_says() {
     let sns = parse(&toml).unwrap().notify.sns.unwrap();
     assert_eq!(sns.dedup_window, DEFAULT_DEDUP_WINDOW);
 }
+
+#[test]
+fn the_readme_states_the_daemon_defaults_the_loader_uses() {
+    use super::sections::{
+        DEFAULT_COMPLETION_DEADLINE, DEFAULT_MAX_CONCURRENT_RUNS, DEFAULT_RETRY_BACKOFF,
+    };
+    let human = |d: Duration| humantime::format_duration(d).to_string();
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    for stated in [
+        format!(
+            "`daemon.retry-backoff` (default `{}`",
+            human(DEFAULT_RETRY_BACKOFF)
+        ),
+        format!(
+            "`daemon.completion-deadline` (default {})",
+            human(DEFAULT_COMPLETION_DEADLINE)
+        ),
+        format!(
+            "`daemon.max-concurrent-runs` fires (one policy, one slot, all regions; default \
+             {DEFAULT_MAX_CONCURRENT_RUNS})"
+        ),
+        format!("the {} s grace", DEFAULT_SHUTDOWN_GRACE.as_secs()),
+    ] {
+        assert!(readme.contains(&stated), "README.md must say {stated:?}");
+    }
+    let d = parse(MINIMAL).unwrap().daemon;
+    assert_eq!(
+        (
+            d.retry_backoff,
+            d.completion_deadline,
+            d.max_concurrent_runs,
+            d.shutdown_grace
+        ),
+        (
+            DEFAULT_RETRY_BACKOFF,
+            DEFAULT_COMPLETION_DEADLINE,
+            DEFAULT_MAX_CONCURRENT_RUNS,
+            DEFAULT_SHUTDOWN_GRACE
+        )
+    );
+}
+
+/// The example config states each key's default twice, as `Default: …` and as the key's value: both must be what
+/// the loader takes when the key is left out, so writing either one changes nothing.
+#[test]
+fn the_example_config_states_the_defaults_the_loader_uses() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/snapwarden.example.toml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut section = String::new();
+    let mut stated: Option<String> = None;
+    let mut checked = Vec::new();
+    for line in text.lines() {
+        if line.starts_with("[[policy]]") {
+            break;
+        }
+        let bare = line.strip_prefix("# ").unwrap_or(line);
+        if let Some(name) = bare.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
+            section = name.to_string();
+            continue;
+        }
+        if let Some((_, value)) = line.rsplit_once("Default: ") {
+            // Only a TOML value ("unset, which means…" and "systemd's $RUNTIME_DIRECTORY" are prose).
+            stated = value
+                .strip_suffix('.')
+                .filter(|v| toml::from_str::<toml::Table>(&format!("v = {v}")).is_ok())
+                .map(str::to_string);
+            continue;
+        }
+        let Some((key, value)) = bare.split_once(" = ") else {
+            continue;
+        };
+        if key.is_empty() || !key.chars().all(|c| c.is_ascii_lowercase() || c == '-') {
+            continue;
+        }
+        let Some(default) = stated.take() else {
+            continue;
+        };
+        assert_eq!(
+            value, default,
+            "[{section}] {key}: the value shown is the stated default"
+        );
+        // Tables the loader only fills in when present; the SNS table needs its topic.
+        let table = match section.as_str() {
+            "notify.sns" => {
+                "[notify.sns]\ntopic-arn = \"arn:aws:sns:us-east-1:123456789012:t\"\n".to_string()
+            }
+            other => format!("[{other}]\n"),
+        };
+        let left_out = parse(&with(&table)).unwrap();
+        let written = parse(&with(&format!("{table}{key} = {default}\n")))
+            .unwrap_or_else(|e| panic!("[{section}] {key} = {default}: {e}"));
+        assert_eq!(
+            format!("{written:?}"),
+            format!("{left_out:?}"),
+            "[{section}] {key}: the stated default {default} is not what the loader takes without the key"
+        );
+        checked.push(format!("{section}.{key}"));
+    }
+    // The defaults of [daemon], [aws], [notify.sns], [log] and [log.file] that have a value.
+    assert_eq!(checked.len(), 17, "{checked:?}");
+}
