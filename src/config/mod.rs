@@ -16,6 +16,7 @@ mod env;
 mod sections;
 mod tree;
 
+pub(crate) use sections::DEFAULT_MAX_ATTEMPTS;
 pub use sections::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_DEDUP_WINDOW, DEFAULT_OPERATION_TIMEOUT,
     DEFAULT_SHUTDOWN_GRACE,

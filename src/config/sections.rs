@@ -32,7 +32,9 @@ pub(crate) const DEFAULT_COMPLETION_DEADLINE: Duration = Duration::from_secs(600
 pub(crate) const DEFAULT_MAX_CONCURRENT_RUNS: usize = 4;
 /// Like DLM's retries within the hour: 1, 2, 4, 8 ... minutes.
 pub(crate) const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_secs(60);
-const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+/// Also the pacing layer's own default (`PaceConfig::default`), so a backend built without a config retries as
+/// the daemon does.
+pub(crate) const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);

@@ -157,7 +157,7 @@ impl Default for PaceConfig {
         PaceConfig {
             budget_fraction: 0.5,
             max_wait: Duration::from_secs(120),
-            max_attempts: 10,
+            max_attempts: crate::config::DEFAULT_MAX_ATTEMPTS,
             backoff_base: Duration::from_millis(200),
             backoff_cap: Duration::from_secs(20),
             per_volume_gap: Duration::from_secs(15),
