@@ -749,12 +749,7 @@ pub async fn serve(
         let app = http::router(shared.app_state());
         tokio::spawn(http::serve(listener, app, shared.metrics.clone(), stop))
     };
-    let window = shared
-        .config
-        .notify
-        .sns
-        .as_ref()
-        .map_or(crate::config::DEFAULT_DEDUP_WINDOW, |s| s.dedup_window);
+    let window = shared.config.notify.dedup_window();
     let (notifier, notify_task) = Notifier::spawn(publisher, window, shared.metrics.clone());
     let region_names: Vec<String> = regions.iter().map(|r| r.ec2.region().to_string()).collect();
     shared

@@ -526,15 +526,9 @@ async fn once(
     let (notifier, notify_task) = if dry_run {
         (None, None)
     } else {
-        let window = shared
-            .config
-            .notify
-            .sns
-            .as_ref()
-            .map_or(snapwarden::config::DEFAULT_DEDUP_WINDOW, |s| s.dedup_window);
         let (n, t) = Notifier::spawn(
             daemon::sns_publisher(&shared.config).await,
-            window,
+            shared.config.notify.dedup_window(),
             shared.metrics.clone(),
         );
         (Some(n), Some(t))

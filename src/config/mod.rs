@@ -16,11 +16,8 @@ mod env;
 mod sections;
 mod tree;
 
-pub(crate) use sections::DEFAULT_MAX_ATTEMPTS;
-pub use sections::{
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_DEDUP_WINDOW, DEFAULT_OPERATION_TIMEOUT,
-    DEFAULT_SHUTDOWN_GRACE,
-};
+pub use sections::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_OPERATION_TIMEOUT, DEFAULT_SHUTDOWN_GRACE};
+pub(crate) use sections::{DEFAULT_DEDUP_WINDOW, DEFAULT_MAX_ATTEMPTS};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -98,6 +95,16 @@ pub struct AwsConfig {
 pub struct NotifyConfig {
     /// Without it, failures are only logged and counted.
     pub sns: Option<SnsConfig>,
+}
+
+impl NotifyConfig {
+    /// The window the notifier de-duplicates alerts in: the topic's, else the default (alerts are then counted,
+    /// not sent, and de-duplicated alike). The daemon and `once` both ask here.
+    pub fn dedup_window(&self) -> Duration {
+        self.sns
+            .as_ref()
+            .map_or(DEFAULT_DEDUP_WINDOW, |s| s.dedup_window)
+    }
 }
 
 #[derive(Debug, Clone)]

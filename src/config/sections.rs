@@ -39,7 +39,7 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
 /// `notify.sns.dedup-window`, and the window the notifier uses without a topic (counted, not sent) and in `once`.
-pub const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(6 * 3600);
+pub(crate) const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(6 * 3600);
 const DEFAULT_LOG_LEVEL: &str = "info";
 const DEFAULT_LOG_DIRECTORY: &str = "/var/log/snapwarden";
 const DEFAULT_LOG_PREFIX: &str = "snapwarden.log";

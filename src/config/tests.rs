@@ -1168,3 +1168,32 @@ fn the_example_config_states_the_defaults_the_loader_uses() {
     // The defaults of [daemon], [aws], [notify.sns], [log] and [log.file] that have a value.
     assert_eq!(checked.len(), 17, "{checked:?}");
 }
+
+#[test]
+fn pacing_retries_a_call_as_often_as_the_config_default_says() {
+    // A backend paced without a config (tests, the benchmark) retries as the daemon does by default.
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(
+        crate::ec2::pace::PaceConfig::default().max_attempts,
+        c.aws.max_attempts
+    );
+    assert_eq!(
+        crate::daemon::pace_config(&c).max_attempts,
+        c.aws.max_attempts
+    );
+}
+
+#[test]
+fn the_notifier_window_is_the_topics_else_the_default() {
+    assert_eq!(
+        parse(MINIMAL).unwrap().notify.dedup_window(),
+        DEFAULT_DEDUP_WINDOW
+    );
+    let toml = with(
+        "[notify.sns]\ntopic-arn = \"arn:aws:sns:us-east-1:123456789012:t\"\ndedup-window = \"2h\"",
+    );
+    assert_eq!(
+        parse(&toml).unwrap().notify.dedup_window(),
+        Duration::from_secs(2 * 3600)
+    );
+}
