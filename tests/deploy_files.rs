@@ -304,6 +304,33 @@ fn seconds(text: &str) -> u64 {
     }
 }
 
+/// systemd's TimeoutStopSec must, like ECS's stopTimeout below, outlast what the daemon takes to stop with its
+/// default settings (the unit sets none): the shutdown grace, the wait for calls already sent and the notifier's
+/// drain, with a 5 s margin.
+#[test]
+fn systemd_stop_timeout_outlasts_the_daemons_own_shutdown_defaults() {
+    let unit = std::fs::read_to_string(root().join("systemd/snapwarden.service")).unwrap();
+    assert!(
+        !unit.contains("SNAPWARDEN_DAEMON__SHUTDOWN_GRACE") && !unit.contains("SNAPWARDEN_AWS__"),
+        "the unit overrides a shutdown setting; check TimeoutStopSec against it"
+    );
+    let stop = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("TimeoutStopSec="))
+        .map(seconds)
+        .expect("TimeoutStopSec");
+    let needs = config::DEFAULT_SHUTDOWN_GRACE
+        + config::DEFAULT_OPERATION_TIMEOUT
+        + config::DEFAULT_CONNECT_TIMEOUT
+        + NOTIFIER_DRAIN
+        + Duration::from_secs(5);
+    assert!(
+        stop >= needs.as_secs(),
+        "TimeoutStopSec={stop}s is below the {}s the daemon may take to stop",
+        needs.as_secs()
+    );
+}
+
 const MINIMAL_POLICY: &str = r#"
 [[policy]]
 name = "prod"
