@@ -1089,6 +1089,10 @@ fn the_readme_states_the_daemon_defaults_the_loader_uses() {
              {DEFAULT_MAX_CONCURRENT_RUNS})"
         ),
         format!("the {} s grace", DEFAULT_SHUTDOWN_GRACE.as_secs()),
+        format!(
+            "capped at {} minutes",
+            crate::scheduler::MAX_RETRY_DELAY.as_secs() / 60
+        ),
     ] {
         assert!(readme.contains(&stated), "README.md must say {stated:?}");
     }
