@@ -2,6 +2,10 @@
 //! decision modules (`schedule`, `retention`, `config` validation, `notify` digests) know nothing of tokio or
 //! AWS; `ec2` puts AWS behind a small trait; `worker` is where decisions meet I/O; `daemon` wires it all up.
 //! See docs/ARCHITECTURE.md.
+//!
+//! Only what `main.rs` and the tests under `tests/` use is `pub`; the rest is `pub(crate)`. The docs are for people
+//! working on the crate (`cargo doc --document-private-items`), so they may link to crate-private items.
+#![allow(rustdoc::private_intra_doc_links)]
 
 pub mod config;
 pub mod daemon;
