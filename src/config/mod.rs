@@ -58,7 +58,7 @@ impl Config {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DaemonConfig {
     pub listen: SocketAddr,
     pub timezone: chrono_tz::Tz,
@@ -78,7 +78,7 @@ pub struct DaemonConfig {
     pub lock_dir: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AwsConfig {
     /// Empty means "the region the SDK's default chain finds".
     pub regions: Vec<String>,
@@ -90,13 +90,13 @@ pub struct AwsConfig {
     pub attempt_timeout: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NotifyConfig {
     /// Without it, failures are only logged and counted.
     pub sns: Option<SnsConfig>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnsConfig {
     pub topic_arn: String,
     /// Parsed from the ARN: the topic must be called in its own region.
@@ -119,7 +119,7 @@ impl LogFormat {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogConfig {
     /// `None` when the file leaves it out: the caller picks json unless stdout is a TTY.
     pub format: Option<LogFormat>,
@@ -147,7 +147,7 @@ impl Rotation {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogFileConfig {
     pub directory: PathBuf,
     pub prefix: String,
