@@ -415,7 +415,7 @@ fn retry_scheduled(
 async fn slot_lock(locks: &LockDir, policy: &str, slot: DateTime<Utc>) -> Option<Held> {
     let mut warned = false;
     loop {
-        match locks.try_slot(policy, slot) {
+        match locks.try_slot(policy, slot).await {
             Ok(held) => return Some(held),
             Err(Refused::Busy { holder, .. }) => {
                 if !warned {
