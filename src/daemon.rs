@@ -419,7 +419,7 @@ fn retry_scheduled(
 async fn slot_lock(locks: &LockDir, policy: &str, slot: DateTime<Utc>) -> Option<Held> {
     let mut warned = false;
     loop {
-        match locks.try_slot(policy, slot) {
+        match locks.try_slot(policy, slot).await {
             Ok(held) => return Some(held),
             Err(Refused::Busy { holder, .. }) => {
                 if !warned {
@@ -654,15 +654,13 @@ pub(crate) fn restart_keys(running: &Config, new: &Config) -> Vec<&'static str> 
     .map(|(key, _)| key)
     .collect();
     // Whole sections, by value: a key added to one later is covered without a line here.
-    let differs =
-        |x: &dyn std::fmt::Debug, y: &dyn std::fmt::Debug| format!("{x:?}") != format!("{y:?}");
-    if keys.is_empty() && differs(a, b) {
+    if keys.is_empty() && a != b {
         keys.push("[daemon]");
     }
     for (section, changed) in [
-        ("[aws]", differs(&running.aws, &new.aws)),
-        ("[notify]", differs(&running.notify, &new.notify)),
-        ("[log]", differs(&running.log, &new.log)),
+        ("[aws]", running.aws != new.aws),
+        ("[notify]", running.notify != new.notify),
+        ("[log]", running.log != new.log),
     ] {
         if changed {
             keys.push(section);
@@ -801,6 +799,7 @@ mod tests {
             ("two daemon keys", config("timezone = \"Europe/Berlin\"\nmax-concurrent-runs = 9", "", &policy("a", "0 4 * * *")),
                 &["daemon.timezone", "daemon.max-concurrent-runs"]),
             ("log level", config("", "level = \"debug\"", &policy("a", "0 4 * * *")), &["[log]"]),
+            ("a daemon key without a line of its own", config("lock-dir = \"/tmp/locks\"", "", &policy("a", "0 4 * * *")), &["[daemon]"]),
         ];
         for (name, new, want) in cases {
             assert_eq!(restart_keys(&running, new), *want, "{name}");

@@ -73,17 +73,28 @@ impl LockDir {
     }
 
     /// The lock `once` and the daemon's runs take for one slot of a policy.
-    pub fn try_slot(&self, policy: &str, slot: DateTime<Utc>) -> Result<Held, Refused> {
-        self.try_lock(&format!(
+    pub async fn try_slot(&self, policy: &str, slot: DateTime<Utc>) -> Result<Held, Refused> {
+        self.off_runtime(format!(
             "{}.{}.lock",
             file_part(policy),
             slot.format("%Y%m%dT%H%M%SZ")
         ))
+        .await
     }
 
     /// The lock `run` holds for each of its policies while it lives.
-    pub fn try_daemon(&self, policy: &str) -> Result<Held, Refused> {
-        self.try_lock(&format!("{}.daemon.lock", file_part(policy)))
+    pub async fn try_daemon(&self, policy: &str) -> Result<Held, Refused> {
+        self.off_runtime(format!("{}.daemon.lock", file_part(policy)))
+            .await
+    }
+
+    /// [`LockDir::try_lock`] on tokio's blocking pool: naming a busy lock's holder may wait up to ~200 ms for its
+    /// note ([`read_holder`]), which on a runtime thread would stall every task queued there.
+    async fn off_runtime(&self, name: String) -> Result<Held, Refused> {
+        let dir = self.clone();
+        tokio::task::spawn_blocking(move || dir.try_lock(&name))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
     }
 
     fn try_lock(&self, name: &str) -> Result<Held, Refused> {
@@ -183,12 +194,12 @@ mod tests {
         "2026-11-21T04:30:00Z".parse().unwrap()
     }
 
-    #[test]
-    fn a_second_holder_is_refused_with_the_first_ones_pid_until_it_lets_go() {
+    #[tokio::test]
+    async fn a_second_holder_is_refused_with_the_first_ones_pid_until_it_lets_go() {
         let dir = tempfile::tempdir().unwrap();
         let locks = LockDir::resolve(Some(dir.path()), None);
-        let held = locks.try_slot("prod", slot()).unwrap();
-        match locks.try_slot("prod", slot()) {
+        let held = locks.try_slot("prod", slot()).await.unwrap();
+        match locks.try_slot("prod", slot()).await {
             Err(Refused::Busy { holder, .. }) => {
                 assert!(
                     holder.starts_with(&format!("pid {} (", std::process::id())),
@@ -198,17 +209,19 @@ mod tests {
             other => panic!("expected busy, got {other:?}"),
         }
         // Another slot, the daemon lock and another policy are independent.
-        let other_slot = locks.try_slot("prod", slot() + chrono::Duration::days(1));
+        let other_slot = locks
+            .try_slot("prod", slot() + chrono::Duration::days(1))
+            .await;
         assert!(other_slot.is_ok());
-        assert!(locks.try_daemon("prod").is_ok());
-        assert!(locks.try_slot("test", slot()).is_ok());
+        assert!(locks.try_daemon("prod").await.is_ok());
+        assert!(locks.try_slot("test", slot()).await.is_ok());
         drop(held);
         assert!(!dir.path().join("prod.20261121T043000Z.lock").exists());
-        assert!(locks.try_slot("prod", slot()).is_ok());
+        assert!(locks.try_slot("prod", slot()).await.is_ok());
     }
 
-    #[test]
-    fn a_holder_caught_between_its_lock_and_its_note_is_still_named() {
+    #[tokio::test]
+    async fn a_holder_caught_between_its_lock_and_its_note_is_still_named() {
         // Two `once` started together: the loser can read the file before the winner has written who it is.
         let dir = tempfile::tempdir().unwrap();
         let locks = LockDir::resolve(Some(dir.path()), None);
@@ -221,11 +234,31 @@ mod tests {
             writeln!(w, "pid 4242 (snapwarden once)").unwrap();
             winner
         });
-        match locks.try_slot("prod", slot()) {
+        match locks.try_slot("prod", slot()).await {
             Err(Refused::Busy { holder, .. }) => assert_eq!(holder, "pid 4242 (snapwarden once)"),
             other => panic!("expected busy, got {other:?}"),
         }
         drop(writer.join().unwrap());
+    }
+
+    #[tokio::test]
+    async fn naming_a_busy_locks_holder_leaves_the_runtime_thread_free() {
+        // The holder's note is written by a task of this (single-threaded) runtime: it only gets to run while the
+        // wait for the note is off the runtime thread.
+        let dir = tempfile::tempdir().unwrap();
+        let locks = LockDir::resolve(Some(dir.path()), None);
+        let winner = File::create(dir.path().join("prod.20261121T043000Z.lock")).unwrap();
+        winner.try_lock().unwrap();
+        let writer = tokio::spawn(async move {
+            let mut w = &winner;
+            writeln!(w, "pid 4242 (snapwarden once)").unwrap();
+            winner
+        });
+        match locks.try_slot("prod", slot()).await {
+            Err(Refused::Busy { holder, .. }) => assert_eq!(holder, "pid 4242 (snapwarden once)"),
+            other => panic!("expected busy, got {other:?}"),
+        }
+        drop(writer.await.unwrap());
     }
 
     #[test]

@@ -226,10 +226,10 @@ const LOCKED: u8 = 75;
 
 /// The lock of every policy of the config, or why not: a second daemon with one of these policies would double
 /// every slot. A lock directory that cannot be used is warned about and the daemon starts anyway.
-fn daemon_locks(config: &Config, locks: &LockDir) -> Result<Vec<Held>, String> {
+async fn daemon_locks(config: &Config, locks: &LockDir) -> Result<Vec<Held>, String> {
     let mut held = Vec::new();
     for p in &config.policies {
-        match locks.try_daemon(&p.name) {
+        match locks.try_daemon(&p.name).await {
             Ok(h) => held.push(h),
             Err(e @ Refused::Busy { .. }) => {
                 return Err(format!(
@@ -279,7 +279,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
                 config.daemon.lock_dir.as_deref(),
                 std::env::var("RUNTIME_DIRECTORY").ok().as_deref(),
             );
-            let _daemon_locks = match daemon_locks(&config, &locks) {
+            let _daemon_locks = match daemon_locks(&config, &locks).await {
                 Ok(held) => held,
                 Err(message) => {
                     eprintln!("snapwarden: {message}");
@@ -505,7 +505,7 @@ async fn once(
             config.daemon.lock_dir.as_deref(),
             std::env::var("RUNTIME_DIRECTORY").ok().as_deref(),
         );
-        match locks.try_slot(policy, slot) {
+        match locks.try_slot(policy, slot).await {
             Ok(held) => Some(held),
             Err(e @ Refused::Busy { .. }) => {
                 eprintln!(

@@ -59,7 +59,7 @@ impl Config {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DaemonConfig {
     pub listen: SocketAddr,
     pub timezone: chrono_tz::Tz,
@@ -79,7 +79,7 @@ pub struct DaemonConfig {
     pub lock_dir: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AwsConfig {
     /// Empty means "the region the SDK's default chain finds".
     pub(crate) regions: Vec<String>,
@@ -91,7 +91,7 @@ pub struct AwsConfig {
     pub(crate) attempt_timeout: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NotifyConfig {
     /// Without it, failures are only logged and counted.
     pub sns: Option<SnsConfig>,
@@ -107,7 +107,7 @@ impl NotifyConfig {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnsConfig {
     pub(crate) topic_arn: String,
     /// Parsed from the ARN: the topic must be called in its own region.
@@ -121,7 +121,7 @@ pub enum LogFormat {
     Pretty,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogConfig {
     /// `None` when the file leaves it out: the caller picks json unless stdout is a TTY.
     pub format: Option<LogFormat>,
@@ -138,7 +138,7 @@ pub enum Rotation {
     Never,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogFileConfig {
     pub(crate) directory: PathBuf,
     pub(crate) prefix: String,

@@ -14,7 +14,7 @@ use tokio::sync::{watch, Notify};
 use super::prune::Early;
 use super::run::{Flight, Run};
 use super::survey::{Survey, TargetVolume};
-use super::{settle, MAX_TAGS};
+use super::{settle, RunSpec, MAX_TAGS};
 use crate::config::{Consistency, Policy};
 use crate::ec2::op::Op;
 use crate::ec2::{self, CreateSnapshot, Ec2, Snapshot, Tags};
@@ -221,31 +221,7 @@ async fn create_all(
     // Tags CreateSnapshots could not set per volume, by tag set: what `tag_all` adds.
     let mut batches: BTreeMap<Tags, Vec<String>> = BTreeMap::new();
     stream::iter(calls)
-        .map(|(instance, items)| async move {
-            let n = items.len();
-            if let Some(gate) = gate {
-                if !gate.admit(n).await {
-                    let operation = if instance.is_empty() {
-                        Op::CreateSnapshot
-                    } else {
-                        Op::CreateSnapshots
-                    };
-                    let refused = items
-                        .into_iter()
-                        .map(|(r, serves)| (r, serves, Err(gate.refusal(operation, ec2.region()))))
-                        .collect();
-                    return (refused, Vec::new(), 0);
-                }
-            }
-            let (made, extra) = if instance.is_empty() {
-                let (request, serves) = items.into_iter().next().expect("one item");
-                let result = ec2.create_snapshot(&request).await;
-                (vec![(request, serves, result)], Vec::new())
-            } else {
-                create_instance(ec2, &policy.name, &instance, items).await
-            };
-            (made, extra, n)
-        })
+        .map(|(instance, items)| create_call(ec2, &policy.name, gate, instance, items))
         .buffer_unordered(spec.concurrency.max(1))
         .for_each(|(made, extra, admitted)| {
             let ok = made.iter().filter_map(|(_, _, r)| r.as_ref().ok());
@@ -257,24 +233,62 @@ async fn create_all(
             for s in extra {
                 tracing::info!(volume = %s.volume_id, snapshot = %s.id, "snapshot of a volume attached since the survey");
             }
-            for (mut request, serves, mut result) in made {
-                if let Ok(s) = &mut result {
-                    let add = missing(&request.tags, &s.tags);
-                    if !add.is_empty() {
-                        batches.entry(add).or_default().push(s.id.to_string());
-                    }
-                    // Settled: the run needs only the ids from here on, and at 10,000 volumes the tags held
-                    // until the last create would be ~15 MB.
-                    s.tags = Arc::default();
-                }
-                request.tags = Tags::new();
-                results.push((request, serves, result));
-            }
+            results.extend(made.into_iter().map(|c| keep_ids(c, &mut batches)));
             std::future::ready(())
         })
         .await;
     tag_all(run, batches).await;
     results
+}
+
+/// One create call of [`calls`] (an empty `instance`: one CreateSnapshot), once the [`Gate`] admits it. Returns
+/// the outcome per request, any snapshot of a volume nobody asked for, and how many volumes the gate admitted.
+async fn create_call(
+    ec2: &dyn Ec2,
+    policy: &str,
+    gate: Option<&Gate<'_>>,
+    instance: String,
+    items: Vec<Todo>,
+) -> (Vec<Created>, Vec<Snapshot>, usize) {
+    let n = items.len();
+    if let Some(gate) = gate {
+        if !gate.admit(n).await {
+            let operation = if instance.is_empty() {
+                Op::CreateSnapshot
+            } else {
+                Op::CreateSnapshots
+            };
+            let refused = items
+                .into_iter()
+                .map(|(r, serves)| (r, serves, Err(gate.refusal(operation, ec2.region()))))
+                .collect();
+            return (refused, Vec::new(), 0);
+        }
+    }
+    let (made, extra) = if instance.is_empty() {
+        let (request, serves) = items.into_iter().next().expect("one item");
+        let result = ec2.create_snapshot(&request).await;
+        (vec![(request, serves, result)], Vec::new())
+    } else {
+        create_instance(ec2, policy, &instance, items).await
+    };
+    (made, extra, n)
+}
+
+/// A create's outcome as the run keeps it: the tags the snapshot lacks go into `batches` (for [`tag_all`]), and
+/// the request's and snapshot's tags are dropped — the run needs only the ids from here on, and at 10,000 volumes
+/// the tags held until the last create would be ~15 MB.
+fn keep_ids(created: Created, batches: &mut BTreeMap<Tags, Vec<String>>) -> Created {
+    let (mut request, serves, mut result) = created;
+    if let Ok(s) = &mut result {
+        let add = missing(&request.tags, &s.tags);
+        if !add.is_empty() {
+            batches.entry(add).or_default().push(s.id.to_string());
+        }
+        s.tags = Arc::default();
+    }
+    request.tags = Tags::new();
+    (request, serves, result)
 }
 
 /// The create calls for `todo`, as (instance, requests): a whole instance's volumes for one CreateSnapshots, or
@@ -486,43 +500,10 @@ fn instance_description(policy: &str, common: &Tags, instance: &str) -> String {
 /// needing the same tags share CreateTags calls (up to [`TAG_BATCH`] ids each). A failure is a `tag` problem (the
 /// run is partial); the snapshot itself is good, and the next run of the slot tries again.
 async fn tag_all(run: &mut Run<'_>, mut batches: BTreeMap<Tags, Vec<String>>) {
-    let (ec2, spec, survey) = (run.ec2, run.spec, &run.survey);
+    let (ec2, spec) = (run.ec2, run.spec);
     // Earlier runs of this slot: only where CreateSnapshots leaves something out (several volumes of an instance).
     if spec.policy.consistency == Consistency::Instance {
-        let slot = format_slot(spec.slot);
-        let targets: HashMap<&str, &TargetVolume> = survey
-            .targets
-            .iter()
-            .map(|t| (t.volume.id.as_str(), t))
-            .collect();
-        let queued: HashSet<String> = batches.values().flatten().cloned().collect();
-        // One snapshot per volume: the one EC2 started first, which stands for the slot. A repeat of it is
-        // retention's to delete, in this very run: tagging it too would race that delete (and a CreateTags naming
-        // a snapshot just deleted fails for every snapshot of its batch).
-        let mut first: BTreeMap<&str, &crate::retention::Snap> = BTreeMap::new();
-        for s in &survey.snapshots {
-            if s.slot != spec.slot || s.state == SnapState::Error {
-                continue;
-            }
-            let e = first.entry(&*s.volume_id).or_insert(s);
-            if (s.started, &s.id) < (e.started, &e.id) {
-                *e = s;
-            }
-        }
-        for s in first.into_values() {
-            if queued.contains(&*s.id) {
-                continue;
-            }
-            let (Some(t), Some(have)) = (targets.get(&*s.volume_id), survey.slot_tags.get(&s.id))
-            else {
-                continue;
-            };
-            let schedules = have.get(ec2::TAG_SCHEDULE).cloned().unwrap_or_default();
-            let add = missing(&snapshot_tags(spec.policy, &schedules, &slot, t), have);
-            if !add.is_empty() {
-                batches.entry(add).or_default().push(s.id.to_string());
-            }
-        }
+        earlier_untagged(spec, &run.survey, &mut batches);
     }
     let calls: Vec<(Tags, Vec<String>)> = batches
         .into_iter()
@@ -543,6 +524,48 @@ async fn tag_all(run: &mut Run<'_>, mut batches: BTreeMap<Tags, Vec<String>>) {
         .await;
     for (ids, e) in failed {
         run.tag_failed(ids, &e);
+    }
+}
+
+/// Adds to `batches` the tags missing from the snapshots an earlier run of the slot made (see [`tag_all`]).
+fn earlier_untagged(
+    spec: &RunSpec<'_>,
+    survey: &Survey,
+    batches: &mut BTreeMap<Tags, Vec<String>>,
+) {
+    let slot = format_slot(spec.slot);
+    let targets: HashMap<&str, &TargetVolume> = survey
+        .targets
+        .iter()
+        .map(|t| (t.volume.id.as_str(), t))
+        .collect();
+    let queued: HashSet<String> = batches.values().flatten().cloned().collect();
+    // One snapshot per volume: the one EC2 started first, which stands for the slot. A repeat of it is
+    // retention's to delete, in this very run: tagging it too would race that delete (and a CreateTags naming
+    // a snapshot just deleted fails for every snapshot of its batch).
+    let mut first: BTreeMap<&str, &crate::retention::Snap> = BTreeMap::new();
+    for s in &survey.snapshots {
+        if s.slot != spec.slot || s.state == SnapState::Error {
+            continue;
+        }
+        let e = first.entry(&*s.volume_id).or_insert(s);
+        if (s.started, &s.id) < (e.started, &e.id) {
+            *e = s;
+        }
+    }
+    for s in first.into_values() {
+        if queued.contains(&*s.id) {
+            continue;
+        }
+        let (Some(t), Some(have)) = (targets.get(&*s.volume_id), survey.slot_tags.get(&s.id))
+        else {
+            continue;
+        };
+        let schedules = have.get(ec2::TAG_SCHEDULE).cloned().unwrap_or_default();
+        let add = missing(&snapshot_tags(spec.policy, &schedules, &slot, t), have);
+        if !add.is_empty() {
+            batches.entry(add).or_default().push(s.id.to_string());
+        }
     }
 }
 

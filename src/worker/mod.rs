@@ -117,8 +117,8 @@ impl Completion {
     /// `daemon.completion-deadline` as the daemon uses it. Zero means "do not wait for pending snapshots", not "do
     /// not look": the run still describes its new snapshots once after the last create, so one already in `error`
     /// fails its volume like any other (see `settle::phase`).
-    pub fn from_deadline(deadline: Duration) -> Option<Self> {
-        Some(Completion::within(deadline))
+    pub fn from_deadline(deadline: Duration) -> Self {
+        Completion::within(deadline)
     }
 
     /// Whether the run waits for pending snapshots at all (a zero deadline only looks once).
@@ -170,8 +170,8 @@ impl<'a> RunSpec<'a> {
         self
     }
 
-    pub fn completion(mut self, completion: impl Into<Option<Completion>>) -> Self {
-        self.completion = completion.into();
+    pub fn completion(mut self, completion: Completion) -> Self {
+        self.completion = Some(completion);
         self
     }
 

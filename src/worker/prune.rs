@@ -49,37 +49,8 @@ pub fn plan_retention(
             count_from_tag: s.count_tag.is_some(),
         })
         .collect();
-    let mut counts = survey.counts.clone();
-    // Volumes no longer targeted (instance gone, tag removed) keep the count their snapshots were made with: the
-    // count tag is copied onto each snapshot. A live resource with a bad value is not second-guessed this way.
-    counts.extend(
-        survey
-            .snapshot_counts
-            .iter()
-            .filter(|(key, _)| !survey.seen.contains(*key))
-            .map(|(key, &(_, n))| (key.clone(), n)),
-    );
-    // A volume skipped only for a bad count-tag value is still targeted: it must not become an orphan whose
-    // history `expire-after` deletes while the tag is being fixed.
-    let mut targeted: HashSet<String> = survey
-        .targets
-        .iter()
-        .map(|t| t.volume.id.clone())
-        .chain(survey.seen.iter().map(|(volume, _)| volume.clone()))
-        .collect();
-    // Copies of a targeted volume are not orphans: `orphans.expire-after` must not delete them while their
-    // source is still being snapshotted.
-    let copies: Vec<String> = survey
-        .targets
-        .iter()
-        .flat_map(|t| {
-            let at = t.volume.attachment.as_ref();
-            let by_device =
-                at.map(|(instance, device)| super::survey::copy_key_at(instance, device));
-            std::iter::once(super::survey::copy_key(&t.volume.id)).chain(by_device)
-        })
-        .collect();
-    targeted.extend(copies);
+    let counts = counts(survey);
+    let targeted = targeted(survey);
     let input = PlanInput {
         snapshots: &survey.snapshots,
         schedules: &rules,
@@ -94,6 +65,41 @@ pub fn plan_retention(
         Some(kept) => retention::plan_deletions(&input, now, kept),
         None => retention::plan(&input, now),
     }
+}
+
+/// The keep-last counts from count tags: the live targets', and for volumes no longer targeted (instance gone, tag
+/// removed) the count their snapshots were made with — the count tag is copied onto each snapshot. A live resource
+/// with a bad value is not second-guessed this way.
+fn counts(survey: &Survey) -> HashMap<(String, String), u32> {
+    let mut counts = survey.counts.clone();
+    counts.extend(
+        survey
+            .snapshot_counts
+            .iter()
+            .filter(|(key, _)| !survey.seen.contains(*key))
+            .map(|(key, &(_, n))| (key.clone(), n)),
+    );
+    counts
+}
+
+/// The group keys retention must not treat as orphans. A volume skipped only for a bad count-tag value is still
+/// targeted: it must not become an orphan whose history `expire-after` deletes while the tag is being fixed. Nor
+/// are copies of a targeted volume: `orphans.expire-after` must not delete them while their source is still being
+/// snapshotted.
+fn targeted(survey: &Survey) -> HashSet<String> {
+    let mut targeted: HashSet<String> = survey
+        .targets
+        .iter()
+        .map(|t| t.volume.id.clone())
+        .chain(survey.seen.iter().map(|(volume, _)| volume.clone()))
+        .collect();
+    let copies = survey.targets.iter().flat_map(|t| {
+        let at = t.volume.attachment.as_ref();
+        let by_device = at.map(|(instance, device)| super::survey::copy_key_at(instance, device));
+        std::iter::once(super::survey::copy_key(&t.volume.id)).chain(by_device)
+    });
+    targeted.extend(copies);
+    targeted
 }
 
 /// The deletes of the expected plan, held per volume until the snapshots the volume waits for have completed.
@@ -120,6 +126,26 @@ pub(super) struct Early {
     tx: Option<UnboundedSender<Decision>>,
 }
 
+/// How [`Early::reshape`] changed the survey's snapshots, to be undone once the expected plan is made.
+struct Reshaped {
+    /// The error-state snapshots taken out.
+    errored: Vec<Snap>,
+    /// Indices of the pending snapshots marked completed.
+    completed_now: Vec<usize>,
+    /// How many snapshots there were before this run's placeholders were added.
+    placeholders: usize,
+}
+
+impl Reshaped {
+    fn undo(self, snapshots: &mut Vec<Snap>) {
+        snapshots.truncate(self.placeholders);
+        for i in self.completed_now {
+            snapshots[i].state = SnapState::Pending;
+        }
+        snapshots.extend(self.errored);
+    }
+}
+
 impl Early {
     /// Plans the expected end state of the run: its survey with every pending snapshot completed and a completed
     /// snapshot of the slot for each volume of `creating`. Volumes waiting for nothing are released at once. A
@@ -130,20 +156,40 @@ impl Early {
         tx: UnboundedSender<Decision>,
     ) -> Early {
         let (policy, slot, now) = (run.spec.policy, run.spec.slot, run.now());
-        let waits = run.polls().is_some();
-        let (survey, frozen) = (&mut run.survey, &run.frozen);
         let mut e = Early {
             tx: Some(tx),
             ..Early::default()
         };
-        if !waits {
+        if run.polls().is_none() {
             // Nothing completes while the run lasts, so only volumes waiting for nothing could go early; not
             // worth a second plan (`simulate` runs thousands of these).
             return e;
         }
-        // Reshape the survey in place for the expected plan and put it back after: a copy of a large survey
-        // would double the run's memory for a moment. Error-state snapshots are out of the end-of-run plan (the
-        // completion step deletes them).
+        let (survey, frozen) = (&mut run.survey, &run.frozen);
+        let reshaped = e.reshape(survey, creating, slot);
+        // Only its deletions matter; the keeps are dropped as they are made.
+        let plan = plan_retention(
+            policy,
+            survey,
+            frozen,
+            policy.timezone,
+            now,
+            Some(&mut drop),
+        );
+        reshaped.undo(&mut survey.snapshots);
+        e.hold(plan);
+        e
+    }
+
+    /// Reshapes the survey in place into the end state the run expects, noting what it waits for; [`Reshaped::undo`]
+    /// puts it back. In place, because a copy of a large survey would double the run's memory for a moment.
+    /// Error-state snapshots are out of the end-of-run plan (the settle phase deletes them).
+    fn reshape(
+        &mut self,
+        survey: &mut Survey,
+        creating: &[(String, Vec<String>)],
+        slot: DateTime<Utc>,
+    ) -> Reshaped {
         let errored: Vec<Snap> = survey
             .snapshots
             .iter()
@@ -158,10 +204,10 @@ impl Early {
             if s.state == SnapState::Pending {
                 s.state = SnapState::Completed;
                 completed_now.push(i);
-                *e.waiting.entry(Arc::clone(&s.volume_id)).or_default() += 1;
-                e.expected
+                *self.waiting.entry(Arc::clone(&s.volume_id)).or_default() += 1;
+                self.expected
                     .insert(Arc::clone(&s.id), Arc::clone(&s.volume_id));
-                e.pending
+                self.pending
                     .insert(Arc::clone(&s.id), Arc::clone(&s.volume_id));
             }
         }
@@ -169,8 +215,8 @@ impl Early {
         for (volume, serves) in creating {
             let volume = survey.interner.str(volume);
             let schedules = survey.interner.schedules(&serves.join(","));
-            *e.waiting.entry(Arc::clone(&volume)).or_default() += 1;
-            e.creating.insert(Arc::clone(&volume));
+            *self.waiting.entry(Arc::clone(&volume)).or_default() += 1;
+            self.creating.insert(Arc::clone(&volume));
             survey.snapshots.push(Snap {
                 id: Arc::from(format!("(snapshot of this run for {volume})")),
                 volume_id: volume,
@@ -183,23 +229,18 @@ impl Early {
                 started: u32::MAX,
             });
         }
-        // Only its deletions matter; the keeps are dropped as they are made.
-        let plan = plan_retention(
-            policy,
-            survey,
-            frozen,
-            policy.timezone,
-            now,
-            Some(&mut drop),
-        );
-        survey.snapshots.truncate(placeholders);
-        for i in completed_now {
-            survey.snapshots[i].state = SnapState::Pending;
+        Reshaped {
+            errored,
+            completed_now,
+            placeholders,
         }
-        survey.snapshots.extend(errored);
+    }
+
+    /// Holds the expected plan's deletes per volume, and releases those of volumes waiting for nothing. Over a
+    /// deletion cap nothing goes early; the end-of-run plan reports the cap.
+    fn hold(&mut self, plan: retention::Plan) {
         if plan.cap_hit.is_some() {
-            // Nothing goes early; the end-of-run plan reports the cap.
-            return e;
+            return;
         }
         let placeholder_deleted: HashSet<Arc<str>> = plan
             .deletes()
@@ -208,23 +249,25 @@ impl Early {
             .collect();
         for d in plan.decisions {
             if d.action == Action::Delete && !placeholder_deleted.contains(&d.volume_id) {
-                e.held.entry(Arc::clone(&d.volume_id)).or_default().push(d);
+                self.held
+                    .entry(Arc::clone(&d.volume_id))
+                    .or_default()
+                    .push(d);
             }
         }
         // A volume the expected plan would take this run's snapshot from is not one the plans can agree on.
         for v in placeholder_deleted {
-            e.waiting.insert(v, usize::MAX);
+            self.waiting.insert(v, usize::MAX);
         }
-        let ready: Vec<Arc<str>> = e
+        let ready: Vec<Arc<str>> = self
             .held
             .keys()
-            .filter(|v| !e.waiting.contains_key(*v))
+            .filter(|v| !self.waiting.contains_key(*v))
             .cloned()
             .collect();
         for v in ready {
-            e.release(&v);
+            self.release(&v);
         }
-        e
     }
 
     fn release(&mut self, volume: &Arc<str>) {

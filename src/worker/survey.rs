@@ -147,6 +147,24 @@ pub async fn survey(
     account_id: &str,
     slot: Option<DateTime<Utc>>,
 ) -> Result<Survey, Error> {
+    let mut s = Survey::default();
+    for (volume, instance) in resources(ec2, policy).await? {
+        s.add_target(policy, volume, instance);
+    }
+    // One bad tag value on an instance is reported once per schedule, not once per volume.
+    s.problems
+        .sort_by(|a, b| (&a.0, &a.1.resource).cmp(&(&b.0, &b.1.resource)));
+    s.problems
+        .dedup_by(|a, b| a.0 == b.0 && a.1.resource == b.1.resource);
+    s.sweep_snapshots(ec2, policy, account_id, slot).await?;
+    // The vector grew by doubling: give back what is spare but room for one new snapshot per target, so the run's
+    // additions (the expected plan's placeholders, then this slot's snapshots) do not double it again.
+    s.snapshots.shrink_to(s.snapshots.len() + s.targets.len());
+    Ok(s)
+}
+
+/// The policy's target tags as filters, and the count tags' keys when every schedule is count-tag driven.
+fn target_filters(policy: &Policy) -> Vec<Filter> {
     let mut filters: Vec<Filter> = policy
         .target
         .tags
@@ -162,38 +180,47 @@ pub async fn survey(
         // Every schedule is count-tag driven: only resources carrying one of the tags can be targets.
         filters.push(Filter::new("tag-key", count_tags));
     }
-    let resources: Vec<(Volume, Option<Arc<Instance>>)> = match policy.target.resource {
-        ResourceKind::Volume => ec2
-            .describe_volumes(&filters)
-            .await?
-            .into_iter()
-            .map(|v| (v, None))
-            .collect(),
-        ResourceKind::Instance => {
-            filters.push(state_filter());
-            let instances: HashMap<String, Arc<Instance>> = ec2
-                .describe_instances(&filters)
-                .await?
-                .into_iter()
-                .map(|i| (i.id.clone(), Arc::new(i)))
-                .collect();
-            let mut out = Vec::new();
-            for v in attached_volumes(ec2, &instances).await? {
-                let inst = v
-                    .attachment
-                    .as_ref()
-                    .and_then(|(i, _)| instances.get(i))
-                    .cloned();
-                if inst.is_some() {
-                    out.push((v, inst));
-                }
-            }
-            out
-        }
-    };
+    filters
+}
 
-    let mut s = Survey::default();
-    for (volume, instance) in resources {
+/// The policy's target volumes, each with its instance under instance targets (volumes of instances not found
+/// left out).
+async fn resources(
+    ec2: &dyn Ec2,
+    policy: &Policy,
+) -> Result<Vec<(Volume, Option<Arc<Instance>>)>, Error> {
+    let mut filters = target_filters(policy);
+    match policy.target.resource {
+        ResourceKind::Volume => {
+            let volumes = ec2.describe_volumes(&filters).await?;
+            return Ok(volumes.into_iter().map(|v| (v, None)).collect());
+        }
+        ResourceKind::Instance => filters.push(state_filter()),
+    }
+    let instances: HashMap<String, Arc<Instance>> = ec2
+        .describe_instances(&filters)
+        .await?
+        .into_iter()
+        .map(|i| (i.id.clone(), Arc::new(i)))
+        .collect();
+    let mut out = Vec::new();
+    for v in attached_volumes(ec2, &instances).await? {
+        let inst = v
+            .attachment
+            .as_ref()
+            .and_then(|(i, _)| instances.get(i))
+            .cloned();
+        if inst.is_some() {
+            out.push((v, inst));
+        }
+    }
+    Ok(out)
+}
+
+impl Survey {
+    /// Takes `volume` as a target of the schedules whose count tag (on the instance under instance targets) it
+    /// carries with a good value, or that have none; a bad value is a problem of that schedule.
+    fn add_target(&mut self, policy: &Policy, volume: Volume, instance: Option<Arc<Instance>>) {
         let source_tags = instance.as_ref().map_or(&volume.tags, |i| &i.tags);
         let source_id = instance.as_ref().map_or(&volume.id, |i| &i.id).clone();
         let mut schedules = Vec::new();
@@ -205,13 +232,14 @@ pub async fn survey(
             let Some(value) = source_tags.get(tag) else {
                 continue;
             };
-            s.seen.insert((volume.id.clone(), sched.name.clone()));
+            self.seen.insert((volume.id.clone(), sched.name.clone()));
             match parse_count(value) {
                 Ok(n) => {
-                    s.counts.insert((volume.id.clone(), sched.name.clone()), n);
+                    self.counts
+                        .insert((volume.id.clone(), sched.name.clone()), n);
                     schedules.push(sched.name.clone());
                 }
-                Err(why) => s.problems.push((
+                Err(why) => self.problems.push((
                     sched.name.clone(),
                     Problem {
                         resource: source_id.clone(),
@@ -224,64 +252,66 @@ pub async fn survey(
             }
         }
         if !schedules.is_empty() {
-            s.targets.push(TargetVolume {
+            self.targets.push(TargetVolume {
                 volume,
                 instance,
                 schedules,
             });
         }
     }
-    // One bad tag value on an instance is reported once per schedule, not once per volume.
-    s.problems
-        .sort_by(|a, b| (&a.0, &a.1.resource).cmp(&(&b.0, &b.1.resource)));
-    s.problems
-        .dedup_by(|a, b| a.0 == b.0 && a.1.resource == b.1.resource);
 
-    let managed = [
-        Filter::tag(ec2::TAG_MANAGED, "true"),
-        Filter::tag(ec2::TAG_POLICY, &policy.name),
-    ];
-    let count_tags: Vec<(&str, &str)> = policy
-        .schedules
-        .iter()
-        .filter_map(|sc| Some((sc.name.as_str(), sc.count_tag.as_deref()?)))
-        .collect();
-    // (interned volume id, index into `count_tags`) -> newest (slot, count): keyed without copying strings, since
-    // every snapshot of a count-tag schedule passes here on every run.
-    let mut newest_counts: rustc_hash::FxHashMap<(Arc<str>, usize), (DateTime<Utc>, u32)> =
-        Default::default();
-    ec2::for_each_snapshot(ec2, &managed, |page| {
-        // OwnerIds=self already restricts this on EC2; checked again because not every endpoint honours it.
-        for snapshot in page.iter().filter(|snap| *snap.owner_id == *account_id) {
-            let snap = s.digest(snapshot);
-            for (i, &(schedule, tag)) in count_tags.iter().enumerate() {
-                if !snap.schedules.iter().any(|n| &**n == schedule) {
-                    continue;
-                }
-                if let Some(n) = snapshot.tags.get(tag).and_then(|v| parse_count(v).ok()) {
-                    let key = (Arc::clone(&snap.volume_id), i);
-                    let e = newest_counts.entry(key).or_insert((snap.slot, n));
-                    if snap.slot > e.0 {
-                        *e = (snap.slot, n);
+    /// Reads the policy's managed snapshots owned by `account_id`, digested page by page, with the newest count
+    /// tag of each (volume, schedule) ([`Survey::snapshot_counts`]) and the full tags of `slot`'s snapshots.
+    async fn sweep_snapshots(
+        &mut self,
+        ec2: &dyn Ec2,
+        policy: &Policy,
+        account_id: &str,
+        slot: Option<DateTime<Utc>>,
+    ) -> Result<(), Error> {
+        let managed = [
+            Filter::tag(ec2::TAG_MANAGED, "true"),
+            Filter::tag(ec2::TAG_POLICY, &policy.name),
+        ];
+        let count_tags: Vec<(&str, &str)> = policy
+            .schedules
+            .iter()
+            .filter_map(|sc| Some((sc.name.as_str(), sc.count_tag.as_deref()?)))
+            .collect();
+        // (interned volume id, index into `count_tags`) -> newest (slot, count): keyed without copying strings,
+        // since every snapshot of a count-tag schedule passes here on every run.
+        let mut newest_counts: rustc_hash::FxHashMap<(Arc<str>, usize), (DateTime<Utc>, u32)> =
+            Default::default();
+        ec2::for_each_snapshot(ec2, &managed, |page| {
+            // OwnerIds=self already restricts this on EC2; checked again because not every endpoint honours it.
+            for snapshot in page.iter().filter(|snap| *snap.owner_id == *account_id) {
+                let snap = self.digest(snapshot);
+                for (i, &(schedule, tag)) in count_tags.iter().enumerate() {
+                    if !snap.schedules.iter().any(|n| &**n == schedule) {
+                        continue;
+                    }
+                    if let Some(n) = snapshot.tags.get(tag).and_then(|v| parse_count(v).ok()) {
+                        let key = (Arc::clone(&snap.volume_id), i);
+                        let e = newest_counts.entry(key).or_insert((snap.slot, n));
+                        if snap.slot > e.0 {
+                            *e = (snap.slot, n);
+                        }
                     }
                 }
+                if slot == Some(snap.slot) {
+                    self.slot_tags
+                        .insert(Arc::clone(&snap.id), Tags::clone(&snapshot.tags));
+                }
+                self.snapshots.push(snap);
             }
-            if slot == Some(snap.slot) {
-                s.slot_tags
-                    .insert(Arc::clone(&snap.id), Tags::clone(&snapshot.tags));
-            }
-            s.snapshots.push(snap);
-        }
-    })
-    .await?;
-    s.snapshot_counts = newest_counts
-        .into_iter()
-        .map(|((volume, i), e)| ((volume.to_string(), count_tags[i].0.to_string()), e))
-        .collect();
-    // The vector grew by doubling: give back what is spare but room for one new snapshot per target, so the run's
-    // additions (the expected plan's placeholders, then this slot's snapshots) do not double it again.
-    s.snapshots.shrink_to(s.snapshots.len() + s.targets.len());
-    Ok(s)
+        })
+        .await?;
+        self.snapshot_counts = newest_counts
+            .into_iter()
+            .map(|((volume, i), e)| ((volume.to_string(), count_tags[i].0.to_string()), e))
+            .collect();
+        Ok(())
+    }
 }
 
 /// EC2 returns up to 1,000 objects per describe page (`MaxResults`).
