@@ -307,7 +307,7 @@ async fn fire(
             let spec = RunSpec::new(&policy, slot, &r.account_id)
                 .firing(firing.clone())
                 .concurrency(shared.config.daemon.max_concurrent_aws_calls)
-                .completion(worker::Completion::from_deadline(
+                .completion(worker::Completion::within(
                     shared.config.daemon.completion_deadline,
                 ));
             let (shared, notifier) = (&shared, &notifier);

@@ -544,7 +544,7 @@ async fn once(
         let spec = RunSpec::new(&p, slot, &r.account_id)
             .firing(firing.clone())
             .concurrency(shared.config.daemon.max_concurrent_aws_calls)
-            .completion(worker::Completion::from_deadline(
+            .completion(worker::Completion::within(
                 shared.config.daemon.completion_deadline,
             ));
         let outcome = worker::run(ec2, &spec, &shared.metrics, Utc::now).await;

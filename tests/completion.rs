@@ -354,11 +354,11 @@ async fn dry_runs_and_runs_without_completion_do_not_poll() {
     );
     // A zero deadline is "do not wait", not "do not look" (see the zero-deadline tests below).
     assert_eq!(
-        worker::Completion::from_deadline(Duration::ZERO).deadline,
+        worker::Completion::within(Duration::ZERO).deadline,
         Duration::ZERO
     );
     assert_eq!(
-        worker::Completion::from_deadline(Duration::from_secs(600)).first_poll,
+        worker::Completion::within(Duration::from_secs(600)).first_poll,
         Duration::from_secs(2)
     );
 }
@@ -583,7 +583,7 @@ async fn a_whole_instance_call_held_back_by_the_cap_is_deferred_as_createsnapsho
 fn no_wait_spec(cfg: &Config, day: i64) -> RunSpec<'_> {
     RunSpec::new(cfg.policy("prod").unwrap(), slot(day), FAKE_ACCOUNT)
         .firing(["daily"])
-        .completion(Completion::from_deadline(Duration::ZERO))
+        .completion(Completion::within(Duration::ZERO))
 }
 
 #[tokio::test]

@@ -476,7 +476,7 @@ async fn with_a_zero_completion_deadline_a_snapshot_in_error_at_its_one_describe
         &region.account_id,
     )
     .firing(["yearly"])
-    .completion(worker::Completion::from_deadline(Duration::ZERO));
+    .completion(worker::Completion::within(Duration::ZERO));
     let report = worker::run(region.ec2.as_ref(), &spec, &shared.metrics, Utc::now)
         .await
         .report;

@@ -345,7 +345,12 @@ pub(super) struct Gate<'a> {
 }
 
 impl<'a> Gate<'a> {
-    pub fn new(cap: usize, early: &'a Mutex<Early>, freed: &'a Notify, patience: Duration) -> Self {
+    pub(crate) fn new(
+        cap: usize,
+        early: &'a Mutex<Early>,
+        freed: &'a Notify,
+        patience: Duration,
+    ) -> Self {
         Gate {
             cap,
             early,

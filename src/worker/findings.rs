@@ -31,7 +31,7 @@ struct Kind {
 
 impl SetAside {
     /// Notes `d` if the plan set it aside.
-    pub fn add(&mut self, d: &Decision) {
+    pub(crate) fn add(&mut self, d: &Decision) {
         for r in &d.reasons {
             let kind = match r {
                 Reason::FutureSlot => &mut self.future,
@@ -47,7 +47,7 @@ impl SetAside {
     }
 
     /// One warning line and one problem per kind found.
-    pub fn report(&self, policy: &str, region: &str, report: &mut RunReport) {
+    pub(crate) fn report(&self, policy: &str, region: &str, report: &mut RunReport) {
         let allowance = FUTURE_SLOT_ALLOWANCE.num_minutes();
         if self.future.count > 0 {
             let message = format!(

@@ -47,18 +47,17 @@ use crate::retention::Decision;
 use crate::schedule::format_slot;
 
 pub use prune::plan_retention;
-pub use record::freshness;
 pub use survey::{slot_of, survey, Survey, TargetVolume};
 
 /// Largest accepted count-tag value: beyond this a typo (`1e9`, `70000`) is more likely than intent.
-pub const MAX_COUNT: u32 = 10_000;
+pub(crate) const MAX_COUNT: u32 = 10_000;
 /// EC2 allows 50 tags per resource.
 const MAX_TAGS: usize = 50;
 /// EC2 accepts up to 200 values per filter.
 const FILTER_VALUES: usize = 200;
 
 /// Parses a count-tag value: a whole number from 1 to [`MAX_COUNT`], surrounding blanks allowed.
-pub fn parse_count(value: &str) -> Result<u32, String> {
+pub(crate) fn parse_count(value: &str) -> Result<u32, String> {
     let v = value.trim();
     let shown = quoted(value);
     if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
@@ -105,20 +104,16 @@ pub struct Completion {
 
 impl Completion {
     /// Polls every 2 s at first, slowing to every 30 s: small snapshots complete within seconds, big first
-    /// snapshots take hours and should not cost a describe every 2 s.
+    /// snapshots take hours and should not cost a describe every 2 s. `deadline` is `daemon.completion-deadline`;
+    /// zero means "do not wait for pending snapshots", not "do not look": the run still describes its new
+    /// snapshots once after the last create, so one already in `error` fails its volume like any other (see
+    /// `settle::phase`).
     pub fn within(deadline: Duration) -> Self {
         Completion {
             deadline,
             first_poll: Duration::from_secs(2),
             max_poll: Duration::from_secs(30),
         }
-    }
-
-    /// `daemon.completion-deadline` as the daemon uses it. Zero means "do not wait for pending snapshots", not "do
-    /// not look": the run still describes its new snapshots once after the last create, so one already in `error`
-    /// fails its volume like any other (see `settle::phase`).
-    pub fn from_deadline(deadline: Duration) -> Self {
-        Completion::within(deadline)
     }
 
     /// Whether the run waits for pending snapshots at all (a zero deadline only looks once).
@@ -129,19 +124,19 @@ impl Completion {
 
 /// What a run is asked to do. Built with [`RunSpec::new`] and the setters for what differs from the defaults.
 pub struct RunSpec<'a> {
-    pub policy: &'a Policy,
+    pub(crate) policy: &'a Policy,
     /// The schedules firing at `slot` (one snapshot per volume serves all of them).
-    pub firing: Vec<String>,
-    pub slot: DateTime<Utc>,
-    pub account_id: &'a str,
-    pub concurrency: usize,
+    pub(crate) firing: Vec<String>,
+    pub(crate) slot: DateTime<Utc>,
+    pub(crate) account_id: &'a str,
+    pub(crate) concurrency: usize,
     /// Poll pending snapshots (see `settle::poll`); None: create and move on without describing them
     /// (component tests on `FakeEc2`, `simulate`, which runs in simulated time). Dry runs never poll. Either way
     /// every state the run saw (survey, create answers, polls) is settled by `settle::phase`.
-    pub completion: Option<Completion>,
+    pub(crate) completion: Option<Completion>,
     /// [`Outcome::plan`] holds every decision, kept ones with their reasons (tests, `simulate`); otherwise only
     /// the deletions, so a run over a large estate does not hold a decision per snapshot (~120 bytes each).
-    pub explain: bool,
+    pub(crate) explain: bool,
 }
 
 impl<'a> RunSpec<'a> {
@@ -181,7 +176,7 @@ impl<'a> RunSpec<'a> {
     }
 }
 
-pub fn new_run_id() -> String {
+pub(crate) fn new_run_id() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 

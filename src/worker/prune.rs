@@ -110,18 +110,18 @@ pub(super) struct Early {
     /// Volume -> its deletes in the expected plan.
     held: HashMap<Arc<str>, Vec<Decision>>,
     /// Volumes whose deletes went out early: the end-of-run plan leaves them alone.
-    pub released: HashSet<Arc<str>>,
+    pub(crate) released: HashSet<Arc<str>>,
     /// Volumes this run creates a snapshot for, not yet matched with one.
     creating: HashSet<Arc<str>>,
     /// Snapshot id -> volume, for the snapshots the expected plan assumed completed.
     expected: HashMap<Arc<str>, Arc<str>>,
     /// Snapshot id -> volume, for every snapshot whose state the run is waiting to learn.
-    pub pending: HashMap<Arc<str>, Arc<str>>,
+    pub(crate) pending: HashMap<Arc<str>, Arc<str>>,
     /// States learnt since the survey, by snapshot id.
-    pub states: HashMap<Arc<str>, SnapState>,
+    pub(crate) states: HashMap<Arc<str>, SnapState>,
     /// Snapshots this run made (or found made for a volume attached since the survey), digested on arrival: a
     /// create's answer carries every tag, a kilobyte a snapshot.
-    pub created: Vec<Snap>,
+    pub(crate) created: Vec<Snap>,
     interner: Interner,
     tx: Option<UnboundedSender<Decision>>,
 }
@@ -150,7 +150,7 @@ impl Early {
     /// Plans the expected end state of the run: its survey with every pending snapshot completed and a completed
     /// snapshot of the slot for each volume of `creating`. Volumes waiting for nothing are released at once. A
     /// run that does not poll for completion plans nothing early: the end-of-run plan decides everything.
-    pub fn plan(
+    pub(crate) fn plan(
         run: &mut Run<'_>,
         creating: &[(String, Vec<String>)],
         tx: UnboundedSender<Decision>,
@@ -284,7 +284,7 @@ impl Early {
     }
 
     /// A snapshot a create call returned.
-    pub fn created(&mut self, s: &Snapshot) {
+    pub(crate) fn created(&mut self, s: &Snapshot) {
         let volume: Option<Arc<str>> = self.creating.take(&*s.volume_id);
         if let Some(v) = volume {
             self.expected.insert(Arc::clone(&s.id), v);
@@ -301,7 +301,7 @@ impl Early {
     }
 
     /// A state learnt by polling (or by creating).
-    pub fn learnt(&mut self, id: &Arc<str>, state: SnapState) {
+    pub(crate) fn learnt(&mut self, id: &Arc<str>, state: SnapState) {
         if state == SnapState::Pending {
             return;
         }
@@ -326,7 +326,7 @@ impl Early {
     }
 
     /// Sends the end-of-run plan's deletes of every volume not released early, and closes the queue.
-    pub fn finish(&mut self, plan: &[Decision]) {
+    pub(crate) fn finish(&mut self, plan: &[Decision]) {
         if let Some(tx) = self.tx.take() {
             for d in plan.iter().filter(|d| d.action == Action::Delete) {
                 if !self.released.contains(&d.volume_id) {
@@ -337,7 +337,7 @@ impl Early {
     }
 
     /// Closes the queue without sending more.
-    pub fn close(&mut self) {
+    pub(crate) fn close(&mut self) {
         self.tx = None;
     }
 }

@@ -73,7 +73,7 @@ pub(super) fn finish(mut run: Run<'_>) -> RunReport {
 /// Per schedule: the oldest newest-completed snapshot over its targeted volumes, and volumes with none. A slot
 /// after `now` (beyond `retention::FUTURE_SLOT_ALLOWANCE`) is no volume's newest here either: it would hold the
 /// staleness at zero however old the volume's real snapshots are.
-pub fn freshness(
+pub(crate) fn freshness(
     policy: &Policy,
     survey: &Survey,
     now: DateTime<Utc>,

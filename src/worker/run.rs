@@ -28,21 +28,21 @@ use crate::retention::{CapHit, Decision, Snap};
 use crate::schedule::format_slot;
 
 pub(super) struct Run<'a> {
-    pub spec: &'a RunSpec<'a>,
-    pub ec2: &'a dyn Ec2,
+    pub(crate) spec: &'a RunSpec<'a>,
+    pub(crate) ec2: &'a dyn Ec2,
     metrics: &'a Metrics,
     now: &'a (dyn Fn() -> DateTime<Utc> + Sync),
     /// What the region holds for the policy; this run's snapshots join it as they are made.
-    pub survey: Survey,
+    pub(crate) survey: Survey,
     /// Volumes whose snapshot of this slot failed or was put off: retention deletes nothing of theirs.
-    pub frozen: HashSet<String>,
+    pub(crate) frozen: HashSet<String>,
     /// What the retention plan kept, tallied decision by decision.
-    pub kept: Kept,
-    pub report: RunReport,
+    pub(crate) kept: Kept,
+    pub(crate) report: RunReport,
 }
 
 impl<'a> Run<'a> {
-    pub fn new(
+    pub(crate) fn new(
         ec2: &'a dyn Ec2,
         spec: &'a RunSpec<'a>,
         metrics: &'a Metrics,
@@ -69,11 +69,11 @@ impl<'a> Run<'a> {
         }
     }
 
-    pub fn now(&self) -> DateTime<Utc> {
+    pub(crate) fn now(&self) -> DateTime<Utc> {
         (self.now)()
     }
 
-    pub fn region(&self) -> &'a str {
+    pub(crate) fn region(&self) -> &'a str {
         self.ec2.region()
     }
 
@@ -82,18 +82,18 @@ impl<'a> Run<'a> {
     }
 
     /// The run's metrics, or None in a dry run (which leaves them alone).
-    pub fn metrics(&self) -> Option<&'a Metrics> {
+    pub(crate) fn metrics(&self) -> Option<&'a Metrics> {
         (!self.ec2.dry_run()).then_some(self.metrics)
     }
 
     /// How the run polls pending snapshots; None when it does not (not asked to, or a dry run: nothing it
     /// "creates" exists).
-    pub fn polls(&self) -> Option<Completion> {
+    pub(crate) fn polls(&self) -> Option<Completion> {
         self.spec.completion.filter(|_| !self.ec2.dry_run())
     }
 
     /// The completion settings of a run that waits for its snapshots (a zero deadline only looks once).
-    pub fn waits(&self) -> Option<Completion> {
+    pub(crate) fn waits(&self) -> Option<Completion> {
         self.polls().filter(Completion::waits)
     }
 
@@ -122,14 +122,14 @@ impl<'a> Run<'a> {
     }
 
     /// The region could not be read: nothing is created or deleted.
-    pub fn survey_failed(&mut self, e: &Error) {
+    pub(crate) fn survey_failed(&mut self, e: &Error) {
         tracing::error!(error = %e, kind = e.kind(), "survey failed: nothing created or deleted this run");
         self.report.fatal = Some(Problem::of(self.region().to_string(), "describe", e));
         self.report.retention_skipped = Some("the region could not be read".into());
     }
 
     /// A target left out for a firing schedule (a bad count-tag value).
-    pub fn target_skipped(&mut self, schedule: &str, p: Problem) {
+    pub(crate) fn target_skipped(&mut self, schedule: &str, p: Problem) {
         tracing::warn!(resource = %p.resource, schedule = %schedule, problem = %p.message, "target skipped: bad count tag");
         self.metrics
             .resource_skipped(self.policy(), &[schedule], "bad-count-tag");
@@ -138,7 +138,7 @@ impl<'a> Run<'a> {
 
     /// Logged at debug level, like [`Run::deleted`]: the call ledger (`ec2::stop::Guarded`) has already written the
     /// call's info line; this one adds which volume got which snapshot, for whoever follows a run in detail.
-    pub fn created(&mut self, volume: &str, snapshot: &str, serves: &[String]) {
+    pub(crate) fn created(&mut self, volume: &str, snapshot: &str, serves: &[String]) {
         tracing::debug!(volume = %volume, snapshot = %snapshot, "snapshot created");
         self.metrics
             .snapshot_created(self.policy(), serves, self.region());
@@ -148,7 +148,7 @@ impl<'a> Run<'a> {
     /// A volume put off to the next run by a pending-snapshot limit (EC2's, or the account cap this run applies):
     /// the run is partial, not failed, and retention leaves the volume alone.
     /// `why`: the volume's `defer` problem.
-    pub fn deferred(&mut self, serves: &[String], why: Problem) {
+    pub(crate) fn deferred(&mut self, serves: &[String], why: Problem) {
         tracing::warn!(volume = %why.resource, reason = %why.message, "snapshot deferred: pending-snapshot limit");
         self.metrics
             .resource_skipped(self.policy(), serves, "pending-limit");
@@ -158,13 +158,13 @@ impl<'a> Run<'a> {
 
     /// A create not sent because the daemon is shutting down. Not an AWS failure; the next run of the slot makes
     /// it.
-    pub fn create_not_sent(&mut self, volume: String, e: &Error) {
+    pub(crate) fn create_not_sent(&mut self, volume: String, e: &Error) {
         tracing::debug!(volume = %volume, "snapshot not made: shutting down");
         self.frozen.insert(volume.clone());
         self.failure(volume, "defer", e);
     }
 
-    pub fn create_failed(&mut self, volume: String, serves: &[String], e: &Error) {
+    pub(crate) fn create_failed(&mut self, volume: String, serves: &[String], e: &Error) {
         tracing::error!(volume = %volume, error = %e, kind = e.kind(), "snapshot failed");
         self.metrics
             .snapshot_failed(self.policy(), serves, self.region(), "create");
@@ -173,7 +173,7 @@ impl<'a> Run<'a> {
     }
 
     /// A CreateTags that failed: the snapshots are good, the next run of the slot tags them.
-    pub fn tag_failed(&mut self, ids: Vec<String>, e: &Error) {
+    pub(crate) fn tag_failed(&mut self, ids: Vec<String>, e: &Error) {
         tracing::error!(snapshots = ids.len(), error = %e, kind = e.kind(), "could not tag snapshots; the next run of the slot tries again");
         for id in ids {
             self.failure(id, "tag", e);
@@ -182,7 +182,7 @@ impl<'a> Run<'a> {
 
     /// A snapshot found in `error` state: it restores nothing and is deleted. One of this slot fails its volume
     /// (frozen; the next run of the slot makes a new one).
-    pub fn errored(&mut self, snap: &Snap) {
+    pub(crate) fn errored(&mut self, snap: &Snap) {
         let this_slot = snap.slot == self.spec.slot;
         tracing::error!(snapshot = %snap.id, volume = %snap.volume_id, this_slot, "snapshot ended in error state: deleting it");
         self.metrics
@@ -216,13 +216,18 @@ impl<'a> Run<'a> {
     }
 
     /// The delete of a snapshot in `error` state failed; the next run finds it again.
-    pub fn errored_not_deleted(&mut self, snapshot: &str, e: &Error) {
+    pub(crate) fn errored_not_deleted(&mut self, snapshot: &str, e: &Error) {
         tracing::error!(snapshot = %snapshot, error = %e, kind = e.kind(), "could not delete the errored snapshot");
         self.failure(snapshot.to_string(), "delete", e);
     }
 
     /// A snapshot still pending at the completion deadline (`waited`); it stays, and the next run polls it again.
-    pub fn still_pending(&mut self, snap: &Snap, waited: Completion, last_error: Option<&Error>) {
+    pub(crate) fn still_pending(
+        &mut self,
+        snap: &Snap,
+        waited: Completion,
+        last_error: Option<&Error>,
+    ) {
         tracing::warn!(snapshot = %snap.id, volume = %snap.volume_id, "snapshot still pending at the completion deadline; the next run checks it again");
         self.metrics
             .pending_at_deadline(self.policy(), self.region());
@@ -244,7 +249,7 @@ impl<'a> Run<'a> {
     }
 
     /// The plan set snapshots aside for a person to look at (see [`SetAside`]).
-    pub fn set_aside(&mut self) {
+    pub(crate) fn set_aside(&mut self) {
         let region = self.region();
         self.kept
             .set_aside
@@ -252,7 +257,7 @@ impl<'a> Run<'a> {
     }
 
     /// Over a deletion cap the plan deletes nothing; the problem makes the run partial, so the alert fires.
-    pub fn cap_hit(&mut self, hit: &CapHit) {
+    pub(crate) fn cap_hit(&mut self, hit: &CapHit) {
         tracing::error!(setting = hit.setting, limit = %hit.limit, needed = %hit.needed, detail = %hit.message, "deletion cap hit: nothing deleted");
         let message = format!("policy {}: {}", self.policy(), hit.message);
         self.problem(
@@ -264,7 +269,7 @@ impl<'a> Run<'a> {
     }
 
     /// `serves`: the schedules the snapshot served, for the metric's labels. Debug level: see [`Run::created`].
-    pub fn deleted(&mut self, d: &Decision, serves: &[Arc<str>]) {
+    pub(crate) fn deleted(&mut self, d: &Decision, serves: &[Arc<str>]) {
         let reason = d.reasons.first().map_or("", |r| r.as_str());
         tracing::debug!(snapshot = %d.snapshot_id, volume = %d.volume_id, reason, "snapshot deleted");
         self.metrics
@@ -273,7 +278,7 @@ impl<'a> Run<'a> {
     }
 
     /// A delete EC2 refused because the snapshot backs an AMI: kept, never a failure.
-    pub fn kept_in_use(&mut self, d: &Decision) {
+    pub(crate) fn kept_in_use(&mut self, d: &Decision) {
         tracing::info!(snapshot = %d.snapshot_id, volume = %d.volume_id, "kept: the snapshot backs an AMI");
         self.metrics.kept_in_use(self.policy(), self.region());
         self.report.kept_in_use += 1;
@@ -281,12 +286,12 @@ impl<'a> Run<'a> {
 
     /// A delete not sent because the daemon is shutting down: neither deleted nor failed; the next run plans it
     /// again.
-    pub fn delete_not_sent(&mut self, d: &Decision, e: &Error) {
+    pub(crate) fn delete_not_sent(&mut self, d: &Decision, e: &Error) {
         tracing::debug!(snapshot = %d.snapshot_id, "delete not sent: shutting down");
         self.failure(d.snapshot_id.to_string(), "defer", e);
     }
 
-    pub fn delete_failed(&mut self, d: &Decision, serves: &[Arc<str>], e: &Error) {
+    pub(crate) fn delete_failed(&mut self, d: &Decision, serves: &[Arc<str>], e: &Error) {
         tracing::error!(snapshot = %d.snapshot_id, error = %e, kind = e.kind(), "delete failed");
         self.metrics
             .snapshot_failed(self.policy(), serves, self.region(), "delete");
@@ -298,12 +303,12 @@ impl<'a> Run<'a> {
 /// logged at debug level.
 #[derive(Default)]
 pub(super) struct Kept {
-    pub tally: KeptTally,
-    pub set_aside: SetAside,
+    pub(crate) tally: KeptTally,
+    pub(crate) set_aside: SetAside,
 }
 
 impl Kept {
-    pub fn add(&mut self, d: &Decision) {
+    pub(crate) fn add(&mut self, d: &Decision) {
         self.tally.add(d);
         self.set_aside.add(d);
         log_decision(d);
@@ -323,14 +328,14 @@ fn log_decision(d: &Decision) {
 /// the early deletes with every snapshot state learnt ([`Early`]), and the signal that a completion poll has
 /// been (creates waiting for room under the pending cap look again).
 pub(super) struct Flight {
-    pub early: Mutex<Early>,
-    pub freed: Notify,
+    pub(crate) early: Mutex<Early>,
+    pub(crate) freed: Notify,
 }
 
 impl Flight {
     /// Plans the expected end state over the survey and `todo`, before anything is created; returns the queue of
     /// deletes, which retention closes.
-    pub fn start(run: &mut Run<'_>, todo: &[Todo]) -> (Flight, UnboundedReceiver<Decision>) {
+    pub(crate) fn start(run: &mut Run<'_>, todo: &[Todo]) -> (Flight, UnboundedReceiver<Decision>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let creating: Vec<(String, Vec<String>)> = todo
             .iter()
@@ -343,7 +348,7 @@ impl Flight {
         (flight, rx)
     }
 
-    pub fn lock(&self) -> MutexGuard<'_, Early> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Early> {
         self.early.lock().expect("early deletes poisoned")
     }
 }

@@ -22,9 +22,9 @@ use crate::schedule::parse_slot;
 pub struct TargetVolume {
     pub volume: Volume,
     /// Shared by the instance's volumes: its tags can be kilobytes.
-    pub instance: Option<Arc<Instance>>,
+    pub(crate) instance: Option<Arc<Instance>>,
     /// Schedules of the policy that target this volume (all of them, firing or not).
-    pub schedules: Vec<String>,
+    pub(crate) schedules: Vec<String>,
 }
 
 /// What one region holds for a policy.
@@ -32,21 +32,21 @@ pub struct TargetVolume {
 pub struct Survey {
     pub targets: Vec<TargetVolume>,
     /// (volume, schedule) -> keep-last from the count tag, for live targets with a good value.
-    pub counts: HashMap<(String, String), u32>,
+    pub(crate) counts: HashMap<(String, String), u32>,
     /// (volume, schedule) pairs whose target resource was seen live for a count-tag schedule (good value or not).
-    pub seen: HashSet<(String, String)>,
+    pub(crate) seen: HashSet<(String, String)>,
     /// Bad count-tag values: reported, the resource skipped for that schedule.
-    pub problems: Vec<(String, Problem)>,
+    pub(crate) problems: Vec<(String, Problem)>,
     /// Managed snapshots of the policy owned by this account.
     pub snapshots: Vec<Snap>,
     /// (volume, schedule) -> (slot, count) of the newest snapshot carrying the schedule's count tag: the count a
     /// volume that is no longer targeted keeps (the tag is copied onto each snapshot).
-    pub snapshot_counts: HashMap<(String, String), (DateTime<Utc>, u32)>,
+    pub(crate) snapshot_counts: HashMap<(String, String), (DateTime<Utc>, u32)>,
     /// All tags of the snapshots of the slot the survey was taken for (see [`survey`]), by snapshot id: what a
     /// run compares with the tags they should have.
-    pub slot_tags: HashMap<Arc<str>, Tags>,
+    pub(crate) slot_tags: HashMap<Arc<str>, Tags>,
     /// Shares volume ids and schedule lists between snapshots, and with the snapshots a run adds.
-    pub interner: Interner,
+    pub(crate) interner: Interner,
 }
 
 impl Survey {
@@ -93,12 +93,12 @@ fn group_of(interner: &mut Interner, s: &Snapshot) -> (Arc<str>, Group) {
 }
 
 /// The group key of copies of `volume`: it names the volume, as plans and logs show it.
-pub fn copy_key(volume: &str) -> String {
+pub(crate) fn copy_key(volume: &str) -> String {
     format!("copy-of:{volume}")
 }
 
 /// The group key of copies recorded by instance and device (snapwarden's own tags).
-pub fn copy_key_at(instance: &str, device: &str) -> String {
+pub(crate) fn copy_key_at(instance: &str, device: &str) -> String {
     format!("copy-of:{instance}:{device}")
 }
 
