@@ -114,10 +114,10 @@ impl Error {
                 code: Code::VolumeRate,
                 ..
             } if create(operation) => Some(RetryAfter::VolumeGap),
-            // CreateSnapshot has no client token: after a 5xx or a lost answer the snapshot may exist, and a
-            // retry could duplicate it (see `ec2::pace`).
+            // CreateSnapshot and SendCommand have no client token: after a 5xx or a lost answer the snapshot
+            // may exist or the command may run, and a retry could do it twice (see `ec2::pace`).
             Error::Api { operation, .. } | Error::Transport { operation, .. }
-                if create(operation) =>
+                if operation.repeat_may_duplicate() =>
             {
                 None
             }
@@ -150,6 +150,10 @@ impl fmt::Display for Hint {
             Code::SnapshotInUse => " (the snapshot backs an AMI; deregister the AMI to let it go)",
             Code::VolumeRate => " (wait 15 s between snapshots of one volume)",
             Code::PendingLimit => " (too many pending snapshots; the next run retries)",
+            Code::InvalidInstance => {
+                " (the instance is not managed by SSM: check that it runs, that its SSM agent is online and that \
+                 its instance profile lets the agent register, e.g. AmazonSSMManagedInstanceCore)"
+            }
             _ => "",
         };
         f.write_str(hint)
@@ -197,6 +201,31 @@ mod tests {
         assert_eq!(api("InvalidSnapshot.InUse").kind(), "in-use");
         assert_eq!(api("pending-limit").kind(), "aws-api");
         assert_eq!(api("ConcurrentSnapshotLimitExceeded").kind(), "limit");
+    }
+
+    #[test]
+    fn a_command_is_retried_only_when_ssm_says_it_did_not_run_it() {
+        let send = |code| Error::api(Op::SendCommand, "r", code, "m");
+        let list = |code| Error::api(Op::ListCommandInvocations, "r", code, "m");
+        assert_eq!(send("ThrottlingException").retry(), Some(RetryAfter::Backoff));
+        assert_eq!(send("InternalServerError").retry(), None);
+        assert_eq!(send("InternalError").retry(), None);
+        let lost = Error::Transport {
+            operation: Op::SendCommand,
+            region: "r".into(),
+            kind: "timeout",
+            message: "m".into(),
+        };
+        assert_eq!(lost.retry(), None);
+        assert_eq!(
+            list("InternalServerError").retry(),
+            Some(RetryAfter::Backoff)
+        );
+        // Not yet visible: the caller polls again on its own schedule, not Paced's backoff.
+        assert_eq!(list("InvocationDoesNotExist").retry(), None);
+        let text = send("InvalidInstanceId").to_string();
+        assert!(text.contains("not managed by SSM"), "{text}");
+        assert_eq!(send("InvalidInstanceId").kind(), "not-managed");
     }
 
     #[test]

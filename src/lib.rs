@@ -26,5 +26,6 @@ pub mod schedule;
 pub mod scheduler;
 pub mod sdnotify;
 pub mod simulate;
+pub mod ssm;
 pub mod status;
 pub mod worker;

@@ -1,5 +1,5 @@
 //! The AWS vocabulary as types: [`Op`], every AWS operation snapwarden calls (its name as AWS spells it, its
-//! EC2 rate-limit group, the IAM action it needs), and [`Code`], what an AWS error code means to snapwarden,
+//! rate-limit group, the IAM action it needs), and [`Code`], what an AWS error code means to snapwarden,
 //! parsed once where an SDK error becomes an [`crate::error::Error`]. Pacing, retries, error kinds, the report
 //! and the alert hints match on these; no other module compares AWS codes or operation names as strings. Pure:
 //! no AWS crate, no I/O.
@@ -20,6 +20,8 @@ pub enum Op {
     CreateTags,
     DeleteSnapshot,
     Publish,
+    SendCommand,
+    ListCommandInvocations,
 }
 
 impl Op {
@@ -34,6 +36,9 @@ impl Op {
         Op::DeleteSnapshot,
     ];
 
+    /// The SSM Run Command operations (`crate::ssm`).
+    pub(crate) const SSM: [Op; 2] = [Op::SendCommand, Op::ListCommandInvocations];
+
     /// The name as AWS spells it: a metric label value, and the start of an API error's message.
     pub(crate) fn name(self) -> &'static str {
         match self {
@@ -46,6 +51,8 @@ impl Op {
             Op::CreateTags => "CreateTags",
             Op::DeleteSnapshot => "DeleteSnapshot",
             Op::Publish => "Publish",
+            Op::SendCommand => "SendCommand",
+            Op::ListCommandInvocations => "ListCommandInvocations",
         }
     }
 
@@ -54,11 +61,12 @@ impl Op {
     pub(crate) fn from_name(name: &str) -> Option<Op> {
         Op::EC2
             .into_iter()
+            .chain(Op::SSM)
             .chain([Op::GetCallerIdentity, Op::Publish])
             .find(|op| op.name() == name)
     }
 
-    /// EC2's API rate-limit group; None for calls outside EC2's buckets (STS, SNS).
+    /// The API rate-limit group the call is paced in; None for calls outside the paced buckets (STS, SNS).
     pub fn group(self) -> Option<Group> {
         match self {
             Op::CreateSnapshot | Op::CreateSnapshots => Some(Group::Create),
@@ -67,8 +75,19 @@ impl Op {
             Op::DescribeInstances | Op::DescribeVolumes | Op::DescribeSnapshots => {
                 Some(Group::Describe)
             }
+            Op::SendCommand | Op::ListCommandInvocations => Some(Group::Ssm),
             Op::GetCallerIdentity | Op::Publish => None,
         }
+    }
+
+    /// Whether sending the call again after an answer that was lost or a server error could do its work twice:
+    /// CreateSnapshot(s) and SendCommand take no client token, so a repeat may make a second snapshot or run a
+    /// command (a freeze, a VSS snapshot) a second time. Only a refusal that says it did nothing is retried.
+    pub(crate) fn repeat_may_duplicate(self) -> bool {
+        matches!(
+            self,
+            Op::CreateSnapshot | Op::CreateSnapshots | Op::SendCommand
+        )
     }
 
     /// The IAM action the call needs, e.g. `ec2:CreateSnapshot`: what an access-denied alert says to grant.
@@ -83,6 +102,8 @@ impl Op {
             Op::CreateTags => "ec2:CreateTags",
             Op::DeleteSnapshot => "ec2:DeleteSnapshot",
             Op::Publish => "sns:Publish",
+            Op::SendCommand => "ssm:SendCommand",
+            Op::ListCommandInvocations => "ssm:ListCommandInvocations",
         }
     }
 }
@@ -122,7 +143,14 @@ pub enum Code {
     PendingCap,
     /// `IncorrectState`: e.g. the volume is detaching.
     IncorrectState,
-    /// `InternalError`, `InternalFailure`, `ServiceUnavailable`, `Unavailable`: AWS's side, transient.
+    /// `InvocationDoesNotExist` (SSM): the command's invocation is not visible yet (SSM is eventually consistent
+    /// for a while after SendCommand) or never will be.
+    InvocationNotFound,
+    /// `InvalidInstanceId` (SSM): the instance is not managed by SSM — not running, no agent, the agent offline,
+    /// or no instance profile letting it register.
+    InvalidInstance,
+    /// `InternalError`, `InternalFailure`, `InternalServerError` (SSM), `ServiceUnavailable`, `Unavailable`: AWS's
+    /// side, transient.
     Internal,
     /// Any other code.
     Other,
@@ -152,9 +180,13 @@ impl Code {
             "ConcurrentSnapshotLimitExceeded" => Code::PendingLimit,
             "pending-limit" => Code::PendingCap,
             "IncorrectState" => Code::IncorrectState,
-            "InternalError" | "InternalFailure" | "ServiceUnavailable" | "Unavailable" => {
-                Code::Internal
-            }
+            "InvocationDoesNotExist" => Code::InvocationNotFound,
+            "InvalidInstanceId" => Code::InvalidInstance,
+            "InternalError"
+            | "InternalFailure"
+            | "InternalServerError"
+            | "ServiceUnavailable"
+            | "Unavailable" => Code::Internal,
             _ => Code::Other,
         }
     }
@@ -165,7 +197,11 @@ impl Code {
             Code::Throttled => "throttled",
             Code::AccessDenied => "access-denied",
             Code::Credentials => "credentials",
-            Code::SnapshotNotFound | Code::VolumeNotFound | Code::NotFound => "not-found",
+            Code::SnapshotNotFound
+            | Code::VolumeNotFound
+            | Code::NotFound
+            | Code::InvocationNotFound => "not-found",
+            Code::InvalidInstance => "not-managed",
             Code::SnapshotInUse => "in-use",
             Code::VolumeRate | Code::PendingLimit => "limit",
             Code::IncorrectState => "incorrect-state",
@@ -206,6 +242,7 @@ mod tests {
     fn names_round_trip_and_actions_name_the_service() {
         for op in Op::EC2
             .into_iter()
+            .chain(Op::SSM)
             .chain([Op::GetCallerIdentity, Op::Publish])
         {
             assert_eq!(Op::from_name(op.name()), Some(op));
@@ -220,6 +257,23 @@ mod tests {
         assert_eq!(Op::DescribeSnapshots.group(), Some(Group::Describe));
         assert_eq!(Op::CreateSnapshots.group(), Some(Group::Create));
         assert_eq!(Op::GetCallerIdentity.group(), None);
+        assert_eq!(Op::SendCommand.iam_action(), "ssm:SendCommand");
+        assert_eq!(
+            Op::ListCommandInvocations.iam_action(),
+            "ssm:ListCommandInvocations"
+        );
+    }
+
+    #[test]
+    fn ssm_calls_are_paced_apart_from_ec2_and_a_command_is_never_sent_twice_blindly() {
+        for op in Op::SSM {
+            assert_eq!(op.group(), Some(Group::Ssm), "{op}");
+        }
+        assert!(Op::EC2.into_iter().all(|op| op.group() != Some(Group::Ssm)));
+        assert!(Op::SendCommand.repeat_may_duplicate());
+        assert!(Op::CreateSnapshots.repeat_may_duplicate());
+        assert!(!Op::ListCommandInvocations.repeat_may_duplicate());
+        assert!(!Op::CreateTags.repeat_may_duplicate());
     }
 
     #[test]
@@ -240,5 +294,19 @@ mod tests {
         assert_eq!(Code::parse("AuthorizationError").label(), "access-denied");
         assert!(Code::parse("ConcurrentSnapshotLimitExceeded").defers());
         assert!(!Code::parse("SnapshotCreationPerVolumeRateExceeded").defers());
+    }
+
+    #[test]
+    fn ssm_codes_are_read_once_like_ec2_codes() {
+        assert_eq!(Code::parse("ThrottlingException"), Code::Throttled);
+        assert_eq!(Code::parse("AccessDeniedException"), Code::AccessDenied);
+        assert_eq!(
+            Code::parse("InvocationDoesNotExist"),
+            Code::InvocationNotFound
+        );
+        assert_eq!(Code::parse("InvocationDoesNotExist").label(), "not-found");
+        assert_eq!(Code::parse("InvalidInstanceId"), Code::InvalidInstance);
+        assert_eq!(Code::parse("InvalidInstanceId").label(), "not-managed");
+        assert_eq!(Code::parse("InvalidDocument"), Code::Other);
     }
 }

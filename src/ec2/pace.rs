@@ -97,7 +97,7 @@ impl TokenBucket {
     }
 }
 
-/// EC2's API rate-limit groups snapwarden calls into; [`Op::group`] says which is whose.
+/// The API rate-limit groups snapwarden calls into (EC2's four, and SSM's); [`Op::group`] says which is whose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Group {
     /// CreateSnapshot, CreateSnapshots.
@@ -108,10 +108,18 @@ pub enum Group {
     Tags,
     /// DescribeInstances, DescribeVolumes, DescribeSnapshots with a filter or pagination (always, here).
     Describe,
+    /// SendCommand, ListCommandInvocations: SSM is another service, metered apart from EC2.
+    Ssm,
 }
 
 impl Group {
-    pub const ALL: [Group; 4] = [Group::Create, Group::Delete, Group::Tags, Group::Describe];
+    pub const ALL: [Group; 5] = [
+        Group::Create,
+        Group::Delete,
+        Group::Tags,
+        Group::Describe,
+        Group::Ssm,
+    ];
 
     /// AWS's published bucket for the group, per account per region: (burst, refill per second).
     pub fn aws_bucket(self) -> (f64, f64) {
@@ -120,6 +128,12 @@ impl Group {
             Group::Delete => (100.0, 5.0),
             Group::Tags => (100.0, 10.0),
             Group::Describe => (100.0, 20.0),
+            // AWS publishes no figure for Run Command's API (neither the SSM quotas page nor the API reference
+            // gives one for SendCommand or ListCommandInvocations), so this is a conservative guess: a run
+            // sends one command per 50 instances and polls once per command, so even 1,000 instances need 20
+            // calls a round, which this serves within seconds. An account that knows better overrides it
+            // (`PaceConfig::bucket_override`).
+            Group::Ssm => (20.0, 5.0),
         }
     }
 }
@@ -197,6 +211,12 @@ pub(crate) fn backoff(base: Duration, cap: Duration, attempt: u32, rng: &mut imp
 /// The `Ec2` decorator that paces and retries; see the module docs.
 pub struct Paced {
     inner: Arc<dyn Ec2>,
+    pacer: Pacer,
+}
+
+/// The buckets, backoff and per-volume gaps one decorator paces its calls with: [`Paced`]'s for EC2 and STS,
+/// `ssm::PacedSsm`'s for SSM (a service with limits of its own, [`Group::Ssm`]).
+pub(crate) struct Pacer {
     config: PaceConfig,
     buckets: Mutex<BTreeMap<Group, TokenBucket>>,
     /// volume id -> when its latest CreateSnapshot was (or is scheduled to be) sent.
@@ -218,6 +238,15 @@ async fn sleep(d: Duration) {
 
 impl Paced {
     pub fn new(inner: Arc<dyn Ec2>, config: PaceConfig) -> Self {
+        Paced {
+            inner,
+            pacer: Pacer::new(config),
+        }
+    }
+}
+
+impl Pacer {
+    pub(crate) fn new(config: PaceConfig) -> Self {
         let t = now();
         let buckets = Group::ALL
             .iter()
@@ -227,8 +256,7 @@ impl Paced {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_os_rng(),
         };
-        Paced {
-            inner,
+        Pacer {
             config,
             buckets: Mutex::new(buckets),
             last_create: Mutex::new(HashMap::new()),
@@ -284,7 +312,7 @@ impl Paced {
         )
     }
 
-    async fn call<T, F, Fut>(&self, operation: Op, volumes: &[&str], mut attempt: F) -> Result<T>
+    pub(crate) async fn call<T, F, Fut>(&self, operation: Op, volumes: &[&str], mut attempt: F) -> Result<T>
     where
         F: FnMut() -> Fut + Send,
         Fut: std::future::Future<Output = Result<T>> + Send,
@@ -360,23 +388,23 @@ impl Ec2 for Paced {
         self.inner.region()
     }
     fn max_pending_snapshots(&self) -> Option<usize> {
-        Some(self.config.max_pending_per_account)
+        Some(self.pacer.config.max_pending_per_account)
     }
     fn dry_run(&self) -> bool {
         self.inner.dry_run()
     }
     async fn account_id(&self) -> Result<String> {
-        self.call(Op::GetCallerIdentity, &[], || self.inner.account_id())
+        self.pacer.call(Op::GetCallerIdentity, &[], || self.inner.account_id())
             .await
     }
     async fn describe_instances(&self, filters: &[Filter]) -> Result<Vec<Instance>> {
-        self.call(Op::DescribeInstances, &[], || {
+        self.pacer.call(Op::DescribeInstances, &[], || {
             self.inner.describe_instances(filters)
         })
         .await
     }
     async fn describe_volumes(&self, filters: &[Filter]) -> Result<Vec<Volume>> {
-        self.call(Op::DescribeVolumes, &[], || {
+        self.pacer.call(Op::DescribeVolumes, &[], || {
             self.inner.describe_volumes(filters)
         })
         .await
@@ -387,13 +415,13 @@ impl Ec2 for Paced {
         filters: &[Filter],
         token: Option<&str>,
     ) -> Result<Page<Snapshot>> {
-        self.call(Op::DescribeSnapshots, &[], || {
+        self.pacer.call(Op::DescribeSnapshots, &[], || {
             self.inner.describe_snapshots(filters, token)
         })
         .await
     }
     async fn create_snapshot(&self, request: &CreateSnapshot) -> Result<Snapshot> {
-        self.call(Op::CreateSnapshot, &[&request.volume_id], || {
+        self.pacer.call(Op::CreateSnapshot, &[&request.volume_id], || {
             self.inner.create_snapshot(request)
         })
         .await
@@ -401,20 +429,20 @@ impl Ec2 for Paced {
     /// One Create token for the whole instance; the per-volume gap holds for each of its volumes.
     async fn create_snapshots(&self, request: &CreateSnapshots) -> Result<Vec<VolumeResult>> {
         let volumes: Vec<&str> = request.volumes.iter().map(|(v, _)| v.as_str()).collect();
-        self.call(Op::CreateSnapshots, &volumes, || {
+        self.pacer.call(Op::CreateSnapshots, &volumes, || {
             self.inner.create_snapshots(request)
         })
         .await
     }
     /// CreateTags is idempotent, so transient failures are retried like a describe's.
     async fn create_tags(&self, resource_ids: &[String], tags: &Tags) -> Result<()> {
-        self.call(Op::CreateTags, &[], || {
+        self.pacer.call(Op::CreateTags, &[], || {
             self.inner.create_tags(resource_ids, tags)
         })
         .await
     }
     async fn delete_snapshot(&self, snapshot_id: &str) -> Result<()> {
-        self.call(Op::DeleteSnapshot, &[], || {
+        self.pacer.call(Op::DeleteSnapshot, &[], || {
             self.inner.delete_snapshot(snapshot_id)
         })
         .await
