@@ -207,7 +207,10 @@ mod tests {
     fn a_command_is_retried_only_when_ssm_says_it_did_not_run_it() {
         let send = |code| Error::api(Op::SendCommand, "r", code, "m");
         let list = |code| Error::api(Op::ListCommandInvocations, "r", code, "m");
-        assert_eq!(send("ThrottlingException").retry(), Some(RetryAfter::Backoff));
+        assert_eq!(
+            send("ThrottlingException").retry(),
+            Some(RetryAfter::Backoff)
+        );
         assert_eq!(send("InternalServerError").retry(), None);
         assert_eq!(send("InternalError").retry(), None);
         let lost = Error::Transport {

@@ -21,6 +21,7 @@ const PURE: &[&str] = &[
 /// Module paths that do I/O (a pure module importing them would import tokio or AWS through them).
 const IO_PATHS: &[&[&str]] = &[
     &["ec2", "sdk"],
+    &["ssm", "sdk"],
     &["notify", "sns"],
     &["notify", "sender"],
     &["super", "sns"],

@@ -41,9 +41,7 @@ async fn send_command_reaches_ssm_with_document_parameters_instances_and_timeout
 
     // A batch too large is refused before anything is sent.
     let too_many = Command {
-        instance_ids: (0..=MAX_INSTANCES)
-            .map(|i| format!("i-{i:017x}"))
-            .collect(),
+        instance_ids: (0..=MAX_INSTANCES).map(|i| format!("i-{i:017x}")).collect(),
         ..command.clone()
     };
     let err = ssm.send_command(&too_many).await.unwrap_err().to_string();

@@ -5,6 +5,8 @@
 //! with exponential backoff and full jitter, `SnapshotCreationPerVolumeRateExceeded` after the per-volume gap.
 //! [`pending_deferrals`] is the pure rule the worker applies before creating: which volumes to defer because too
 //! many of their (or the account's) snapshots are still pending.
+//! The buckets, backoff and gaps themselves are a [`Pacer`]; `ssm::PacedSsm` paces SSM's calls with one of its
+//! own, in SSM's bucket ([`Group::Ssm`]) under the same retry rules.
 //!
 //! Who retries: `Paced`, and only `Paced`. The daemon builds the EC2/STS clients with the SDK's retries disabled
 //! (`daemon::aws_regions`), because an SDK retry is a request the buckets never saw (a throttled burst would be
@@ -312,7 +314,12 @@ impl Pacer {
         )
     }
 
-    pub(crate) async fn call<T, F, Fut>(&self, operation: Op, volumes: &[&str], mut attempt: F) -> Result<T>
+    pub(crate) async fn call<T, F, Fut>(
+        &self,
+        operation: Op,
+        volumes: &[&str],
+        mut attempt: F,
+    ) -> Result<T>
     where
         F: FnMut() -> Fut + Send,
         Fut: std::future::Future<Output = Result<T>> + Send,
@@ -394,20 +401,23 @@ impl Ec2 for Paced {
         self.inner.dry_run()
     }
     async fn account_id(&self) -> Result<String> {
-        self.pacer.call(Op::GetCallerIdentity, &[], || self.inner.account_id())
+        self.pacer
+            .call(Op::GetCallerIdentity, &[], || self.inner.account_id())
             .await
     }
     async fn describe_instances(&self, filters: &[Filter]) -> Result<Vec<Instance>> {
-        self.pacer.call(Op::DescribeInstances, &[], || {
-            self.inner.describe_instances(filters)
-        })
-        .await
+        self.pacer
+            .call(Op::DescribeInstances, &[], || {
+                self.inner.describe_instances(filters)
+            })
+            .await
     }
     async fn describe_volumes(&self, filters: &[Filter]) -> Result<Vec<Volume>> {
-        self.pacer.call(Op::DescribeVolumes, &[], || {
-            self.inner.describe_volumes(filters)
-        })
-        .await
+        self.pacer
+            .call(Op::DescribeVolumes, &[], || {
+                self.inner.describe_volumes(filters)
+            })
+            .await
     }
     /// One Describe token per page: each page is a request EC2 meters.
     async fn describe_snapshots(
@@ -415,37 +425,42 @@ impl Ec2 for Paced {
         filters: &[Filter],
         token: Option<&str>,
     ) -> Result<Page<Snapshot>> {
-        self.pacer.call(Op::DescribeSnapshots, &[], || {
-            self.inner.describe_snapshots(filters, token)
-        })
-        .await
+        self.pacer
+            .call(Op::DescribeSnapshots, &[], || {
+                self.inner.describe_snapshots(filters, token)
+            })
+            .await
     }
     async fn create_snapshot(&self, request: &CreateSnapshot) -> Result<Snapshot> {
-        self.pacer.call(Op::CreateSnapshot, &[&request.volume_id], || {
-            self.inner.create_snapshot(request)
-        })
-        .await
+        self.pacer
+            .call(Op::CreateSnapshot, &[&request.volume_id], || {
+                self.inner.create_snapshot(request)
+            })
+            .await
     }
     /// One Create token for the whole instance; the per-volume gap holds for each of its volumes.
     async fn create_snapshots(&self, request: &CreateSnapshots) -> Result<Vec<VolumeResult>> {
         let volumes: Vec<&str> = request.volumes.iter().map(|(v, _)| v.as_str()).collect();
-        self.pacer.call(Op::CreateSnapshots, &volumes, || {
-            self.inner.create_snapshots(request)
-        })
-        .await
+        self.pacer
+            .call(Op::CreateSnapshots, &volumes, || {
+                self.inner.create_snapshots(request)
+            })
+            .await
     }
     /// CreateTags is idempotent, so transient failures are retried like a describe's.
     async fn create_tags(&self, resource_ids: &[String], tags: &Tags) -> Result<()> {
-        self.pacer.call(Op::CreateTags, &[], || {
-            self.inner.create_tags(resource_ids, tags)
-        })
-        .await
+        self.pacer
+            .call(Op::CreateTags, &[], || {
+                self.inner.create_tags(resource_ids, tags)
+            })
+            .await
     }
     async fn delete_snapshot(&self, snapshot_id: &str) -> Result<()> {
-        self.pacer.call(Op::DeleteSnapshot, &[], || {
-            self.inner.delete_snapshot(snapshot_id)
-        })
-        .await
+        self.pacer
+            .call(Op::DeleteSnapshot, &[], || {
+                self.inner.delete_snapshot(snapshot_id)
+            })
+            .await
     }
 }
 

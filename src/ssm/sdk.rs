@@ -14,6 +14,8 @@ use crate::error::{Error, Result};
 /// SSM keeps at most this many characters of a command's comment and refuses longer ones.
 const COMMENT_CHARS: usize = 100;
 
+/// Build it from the SDK config `daemon::aws_regions_paced` gives `SdkEc2`, the one with the SDK's retries off:
+/// [`super::PacedSsm`] is the one retrier, and an SDK retry of SendCommand could run a command twice.
 pub struct SdkSsm {
     region: String,
     client: aws_sdk_ssm::Client,
@@ -95,8 +97,7 @@ impl Ssm for SdkSsm {
             .send();
         let mut out = Vec::new();
         while let Some(page) = pages.next().await {
-            let page =
-                page.map_err(|e| sdk_error(Op::ListCommandInvocations, &self.region, e))?;
+            let page = page.map_err(|e| sdk_error(Op::ListCommandInvocations, &self.region, e))?;
             out.extend(page.command_invocations().iter().map(invocation_of));
         }
         Ok(out)

@@ -62,7 +62,10 @@ fn the_output_excerpt_is_the_first_lines_bounded() {
     let long: String = (1..=30).map(|n| format!("line {n}\n")).collect();
     let got = excerpt(&long);
     assert_eq!(got.lines().count(), OUTPUT_LINES);
-    assert!(got.starts_with("line 1\n") && got.ends_with("line 10…"), "{got}");
+    assert!(
+        got.starts_with("line 1\n") && got.ends_with("line 10…"),
+        "{got}"
+    );
     let wide = "x".repeat(5_000);
     assert_eq!(excerpt(&wide).chars().count(), OUTPUT_CHARS + 1);
     // Cut on a character, never inside one.
