@@ -11,8 +11,9 @@
 //! Who retries: `Paced` (and, for SSM, `ssm::PacedSsm`), and nothing else. The daemon builds the EC2/STS clients
 //! with the SDK's retries disabled (`daemon::aws_regions`), because an SDK retry is a request the buckets never
 //! saw (a throttled burst would be answered by more requests) and a budget inside another budget makes "how long
-//! until a run gives up" two numbers instead of one. Every attempt goes through [`super::Instrumented`] below this layer, so
-//! `snapwarden_aws_requests_total` and `snapwarden_aws_throttles_total` count attempts, i.e. what AWS saw.
+//! until a run gives up" two numbers instead of one. Every attempt goes through [`super::Instrumented`] below this
+//! layer, so `snapwarden_aws_requests_total` and `snapwarden_aws_throttles_total` count attempts, i.e. what AWS
+//! saw.
 //!
 //! What is not retried here: a CreateSnapshot that failed with anything but throttling or the per-volume rate —
 //! CreateSnapshot has no client token, so after a 5xx or a broken connection the snapshot may exist, and a retry
