@@ -196,12 +196,13 @@ impl Drop for FaultProxy {
     }
 }
 
-struct Request {
-    head: Vec<String>,
-    body: Vec<u8>,
+/// One HTTP/1.1 request as read off a client connection (also read by the SSM agent stand-in, `ssm_agent.rs`).
+pub(super) struct Request {
+    pub(super) head: Vec<String>,
+    pub(super) body: Vec<u8>,
 }
 
-fn read_request(r: &mut BufReader<TcpStream>) -> Option<Request> {
+pub(super) fn read_request(r: &mut BufReader<TcpStream>) -> Option<Request> {
     let mut head = Vec::new();
     loop {
         let mut line = String::new();
@@ -222,7 +223,7 @@ fn read_request(r: &mut BufReader<TcpStream>) -> Option<Request> {
     Some(Request { head, body })
 }
 
-fn header<'a>(head: &'a [String], name: &str) -> Option<&'a str> {
+pub(super) fn header<'a>(head: &'a [String], name: &str) -> Option<&'a str> {
     head.iter().skip(1).find_map(|l| {
         let (k, v) = l.split_once(':')?;
         k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
@@ -332,7 +333,11 @@ fn error_response(code: &str) -> Vec<u8> {
 
 /// Sends `req` to moto on a fresh connection and returns the answer framed for a kept-alive client, with each
 /// `(from, to)` of `rewrite` replaced in its body.
-fn forward(req: &Request, upstream: u16, rewrite: &[(String, String)]) -> Option<Vec<u8>> {
+pub(super) fn forward(
+    req: &Request,
+    upstream: u16,
+    rewrite: &[(String, String)],
+) -> Option<Vec<u8>> {
     let mut up = TcpStream::connect(("127.0.0.1", upstream)).ok()?;
     up.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
     let mut out = format!("{}\r\n", req.head[0]);

@@ -2,12 +2,14 @@
 //! on drop), SDK clients pointed at it, and a config whose `aws.endpoint-url` names it. A test that needs moto and
 //! cannot find it fails with the command that installs it; it never skips. Also what every test file would
 //! otherwise write again: a slot from its text, metric values out of Prometheus text (`prom.rs`), and estates to
-//! seed (instances and volumes in moto or `FakeEc2`, snapshots tagged as snapwarden tags its own).
+//! seed (instances and volumes in moto or `FakeEc2`, snapshots tagged as snapwarden tags its own). In front of moto,
+//! a fault-injecting proxy (`fault_proxy.rs`) and a stand-in for the instances' SSM agents (`ssm_agent.rs`).
 #![allow(dead_code)]
 
 pub mod fault_proxy;
 pub mod process;
 pub mod prom;
+pub mod ssm_agent;
 
 // Not every test binary reads metrics.
 #[allow(unused_imports)]
