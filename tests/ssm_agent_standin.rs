@@ -431,3 +431,32 @@ async fn moto_records_the_command_as_the_sdk_sent_it_and_sns_passes_through() {
         .expect("SNS passes through");
     assert!(topic.topic_arn().unwrap().ends_with(":alerts"));
 }
+
+#[tokio::test]
+async fn a_command_naming_an_unmanaged_instance_is_refused_whole_and_never_reaches_moto() {
+    let s = stand().await;
+    let (managed, _) = launch_instance(&s.ec2, &[], &[BOOT]).await;
+    let (stopped, _) = launch_instance(&s.ec2, &[], &[BOOT]).await;
+    s.agent.set_unmanaged(&[&stopped]);
+
+    let err = s
+        .ssm
+        .send_command()
+        .document_name(VSS_DOCUMENT)
+        .instance_ids(&managed)
+        .instance_ids(&stopped)
+        .parameters("tags", vec!["Key=Run,Value=refused".into()])
+        .send()
+        .await
+        .expect_err("SSM refuses a command naming an unmanaged instance");
+    let service = err.as_service_error().expect("a modelled SSM error");
+    assert!(service.is_invalid_instance_id(), "{err:?}");
+    assert!(
+        service.to_string().contains(&stopped) && !service.to_string().contains(&managed),
+        "{service}"
+    );
+    assert!(s.agent.commands().is_empty());
+    let in_moto = s.ssm.list_commands().send().await.expect("ListCommands");
+    assert!(in_moto.commands().is_empty(), "{in_moto:?}");
+    assert!(snapshots(&s.ec2, "refused").await.is_empty());
+}

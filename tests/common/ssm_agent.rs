@@ -5,7 +5,9 @@
 //! goes to moto unchanged, so `ListCommands` shows the request exactly as the SDK sent it. For SSM (JSON protocol,
 //! `X-Amz-Target: AmazonSSM.<Action>`) it owns three actions:
 //! - `SendCommand`: forwarded to moto (which gives the command id), then recorded with its document, parameters and
-//!   instance ids, one invocation per instance, each following the first [`Rule`] that matches it;
+//!   instance ids, one invocation per instance, each following the first [`Rule`] that matches it. Like SSM, it
+//!   refuses the whole command with `InvalidInstanceId` when one of its instances is not managed (no agent
+//!   registered: [`SsmAgent::set_unmanaged`]);
 //! - `ListCommandInvocations` and `GetCommandInvocation`: answered from those invocations. Every poll that covers an
 //!   invocation advances it along its [`Reply`]: missing (`InvocationDoesNotExist`) for the first polls, then
 //!   `InProgress`, then its [`End`].
@@ -199,6 +201,8 @@ struct State {
     rules: Vec<Rule>,
     /// Invocations each rule has been used for.
     used: Vec<usize>,
+    /// Instances without a registered agent.
+    unmanaged: Vec<String>,
     commands: Vec<Command>,
     invocations: Vec<Invocation>,
     hits: Vec<Hit>,
@@ -227,6 +231,7 @@ impl SsmAgent {
         let state = Arc::new(Mutex::new(State {
             rules: Vec::new(),
             used: Vec::new(),
+            unmanaged: Vec::new(),
             commands: Vec::new(),
             invocations: Vec::new(),
             hits: Vec::new(),
@@ -258,6 +263,12 @@ impl SsmAgent {
         let mut st = self.state.lock().unwrap();
         st.used = vec![0; rules.len()];
         st.rules = rules;
+    }
+
+    /// Marks instances as not managed by SSM (agent stopped or never registered): a command naming one of them is
+    /// refused as a whole, as SSM refuses it.
+    pub fn set_unmanaged(&self, instances: &[&str]) {
+        self.state.lock().unwrap().unmanaged = instances.iter().map(|i| i.to_string()).collect();
     }
 
     /// The commands received, in order.
@@ -588,6 +599,30 @@ fn send_command(
     state: &Mutex<State>,
     jobs: &mpsc::Sender<Job>,
 ) -> Option<Vec<u8>> {
+    let instance_ids: Vec<String> = body
+        .get("InstanceIds")
+        .cloned()
+        .and_then(|p| serde_json::from_value(p).ok())
+        .unwrap_or_default();
+    let unmanaged: Vec<&str> = {
+        let st = state.lock().unwrap();
+        instance_ids
+            .iter()
+            .filter(|i| st.unmanaged.contains(i))
+            .map(String::as_str)
+            .collect()
+    };
+    if !unmanaged.is_empty() {
+        // SSM's own words for an instance whose agent is not registered or not running.
+        return Some(json_error(
+            "InvalidInstanceId",
+            &format!(
+                "Instances [[{}]] not in a valid state for account {}",
+                unmanaged.join(", "),
+                super::ACCOUNT
+            ),
+        ));
+    }
     let answer = forward(req, upstream, &[])?;
     let text = String::from_utf8_lossy(&answer);
     let moto: Option<Value> = text
@@ -607,11 +642,6 @@ fn send_command(
         .to_string();
     let parameters: BTreeMap<String, Vec<String>> = body
         .get("Parameters")
-        .cloned()
-        .and_then(|p| serde_json::from_value(p).ok())
-        .unwrap_or_default();
-    let instance_ids: Vec<String> = body
-        .get("InstanceIds")
         .cloned()
         .and_then(|p| serde_json::from_value(p).ok())
         .unwrap_or_default();
