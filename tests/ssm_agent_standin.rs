@@ -192,6 +192,10 @@ async fn vss_run_leaves_the_boot_volume_out_when_asked() {
     )
     .await;
 
+    // The instance works whether or not anybody polls.
+    assert_eq!(s.agent.snapshots(&command, &id).len(), 2);
+    assert_eq!(snapshots(&s.ec2, "data").await.len(), 2);
+    assert_eq!(s.agent.count("ListCommandInvocations"), 0);
     assert_eq!(
         poll(&s.ssm, &command).await[&id].0,
         CommandInvocationStatus::Success

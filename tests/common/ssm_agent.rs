@@ -12,8 +12,10 @@
 //!   invocation advances it along its [`Reply`]: missing (`InvocationDoesNotExist`) for the first polls, then
 //!   `InProgress`, then its [`End`].
 //!
-//! An invocation's work happens when it reaches its end (at once when its reply has no missing or in-progress polls,
-//! else at the poll that uses them up, or when the test calls [`SsmAgent::finish`]): for `AWSEC2-CreateVssSnapshot`
+//! An invocation's work starts when it reaches its end (right after `SendCommand` is answered when its reply has no
+//! missing or in-progress polls, else at the poll that uses them up, or when the test calls [`SsmAgent::finish`]),
+//! runs on a thread of its own as it would on the instance, and a poll that answers the end waits for it, so
+//! `Success` is only ever seen once the snapshots exist. For `AWSEC2-CreateVssSnapshot`
 //! ending in success, one snapshot per attached volume in moto (through moto's EC2 API, as the instance's own role
 //! would), tagged with the document's `tags` parameter plus the `Device`, `AppConsistent` and `AwsVssConfig` tags the
 //! document adds itself, the boot volume left out when `ExcludeBootVolume` is `True`. Like the real document, it
@@ -186,6 +188,8 @@ struct Invocation {
     requested: f64,
     reply: Reply,
     polls: usize,
+    /// The work under way: its result arrives here.
+    running: Option<mpsc::Receiver<Result<Vec<String>, String>>>,
     /// Set once the invocation has reached its end and done its work: how it ended after all (a VSS run with bad
     /// tags fails whatever its rule said) and the snapshots it created.
     outcome: Option<(End, Vec<String>)>,
@@ -284,13 +288,20 @@ impl SsmAgent {
             .collect()
     }
 
-    /// The snapshots the invocation of `command` on `instance` created (empty until it has ended).
+    /// The snapshots the invocation of `command` on `instance` created (waiting for its work if under way; empty
+    /// while it has not reached its end).
     pub fn snapshots(&self, command: &str, instance: &str) -> Vec<String> {
-        let st = self.state.lock().unwrap();
-        st.invocations
-            .iter()
+        let mut st = self.state.lock().unwrap();
+        let Some(inv) = st
+            .invocations
+            .iter_mut()
             .find(|i| i.command == command && i.instance == instance)
-            .and_then(|i| i.outcome.as_ref())
+        else {
+            return Vec::new();
+        };
+        collect(inv);
+        inv.outcome
+            .as_ref()
             .map(|(_, s)| s.clone())
             .unwrap_or_default()
     }
@@ -309,13 +320,13 @@ impl SsmAgent {
     /// `SendCommand`): their snapshots are created, and later polls answer the end.
     pub fn finish(&self) {
         let mut st = self.state.lock().unwrap();
-        for i in 0..st.invocations.len() {
-            let inv = &mut st.invocations[i];
+        for inv in st.invocations.iter_mut() {
             inv.polls = inv
                 .polls
                 .max(inv.reply.missing_polls + inv.reply.in_progress_polls);
             settle(inv, &self.jobs);
         }
+        st.invocations.iter_mut().for_each(collect);
     }
 }
 
@@ -470,16 +481,29 @@ fn now_epoch() -> f64 {
         .as_secs_f64()
 }
 
-/// Runs the invocation's work once it has used up its missing and in-progress polls.
+/// Starts the invocation's work once it has used up its missing and in-progress polls (a run that does nothing
+/// ends at once).
 fn settle(inv: &mut Invocation, jobs: &mpsc::Sender<Job>) {
-    if inv.outcome.is_some() || inv.polls < inv.reply.missing_polls + inv.reply.in_progress_polls {
+    if inv.outcome.is_some()
+        || inv.running.is_some()
+        || inv.polls < inv.reply.missing_polls + inv.reply.in_progress_polls
+    {
         return;
     }
-    let end = inv.reply.end.clone();
-    inv.outcome = Some(if end == End::Success && inv.document == VSS_DOCUMENT {
+    if inv.reply.end == End::Success && inv.document == VSS_DOCUMENT {
         let (tx, rx) = mpsc::channel();
         jobs.send((inv.instance.clone(), inv.parameters.clone(), tx))
             .expect("the stand-in's EC2 worker runs");
+        inv.running = Some(rx);
+    } else {
+        inv.outcome = Some((inv.reply.end.clone(), Vec::new()));
+    }
+}
+
+/// Waits for the invocation's work, if under way, and records how it ended.
+fn collect(inv: &mut Invocation) {
+    let Some(rx) = inv.running.take() else { return };
+    inv.outcome = Some(
         match rx.recv().expect("the stand-in's EC2 worker answers") {
             Ok(snapshots) => (End::Success, snapshots),
             Err(output) => (
@@ -489,23 +513,23 @@ fn settle(inv: &mut Invocation, jobs: &mpsc::Sender<Job>) {
                 },
                 Vec::new(),
             ),
-        }
-    } else {
-        (end, Vec::new())
-    });
+        },
+    );
 }
 
 /// One poll of `inv`: what it answers now.
 fn poll(inv: &mut Invocation, jobs: &mpsc::Sender<Job>) -> Answer {
     inv.polls += 1;
     let r = &inv.reply;
-    if inv.outcome.is_none() && inv.polls <= r.missing_polls {
+    let started = inv.outcome.is_some() || inv.running.is_some();
+    if !started && inv.polls <= r.missing_polls {
         return Answer::Missing;
     }
-    if inv.outcome.is_none() && inv.polls <= r.missing_polls + r.in_progress_polls {
+    if !started && inv.polls <= r.missing_polls + r.in_progress_polls {
         return Answer::InProgress;
     }
     settle(inv, jobs);
+    collect(inv);
     Answer::Ended(inv.outcome.as_ref().unwrap().0.clone())
 }
 
@@ -675,6 +699,7 @@ fn send_command(
             requested,
             reply,
             polls: 0,
+            running: None,
             outcome: None,
         };
         settle(&mut inv, jobs);
