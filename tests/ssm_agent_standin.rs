@@ -463,4 +463,67 @@ async fn a_command_naming_an_unmanaged_instance_is_refused_whole_and_never_reach
     let in_moto = s.ssm.list_commands().send().await.expect("ListCommands");
     assert!(in_moto.commands().is_empty(), "{in_moto:?}");
     assert!(snapshots(&s.ec2, "refused").await.is_empty());
+
+    // Commands by tag targets are not modelled: refused loudly rather than run nowhere.
+    let err = s
+        .ssm
+        .send_command()
+        .document_name(VSS_DOCUMENT)
+        .targets(
+            aws_sdk_ssm::types::Target::builder()
+                .key("tag:Backup")
+                .values("true")
+                .build(),
+        )
+        .send()
+        .await
+        .expect_err("Targets are refused");
+    assert!(
+        format!("{err:?}").contains("ValidationException"),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_fault_proxy_in_front_throttles_ssm_calls_with_ssms_json_error() {
+    use aws_sdk_ssm::error::ProvideErrorMetadata;
+    use common::fault_proxy::{Fault, FaultProxy, Rule as FaultRule, When};
+    let s = stand().await;
+    let (id, _) = launch_instance(&s.ec2, &[], &[BOOT]).await;
+    let proxy = FaultProxy::start(s.agent.port, 7);
+    proxy.set_rules(vec![FaultRule::new(
+        &["ListCommandInvocations"],
+        When::Calls(vec![1]),
+        Fault::Error("ThrottlingException"),
+    )]);
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(common::REGION))
+        .endpoint_url(&proxy.endpoint)
+        .credentials_provider(aws_sdk_ec2::config::Credentials::new(
+            "testing", "testing", None, None, "test",
+        ))
+        .retry_config(aws_config::retry::RetryConfig::disabled())
+        .load()
+        .await;
+    let ssm = aws_sdk_ssm::Client::new(&config);
+    let command = send(&ssm, "AWS-RunShellScript", &[&id], &[("commands", "true")]).await;
+
+    let err = ssm
+        .list_command_invocations()
+        .command_id(&command)
+        .send()
+        .await
+        .expect_err("the first poll is throttled");
+    assert_eq!(err.code(), Some("ThrottlingException"), "{err:?}");
+    assert_eq!(
+        poll(&ssm, &command).await[&id].0,
+        CommandInvocationStatus::Success
+    );
+    assert_eq!(
+        proxy.count("ListCommandInvocations", "ThrottlingException"),
+        1
+    );
+    assert_eq!(proxy.count("SendCommand", "forwarded"), 1);
+    // The throttled call never reached the agent.
+    assert_eq!(s.agent.count("ListCommandInvocations"), 1);
 }

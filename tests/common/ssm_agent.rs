@@ -623,6 +623,16 @@ fn send_command(
     state: &Mutex<State>,
     jobs: &mpsc::Sender<Job>,
 ) -> Option<Vec<u8>> {
+    if body
+        .get("Targets")
+        .is_some_and(|t| t.as_array().is_some_and(|a| !a.is_empty()))
+    {
+        // Loud rather than wrong: a command by tag targets would run on no instance here.
+        return Some(json_error(
+            "ValidationException",
+            "the SSM agent stand-in models InstanceIds only, not Targets",
+        ));
+    }
     let instance_ids: Vec<String> = body
         .get("InstanceIds")
         .cloned()
