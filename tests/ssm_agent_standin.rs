@@ -25,14 +25,7 @@ struct Stand {
 async fn stand() -> Stand {
     let moto = Moto::start();
     let agent = SsmAgent::start(moto.port);
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new(common::REGION))
-        .endpoint_url(&agent.endpoint)
-        .credentials_provider(aws_sdk_ec2::config::Credentials::new(
-            "testing", "testing", None, None, "test",
-        ))
-        .load()
-        .await;
+    let config = common::sdk_config(&agent.endpoint).await;
     Stand {
         _moto: moto,
         agent,
@@ -417,16 +410,7 @@ async fn moto_records_the_command_as_the_sdk_sent_it_and_sns_passes_through() {
     expected.sort();
     assert_eq!(in_moto, expected);
 
-    let sns = aws_sdk_sns::Client::new(
-        &aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new(common::REGION))
-            .endpoint_url(&s.agent.endpoint)
-            .credentials_provider(aws_sdk_ec2::config::Credentials::new(
-                "testing", "testing", None, None, "test",
-            ))
-            .load()
-            .await,
-    );
+    let sns = aws_sdk_sns::Client::new(&common::sdk_config(&s.agent.endpoint).await);
     let topic = sns
         .create_topic()
         .name("alerts")
@@ -496,16 +480,11 @@ async fn the_fault_proxy_in_front_throttles_ssm_calls_with_ssms_json_error() {
         When::Calls(vec![1]),
         Fault::Error("ThrottlingException"),
     )]);
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new(common::REGION))
-        .endpoint_url(&proxy.endpoint)
-        .credentials_provider(aws_sdk_ec2::config::Credentials::new(
-            "testing", "testing", None, None, "test",
-        ))
-        .retry_config(aws_config::retry::RetryConfig::disabled())
-        .load()
-        .await;
-    let ssm = aws_sdk_ssm::Client::new(&config);
+    // No retries, so the throttled answer reaches the test.
+    let config = aws_sdk_ssm::config::Builder::from(&common::sdk_config(&proxy.endpoint).await)
+        .retry_config(aws_sdk_ssm::config::retry::RetryConfig::disabled())
+        .build();
+    let ssm = aws_sdk_ssm::Client::from_conf(config);
     let command = send(&ssm, "AWS-RunShellScript", &[&id], &[("commands", "true")]).await;
 
     let err = ssm

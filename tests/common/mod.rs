@@ -105,14 +105,7 @@ impl Moto {
     }
 
     pub async fn sdk_config(&self) -> aws_config::SdkConfig {
-        aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new(REGION))
-            .endpoint_url(&self.endpoint)
-            .credentials_provider(aws_sdk_ec2::config::Credentials::new(
-                "testing", "testing", None, None, "test",
-            ))
-            .load()
-            .await
+        sdk_config(&self.endpoint).await
     }
 
     pub async fn ec2(&self) -> aws_sdk_ec2::Client {
@@ -125,6 +118,19 @@ impl Drop for Moto {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// SDK config for raw clients against `endpoint` (moto, or a proxy in front of it): [`REGION`], fixed test
+/// credentials.
+pub async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(REGION))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_ec2::config::Credentials::new(
+            "testing", "testing", None, None, "test",
+        ))
+        .load()
+        .await
 }
 
 /// A config file for the real binary, written into `dir`: `[daemon]` listening on 127.0.0.1:`port` plus the lines

@@ -15,12 +15,17 @@
 //! An invocation's work starts when it reaches its end (right after `SendCommand` is answered when its reply has no
 //! missing or in-progress polls, else at the poll that uses them up, or when the test calls [`SsmAgent::finish`]),
 //! runs on a thread of its own as it would on the instance, and a poll that answers the end waits for it, so
-//! `Success` is only ever seen once the snapshots exist. For `AWSEC2-CreateVssSnapshot`
-//! ending in success, one snapshot per attached volume in moto (through moto's EC2 API, as the instance's own role
-//! would), tagged with the document's `tags` parameter plus the `Device`, `AppConsistent` and `AwsVssConfig` tags the
-//! document adds itself, the boot volume left out when `ExcludeBootVolume` is `True`. Like the real document, it
-//! fails the invocation (exit code 1, output saying why) when `tags` cannot be parsed or names one of those three
-//! reserved keys. Other documents run nothing: the record of who was sent what, and when, is their effect.
+//! `Success` is only ever seen once the snapshots exist. For `AWSEC2-CreateVssSnapshot` ending in success: one
+//! snapshot per attached volume in moto (through moto's EC2 API, as the instance's own role would), tagged with the
+//! document's `tags` parameter plus the `Device`, `AppConsistent` and `AwsVssConfig` tags the document adds itself,
+//! the boot volume (the one on the instance's root device) left out when `ExcludeBootVolume` is `True`. Like the real
+//! document, it fails the invocation (exit code 1, output saying why) when `tags` cannot be parsed or names one of
+//! those three reserved keys. Other documents run nothing: the record of who was sent what, and when, is their
+//! effect.
+//!
+//! What it does not model it refuses loudly rather than answer wrongly: `SendCommand` by `Targets`,
+//! `ListCommandInvocations` with `Filters`. SSM throttling comes from the fault proxy put in front of it (it answers
+//! JSON-protocol requests with JSON errors).
 //!
 //! Status texts follow the SSM API reference: `Status` is one of the SDK's `CommandInvocationStatus` values and
 //! `StatusDetails` says more (`Undeliverable` is a detail of `Failed`; `ExecutionTimedOut` of `TimedOut`).
@@ -691,7 +696,8 @@ fn send_command(
     });
     for instance in instance_ids {
         let st = &mut *st;
-        let rule = st.rules.iter().enumerate().position(|(k, r)| {
+        let rule = (0..st.rules.len()).find(|&k| {
+            let r = &st.rules[k];
             r.matches(&document, &instance) && r.times.is_none_or(|n| st.used[k] < n)
         });
         let reply = match rule {
