@@ -506,3 +506,69 @@ async fn the_fault_proxy_in_front_throttles_ssm_calls_with_ssms_json_error() {
     // The throttled call never reached the agent.
     assert_eq!(s.agent.count("ListCommandInvocations"), 1);
 }
+
+#[tokio::test]
+async fn sixty_instances_in_two_commands_each_get_their_snapshot_and_polls_page_by_fifty() {
+    use aws_sdk_ec2::types::{BlockDeviceMapping, EbsBlockDevice, InstanceType};
+    let s = stand().await;
+    let out = s
+        .ec2
+        .run_instances()
+        .image_id("ami-12c6146b")
+        .instance_type(InstanceType::T3Micro)
+        .min_count(60)
+        .max_count(60)
+        .block_device_mappings(
+            BlockDeviceMapping::builder()
+                .device_name(BOOT)
+                .ebs(EbsBlockDevice::builder().volume_size(8).build())
+                .build(),
+        )
+        .send()
+        .await
+        .expect("RunInstances");
+    let ids: Vec<&str> = out
+        .instances()
+        .iter()
+        .filter_map(|i| i.instance_id())
+        .collect();
+    assert_eq!(ids.len(), 60);
+
+    let first = send(
+        &s.ssm,
+        VSS_DOCUMENT,
+        &ids[..50],
+        &[("tags", "Key=Run,Value=sixty")],
+    )
+    .await;
+    let second = send(
+        &s.ssm,
+        VSS_DOCUMENT,
+        &ids[50..],
+        &[("tags", "Key=Run,Value=sixty")],
+    )
+    .await;
+    let page = s
+        .ssm
+        .list_command_invocations()
+        .command_id(&first)
+        .max_results(20)
+        .send()
+        .await
+        .expect("ListCommandInvocations");
+    assert_eq!(page.command_invocations().len(), 20);
+    assert!(page.next_token().is_some());
+    assert_eq!(poll(&s.ssm, &first).await.len(), 50);
+    assert_eq!(poll(&s.ssm, &second).await.len(), 10);
+
+    let snaps = snapshots(&s.ec2, "sixty").await;
+    assert_eq!(snaps.len(), 60, "one boot-volume snapshot per instance");
+    let commands = s.agent.commands_of(VSS_DOCUMENT);
+    assert_eq!(
+        commands
+            .iter()
+            .map(|c| c.instance_ids.len())
+            .collect::<Vec<_>>(),
+        vec![50, 10]
+    );
+}

@@ -724,6 +724,8 @@ fn send_command(
     Some(answer)
 }
 
+/// One call is one poll of every invocation it covers (its command and instance), whichever page it returns: the
+/// daemon's commands have at most 50 instances, one page at the default `MaxResults`.
 fn list_command_invocations(
     body: &Value,
     state: &Mutex<State>,
