@@ -1,6 +1,7 @@
 //! A fault-injecting HTTP/1.1 proxy for moto, on 127.0.0.1: it reads each request on a kept-alive client
-//! connection, finds its `Action=` in the form body (EC2 and STS speak the query protocol), and by the first rule
-//! that fires answers it with EC2's error XML, delays it, resets the connection, rewrites moto's answer where moto
+//! connection, finds its action (`Action=` in the form body: EC2 and STS speak the query protocol; or the
+//! `X-Amz-Target` header: SSM speaks JSON), and by the first rule that fires answers it with the service's error
+//! (EC2's XML, or JSON for a JSON request), delays it, resets the connection, rewrites moto's answer where moto
 //! models something differently from EC2 (a copy's volume id, a snapshot's state), or forwards it to moto. Rules
 //! fire at a rate (one seeded RNG for the whole proxy, so a failing run can be replayed) or on chosen calls of the
 //! matching actions. Every request is logged with its arrival time, action and outcome, so a test can count
@@ -37,9 +38,10 @@ pub enum Fault {
 pub fn status_of(code: &str) -> u16 {
     match code {
         "RequestLimitExceeded" | "ServiceUnavailable" | "Unavailable" => 503,
-        "InternalError" | "InternalFailure" => 500,
+        "InternalError" | "InternalFailure" | "InternalServerError" => 500,
         "UnauthorizedOperation" | "AuthFailure" => 403,
-        // SnapshotCreationPerVolumeRateExceeded, ConcurrentSnapshotLimitExceeded and other client errors.
+        // SnapshotCreationPerVolumeRateExceeded, ConcurrentSnapshotLimitExceeded, SSM's ThrottlingException and other
+        // client errors.
         _ => 400,
     }
 }
@@ -196,12 +198,13 @@ impl Drop for FaultProxy {
     }
 }
 
-struct Request {
-    head: Vec<String>,
-    body: Vec<u8>,
+/// One HTTP/1.1 request as read off a client connection (also read by the SSM agent stand-in, `ssm_agent.rs`).
+pub(super) struct Request {
+    pub(super) head: Vec<String>,
+    pub(super) body: Vec<u8>,
 }
 
-fn read_request(r: &mut BufReader<TcpStream>) -> Option<Request> {
+pub(super) fn read_request(r: &mut BufReader<TcpStream>) -> Option<Request> {
     let mut head = Vec::new();
     loop {
         let mut line = String::new();
@@ -222,15 +225,18 @@ fn read_request(r: &mut BufReader<TcpStream>) -> Option<Request> {
     Some(Request { head, body })
 }
 
-fn header<'a>(head: &'a [String], name: &str) -> Option<&'a str> {
+pub(super) fn header<'a>(head: &'a [String], name: &str) -> Option<&'a str> {
     head.iter().skip(1).find_map(|l| {
         let (k, v) = l.split_once(':')?;
         k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
     })
 }
 
-fn action_of(body: &[u8]) -> String {
-    String::from_utf8_lossy(body)
+fn action_of(req: &Request) -> String {
+    if let Some(target) = header(&req.head, "x-amz-target") {
+        return target.rsplit('.').next().unwrap_or(target).to_string();
+    }
+    String::from_utf8_lossy(&req.body)
         .split('&')
         .find_map(|kv| kv.strip_prefix("Action=").map(str::to_string))
         .unwrap_or_else(|| "-".into())
@@ -274,12 +280,12 @@ fn serve(client: TcpStream, upstream: u16, state: &Mutex<State>) {
     let mut reader = BufReader::new(client);
     while let Some(req) = read_request(&mut reader) {
         let at = Instant::now();
-        let action = action_of(&req.body);
+        let action = action_of(&req);
         let fault = decide(state, &action);
         let response = match fault {
             Some(Fault::Error(code)) => {
                 log(state, at, &req, &action, code);
-                error_response(code)
+                error_response(code, header(&req.head, "x-amz-target").is_some())
             }
             Some(Fault::Reset) => {
                 log(state, at, &req, &action, "reset");
@@ -315,7 +321,19 @@ fn serve(client: TcpStream, upstream: u16, state: &Mutex<State>) {
     }
 }
 
-fn error_response(code: &str) -> Vec<u8> {
+/// The error answer for `code`: JSON (`__type`, as SSM writes it) for a JSON-protocol request, else EC2's XML.
+fn error_response(code: &str, json: bool) -> Vec<u8> {
+    if json {
+        let body = format!("{{\"__type\":\"{code}\",\"message\":\"injected by the fault proxy\"}}");
+        let mut out = format!(
+            "HTTP/1.1 {} Injected\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\n\r\n",
+            status_of(code),
+            body.len()
+        )
+        .into_bytes();
+        out.extend_from_slice(body.as_bytes());
+        return out;
+    }
     let body = format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code><Message>injected by \
          the fault proxy</Message></Error></Errors><RequestID>00000000-0000-4000-8000-000000000000</RequestID></Response>"
@@ -332,7 +350,11 @@ fn error_response(code: &str) -> Vec<u8> {
 
 /// Sends `req` to moto on a fresh connection and returns the answer framed for a kept-alive client, with each
 /// `(from, to)` of `rewrite` replaced in its body.
-fn forward(req: &Request, upstream: u16, rewrite: &[(String, String)]) -> Option<Vec<u8>> {
+pub(super) fn forward(
+    req: &Request,
+    upstream: u16,
+    rewrite: &[(String, String)],
+) -> Option<Vec<u8>> {
     let mut up = TcpStream::connect(("127.0.0.1", upstream)).ok()?;
     up.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
     let mut out = format!("{}\r\n", req.head[0]);

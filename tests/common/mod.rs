@@ -2,12 +2,14 @@
 //! on drop), SDK clients pointed at it, and a config whose `aws.endpoint-url` names it. A test that needs moto and
 //! cannot find it fails with the command that installs it; it never skips. Also what every test file would
 //! otherwise write again: a slot from its text, metric values out of Prometheus text (`prom.rs`), and estates to
-//! seed (instances and volumes in moto or `FakeEc2`, snapshots tagged as snapwarden tags its own).
+//! seed (instances and volumes in moto or `FakeEc2`, snapshots tagged as snapwarden tags its own). In front of moto,
+//! a fault-injecting proxy (`fault_proxy.rs`) and a stand-in for the instances' SSM agents (`ssm_agent.rs`).
 #![allow(dead_code)]
 
 pub mod fault_proxy;
 pub mod process;
 pub mod prom;
+pub mod ssm_agent;
 
 // Not every test binary reads metrics.
 #[allow(unused_imports)]
@@ -103,14 +105,7 @@ impl Moto {
     }
 
     pub async fn sdk_config(&self) -> aws_config::SdkConfig {
-        aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new(REGION))
-            .endpoint_url(&self.endpoint)
-            .credentials_provider(aws_sdk_ec2::config::Credentials::new(
-                "testing", "testing", None, None, "test",
-            ))
-            .load()
-            .await
+        sdk_config(&self.endpoint).await
     }
 
     pub async fn ec2(&self) -> aws_sdk_ec2::Client {
@@ -123,6 +118,19 @@ impl Drop for Moto {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// SDK config for raw clients against `endpoint` (moto, or a proxy in front of it): [`REGION`], fixed test
+/// credentials.
+pub async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(REGION))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_ec2::config::Credentials::new(
+            "testing", "testing", None, None, "test",
+        ))
+        .load()
+        .await
 }
 
 /// A config file for the real binary, written into `dir`: `[daemon]` listening on 127.0.0.1:`port` plus the lines
