@@ -147,6 +147,22 @@ pub struct CreateSnapshots {
     pub(crate) volumes: Vec<(String, Tags)>,
 }
 
+impl CreateSnapshots {
+    /// The call as one CreateSnapshot per volume, each with every tag its snapshot should end up with: what a
+    /// backend that snapshots one volume at a time sends.
+    pub(crate) fn per_volume(&self) -> impl Iterator<Item = CreateSnapshot> + '_ {
+        self.volumes.iter().map(|(volume, extra)| {
+            let mut tags = self.tags.clone();
+            tags.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+            CreateSnapshot {
+                volume_id: volume.clone(),
+                description: self.description.clone(),
+                tags,
+            }
+        })
+    }
+}
+
 /// The outcome of one volume of a [`CreateSnapshots`] call.
 pub(crate) type VolumeResult = (String, Result<Snapshot>);
 
@@ -206,15 +222,9 @@ pub(crate) async fn create_each<E: Ec2 + ?Sized>(
     ec2: &E,
     request: &CreateSnapshots,
 ) -> Vec<VolumeResult> {
-    let calls = request.volumes.iter().map(|(volume, extra)| async move {
-        let mut tags = request.tags.clone();
-        tags.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let single = CreateSnapshot {
-            volume_id: volume.clone(),
-            description: request.description.clone(),
-            tags,
-        };
-        (volume.clone(), ec2.create_snapshot(&single).await)
+    let calls = request.per_volume().map(|single| async move {
+        let answer = ec2.create_snapshot(&single).await;
+        (single.volume_id, answer)
     });
     futures::future::join_all(calls).await
 }
@@ -412,17 +422,12 @@ impl Ec2 for DryRun {
     async fn create_snapshots(&self, request: &CreateSnapshots) -> Result<Vec<VolumeResult>> {
         let mut log = self.log.lock().expect("dry-run log poisoned");
         Ok(request
-            .volumes
-            .iter()
-            .map(|(volume, extra)| {
-                let mut tags = request.tags.clone();
-                tags.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
-                let single = CreateSnapshot {
-                    volume_id: volume.clone(),
-                    description: request.description.clone(),
-                    tags,
-                };
-                (volume.clone(), Ok(Self::placeholder(&mut log, single)))
+            .per_volume()
+            .map(|single| {
+                (
+                    single.volume_id.clone(),
+                    Ok(Self::placeholder(&mut log, single)),
+                )
             })
             .collect())
     }
