@@ -643,6 +643,7 @@ mod tests {
             schedules: schedules.iter().map(|&s| Arc::from(s)).collect(),
             state: SnapState::Completed,
             pinned: false,
+            app_consistent: false,
             group: retention::Group::Volume,
             started: 0,
         }

@@ -181,6 +181,10 @@ pub struct Policy {
     pub caps: Caps,
     /// `consistency`: how an instance target's volumes are snapshotted.
     pub(crate) consistency: Consistency,
+    /// `[policy.vss]`: the VSS command's parameters. Set exactly when `consistency = "vss"` (defaults filled in).
+    pub(crate) vss: Option<Vss>,
+    /// `[policy.scripts]`: pre/post scripts around the snapshot (instance targets only).
+    pub(crate) scripts: Option<Scripts>,
 }
 
 /// How the volumes of one instance are snapshotted.
@@ -191,7 +195,69 @@ pub(crate) enum Consistency {
     Instance,
     /// One CreateSnapshot per volume, each at its own instant. The only choice for volume targets.
     Volume,
+    /// Windows VSS: the instance snapshots its own volumes through SSM's `AWSEC2-CreateVssSnapshot`, with the
+    /// writers' data flushed (application-consistent). Instance targets only.
+    Vss,
 }
+
+/// What happens to an instance whose VSS command or pre script failed or timed out (`on-failure`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum OnFailure {
+    /// Take an ordinary (crash-consistent) snapshot instead, tagged `snapwarden:app-consistent = false`. The
+    /// default, as Data Lifecycle Manager's.
+    #[default]
+    CrashConsistent,
+    /// Take no snapshot of the instance: its volumes fail for this slot.
+    Skip,
+}
+
+/// `[policy.vss]`: the parameters of `AWSEC2-CreateVssSnapshot` snapwarden exposes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Vss {
+    /// `exclude-boot-volume` (default false): the document's `ExcludeBootVolume`.
+    pub(crate) exclude_boot_volume: bool,
+    /// `copy-only` (default false): `CopyOnly`, a VSS copy-only backup (leaves the writers' backup history alone).
+    pub(crate) copy_only: bool,
+    /// `no-writers` (default false): `NoWriters`, snapshots without asking the VSS writers (faster, not
+    /// application-consistent for their data).
+    pub(crate) no_writers: bool,
+    /// `timeout` (default [`DEFAULT_VSS_TIMEOUT`]): the document's `executionTimeout`, and how long the run waits
+    /// for the command before it counts it as timed out.
+    pub(crate) timeout: std::time::Duration,
+    pub(crate) on_failure: OnFailure,
+}
+
+/// How long the VSS document may run by default: the AWS document's own default `executionTimeout`.
+pub(crate) const DEFAULT_VSS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// `[policy.scripts]`: SSM documents run on every target instance before (`pre`) and after (`post`) its
+/// snapshot. `post` runs wherever `pre` ran, also when the snapshot failed. `pre` is required when `post` is set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Scripts {
+    pub(crate) pre: Script,
+    pub(crate) post: Option<Script>,
+    /// What an instance whose `pre` failed gets.
+    pub(crate) on_failure: OnFailure,
+}
+
+/// One script: an SSM document (a name or an ARN) with its parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Script {
+    pub(crate) document: String,
+    /// SSM's parameter map (each parameter takes a list of strings; a TOML string is a list of one).
+    pub(crate) parameters: BTreeMap<String, Vec<String>>,
+    /// `timeout` (default [`DEFAULT_SCRIPT_TIMEOUT`], 10 s to 1 h): how long the run waits for the script on an
+    /// instance, delivery included, before it counts as timed out.
+    pub(crate) timeout: std::time::Duration,
+    /// `retries` (default 0, at most 3): how many more times a failed or timed-out script is sent to the
+    /// instances it failed on.
+    pub(crate) retries: u32,
+}
+
+/// A script's default timeout: DLM's range ends at 120 s; one minute leaves SSM's delivery a margin.
+pub(crate) const DEFAULT_SCRIPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// Most retries of a script (DLM's `MaximumRetryCount` range).
+pub(crate) const MAX_SCRIPT_RETRIES: u32 = 3;
 
 impl Policy {
     pub fn schedule(&self, name: &str) -> Option<&Schedule> {

@@ -751,6 +751,8 @@ fn policy(
         orphans: orphans.unwrap_or_default(),
         caps: caps?,
         consistency: consistency?,
+        vss: None,
+        scripts: None,
     })
 }
 

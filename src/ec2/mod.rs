@@ -36,6 +36,9 @@ pub const TAG_INSTANCE: &str = "snapwarden:instance-id";
 pub const TAG_DEVICE: &str = "snapwarden:device";
 /// Any value pins a snapshot: retention never deletes it.
 pub const TAG_KEEP: &str = "snapwarden:keep";
+/// On every snapshot of a policy with VSS or scripts: `true` when it was taken application-consistent (VSS, or
+/// while the pre script held the instance still), `false` for a crash-consistent fallback.
+pub const TAG_APP_CONSISTENT: &str = "snapwarden:app-consistent";
 /// The volume a copy was made from. snapwarden does not write it yet; a copying tool (and the disaster-recovery
 /// copies to come) records it at creation, since a copy's own volume id names no volume.
 pub(crate) const TAG_SOURCE_VOLUME: &str = "snapwarden:source-volume";

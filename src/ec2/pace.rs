@@ -694,6 +694,7 @@ mod tests {
             schedules: Arc::from([]),
             state,
             pinned: false,
+            app_consistent: false,
             group: crate::retention::Group::Volume,
             started: 0,
         };

@@ -81,6 +81,9 @@ pub struct KeepRules {
     pub(crate) within_monthly: Option<Duration>,
     pub(crate) within_quarterly: Option<Duration>,
     pub(crate) within_yearly: Option<Duration>,
+    /// `app-consistent-only`: only snapshots tagged `snapwarden:app-consistent = true` count toward (and are kept
+    /// by) these rules; the rails (newest of a volume, pinned, pending) still apply to every snapshot.
+    pub(crate) app_consistent_only: bool,
 }
 
 impl KeepRules {
@@ -291,6 +294,8 @@ pub struct Snap {
     pub(crate) state: SnapState,
     /// Carries a `snapwarden:keep` tag.
     pub(crate) pinned: bool,
+    /// Carries `snapwarden:app-consistent = true` (VSS, or taken while a pre script held the instance still).
+    pub(crate) app_consistent: bool,
     pub(crate) group: Group,
     /// EC2's StartTime, in whole seconds since 1970 (`u32` lasts until 2106): what tells the older of two
     /// snapshots of one slot. Four bytes, not a `DateTime`'s twelve: a survey holds hundreds of thousands.

@@ -46,6 +46,7 @@ fn snaps(rows: &[Row]) -> Vec<Snap> {
                 .collect(),
             state,
             pinned: id.ends_with('!'),
+            app_consistent: false,
             group: if volume.starts_with("copy-of:") {
                 Group::Copy
             } else if volume.starts_with("vol-ffffffff:") {
@@ -913,6 +914,7 @@ fn world_strategy() -> impl Strategy<Value = World> {
                         .collect(),
                     state,
                     pinned,
+                    app_consistent: false,
                     group: Group::Volume,
                     // Snapshots of one slot started in id order: the smallest id stands for the slot.
                     started: i as u32,

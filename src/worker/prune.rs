@@ -224,6 +224,9 @@ impl Early {
                 schedules,
                 state: SnapState::Completed,
                 pinned: false,
+                // Unknown until the snapshot is made (a VSS or pre failure falls back): judged as not consistent,
+                // which under `app-consistent-only` rules keeps older consistent snapshots, never deletes more.
+                app_consistent: false,
                 group: Group::Volume,
                 // Started last of the volume's: never the one standing for a slot it repeats.
                 started: u32::MAX,

@@ -67,6 +67,10 @@ pub(super) fn digest(interner: &mut Interner, s: &Snapshot) -> Snap {
         schedules: interner.schedules(s.tags.get(ec2::TAG_SCHEDULE).map_or("", String::as_str)),
         state: s.state,
         pinned: s.tags.contains_key(ec2::TAG_KEEP),
+        app_consistent: s
+            .tags
+            .get(ec2::TAG_APP_CONSISTENT)
+            .is_some_and(|v| v.trim() == "true"),
         group,
         started: Snap::started_secs(s.start_time),
     }

@@ -956,6 +956,7 @@ fn calendar_world() -> impl Strategy<Value = World> {
                             .collect(),
                         state,
                         pinned,
+                        app_consistent: false,
                         group: Group::Volume,
                         started: i as u32,
                     })

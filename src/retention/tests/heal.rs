@@ -323,6 +323,7 @@ proptest! {
                 schedules: Arc::from([Arc::from(if weekly { "weekly" } else { "daily" })]),
                 state: C,
                 pinned,
+                app_consistent: false,
                 group: Group::Volume,
                 started: 0,
             });
