@@ -1106,7 +1106,7 @@ fn parameters(cx: &mut Collector<'_>, f: &Field<'_>) -> Option<BTreeMap<String, 
     let mut valid = true;
     for entry in table.entries() {
         let name = entry.path.raw().last().cloned().unwrap_or_default();
-        let example = match entry.value {
+        let example = |value: &Value| match value {
             Value::Num(..) | Value::Bool(..) => {
                 format!("the value in quotes, e.g. {name} = \"60\" (SSM parameters are strings)")
             }
@@ -1121,10 +1121,10 @@ fn parameters(cx: &mut Collector<'_>, f: &Field<'_>) -> Option<BTreeMap<String, 
                         path: entry.path.item(i, None),
                         value: item,
                     };
-                    cx.string(&field, &example)
+                    cx.string(&field, &example(item))
                 })
                 .collect::<Option<Vec<String>>>(),
-            _ => cx.string(&entry, &example).map(|s| vec![s]),
+            _ => cx.string(&entry, &example(entry.value)).map(|s| vec![s]),
         };
         match values {
             Some(values) => {
@@ -1573,6 +1573,46 @@ mod tests {
             ("urn:aws:sns:eu-west-1:123456789012:t", "arn:"),
         ] {
             let err = parse_topic_arn(bad).unwrap_err();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn ssm_document_names_and_arns() {
+        for good in [
+            "snapwarden-fsfreeze",
+            "AWS-RunShellScript",
+            "a.b_c",
+            &"x".repeat(128),
+            "arn:aws:ssm:eu-west-1:123456789012:document/snapwarden-thaw",
+            "arn:aws:ssm:us-east-1::document/AWSEC2-CreateVssSnapshot",
+            "arn:aws-us-gov:ssm:us-gov-west-1:123456789012:document/freeze",
+        ] {
+            assert_eq!(document_problem(good), None, "{good}");
+        }
+        for (bad, why) in [
+            ("ab", "3 to 128"),
+            (&"x".repeat(129), "3 to 128"),
+            ("my freeze", "3 to 128"),
+            ("freeze/now", "3 to 128"),
+            ("arn:aws:ssm:eu-west-1:123456789012:freeze", "document/NAME"),
+            ("arn:aws:ssm:eu-west-1:123456789012:document/a", "3 to 128"),
+            (
+                "arn:aws:ssm:eu-west-1:document/freeze",
+                "6 `:`-separated parts",
+            ),
+            (
+                "arn:aws:sns:eu-west-1:123456789012:document/freeze",
+                "service",
+            ),
+            (
+                "arn:gcp:ssm:eu-west-1:123456789012:document/freeze",
+                "partition",
+            ),
+            ("arn:aws:ssm:europe:123456789012:document/freeze", "region"),
+            ("arn:aws:ssm:eu-west-1:12345:document/freeze", "12-digit"),
+        ] {
+            let err = document_problem(bad).unwrap_or_else(|| panic!("{bad} accepted"));
             assert!(err.contains(why), "{bad}: {err}");
         }
     }
