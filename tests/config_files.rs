@@ -87,6 +87,8 @@ fn every_shipped_config_file_validates() {
         "tag-driven-counts.toml",
         "volume-generations.toml",
         "daily-quarterly-annual.toml",
+        "windows-vss.toml",
+        "linux-fsfreeze.toml",
     ] {
         assert!(
             names.iter().any(|n| n == expected),

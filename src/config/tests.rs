@@ -1669,3 +1669,61 @@ fn the_vss_and_script_defaults_are_written_down_as_the_constants_say() {
         );
     }
 }
+
+/// The two application-consistency examples say what their comments (and the recipe) say. Here rather than
+/// in tests/config_files.rs because the VSS and script settings are crate-private.
+#[test]
+fn the_consistency_examples_mean_what_their_comments_say() {
+    use crate::retention::Count;
+    let load = |name: &str| {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("config/examples")
+            .join(name);
+        load(&path, &[]).unwrap_or_else(|e| panic!("{e}"))
+    };
+
+    let windows = load("windows-vss.toml");
+    assert!(windows.notify.sns.is_some());
+    let p = &windows.policies[0];
+    assert_eq!(p.target.resource, ResourceKind::Instance);
+    assert_eq!(p.target.tags["Backup"], "vss");
+    assert_eq!(p.consistency, Consistency::Vss);
+    let vss = p.vss.as_ref().unwrap();
+    assert!(!vss.exclude_boot_volume && vss.copy_only && !vss.no_writers);
+    assert_eq!(
+        (vss.timeout, vss.on_failure),
+        (DEFAULT_VSS_TIMEOUT, OnFailure::CrashConsistent)
+    );
+    assert_eq!(p.scripts, None);
+    // One daily schedule carries the Day / Week / Month tiers of 5 / 3 / 2.
+    assert_eq!(p.schedules.len(), 1);
+    let keep = &p.schedules[0].keep;
+    assert_eq!(
+        (keep.daily, keep.weekly, keep.monthly),
+        (Some(Count::N(5)), Some(Count::N(3)), Some(Count::N(2)))
+    );
+    assert!(keep.app_consistent_only);
+
+    let linux = load("linux-fsfreeze.toml");
+    let p = &linux.policies[0];
+    assert_eq!(p.consistency, Consistency::Instance);
+    assert_eq!(p.vss, None);
+    let scripts = p.scripts.as_ref().unwrap();
+    let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(scripts.pre.document, "snapwarden-fsfreeze");
+    assert_eq!(
+        scripts.pre.parameters,
+        BTreeMap::from([
+            ("AutoThawSeconds".to_string(), strings(&["60"])),
+            ("MountPoints".to_string(), strings(&["/data"])),
+        ])
+    );
+    let post = scripts.post.as_ref().unwrap();
+    assert_eq!(post.document, "snapwarden-thaw");
+    assert_eq!(
+        post.parameters,
+        BTreeMap::from([("MountPoints".to_string(), strings(&["/data"]))])
+    );
+    assert_eq!(scripts.on_failure, OnFailure::CrashConsistent);
+    assert!(p.schedules[0].keep.app_consistent_only);
+}

@@ -287,3 +287,80 @@ fn fallback_deletions_count_toward_the_caps() {
         ("max-delete-fraction", "0.75")
     );
 }
+
+/// The recipe of `config/examples/windows-vss.toml`: one daily VSS schedule, `daily = 5, weekly = 3, monthly = 2,
+/// app-consistent-only`, over 41 days (1 January to 10 February 2026, UTC) with four days on which VSS failed and
+/// a fallback was taken, the newest among them.
+#[test]
+fn the_windows_recipe_keeps_days_weeks_and_months_of_consistent_snapshots_only() {
+    let fallbacks = ["2026-02-10", "2026-02-08", "2026-02-01", "2026-01-31"];
+    let first = at("2026-01-01T01:00:00Z");
+    let snapshots: Vec<Snap> = (0..41)
+        .map(|d| {
+            let slot = first + chrono::TimeDelta::days(d);
+            let day = slot.format("%Y-%m-%d").to_string();
+            Snap {
+                id: day.as_str().into(),
+                volume_id: "vol-1".into(),
+                slot,
+                schedules: vec![Arc::from("vss")].into(),
+                state: C,
+                pinned: false,
+                app_consistent: !fallbacks.contains(&day.as_str()),
+                group: Group::Volume,
+                started: d as u32,
+            }
+        })
+        .collect();
+    let schedules = [only(calendar(
+        "vss",
+        &[(Period::Day, 5), (Period::Week, 3), (Period::Month, 2)],
+    ))];
+    let input = PlanInput {
+        snapshots: &snapshots,
+        schedules: &schedules,
+        counts: &HashMap::new(),
+        frozen_volumes: &HashSet::new(),
+        tz: chrono_tz::UTC,
+        targeted: None,
+        orphans: OrphanPolicy::KeepRules,
+        caps: Caps::default(),
+    };
+    let plan = plan(&input, at(NOW));
+    let kept: Vec<(&str, String)> = plan
+        .decisions
+        .iter()
+        .filter(|d| d.action == Action::Keep)
+        .map(|d| {
+            let why: Vec<String> = d.reasons.iter().map(Reason::to_string).collect();
+            (&*d.snapshot_id, why.join("; "))
+        })
+        .collect();
+    // 9 February is a Monday (ISO week 7); week 6 ends on the fallback of Sunday 8 February, so its newest
+    // consistent snapshot is Saturday's; week 5 ends on two fallbacks (31 January, 1 February), so Friday 30
+    // January holds it, and January too.
+    assert_eq!(
+        kept,
+        [
+            ("2026-02-10", "newest of volume".to_string()),
+            (
+                "2026-02-09",
+                "vss daily 1/5; vss weekly 1/3; vss monthly 1/2".to_string()
+            ),
+            ("2026-02-07", "vss daily 2/5; vss weekly 2/3".to_string()),
+            ("2026-02-06", "vss daily 3/5".to_string()),
+            ("2026-02-05", "vss daily 4/5".to_string()),
+            ("2026-02-04", "vss daily 5/5".to_string()),
+            ("2026-01-30", "vss weekly 3/3; vss monthly 2/2".to_string()),
+        ]
+    );
+    for d in plan.deletes() {
+        let want = if fallbacks.contains(&&*d.snapshot_id) {
+            FALLBACK
+        } else {
+            "expired"
+        };
+        assert_eq!(d.reasons.len(), 1, "{d:?}");
+        assert_eq!(d.reasons[0].to_string(), want, "{d:?}");
+    }
+}
