@@ -61,6 +61,11 @@ pub(super) async fn phase(run: &mut Run<'_>, flight: &Flight, todo: Vec<Todo>) -
         return todo;
     }
     let (instances, mut plain) = by_instance(run, todo);
+    // Nothing to snapshot: only a post an earlier process owed could be left to do.
+    let posts = policy.scripts.as_ref().is_some_and(|s| s.post.is_some());
+    if instances.is_empty() && !posts {
+        return plain;
+    }
     // A dry run sends no command: it reports the snapshots as the app-consistent path would make them.
     if run.ec2.dry_run() {
         for (_, items) in instances {
