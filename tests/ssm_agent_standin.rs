@@ -572,3 +572,71 @@ async fn sixty_instances_in_two_commands_each_get_their_snapshot_and_polls_page_
         vec![50, 10]
     );
 }
+
+#[tokio::test]
+async fn a_held_run_says_in_progress_until_released_and_a_creating_one_snapshots_before_it_reports() {
+    let s = stand().await;
+    let (early, _) = launch_instance(&s.ec2, &[], &["/dev/sdf", "/dev/sdg"]).await;
+    let (late, _) = launch_instance(&s.ec2, &[], &["/dev/sdf"]).await;
+    s.agent.set_rules(vec![
+        Rule::instance(&early, Reply::success().held().creating()),
+        Rule::any(Reply::success().held()).document(VSS_DOCUMENT),
+    ]);
+    let out = s
+        .ssm
+        .send_command()
+        .document_name(VSS_DOCUMENT)
+        .comment("snapwarden vss 2026-01-01T00:00:00Z p")
+        .timeout_seconds(600)
+        .instance_ids(&early)
+        .instance_ids(&late)
+        .parameters("tags", vec!["Key=Run,Value=held".into()])
+        .send()
+        .await
+        .expect("SendCommand");
+    let command = out.command().unwrap().command_id().unwrap().to_string();
+
+    // However often it is polled, a held run is in progress; the creating one's snapshots exist meanwhile, the
+    // other's do not.
+    for _ in 0..5 {
+        let states = poll(&s.ssm, &command).await;
+        assert_eq!(states[&early].0, CommandInvocationStatus::InProgress);
+        assert_eq!(states[&late].0, CommandInvocationStatus::InProgress);
+    }
+    assert_eq!(s.agent.polls_of(VSS_DOCUMENT), 10);
+    assert_eq!(s.agent.snapshots(&command, &early).len(), 2);
+    let volumes: Vec<String> = snapshots(&s.ec2, "held")
+        .await
+        .into_iter()
+        .map(|(v, _)| v)
+        .collect();
+    assert_eq!(volumes.len(), 2, "only the creating run's: {volumes:?}");
+
+    s.agent.release(VSS_DOCUMENT);
+    let states = poll(&s.ssm, &command).await;
+    assert_eq!(states[&early].0, CommandInvocationStatus::Success);
+    assert_eq!(states[&late].0, CommandInvocationStatus::Success);
+    assert_eq!(snapshots(&s.ec2, "held").await.len(), 3);
+
+    // The comment is kept where the daemon looks for it (moto's ListCommands) and where the stand-in answers.
+    let listed = s.ssm.list_commands().send().await.expect("ListCommands");
+    assert_eq!(
+        listed.commands()[0].comment(),
+        Some("snapwarden vss 2026-01-01T00:00:00Z p")
+    );
+    assert_eq!(
+        s.agent.commands()[0].comment,
+        "snapwarden vss 2026-01-01T00:00:00Z p"
+    );
+    let invocations = s
+        .ssm
+        .list_command_invocations()
+        .command_id(&command)
+        .send()
+        .await
+        .expect("ListCommandInvocations");
+    assert!(invocations
+        .command_invocations()
+        .iter()
+        .all(|i| i.comment() == Some("snapwarden vss 2026-01-01T00:00:00Z p")));
+}

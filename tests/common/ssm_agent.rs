@@ -15,7 +15,10 @@
 //! An invocation's work starts when it reaches its end (right after `SendCommand` is answered when its reply has no
 //! missing or in-progress polls, else at the poll that uses them up, or when the test calls [`SsmAgent::finish`]),
 //! runs on a thread of its own as it would on the instance, and a poll that answers the end waits for it, so
-//! `Success` is only ever seen once the snapshots exist. For `AWSEC2-CreateVssSnapshot` ending in success: one
+//! `Success` is only ever seen once the snapshots exist. A reply can instead start its work as soon as the command is
+//! delivered ([`Reply::creating`]: the snapshots exist while the invocation still says `InProgress`, as a real VSS
+//! run's do before it reports), and can be held `InProgress` until the test releases it ([`Reply::held`],
+//! [`SsmAgent::release`]): an agent still busy while the daemon is killed and restarted. For `AWSEC2-CreateVssSnapshot` ending in success: one
 //! snapshot per attached volume in moto (through moto's EC2 API, as the instance's own role would), tagged with the
 //! document's `tags` parameter plus the `Device`, `AppConsistent` and `AwsVssConfig` tags the document adds itself,
 //! the boot volume (the one on the instance's root device) left out when `ExcludeBootVolume` is `True`. Like the real
@@ -76,6 +79,11 @@ pub struct Reply {
     pub missing_polls: usize,
     /// Polls after those answered `InProgress`.
     pub in_progress_polls: usize,
+    /// `InProgress` (after its missing polls) until [`SsmAgent::release`] or [`SsmAgent::finish`], whatever the
+    /// count of in-progress polls.
+    pub held: bool,
+    /// The work starts when the command is delivered, not when the invocation reaches its end.
+    pub creating: bool,
     pub end: End,
 }
 
@@ -84,6 +92,8 @@ impl Reply {
         Reply {
             missing_polls: 0,
             in_progress_polls: 0,
+            held: false,
+            creating: false,
             end,
         }
     }
@@ -106,6 +116,16 @@ impl Reply {
 
     pub fn in_progress(mut self, polls: usize) -> Reply {
         self.in_progress_polls = polls;
+        self
+    }
+
+    pub fn held(mut self) -> Reply {
+        self.held = true;
+        self
+    }
+
+    pub fn creating(mut self) -> Reply {
+        self.creating = true;
         self
     }
 }
@@ -163,6 +183,7 @@ impl Rule {
 pub struct Command {
     pub id: String,
     pub document: String,
+    pub comment: String,
     pub parameters: BTreeMap<String, Vec<String>>,
     /// In the order sent.
     pub instance_ids: Vec<String>,
@@ -189,10 +210,15 @@ struct Invocation {
     command: String,
     instance: String,
     document: String,
+    comment: String,
     parameters: BTreeMap<String, Vec<String>>,
     requested: f64,
     reply: Reply,
     polls: usize,
+    /// Held `InProgress` until released (from the reply).
+    held: bool,
+    /// Has reached its end: polls answer it from now on.
+    ended: bool,
     /// The work under way: its result arrives here.
     running: Option<mpsc::Receiver<Result<Vec<String>, String>>>,
     /// Set once the invocation has reached its end and done its work: how it ended after all (a VSS run with bad
@@ -326,12 +352,33 @@ impl SsmAgent {
     pub fn finish(&self) {
         let mut st = self.state.lock().unwrap();
         for inv in st.invocations.iter_mut() {
+            inv.held = false;
             inv.polls = inv
                 .polls
                 .max(inv.reply.missing_polls + inv.reply.in_progress_polls);
             settle(inv, &self.jobs);
         }
         st.invocations.iter_mut().for_each(collect);
+    }
+
+    /// Releases the held invocations of `document`: each then reaches its end at its next poll (once its
+    /// in-progress polls are used up), as an agent that has finished its work reports it when asked.
+    pub fn release(&self, document: &str) {
+        let mut st = self.state.lock().unwrap();
+        for inv in st.invocations.iter_mut().filter(|i| i.document == document) {
+            inv.held = false;
+        }
+    }
+
+    /// How many invocations of `document` have been polled so far (`ListCommandInvocations` or
+    /// `GetCommandInvocation` covering them), in all.
+    pub fn polls_of(&self, document: &str) -> usize {
+        let st = self.state.lock().unwrap();
+        st.invocations
+            .iter()
+            .filter(|i| i.document == document)
+            .map(|i| i.polls)
+            .sum()
     }
 }
 
@@ -486,13 +533,23 @@ fn now_epoch() -> f64 {
         .as_secs_f64()
 }
 
-/// Starts the invocation's work once it has used up its missing and in-progress polls (a run that does nothing
-/// ends at once).
+/// Ends the invocation once it is not held and has used up its missing and in-progress polls (a run that does
+/// nothing ends at once), starting its work if that has not started yet.
 fn settle(inv: &mut Invocation, jobs: &mpsc::Sender<Job>) {
-    if inv.outcome.is_some()
-        || inv.running.is_some()
+    if inv.ended
+        || inv.held
         || inv.polls < inv.reply.missing_polls + inv.reply.in_progress_polls
     {
+        return;
+    }
+    inv.ended = true;
+    start(inv, jobs);
+}
+
+/// Starts the invocation's work: a VSS run that is to succeed snapshots the volumes on the EC2 worker; anything
+/// else has nothing to do and knows its outcome at once.
+fn start(inv: &mut Invocation, jobs: &mpsc::Sender<Job>) {
+    if inv.outcome.is_some() || inv.running.is_some() {
         return;
     }
     if inv.reply.end == End::Success && inv.document == VSS_DOCUMENT {
@@ -526,11 +583,10 @@ fn collect(inv: &mut Invocation) {
 fn poll(inv: &mut Invocation, jobs: &mpsc::Sender<Job>) -> Answer {
     inv.polls += 1;
     let r = &inv.reply;
-    let started = inv.outcome.is_some() || inv.running.is_some();
-    if !started && inv.polls <= r.missing_polls {
+    if !inv.ended && inv.polls <= r.missing_polls {
         return Answer::Missing;
     }
-    if !started && inv.polls <= r.missing_polls + r.in_progress_polls {
+    if !inv.ended && (inv.held || inv.polls <= r.missing_polls + r.in_progress_polls) {
         return Answer::InProgress;
     }
     settle(inv, jobs);
@@ -570,7 +626,7 @@ fn list_entry(inv: &Invocation, answer: &Answer, details: bool) -> Value {
         "CommandId": inv.command,
         "InstanceId": inv.instance,
         "InstanceName": "",
-        "Comment": "",
+        "Comment": inv.comment,
         "DocumentName": inv.document,
         "DocumentVersion": "$DEFAULT",
         "RequestedDateTime": inv.requested,
@@ -684,11 +740,13 @@ fn send_command(
         .cloned()
         .and_then(|p| serde_json::from_value(p).ok())
         .unwrap_or_default();
+    let comment = str_field(body, "Comment").unwrap_or_default().to_string();
     let requested = now_epoch();
     let mut st = state.lock().unwrap();
     st.commands.push(Command {
         id: id.clone(),
         document: document.clone(),
+        comment: comment.clone(),
         parameters: parameters.clone(),
         instance_ids: instance_ids.clone(),
         timeout_seconds: body.get("TimeoutSeconds").and_then(Value::as_i64),
@@ -711,13 +769,19 @@ fn send_command(
             command: id.clone(),
             instance,
             document: document.clone(),
+            comment: comment.clone(),
             parameters: parameters.clone(),
             requested,
+            held: reply.held,
             reply,
             polls: 0,
+            ended: false,
             running: None,
             outcome: None,
         };
+        if inv.reply.creating {
+            start(&mut inv, jobs);
+        }
         settle(&mut inv, jobs);
         st.invocations.push(inv);
     }
@@ -790,7 +854,7 @@ fn get_command_invocation(body: &Value, state: &Mutex<State>, jobs: &mpsc::Sende
         &json!({
             "CommandId": inv.command,
             "InstanceId": inv.instance,
-            "Comment": "",
+            "Comment": inv.comment,
             "DocumentName": inv.document,
             "DocumentVersion": "$DEFAULT",
             "PluginName": plugin_name(&inv.document),
