@@ -4,8 +4,9 @@
 //! for (the API is eventually consistent right after SendCommand) until the same deadline.
 //!
 //! Commands an earlier process sent for the same purpose (same comment; see [`Sent`]) are awaited instead of sent
-//! again: a daemon killed after SendCommand must not freeze or snapshot an instance twice when it restarts. An
-//! instance whose earlier command failed is sent a new one; one whose own command failed is sent again while
+//! again: a daemon killed after SendCommand must not freeze or snapshot an instance twice when it restarts. Of
+//! several such commands naming an instance, the latest is the one awaited (after a failed one, a later process
+//! may have sent another, still running). An instance whose earlier command failed is sent a new one; one whose own command failed is sent again while
 //! `retries` last. The caller decides what the outcomes mean; this module only runs and waits.
 
 use std::collections::{BTreeMap, HashMap};
@@ -120,24 +121,19 @@ pub async fn run_on(
     earlier: &[Sent],
 ) -> BTreeMap<String, Outcome> {
     let mut out: BTreeMap<String, Outcome> = BTreeMap::new();
+    let latest = latest_earlier(request, instances, earlier);
+    let mut by_command: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for (i, c) in &latest {
+        by_command
+            .entry(c.id.as_str())
+            .or_default()
+            .push(i.to_string());
+    }
     let mut adopted: Vec<Tracked> = Vec::new();
-    let mut covered: HashMap<&str, ()> = HashMap::new();
-    for c in earlier.iter().filter(|c| c.comment == request.comment) {
-        let mine: Vec<String> = c
-            .instance_ids
-            .iter()
-            .filter(|i| instances.contains(i) && !covered.contains_key(i.as_str()))
-            .cloned()
-            .collect();
-        if mine.is_empty() {
-            continue;
-        }
-        for i in &c.instance_ids {
-            covered.insert(i.as_str(), ());
-        }
-        tracing::info!(command = %c.id, instances = mine.len(), document = %request.document, "awaiting a command an earlier run sent");
+    for (id, mine) in by_command {
+        tracing::info!(command = %id, instances = mine.len(), document = %request.document, "awaiting a command an earlier run sent");
         adopted.push(Tracked {
-            id: c.id.clone(),
+            id: id.to_string(),
             instances: mine,
             deadline: Instant::now() + request.wait,
             earlier: true,
@@ -145,7 +141,7 @@ pub async fn run_on(
     }
     let mut todo: Vec<String> = instances
         .iter()
-        .filter(|i| !covered.contains_key(i.as_str()))
+        .filter(|i| !latest.contains_key(i.as_str()))
         .cloned()
         .collect();
     let mut tries_left = request.retries;
@@ -190,6 +186,26 @@ pub async fn run_on(
             return out;
         }
     }
+}
+
+/// Per instance of `instances`, the latest of the `earlier` commands with the request's comment that names it:
+/// the one that may still be running (a command without a send time counts as older than any with one; between
+/// two without, the first listed).
+fn latest_earlier<'a>(
+    request: &Request,
+    instances: &[String],
+    earlier: &'a [Sent],
+) -> BTreeMap<&'a str, &'a Sent> {
+    let mut latest: BTreeMap<&str, &Sent> = BTreeMap::new();
+    for c in earlier.iter().filter(|c| c.comment == request.comment) {
+        for i in c.instance_ids.iter().filter(|i| instances.contains(i)) {
+            let e = latest.entry(i.as_str()).or_insert(c);
+            if c.requested > e.requested {
+                *e = c;
+            }
+        }
+    }
+    latest
 }
 
 /// Why an invocation did not succeed, in words an operator acts on, with a bounded code for digests.

@@ -52,6 +52,8 @@ impl Step {
 
 struct Sent {
     command: Command,
+    /// When it was sent (strictly after the command before it).
+    requested: chrono::DateTime<chrono::Utc>,
     /// Per instance, the answers still to come: each ListCommandInvocations takes the first, the last one stays.
     steps: BTreeMap<String, VecDeque<Step>>,
 }
@@ -61,6 +63,7 @@ struct State {
     /// By command id, in sending order (the ids count up).
     commands: BTreeMap<String, Sent>,
     next_id: u64,
+    last_sent: Option<chrono::DateTime<chrono::Utc>>,
     /// Instance id -> the answers its invocation of the next command gives.
     scripts: HashMap<String, Vec<Step>>,
     /// Operation -> (error code, calls it still fails).
@@ -144,6 +147,11 @@ impl Ssm for FakeSsm {
         self.enter(&mut st, Op::SendCommand)?;
         command.check()?;
         st.next_id += 1;
+        let now = chrono::Utc::now();
+        let requested = st
+            .last_sent
+            .map_or(now, |last| now.max(last + chrono::Duration::nanoseconds(1)));
+        st.last_sent = Some(requested);
         // Zero-padded, so the map's order is the sending order.
         let id = format!("{:08x}-0000-4000-8000-000000000000", st.next_id);
         let steps = command
@@ -158,6 +166,7 @@ impl Ssm for FakeSsm {
             id.clone(),
             Sent {
                 command: command.clone(),
+                requested,
                 steps,
             },
         );
@@ -216,6 +225,7 @@ impl Ssm for FakeSsm {
                 document: s.command.document.clone(),
                 instance_ids: s.command.instance_ids.clone(),
                 comment: s.command.comment.chars().take(100).collect(),
+                requested: Some(s.requested),
             })
             .collect())
     }

@@ -196,6 +196,9 @@ pub struct Sent {
     pub document: String,
     pub instance_ids: Vec<String>,
     pub comment: String,
+    /// When SSM received it: orders the commands of one purpose an instance was sent across processes (the latest
+    /// is the one that may still be running; a post sent after a pre closed that freeze).
+    pub requested: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// The SSM Run Command calls snapwarden makes, one region per value. A new method is also forwarded by

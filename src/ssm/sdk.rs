@@ -137,6 +137,9 @@ impl Ssm for SdkSsm {
                 document: c.document_name().unwrap_or_default().to_string(),
                 instance_ids: c.instance_ids().to_vec(),
                 comment: c.comment().unwrap_or_default().to_string(),
+                requested: c
+                    .requested_date_time()
+                    .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())),
             }));
         }
         // Not every SSM (moto's) applies the filters: the document is checked here too.

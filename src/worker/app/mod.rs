@@ -11,9 +11,12 @@
 //! Everything is read back from AWS, so a restart after a crash does not repeat what an earlier process did: the
 //! slot's snapshots are found by tag (the survey), commands already sent for the slot by their comment
 //! (ListCommands; `ssm::batch` awaits them instead of sending again), and a post script an earlier process owed
-//! (its pre ran, it died before the post) is sent now.
+//! (its pre ran, it died before the post) is sent now. A pre script followed by a post (by send time) is a freeze
+//! that is over: it is neither awaited nor owed anything, and an instance this run snapshots after it is frozen
+//! anew. So a post is never taken from an earlier process: every post this run sends follows the pre it relies
+//! on.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -168,6 +171,20 @@ impl<'a> Cx<'a> {
             };
             earlier.insert(*stage, listed);
         }
+        let thawed = earlier
+            .remove(Stage::Post.as_str())
+            .map(|posts| last_sent(&posts, &requests[Stage::Post.as_str()].comment))
+            .unwrap_or_default();
+        if let Some(pres) = earlier.get_mut(Stage::Pre.as_str()) {
+            for c in pres.iter_mut() {
+                // A post sent after this pre (or at an unknown time) thawed what it froze.
+                c.instance_ids.retain(|i| {
+                    !thawed
+                        .get(i)
+                        .is_some_and(|post| post.is_none() || c.requested <= *post)
+                });
+            }
+        }
         Cx {
             ssm,
             ec2: run.ec2,
@@ -207,7 +224,8 @@ impl<'a> Cx<'a> {
         if instances.is_empty() {
             return BTreeMap::new();
         }
-        batch::run_on(self.ssm, r, instances, &self.earlier[stage.as_str()]).await
+        let earlier = self.earlier.get(stage.as_str()).map_or(&[][..], Vec::as_slice);
+        batch::run_on(self.ssm, r, instances, earlier).await
     }
 
     /// The VSS command for instances serving `serves`: snapwarden's own tags go in the document's `tags`
@@ -235,26 +253,20 @@ impl<'a> Cx<'a> {
         self.run_request(Stage::Vss, &r, instances).await
     }
 
-    /// Instances an earlier process ran the pre script on for this slot and sent no post script to, which this
-    /// run does not handle itself: their post is still owed.
+    /// Instances an earlier process ran the pre script on for this slot and sent no post script to after it, which
+    /// this run does not handle itself: their post is still owed.
     fn owed_posts(&self, handled: &BTreeMap<String, Vec<Todo>>) -> Vec<String> {
-        let (Some(pre), Some(post)) = (self.request(Stage::Pre), self.request(Stage::Post)) else {
+        let (Some(pre), Some(_)) = (self.request(Stage::Pre), self.request(Stage::Post)) else {
             return Vec::new();
         };
-        let named = |stage: Stage, comment: &str| -> HashSet<String> {
-            self.earlier[stage.as_str()]
-                .iter()
-                .filter(|c| c.comment == comment)
-                .flat_map(|c| c.instance_ids.iter().cloned())
-                .collect()
-        };
-        let posted = named(Stage::Post, &post.comment);
-        let mut owed: Vec<String> = named(Stage::Pre, &pre.comment)
-            .into_iter()
-            .filter(|i| !posted.contains(i) && !handled.contains_key(i))
+        // The earlier pre commands name only the instances whose freeze no post has followed (see `Cx::new`).
+        let owed: BTreeSet<String> = self.earlier[Stage::Pre.as_str()]
+            .iter()
+            .filter(|c| c.comment == pre.comment)
+            .flat_map(|c| c.instance_ids.iter().cloned())
+            .filter(|i| !handled.contains_key(i))
             .collect();
-        owed.sort();
-        owed
+        owed.into_iter().collect()
     }
 
     async fn post(&self, instances: &[String]) -> BTreeMap<String, Outcome> {
@@ -334,6 +346,21 @@ impl<'a> Cx<'a> {
             untagged,
         }
     }
+}
+
+/// Per instance, when the last of `sent` with `comment` naming it was sent (None: at a time SSM did not say).
+fn last_sent(
+    sent: &[Sent],
+    comment: &str,
+) -> HashMap<String, Option<chrono::DateTime<chrono::Utc>>> {
+    let mut last: HashMap<String, Option<chrono::DateTime<chrono::Utc>>> = HashMap::new();
+    for c in sent.iter().filter(|c| c.comment == comment) {
+        for i in &c.instance_ids {
+            let e = last.entry(i.clone()).or_insert(c.requested);
+            *e = (*e).max(c.requested);
+        }
+    }
+    last
 }
 
 fn script_request(s: &Script, comment: String, spec: &super::RunSpec<'_>) -> Request {

@@ -587,3 +587,124 @@ fn base_policy_with_scripts_no_post() -> Policy {
     }
     p
 }
+
+/// What an earlier process sent `instances` for the slot: `document` with the stage's comment.
+async fn sent_earlier(agent: &Agent, document: &str, stage: &str, instances: &[String]) {
+    let command = Command {
+        document: document.into(),
+        instance_ids: instances.to_vec(),
+        parameters: BTreeMap::new(),
+        timeout: Duration::from_secs(30),
+        comment: format!("snapwarden {stage} {} app", format_slot(slot())),
+    };
+    agent.send_command(&command).await.unwrap();
+}
+
+/// The documents sent to SSM, in order.
+fn documents(agent: &Agent) -> Vec<String> {
+    agent
+        .ssm
+        .sent()
+        .into_iter()
+        .map(|(_, c)| c.document)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_restart_after_an_earlier_freeze_was_thawed_freezes_and_thaws_again() {
+    // The earlier process froze and thawed the instance (its freeze failed, or it succeeded and a create failed)
+    // and died before the instance's volumes had their snapshots. That freeze is over: the restart must not take
+    // its success for a freeze still holding, nor its thaw for one following the restart's own freeze.
+    for earlier_pre in [
+        Step::exited(2, "fsfreeze: /data: Device or resource busy"),
+        Step::exited(0, "frozen"),
+    ] {
+        let (ec2, ids) = fleet(1);
+        let agent = Agent::new(ec2.clone());
+        agent.ssm.script(&ids[0], vec![earlier_pre.clone()]);
+        sent_earlier(&agent, PRE, "pre", &ids).await;
+        // The earlier process saw its pre end before it sent the post.
+        agent.ssm.list_command_invocations(&agent.ssm.sent()[0].0).await.unwrap();
+        sent_earlier(&agent, POST, "post", &ids).await;
+        let o = run(
+            &scripts(OnFailure::CrashConsistent),
+            &ec2,
+            &agent,
+            &Metrics::new(),
+        )
+        .await;
+        assert_eq!(
+            documents(&agent),
+            [PRE, POST, PRE, POST],
+            "{earlier_pre:?}: {:?}",
+            o.report.problems
+        );
+        assert_eq!(
+            (o.report.created, o.report.app_consistent, o.report.result()),
+            (2, 2, RunResult::Success),
+            "{earlier_pre:?}: {:?}",
+            o.report.problems
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_restart_awaits_the_latest_freeze_an_instance_was_sent_not_an_older_failed_one() {
+    // First process: its freeze failed, and it died before the fallback and the thaw. Second process: it froze
+    // again and died while that freeze ran. The third must await the second freeze, not freeze a third time.
+    let (ec2, ids) = fleet(1);
+    let agent = Agent::new(ec2.clone());
+    agent
+        .ssm
+        .script(&ids[0], vec![Step::exited(2, "fsfreeze: busy")]);
+    sent_earlier(&agent, PRE, "pre", &ids).await;
+    agent.ssm.list_command_invocations(&agent.ssm.sent()[0].0).await.unwrap();
+    agent.ssm.script(
+        &ids[0],
+        vec![Step::status(Status::InProgress), Step::exited(0, "frozen")],
+    );
+    sent_earlier(&agent, PRE, "pre", &ids).await;
+    let o = run(
+        &scripts(OnFailure::CrashConsistent),
+        &ec2,
+        &agent,
+        &Metrics::new(),
+    )
+    .await;
+    assert_eq!(documents(&agent), [PRE, PRE, POST], "{:?}", o.report.problems);
+    assert_eq!(
+        (o.report.created, o.report.app_consistent, o.report.result()),
+        (2, 2, RunResult::Success),
+        "{:?}",
+        o.report.problems
+    );
+}
+
+#[tokio::test]
+async fn a_freeze_sent_after_an_earlier_thaw_is_owed_its_own_thaw() {
+    // First process: froze, thawed, died before the snapshots. Second: froze again, made the snapshots, died
+    // before its thaw. The third finds every snapshot made, and still owes the second freeze its thaw.
+    let (ec2, ids) = fleet(1);
+    let agent = Agent::new(ec2.clone());
+    sent_earlier(&agent, PRE, "pre", &ids).await;
+    sent_earlier(&agent, POST, "post", &ids).await;
+    sent_earlier(&agent, PRE, "pre", &ids).await;
+    let made = run(
+        &base_policy_with_scripts_no_post(),
+        &ec2,
+        &agent,
+        &Metrics::new(),
+    )
+    .await;
+    assert_eq!(made.report.created, 2, "{:?}", made.report.problems);
+    ec2.complete_all();
+    let o = run(
+        &scripts(OnFailure::CrashConsistent),
+        &ec2,
+        &agent,
+        &Metrics::new(),
+    )
+    .await;
+    assert_eq!(o.report.created, 0);
+    assert_eq!(documents(&agent), [PRE, POST, PRE, POST]);
+}
