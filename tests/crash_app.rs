@@ -156,6 +156,8 @@ impl Rig {
         out.commands()
             .iter()
             .map(|c| {
+                // What orders an instance's freezes and thaws across processes.
+                assert!(c.requested_date_time().is_some(), "{c:?}");
                 (
                     c.document_name().unwrap_or_default().to_string(),
                     c.comment().unwrap_or_default().to_string(),
@@ -489,5 +491,69 @@ async fn scripts_killed_while_the_pre_script_runs_the_restart_adopts_it_and_thaw
     );
     assert_one_pre_then_one_post(&r, &slot, &logs).await;
     assert_one_consistent_snapshot_per_volume(&r, &slot, &logs).await;
+    drop(r.dir);
+}
+
+/// The freeze failed on every instance, so the first process thawed them and went on to crash-consistent
+/// fallbacks; killed at the first fallback create. That freeze is over: the restart freezes again (it may work this
+/// time), snapshots the volumes still without one, and thaws again after its own freeze — a thaw sent before it is
+/// no thaw for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_killed_after_a_failed_freeze_was_thawed_the_restart_freezes_and_thaws_again() {
+    let r = rig(Kind::Scripts, 44).await;
+    let slot = this_years_slot();
+    r.agent.set_rules(vec![Rule::any(Reply::failed(
+        2,
+        "fsfreeze: /data: Device or resource busy",
+    ))
+    .document(PRE)
+    .times(INSTANCES)]);
+    r.proxy.set_rules(vec![fault_proxy::Rule::new(
+        &[CREATE],
+        When::Always,
+        Fault::Delay(HOLD),
+    )]);
+    let mut d = r.start();
+    wait_until(&mut d, "the first fallback create reaches the proxy", || {
+        r.proxy.log().iter().any(|h| h.action == CREATE)
+    });
+    d.kill9();
+    std::thread::sleep(HOLD + Duration::from_millis(300));
+    assert_eq!(r.slot_snapshot_count(&slot).await, 1, "snapshots at the kill");
+    let post = r.sent_to(POST, &comment("post", &slot)).await;
+    assert!(post.values().all(|n| *n == 1), "thawed after the failed freeze: {post:?}");
+
+    let d = r.start();
+    let logs = finish(d, &r, &slot);
+    let pre = r.sent_to(PRE, &comment("pre", &slot)).await;
+    let post = r.sent_to(POST, &comment("post", &slot)).await;
+    println!(
+        "crash figures: scripts killed at the first fallback create after a failed freeze: daemon runs 2, pre \
+         scripts per instance {pre:?}, post scripts per instance {post:?}, slot snapshots {} for {} volumes",
+        r.slot_snapshot_count(&slot).await,
+        r.volumes.len()
+    );
+    for i in &r.instances {
+        assert_eq!((pre[i], post[i]), (2, 2), "{i}: {:#?}\n{logs}", r.sent().await);
+    }
+    let seen = r.agent.commands();
+    for i in &r.instances {
+        let last = |doc: &str| {
+            seen.iter()
+                .rposition(|c| c.document == doc && c.instance_ids.contains(i))
+                .unwrap()
+        };
+        assert!(last(PRE) < last(POST), "{i}: no thaw after the last freeze: {seen:#?}");
+    }
+    // One snapshot per volume: the fallback made before the kill, and five taken under the second freeze.
+    let by = r.slot_snapshots(&slot).await;
+    let mut consistent = Vec::new();
+    for v in &r.volumes {
+        let snaps = by.get(v).map(Vec::as_slice).unwrap_or_default();
+        assert_eq!(snaps.len(), 1, "volume {v}: {by:#?}\n{logs}");
+        consistent.push(snaps[0]["snapwarden:app-consistent"].clone());
+    }
+    consistent.sort();
+    assert_eq!(consistent, ["false", "true", "true", "true", "true", "true"]);
     drop(r.dir);
 }
