@@ -495,19 +495,23 @@ async fn scripts_killed_while_the_pre_script_runs_the_restart_adopts_it_and_thaw
 }
 
 /// The freeze failed on every instance, so the first process thawed them and went on to crash-consistent
-/// fallbacks; killed at the first fallback create. That freeze is over: the restart freezes again (it may work this
+/// fallbacks; killed at the first fallback create. That freeze is over: the restart freezes again (it works this
 /// time), snapshots the volumes still without one, and thaws again after its own freeze — a thaw sent before it is
-/// no thaw for it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scripts_killed_after_a_failed_freeze_was_thawed_the_restart_freezes_and_thaws_again() {
-    let r = rig(Kind::Scripts, 44).await;
+/// no thaw for it. `kill_again`: the restart is killed too, while its freeze runs (held by the stand-in), and the
+/// third start must await that freeze rather than freeze a third time.
+async fn scripts_killed_after_a_failed_freeze_was_thawed(seed: u64, kill_again: bool) {
+    let r = rig(Kind::Scripts, seed).await;
     let slot = this_years_slot();
-    r.agent.set_rules(vec![Rule::any(Reply::failed(
-        2,
-        "fsfreeze: /data: Device or resource busy",
-    ))
-    .document(PRE)
-    .times(INSTANCES)]);
+    let mut second = Reply::success();
+    if kill_again {
+        second = second.held();
+    }
+    r.agent.set_rules(vec![
+        Rule::any(Reply::failed(2, "fsfreeze: /data: Device or resource busy"))
+            .document(PRE)
+            .times(INSTANCES),
+        Rule::any(second).document(PRE),
+    ]);
     r.proxy.set_rules(vec![fault_proxy::Rule::new(
         &[CREATE],
         When::Always,
@@ -521,20 +525,58 @@ async fn scripts_killed_after_a_failed_freeze_was_thawed_the_restart_freezes_and
     std::thread::sleep(HOLD + Duration::from_millis(300));
     assert_eq!(r.slot_snapshot_count(&slot).await, 1, "snapshots at the kill");
     let post = r.sent_to(POST, &comment("post", &slot)).await;
-    assert!(post.values().all(|n| *n == 1), "thawed after the failed freeze: {post:?}");
+    assert!(
+        post.values().all(|n| *n == 1),
+        "thawed after the failed freeze: {post:?}"
+    );
 
-    let d = r.start();
-    let logs = finish(d, &r, &slot);
-    let pre = r.sent_to(PRE, &comment("pre", &slot)).await;
-    let post = r.sent_to(POST, &comment("post", &slot)).await;
+    let mut runs = 2;
+    if kill_again {
+        let polled = r.agent.polls_of(PRE);
+        let mut d = r.start();
+        wait_until(&mut d, "the second freeze is sent and polled", || {
+            r.agent.commands_of(PRE).len() == 2 && r.agent.polls_of(PRE) >= polled + INSTANCES
+        });
+        d.kill9();
+        assert!(r.agent.commands_of(POST).len() == 1, "killed before the thaw");
+        runs += 1;
+        let second = r.agent.commands_of(PRE)[1].id.clone();
+        let polled = r.agent.polls(&second);
+        let mut d = r.start();
+        wait_until(&mut d, "the third start polls the second freeze", || {
+            let freezes = r.agent.commands_of(PRE).len();
+            assert_eq!(freezes, 2, "a third freeze while the second runs");
+            r.agent.polls(&second) > polled
+        });
+        r.agent.release(PRE);
+        let logs = finish(d, &r, &slot);
+        assert_thawed_after_the_second_freeze(&r, &slot, runs, &logs).await;
+    } else {
+        let d = r.start();
+        let logs = finish(d, &r, &slot);
+        assert_thawed_after_the_second_freeze(&r, &slot, runs, &logs).await;
+    }
+    drop(r.dir);
+}
+
+/// Two freezes per instance (the failed one and the restart's), each followed by its thaw; one snapshot per
+/// volume: the fallback made before the first kill, and five taken under the second freeze.
+async fn assert_thawed_after_the_second_freeze(r: &Rig, slot: &str, runs: usize, logs: &str) {
+    let pre = r.sent_to(PRE, &comment("pre", slot)).await;
+    let post = r.sent_to(POST, &comment("post", slot)).await;
     println!(
-        "crash figures: scripts killed at the first fallback create after a failed freeze: daemon runs 2, pre \
+        "crash figures: scripts killed at the first fallback create after a failed freeze: daemon runs {runs}, pre \
          scripts per instance {pre:?}, post scripts per instance {post:?}, slot snapshots {} for {} volumes",
-        r.slot_snapshot_count(&slot).await,
+        r.slot_snapshot_count(slot).await,
         r.volumes.len()
     );
     for i in &r.instances {
-        assert_eq!((pre[i], post[i]), (2, 2), "{i}: {:#?}\n{logs}", r.sent().await);
+        assert_eq!(
+            (pre[i], post[i]),
+            (2, 2),
+            "{i}: {:#?}\n{logs}",
+            r.sent().await
+        );
     }
     let seen = r.agent.commands();
     for i in &r.instances {
@@ -543,10 +585,12 @@ async fn scripts_killed_after_a_failed_freeze_was_thawed_the_restart_freezes_and
                 .rposition(|c| c.document == doc && c.instance_ids.contains(i))
                 .unwrap()
         };
-        assert!(last(PRE) < last(POST), "{i}: no thaw after the last freeze: {seen:#?}");
+        assert!(
+            last(PRE) < last(POST),
+            "{i}: no thaw after the last freeze: {seen:#?}"
+        );
     }
-    // One snapshot per volume: the fallback made before the kill, and five taken under the second freeze.
-    let by = r.slot_snapshots(&slot).await;
+    let by = r.slot_snapshots(slot).await;
     let mut consistent = Vec::new();
     for v in &r.volumes {
         let snaps = by.get(v).map(Vec::as_slice).unwrap_or_default();
@@ -555,5 +599,14 @@ async fn scripts_killed_after_a_failed_freeze_was_thawed_the_restart_freezes_and
     }
     consistent.sort();
     assert_eq!(consistent, ["false", "true", "true", "true", "true", "true"]);
-    drop(r.dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_killed_after_a_failed_freeze_was_thawed_the_restart_freezes_and_thaws_again() {
+    scripts_killed_after_a_failed_freeze_was_thawed(44, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_killed_again_while_the_second_freeze_runs_the_third_start_awaits_it_and_thaws_once_more() {
+    scripts_killed_after_a_failed_freeze_was_thawed(45, true).await;
 }

@@ -370,6 +370,16 @@ impl SsmAgent {
         }
     }
 
+    /// How many times the invocations of `command` have been polled, in all.
+    pub fn polls(&self, command: &str) -> usize {
+        let st = self.state.lock().unwrap();
+        st.invocations
+            .iter()
+            .filter(|i| i.command == command)
+            .map(|i| i.polls)
+            .sum()
+    }
+
     /// How many invocations of `document` have been polled so far (`ListCommandInvocations` or
     /// `GetCommandInvocation` covering them), in all.
     pub fn polls_of(&self, document: &str) -> usize {
