@@ -220,7 +220,11 @@ impl Rig {
 fn wait_until(d: &mut Daemon, what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !done() {
-        assert!(d.is_running(), "the daemon exited before {what}\n{}", d.logs());
+        assert!(
+            d.is_running(),
+            "the daemon exited before {what}\n{}",
+            d.logs()
+        );
         assert!(
             Instant::now() < deadline,
             "not within 30 s: {what}\n{}",
@@ -356,9 +360,11 @@ async fn vss_killed_while_the_command_runs(seed: u64, creating_first: bool) {
 
     let polled = r.agent.polls_of(VSS_DOCUMENT);
     let mut d = r.start();
-    wait_until(&mut d, "the restarted run polls the earlier command", || {
-        r.agent.polls_of(VSS_DOCUMENT) > polled
-    });
+    wait_until(
+        &mut d,
+        "the restarted run polls the earlier command",
+        || r.agent.polls_of(VSS_DOCUMENT) > polled,
+    );
     assert_eq!(
         r.agent.commands_of(VSS_DOCUMENT).len(),
         1,
@@ -391,7 +397,8 @@ async fn vss_killed_before_the_agent_made_any_snapshot_the_restart_awaits_the_sa
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn vss_killed_after_some_snapshots_exist_the_restart_awaits_the_rest_and_sends_nothing_twice() {
+async fn vss_killed_after_some_snapshots_exist_the_restart_awaits_the_rest_and_sends_nothing_twice()
+{
     vss_killed_while_the_command_runs(32, true).await;
 }
 
@@ -417,7 +424,11 @@ async fn scripts_killed_between_pre_and_post(seed: u64, k: usize) {
     });
     d.kill9();
     std::thread::sleep(HOLD + Duration::from_millis(300));
-    assert_eq!(r.slot_snapshot_count(&slot).await, k, "snapshots at the kill");
+    assert_eq!(
+        r.slot_snapshot_count(&slot).await,
+        k,
+        "snapshots at the kill"
+    );
     let pre = r.sent_to(PRE, &comment("pre", &slot)).await;
     assert!(pre.values().all(|n| *n == 1), "{pre:?}");
     assert!(
@@ -443,7 +454,8 @@ async fn scripts_killed_between_pre_and_post(seed: u64, k: usize) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scripts_killed_at_the_first_create_the_restart_snapshots_the_rest_and_thaws_every_instance() {
+async fn scripts_killed_at_the_first_create_the_restart_snapshots_the_rest_and_thaws_every_instance(
+) {
     scripts_killed_between_pre_and_post(41, 1).await;
 }
 
@@ -518,12 +530,18 @@ async fn scripts_killed_after_a_failed_freeze_was_thawed(seed: u64, kill_again: 
         Fault::Delay(HOLD),
     )]);
     let mut d = r.start();
-    wait_until(&mut d, "the first fallback create reaches the proxy", || {
-        r.proxy.log().iter().any(|h| h.action == CREATE)
-    });
+    wait_until(
+        &mut d,
+        "the first fallback create reaches the proxy",
+        || r.proxy.log().iter().any(|h| h.action == CREATE),
+    );
     d.kill9();
     std::thread::sleep(HOLD + Duration::from_millis(300));
-    assert_eq!(r.slot_snapshot_count(&slot).await, 1, "snapshots at the kill");
+    assert_eq!(
+        r.slot_snapshot_count(&slot).await,
+        1,
+        "snapshots at the kill"
+    );
     let post = r.sent_to(POST, &comment("post", &slot)).await;
     assert!(
         post.values().all(|n| *n == 1),
@@ -538,7 +556,10 @@ async fn scripts_killed_after_a_failed_freeze_was_thawed(seed: u64, kill_again: 
             r.agent.commands_of(PRE).len() == 2 && r.agent.polls_of(PRE) >= polled + INSTANCES
         });
         d.kill9();
-        assert!(r.agent.commands_of(POST).len() == 1, "killed before the thaw");
+        assert!(
+            r.agent.commands_of(POST).len() == 1,
+            "killed before the thaw"
+        );
         runs += 1;
         let second = r.agent.commands_of(PRE)[1].id.clone();
         let polled = r.agent.polls(&second);
@@ -598,7 +619,10 @@ async fn assert_thawed_after_the_second_freeze(r: &Rig, slot: &str, runs: usize,
         consistent.push(snaps[0]["snapwarden:app-consistent"].clone());
     }
     consistent.sort();
-    assert_eq!(consistent, ["false", "true", "true", "true", "true", "true"]);
+    assert_eq!(
+        consistent,
+        ["false", "true", "true", "true", "true", "true"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -607,6 +631,7 @@ async fn scripts_killed_after_a_failed_freeze_was_thawed_the_restart_freezes_and
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scripts_killed_again_while_the_second_freeze_runs_the_third_start_awaits_it_and_thaws_once_more() {
+async fn scripts_killed_again_while_the_second_freeze_runs_the_third_start_awaits_it_and_thaws_once_more(
+) {
     scripts_killed_after_a_failed_freeze_was_thawed(45, true).await;
 }

@@ -574,7 +574,8 @@ async fn sixty_instances_in_two_commands_each_get_their_snapshot_and_polls_page_
 }
 
 #[tokio::test]
-async fn a_held_run_says_in_progress_until_released_and_a_creating_one_snapshots_before_it_reports() {
+async fn a_held_run_says_in_progress_until_released_and_a_creating_one_snapshots_before_it_reports()
+{
     let s = stand().await;
     let (early, _) = launch_instance(&s.ec2, &[], &["/dev/sdf", "/dev/sdg"]).await;
     let (late, _) = launch_instance(&s.ec2, &[], &["/dev/sdf"]).await;

@@ -546,10 +546,7 @@ fn now_epoch() -> f64 {
 /// Ends the invocation once it is not held and has used up its missing and in-progress polls (a run that does
 /// nothing ends at once), starting its work if that has not started yet.
 fn settle(inv: &mut Invocation, jobs: &mpsc::Sender<Job>) {
-    if inv.ended
-        || inv.held
-        || inv.polls < inv.reply.missing_polls + inv.reply.in_progress_polls
-    {
+    if inv.ended || inv.held || inv.polls < inv.reply.missing_polls + inv.reply.in_progress_polls {
         return;
     }
     inv.ended = true;

@@ -224,7 +224,10 @@ impl<'a> Cx<'a> {
         if instances.is_empty() {
             return BTreeMap::new();
         }
-        let earlier = self.earlier.get(stage.as_str()).map_or(&[][..], Vec::as_slice);
+        let earlier = self
+            .earlier
+            .get(stage.as_str())
+            .map_or(&[][..], Vec::as_slice);
         batch::run_on(self.ssm, r, instances, earlier).await
     }
 

@@ -624,7 +624,11 @@ async fn a_restart_after_an_earlier_freeze_was_thawed_freezes_and_thaws_again() 
         agent.ssm.script(&ids[0], vec![earlier_pre.clone()]);
         sent_earlier(&agent, PRE, "pre", &ids).await;
         // The earlier process saw its pre end before it sent the post.
-        agent.ssm.list_command_invocations(&agent.ssm.sent()[0].0).await.unwrap();
+        agent
+            .ssm
+            .list_command_invocations(&agent.ssm.sent()[0].0)
+            .await
+            .unwrap();
         sent_earlier(&agent, POST, "post", &ids).await;
         let o = run(
             &scripts(OnFailure::CrashConsistent),
@@ -658,7 +662,11 @@ async fn a_restart_awaits_the_latest_freeze_an_instance_was_sent_not_an_older_fa
         .ssm
         .script(&ids[0], vec![Step::exited(2, "fsfreeze: busy")]);
     sent_earlier(&agent, PRE, "pre", &ids).await;
-    agent.ssm.list_command_invocations(&agent.ssm.sent()[0].0).await.unwrap();
+    agent
+        .ssm
+        .list_command_invocations(&agent.ssm.sent()[0].0)
+        .await
+        .unwrap();
     agent.ssm.script(
         &ids[0],
         vec![Step::status(Status::InProgress), Step::exited(0, "frozen")],
@@ -671,7 +679,12 @@ async fn a_restart_awaits_the_latest_freeze_an_instance_was_sent_not_an_older_fa
         &Metrics::new(),
     )
     .await;
-    assert_eq!(documents(&agent), [PRE, PRE, POST], "{:?}", o.report.problems);
+    assert_eq!(
+        documents(&agent),
+        [PRE, PRE, POST],
+        "{:?}",
+        o.report.problems
+    );
     assert_eq!(
         (o.report.created, o.report.app_consistent, o.report.result()),
         (2, 2, RunResult::Success),
