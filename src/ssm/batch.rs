@@ -6,8 +6,9 @@
 //! Commands an earlier process sent for the same purpose (same comment; see [`Sent`]) are awaited instead of sent
 //! again: a daemon killed after SendCommand must not freeze or snapshot an instance twice when it restarts. Of
 //! several such commands naming an instance, the latest is the one awaited (after a failed one, a later process
-//! may have sent another, still running). An instance whose earlier command failed is sent a new one; one whose own command failed is sent again while
-//! `retries` last. The caller decides what the outcomes mean; this module only runs and waits.
+//! may have sent another, still running). An instance whose earlier command failed is sent a new one; one whose
+//! own command failed is sent again while `retries` last. The caller decides what the outcomes mean; this module
+//! only runs and waits.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;

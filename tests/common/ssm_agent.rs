@@ -18,13 +18,14 @@
 //! `Success` is only ever seen once the snapshots exist. A reply can instead start its work as soon as the command is
 //! delivered ([`Reply::creating`]: the snapshots exist while the invocation still says `InProgress`, as a real VSS
 //! run's do before it reports), and can be held `InProgress` until the test releases it ([`Reply::held`],
-//! [`SsmAgent::release`]): an agent still busy while the daemon is killed and restarted. For `AWSEC2-CreateVssSnapshot` ending in success: one
-//! snapshot per attached volume in moto (through moto's EC2 API, as the instance's own role would), tagged with the
-//! document's `tags` parameter plus the `Device`, `AppConsistent` and `AwsVssConfig` tags the document adds itself,
-//! the boot volume (the one on the instance's root device) left out when `ExcludeBootVolume` is `True`. Like the real
-//! document, it fails the invocation (exit code 1, output saying why) when `tags` cannot be parsed or names one of
-//! those three reserved keys. Other documents run nothing: the record of who was sent what, and when, is their
-//! effect.
+//! [`SsmAgent::release`]): an agent still busy while the daemon is killed and restarted.
+//!
+//! For `AWSEC2-CreateVssSnapshot` ending in success: one snapshot per attached volume in moto (through moto's EC2
+//! API, as the instance's own role would), tagged with the document's `tags` parameter plus the `Device`,
+//! `AppConsistent` and `AwsVssConfig` tags the document adds itself, the boot volume (the one on the instance's root
+//! device) left out when `ExcludeBootVolume` is `True`. Like the real document, it fails the invocation (exit code
+//! 1, output saying why) when `tags` cannot be parsed or names one of those three reserved keys. Other documents run
+//! nothing: the record of who was sent what (with its comment), and when, is their effect.
 //!
 //! What it does not model it refuses loudly rather than answer wrongly: `SendCommand` by `Targets`,
 //! `ListCommandInvocations` with `Filters`. SSM throttling comes from the fault proxy put in front of it (it answers
