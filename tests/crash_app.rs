@@ -7,9 +7,11 @@
 //!
 //! The moments: a VSS command still running on the instances (held `InProgress` by the stand-in), before its
 //! snapshots exist and after some do; a pre script that succeeded, with the snapshot creates under way (the first
-//! one, or the last one, reached EC2) and the post not yet sent; a pre script still running. The counts come from
-//! moto's `ListCommands` (what SSM was really sent, with the comments the daemon finds its commands by) and moto's
-//! snapshots.
+//! one, or the last one, reached EC2) and the post not yet sent; a pre script still running; a failed pre already
+//! thawed, with the fallback creates under way (the restart must freeze and thaw again), and that restart killed in
+//! turn while its own freeze runs (the third start must await that freeze, not the failed one). The counts come
+//! from moto's `ListCommands` (what SSM was really sent, with the comments and send times the daemon finds its
+//! commands by) and moto's snapshots.
 //!
 //! Each test prints its figures (`--nocapture`).
 
