@@ -112,12 +112,17 @@ impl Agent {
             );
         }
         tags.insert("AppConsistent".into(), "true".into());
+        let exclude_boot = command
+            .parameters
+            .get("ExcludeBootVolume")
+            .is_some_and(|v| v == &["True"]);
         let volumes = self.ec2.describe_volumes(&[]).await.unwrap();
         for v in volumes {
             let Some((i, device)) = &v.attachment else {
                 continue;
             };
-            if i != instance {
+            // The fleet's boot device.
+            if i != instance || (exclude_boot && device == "/dev/sda1") {
                 continue;
             }
             let mut tags = tags.clone();
@@ -264,6 +269,32 @@ async fn vss_snapshots_each_volume_once_through_one_command_tagged_managed_and_c
     assert_eq!((again.report.created, again.report.already_done), (0, 4));
     assert_eq!(agent.ssm.sent().len(), 1);
     assert_eq!(ec2.snapshots().len(), 4);
+}
+
+#[tokio::test]
+async fn exclude_boot_volume_leaves_the_boot_volume_out_of_the_targets_and_the_command() {
+    let (ec2, _) = fleet(2);
+    let agent = Agent::new(ec2.clone());
+    let mut policy = vss(OnFailure::CrashConsistent);
+    policy.vss.as_mut().unwrap().exclude_boot_volume = true;
+    let o = run(&policy, &ec2, &agent, &Metrics::new()).await;
+    assert_eq!(
+        o.report.result(),
+        RunResult::Success,
+        "{:?}",
+        o.report.problems
+    );
+    assert_eq!((o.report.targeted_volumes, o.report.created), (2, 2));
+    assert_eq!(
+        agent.ssm.sent()[0].1.parameters["ExcludeBootVolume"],
+        ["True"]
+    );
+    let devices: Vec<String> = ec2
+        .snapshots()
+        .iter()
+        .filter_map(|s| tag(s, ec2::TAG_DEVICE).map(str::to_string))
+        .collect();
+    assert_eq!(devices, ["/dev/sdf", "/dev/sdf"]);
 }
 
 #[tokio::test]
