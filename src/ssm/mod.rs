@@ -196,6 +196,8 @@ pub struct Sent {
     pub document: String,
     pub instance_ids: Vec<String>,
     pub comment: String,
+    /// When SSM received it: what orders a slot's pre and post commands.
+    pub requested: chrono::DateTime<chrono::Utc>,
 }
 
 /// The SSM Run Command calls snapwarden makes, one region per value. A new method is also forwarded by

@@ -618,3 +618,76 @@ fn base_policy_with_scripts_no_post() -> Policy {
     }
     p
 }
+
+#[tokio::test]
+async fn a_retry_of_the_slot_freezes_again_and_thaws_again_instead_of_trusting_an_old_freeze() {
+    let (ec2, _) = fleet(1);
+    let volumes: Vec<String> = ec2
+        .describe_volumes(&[])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|v| v.id)
+        .collect();
+    let agent = Agent::new(ec2.clone());
+    let policy = scripts(OnFailure::CrashConsistent);
+    for v in &volumes {
+        ec2.fail_create_for(v, "InternalError");
+    }
+    let first = run(&policy, &ec2, &agent, &Metrics::new()).await;
+    assert_eq!(first.report.created, 0);
+    ec2.clear_faults();
+    let retry = run(&policy, &ec2, &agent, &Metrics::new()).await;
+    assert_eq!((retry.report.created, retry.report.app_consistent), (2, 2));
+    let documents: Vec<String> = agent
+        .ssm
+        .sent()
+        .into_iter()
+        .map(|(_, c)| c.document)
+        .collect();
+    // The first run's pre succeeded and is over: it holds nothing still when the retry snapshots, so the retry
+    // sends its own, and its own post (an earlier post never stands for this run's).
+    assert_eq!(documents, [PRE, POST, PRE, POST]);
+}
+
+#[tokio::test]
+async fn a_post_is_owed_when_an_instance_was_frozen_again_after_its_last_thaw() {
+    let (ec2, ids) = fleet(1);
+    let agent = Agent::new(ec2.clone());
+    let slot_text = format_slot(slot());
+    let send = |document: &str, stage: &str| Command {
+        document: document.into(),
+        instance_ids: ids.clone(),
+        parameters: BTreeMap::new(),
+        timeout: Duration::from_secs(30),
+        comment: format!("snapwarden {stage} {slot_text} app"),
+    };
+    // An earlier run froze and thawed; a later one froze, made the snapshots and died before its post.
+    agent.send_command(&send(PRE, "pre")).await.unwrap();
+    agent.send_command(&send(POST, "post")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    agent.send_command(&send(PRE, "pre")).await.unwrap();
+    let no_post = base_policy_with_scripts_no_post();
+    assert_eq!(
+        run(&no_post, &ec2, &agent, &Metrics::new())
+            .await
+            .report
+            .created,
+        2
+    );
+    let o = run(
+        &scripts(OnFailure::CrashConsistent),
+        &ec2,
+        &agent,
+        &Metrics::new(),
+    )
+    .await;
+    assert_eq!(o.report.created, 0);
+    let posts = agent
+        .ssm
+        .sent()
+        .into_iter()
+        .filter(|(_, c)| c.document == POST)
+        .count();
+    assert_eq!(posts, 2, "the thaw the second freeze was owed");
+}
