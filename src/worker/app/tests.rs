@@ -209,6 +209,15 @@ fn fleet(instances: usize) -> (Arc<FakeEc2>, Vec<String>) {
     (ec2, ids)
 }
 
+fn assert_success(o: &Outcome) {
+    assert_eq!(
+        o.report.result(),
+        RunResult::Success,
+        "{:?}",
+        o.report.problems
+    );
+}
+
 fn tag<'a>(s: &'a Snapshot, key: &str) -> Option<&'a str> {
     s.tags.get(key).map(String::as_str)
 }
@@ -227,12 +236,7 @@ async fn vss_snapshots_each_volume_once_through_one_command_tagged_managed_and_c
     let agent = Agent::new(ec2.clone());
     let policy = vss(OnFailure::CrashConsistent);
     let o = run(&policy, &ec2, &agent, &Metrics::new()).await;
-    assert_eq!(
-        o.report.result(),
-        RunResult::Success,
-        "{:?}",
-        o.report.problems
-    );
+    assert_success(&o);
     assert_eq!(
         (o.report.created, o.report.app_consistent, o.report.fallback),
         (4, 4, 0)
@@ -278,12 +282,7 @@ async fn exclude_boot_volume_leaves_the_boot_volume_out_of_the_targets_and_the_c
     let mut policy = vss(OnFailure::CrashConsistent);
     policy.vss.as_mut().unwrap().exclude_boot_volume = true;
     let o = run(&policy, &ec2, &agent, &Metrics::new()).await;
-    assert_eq!(
-        o.report.result(),
-        RunResult::Success,
-        "{:?}",
-        o.report.problems
-    );
+    assert_success(&o);
     assert_eq!((o.report.targeted_volumes, o.report.created), (2, 2));
     assert_eq!(
         agent.ssm.sent()[0].1.parameters["ExcludeBootVolume"],
@@ -393,12 +392,7 @@ async fn scripts_freeze_snapshot_and_thaw_in_that_order() {
     let agent = Agent::new(ec2.clone());
     let metrics = Metrics::new();
     let o = run(&scripts(OnFailure::CrashConsistent), &ec2, &agent, &metrics).await;
-    assert_eq!(
-        o.report.result(),
-        RunResult::Success,
-        "{:?}",
-        o.report.problems
-    );
+    assert_success(&o);
     assert_eq!((o.report.created, o.report.app_consistent), (4, 4));
     assert_eq!(
         agent.log(),
