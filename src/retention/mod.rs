@@ -340,8 +340,9 @@ impl Interner {
         if let Some(v) = self.lists.get(tag) {
             return Arc::clone(v);
         }
+        // `+` as well: the VSS document's tags parameter cannot carry a comma in a value.
         let names: Vec<&str> = tag
-            .split(',')
+            .split([',', '+'])
             .map(str::trim)
             .filter(|x| !x.is_empty())
             .collect();
