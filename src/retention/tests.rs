@@ -1044,11 +1044,13 @@ proptest! {
                     .snapshots
                     .iter()
                     .filter(|s| &*s.volume_id == volume && s.state == C && s.schedules.contains(&schedule.name))
-                    .filter(|s| s.app_consistent || !schedule.keep.app_consistent_only)
                     .collect();
-                // A repeat of a slot (same schedule list) is one slot: the first started stands for it.
-                completed.sort_by_key(|s| (s.slot, s.schedules.clone(), s.started));
+                // A repeat of a slot (same schedule list) is one slot: an app-consistent one stands for it, else
+                // the first started.
+                completed.sort_by_key(|s| (s.slot, s.schedules.clone(), !s.app_consistent, s.started));
                 completed.dedup_by(|b, a| (a.slot, &a.schedules) == (b.slot, &b.schedules));
+                // Then an app-consistent-only schedule sees only the app-consistent ones.
+                completed.retain(|s| s.app_consistent || !schedule.keep.app_consistent_only);
                 let kept_count = completed.iter().filter(|s| kept.contains(&*s.id)).count();
                 prop_assert!(
                     kept_count >= (n as usize).min(completed.len()),

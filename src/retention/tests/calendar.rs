@@ -1021,8 +1021,12 @@ proptest! {
                     .snapshots
                     .iter()
                     .filter(|s| &*s.volume_id == volume && s.state == C && s.schedules.contains(&schedule.name))
-                    .filter(|s| s.app_consistent || !schedule.keep.app_consistent_only)
                     .collect();
+                // A repeat of a slot (same schedule list) is set aside: an app-consistent one stands for it, else
+                // the first started. An app-consistent-only schedule then sees only the app-consistent ones.
+                completed.sort_by_key(|s| (s.slot, s.schedules.clone(), !s.app_consistent, s.started));
+                completed.dedup_by(|b, a| (a.slot, &a.schedules) == (b.slot, &b.schedules));
+                completed.retain(|s| s.app_consistent || !schedule.keep.app_consistent_only);
                 completed.sort_by(|a, b| b.slot.cmp(&a.slot).then_with(|| a.id.cmp(&b.id)));
                 for period in Period::ALL {
                     let Some(count) = schedule.keep.count(period) else { continue };
