@@ -1057,7 +1057,7 @@ proptest! {
         prop_assert_eq!(plan.decisions.len(), world.snapshots.len());
         let by_id: HashMap<&str, &Snap> = world.snapshots.iter().map(|s| (&*s.id, s)).collect();
         let mut newest: BTreeMap<&str, &Snap> = BTreeMap::new();
-        for s in world.snapshots.iter().filter(|s| s.state == C) {
+        for s in world.snapshots.iter().filter(|s| s.state == C && !is_repeat(&world.snapshots, s)) {
             let e = newest.entry(&*s.volume_id).or_insert(s);
             if (s.slot, std::cmp::Reverse(&s.id)) > (e.slot, std::cmp::Reverse(&e.id)) {
                 *e = s;
