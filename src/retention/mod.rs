@@ -1078,7 +1078,7 @@ fn passed_over(snap: &Snap, configured: &Configured<'_>) -> Option<Arc<str>> {
 /// Of two snapshots repeating one slot, whether `a` stands for it rather than `b`: an app-consistent one (the
 /// agent's VSS snapshot that arrived after the run had given up on it and taken a fallback is the better backup),
 /// else the one EC2 started first, else the smaller id.
-fn stands_before(a: &Snap, b: &Snap) -> bool {
+pub(crate) fn stands_before(a: &Snap, b: &Snap) -> bool {
     (!a.app_consistent, a.started, &a.id) < (!b.app_consistent, b.started, &b.id)
 }
 

@@ -567,16 +567,17 @@ fn earlier_untagged(
         .map(|t| (t.volume.id.as_str(), t))
         .collect();
     let queued: HashSet<String> = batches.values().flatten().cloned().collect();
-    // One snapshot per volume: the one EC2 started first, which stands for the slot. A repeat of it is
-    // retention's to delete, in this very run: tagging it too would race that delete (and a CreateTags naming
-    // a snapshot just deleted fails for every snapshot of its batch).
+    // One snapshot per volume: the one that stands for the slot (`retention::stands_before`: an app-consistent
+    // one, else the one EC2 started first). A repeat of it is retention's to delete, in this very run: tagging
+    // it too would race that delete (and a CreateTags naming a snapshot just deleted fails for every snapshot of
+    // its batch).
     let mut first: BTreeMap<&str, &crate::retention::Snap> = BTreeMap::new();
     for s in &survey.snapshots {
         if s.slot != spec.slot || s.state == SnapState::Error {
             continue;
         }
         let e = first.entry(&*s.volume_id).or_insert(s);
-        if (s.started, &s.id) < (e.started, &e.id) {
+        if crate::retention::stands_before(s, e) {
             *e = s;
         }
     }
