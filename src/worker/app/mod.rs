@@ -29,7 +29,7 @@ use crate::ssm::batch::{self, Adopt, Cause, Outcome, Ran, Request};
 use crate::ssm::{Sent, Ssm, MAX_INSTANCES};
 
 /// The AWS document that takes VSS snapshots on Windows.
-pub(crate) const VSS_DOCUMENT: &str = "AWSEC2-CreateVssSnapshot";
+pub const VSS_DOCUMENT: &str = "AWSEC2-CreateVssSnapshot";
 /// How long the VSS command may take to be delivered, on top of its `executionTimeout`.
 const VSS_DELIVERY: Duration = Duration::from_secs(60);
 /// Describes looking for the VSS snapshots before the missing ones count as not made (describe is eventually

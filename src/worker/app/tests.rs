@@ -20,7 +20,7 @@ use crate::report::RunResult;
 use crate::retention::SnapState;
 use crate::schedule::format_slot;
 use crate::ssm::batch::Polling;
-use crate::ssm::fake::{FakeSsm, Step};
+use crate::ssm::fake::{FakeAgent, Step};
 use crate::ssm::{Command, Invocation, Sent, Ssm, Status};
 use crate::worker::{self, Outcome, RunSpec};
 
@@ -76,62 +76,25 @@ fn scripts(on_failure: OnFailure) -> Policy {
     p
 }
 
-/// `FakeSsm` with the instance's side of the VSS document, and a log of commands and creates in order.
+/// [`FakeAgent`] (the VSS document's side on the instance), noting each command in order with the number of
+/// snapshots there when it was sent.
 struct Agent {
-    ssm: FakeSsm,
+    fake: FakeAgent,
     ec2: Arc<FakeEc2>,
-    /// VSS commands by id, with the instances whose snapshots are not made yet: the document makes them while it
-    /// runs, and reports success after.
-    vss: Mutex<BTreeMap<String, (Command, Vec<String>)>>,
-    log: Arc<Mutex<Vec<String>>>,
+    log: Mutex<Vec<String>>,
 }
 
 impl Agent {
     fn new(ec2: Arc<FakeEc2>) -> Self {
         Agent {
-            ssm: FakeSsm::new(REGION),
+            fake: FakeAgent::new(ec2.clone()),
             ec2,
-            vss: Mutex::default(),
-            log: Arc::default(),
+            log: Mutex::default(),
         }
     }
 
     fn log(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
-    }
-
-    /// What the document does on `instance`: one snapshot per attached volume, with the `tags` parameter's tags
-    /// and the document's own.
-    async fn vss_snapshots(&self, instance: &str, command: &Command) {
-        let mut tags = ec2::Tags::new();
-        for pair in command.parameters["tags"][0].split(';') {
-            let (k, v) = pair.split_once(',').unwrap();
-            tags.insert(
-                k.strip_prefix("Key=").unwrap().to_string(),
-                v.strip_prefix("Value=").unwrap().to_string(),
-            );
-        }
-        tags.insert("AppConsistent".into(), "true".into());
-        let exclude_boot = command
-            .parameters
-            .get("ExcludeBootVolume")
-            .is_some_and(|v| v == &["True"]);
-        let volumes = self.ec2.describe_volumes(&[]).await.unwrap();
-        for v in volumes {
-            let Some((i, device)) = &v.attachment else {
-                continue;
-            };
-            // The fleet's boot device.
-            if i != instance || (exclude_boot && device == "/dev/sda1") {
-                continue;
-            }
-            let mut tags = tags.clone();
-            tags.insert("Device".into(), device.clone());
-            let tags: Vec<(&str, &str)> =
-                tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            self.ec2
-                .seed_snapshot(&v.id, SnapState::Pending, FAKE_ACCOUNT, &tags);
-        }
     }
 }
 
@@ -147,39 +110,13 @@ impl Ssm for Agent {
             command.document,
             command.instance_ids.len()
         ));
-        let id = self.ssm.send_command(command).await?;
-        if command.document == VSS_DOCUMENT {
-            let todo = command.instance_ids.clone();
-            self.vss
-                .lock()
-                .unwrap()
-                .insert(id.clone(), (command.clone(), todo));
-        }
-        Ok(id)
+        self.fake.send_command(command).await
     }
     async fn list_command_invocations(&self, command_id: &str) -> Result<Vec<Invocation>> {
-        let listed = self.ssm.list_command_invocations(command_id).await?;
-        let done: Vec<(Command, String)> = {
-            let mut vss = self.vss.lock().unwrap();
-            match vss.get_mut(command_id) {
-                Some((command, todo)) => listed
-                    .iter()
-                    .filter(|i| i.status == Status::Success)
-                    .filter_map(|i| {
-                        let at = todo.iter().position(|t| *t == i.instance_id)?;
-                        Some((command.clone(), todo.remove(at)))
-                    })
-                    .collect(),
-                None => Vec::new(),
-            }
-        };
-        for (command, instance) in done {
-            self.vss_snapshots(&instance, &command).await;
-        }
-        Ok(listed)
+        self.fake.list_command_invocations(command_id).await
     }
     async fn list_commands(&self, document: &str, after: DateTime<Utc>) -> Result<Vec<Sent>> {
-        self.ssm.list_commands(document, after).await
+        self.fake.list_commands(document, after).await
     }
 }
 
@@ -245,7 +182,7 @@ async fn vss_snapshots_each_volume_once_through_one_command_tagged_managed_and_c
         ec2.calls("CreateSnapshot") + ec2.calls("CreateSnapshots"),
         0
     );
-    let sent = agent.ssm.sent();
+    let sent = agent.fake.ssm.sent();
     assert_eq!(sent.len(), 1);
     let c = &sent[0].1;
     assert_eq!(c.document, VSS_DOCUMENT);
@@ -271,7 +208,7 @@ async fn vss_snapshots_each_volume_once_through_one_command_tagged_managed_and_c
     ec2.complete_all();
     let again = run(&policy, &ec2, &agent, &Metrics::new()).await;
     assert_eq!((again.report.created, again.report.already_done), (0, 4));
-    assert_eq!(agent.ssm.sent().len(), 1);
+    assert_eq!(agent.fake.ssm.sent().len(), 1);
     assert_eq!(ec2.snapshots().len(), 4);
 }
 
@@ -285,7 +222,7 @@ async fn exclude_boot_volume_leaves_the_boot_volume_out_of_the_targets_and_the_c
     assert_success(&o);
     assert_eq!((o.report.targeted_volumes, o.report.created), (2, 2));
     assert_eq!(
-        agent.ssm.sent()[0].1.parameters["ExcludeBootVolume"],
+        agent.fake.ssm.sent()[0].1.parameters["ExcludeBootVolume"],
         ["True"]
     );
     let devices: Vec<String> = ec2
@@ -304,7 +241,7 @@ async fn a_failed_vss_command_falls_back_to_a_crash_consistent_snapshot_or_fails
     ] {
         let (ec2, ids) = fleet(2);
         let agent = Agent::new(ec2.clone());
-        agent.ssm.script(
+        agent.fake.ssm.script(
             &ids[1],
             vec![Step::exited(1, "AwsVssComponents package is not installed")],
         );
@@ -371,6 +308,7 @@ async fn sixty_instances_take_two_commands_and_one_describe_finds_their_snapshot
     .await;
     assert_eq!(o.report.created, 120, "{:?}", o.report.problems);
     let sizes: Vec<usize> = agent
+        .fake
         .ssm
         .sent()
         .iter()
@@ -380,7 +318,7 @@ async fn sixty_instances_take_two_commands_and_one_describe_finds_their_snapshot
     // The survey's sweep and one for the VSS snapshots of the fire.
     assert_eq!(ec2.calls("DescribeSnapshots") - before, 2);
     assert_eq!(
-        agent.ssm.calls(Op::ListCommandInvocations),
+        agent.fake.ssm.calls(Op::ListCommandInvocations),
         2,
         "one poll per command"
     );
@@ -401,7 +339,7 @@ async fn scripts_freeze_snapshot_and_thaw_in_that_order() {
             format!("{POST} 2 (snapshots: 4)")
         ]
     );
-    let sent = agent.ssm.sent();
+    let sent = agent.fake.ssm.sent();
     assert_eq!(sent[0].1.instance_ids, ids);
     assert_eq!(sent[0].1.parameters["MountPoints"], ["/data"]);
     assert!(ec2
@@ -419,11 +357,12 @@ async fn scripts_freeze_snapshot_and_thaw_in_that_order() {
 async fn a_failed_pre_script_falls_back_and_still_gets_its_post_an_undelivered_one_does_not() {
     let (ec2, ids) = fleet(3);
     let agent = Agent::new(ec2.clone());
-    agent.ssm.script(
+    agent.fake.ssm.script(
         &ids[0],
         vec![Step::exited(2, "fsfreeze: /data: Device or resource busy")],
     );
     agent
+        .fake
         .ssm
         .script(&ids[1], vec![Step::status(Status::Undeliverable)]);
     let o = run(
@@ -455,6 +394,7 @@ async fn a_failed_pre_script_falls_back_and_still_gets_its_post_an_undelivered_o
         "{pre}"
     );
     let post: Vec<Vec<String>> = agent
+        .fake
         .ssm
         .sent()
         .into_iter()
@@ -469,6 +409,7 @@ async fn a_pre_script_that_never_finishes_times_out_and_skip_takes_no_snapshot()
     let (ec2, ids) = fleet(1);
     let agent = Agent::new(ec2.clone());
     agent
+        .fake
         .ssm
         .script(&ids[0], vec![Step::status(Status::InProgress)]);
     let o = run(&scripts(OnFailure::Skip), &ec2, &agent, &Metrics::new()).await;
@@ -492,6 +433,7 @@ async fn a_failed_post_script_leaves_the_snapshot_and_makes_the_run_partial() {
     // fails.
     let slow = Step::status(Status::InProgress);
     agent
+        .fake
         .ssm
         .script(&ids[0], vec![slow.clone(), slow, Step::exited(0, "frozen")]);
     let o = {
@@ -505,8 +447,8 @@ async fn a_failed_post_script_leaves_the_snapshot_and_makes_the_run_partial() {
             tokio::select! {
                 o = &mut fut => break o,
                 _ = tokio::time::sleep(Duration::from_millis(5)) => {
-                    if agent.ssm.sent().len() == 1 {
-                        agent.ssm.script(&ids[0], vec![Step::exited(1, "fsfreeze -u: not frozen")]);
+                    if agent.fake.ssm.sent().len() == 1 {
+                        agent.fake.ssm.script(&ids[0], vec![Step::exited(1, "fsfreeze -u: not frozen")]);
                     }
                 }
             }
@@ -527,7 +469,7 @@ async fn a_restart_awaits_the_vss_command_an_earlier_process_sent_and_owes_posts
     let agent = Agent::new(ec2.clone());
     let policy = vss(OnFailure::CrashConsistent);
     let comment = format!("snapwarden vss {} app", format_slot(slot()));
-    agent.ssm.script(
+    agent.fake.ssm.script(
         &ids[0],
         vec![Step::status(Status::InProgress), Step::exited(0, "done")],
     );
@@ -548,7 +490,7 @@ async fn a_restart_awaits_the_vss_command_an_earlier_process_sent_and_owes_posts
     };
     agent.send_command(&earlier).await.unwrap();
     let o = run(&policy, &ec2, &agent, &Metrics::new()).await;
-    assert_eq!(agent.ssm.sent().len(), 1, "no second command");
+    assert_eq!(agent.fake.ssm.sent().len(), 1, "no second command");
     assert_eq!(
         (o.report.created, o.report.app_consistent),
         (2, 2),
@@ -581,6 +523,7 @@ async fn a_restart_awaits_the_vss_command_an_earlier_process_sent_and_owes_posts
     let o = run(&policy, &ec2, &agent, &Metrics::new()).await;
     assert_eq!(o.report.created, 0);
     let posts: Vec<Vec<String>> = agent
+        .fake
         .ssm
         .sent()
         .into_iter()
@@ -591,6 +534,7 @@ async fn a_restart_awaits_the_vss_command_an_earlier_process_sent_and_owes_posts
     let again = run(&policy, &ec2, &agent, &Metrics::new()).await;
     assert_eq!(again.report.created, 0);
     let posts = agent
+        .fake
         .ssm
         .sent()
         .into_iter()
@@ -634,6 +578,7 @@ async fn a_retry_of_the_slot_freezes_again_and_thaws_again_instead_of_trusting_a
     let retry = run(&policy, &ec2, &agent, &Metrics::new()).await;
     assert_eq!((retry.report.created, retry.report.app_consistent), (2, 2));
     let documents: Vec<String> = agent
+        .fake
         .ssm
         .sent()
         .into_iter()
@@ -678,6 +623,7 @@ async fn a_post_is_owed_when_an_instance_was_frozen_again_after_its_last_thaw() 
     .await;
     assert_eq!(o.report.created, 0);
     let posts = agent
+        .fake
         .ssm
         .sent()
         .into_iter()
