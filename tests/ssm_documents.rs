@@ -251,14 +251,20 @@ impl Host {
 
     /// The mounts frozen now.
     fn frozen(&self) -> BTreeSet<String> {
-        let files = std::fs::read_dir(self.dir.path().join("frozen")).unwrap().count();
+        let files = std::fs::read_dir(self.dir.path().join("frozen"))
+            .unwrap()
+            .count();
         let frozen: BTreeSet<String> = self
             .mounts
             .iter()
             .filter(|m| self.frozen_file(m).exists())
             .cloned()
             .collect();
-        assert_eq!(files, frozen.len(), "something else than a mount point was frozen");
+        assert_eq!(
+            files,
+            frozen.len(),
+            "something else than a mount point was frozen"
+        );
         frozen
     }
 
@@ -323,8 +329,13 @@ fn is_timer(pid: i32) -> bool {
         && String::from_utf8_lossy(&cmdline).contains("snapwarden-autothaw")
 }
 
-fn wait_gone(pid: i32) -> bool {
-    let deadline = Instant::now() + GENEROUS;
+/// How long a signalled timer may take to die: far below the timers' own seconds in the tests that stop one, so a
+/// timer that was not stopped but ends by itself cannot pass for a stopped one.
+const STOPPED: Duration = Duration::from_secs(5);
+
+/// Whether the timer `pid` is gone within `within`.
+fn wait_gone(pid: i32, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
     while is_timer(pid) {
         if Instant::now() > deadline {
             return false;
@@ -396,11 +407,7 @@ doc = yaml.safe_load(open(sys.argv[1]))
 values = json.loads(sys.argv[2])
 print(json.dumps({p: [bool(re.fullmatch(doc["parameters"][p]["allowedPattern"], v)) for v in vs] for p, vs in values.items()}))
 "#;
-    let good_mounts = [
-        "/data",
-        "/data /var/lib/postgresql",
-        "/mnt/a-b_c.d/e@f:g+h",
-    ];
+    let good_mounts = ["/data", "/data /var/lib/postgresql", "/mnt/a-b_c.d/e@f:g+h"];
     let bad_mounts = [
         "",
         "data",
@@ -417,14 +424,12 @@ print(json.dumps({p: [bool(re.fullmatch(doc["parameters"][p]["allowedPattern"], 
     for name in [FREEZE, THAW] {
         let mut values = serde_json::json!({ "MountPoints": good_mounts.iter().chain(&bad_mounts).collect::<Vec<_>>() });
         if name == FREEZE {
-            values["AutoThawSeconds"] = serde_json::json!(["60", "2", "600", "", "-1", "60s", "1000", "6 0"]);
+            values["AutoThawSeconds"] =
+                serde_json::json!(["60", "2", "600", "", "-1", "60s", "1000", "6 0"]);
         }
         let out: Value = serde_json::from_str(&py(
             check,
-            &[
-                document_path(name).to_str().unwrap(),
-                &values.to_string(),
-            ],
+            &[document_path(name).to_str().unwrap(), &values.to_string()],
         ))
         .unwrap();
         let mut want: Vec<bool> = good_mounts.iter().map(|_| true).collect();
@@ -463,9 +468,11 @@ fn freeze_without_a_thaw_is_thawed_by_the_timer_and_the_late_thaw_says_so() {
         format!("-u {b}"),
     ];
     assert_eq!(calls, want, "the auto-thaw thaws each mount once");
-    assert!(wait_gone(timer), "the timer ends after thawing");
+    assert!(wait_gone(timer, GENEROUS), "the timer ends after thawing");
     assert!(host.frozen().is_empty());
-    let fired = host.state_file("fired").expect("the auto-thaw leaves a record");
+    let fired = host
+        .state_file("fired")
+        .expect("the auto-thaw leaves a record");
     assert!(fired.contains(&format!("mounts={a} {b}")), "{fired}");
     assert!(host.state_file("current").is_none());
 
@@ -503,7 +510,8 @@ fn freeze_without_a_thaw_is_thawed_by_the_timer_and_the_late_thaw_says_so() {
 fn thaw_before_the_deadline_thaws_once_and_stops_the_timer() {
     let host = Host::new(&["data", "logs"]);
     let (a, b) = (host.mount(0), host.mount(1));
-    let seconds = 5;
+    // Above STOPPED, so the timer must be stopped rather than end by itself.
+    let seconds = 12;
     let started = Instant::now();
     let run = host.freeze(&format!("{a} {b}"), seconds);
     assert_eq!(run.code, 0, "{}", run.stdout);
@@ -530,7 +538,7 @@ fn thaw_before_the_deadline_thaws_once_and_stops_the_timer() {
         thaw.stdout
     );
     assert!(host.frozen().is_empty());
-    assert!(wait_gone(timer), "the thaw stops the timer");
+    assert!(wait_gone(timer, STOPPED), "the thaw stops the timer");
     assert!(host.state_file("current").is_none());
 
     // Past the deadline nothing thaws again.
@@ -693,14 +701,17 @@ fn an_already_frozen_mount_is_refrozen_when_it_is_ours_and_left_alone_when_it_is
             format!("-f {b}")
         ]
     );
-    assert!(wait_gone(old_timer), "the earlier freeze's timer is stopped");
+    assert!(
+        wait_gone(old_timer, STOPPED),
+        "the earlier freeze's timer is stopped"
+    );
     let new_timer = host.timer().unwrap();
     assert_ne!(new_timer, old_timer);
     assert!(is_timer(new_timer));
     let thaw = host.thaw(&format!("{a} {b}"));
     assert_eq!(thaw.code, 0, "{}", thaw.stdout);
     assert!(host.frozen().is_empty());
-    assert!(wait_gone(new_timer));
+    assert!(wait_gone(new_timer, STOPPED));
 
     // Frozen by something else: snapwarden has no record of it, so it neither freezes around it nor thaws it.
     host.freeze_elsewhere(b);
@@ -719,6 +730,41 @@ fn an_already_frozen_mount_is_refrozen_when_it_is_ours_and_left_alone_when_it_is
         [format!("-f {a}"), format!("-f {b}"), format!("-u {a}")]
     );
     assert_eq!(host.frozen(), BTreeSet::from([b.to_string()]));
+}
+
+/// A timer the thaw could not stop (its pid lost from the record) must not thaw the freeze that came after: it
+/// thaws only the freeze that armed it.
+#[test]
+fn a_timer_outliving_its_freeze_never_thaws_a_later_one() {
+    let host = Host::new(&["data"]);
+    let a = host.mount(0);
+    assert_eq!(host.freeze(a, 2).code, 0);
+    let stray = host.timer().unwrap();
+    let current = host.state.join("current");
+    let text = std::fs::read_to_string(&current).unwrap();
+    let without_pid: String = text
+        .lines()
+        .filter(|l| !l.starts_with("timer="))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&current, without_pid).unwrap();
+    let thaw = host.thaw(a);
+    assert_eq!(thaw.code, 0, "{}", thaw.stdout);
+    assert!(is_timer(stray), "the thaw could not stop it");
+
+    let again = host.freeze(a, 60);
+    assert_eq!(again.code, 0, "{}", again.stdout);
+    assert!(
+        wait_gone(stray, GENEROUS),
+        "the stray timer ends at its deadline"
+    );
+    assert_eq!(
+        calls(&host.calls()),
+        [format!("-f {a}"), format!("-u {a}"), format!("-f {a}")]
+    );
+    assert_eq!(host.frozen(), BTreeSet::from([a.to_string()]));
+    assert!(host.state_file("fired").is_none());
+    assert_eq!(host.thaw(a).code, 0);
 }
 
 #[test]
@@ -755,7 +801,10 @@ async fn both_documents_are_accepted_by_ssm_create_document() {
     };
     // moto does check: content without a schemaVersion is refused.
     let broken = create("snapwarden-broken", "description: no schema\n".into()).await;
-    assert!(broken.is_err(), "moto accepted a document without schemaVersion");
+    assert!(
+        broken.is_err(),
+        "moto accepted a document without schemaVersion"
+    );
 
     for (name, params) in [
         (FREEZE, vec!["AutoThawSeconds", "MountPoints"]),
