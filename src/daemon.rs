@@ -32,6 +32,7 @@ use crate::report::{Problem, RunReport};
 use crate::schedule;
 use crate::scheduler::{self, Jump, Scheduler, Scope, Tick};
 use crate::sdnotify::SdNotify;
+use crate::ssm;
 use crate::status::{self, Health, StatusBoard};
 use crate::worker::{self, Region, RunSpec};
 
@@ -146,7 +147,19 @@ pub async fn aws_regions_paced(shared: &Shared, pace: &PaceConfig) -> Result<Vec
         ec2::sdk::check_sdk_config(&conf, Duration::from_secs(10)).await?;
         shared.health.credentials_resolved.store(true, Relaxed);
         let backend: Arc<dyn Ec2> = Arc::new(ec2::sdk::SdkEc2::new(&conf));
-        out.push(paced_region(shared, backend, permits.clone(), pace.clone()).await?);
+        let ssm = ssm::PacedSsm::new(
+            Arc::new(ssm::Instrumented::new(
+                Arc::new(ssm::sdk::SdkSsm::new(&conf)),
+                shared.metrics.clone(),
+            )),
+            pace.clone(),
+        );
+        let region = paced_region(shared, backend, permits.clone(), pace.clone()).await?;
+        out.push(Arc::new(Region {
+            ssm: Some(Arc::new(ssm)),
+            ec2: region.ec2.clone(),
+            account_id: region.account_id.clone(),
+        }));
     }
     Ok(out)
 }
@@ -194,7 +207,11 @@ async fn resolve(shared: &Shared, ec2: Arc<dyn Ec2>) -> Result<Arc<Region>> {
     // An answered call proves the credentials too (the fake backend needs none).
     shared.health.credentials_resolved.store(true, Relaxed);
     shared.health.aws_reachable.store(true, Relaxed);
-    Ok(Arc::new(Region { ec2, account_id }))
+    Ok(Arc::new(Region {
+        ec2,
+        account_id,
+        ssm: None,
+    }))
 }
 
 pub async fn sns_publisher(config: &Config) -> Option<Arc<dyn Publisher>> {
@@ -304,7 +321,8 @@ async fn fire(
             None => None,
         };
         let runs = pending.iter().map(|r| {
-            let spec = RunSpec::new(&policy, slot, &r.account_id)
+            let spec = r
+                .spec(&policy, slot)
                 .firing(firing.clone())
                 .concurrency(shared.config.daemon.max_concurrent_aws_calls)
                 .completion(worker::Completion::within(

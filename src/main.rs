@@ -20,7 +20,7 @@ use snapwarden::logging::{self, Console};
 use snapwarden::notify::Notifier;
 use snapwarden::report::RunResult;
 use snapwarden::schedule::{self, format_slot};
-use snapwarden::worker::{self, Region, RunSpec};
+use snapwarden::worker::{self, Region};
 
 /// mimalloc instead of glibc's malloc: a run digests, plans and drops a small record per snapshot, and `simulate`
 /// does that thousands of times; allocation was a quarter of its time. Built without its transparent huge page
@@ -541,7 +541,8 @@ async fn once(
             None => r.ec2.as_ref(),
         };
         // Only the deletions are printed: not explained.
-        let spec = RunSpec::new(&p, slot, &r.account_id)
+        let spec = r
+            .spec(&p, slot)
             .firing(firing.clone())
             .concurrency(shared.config.daemon.max_concurrent_aws_calls)
             .completion(worker::Completion::within(

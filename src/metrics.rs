@@ -54,6 +54,12 @@ pub struct Metrics {
     orphaned: IntGaugeVec,
     /// HTTP connections closed at once: over the connection cap, or an accept that failed (out of descriptors).
     pub(crate) http_refused: IntCounterVec,
+    /// SSM invocations (one per instance per command) by document and outcome.
+    ssm_invocations: IntCounterVec,
+    /// Pre script done → post script done, per instance.
+    freeze_window: HistogramVec,
+    /// Snapshots of VSS or script policies by kind: app-consistent, or a crash-consistent fallback.
+    app_consistent: IntCounterVec,
     freshness: Mutex<HashMap<(String, String, String), Freshness>>,
 }
 
@@ -190,6 +196,31 @@ impl Metrics {
                 "HTTP connections refused, by reason: connection-cap (closed at once, not queued) or accept-error",
                 &["reason"],
             ),
+            ssm_invocations: counter(
+                &registry,
+                "ssm_invocations_total",
+                "SSM Run Command invocations (one per instance per command) by document and outcome",
+                &["policy", "document", "outcome"],
+            ),
+            freeze_window: {
+                let h = HistogramVec::new(
+                    HistogramOpts::new(
+                        "snapwarden_freeze_window_seconds",
+                        "Per instance, from its pre script done to its post script done: how long it was held still",
+                    )
+                    .buckets(vec![1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0]),
+                    &["policy"],
+                )
+                .expect("valid histogram");
+                registry.register(Box::new(h.clone())).expect("unique metric");
+                h
+            },
+            app_consistent: counter(
+                &registry,
+                "app_consistent_snapshots_total",
+                "Snapshots of VSS or script policies by kind: app-consistent, or fallback (crash-consistent)",
+                &["policy", "kind"],
+            ),
             freshness: Mutex::new(HashMap::new()),
             registry,
         };
@@ -218,6 +249,14 @@ impl Metrics {
                 self.orphaned.with_label_values(&[&p.name, r]);
                 self.snapshots_incomplete.with_label_values(&[&p.name, r]);
                 self.managed_snapshots.with_label_values(&[&p.name, r]);
+            }
+            if p.vss.is_some() || p.scripts.is_some() {
+                for kind in ["app-consistent", "fallback"] {
+                    self.app_consistent.with_label_values(&[&p.name, kind]);
+                }
+            }
+            if p.scripts.as_ref().is_some_and(|s| s.post.is_some()) {
+                self.freeze_window.with_label_values(&[&p.name]);
             }
             for s in &p.schedules {
                 let (pn, sn) = (p.name.as_str(), s.name.as_str());
@@ -251,7 +290,12 @@ impl Metrics {
                 }
             }
         }
-        for op in Op::EC2.map(Op::name) {
+        let uses_ssm = config
+            .policies
+            .iter()
+            .any(|p| p.vss.is_some() || p.scripts.is_some());
+        let ssm = uses_ssm.then_some(Op::SSM).into_iter().flatten();
+        for op in Op::EC2.into_iter().chain(ssm).map(Op::name) {
             self.aws_requests.with_label_values(&[op, "ok"]);
             self.aws_throttles.with_label_values(&[op]);
         }
@@ -501,6 +545,29 @@ impl Metrics {
     /// A SIGHUP reload: `applied`, `invalid` or `needs-restart`.
     pub(crate) fn config_reload(&self, outcome: &str) {
         self.config_reloads.with_label_values(&[outcome]).inc();
+    }
+
+    /// One instance's invocation of `document` ended with `outcome` (`ssm::batch::Ran::outcome`).
+    pub(crate) fn ssm_invocation(&self, policy: &str, document: &str, outcome: &str) {
+        self.ssm_invocations
+            .with_label_values(&[policy, document, outcome])
+            .inc();
+    }
+
+    pub(crate) fn froze(&self, policy: &str, window: std::time::Duration) {
+        self.freeze_window
+            .with_label_values(&[policy])
+            .observe(window.as_secs_f64());
+    }
+
+    /// A snapshot of a VSS or script policy made: `consistent` or a fallback.
+    pub(crate) fn app_snapshot(&self, policy: &str, consistent: bool) {
+        let kind = if consistent {
+            "app-consistent"
+        } else {
+            "fallback"
+        };
+        self.app_consistent.with_label_values(&[policy, kind]).inc();
     }
 
     /// An HTTP connection closed at once: `connection-cap` or `accept-error`.

@@ -37,6 +37,8 @@ pub struct Evaluation {
     /// The snapshots the plan judged (slot at or before `at`): where rows take state and schedules from.
     pub(crate) snapshots: Vec<Snap>,
     pub(crate) plan: Plan,
+    /// The policy takes application-consistent snapshots (VSS or scripts): its rows say which are.
+    pub(crate) app: bool,
 }
 
 /// A plan over a deletion cap, with where it happened: nothing of that policy in that region would be deleted.
@@ -78,6 +80,10 @@ pub(crate) struct Row {
     pub(crate) labels: Vec<&'static str>,
     /// Set when a deletion cap blocked this policy's plan in this region.
     pub(crate) cap_hit: Option<CapVerdict>,
+    /// Under a policy with VSS or scripts: whether the snapshot is application-consistent (its
+    /// `snapwarden:app-consistent` tag), or a crash-consistent fallback. Absent for other policies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) app_consistent: Option<bool>,
 }
 
 /// One config's rows and cap verdicts, at one point in time.
@@ -137,6 +143,7 @@ pub fn report(evaluations: &[Evaluation], at: DateTime<Utc>) -> Report {
                 reasons: d.reasons.iter().map(ToString::to_string).collect(),
                 labels: d.reasons.iter().map(|r| r.as_str()).collect(),
                 cap_hit: cap.clone(),
+                app_consistent: snap.filter(|_| e.app).map(|s| s.app_consistent),
             });
         }
         caps.extend(cap);
@@ -171,6 +178,8 @@ pub(crate) struct Totals {
     pub(crate) schedules: BTreeMap<(String, String), Tally>,
     /// (policy, region, volume id)
     pub(crate) volumes: BTreeMap<(String, String, String), Tally>,
+    /// Per policy with VSS or scripts: (application-consistent, fallback) snapshots.
+    pub(crate) consistency: BTreeMap<String, (usize, usize)>,
 }
 
 pub(crate) fn totals(rows: &[Row]) -> Totals {
@@ -197,6 +206,14 @@ pub(crate) fn totals(rows: &[Row]) -> Totals {
             .entry((r.policy.clone(), r.region.clone(), r.volume_id.clone()))
             .or_default()
             .add(r.action);
+        if let Some(consistent) = r.app_consistent {
+            let c = t.consistency.entry(r.policy.clone()).or_default();
+            if consistent {
+                c.0 += 1;
+            } else {
+                c.1 += 1;
+            }
+        }
     }
     t
 }
@@ -441,6 +458,12 @@ fn render_totals(t: &Totals) -> String {
         t.all.keep,
         t.all.delete
     );
+    for (p, (consistent, fallback)) in &t.consistency {
+        let _ = writeln!(
+            out,
+            "policy {p}: {consistent} application-consistent, {fallback} crash-consistent fallback"
+        );
+    }
     out
 }
 
@@ -620,6 +643,7 @@ async fn evaluate(
         region: region.ec2.region().to_string(),
         snapshots: survey.snapshots.clone(),
         plan,
+        app: policy.vss.is_some() || policy.scripts.is_some(),
     };
     Ok((e, survey.snapshots))
 }
@@ -686,10 +710,60 @@ mod tests {
             region: region.into(),
             snapshots,
             plan,
+            app: false,
         }
     }
 
     const AT: &str = "2026-01-10T12:00:00Z";
+
+    #[test]
+    fn a_policy_with_vss_or_scripts_counts_consistent_and_fallback_snapshots() {
+        let mut snaps = history();
+        for s in snaps.iter_mut().skip(1) {
+            s.app_consistent = true;
+        }
+        let mut app = evaluation(
+            "app",
+            "r-1",
+            snaps,
+            &[("daily", 9)],
+            Caps::default(),
+            &["vol-a"],
+        );
+        app.app = true;
+        let plain = evaluation(
+            "prod",
+            "r-1",
+            history(),
+            &[("daily", 9)],
+            Caps::default(),
+            &["vol-a"],
+        );
+        let r = report(&[app, plain], t(AT));
+        let json = serde_json::to_value(&r.rows).unwrap();
+        let flags: Vec<Option<bool>> = json
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|row| {
+                row.get("app_consistent")
+                    .and_then(serde_json::Value::as_bool)
+            })
+            .collect();
+        assert_eq!(flags.iter().filter(|f| **f == Some(true)).count(), 4);
+        assert_eq!(flags.iter().filter(|f| **f == Some(false)).count(), 1);
+        assert_eq!(
+            flags.iter().filter(|f| f.is_none()).count(),
+            5,
+            "other policies' rows do not say"
+        );
+        let table = render_table(&r);
+        assert!(
+            table.contains("policy app: 4 application-consistent, 1 crash-consistent fallback"),
+            "{table}"
+        );
+        assert!(!table.contains("policy prod:"), "{table}");
+    }
 
     /// vol-a: four daily snapshots, the Monday one also weekly; vol-b: one snapshot, no longer targeted.
     fn history() -> Vec<Snap> {

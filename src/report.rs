@@ -51,7 +51,9 @@ pub struct Problem {
     /// or `complete` (a snapshot still pending at the completion deadline, or an earlier slot's that ended in
     /// error: partial, not a failed volume; this slot's errored snapshot is a `create` problem), or `retention` (a
     /// deletion cap held the plan back, or it set snapshots aside for a person to look at: codes `deletion-cap`,
-    /// `future-slot`, `unplaced-copy`; partial).
+    /// `future-slot`, `unplaced-copy`; partial), or `pre` / `vss` (an instance's pre script or VSS command failed and
+    /// it fell back to a crash-consistent snapshot: partial; with `on-failure = "skip"` its volumes are `create`
+    /// problems instead), or `post` (the post script failed: partial, the snapshot stands).
     pub operation: &'static str,
     /// AWS error code, or a bounded label such as `bad-count-tag`.
     pub code: String,
@@ -99,6 +101,10 @@ pub struct RunReport {
     pub pending: usize,
     pub deleted: usize,
     pub kept: usize,
+    /// Of `created`, under a policy with VSS or scripts: snapshots taken application-consistent, and
+    /// crash-consistent fallbacks (`on-failure = "crash-consistent"`). Both 0 for other policies.
+    pub app_consistent: usize,
+    pub fallback: usize,
     /// Deletions refused because the snapshot backs an AMI: reported, never a failure.
     pub kept_in_use: usize,
     /// Set when the run could not look at the region at all (describe failed): nothing was created or deleted.
@@ -133,6 +139,8 @@ impl RunReport {
             pending: 0,
             deleted: 0,
             kept: 0,
+            app_consistent: 0,
+            fallback: 0,
             kept_in_use: 0,
             fatal: None,
             problems: Vec::new(),

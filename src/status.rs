@@ -27,9 +27,19 @@ pub struct LastRun {
     pub(crate) failed: usize,
     pub(crate) deleted: usize,
     pub(crate) kept: usize,
+    /// Of `created`, for VSS and script policies: application-consistent snapshots and crash-consistent
+    /// fallbacks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) app_consistent: Option<AppConsistent>,
     /// What ended the run before its end, when something did: the region could not be read, or the run
     /// panicked (code `panic`, the panic's message).
     pub(crate) error: Option<Problem>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub(crate) struct AppConsistent {
+    pub(crate) consistent: usize,
+    pub(crate) fallback: usize,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -182,6 +192,12 @@ impl StatusBoard {
             failed: report.failed_volumes(),
             deleted: report.deleted,
             kept: report.kept,
+            app_consistent: (report.app_consistent + report.fallback > 0).then_some(
+                AppConsistent {
+                    consistent: report.app_consistent,
+                    fallback: report.fallback,
+                },
+            ),
             error: report.fatal.clone(),
         };
         for s in &report.schedules {

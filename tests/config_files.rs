@@ -87,6 +87,8 @@ fn every_shipped_config_file_validates() {
         "tag-driven-counts.toml",
         "volume-generations.toml",
         "daily-quarterly-annual.toml",
+        "windows-vss.toml",
+        "linux-fsfreeze.toml",
     ] {
         assert!(
             names.iter().any(|n| n == expected),
@@ -213,10 +215,16 @@ fn commented_out_settings_in_the_example_validate_when_switched_on() {
             }
         })
         .collect();
-    // count-tag replaces keep.last, so the two cannot both be on in the first schedule.
+    // count-tag replaces keep.last, so the two cannot both be on in the first schedule; [policy.vss] needs
+    // consistency = "vss".
     let on = lines
         .join("\n")
-        .replacen("keep = { last = 7 }", "keep = { within = \"7d\" }", 1);
+        .replacen("keep = { last = 7 }", "keep = { within = \"7d\" }", 1)
+        .replacen(
+            "\nconsistency = \"instance\"\n",
+            "\nconsistency = \"vss\"\n",
+            1,
+        );
     assert!(
         switched_on >= 10,
         "only {switched_on} commented settings found"
@@ -230,6 +238,8 @@ fn commented_out_settings_in_the_example_validate_when_switched_on() {
         config.policies[0].schedules[0].count_tag.as_deref(),
         Some("SnapshotDaily")
     );
+    assert!(format!("{:?}", config.policies[0]).contains("vss: Some(Vss"));
+    assert!(format!("{:?}", config.policies[0]).contains("post: Some(Script"));
 }
 
 #[test]

@@ -141,6 +141,7 @@ fn regions(fake: &Arc<FakeEc2>) -> Vec<Arc<Region>> {
     vec![Arc::new(Region {
         ec2,
         account_id: FAKE_ACCOUNT.into(),
+        ssm: None,
     })]
 }
 

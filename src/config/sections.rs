@@ -16,7 +16,8 @@ use figment::value::{Dict, Value};
 use super::tree::{Collector, Field, KeyPath, Table};
 use super::{
     AwsConfig, Config, Consistency, DaemonConfig, LogConfig, LogFileConfig, LogFormat,
-    NotifyConfig, Policy, ResourceKind, Rotation, Schedule, SnsConfig, Target,
+    NotifyConfig, OnFailure, Policy, ResourceKind, Rotation, Schedule, Script, Scripts, SnsConfig,
+    Target, Vss, DEFAULT_SCRIPT_TIMEOUT, DEFAULT_VSS_TIMEOUT, MAX_SCRIPT_RETRIES,
 };
 use crate::retention::{Caps, Count, KeepRules, OrphanPolicy, Period};
 use crate::schedule::Cron;
@@ -741,7 +742,13 @@ fn policy(
 
     let orphans = t.get("orphans").and_then(|f| orphans(cx, &f));
     let caps = caps(cx, t);
-    let consistency = consistency(cx, t, target.as_ref().map(|(t, _)| t.resource));
+    let resource = target.as_ref().map(|(t, _)| t.resource);
+    let consistency = consistency(cx, t, resource);
+    let vss = vss(cx, t, consistency);
+    let scripts = scripts(cx, t, resource);
+    if let Some(schedules) = &schedules {
+        app_consistent_only(cx, t, schedules, &schedules_path);
+    }
 
     Some(Policy {
         name: name?,
@@ -751,13 +758,14 @@ fn policy(
         orphans: orphans.unwrap_or_default(),
         caps: caps?,
         consistency: consistency?,
-        vss: None,
-        scripts: None,
+        vss: vss?,
+        scripts: scripts?,
     })
 }
 
-/// `consistency`: "instance" (default for instance targets) or "volume". A volume target has no instance to be
-/// consistent across, so "instance" there is a mistake worth reporting. `None` when invalid (reported).
+/// `consistency`: "instance" (default for instance targets), "volume" or "vss". A volume target has no instance to be
+/// consistent across and no instance to run VSS on, so "instance" and "vss" there are mistakes worth reporting.
+/// `None` when invalid (reported).
 fn consistency(
     cx: &mut Collector<'_>,
     t: &mut Table<'_>,
@@ -775,8 +783,19 @@ fn consistency(
         &[
             ("instance", Consistency::Instance),
             ("volume", Consistency::Volume),
+            ("vss", Consistency::Vss),
         ],
     )?;
+    if value == Consistency::Vss && resource == Some(ResourceKind::Volume) {
+        cx.problem(
+            &f,
+            "consistency = \"vss\" needs an instance target (the instance snapshots its own volumes through SSM), \
+             but this policy targets volumes",
+            "set [policy.target] resource = \"instance\" and tag the instances, or remove consistency (volume \
+             targets are snapshotted one volume at a time, crash-consistent)",
+        );
+        return None;
+    }
     if value == Consistency::Instance && resource == Some(ResourceKind::Volume) {
         cx.problem(
             &f,
@@ -787,6 +806,366 @@ fn consistency(
         return None;
     }
     Some(value)
+}
+
+/// `[policy.vss]`: read whenever present (so its own mistakes are reported), used only with `consistency = "vss"`,
+/// which gets every default when the table is absent. `None` when invalid (reported), `Some(None)` when the
+/// policy does not use VSS.
+fn vss(
+    cx: &mut Collector<'_>,
+    t: &mut Table<'_>,
+    consistency: Option<Consistency>,
+) -> Option<Option<Vss>> {
+    let mut vss = Vss {
+        exclude_boot_volume: false,
+        copy_only: false,
+        no_writers: false,
+        timeout: DEFAULT_VSS_TIMEOUT,
+        on_failure: OnFailure::default(),
+    };
+    let field = t.get("vss");
+    let mut valid = true;
+    if let Some(f) = &field {
+        let mut table = cx.table(f, "[policy.vss] with timeout = \"10m\"")?;
+        for (key, slot) in [
+            ("exclude-boot-volume", &mut vss.exclude_boot_volume),
+            ("copy-only", &mut vss.copy_only),
+            ("no-writers", &mut vss.no_writers),
+        ] {
+            if let Some(f) = table.get(key) {
+                match cx.bool(&f, &format!("{key} = true")) {
+                    Some(b) => *slot = b,
+                    None => valid = false,
+                }
+            }
+        }
+        if let Some(f) = table.get("timeout") {
+            match duration_between(cx, &f, VSS_TIMEOUTS, "timeout = \"10m\"") {
+                Some(d) => vss.timeout = d,
+                None => valid = false,
+            }
+        }
+        match on_failure(cx, &mut table) {
+            Some(o) => vss.on_failure = o,
+            None => valid = false,
+        }
+        table.finish(cx);
+    }
+    match (consistency?, field) {
+        (Consistency::Vss, _) => valid.then_some(Some(vss)),
+        (_, None) => Some(None),
+        // Settings that silently do nothing are the mistake strict validation exists to catch.
+        (_, Some(f)) => {
+            cx.problem(
+                &f,
+                "[policy.vss] is set, but the policy's consistency is not \"vss\", so nothing would use it",
+                "add consistency = \"vss\" to the policy (Windows instances with the SSM agent and \
+                 AwsVssComponents), or remove [policy.vss]",
+            );
+            None
+        }
+    }
+}
+
+/// The VSS command's timeout: a VSS freeze is bounded by Windows at seconds, but the document installs nothing and
+/// snapshots every volume, so less than a minute fails healthy instances; beyond two hours the schedule's next
+/// fire is usually due.
+const VSS_TIMEOUTS: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(60)..=Duration::from_secs(2 * 3600);
+/// A script's timeout, delivery included: SSM rarely delivers within a few seconds, and a freeze held longer than
+/// an hour is an outage, not a backup.
+const SCRIPT_TIMEOUTS: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(10)..=Duration::from_secs(3600);
+
+/// `on-failure` of `[policy.vss]` or `[policy.scripts]`; the default when absent, `None` when invalid (reported).
+fn on_failure(cx: &mut Collector<'_>, t: &mut Table<'_>) -> Option<OnFailure> {
+    let Some(f) = t.get("on-failure") else {
+        return Some(OnFailure::default());
+    };
+    cx.choice(
+        &f,
+        &[
+            ("crash-consistent", OnFailure::CrashConsistent),
+            ("skip", OnFailure::Skip),
+        ],
+    )
+}
+
+/// A duration within `range`, both ends included; `None` when invalid (reported).
+fn duration_between(
+    cx: &mut Collector<'_>,
+    f: &Field<'_>,
+    range: std::ops::RangeInclusive<Duration>,
+    example: &str,
+) -> Option<Duration> {
+    let d = cx.duration(f, false, example)?;
+    if range.contains(&d) {
+        return Some(d);
+    }
+    let human = |d: Duration| humantime::format_duration(d).to_string();
+    cx.problem(
+        f,
+        format!(
+            "{} is outside {} to {}",
+            human(d),
+            human(*range.start()),
+            human(*range.end())
+        ),
+        format!(
+            "write a duration from {} to {}, e.g. {example}",
+            human(*range.start()),
+            human(*range.end())
+        ),
+    );
+    None
+}
+
+/// `[policy.scripts]`: `None` when invalid (reported), `Some(None)` when absent.
+fn scripts(
+    cx: &mut Collector<'_>,
+    t: &mut Table<'_>,
+    resource: Option<ResourceKind>,
+) -> Option<Option<Scripts>> {
+    let Some(f) = t.get("scripts") else {
+        return Some(None);
+    };
+    let mut table = cx.table(
+        &f,
+        "[policy.scripts.pre] with document = \"snapwarden-fsfreeze\"",
+    )?;
+    let on_failure = on_failure(cx, &mut table);
+    let pre_field = table.get("pre");
+    let post_field = table.get("post");
+    let pre = pre_field.as_ref().map(|f| script(cx, f, "pre"));
+    let post = post_field.as_ref().map(|f| script(cx, f, "post"));
+    table.finish(cx);
+
+    let mut valid = true;
+    if resource == Some(ResourceKind::Volume) {
+        cx.problem(
+            &f,
+            "scripts run on an instance through SSM, but this policy targets volumes",
+            "set [policy.target] resource = \"instance\" and tag the instances, or remove [policy.scripts]",
+        );
+        valid = false;
+    }
+    match (&pre_field, &post_field) {
+        (None, None) => {
+            cx.problem(
+                &f,
+                "[policy.scripts] has neither a pre nor a post script",
+                "add [policy.scripts.pre] with document = \"snapwarden-fsfreeze\" (and [policy.scripts.post] with \
+                 document = \"snapwarden-thaw\"), or remove [policy.scripts]",
+            );
+            valid = false;
+        }
+        // Post runs wherever pre ran; without a pre there is nothing to undo and no instance it is known to be
+        // needed on.
+        (None, Some(post)) => {
+            cx.problem(
+                post,
+                "a post script without a pre script: post runs only where pre ran",
+                "add [policy.scripts.pre] (the freeze this script undoes), or rename [policy.scripts.post] to \
+                 [policy.scripts.pre] if it is meant to run before the snapshot",
+            );
+            valid = false;
+        }
+        (Some(_), _) => {}
+    }
+    let pre = pre??;
+    let post = match post {
+        None => None,
+        Some(post) => Some(post?),
+    };
+    valid.then_some(Some(Scripts {
+        pre,
+        post,
+        on_failure: on_failure?,
+    }))
+}
+
+/// One of `[policy.scripts.pre]` / `[policy.scripts.post]`; `None` when invalid (reported).
+fn script(cx: &mut Collector<'_>, f: &Field<'_>, stage: &str) -> Option<Script> {
+    let example = if stage == "pre" {
+        "[policy.scripts.pre] with document = \"snapwarden-fsfreeze\""
+    } else {
+        "[policy.scripts.post] with document = \"snapwarden-thaw\""
+    };
+    let mut t = cx.table(f, example)?;
+    let document = match t.get("document") {
+        None => {
+            cx.missing(
+                &t.path.key("document"),
+                "missing: the script names no SSM document to run",
+                format!(
+                    "add document = \"{}\" (the name of a document in the account, or its ARN)",
+                    if stage == "pre" {
+                        "snapwarden-fsfreeze"
+                    } else {
+                        "snapwarden-thaw"
+                    }
+                ),
+            );
+            None
+        }
+        Some(f) => cx
+            .string(&f, "document = \"snapwarden-fsfreeze\"")
+            .and_then(|d| match document_problem(&d) {
+                None => Some(d),
+                Some(why) => {
+                    cx.problem(
+                        &f,
+                        format!("`{d}` is not an SSM document name or ARN: {why}"),
+                        "write the document's name as `aws ssm list-documents` shows it (3 to 128 letters, \
+                         digits, `_`, `-`, `.`), e.g. document = \"snapwarden-fsfreeze\", or its ARN \
+                         \"arn:aws:ssm:REGION:ACCOUNT:document/NAME\"",
+                    );
+                    None
+                }
+            }),
+    };
+    let parameters = match t.get("parameters") {
+        None => Some(BTreeMap::new()),
+        Some(f) => parameters(cx, &f),
+    };
+    let timeout = match t.get("timeout") {
+        None => Some(DEFAULT_SCRIPT_TIMEOUT),
+        Some(f) => duration_between(cx, &f, SCRIPT_TIMEOUTS, "timeout = \"60s\""),
+    };
+    let retries = match t.get("retries") {
+        None => Some(0),
+        Some(f) => cx
+            .integer(&f, 0..=i64::from(MAX_SCRIPT_RETRIES), "retries = 1")
+            .map(|n| n as u32),
+    };
+    t.finish(cx);
+    Some(Script {
+        document: document?,
+        parameters: parameters?,
+        timeout: timeout?,
+        retries: retries?,
+    })
+}
+
+/// Why `document` is neither an SSM document name (`[a-zA-Z0-9_.-]{3,128}`) nor a document ARN
+/// (`arn:PARTITION:ssm:REGION:ACCOUNT:document/NAME`, ACCOUNT empty for AWS's own documents), if it is neither.
+fn document_problem(document: &str) -> Option<String> {
+    fn name_problem(name: &str) -> Option<String> {
+        let chars_ok = name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if (3..=128).contains(&name.len()) && chars_ok {
+            None
+        } else {
+            Some(format!(
+                "the name `{name}` must be 3 to 128 letters, digits, `_`, `-` or `.`"
+            ))
+        }
+    }
+    let Some(rest) = document.strip_prefix("arn:") else {
+        return name_problem(document);
+    };
+    let parts: Vec<&str> = rest.split(':').collect();
+    let [partition, service, region, account, resource] = parts[..] else {
+        return Some(format!(
+            "an ARN has 6 `:`-separated parts, this one {}",
+            parts.len() + 1
+        ));
+    };
+    if partition != "aws" && !partition.starts_with("aws-") {
+        return Some(format!(
+            "partition `{partition}` is not aws, aws-cn or aws-us-gov"
+        ));
+    }
+    if service != "ssm" {
+        return Some(format!("service `{service}` is not ssm"));
+    }
+    if !is_region(region) {
+        return Some(format!("region part `{region}` is not a region code"));
+    }
+    if !account.is_empty() && (account.len() != 12 || !account.chars().all(|c| c.is_ascii_digit()))
+    {
+        return Some(format!(
+            "account part `{account}` is neither empty (AWS's own documents) nor a 12-digit account id"
+        ));
+    }
+    match resource.strip_prefix("document/") {
+        Some(name) => name_problem(name),
+        None => Some(format!("resource `{resource}` is not document/NAME")),
+    }
+}
+
+/// A script's `parameters`: each value a string or a list of strings (SSM takes a list per parameter; a string is a
+/// list of one). Names are the document's, so they are data, not keys to check. `None` when invalid (reported).
+fn parameters(cx: &mut Collector<'_>, f: &Field<'_>) -> Option<BTreeMap<String, Vec<String>>> {
+    let table = cx.table(
+        f,
+        "parameters = { MountPoints = \"/data\", AutoThawSeconds = \"60\" }",
+    )?;
+    let mut out = BTreeMap::new();
+    let mut valid = true;
+    for entry in table.entries() {
+        let name = entry.path.raw().last().cloned().unwrap_or_default();
+        let example = |value: &Value| match value {
+            Value::Num(..) | Value::Bool(..) => {
+                format!("the value in quotes, e.g. {name} = \"60\" (SSM parameters are strings)")
+            }
+            _ => format!("{name} = \"value\", or {name} = [\"one\", \"two\"]"),
+        };
+        let values = match entry.value {
+            Value::Array(_, items) => items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| {
+                    let field = Field {
+                        path: entry.path.item(i, None),
+                        value: item,
+                    };
+                    cx.string(&field, &example(item))
+                })
+                .collect::<Option<Vec<String>>>(),
+            _ => cx.string(&entry, &example(entry.value)).map(|s| vec![s]),
+        };
+        match values {
+            Some(values) => {
+                out.insert(name, values);
+            }
+            None => valid = false,
+        }
+    }
+    // Keys of the parameters table are the document's parameter names, so there is no unknown-key check.
+    valid.then_some(out)
+}
+
+/// `app-consistent-only` counts only snapshots tagged app-consistent; a policy that can make none would keep
+/// nothing by such a rule, ever. Judged on what was written (`consistency = "vss"`, a scripts table), so a typo
+/// in those, already reported, is not reported again here.
+fn app_consistent_only(
+    cx: &mut Collector<'_>,
+    t: &mut Table<'_>,
+    schedules: &[Schedule],
+    schedules_path: &KeyPath,
+) {
+    let vss_written = t
+        .get("consistency")
+        .is_some_and(|f| matches!(f.value, Value::String(_, s) if s == "vss"));
+    if vss_written || t.get("scripts").is_some() {
+        return;
+    }
+    for (i, s) in schedules.iter().enumerate() {
+        if s.keep.app_consistent_only {
+            cx.missing(
+                &schedules_path
+                    .item(i, Some(&s.name))
+                    .key("keep")
+                    .key("app-consistent-only"),
+                "app-consistent-only counts only application-consistent snapshots, but this policy takes none \
+                 (it has neither consistency = \"vss\" nor a pre script), so the rule would never keep one",
+                "add consistency = \"vss\" (Windows) or a [policy.scripts.pre] script (e.g. document = \
+                 \"snapwarden-fsfreeze\") to the policy, or remove app-consistent-only",
+            );
+        }
+    }
 }
 
 const ORPHANS_EXAMPLE: &str =
@@ -1005,7 +1384,16 @@ fn schedule(cx: &mut Collector<'_>, t: &mut Table<'_>, name: Option<String>) -> 
     });
 
     if let Some(rules) = &keep {
-        if rules.is_empty() && count_tag.is_none() {
+        // It qualifies the rules next to it (a count tag is one); alone it would read as a rule that keeps the
+        // app-consistent snapshots, and keep none.
+        if rules.is_empty() && count_tag.is_none() && rules.app_consistent_only {
+            cx.missing(
+                &t.path.key("keep").key("app-consistent-only"),
+                "app-consistent-only is the only key of keep: it says which snapshots the other rules count, and \
+                 there is no other rule",
+                "add the rule it qualifies, e.g. keep = { daily = 7, app-consistent-only = true }",
+            );
+        } else if rules.is_empty() && count_tag.is_none() {
             let message = "no keep rule: nothing says how many snapshots to keep";
             let fix = "add keep = { last = 7 } (count), keep = { daily = 7, weekly = 4, monthly = 12 } (calendar), \
                        keep = { within = \"7d\" } (age), keep = { all = true } (never prune), or count-tag = \
@@ -1060,6 +1448,12 @@ fn keep(cx: &mut Collector<'_>, t: &mut Table<'_>) -> Option<KeepRules> {
     if let Some(f) = t.get("all") {
         match cx.bool(&f, "keep = { all = true }") {
             Some(all) => rules.all = all,
+            None => valid = false,
+        }
+    }
+    if let Some(f) = t.get("app-consistent-only") {
+        match cx.bool(&f, "keep = { daily = 7, app-consistent-only = true }") {
+            Some(only) => rules.app_consistent_only = only,
             None => valid = false,
         }
     }
@@ -1179,6 +1573,46 @@ mod tests {
             ("urn:aws:sns:eu-west-1:123456789012:t", "arn:"),
         ] {
             let err = parse_topic_arn(bad).unwrap_err();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn ssm_document_names_and_arns() {
+        for good in [
+            "snapwarden-fsfreeze",
+            "AWS-RunShellScript",
+            "a.b_c",
+            &"x".repeat(128),
+            "arn:aws:ssm:eu-west-1:123456789012:document/snapwarden-thaw",
+            "arn:aws:ssm:us-east-1::document/AWSEC2-CreateVssSnapshot",
+            "arn:aws-us-gov:ssm:us-gov-west-1:123456789012:document/freeze",
+        ] {
+            assert_eq!(document_problem(good), None, "{good}");
+        }
+        for (bad, why) in [
+            ("ab", "3 to 128"),
+            (&"x".repeat(129), "3 to 128"),
+            ("my freeze", "3 to 128"),
+            ("freeze/now", "3 to 128"),
+            ("arn:aws:ssm:eu-west-1:123456789012:freeze", "document/NAME"),
+            ("arn:aws:ssm:eu-west-1:123456789012:document/a", "3 to 128"),
+            (
+                "arn:aws:ssm:eu-west-1:document/freeze",
+                "6 `:`-separated parts",
+            ),
+            (
+                "arn:aws:sns:eu-west-1:123456789012:document/freeze",
+                "service",
+            ),
+            (
+                "arn:gcp:ssm:eu-west-1:123456789012:document/freeze",
+                "partition",
+            ),
+            ("arn:aws:ssm:europe:123456789012:document/freeze", "region"),
+            ("arn:aws:ssm:eu-west-1:12345:document/freeze", "12-digit"),
+        ] {
+            let err = document_problem(bad).unwrap_or_else(|| panic!("{bad} accepted"));
             assert!(err.contains(why), "{bad}: {err}");
         }
     }

@@ -1201,3 +1201,529 @@ fn the_notifier_window_is_the_topics_else_the_default() {
         Duration::from_secs(2 * 3600)
     );
 }
+
+/// MINIMAL with `keys` added to the policy and `tables` (`[policy.vss]`, …) before its schedule.
+fn policy_with(keys: &str, tables: &str) -> String {
+    let toml = MINIMAL
+        .replace("name = \"prod\"", &format!("name = \"prod\"\n{keys}"))
+        .replace(
+            "[[policy.schedule]]",
+            &format!("{tables}\n[[policy.schedule]]"),
+        );
+    assert_ne!(toml, MINIMAL);
+    toml
+}
+
+/// The same, with the policy targeting volumes.
+fn volume_policy_with(keys: &str, tables: &str) -> String {
+    policy_with(keys, tables).replace(
+        "[policy.target]\n",
+        "[policy.target]\nresource = \"volume\"\n",
+    )
+}
+
+#[test]
+fn vss_without_its_table_gets_every_default() {
+    let c = parse(&policy_with("consistency = \"vss\"", "")).unwrap();
+    let p = &c.policies[0];
+    assert_eq!(p.consistency, Consistency::Vss);
+    assert_eq!(
+        p.vss,
+        Some(Vss {
+            exclude_boot_volume: false,
+            copy_only: false,
+            no_writers: false,
+            timeout: DEFAULT_VSS_TIMEOUT,
+            on_failure: OnFailure::CrashConsistent,
+        })
+    );
+    assert_eq!(p.scripts, None);
+    // Without consistency = "vss" there is no VSS at all.
+    let plain = parse(MINIMAL).unwrap();
+    assert_eq!(
+        (
+            plain.policies[0].vss.as_ref(),
+            plain.policies[0].scripts.as_ref()
+        ),
+        (None, None)
+    );
+}
+
+#[test]
+fn every_vss_and_script_key_is_read() {
+    let c = parse(&policy_with(
+        "consistency = \"vss\"",
+        r#"
+[policy.vss]
+exclude-boot-volume = true
+copy-only = true
+no-writers = true
+timeout = "2h"
+on-failure = "skip"
+
+[policy.scripts]
+on-failure = "skip"
+[policy.scripts.pre]
+document = "snapwarden-fsfreeze"
+parameters = { MountPoints = "/data /var/lib/postgresql", AutoThawSeconds = "60", Flags = ["-a", "-b"] }
+timeout = "10s"
+retries = 3
+[policy.scripts.post]
+document = "arn:aws:ssm:eu-west-1:123456789012:document/snapwarden-thaw"
+timeout = "1h"
+"#,
+    ))
+    .unwrap();
+    let p = &c.policies[0];
+    assert_eq!(
+        p.vss,
+        Some(Vss {
+            exclude_boot_volume: true,
+            copy_only: true,
+            no_writers: true,
+            timeout: Duration::from_secs(2 * 3600),
+            on_failure: OnFailure::Skip,
+        })
+    );
+    let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        p.scripts,
+        Some(Scripts {
+            pre: Script {
+                document: "snapwarden-fsfreeze".into(),
+                parameters: BTreeMap::from([
+                    ("AutoThawSeconds".to_string(), strings(&["60"])),
+                    ("Flags".to_string(), strings(&["-a", "-b"])),
+                    (
+                        "MountPoints".to_string(),
+                        strings(&["/data /var/lib/postgresql"])
+                    ),
+                ]),
+                timeout: Duration::from_secs(10),
+                retries: MAX_SCRIPT_RETRIES,
+            },
+            post: Some(Script {
+                document: "arn:aws:ssm:eu-west-1:123456789012:document/snapwarden-thaw".into(),
+                parameters: BTreeMap::new(),
+                timeout: Duration::from_secs(3600),
+                retries: 0,
+            }),
+            on_failure: OnFailure::Skip,
+        })
+    );
+}
+
+#[test]
+fn a_pre_script_alone_gets_the_defaults_on_any_instance_consistency() {
+    for consistency in ["", "consistency = \"instance\"", "consistency = \"volume\""] {
+        let c = parse(&policy_with(
+            consistency,
+            "[policy.scripts.pre]\ndocument = \"AWS-RunShellScript\"",
+        ))
+        .unwrap_or_else(|e| panic!("{consistency}: {e}"));
+        let scripts = c.policies[0].scripts.clone().unwrap();
+        assert_eq!(scripts.on_failure, OnFailure::CrashConsistent);
+        assert_eq!(scripts.post, None);
+        assert_eq!(scripts.pre.timeout, DEFAULT_SCRIPT_TIMEOUT);
+        assert_eq!(scripts.pre.retries, 0);
+        assert!(scripts.pre.parameters.is_empty());
+        assert_eq!(c.policies[0].vss, None);
+    }
+}
+
+/// Each bad line: (policy keys, tables, volume target, key of the problem, in the message, in the fix).
+#[test]
+fn vss_and_script_problems_name_the_key_and_the_fix() {
+    let vss = "consistency = \"vss\"";
+    let pre = "[policy.scripts.pre]\ndocument = \"snapwarden-fsfreeze\"\n";
+    let cases: &[(&str, &str, bool, &str, &str, &str)] = &[
+        (
+            vss,
+            "",
+            true,
+            "policy[prod].consistency",
+            "needs an instance target",
+            "resource = \"instance\"",
+        ),
+        (
+            "",
+            "[policy.vss]\ncopy-only = true",
+            false,
+            "policy[prod].vss",
+            "not \"vss\"",
+            "add consistency = \"vss\"",
+        ),
+        (
+            "consistency = \"instance\"",
+            "[policy.vss]",
+            false,
+            "policy[prod].vss",
+            "not \"vss\"",
+            "or remove [policy.vss]",
+        ),
+        (
+            vss,
+            "[policy.vss]\ntimeout = \"30s\"",
+            false,
+            "policy[prod].vss.timeout",
+            "30s is outside 1m to 2h",
+            "from 1m to 2h",
+        ),
+        (
+            vss,
+            "[policy.vss]\ntimeout = \"3h\"",
+            false,
+            "policy[prod].vss.timeout",
+            "outside",
+            "timeout = \"10m\"",
+        ),
+        (
+            vss,
+            "[policy.vss]\ntimeout = 600",
+            false,
+            "policy[prod].vss.timeout",
+            "bare number",
+            "\"600s\"",
+        ),
+        (
+            vss,
+            "[policy.vss]\non-failure = \"retry\"",
+            false,
+            "policy[prod].vss.on-failure",
+            "is not one of",
+            "\"crash-consistent\" | \"skip\"",
+        ),
+        (
+            vss,
+            "[policy.vss]\ncopy-only = \"yes\"",
+            false,
+            "policy[prod].vss.copy-only",
+            "true or false",
+            "copy-only = true",
+        ),
+        (
+            vss,
+            "[policy.vss]\nexclude_boot_volume = true",
+            false,
+            "policy[prod].vss.exclude_boot_volume",
+            "unknown key",
+            "did you mean `exclude-boot-volume`",
+        ),
+        (
+            "consistency = \"vss\"\nvss = true",
+            "",
+            false,
+            "policy[prod].vss",
+            "expected a table",
+            "[policy.vss]",
+        ),
+        (
+            "",
+            pre,
+            true,
+            "policy[prod].scripts",
+            "targets volumes",
+            "remove [policy.scripts]",
+        ),
+        (
+            "",
+            "[policy.scripts]\non-failure = \"skip\"",
+            false,
+            "policy[prod].scripts",
+            "neither a pre nor a post",
+            "add [policy.scripts.pre]",
+        ),
+        (
+            "",
+            "[policy.scripts.post]\ndocument = \"snapwarden-thaw\"",
+            false,
+            "policy[prod].scripts.post",
+            "without a pre script",
+            "rename [policy.scripts.post] to [policy.scripts.pre]",
+        ),
+        (
+            "",
+            "[policy.scripts.pre]\ntimeout = \"1m\"",
+            false,
+            "policy[prod].scripts.pre.document",
+            "missing",
+            "document = \"snapwarden-fsfreeze\"",
+        ),
+        (
+            "",
+            "[policy.scripts.pre]\ndocument = \"fs\"",
+            false,
+            "policy[prod].scripts.pre.document",
+            "3 to 128",
+            "aws ssm list-documents",
+        ),
+        (
+            "",
+            "[policy.scripts.pre]\ndocument = \"my freeze\"",
+            false,
+            "policy[prod].scripts.pre.document",
+            "not an SSM document",
+            "snapwarden-fsfreeze",
+        ),
+        (
+            "",
+            "[policy.scripts.pre]\ndocument = \"arn:aws:ec2:eu-west-1:123456789012:document/x-y\"",
+            false,
+            "policy[prod].scripts.pre.document",
+            "service `ec2`",
+            "document/NAME",
+        ),
+        (
+            "",
+            "[policy.scripts.pre]\ndocument = \"arn:aws:ssm:eu-west-1:1234:document/freeze\"",
+            false,
+            "policy[prod].scripts.pre.document",
+            "12-digit",
+            "ARN",
+        ),
+        (
+            "",
+            &format!("{pre}parameters = {{ AutoThawSeconds = 60 }}"),
+            false,
+            "policy[prod].scripts.pre.parameters.AutoThawSeconds",
+            "expected a string",
+            "AutoThawSeconds = \"60\"",
+        ),
+        (
+            "",
+            &format!("{pre}parameters = {{ MountPoints = [\"/data\", 2] }}"),
+            false,
+            "policy[prod].scripts.pre.parameters.MountPoints[#2]",
+            "expected a string",
+            "quotes",
+        ),
+        (
+            "",
+            &format!("{pre}parameters = \"MountPoints=/data\""),
+            false,
+            "policy[prod].scripts.pre.parameters",
+            "expected a table",
+            "MountPoints = \"/data\"",
+        ),
+        (
+            "",
+            &format!("{pre}timeout = \"5s\""),
+            false,
+            "policy[prod].scripts.pre.timeout",
+            "5s is outside 10s to 1h",
+            "from 10s to 1h",
+        ),
+        (
+            "",
+            &format!("{pre}timeout = \"2h\""),
+            false,
+            "policy[prod].scripts.pre.timeout",
+            "outside",
+            "timeout = \"60s\"",
+        ),
+        (
+            "",
+            &format!("{pre}retries = 4"),
+            false,
+            "policy[prod].scripts.pre.retries",
+            "out of range",
+            "from 0 to 3",
+        ),
+        (
+            "",
+            &format!("{pre}retries = -1"),
+            false,
+            "policy[prod].scripts.pre.retries",
+            "out of range",
+            "from 0 to 3",
+        ),
+        (
+            "",
+            &format!("{pre}params = {{}}"),
+            false,
+            "policy[prod].scripts.pre.params",
+            "unknown key",
+            "did you mean `parameters`",
+        ),
+        (
+            "",
+            &format!("[policy.scripts]\nonfailure = \"skip\"\n{pre}"),
+            false,
+            "policy[prod].scripts.onfailure",
+            "unknown key",
+            "did you mean `on-failure`",
+        ),
+        (
+            "",
+            &format!("[policy.scripts]\non-failure = \"crash\"\n{pre}"),
+            false,
+            "policy[prod].scripts.on-failure",
+            "is not one of",
+            "\"skip\"",
+        ),
+    ];
+    for &(keys, tables, volume, key, message, fix) in cases {
+        let toml = if volume {
+            volume_policy_with(keys, tables)
+        } else {
+            policy_with(keys, tables)
+        };
+        let p = only_problem(&toml, key);
+        assert!(p.message.contains(message), "{keys} {tables}: {p:?}");
+        assert!(p.fix.contains(fix), "{keys} {tables}: {p:?}");
+    }
+}
+
+#[test]
+fn app_consistent_only_qualifies_the_rules_of_a_policy_that_takes_app_consistent_snapshots() {
+    let keep = "keep = { daily = 7, app-consistent-only = true }";
+    let with_keep = |toml: String| toml.replace("keep = { last = 7 }", keep);
+    // Accepted with VSS and with a pre script.
+    for (keys, tables) in [
+        ("consistency = \"vss\"", ""),
+        (
+            "",
+            "[policy.scripts.pre]\ndocument = \"snapwarden-fsfreeze\"",
+        ),
+    ] {
+        let c = parse(&with_keep(policy_with(keys, tables)))
+            .unwrap_or_else(|e| panic!("{keys} {tables}: {e}"));
+        let rules = &c.policies[0].schedules[0].keep;
+        assert!(rules.app_consistent_only);
+        assert_eq!(rules.daily, Some(crate::retention::Count::N(7)));
+    }
+    // The default is off.
+    let c = parse(&policy_with("consistency = \"vss\"", "")).unwrap();
+    assert!(!c.policies[0].schedules[0].keep.app_consistent_only);
+    // A count tag is a rule it qualifies (the tag's count then ranks app-consistent snapshots only).
+    let tagged = policy_with("consistency = \"vss\"", "").replace(
+        "keep = { last = 7 }",
+        "keep = { app-consistent-only = true }\ncount-tag = \"SnapshotDaily\"",
+    );
+    let c = parse(&tagged).unwrap();
+    assert!(c.policies[0].schedules[0].keep.app_consistent_only);
+
+    // Refused where no snapshot could ever count.
+    let p = only_problem(
+        &with_keep(MINIMAL.to_string()),
+        "policy[prod].schedule[daily].keep.app-consistent-only",
+    );
+    assert!(p.message.contains("would never keep one"), "{p:?}");
+    assert!(
+        p.fix.contains("consistency = \"vss\"") && p.fix.contains("[policy.scripts.pre]"),
+        "{p:?}"
+    );
+    // Refused alone: one problem, not also "no keep rule".
+    let alone = policy_with("consistency = \"vss\"", "").replace(
+        "keep = { last = 7 }",
+        "keep = { app-consistent-only = true }",
+    );
+    let p = only_problem(
+        &alone,
+        "policy[prod].schedule[daily].keep.app-consistent-only",
+    );
+    assert!(p.message.contains("only key"), "{p:?}");
+    assert!(p.fix.contains(keep.trim_start_matches("keep = ")), "{p:?}");
+    // Mistyped.
+    let p = only_problem(
+        &policy_with("consistency = \"vss\"", "").replace(
+            "keep = { last = 7 }",
+            "keep = { last = 7, app-consistent-only = \"yes\" }",
+        ),
+        "policy[prod].schedule[daily].keep.app-consistent-only",
+    );
+    assert!(p.message.contains("true or false"), "{p:?}");
+}
+
+/// The README and the example config state the defaults and limits of `[policy.vss]` and `[policy.scripts]` as
+/// the constants have them.
+#[test]
+fn the_vss_and_script_defaults_are_written_down_as_the_constants_say() {
+    let human = |d: Duration| humantime::format_duration(d).to_string();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let example = std::fs::read_to_string(root.join("config/snapwarden.example.toml")).unwrap();
+    for stated in [
+        format!("`timeout` (default {}", human(DEFAULT_VSS_TIMEOUT)),
+        format!("`timeout` (default {}", human(DEFAULT_SCRIPT_TIMEOUT)),
+        format!("`retries` (0 to {MAX_SCRIPT_RETRIES}, default 0)"),
+    ] {
+        assert!(readme.contains(&stated), "README.md must say {stated:?}");
+    }
+    for stated in [
+        format!(
+            "Default: \"{}\".\n# timeout = \"{}\"",
+            human(DEFAULT_VSS_TIMEOUT),
+            human(DEFAULT_VSS_TIMEOUT)
+        ),
+        format!(
+            "Default: \"{}\".\n# timeout = \"{}\"",
+            human(DEFAULT_SCRIPT_TIMEOUT),
+            human(DEFAULT_SCRIPT_TIMEOUT)
+        ),
+        format!("0 to {MAX_SCRIPT_RETRIES}. Default: 0.\n# retries = 0"),
+    ] {
+        assert!(
+            example.contains(&stated),
+            "config/snapwarden.example.toml must say {stated:?}"
+        );
+    }
+}
+
+/// The two application-consistency examples say what their comments (and the issue's recipe) say. Here rather than
+/// in tests/config_files.rs because the VSS and script settings are crate-private.
+#[test]
+fn the_consistency_examples_mean_what_their_comments_say() {
+    use crate::retention::Count;
+    let load = |name: &str| {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("config/examples")
+            .join(name);
+        load(&path, &[]).unwrap_or_else(|e| panic!("{e}"))
+    };
+
+    let windows = load("windows-vss.toml");
+    assert!(windows.notify.sns.is_some());
+    let p = &windows.policies[0];
+    assert_eq!(p.target.resource, ResourceKind::Instance);
+    assert_eq!(p.target.tags["Backup"], "vss");
+    assert_eq!(p.consistency, Consistency::Vss);
+    let vss = p.vss.as_ref().unwrap();
+    assert!(!vss.exclude_boot_volume && vss.copy_only && !vss.no_writers);
+    assert_eq!(
+        (vss.timeout, vss.on_failure),
+        (DEFAULT_VSS_TIMEOUT, OnFailure::CrashConsistent)
+    );
+    assert_eq!(p.scripts, None);
+    // One daily schedule carries the Day / Week / Month tiers of 5 / 3 / 2.
+    assert_eq!(p.schedules.len(), 1);
+    let keep = &p.schedules[0].keep;
+    assert_eq!(
+        (keep.daily, keep.weekly, keep.monthly),
+        (Some(Count::N(5)), Some(Count::N(3)), Some(Count::N(2)))
+    );
+    assert!(keep.app_consistent_only);
+
+    let linux = load("linux-fsfreeze.toml");
+    let p = &linux.policies[0];
+    assert_eq!(p.consistency, Consistency::Instance);
+    assert_eq!(p.vss, None);
+    let scripts = p.scripts.as_ref().unwrap();
+    let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(scripts.pre.document, "snapwarden-fsfreeze");
+    assert_eq!(
+        scripts.pre.parameters,
+        BTreeMap::from([
+            ("AutoThawSeconds".to_string(), strings(&["60"])),
+            ("MountPoints".to_string(), strings(&["/data"])),
+        ])
+    );
+    let post = scripts.post.as_ref().unwrap();
+    assert_eq!(post.document, "snapwarden-thaw");
+    assert_eq!(
+        post.parameters,
+        BTreeMap::from([("MountPoints".to_string(), strings(&["/data"]))])
+    );
+    assert_eq!(scripts.on_failure, OnFailure::CrashConsistent);
+    assert!(p.schedules[0].keep.app_consistent_only);
+}

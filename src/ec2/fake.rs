@@ -106,6 +106,8 @@ impl FakeEc2 {
             Instance {
                 id: id.clone(),
                 tags: to_tags(tags),
+                // The first device is the boot volume, as on a launched instance.
+                root_device: devices.first().map(|(d, _)| d.to_string()),
             },
         );
         let mut vols = Vec::new();

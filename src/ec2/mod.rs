@@ -49,6 +49,8 @@ pub const COPY_VOLUME_ID: &str = "vol-ffffffff";
 pub struct Instance {
     pub(crate) id: String,
     pub(crate) tags: Tags,
+    /// The root device name (`/dev/xvda`, `/dev/sda1`): which attached volume is the boot volume.
+    pub(crate) root_device: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

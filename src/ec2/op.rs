@@ -22,6 +22,7 @@ pub enum Op {
     Publish,
     SendCommand,
     ListCommandInvocations,
+    ListCommands,
 }
 
 impl Op {
@@ -37,7 +38,11 @@ impl Op {
     ];
 
     /// The SSM Run Command operations (`crate::ssm`).
-    pub(crate) const SSM: [Op; 2] = [Op::SendCommand, Op::ListCommandInvocations];
+    pub(crate) const SSM: [Op; 3] = [
+        Op::SendCommand,
+        Op::ListCommandInvocations,
+        Op::ListCommands,
+    ];
 
     /// The name as AWS spells it: a metric label value, and the start of an API error's message.
     pub(crate) fn name(self) -> &'static str {
@@ -53,6 +58,7 @@ impl Op {
             Op::Publish => "Publish",
             Op::SendCommand => "SendCommand",
             Op::ListCommandInvocations => "ListCommandInvocations",
+            Op::ListCommands => "ListCommands",
         }
     }
 
@@ -75,7 +81,7 @@ impl Op {
             Op::DescribeInstances | Op::DescribeVolumes | Op::DescribeSnapshots => {
                 Some(Group::Describe)
             }
-            Op::SendCommand | Op::ListCommandInvocations => Some(Group::Ssm),
+            Op::SendCommand | Op::ListCommandInvocations | Op::ListCommands => Some(Group::Ssm),
             Op::GetCallerIdentity | Op::Publish => None,
         }
     }
@@ -104,6 +110,7 @@ impl Op {
             Op::Publish => "sns:Publish",
             Op::SendCommand => "ssm:SendCommand",
             Op::ListCommandInvocations => "ssm:ListCommandInvocations",
+            Op::ListCommands => "ssm:ListCommands",
         }
     }
 }

@@ -207,6 +207,7 @@ impl Ec2 for SdkEc2 {
                 out.push(Instance {
                     id: i.instance_id().unwrap_or_default().into(),
                     tags: tags_of(i.tags()),
+                    root_device: i.root_device_name().map(str::to_string),
                 });
             }
         }

@@ -21,6 +21,10 @@
 //!   history. A completed snapshot that lists no schedule at all is kept the same way, reported as
 //!   `ScheduleRemoved { schedule: "" }`: we cannot tell which rules it was made under, and keeping is the only
 //!   choice that cannot lose data.
+//! - A schedule with `app-consistent-only` judges only the snapshots tagged app-consistent: the others hold no
+//!   place in its `last`, start none of its `within` windows, fill none of its calendar periods, and are not kept
+//!   by its `all`. The rails above still keep any snapshot, so a volume whose newest snapshot is a fallback keeps
+//!   it. A fallback no rule keeps is deleted as `not-app-consistent`, which names the schedule that passed it over.
 //! - Error-state snapshots are never counted by a rule and are deleted (`ErrorState`): they restore nothing and
 //!   still count toward EC2's per-volume pending-snapshot limit.
 //! - Orphans — volumes the policy no longer targets (`PlanInput::targeted`) — follow [`OrphanPolicy`]. Only
@@ -34,7 +38,8 @@
 //!   would-be delete is kept with `OverCap`; [`Plan::cap_hit`] names the setting to raise. All or nothing, because
 //!   a partial prune of a plan that is wrong (a count typo) still loses the history it was wrong about.
 //!
-//! A `Delete` decision carries only delete reasons (`Expired`, `ErrorState`, `OrphanExpired`, `Duplicate`); a `Keep` decision
+//! A `Delete` decision carries only delete reasons (`Expired`, `NotAppConsistent`, `ErrorState`, `OrphanExpired`,
+//! `Duplicate`); a `Keep` decision
 //! carries every keep reason that applies. Plans are idempotent: planning again without the deleted snapshots
 //! deletes nothing and keeps the same snapshots for the same reasons, with one exception inherited from restic: a
 //! `within-*` window that now reaches past the oldest remaining snapshot adds `Oldest` to it (it was kept anyway).
@@ -335,8 +340,9 @@ impl Interner {
         if let Some(v) = self.lists.get(tag) {
             return Arc::clone(v);
         }
+        // `+` as well: the VSS document's tags parameter cannot carry a comma in a value.
         let names: Vec<&str> = tag
-            .split(',')
+            .split([',', '+'])
             .map(str::trim)
             .filter(|x| !x.is_empty())
             .collect();
@@ -448,6 +454,10 @@ pub enum Reason {
     /// Delete: a second completed snapshot of the same volume, slot and schedules (a create retried after a
     /// timeout, or two hosts running one policy); the one EC2 started first stands for the slot.
     Duplicate,
+    /// Delete: as `Expired`, for a snapshot that is not app-consistent (a crash-consistent fallback) and lists
+    /// `schedule`, whose rules count only app-consistent snapshots (`app-consistent-only`): the operator sees that
+    /// it went for what it is, not for its age.
+    NotAppConsistent { schedule: Arc<str> },
 }
 
 impl Reason {
@@ -467,7 +477,7 @@ impl Reason {
 
     /// Every label [`Reason::as_str`] gives, in [`Reason::label_index`] order: the labels of kept snapshots (the
     /// first [`Reason::KEEP_LABELS`]), then those of deleted ones.
-    pub(crate) const LABELS: [&'static str; 30] = [
+    pub(crate) const LABELS: [&'static str; 31] = [
         "pinned",
         "pending",
         "newest",
@@ -498,6 +508,7 @@ impl Reason {
         "error-state",
         "orphan-expired",
         "duplicate",
+        "not-app-consistent",
     ];
     /// Where the calendar rules' labels start in [`Reason::LABELS`] (one per period, in [`Period::ALL`] order), then
     /// the window rules', then the labels after them.
@@ -532,6 +543,7 @@ impl Reason {
             Reason::ErrorState => after + 6,
             Reason::OrphanExpired { .. } => after + 7,
             Reason::Duplicate => after + 8,
+            Reason::NotAppConsistent { .. } => after + 9,
         }
     }
 
@@ -599,6 +611,10 @@ impl fmt::Display for Reason {
             Reason::Expired => f.write_str("expired"),
             Reason::ErrorState => f.write_str("error state"),
             Reason::Duplicate => f.write_str("duplicate of slot"),
+            Reason::NotAppConsistent { schedule } => write!(
+                f,
+                "not app-consistent ({schedule} keeps only app-consistent snapshots)"
+            ),
             Reason::OrphanExpired { after } => {
                 write!(f, "orphan expired after {}", DisplayDuration(*after))
             }
@@ -979,7 +995,10 @@ fn plan_volume<'a>(
                 _ if aside[i] == Aside::Duplicate => Reason::Duplicate,
                 (_, None) => {
                     deletes.by_rules += 1;
-                    Reason::Expired
+                    match passed_over(snap, configured) {
+                        Some(schedule) => Reason::NotAppConsistent { schedule },
+                        None => Reason::Expired,
+                    }
                 }
             });
             Action::Delete
@@ -1036,6 +1055,22 @@ fn set_aside(snaps: &[&Snap], now: DateTime<Utc>, aside: &mut Vec<Aside>) {
         }
         start = end;
     }
+}
+
+/// The first schedule `snap` lists (in its tag's order) that counts only app-consistent snapshots, when `snap` is
+/// not one: what kept it from being judged by that schedule's rules.
+fn passed_over(snap: &Snap, configured: &Configured<'_>) -> Option<Arc<str>> {
+    if snap.app_consistent {
+        return None;
+    }
+    snap.schedules
+        .iter()
+        .find(|name| {
+            configured
+                .get(name)
+                .is_some_and(|s| s.keep.app_consistent_only)
+        })
+        .cloned()
 }
 
 /// `now - slot > after`, strictly; a duration too large for chrono is never exceeded.
@@ -1097,7 +1132,7 @@ fn schedule_reasons<'a>(
 
     let listed = &mut listed[..used];
     listed.sort_unstable_by(|a, b| a.name.cmp(b.name));
-    for l in listed.iter() {
+    for l in listed.iter_mut() {
         let Some(schedule) = configured.get(l.name) else {
             for &i in &l.snaps {
                 reasons[i].push(Reason::ScheduleRemoved {
@@ -1106,6 +1141,11 @@ fn schedule_reasons<'a>(
             }
             continue;
         };
+        // Such a schedule's rules see only the app-consistent snapshots, so a fallback neither counts toward them
+        // nor is kept by them (not even by a count from a tag that is missing: no count would keep it).
+        if schedule.keep.app_consistent_only {
+            l.snaps.retain(|&i| snaps[i].app_consistent);
+        }
         let last = if schedule.count_from_tag {
             let key = &mut scratch.count_key;
             key.0.clear();

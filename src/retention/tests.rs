@@ -117,6 +117,8 @@ struct Case {
     kept: Vec<&'static str>,
     /// Reasons (Display form, joined with "; ") expected on particular snapshots.
     reasons: Vec<(&'static str, &'static str)>,
+    /// Ids of the snapshots tagged `snapwarden:app-consistent = true`; the others are not.
+    consistent: Vec<&'static str>,
 }
 
 /// The `now` every table case is planned at, long after its slots.
@@ -127,7 +129,10 @@ fn run(case: &Case) -> Vec<Decision> {
 }
 
 fn run_plan(case: &Case) -> Plan {
-    let snapshots = snaps(&case.rows);
+    let mut snapshots = snaps(&case.rows);
+    for s in &mut snapshots {
+        s.app_consistent = case.consistent.contains(&&*s.id);
+    }
     let counts: HashMap<(String, String), u32> = case
         .counts
         .iter()
@@ -753,6 +758,11 @@ fn reason_labels_and_text() {
         ),
         (Reason::Expired, "expired", "expired"),
         (Reason::ErrorState, "error-state", "error state"),
+        (
+            Reason::NotAppConsistent { schedule: s() },
+            "not-app-consistent",
+            "not app-consistent (daily keeps only app-consistent snapshots)",
+        ),
     ];
     for (reason, label, text) in table {
         assert_eq!(reason.as_str(), label, "{reason:?}");
@@ -784,6 +794,9 @@ fn reason_labels_are_distinct_and_calendar_ones_are_the_config_keys() {
     // Keep reasons come first; the deletion reasons after them.
     for r in [
         Reason::Expired,
+        Reason::NotAppConsistent {
+            schedule: "s".into(),
+        },
         Reason::ErrorState,
         Reason::OrphanExpired {
             after: Duration::from_secs(1),
@@ -859,7 +872,10 @@ fn state_strategy() -> impl Strategy<Value = SnapState> {
     prop_oneof![6 => Just(C), 1 => Just(P), 1 => Just(E)]
 }
 
-fn snap_strategy() -> impl Strategy<Value = (usize, i64, Vec<bool>, SnapState, bool)> {
+/// (volume, hour, listed schedules, state, pinned, app-consistent)
+type RawSnap = (usize, i64, Vec<bool>, SnapState, bool, bool);
+
+fn snap_strategy() -> impl Strategy<Value = RawSnap> {
     // Slots on a coarse grid of hours so that equal slots and exact window boundaries happen often.
     (
         0..VOLUMES.len(),
@@ -867,6 +883,7 @@ fn snap_strategy() -> impl Strategy<Value = (usize, i64, Vec<bool>, SnapState, b
         proptest::collection::vec(any::<bool>(), 3),
         state_strategy(),
         proptest::bool::weighted(0.1),
+        proptest::bool::weighted(0.7),
     )
 }
 
@@ -876,17 +893,21 @@ fn rules_strategy(name: &'static str) -> impl Strategy<Value = ScheduleRules> {
         proptest::option::of((0u64..24 * 10).prop_map(hours)),
         proptest::bool::weighted(0.1),
         proptest::bool::weighted(0.3),
+        proptest::bool::weighted(0.3),
     )
-        .prop_map(move |(last, within, all, count_from_tag)| ScheduleRules {
-            name: name.into(),
-            keep: KeepRules {
-                last,
-                within,
-                all,
-                ..KeepRules::default()
+        .prop_map(
+            move |(last, within, all, count_from_tag, app_consistent_only)| ScheduleRules {
+                name: name.into(),
+                keep: KeepRules {
+                    last,
+                    within,
+                    all,
+                    app_consistent_only,
+                    ..KeepRules::default()
+                },
+                count_from_tag,
             },
-            count_from_tag,
-        })
+        )
 }
 
 fn world_strategy() -> impl Strategy<Value = World> {
@@ -902,7 +923,7 @@ fn world_strategy() -> impl Strategy<Value = World> {
             let snapshots = raw
                 .into_iter()
                 .enumerate()
-                .map(|(i, (v, h, listed, state, pinned))| Snap {
+                .map(|(i, (v, h, listed, state, pinned, app_consistent))| Snap {
                     id: format!("snap-{i:03}").into(),
                     volume_id: VOLUMES[v].into(),
                     slot: base + chrono::TimeDelta::hours(h),
@@ -914,7 +935,7 @@ fn world_strategy() -> impl Strategy<Value = World> {
                         .collect(),
                     state,
                     pinned,
-                    app_consistent: false,
+                    app_consistent,
                     group: Group::Volume,
                     // Snapshots of one slot started in id order: the smallest id stands for the slot.
                     started: i as u32,
@@ -947,7 +968,10 @@ fn now() -> DateTime<Utc> {
 }
 
 fn is_delete_reason(r: &Reason) -> bool {
-    matches!(r, Reason::Expired | Reason::ErrorState | Reason::Duplicate)
+    matches!(
+        r,
+        Reason::Expired | Reason::NotAppConsistent { .. } | Reason::ErrorState | Reason::Duplicate
+    )
 }
 
 proptest! {
@@ -1020,6 +1044,7 @@ proptest! {
                     .snapshots
                     .iter()
                     .filter(|s| &*s.volume_id == volume && s.state == C && s.schedules.contains(&schedule.name))
+                    .filter(|s| s.app_consistent || !schedule.keep.app_consistent_only)
                     .collect();
                 // A repeat of a slot (same schedule list) is one slot: the first started stands for it.
                 completed.sort_by_key(|s| (s.slot, s.schedules.clone(), s.started));
@@ -1072,4 +1097,5 @@ proptest! {
 }
 
 mod calendar;
+mod consistency;
 mod heal;

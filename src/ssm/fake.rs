@@ -9,7 +9,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{Command, Invocation, Ssm, Status};
+use super::{Command, Invocation, Sent as Listed, Ssm, Status};
 use crate::ec2::op::Op;
 use crate::error::{Error, Result};
 
@@ -197,5 +197,26 @@ impl Ssm for FakeSsm {
             }
         }
         Ok(out)
+    }
+
+    /// Every command of `document`: the fake keeps no send times, and a test's commands are all recent.
+    async fn list_commands(
+        &self,
+        document: &str,
+        _after: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<Listed>> {
+        let mut st = self.state();
+        self.enter(&mut st, Op::ListCommands)?;
+        Ok(st
+            .commands
+            .iter()
+            .filter(|(_, s)| s.command.document == document)
+            .map(|(id, s)| Listed {
+                id: id.clone(),
+                document: s.command.document.clone(),
+                instance_ids: s.command.instance_ids.clone(),
+                comment: s.command.comment.chars().take(100).collect(),
+            })
+            .collect())
     }
 }

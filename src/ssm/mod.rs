@@ -8,6 +8,7 @@
 //! Not used by runs yet: application-consistent snapshots (VSS, pre/post scripts; issue 14) add the phases and
 //! the configuration that drive it. This module decides nothing about policies, batches or polling schedules.
 
+pub mod batch;
 pub mod fake;
 pub mod sdk;
 
@@ -20,6 +21,7 @@ use async_trait::async_trait;
 use crate::ec2::op::Op;
 use crate::ec2::pace::{PaceConfig, Pacer};
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 
 /// Most instances one SendCommand may name (SSM's limit): a caller with more sends several commands.
 pub const MAX_INSTANCES: usize = 50;
@@ -186,6 +188,16 @@ pub(crate) fn excerpt(output: &str) -> String {
     out
 }
 
+/// A command SSM already has, as ListCommands shows it: what a run looks for before it sends, so a restart after a
+/// crash waits for the command an earlier process sent instead of running it twice.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sent {
+    pub id: String,
+    pub document: String,
+    pub instance_ids: Vec<String>,
+    pub comment: String,
+}
+
 /// The SSM Run Command calls snapwarden makes, one region per value. A new method is also forwarded by
 /// [`PacedSsm`].
 #[async_trait]
@@ -198,6 +210,53 @@ pub trait Ssm: Send + Sync {
     /// may lack instances, or SSM may answer `InvocationDoesNotExist` (eventually consistent): the caller polls
     /// again within its own tolerance.
     async fn list_command_invocations(&self, command_id: &str) -> Result<Vec<Invocation>>;
+    /// The commands of `document` sent since `after`, all pages (SSM keeps them 30 days).
+    async fn list_commands(
+        &self,
+        document: &str,
+        after: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<Sent>>;
+}
+
+/// Counts every attempt in `snapwarden_aws_requests_total`, like EC2's `ec2::Instrumented`. Below [`PacedSsm`],
+/// so each retry is counted.
+pub struct Instrumented {
+    inner: Arc<dyn Ssm>,
+    metrics: Arc<Metrics>,
+}
+
+impl Instrumented {
+    pub fn new(inner: Arc<dyn Ssm>, metrics: Arc<Metrics>) -> Self {
+        Instrumented { inner, metrics }
+    }
+
+    fn count<T>(&self, op: Op, result: Result<T>) -> Result<T> {
+        self.metrics.aws_request(op, result.as_ref().err());
+        result
+    }
+}
+
+#[async_trait]
+impl Ssm for Instrumented {
+    fn region(&self) -> &str {
+        self.inner.region()
+    }
+    async fn send_command(&self, command: &Command) -> Result<String> {
+        let r = self.inner.send_command(command).await;
+        self.count(Op::SendCommand, r)
+    }
+    async fn list_command_invocations(&self, command_id: &str) -> Result<Vec<Invocation>> {
+        let r = self.inner.list_command_invocations(command_id).await;
+        self.count(Op::ListCommandInvocations, r)
+    }
+    async fn list_commands(
+        &self,
+        document: &str,
+        after: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<Sent>> {
+        let r = self.inner.list_commands(document, after).await;
+        self.count(Op::ListCommands, r)
+    }
 }
 
 /// Paces and retries SSM calls in their own bucket, with [`crate::ec2::pace::Paced`]'s rules: throttling is
@@ -233,6 +292,17 @@ impl Ssm for PacedSsm {
         self.pacer
             .call(Op::ListCommandInvocations, &[], || {
                 self.inner.list_command_invocations(command_id)
+            })
+            .await
+    }
+    async fn list_commands(
+        &self,
+        document: &str,
+        after: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<Sent>> {
+        self.pacer
+            .call(Op::ListCommands, &[], || {
+                self.inner.list_commands(document, after)
             })
             .await
     }

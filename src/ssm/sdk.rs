@@ -4,9 +4,9 @@
 
 use async_trait::async_trait;
 use aws_config::SdkConfig;
-use aws_sdk_ssm::types::CommandInvocation;
+use aws_sdk_ssm::types::{CommandFilter, CommandFilterKey, CommandInvocation};
 
-use super::{outcome, Command, Invocation, Ssm, Status};
+use super::{outcome, Command, Invocation, Sent, Ssm, Status};
 use crate::ec2::op::Op;
 use crate::ec2::sdk::sdk_error;
 use crate::error::{Error, Result};
@@ -100,6 +100,47 @@ impl Ssm for SdkSsm {
             let page = page.map_err(|e| sdk_error(Op::ListCommandInvocations, &self.region, e))?;
             out.extend(page.command_invocations().iter().map(invocation_of));
         }
+        Ok(out)
+    }
+
+    async fn list_commands(
+        &self,
+        document: &str,
+        after: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<Sent>> {
+        let filter = |key: CommandFilterKey, value: String| {
+            CommandFilter::builder()
+                .key(key)
+                .value(value)
+                .build()
+                .map_err(|e| Error::Other(format!("ListCommands filter: {e}")))
+        };
+        let mut pages = self
+            .client
+            .list_commands()
+            .filters(filter(
+                CommandFilterKey::DocumentName,
+                document.to_string(),
+            )?)
+            .filters(filter(
+                CommandFilterKey::InvokedAfter,
+                after.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            )?)
+            .max_results(50)
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| sdk_error(Op::ListCommands, &self.region, e))?;
+            out.extend(page.commands().iter().map(|c| Sent {
+                id: c.command_id().unwrap_or_default().to_string(),
+                document: c.document_name().unwrap_or_default().to_string(),
+                instance_ids: c.instance_ids().to_vec(),
+                comment: c.comment().unwrap_or_default().to_string(),
+            }));
+        }
+        // Not every SSM (moto's) applies the filters: the document is checked here too.
+        out.retain(|c| c.document == document);
         Ok(out)
     }
 }

@@ -47,6 +47,9 @@ pub(super) fn prepare(run: &mut Run<'_>) -> Vec<Todo> {
         if serves.is_empty() {
             continue;
         }
+        if excluded_boot(policy, t) {
+            continue;
+        }
         run.report.targeted_volumes += 1;
         if done.contains(t.volume.id.as_str()) {
             run.report.already_done += 1;
@@ -92,6 +95,12 @@ pub(super) async fn phase(run: &mut Run<'_>, flight: &Flight, todo: Vec<Todo>) -
         }
     };
     let (results, last_error) = tokio::join!(create, polling);
+    record(run, results);
+    last_error
+}
+
+/// Records each create's outcome.
+pub(super) fn record(run: &mut Run<'_>, results: Vec<Created>) {
     for (request, serves, result) in results {
         let volume = request.volume_id;
         match result {
@@ -105,12 +114,19 @@ pub(super) async fn phase(run: &mut Run<'_>, flight: &Flight, todo: Vec<Todo>) -
             Err(e) => run.create_failed(volume, &serves, &e),
         }
     }
-    last_error
 }
 
 /// A create refused for too many pending snapshots, by EC2 or by the [`Gate`].
 fn over_pending_limit(e: &Error) -> bool {
     e.api_failure().is_some_and(|f| f.code.defers())
+}
+
+/// A boot volume the VSS document leaves out (`exclude-boot-volume`): not this policy's to snapshot.
+pub(super) fn excluded_boot(policy: &Policy, t: &TargetVolume) -> bool {
+    let excludes = policy.vss.as_ref().is_some_and(|v| v.exclude_boot_volume);
+    excludes
+        && matches!((&t.instance, &t.volume.attachment), (Some(i), Some((_, device)))
+            if i.root_device.as_deref() == Some(device.as_str()))
 }
 
 /// A volume's snapshot tags: user tags of the instance, then of the volume (more specific wins), a Name, and
@@ -178,7 +194,8 @@ fn cut_description(mut d: String) -> String {
 
 /// The instance whose CreateSnapshots call takes `t`'s snapshot under the policy, if any.
 fn by_instance<'a>(policy: &Policy, t: &'a TargetVolume) -> Option<&'a str> {
-    if policy.consistency != Consistency::Instance {
+    // Under VSS too: an instance whose VSS failed falls back to one CreateSnapshots.
+    if policy.consistency == Consistency::Volume {
         return None;
     }
     t.instance.as_ref().map(|i| i.id.as_str())
@@ -215,11 +232,28 @@ async fn create_all(
     gate: Option<&Gate<'_>>,
     created: &(dyn Fn(&Snapshot) + Sync),
 ) -> Vec<Created> {
-    let (ec2, spec, policy) = (run.ec2, run.spec, run.spec.policy);
-    let calls = calls(policy, &run.survey, todo);
+    let (results, batches) = make(run.ec2, run.spec, &run.survey, todo, gate, created).await;
+    tag_all(run, batches).await;
+    results
+}
+
+/// Tags CreateSnapshots could not set per volume, by tag set: what [`tag_all`] adds.
+pub(super) type Untagged = BTreeMap<Tags, Vec<String>>;
+
+/// The create calls of [`create_all`] without the tagging: the outcomes, and the tags still to add. Holds no
+/// run context, so the app-consistency phase can make an instance's snapshots while its pre script holds it.
+pub(super) async fn make(
+    ec2: &dyn Ec2,
+    spec: &RunSpec<'_>,
+    survey: &Survey,
+    todo: Vec<Todo>,
+    gate: Option<&Gate<'_>>,
+    created: &(dyn Fn(&Snapshot) + Sync),
+) -> (Vec<Created>, Untagged) {
+    let policy = spec.policy;
+    let calls = calls(policy, survey, todo);
     let mut results = Vec::new();
-    // Tags CreateSnapshots could not set per volume, by tag set: what `tag_all` adds.
-    let mut batches: BTreeMap<Tags, Vec<String>> = BTreeMap::new();
+    let mut batches = Untagged::new();
     stream::iter(calls)
         .map(|(instance, items)| create_call(ec2, &policy.name, gate, instance, items))
         .buffer_unordered(spec.concurrency.max(1))
@@ -237,8 +271,7 @@ async fn create_all(
             std::future::ready(())
         })
         .await;
-    tag_all(run, batches).await;
-    results
+    (results, batches)
 }
 
 /// One create call of [`calls`] (an empty `instance`: one CreateSnapshot), once the [`Gate`] admits it. Returns
@@ -504,10 +537,10 @@ fn instance_description(policy: &str, common: &Tags, instance: &str) -> String {
 /// made and did not get to tag (a crash or a failed CreateTags between the two calls). Only missing keys are added, never a value changed. Snapshots
 /// needing the same tags share CreateTags calls (up to [`TAG_BATCH`] ids each). A failure is a `tag` problem (the
 /// run is partial); the snapshot itself is good, and the next run of the slot tries again.
-async fn tag_all(run: &mut Run<'_>, mut batches: BTreeMap<Tags, Vec<String>>) {
+pub(super) async fn tag_all(run: &mut Run<'_>, mut batches: Untagged) {
     let (ec2, spec) = (run.ec2, run.spec);
-    // Earlier runs of this slot: only where CreateSnapshots leaves something out (several volumes of an instance).
-    if spec.policy.consistency == Consistency::Instance {
+    // Earlier runs of this slot: only where CreateSnapshots (or the VSS document) leaves something out.
+    if spec.policy.consistency != Consistency::Volume {
         earlier_untagged(spec, &run.survey, &mut batches);
     }
     let calls: Vec<(Tags, Vec<String>)> = batches

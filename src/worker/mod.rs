@@ -24,6 +24,7 @@
 //! worker never checks a dry-run flag to decide what to call, and asks the backend ([`Ec2::dry_run`]) only what to
 //! report.
 
+mod app;
 mod create;
 mod findings;
 mod prune;
@@ -134,6 +135,11 @@ pub struct RunSpec<'a> {
     /// (component tests on `FakeEc2`, `simulate`, which runs in simulated time). Dry runs never poll. Either way
     /// every state the run saw (survey, create answers, polls) is settled by `settle::phase`.
     pub(crate) completion: Option<Completion>,
+    /// Runs SSM documents (VSS, pre/post scripts) for policies that ask for them; None: such a policy's
+    /// instances fail their application-consistent step (and fall back as configured).
+    pub(crate) ssm: Option<&'a dyn crate::ssm::Ssm>,
+    /// How the app-consistency phase polls its commands.
+    pub(crate) ssm_polling: crate::ssm::batch::Polling,
     /// [`Outcome::plan`] holds every decision, kept ones with their reasons (tests, `simulate`); otherwise only
     /// the deletions, so a run over a large estate does not hold a decision per snapshot (~120 bytes each).
     pub(crate) explain: bool,
@@ -150,8 +156,21 @@ impl<'a> RunSpec<'a> {
             account_id,
             concurrency: 4,
             completion: None,
+            ssm: None,
+            ssm_polling: crate::ssm::batch::Polling::default(),
             explain: false,
         }
+    }
+
+    /// The SSM backend of the run's region, and how often commands are polled.
+    pub fn ssm(
+        mut self,
+        ssm: &'a dyn crate::ssm::Ssm,
+        polling: crate::ssm::batch::Polling,
+    ) -> Self {
+        self.ssm = Some(ssm);
+        self.ssm_polling = polling;
+        self
     }
 
     /// The schedules firing at the slot.
@@ -210,6 +229,7 @@ async fn execute(run: &mut run::Run<'_>) -> Vec<Decision> {
     let (flight, deletes) = run::Flight::start(run, &todo);
     let deleting = prune::delete_all(run.ec2, deletes, run.spec.concurrency);
     let phases = async {
+        let todo = app::phase(run, &flight, todo).await;
         let last_poll_error = create::phase(run, &flight, todo).await;
         settle::phase(run, &flight, last_poll_error).await;
         retain::phase(run, &flight)
@@ -224,4 +244,17 @@ async fn execute(run: &mut run::Run<'_>) -> Vec<Decision> {
 pub struct Region {
     pub ec2: Arc<dyn Ec2>,
     pub account_id: String,
+    /// SSM Run Command in the region, for VSS and script policies; None on the in-memory backends.
+    pub ssm: Option<Arc<dyn crate::ssm::Ssm>>,
+}
+
+impl Region {
+    /// A run of `policy` at `slot` in this region, with its SSM backend when it has one.
+    pub fn spec<'a>(&'a self, policy: &'a Policy, slot: DateTime<Utc>) -> RunSpec<'a> {
+        let spec = RunSpec::new(policy, slot, &self.account_id);
+        match &self.ssm {
+            Some(ssm) => spec.ssm(ssm.as_ref(), crate::ssm::batch::Polling::default()),
+            None => spec,
+        }
+    }
 }

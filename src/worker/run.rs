@@ -9,23 +9,26 @@
 //! dry run reports differently — the report's flag, metrics left alone, no waiting for snapshots that will never
 //! exist.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc::{self, UnboundedReceiver};
 use tokio::sync::Notify;
 
+use super::app::Stage;
 use super::create::Todo;
 use super::findings::SetAside;
 use super::prune::Early;
 use super::{new_run_id, Completion, RunSpec, Survey};
+use crate::config::OnFailure;
 use crate::ec2::Ec2;
 use crate::error::Error;
 use crate::metrics::{KeptTally, Metrics};
 use crate::report::{Problem, RunReport};
 use crate::retention::{CapHit, Decision, Snap};
 use crate::schedule::format_slot;
+use crate::ssm::batch::{Cause, Ran};
 
 pub(super) struct Run<'a> {
     pub(crate) spec: &'a RunSpec<'a>,
@@ -38,6 +41,9 @@ pub(super) struct Run<'a> {
     pub(crate) frozen: HashSet<String>,
     /// What the retention plan kept, tallied decision by decision.
     pub(crate) kept: Kept,
+    /// Volumes the app-consistency phase routed, and whether their snapshot is application-consistent (true) or
+    /// a fallback (false): what [`Run::created`] counts.
+    pub(crate) app_consistent: HashMap<String, bool>,
     pub(crate) report: RunReport,
 }
 
@@ -65,6 +71,7 @@ impl<'a> Run<'a> {
             survey: Survey::default(),
             frozen: HashSet::new(),
             kept: Kept::default(),
+            app_consistent: HashMap::new(),
             report,
         }
     }
@@ -143,6 +150,88 @@ impl<'a> Run<'a> {
         self.metrics
             .snapshot_created(self.policy(), serves, self.region());
         self.report.created += 1;
+        if let Some(&consistent) = self.app_consistent.get(volume) {
+            self.metrics.app_snapshot(self.policy(), consistent);
+            if consistent {
+                self.report.app_consistent += 1;
+            } else {
+                self.report.fallback += 1;
+            }
+        }
+    }
+
+    /// One instance's invocation of an SSM document ended (`stage`: pre, vss, post).
+    pub(crate) fn ssm_ran(&mut self, stage: Stage, document: &str, instance: &str, ran: &Ran) {
+        let outcome = ran.outcome();
+        if ran.succeeded() {
+            tracing::info!(instance = %instance, stage = stage.as_str(), document = %document, "SSM command succeeded");
+        } else {
+            tracing::warn!(instance = %instance, stage = stage.as_str(), document = %document, outcome, "SSM command did not succeed");
+        }
+        self.metrics
+            .ssm_invocation(self.policy(), document, outcome);
+    }
+
+    /// An instance's pre script or VSS command failed (`cause`): under `on-failure = "crash-consistent"` its
+    /// volumes get ordinary snapshots tagged not consistent (the run is partial); under `"skip"` they get none
+    /// and fail (frozen for retention).
+    pub(crate) fn app_failed(
+        &mut self,
+        instance: &str,
+        todo: &[Todo],
+        stage: Stage,
+        how: OnFailure,
+        cause: Cause,
+    ) {
+        match how {
+            OnFailure::CrashConsistent => {
+                tracing::warn!(instance = %instance, stage = stage.as_str(), code = cause.code, cause = %cause.message, "not application-consistent: taking crash-consistent snapshots instead");
+                for (r, _) in todo {
+                    self.app_consistent.insert(r.volume_id.clone(), false);
+                }
+                let message = format!(
+                    "instance {instance}: {}; took a crash-consistent snapshot instead (on-failure = \"crash-consistent\")",
+                    cause.message
+                );
+                self.problem(
+                    instance.to_string(),
+                    stage.as_str(),
+                    cause.code.into(),
+                    message,
+                );
+            }
+            OnFailure::Skip => {
+                tracing::error!(instance = %instance, stage = stage.as_str(), code = cause.code, cause = %cause.message, "not application-consistent: no snapshot (on-failure = skip)");
+                for (r, serves) in todo {
+                    self.metrics
+                        .snapshot_failed(self.policy(), serves, self.region(), "create");
+                    self.frozen.insert(r.volume_id.clone());
+                    let message = format!(
+                        "instance {instance}: {}; no snapshot taken (on-failure = \"skip\")",
+                        cause.message
+                    );
+                    self.problem(r.volume_id.clone(), "create", cause.code.into(), message);
+                }
+            }
+        }
+    }
+
+    /// A post script that did not succeed: the snapshot stands, the run is partial, and the instance may still be
+    /// frozen until the freeze document's own auto-thaw.
+    pub(crate) fn post_failed(&mut self, instance: &str, cause: Cause) {
+        tracing::error!(instance = %instance, code = cause.code, cause = %cause.message, "post script did not succeed");
+        let message = format!(
+            "instance {instance}: post script: {}; what the pre script did may still hold (the freeze document thaws \
+             by itself after its AutoThawSeconds)",
+            cause.message
+        );
+        self.problem(instance.to_string(), "post", cause.code.into(), message);
+    }
+
+    /// An instance was held still (pre done → post done) for `window`.
+    pub(crate) fn froze(&mut self, instance: &str, window: std::time::Duration) {
+        tracing::debug!(instance = %instance, seconds = window.as_secs_f64(), "freeze window");
+        self.metrics.froze(self.policy(), window);
     }
 
     /// A volume put off to the next run by a pending-snapshot limit (EC2's, or the account cap this run applies):

@@ -891,17 +891,21 @@ fn calendar_rules_strategy(name: &'static str) -> impl Strategy<Value = Schedule
         ),
         proptest::option::weighted(0.2, 1u32..4),
         proptest::bool::weighted(0.2),
+        proptest::bool::weighted(0.3),
     )
-        .prop_map(move |(counts, windows, last, count_from_tag)| {
-            let mut s = sched(name);
-            for (i, p) in Period::ALL.into_iter().enumerate() {
-                *s.keep.count_mut(p) = counts[i];
-                *s.keep.window_mut(p) = windows[i];
-            }
-            s.keep.last = last;
-            s.count_from_tag = count_from_tag;
-            s
-        })
+        .prop_map(
+            move |(counts, windows, last, count_from_tag, app_consistent_only)| {
+                let mut s = sched(name);
+                for (i, p) in Period::ALL.into_iter().enumerate() {
+                    *s.keep.count_mut(p) = counts[i];
+                    *s.keep.window_mut(p) = windows[i];
+                }
+                s.keep.last = last;
+                s.keep.app_consistent_only = app_consistent_only;
+                s.count_from_tag = count_from_tag;
+                s
+            },
+        )
 }
 
 fn orphans_strategy() -> impl Strategy<Value = OrphanPolicy> {
@@ -944,7 +948,7 @@ fn calendar_world() -> impl Strategy<Value = World> {
                 let snapshots = raw
                     .into_iter()
                     .enumerate()
-                    .map(|(i, (v, h, listed, state, pinned))| Snap {
+                    .map(|(i, (v, h, listed, state, pinned, app_consistent))| Snap {
                         id: format!("snap-{i:03}").into(),
                         volume_id: VOLUMES[v].into(),
                         slot: base + chrono::TimeDelta::minutes(h * spread * 60 + (h * 7) % 60),
@@ -956,7 +960,7 @@ fn calendar_world() -> impl Strategy<Value = World> {
                             .collect(),
                         state,
                         pinned,
-                        app_consistent: false,
+                        app_consistent,
                         group: Group::Volume,
                         started: i as u32,
                     })
@@ -1017,6 +1021,7 @@ proptest! {
                     .snapshots
                     .iter()
                     .filter(|s| &*s.volume_id == volume && s.state == C && s.schedules.contains(&schedule.name))
+                    .filter(|s| s.app_consistent || !schedule.keep.app_consistent_only)
                     .collect();
                 completed.sort_by(|a, b| b.slot.cmp(&a.slot).then_with(|| a.id.cmp(&b.id)));
                 for period in Period::ALL {
@@ -1067,11 +1072,13 @@ proptest! {
                     prop_assert!(matches!(d.reasons[..], [Reason::OrphanExpired { .. }]), "{:?}", d);
                 }
                 prop_assert!(matches!(d.reasons[..],
-                    [Reason::Expired] | [Reason::ErrorState] | [Reason::OrphanExpired { .. }] | [Reason::Duplicate]),
+                    [Reason::Expired] | [Reason::NotAppConsistent { .. }] | [Reason::ErrorState]
+                    | [Reason::OrphanExpired { .. }] | [Reason::Duplicate]),
                     "{:?}", d);
             } else {
                 prop_assert!(!d.reasons.iter().any(|r| matches!(r,
-                    Reason::Expired | Reason::ErrorState | Reason::OrphanExpired { .. } | Reason::Duplicate)),
+                    Reason::Expired | Reason::NotAppConsistent { .. } | Reason::ErrorState
+                    | Reason::OrphanExpired { .. } | Reason::Duplicate)),
                     "{:?}", d);
             }
         }
