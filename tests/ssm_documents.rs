@@ -96,7 +96,8 @@ fn script(name: &str, params: &[(&str, &str)]) -> String {
 
 /// Fake fsfreeze: each call is a line `-f MOUNT` / `-u MOUNT` in `$FAKE_FSFREEZE_LOG`; a frozen mount is a file
 /// in `$FAKE_FROZEN_DIR`. Freezing a frozen one fails with EBUSY and thawing a thawed one with EINVAL, with the
-/// real tool's messages; a mount listed in `$FAKE_FSFREEZE_FAIL` cannot be frozen at all.
+/// real tool's messages; a mount listed in `$FAKE_FSFREEZE_FAIL` cannot be frozen at all, and one with a file in
+/// `$FAKE_STUCK_DIR` cannot be thawed while the file is there.
 const FAKE_FSFREEZE: &str = r#"#!/bin/bash
 [[ $# == 2 && ($1 == -f || $1 == -u) ]] || { echo "fake fsfreeze: unexpected arguments $*" >&2; exit 64; }
 op=$1 m=$2
@@ -107,6 +108,7 @@ if [[ $op == -f ]]; then
   if [[ -e $key ]]; then echo "fsfreeze: $m: freeze failed: Device or resource busy" >&2; exit 1; fi
   touch "$key"
 else
+  if [[ -e $FAKE_STUCK_DIR/${key##*/} ]]; then echo "fsfreeze: $m: unfreeze failed: Input/output error" >&2; exit 1; fi
   if [[ ! -e $key ]]; then echo "fsfreeze: $m: unfreeze failed: Invalid argument" >&2; exit 1; fi
   rm "$key"
 fi
@@ -151,7 +153,7 @@ impl Host {
     fn new(names: &[&str]) -> Host {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path();
-        for d in ["bin", "frozen", "mnt/plain"] {
+        for d in ["bin", "frozen", "stuck", "mnt/plain"] {
             std::fs::create_dir_all(p.join(d)).unwrap();
         }
         for (name, text) in [("fsfreeze", FAKE_FSFREEZE), ("findmnt", FAKE_FINDMNT)] {
@@ -205,6 +207,7 @@ impl Host {
             .env("SNAPWARDEN_FREEZE_STATE_DIR", &self.state)
             .env("FAKE_FSFREEZE_LOG", p.join("log"))
             .env("FAKE_FROZEN_DIR", p.join("frozen"))
+            .env("FAKE_STUCK_DIR", p.join("stuck"))
             .env("FAKE_MOUNTS", table)
             .env("FAKE_FSFREEZE_FAIL", self.failing.join(" "))
             .output()
@@ -266,6 +269,16 @@ impl Host {
             "something else than a mount point was frozen"
         );
         frozen
+    }
+
+    /// Makes `mount` impossible to thaw (`true`) or possible again.
+    fn stuck(&self, mount: &str, stuck: bool) {
+        let file = self.dir.path().join("stuck").join(mount.replace('/', "_"));
+        if stuck {
+            std::fs::write(file, "").unwrap();
+        } else {
+            std::fs::remove_file(file).unwrap();
+        }
     }
 
     /// Freezes `mount` behind the documents' back, as another tool would.
@@ -730,6 +743,72 @@ fn an_already_frozen_mount_is_refrozen_when_it_is_ours_and_left_alone_when_it_is
         [format!("-f {a}"), format!("-f {b}"), format!("-u {a}")]
     );
     assert_eq!(host.frozen(), BTreeSet::from([b.to_string()]));
+}
+
+/// A mount that will not thaw stays on record with its timer's verdict: the thaw says it is still frozen (4)
+/// until it thaws, and then that the auto-thaw came first (3). A freeze whose rollback cannot thaw says so (4)
+/// and leaves the timer armed.
+#[test]
+fn a_mount_that_will_not_thaw_is_reported_still_frozen_until_it_thaws() {
+    let host = Host::new(&["data", "logs"]);
+    let (a, b) = (host.mount(0), host.mount(1));
+    assert_eq!(host.freeze(&format!("{a} {b}"), 2).code, 0);
+    let timer = host.timer().unwrap();
+    host.stuck(b, true);
+    assert!(wait_gone(timer, GENEROUS));
+    assert_eq!(host.calls().len(), 4, "{:?}", host.calls());
+    assert_eq!(host.frozen(), BTreeSet::from([b.to_string()]));
+    let fired = host.state_file("fired").unwrap();
+    assert!(fired.contains("FAILED: fsfreeze:"), "{fired}");
+    assert!(host.state_file("current").is_some(), "kept for the thaw");
+
+    let thaw = host.thaw(a);
+    assert_eq!(thaw.code, 4, "{}", thaw.stdout);
+    assert!(
+        thaw.first_line().starts_with(&format!(
+            "snapwarden-thaw: STILL FROZEN: could not thaw {b}"
+        )),
+        "{}",
+        thaw.stdout
+    );
+    host.stuck(b, false);
+    let thaw = host.thaw(a);
+    assert_eq!(thaw.code, 3, "{}", thaw.stdout);
+    assert!(
+        thaw.first_line()
+            .starts_with("snapwarden-thaw: AUTO-THAW HAD ALREADY FIRED at "),
+        "{}",
+        thaw.stdout
+    );
+    assert!(host.frozen().is_empty());
+    assert!(host.state_file("current").is_none());
+
+    // The freeze's own rollback fails: exit 4, the mount on record, the timer armed to try again.
+    let mut host = Host::new(&["data", "logs"]);
+    let (a, b) = (host.mount(0).to_string(), host.mount(1).to_string());
+    host.failing.push(b.clone());
+    host.stuck(&a, true);
+    let run = host.freeze(&format!("{a} {b}"), 60);
+    assert_eq!(run.code, 4, "{}", run.stdout);
+    assert!(
+        run.first_line().starts_with(&format!(
+            "snapwarden-fsfreeze: STILL FROZEN: could not freeze {b}"
+        )),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.first_line()
+            .contains("the auto-thaw timer tries again at "),
+        "{}",
+        run.stdout
+    );
+    let current = host.state_file("current").unwrap();
+    assert!(current.contains(&format!("mounts={a}\n")), "{current}");
+    assert!(is_timer(host.timer().unwrap()));
+    host.stuck(&a, false);
+    assert_eq!(host.thaw(&a).code, 0);
+    assert!(host.frozen().is_empty());
 }
 
 /// A timer the thaw could not stop (its pid lost from the record) must not thaw the freeze that came after: it
