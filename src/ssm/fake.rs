@@ -52,6 +52,7 @@ impl Step {
 
 struct Sent {
     command: Command,
+    requested: chrono::DateTime<chrono::Utc>,
     /// Per instance, the answers still to come: each ListCommandInvocations takes the first, the last one stays.
     steps: BTreeMap<String, VecDeque<Step>>,
 }
@@ -158,6 +159,7 @@ impl Ssm for FakeSsm {
             id.clone(),
             Sent {
                 command: command.clone(),
+                requested: chrono::Utc::now(),
                 steps,
             },
         );
@@ -216,6 +218,7 @@ impl Ssm for FakeSsm {
                 document: s.command.document.clone(),
                 instance_ids: s.command.instance_ids.clone(),
                 comment: s.command.comment.chars().take(100).collect(),
+                requested: s.requested,
             })
             .collect())
     }

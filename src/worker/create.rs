@@ -47,9 +47,6 @@ pub(super) fn prepare(run: &mut Run<'_>) -> Vec<Todo> {
         if serves.is_empty() {
             continue;
         }
-        if excluded_boot(policy, t) {
-            continue;
-        }
         run.report.targeted_volumes += 1;
         if done.contains(t.volume.id.as_str()) {
             run.report.already_done += 1;
@@ -119,14 +116,6 @@ pub(super) fn record(run: &mut Run<'_>, results: Vec<Created>) {
 /// A create refused for too many pending snapshots, by EC2 or by the [`Gate`].
 fn over_pending_limit(e: &Error) -> bool {
     e.api_failure().is_some_and(|f| f.code.defers())
-}
-
-/// A boot volume the VSS document leaves out (`exclude-boot-volume`): not this policy's to snapshot.
-pub(super) fn excluded_boot(policy: &Policy, t: &TargetVolume) -> bool {
-    let excludes = policy.vss.as_ref().is_some_and(|v| v.exclude_boot_volume);
-    excludes
-        && matches!((&t.instance, &t.volume.attachment), (Some(i), Some((_, device)))
-            if i.root_device.as_deref() == Some(device.as_str()))
 }
 
 /// A volume's snapshot tags: user tags of the instance, then of the volume (more specific wins), a Name, and

@@ -16,6 +16,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use futures::future::join_all;
 
 use super::create::{self, Created, Todo, Untagged};
@@ -24,7 +25,7 @@ use super::survey::TargetVolume;
 use crate::config::{OnFailure, Policy, Script};
 use crate::ec2::{self, Ec2, Filter, Snapshot, Tags};
 use crate::schedule::format_slot;
-use crate::ssm::batch::{self, Cause, Outcome, Ran, Request};
+use crate::ssm::batch::{self, Adopt, Cause, Outcome, Ran, Request};
 use crate::ssm::{Sent, Ssm, MAX_INSTANCES};
 
 /// The AWS document that takes VSS snapshots on Windows.
@@ -127,9 +128,11 @@ impl<'a> Cx<'a> {
         let comment =
             |stage: Stage| format!("snapwarden {} {slot} {}", stage.as_str(), policy.name);
         if let Some(s) = scripts {
-            requests.insert("pre", script_request(&s.pre, comment(Stage::Pre), spec));
+            let pre = script_request(&s.pre, comment(Stage::Pre), spec, Adopt::Running);
+            requests.insert("pre", pre);
             if let Some(post) = &s.post {
-                requests.insert("post", script_request(post, comment(Stage::Post), spec));
+                let post = script_request(post, comment(Stage::Post), spec, Adopt::Never);
+                requests.insert("post", post);
             }
         }
         if let Some(v) = &policy.vss {
@@ -153,6 +156,7 @@ impl<'a> Cx<'a> {
                 comment: comment(Stage::Vss),
                 retries: 0,
                 polling: spec.ssm_polling,
+                adopt: Adopt::RunningOrSucceeded,
             };
             requests.insert("vss", request);
         }
@@ -241,17 +245,25 @@ impl<'a> Cx<'a> {
         let (Some(pre), Some(post)) = (self.request(Stage::Pre), self.request(Stage::Post)) else {
             return Vec::new();
         };
-        let named = |stage: Stage, comment: &str| -> HashSet<String> {
-            self.earlier[stage.as_str()]
+        // Per instance, the newest command of the stage for this slot.
+        let newest = |stage: Stage, comment: &str| -> HashMap<&str, DateTime<Utc>> {
+            let mut at: HashMap<&str, DateTime<Utc>> = HashMap::new();
+            for c in self.earlier[stage.as_str()]
                 .iter()
                 .filter(|c| c.comment == comment)
-                .flat_map(|c| c.instance_ids.iter().cloned())
-                .collect()
+            {
+                for i in &c.instance_ids {
+                    let t = at.entry(i.as_str()).or_insert(c.requested);
+                    *t = (*t).max(c.requested);
+                }
+            }
+            at
         };
-        let posted = named(Stage::Post, &post.comment);
-        let mut owed: Vec<String> = named(Stage::Pre, &pre.comment)
+        let posted = newest(Stage::Post, &post.comment);
+        let mut owed: Vec<String> = newest(Stage::Pre, &pre.comment)
             .into_iter()
-            .filter(|i| !posted.contains(i) && !handled.contains_key(i))
+            .filter(|(i, at)| posted.get(i).is_none_or(|p| p < at) && !handled.contains_key(*i))
+            .map(|(i, _)| i.to_string())
             .collect();
         owed.sort();
         owed
@@ -336,7 +348,7 @@ impl<'a> Cx<'a> {
     }
 }
 
-fn script_request(s: &Script, comment: String, spec: &super::RunSpec<'_>) -> Request {
+fn script_request(s: &Script, comment: String, spec: &super::RunSpec<'_>, adopt: Adopt) -> Request {
     Request {
         document: s.document.clone(),
         parameters: s.parameters.clone(),
@@ -344,6 +356,7 @@ fn script_request(s: &Script, comment: String, spec: &super::RunSpec<'_>) -> Req
         comment,
         retries: s.retries,
         polling: spec.ssm_polling,
+        adopt,
     }
 }
 

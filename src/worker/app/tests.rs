@@ -112,12 +112,17 @@ impl Agent {
             );
         }
         tags.insert("AppConsistent".into(), "true".into());
+        let exclude_boot = command
+            .parameters
+            .get("ExcludeBootVolume")
+            .is_some_and(|v| v == &["True"]);
         let volumes = self.ec2.describe_volumes(&[]).await.unwrap();
         for v in volumes {
             let Some((i, device)) = &v.attachment else {
                 continue;
             };
-            if i != instance {
+            // The fleet's boot device.
+            if i != instance || (exclude_boot && device == "/dev/sda1") {
                 continue;
             }
             let mut tags = tags.clone();
@@ -204,6 +209,15 @@ fn fleet(instances: usize) -> (Arc<FakeEc2>, Vec<String>) {
     (ec2, ids)
 }
 
+fn assert_success(o: &Outcome) {
+    assert_eq!(
+        o.report.result(),
+        RunResult::Success,
+        "{:?}",
+        o.report.problems
+    );
+}
+
 fn tag<'a>(s: &'a Snapshot, key: &str) -> Option<&'a str> {
     s.tags.get(key).map(String::as_str)
 }
@@ -222,12 +236,7 @@ async fn vss_snapshots_each_volume_once_through_one_command_tagged_managed_and_c
     let agent = Agent::new(ec2.clone());
     let policy = vss(OnFailure::CrashConsistent);
     let o = run(&policy, &ec2, &agent, &Metrics::new()).await;
-    assert_eq!(
-        o.report.result(),
-        RunResult::Success,
-        "{:?}",
-        o.report.problems
-    );
+    assert_success(&o);
     assert_eq!(
         (o.report.created, o.report.app_consistent, o.report.fallback),
         (4, 4, 0)
@@ -264,6 +273,27 @@ async fn vss_snapshots_each_volume_once_through_one_command_tagged_managed_and_c
     assert_eq!((again.report.created, again.report.already_done), (0, 4));
     assert_eq!(agent.ssm.sent().len(), 1);
     assert_eq!(ec2.snapshots().len(), 4);
+}
+
+#[tokio::test]
+async fn exclude_boot_volume_leaves_the_boot_volume_out_of_the_targets_and_the_command() {
+    let (ec2, _) = fleet(2);
+    let agent = Agent::new(ec2.clone());
+    let mut policy = vss(OnFailure::CrashConsistent);
+    policy.vss.as_mut().unwrap().exclude_boot_volume = true;
+    let o = run(&policy, &ec2, &agent, &Metrics::new()).await;
+    assert_success(&o);
+    assert_eq!((o.report.targeted_volumes, o.report.created), (2, 2));
+    assert_eq!(
+        agent.ssm.sent()[0].1.parameters["ExcludeBootVolume"],
+        ["True"]
+    );
+    let devices: Vec<String> = ec2
+        .snapshots()
+        .iter()
+        .filter_map(|s| tag(s, ec2::TAG_DEVICE).map(str::to_string))
+        .collect();
+    assert_eq!(devices, ["/dev/sdf", "/dev/sdf"]);
 }
 
 #[tokio::test]
@@ -362,12 +392,7 @@ async fn scripts_freeze_snapshot_and_thaw_in_that_order() {
     let agent = Agent::new(ec2.clone());
     let metrics = Metrics::new();
     let o = run(&scripts(OnFailure::CrashConsistent), &ec2, &agent, &metrics).await;
-    assert_eq!(
-        o.report.result(),
-        RunResult::Success,
-        "{:?}",
-        o.report.problems
-    );
+    assert_success(&o);
     assert_eq!((o.report.created, o.report.app_consistent), (4, 4));
     assert_eq!(
         agent.log(),
@@ -586,4 +611,77 @@ fn base_policy_with_scripts_no_post() -> Policy {
         s.post = None;
     }
     p
+}
+
+#[tokio::test]
+async fn a_retry_of_the_slot_freezes_again_and_thaws_again_instead_of_trusting_an_old_freeze() {
+    let (ec2, _) = fleet(1);
+    let volumes: Vec<String> = ec2
+        .describe_volumes(&[])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|v| v.id)
+        .collect();
+    let agent = Agent::new(ec2.clone());
+    let policy = scripts(OnFailure::CrashConsistent);
+    for v in &volumes {
+        ec2.fail_create_for(v, "InternalError");
+    }
+    let first = run(&policy, &ec2, &agent, &Metrics::new()).await;
+    assert_eq!(first.report.created, 0);
+    ec2.clear_faults();
+    let retry = run(&policy, &ec2, &agent, &Metrics::new()).await;
+    assert_eq!((retry.report.created, retry.report.app_consistent), (2, 2));
+    let documents: Vec<String> = agent
+        .ssm
+        .sent()
+        .into_iter()
+        .map(|(_, c)| c.document)
+        .collect();
+    // The first run's pre succeeded and is over: it holds nothing still when the retry snapshots, so the retry
+    // sends its own, and its own post (an earlier post never stands for this run's).
+    assert_eq!(documents, [PRE, POST, PRE, POST]);
+}
+
+#[tokio::test]
+async fn a_post_is_owed_when_an_instance_was_frozen_again_after_its_last_thaw() {
+    let (ec2, ids) = fleet(1);
+    let agent = Agent::new(ec2.clone());
+    let slot_text = format_slot(slot());
+    let send = |document: &str, stage: &str| Command {
+        document: document.into(),
+        instance_ids: ids.clone(),
+        parameters: BTreeMap::new(),
+        timeout: Duration::from_secs(30),
+        comment: format!("snapwarden {stage} {slot_text} app"),
+    };
+    // An earlier run froze and thawed; a later one froze, made the snapshots and died before its post.
+    agent.send_command(&send(PRE, "pre")).await.unwrap();
+    agent.send_command(&send(POST, "post")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    agent.send_command(&send(PRE, "pre")).await.unwrap();
+    let no_post = base_policy_with_scripts_no_post();
+    assert_eq!(
+        run(&no_post, &ec2, &agent, &Metrics::new())
+            .await
+            .report
+            .created,
+        2
+    );
+    let o = run(
+        &scripts(OnFailure::CrashConsistent),
+        &ec2,
+        &agent,
+        &Metrics::new(),
+    )
+    .await;
+    assert_eq!(o.report.created, 0);
+    let posts = agent
+        .ssm
+        .sent()
+        .into_iter()
+        .filter(|(_, c)| c.document == POST)
+        .count();
+    assert_eq!(posts, 2, "the thaw the second freeze was owed");
 }
