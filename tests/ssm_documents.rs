@@ -3,15 +3,17 @@
 //! `{{ Parameter }}` placeholders filled in, and the script is executed on this machine with a fake `fsfreeze`
 //! (records its calls and keeps what is frozen as files, answering EBUSY and EINVAL as the real one does) and a
 //! fake `findmnt` (a mount table of temporary directories) first on `PATH`, and its state directory pointed at a
-//! temporary one. The detached auto-thaw timer runs for real. Both documents are also created in moto through
-//! CreateDocument. shellcheck runs on the same scripts in `tests/deploy/check.sh`.
+//! temporary one. The detached auto-thaw timer runs for real, and must outlive the kill of the command's process
+//! group that follows every run (what the agent does on a timeout or a cancel). Both documents are also created in
+//! moto through CreateDocument. shellcheck runs on the same scripts in `tests/deploy/check.sh`.
 
 mod common;
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -187,7 +189,8 @@ impl Host {
     }
 
     /// Runs document `name` with `params` as the agent would: the script file executed (its `#!` line decides
-    /// the shell), output read until the pipe closes, which a timer still holding it would delay.
+    /// the shell) in a process group of its own, output read until the pipe closes (which a timer still holding
+    /// it would delay), then the group killed.
     fn run(&self, name: &str, params: &[(&str, &str)]) -> Run {
         let p = self.dir.path();
         let file = p.join(format!("{name}.sh"));
@@ -202,7 +205,12 @@ impl Host {
             .chain(self.mounts.iter().cloned())
             .collect::<Vec<_>>()
             .join("\n");
-        let out = Command::new(&file)
+        let child = Command::new(&file)
+            // Its own process group, as the agent starts a command; the group is killed below, as the agent does
+            // on a timeout or a cancel: the auto-thaw timer must not be in it.
+            .process_group(0)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .env("PATH", path)
             .env("SNAPWARDEN_FREEZE_STATE_DIR", &self.state)
             .env("FAKE_FSFREEZE_LOG", p.join("log"))
@@ -210,8 +218,11 @@ impl Host {
             .env("FAKE_STUCK_DIR", p.join("stuck"))
             .env("FAKE_MOUNTS", table)
             .env("FAKE_FSFREEZE_FAIL", self.failing.join(" "))
-            .output()
+            .spawn()
             .expect("the script runs");
+        let group = child.id() as i32;
+        let out = child.wait_with_output().expect("the script ends");
+        unsafe { libc::kill(-group, libc::SIGKILL) };
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
