@@ -47,6 +47,7 @@ fn what_to_do(code: &str, aws: Option<Code>) -> &'static str {
         "timed-out" => "the SSM command did not finish in time: check the instance's load and the agent, or raise the policy's vss or script timeout",
         "script-failed" => "the script exited non-zero on the instance: its exit code and first output lines are in the problem below; fix the script or what it acts on",
         "send-failed" => "SSM refused the command: check the document name, its parameters and snapwarden's ssm:SendCommand permission",
+        "thawed-early" => "the freeze ended (its auto-thaw fired) before the post script ran: the snapshots are tagged snapwarden:app-consistent=false; raise AutoThawSeconds above the time from pre to post",
         "vss-no-snapshot" => "the VSS document succeeded but made no snapshot of a targeted volume: check the instance role's ec2:CreateSnapshot and ec2:CreateTags permissions (deploy/iam) and the volume's attachment",
         _ => "see the error message; the next run retries",
     }

@@ -193,7 +193,7 @@ fn by_instance<'a>(policy: &Policy, t: &'a TargetVolume) -> Option<&'a str> {
 /// EC2 snapshots at most 40 volumes in one CreateSnapshots.
 const MAX_CREATE_SNAPSHOTS_VOLUMES: usize = 40;
 /// CreateTags takes up to 1,000 resource ids; AWS recommends smaller batches.
-const TAG_BATCH: usize = 500;
+pub(super) const TAG_BATCH: usize = 500;
 
 /// A create request with the firing schedules it serves.
 pub(super) type Todo = (CreateSnapshot, Vec<String>);

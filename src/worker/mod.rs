@@ -49,7 +49,7 @@ use crate::report::RunReport;
 use crate::retention::Decision;
 use crate::schedule::format_slot;
 
-pub use app::VSS_DOCUMENT;
+pub use app::{THAWED_EARLY, VSS_DOCUMENT};
 pub use prune::plan_retention;
 pub use survey::{slot_of, survey, Survey, TargetVolume};
 

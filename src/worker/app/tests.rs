@@ -429,37 +429,44 @@ async fn a_pre_script_that_never_finishes_times_out_and_skip_takes_no_snapshot()
 async fn a_failed_post_script_leaves_the_snapshot_and_makes_the_run_partial() {
     let (ec2, ids) = fleet(1);
     let agent = Agent::new(ec2.clone());
-    // The pre script's invocation succeeds after two polls; the post script's (the next command to the instance)
-    // fails.
-    let slow = Step::status(Status::InProgress);
-    agent
-        .fake
-        .ssm
-        .script(&ids[0], vec![slow.clone(), slow, Step::exited(0, "frozen")]);
-    let o = {
-        let policy = scripts(OnFailure::CrashConsistent);
-        let spec = RunSpec::new(&policy, slot(), FAKE_ACCOUNT).ssm(&agent, polling());
-        let metrics = Metrics::new();
-        let fut = worker::run(&*ec2, &spec, &metrics, slot);
-        tokio::pin!(fut);
-        // Script the post once the pre has gone out.
-        loop {
-            tokio::select! {
-                o = &mut fut => break o,
-                _ = tokio::time::sleep(Duration::from_millis(5)) => {
-                    if agent.fake.ssm.sent().len() == 1 {
-                        agent.fake.ssm.script(&ids[0], vec![Step::exited(1, "fsfreeze -u: not frozen")]);
-                    }
-                }
-            }
-        }
-    };
+    let o = with_post(
+        &ec2,
+        &agent,
+        &ids[0],
+        Step::exited(1, "fsfreeze -u: not frozen"),
+    )
+    .await;
     assert_eq!((o.report.created, o.report.app_consistent), (2, 2));
     assert_eq!(
         codes(&o),
         [(ids[0].clone(), "post", "script-failed".to_string())]
     );
     assert_eq!(o.report.result(), RunResult::Partial);
+}
+
+/// A run of the scripts policy on one instance whose pre succeeds after two polls and whose post answers `post`
+/// (scripted once the pre has gone out: a script applies to the next command sent to the instance).
+async fn with_post(ec2: &FakeEc2, agent: &Agent, instance: &str, post: Step) -> Outcome {
+    let slow = Step::status(Status::InProgress);
+    agent.fake.ssm.script(
+        instance,
+        vec![slow.clone(), slow, Step::exited(0, "frozen")],
+    );
+    let policy = scripts(OnFailure::CrashConsistent);
+    let spec = RunSpec::new(&policy, slot(), FAKE_ACCOUNT).ssm(agent, polling());
+    let metrics = Metrics::new();
+    let fut = worker::run(ec2, &spec, &metrics, slot);
+    tokio::pin!(fut);
+    loop {
+        tokio::select! {
+            o = &mut fut => break o,
+            _ = tokio::time::sleep(Duration::from_millis(5)) => {
+                if agent.fake.ssm.sent().len() == 1 {
+                    agent.fake.ssm.script(instance, vec![post.clone()]);
+                }
+            }
+        }
+    }
 }
 
 #[tokio::test]
@@ -630,4 +637,24 @@ async fn a_post_is_owed_when_an_instance_was_frozen_again_after_its_last_thaw() 
         .filter(|(_, c)| c.document == POST)
         .count();
     assert_eq!(posts, 2, "the thaw the second freeze was owed");
+}
+
+#[tokio::test]
+async fn a_post_that_found_the_freeze_already_ended_marks_the_snapshots_not_consistent() {
+    let (ec2, ids) = fleet(1);
+    let agent = Agent::new(ec2.clone());
+    let fired = Step::exited(super::THAWED_EARLY, "auto-thaw had already fired for /data");
+    let o = with_post(&ec2, &agent, &ids[0], fired).await;
+    assert_eq!(
+        (o.report.created, o.report.app_consistent, o.report.fallback),
+        (2, 0, 2)
+    );
+    assert_eq!(
+        codes(&o),
+        [(ids[0].clone(), "post", "thawed-early".to_string())]
+    );
+    assert!(ec2
+        .snapshots()
+        .iter()
+        .all(|s| tag(s, ec2::TAG_APP_CONSISTENT) == Some("false")));
 }
