@@ -4,13 +4,11 @@
 //! for (the API is eventually consistent right after SendCommand) until the same deadline.
 //!
 //! Commands an earlier process sent for the same purpose (same comment; see [`Sent`]) are awaited instead of sent
-//! again: a daemon killed after SendCommand must not freeze or snapshot an instance twice when it restarts. Of
-//! several such commands naming an instance, the latest is the one awaited (after a failed one, a later process
-//! may have sent another, still running). An instance whose earlier command failed is sent a new one; one whose
-//! own command failed is sent again while `retries` last. The caller decides what the outcomes mean; this module
-//! only runs and waits.
+//! again: a daemon killed after SendCommand must not freeze or snapshot an instance twice when it restarts. An
+//! instance whose earlier command failed is sent a new one; one whose own command failed is sent again while
+//! `retries` last. The caller decides what the outcomes mean; this module only runs and waits.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -50,6 +48,20 @@ pub struct Request {
     /// How many more times an instance whose invocation of this run's command failed is sent it.
     pub retries: u32,
     pub polling: Polling,
+    /// Which invocations of an earlier process's command (same comment) stand for this run's.
+    pub adopt: Adopt,
+}
+
+/// What a run takes over from a command an earlier process sent for the same purpose, instead of sending its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Adopt {
+    /// Nothing: every run sends its own (a post script: thawing twice is harmless, not thawing is not).
+    Never,
+    /// Invocations still running: a second one would overlap them (two freezes). One that is over is history —
+    /// a pre script that succeeded minutes ago holds nothing still now.
+    Running,
+    /// Invocations still running, and ones that succeeded: their work stands (a VSS command's snapshots).
+    RunningOrSucceeded,
 }
 
 /// How one instance's invocation ended, as far as the run knows.
@@ -122,29 +134,18 @@ pub async fn run_on(
     earlier: &[Sent],
 ) -> BTreeMap<String, Outcome> {
     let mut out: BTreeMap<String, Outcome> = BTreeMap::new();
-    let latest = latest_earlier(request, instances, earlier);
-    let mut by_command: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for (i, c) in &latest {
-        by_command
-            .entry(c.id.as_str())
-            .or_default()
-            .push(i.to_string());
-    }
-    let mut adopted: Vec<Tracked> = Vec::new();
-    for (id, mine) in by_command {
-        tracing::info!(command = %id, instances = mine.len(), document = %request.document, "awaiting a command an earlier run sent");
-        adopted.push(Tracked {
-            id: id.to_string(),
-            instances: mine,
-            deadline: Instant::now() + request.wait,
-            earlier: true,
-        });
-    }
+    let adopted = adopt(ssm, request, instances, earlier).await;
+    let covered: HashSet<&str> = adopted
+        .iter()
+        .flat_map(|t| t.instances.iter().map(String::as_str))
+        .collect();
     let mut todo: Vec<String> = instances
         .iter()
-        .filter(|i| !latest.contains_key(i.as_str()))
+        .filter(|i| !covered.contains(i.as_str()))
         .cloned()
         .collect();
+    drop(covered);
+    let mut adopted = adopted;
     let mut tries_left = request.retries;
     let mut first = true;
     loop {
@@ -187,26 +188,6 @@ pub async fn run_on(
             return out;
         }
     }
-}
-
-/// Per instance of `instances`, the latest of the `earlier` commands with the request's comment that names it:
-/// the one that may still be running (a command without a send time counts as older than any with one; between
-/// two without, the first listed).
-fn latest_earlier<'a>(
-    request: &Request,
-    instances: &[String],
-    earlier: &'a [Sent],
-) -> BTreeMap<&'a str, &'a Sent> {
-    let mut latest: BTreeMap<&str, &Sent> = BTreeMap::new();
-    for c in earlier.iter().filter(|c| c.comment == request.comment) {
-        for i in c.instance_ids.iter().filter(|i| instances.contains(i)) {
-            let e = latest.entry(i.as_str()).or_insert(c);
-            if c.requested > e.requested {
-                *e = c;
-            }
-        }
-    }
-    latest
 }
 
 /// Why an invocation did not succeed, in words an operator acts on, with a bounded code for digests.
@@ -280,6 +261,69 @@ impl Ran {
             Ran::Unseen | Ran::NotSent(_) => true,
         }
     }
+}
+
+/// The earlier process's commands (same comment, newest first) this run waits for, per [`Request::adopt`]: one
+/// ListCommandInvocations each tells which of their invocations are still running or succeeded. One that cannot
+/// be read is waited for: sending again could do the work twice.
+async fn adopt(
+    ssm: &dyn Ssm,
+    request: &Request,
+    instances: &[String],
+    earlier: &[Sent],
+) -> Vec<Tracked> {
+    if request.adopt == Adopt::Never {
+        return Vec::new();
+    }
+    let mut mine: Vec<&Sent> = earlier
+        .iter()
+        .filter(|c| c.comment == request.comment)
+        .collect();
+    mine.sort_by(|a, b| (b.requested, &b.id).cmp(&(a.requested, &a.id)));
+    let mut seen: HashSet<&str> = HashSet::new();
+    let mut adopted = Vec::new();
+    for c in mine {
+        // Only an instance's newest command of the purpose counts.
+        let wanted: Vec<String> = c
+            .instance_ids
+            .iter()
+            .filter(|i| instances.contains(i) && seen.insert(i.as_str()))
+            .cloned()
+            .collect();
+        if wanted.is_empty() {
+            continue;
+        }
+        let status: HashMap<String, Status> = match ssm.list_command_invocations(&c.id).await {
+            Ok(listed) => listed
+                .into_iter()
+                .map(|i| (i.instance_id, i.status))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(command = %c.id, error = %e, kind = e.kind(), "could not read an earlier command; waiting for it");
+                HashMap::new()
+            }
+        };
+        let take: Vec<String> = wanted
+            .into_iter()
+            .filter(|i| match status.get(i) {
+                None => true,
+                Some(s) if !s.is_final() => true,
+                Some(Status::Success) => request.adopt == Adopt::RunningOrSucceeded,
+                Some(_) => false,
+            })
+            .collect();
+        if take.is_empty() {
+            continue;
+        }
+        tracing::info!(command = %c.id, instances = take.len(), document = %request.document, "awaiting a command an earlier run sent");
+        adopted.push(Tracked {
+            id: c.id.clone(),
+            instances: take,
+            deadline: Instant::now() + request.wait,
+            earlier: true,
+        });
+    }
+    adopted
 }
 
 /// SendCommand to `instances` in batches of [`MAX_INSTANCES`], all at once (the SSM bucket paces them). A batch

@@ -140,7 +140,8 @@ impl Ssm for SdkSsm {
                     comment: c.comment().unwrap_or_default().to_string(),
                     requested: c
                         .requested_date_time()
-                        .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())),
+                        .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos()))
+                        .unwrap_or_default(),
                 }
             }));
         }
