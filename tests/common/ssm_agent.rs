@@ -2,7 +2,10 @@
 //! records `SendCommand` but runs nothing (every invocation `Success` at once, no snapshot appears) and answers
 //! `ListCommandInvocations` with HTTP 500; this proxy plays the instances' side. Everything that is not SSM (EC2,
 //! SNS, STS: the query protocol) and every SSM action it does not own (`ListCommands`, `DescribeInstanceInformation`)
-//! goes to moto unchanged, so `ListCommands` shows the request exactly as the SDK sent it. For SSM (JSON protocol,
+//! goes to moto unchanged, so `ListCommands` shows the request exactly as the SDK sent it — with one correction:
+//! moto lists every instance of the region under a command sent by `InstanceIds` (it reads the absent `Targets` as
+//! a filter that matches everything), so the stand-in puts back the instance ids the command named, as SSM lists
+//! them (and applies `ListCommands`' `InstanceId` to those). For SSM (JSON protocol,
 //! `X-Amz-Target: AmazonSSM.<Action>`) it owns three actions:
 //! - `SendCommand`: forwarded to moto (which gives the command id), then recorded with its document, parameters and
 //!   instance ids, one invocation per instance, each following the first [`Rule`] that matches it. Like SSM, it
@@ -809,6 +812,44 @@ fn get_command_invocation(body: &Value, state: &Mutex<State>, jobs: &mpsc::Sende
     )
 }
 
+/// moto's `ListCommands`, with each command's instance ids the ones it was sent to (see the module comment).
+fn list_commands(req: &Request, body: &Value, upstream: u16, state: &Mutex<State>) -> Option<Vec<u8>> {
+    let answer = forward(req, upstream, &[])?;
+    let text = String::from_utf8_lossy(&answer);
+    let Some(mut listed) = text
+        .split_once("\r\n\r\n")
+        .filter(|(head, _)| head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"))
+        .and_then(|(_, b)| serde_json::from_str::<Value>(b).ok())
+    else {
+        return Some(answer);
+    };
+    let st = state.lock().unwrap();
+    let sent_to = |id: &str| {
+        st.commands
+            .iter()
+            .find(|c| c.id == id)
+            .map(|c| c.instance_ids.clone())
+    };
+    let instance = str_field(body, "InstanceId");
+    if let Some(commands) = listed.get_mut("Commands").and_then(Value::as_array_mut) {
+        for c in commands.iter_mut() {
+            let Some(ids) = str_field(c, "CommandId").and_then(sent_to) else {
+                continue;
+            };
+            c["TargetCount"] = json!(ids.len());
+            c["InstanceIds"] = json!(ids);
+        }
+        commands.retain(|c| {
+            instance.is_none_or(|i| {
+                c["InstanceIds"]
+                    .as_array()
+                    .is_some_and(|ids| ids.iter().any(|x| x == i))
+            })
+        });
+    }
+    Some(json_response(200, &listed))
+}
+
 fn serve(client: TcpStream, upstream: u16, state: &Mutex<State>, jobs: &mpsc::Sender<Job>) {
     let mut writer = client.try_clone().expect("clone client socket");
     let mut reader = BufReader::new(client);
@@ -827,6 +868,7 @@ fn serve(client: TcpStream, upstream: u16, state: &Mutex<State>, jobs: &mpsc::Se
             Some("SendCommand") => send_command(&req, &body, upstream, state, jobs),
             Some("ListCommandInvocations") => Some(list_command_invocations(&body, state, jobs)),
             Some("GetCommandInvocation") => Some(get_command_invocation(&body, state, jobs)),
+            Some("ListCommands") => list_commands(&req, &body, upstream, state),
             _ => forward(&req, upstream, &[]),
         };
         let Some(response) = response else { return };
