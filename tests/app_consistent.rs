@@ -1041,3 +1041,47 @@ async fn app_consistent_only_counts_consistent_snapshots_and_a_volumes_newest_fa
         assert_eq!(row["action"], "keep", "{row}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_ssm_does_not_manage_falls_back_alone_and_its_batch_still_gets_vss() {
+    let b = bed(&vss_policy("win", "", "last = 7")).await;
+    let (a, a_vols) = b.instance("win", &[BOOT]).await;
+    let (c, c_vols) = b.instance("win", &[BOOT, "/dev/sdf"]).await;
+    let (gone, gone_vols) = b.instance("win", &[BOOT]).await;
+    // No agent registered: SSM refuses a SendCommand naming it, whole.
+    b.agent.set_unmanaged(&[&gone]);
+
+    let out = b.run("win").await;
+    let r = &out.report;
+    assert_eq!(r.result(), RunResult::Partial, "{r:#?}");
+    assert_eq!(
+        (r.created, r.app_consistent, r.fallback),
+        (4, 3, 1),
+        "{r:#?}"
+    );
+    let ((operation, code), message) = problem(r, &gone);
+    assert_eq!((operation, code.as_str()), ("vss", "not-managed"));
+    assert!(
+        message.contains("AmazonSSMManagedInstanceCore"),
+        "{message}"
+    );
+    assert!(
+        problems_of(r, &a).is_empty() && problems_of(r, &c).is_empty(),
+        "{r:#?}"
+    );
+
+    let made = b
+        .of_this_slot(&[a_vols.clone(), c_vols.clone(), gone_vols.clone()].concat())
+        .await;
+    assert_eq!(made.len(), 4, "{made:#?}");
+    for s in &made {
+        let by_vss = !gone_vols.contains(&s.volume);
+        assert_eq!(s.tags.contains_key("AwsVssConfig"), by_vss, "{s:?}");
+        let want = if by_vss { "true" } else { "false" };
+        assert_eq!(s.tag(TAG_APP_CONSISTENT), want, "{s:?}");
+    }
+    // The refused command never reached moto; the one sent without the unmanaged instance did.
+    let sent = b.sent_of(VSS_DOCUMENT).await;
+    assert_eq!(sent.len(), 1, "{sent:#?}");
+    assert_eq!(sent[0].instances, sorted(&[&a, &c]));
+}

@@ -579,8 +579,20 @@ async fn list_commands_names_only_the_instances_each_command_was_sent_to() {
     let (a, _) = launch_instance(&s.ec2, &[], &[BOOT]).await;
     let (b, _) = launch_instance(&s.ec2, &[], &[BOOT]).await;
     let (c, _) = launch_instance(&s.ec2, &[], &[BOOT]).await;
-    let to_a = send(&s.ssm, "snapwarden-fsfreeze", &[&a], &[("MountPoints", "/data")]).await;
-    let to_bc = send(&s.ssm, "snapwarden-thaw", &[&c, &b], &[("MountPoints", "/data")]).await;
+    let to_a = send(
+        &s.ssm,
+        "snapwarden-fsfreeze",
+        &[&a],
+        &[("MountPoints", "/data")],
+    )
+    .await;
+    let to_bc = send(
+        &s.ssm,
+        "snapwarden-thaw",
+        &[&c, &b],
+        &[("MountPoints", "/data")],
+    )
+    .await;
 
     let listed = s.ssm.list_commands().send().await.expect("ListCommands");
     let named: BTreeMap<String, (Vec<String>, i32)> = listed
@@ -599,7 +611,10 @@ async fn list_commands_names_only_the_instances_each_command_was_sent_to() {
     bc.sort();
     assert_eq!(
         named,
-        BTreeMap::from([(to_a.clone(), (vec![a.clone()], 1)), (to_bc.clone(), (bc, 2))])
+        BTreeMap::from([
+            (to_a.clone(), (vec![a.clone()], 1)),
+            (to_bc.clone(), (bc, 2))
+        ])
     );
     // The rest of the answer is moto's.
     assert!(listed
@@ -615,6 +630,10 @@ async fn list_commands_names_only_the_instances_each_command_was_sent_to() {
         .send()
         .await
         .expect("ListCommands by instance");
-    let ids: Vec<&str> = of_b.commands().iter().filter_map(|c| c.command_id()).collect();
+    let ids: Vec<&str> = of_b
+        .commands()
+        .iter()
+        .filter_map(|c| c.command_id())
+        .collect();
     assert_eq!(ids, [to_bc.as_str()]);
 }

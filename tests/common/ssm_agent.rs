@@ -813,7 +813,12 @@ fn get_command_invocation(body: &Value, state: &Mutex<State>, jobs: &mpsc::Sende
 }
 
 /// moto's `ListCommands`, with each command's instance ids the ones it was sent to (see the module comment).
-fn list_commands(req: &Request, body: &Value, upstream: u16, state: &Mutex<State>) -> Option<Vec<u8>> {
+fn list_commands(
+    req: &Request,
+    body: &Value,
+    upstream: u16,
+    state: &Mutex<State>,
+) -> Option<Vec<u8>> {
     let answer = forward(req, upstream, &[])?;
     let text = String::from_utf8_lossy(&answer);
     let Some(mut listed) = text
