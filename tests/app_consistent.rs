@@ -23,7 +23,9 @@ use chrono::{DateTime, Utc};
 use common::ssm_agent::{
     parse_tags, End, Reply, Rule, SsmAgent, VSS_CONFIG_TAG, VSS_DOCUMENT, VSS_RESERVED_TAGS,
 };
-use common::{filter, launch_instance, managed_tags, moto_snapshot, Moto, ACCOUNT, REGION};
+use common::{
+    filter, launch_instance, managed_tags, metric, metric_sum, moto_snapshot, Moto, ACCOUNT, REGION,
+};
 use snapwarden::config;
 use snapwarden::daemon::{self, Shared};
 use snapwarden::ec2::pace::PaceConfig;
@@ -400,6 +402,21 @@ keep = { last = 4 }
         assert_eq!(s.tag(TAG_INSTANCE), owner, "{s:?}");
     }
     assert_eq!(b.agent.count("SendCommand"), 1);
+    // The daemon's own count of its calls agrees: no create call of its own, one SendCommand.
+    let text = b.shared.metrics.render(Utc::now());
+    let calls = |op: &str| metric_sum(&text, "snapwarden_aws_requests_total", &[("operation", op)]);
+    assert_eq!(calls("CreateSnapshot").unwrap_or(0.0), 0.0);
+    assert_eq!(calls("CreateSnapshots").unwrap_or(0.0), 0.0);
+    assert_eq!(calls("SendCommand"), Some(1.0));
+    let kind = |kind: &str| {
+        metric(
+            &text,
+            "snapwarden_app_consistent_snapshots_total",
+            &[("policy", "sql"), ("kind", kind)],
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!((kind("app-consistent"), kind("fallback")), (5.0, 0.0));
 
     // Retention saw the new snapshots: each is kept by `last` of both schedules, and the day-2 snapshot went.
     for s in &made {
@@ -530,6 +547,27 @@ async fn failed_vss_falls_back_to_crash_consistent_snapshots_and_the_alert_says_
         assert_eq!(s.tags.contains_key("AwsVssConfig"), consistent, "{s:?}");
         assert_eq!(s.tag(TAG_SCHEDULE), "daily", "{s:?}");
     }
+    let text = b.shared.metrics.render(Utc::now());
+    let invocations = |outcome: &str| {
+        metric(
+            &text,
+            "snapwarden_ssm_invocations_total",
+            &[
+                ("policy", "win"),
+                ("document", VSS_DOCUMENT),
+                ("outcome", outcome),
+            ],
+        )
+    };
+    assert_eq!(invocations("success"), Some(1.0), "{text}");
+    assert_eq!(
+        metric(
+            &text,
+            "snapwarden_app_consistent_snapshots_total",
+            &[("policy", "win"), ("kind", "fallback")],
+        ),
+        Some(4.0)
+    );
     // One VSS command named all four; the failures were not sent it again.
     let sent = b.sent().await;
     assert_eq!(sent.len(), 1, "{sent:#?}");
