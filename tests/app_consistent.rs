@@ -1123,3 +1123,52 @@ async fn an_instance_ssm_does_not_manage_falls_back_alone_and_its_batch_still_ge
     assert_eq!(sent.len(), 1, "{sent:#?}");
     assert_eq!(sent[0].instances, sorted(&[&a, &c]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_killed_after_send_command_is_followed_by_one_that_awaits_the_command_instead_of_resending_it(
+) {
+    // A short VSS timeout: were the earlier command taken to cover the instance that joined later, the run would
+    // wait that long for an invocation that does not exist, then fall back.
+    let b = bed(&vss_policy("win", "timeout = \"1m\"", "last = 7")).await;
+    let (a, a_vols) = b.instance("win", &[BOOT, "/dev/sdf"]).await;
+    // The first process dies while its command is still running on the instance: it ends after a few more polls.
+    b.agent
+        .set_rules(vec![Rule::any(Reply::success().in_progress(5))]);
+    let killed = async {
+        b.run("win").await;
+        panic!("the run ends only when the command does");
+    };
+    let sent = async {
+        while b.agent.count("SendCommand") == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::select! {
+        _ = killed => {}
+        _ = sent => {}
+    }
+    assert!(b.of_this_slot(&a_vols).await.is_empty(), "still running");
+    // Meanwhile an instance joins the policy.
+    b.agent.set_rules(Vec::new());
+    let (c, c_vols) = b.instance("win", &[BOOT]).await;
+
+    let out = b.run("win").await;
+    let r = &out.report;
+    assert_eq!(r.result(), RunResult::Success, "{r:#?}");
+    assert_eq!((r.created, r.app_consistent, r.fallback), (3, 3, 0));
+    // The earlier command is awaited for its instance; only the new one is sent a command.
+    let sent = b.sent_of(VSS_DOCUMENT).await;
+    let named: Vec<Vec<String>> = sent.iter().map(|c| c.instances.clone()).collect();
+    assert_eq!(named, [vec![a.clone()], vec![c.clone()]]);
+    assert!(sent
+        .iter()
+        .all(|s| s.comment == format!("snapwarden vss {SLOT} win")));
+    let made = b.of_this_slot(&[a_vols.clone(), c_vols].concat()).await;
+    assert_eq!(made.len(), 3, "one snapshot per volume: {made:#?}");
+    for s in &made {
+        assert_eq!(s.tag("AwsVssConfig"), VSS_CONFIG_TAG, "{s:?}");
+        let owner = if a_vols.contains(&s.volume) { &a } else { &c };
+        assert_eq!(s.tag(TAG_INSTANCE), owner, "{s:?}");
+    }
+    assert_eq!(b.agent.count("SendCommand"), 2);
+}
