@@ -1131,6 +1131,8 @@ async fn a_run_killed_after_send_command_is_followed_by_one_that_awaits_the_comm
     // wait that long for an invocation that does not exist, then fall back.
     let b = bed(&vss_policy("win", "timeout = \"1m\"", "last = 7")).await;
     let (a, a_vols) = b.instance("win", &[BOOT, "/dev/sdf"]).await;
+    // Not in the policy yet: it joins between the two runs.
+    let (c, c_vols) = launch_instance(&b.ec2, &[("Backup", "later")], &[BOOT]).await;
     // The first process dies while its command is still running on the instance: it ends after a few more polls.
     b.agent
         .set_rules(vec![Rule::any(Reply::success().in_progress(5))]);
@@ -1150,7 +1152,18 @@ async fn a_run_killed_after_send_command_is_followed_by_one_that_awaits_the_comm
     assert!(b.of_this_slot(&a_vols).await.is_empty(), "still running");
     // Meanwhile an instance joins the policy.
     b.agent.set_rules(Vec::new());
-    let (c, c_vols) = b.instance("win", &[BOOT]).await;
+    b.ec2
+        .create_tags()
+        .resources(&c)
+        .tags(
+            aws_sdk_ec2::types::Tag::builder()
+                .key("Backup")
+                .value("win")
+                .build(),
+        )
+        .send()
+        .await
+        .expect("CreateTags");
 
     let out = b.run("win").await;
     let r = &out.report;
