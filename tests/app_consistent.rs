@@ -40,7 +40,7 @@ use snapwarden::ssm::batch::Polling;
 use snapwarden::worker::{self, Completion, Outcome, Region};
 
 /// A Saturday: `0 3 * * *` and `0 3 * * 6` both fire.
-const SLOT: &str = "2026-12-05T03:00:00Z";
+const SLOT: &str = "2026-11-21T03:00:00Z";
 /// The root device of moto's instances (no AMI is loaded).
 const BOOT: &str = "/dev/sda1";
 const PRE: &str = "snapwarden-fsfreeze";
