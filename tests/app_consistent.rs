@@ -20,6 +20,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+use common::fault_proxy::{Fault, FaultProxy, Rule as FaultRule, When};
 use common::ssm_agent::{
     parse_tags, End, Reply, Rule, SsmAgent, VSS_CONFIG_TAG, VSS_DOCUMENT, VSS_RESERVED_TAGS,
 };
@@ -101,10 +102,12 @@ keep = {{ last = 7 }}
     )
 }
 
-/// moto, the stand-in in front of it, and the daemon's region through the stand-in.
+/// moto, the stand-in in front of it, and the daemon's region through the stand-in (or a fault proxy in front of
+/// it).
 struct Bed {
     _moto: Moto,
     agent: SsmAgent,
+    proxy: Option<FaultProxy>,
     /// Raw EC2 straight to moto: what the tests seed and read snapshots back with.
     ec2: aws_sdk_ec2::Client,
     /// Raw SSM through the stand-in, for moto's ListCommands with the instance ids each command named (moto's own
@@ -115,11 +118,17 @@ struct Bed {
 }
 
 async fn bed(policies: &str) -> Bed {
+    bed_with(policies, false).await
+}
+
+/// `proxied`: the daemon reaches the stand-in through a fault proxy, which starts with no rules.
+async fn bed_with(policies: &str, proxied: bool) -> Bed {
     let moto = Moto::start();
     let agent = SsmAgent::start(moto.port);
+    let proxy = proxied.then(|| FaultProxy::start(agent.port, 14));
+    let endpoint = proxy.as_ref().map_or(&agent.endpoint, |p| &p.endpoint);
     let text = format!(
-        "[aws]\nendpoint-url = \"{}\"\nregions = [\"{REGION}\"]\nmax-attempts = 2\n\n{policies}",
-        agent.endpoint
+        "[aws]\nendpoint-url = \"{endpoint}\"\nregions = [\"{REGION}\"]\nmax-attempts = 2\n\n{policies}"
     );
     let shared = Shared::new(
         config::from_toml_str(Path::new("app_consistent.toml"), &text, &[])
@@ -140,6 +149,7 @@ async fn bed(policies: &str) -> Bed {
         ssm: aws_sdk_ssm::Client::new(&common::sdk_config(&agent.endpoint).await),
         _moto: moto,
         agent,
+        proxy,
         shared,
         region,
     }
@@ -1184,4 +1194,68 @@ async fn a_run_killed_after_send_command_is_followed_by_one_that_awaits_the_comm
         assert_eq!(s.tag(TAG_INSTANCE), owner, "{s:?}");
     }
     assert_eq!(b.agent.count("SendCommand"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exclude_boot_volume_leaves_the_boot_volume_out_of_the_command_and_the_run() {
+    let b = bed(&vss_policy("win", "exclude-boot-volume = true", "last = 7")).await;
+    let (i, vols) = b.instance("win", &[BOOT, "/dev/sdf", "/dev/sdg"]).await;
+
+    let out = b.run("win").await;
+    let r = &out.report;
+    assert_eq!(r.result(), RunResult::Success, "{r:#?}");
+    assert_eq!(
+        (r.targeted_volumes, r.created, r.app_consistent, r.fallback),
+        (2, 2, 2, 0)
+    );
+    let sent = b.sent_of(VSS_DOCUMENT).await;
+    assert_eq!(sent.len(), 1, "{sent:#?}");
+    assert_eq!(sent[0].instances, sorted(&[&i]));
+    assert_eq!(sent[0].param("ExcludeBootVolume"), "True");
+    let made = b.of_this_slot(&vols).await;
+    let devices: Vec<&str> = made
+        .iter()
+        .map(|s| s.tag("Device"))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(devices, ["/dev/sdf", "/dev/sdg"], "{made:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_script_the_slot_still_owes_is_sent_by_its_next_run() {
+    let b = bed_with(&scripts_policy("pg", ""), true).await;
+    let (i, vols) = b.instance("pg", &[BOOT, "/dev/sdf"]).await;
+    // The post's SendCommand (the run's second) fails on the server: never resent, so the run ends owing it.
+    let proxy = b.proxy.as_ref().unwrap();
+    proxy.set_rules(vec![FaultRule::new(
+        &["SendCommand"],
+        When::Calls(vec![2]),
+        Fault::Error("InternalServerError"),
+    )]);
+
+    let first = b.run("pg").await;
+    let r = &first.report;
+    assert_eq!(r.result(), RunResult::Partial, "{r:#?}");
+    assert_eq!((r.created, r.app_consistent), (2, 2));
+    let ((operation, code), _) = problem(r, &i);
+    assert_eq!((operation, code.as_str()), ("post", "send-failed"));
+    assert!(b.sent_of(POST).await.is_empty());
+
+    // The next run of the slot has nothing to snapshot, and sends the thaw the freeze is still owed.
+    let again = b.run("pg").await;
+    let r = &again.report;
+    assert_eq!(r.result(), RunResult::Success, "{r:#?}");
+    assert_eq!((r.created, r.already_done), (0, 2));
+    let post = b.sent_of(POST).await;
+    assert_eq!(post.len(), 1, "{post:#?}");
+    assert_eq!(post[0].instances, sorted(&[&i]));
+    assert_eq!(post[0].comment, format!("snapwarden post {SLOT} pg"));
+    assert_eq!(b.sent_of(PRE).await.len(), 1, "no second freeze");
+    assert_eq!(b.of_this_slot(&vols).await.len(), 2, "no second snapshot");
+
+    // Owed no more: a third run sends nothing.
+    let third = b.run("pg").await;
+    assert_eq!(third.report.result(), RunResult::Success);
+    assert_eq!(b.sent().await.len(), 2);
 }

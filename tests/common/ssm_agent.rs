@@ -347,12 +347,13 @@ impl Drop for SsmAgent {
 }
 
 /// A thread of its own runs the EC2 calls of VSS runs, on a runtime that lives and dies there: the stand-in is
-/// used from async tests, where a runtime may be neither entered again nor dropped. It stops when the last sender
-/// (the agent and its connections) is gone.
+/// used from async tests, where a runtime may be neither entered again nor dropped. The runs go side by side, as
+/// on many instances at once. It stops when the last sender (the agent and its connections) is gone.
 fn ec2_worker(upstream: u16) -> mpsc::Sender<Job> {
     let (tx, rx) = mpsc::channel::<Job>();
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
             .enable_all()
             .build()
             .expect("the SSM stand-in's runtime");
@@ -372,7 +373,10 @@ fn ec2_worker(upstream: u16) -> mpsc::Sender<Job> {
             aws_sdk_ec2::Client::new(&config)
         });
         for (instance, params, reply) in rx {
-            let _ = reply.send(rt.block_on(vss_run(&ec2, &instance, &params)));
+            let ec2 = ec2.clone();
+            rt.spawn(async move {
+                let _ = reply.send(vss_run(&ec2, &instance, &params).await);
+            });
         }
     });
     tx
