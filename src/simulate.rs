@@ -5,6 +5,7 @@
 //! AWS itself are replaced. Snapshots complete before the next fire, as they do on a healthy account.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Datelike, Duration, Utc};
 use serde::Serialize;
@@ -15,6 +16,8 @@ use crate::ec2::Ec2;
 use crate::metrics::Metrics;
 use crate::retention::{Action, Decision, Reason};
 use crate::schedule::{self, format_slot, Cron};
+use crate::ssm::batch::Polling;
+use crate::ssm::fake::FakeAgent;
 use crate::worker::{self, RunSpec};
 
 #[derive(Debug, Clone)]
@@ -89,8 +92,8 @@ fn fleet_tags(policy: &Policy, count: u32) -> Vec<(String, String)> {
     tags
 }
 
-fn fleet(policy: &Policy, opts: &SimOptions) -> (FakeEc2, String) {
-    let fake = FakeEc2::new("sim-1");
+fn fleet(policy: &Policy, opts: &SimOptions) -> (Arc<FakeEc2>, String) {
+    let fake = Arc::new(FakeEc2::new("sim-1"));
     let owned = fleet_tags(policy, opts.count_tag_value);
     let tags: Vec<(&str, &str)> = owned
         .iter()
@@ -163,6 +166,8 @@ async fn census(fake: &FakeEc2, policy: &Policy, volume: &str, now: DateTime<Utc
 
 async fn simulate_policy(policy: &Policy, opts: &SimOptions, until: DateTime<Utc>) -> PolicySim {
     let (fake, volume) = fleet(policy, opts);
+    // A healthy fleet: every VSS command and script succeeds at once, and the VSS document makes the snapshots.
+    let agent = FakeAgent::new(fake.clone());
     let crons: Vec<&Cron> = policy.schedules.iter().map(|s| &s.cron).collect();
     let metrics = Metrics::new();
     let mut sim = PolicySim {
@@ -204,8 +209,9 @@ async fn simulate_policy(policy: &Policy, opts: &SimOptions, until: DateTime<Utc
         let spec = RunSpec::new(policy, slot, FAKE_ACCOUNT)
             .firing(idx.iter().map(|&i| policy.schedules[i].name.clone()))
             .concurrency(8)
-            .explain(true);
-        let outcome = worker::run(&fake as &dyn Ec2, &spec, &metrics, || slot).await;
+            .explain(true)
+            .ssm(&agent, Polling::default());
+        let outcome = worker::run(&*fake as &dyn Ec2, &spec, &metrics, || slot).await;
         fake.complete_all();
         sim.fires += 1;
         sim.created += outcome.report.created;

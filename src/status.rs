@@ -271,4 +271,21 @@ mod tests {
         board.finish("p", "s");
         assert_eq!(board.snapshot()["p"]["s"].retry, None);
     }
+
+    #[test]
+    fn last_runs_of_app_consistent_policies_carry_their_counts() {
+        let board = StatusBoard::default();
+        board.register("p", "s", "0 4 * * *");
+        let at = Utc::now();
+        let mut report = RunReport::new("r".into(), "p", vec!["s".into()], "r-1", at, at);
+        board.record(&report);
+        let json = serde_json::to_value(board.snapshot()).unwrap();
+        let last = &json["p"]["s"]["last_runs"]["r-1"];
+        assert!(last.get("app_consistent").is_none(), "{last}");
+        (report.created, report.app_consistent, report.fallback) = (3, 2, 1);
+        board.record(&report);
+        let json = serde_json::to_value(board.snapshot()).unwrap();
+        let counts = &json["p"]["s"]["last_runs"]["r-1"]["app_consistent"];
+        assert_eq!(counts, &serde_json::json!({"consistent": 2, "fallback": 1}));
+    }
 }

@@ -1,5 +1,5 @@
 //! The deployment kit against what consumes it, where a Rust test is the right tool: the IAM policy against the
-//! AWS operations the source actually calls (found by scanning `src/` for every operation the three AWS SDK crates
+//! AWS operations the source actually calls (found by scanning `src/` for every operation the four AWS SDK crates
 //! define), the ECS task definition's fields against the daemon (its environment is fed to `snapwarden validate`),
 //! and the Grafana dashboard and alert rules against a real Prometheus scraping the real daemon, which runs
 //! against moto with a two-second schedule. The linters (systemd-analyze, hadolint, cfn-lint, promtool rules and
@@ -120,7 +120,7 @@ fn strings(v: &Value) -> Vec<String> {
 
 #[test]
 fn iam_policy_allows_every_aws_operation_the_source_calls_and_nothing_broader() {
-    // Every fluent-builder call `.operation()` in src/ whose name is an operation of the EC2, SNS or STS SDK.
+    // Every fluent-builder call `.operation()` in src/ whose name is an operation of the EC2, SNS, STS or SSM SDK.
     // Calls take no arguments there; the trait methods of the same names (Ec2::describe_instances(filters))
     // take some, so they do not match.
     let mut files = Vec::new();
@@ -135,6 +135,7 @@ fn iam_policy_allows_every_aws_operation_the_source_calls_and_nothing_broader() 
         ("aws-sdk-ec2", "ec2"),
         ("aws-sdk-sns", "sns"),
         ("aws-sdk-sts", "sts"),
+        ("aws-sdk-ssm", "ssm"),
     ] {
         for op in sdk_operations(krate) {
             if source.contains(&format!(".{op}()")) {
@@ -148,6 +149,8 @@ fn iam_policy_allows_every_aws_operation_the_source_calls_and_nothing_broader() 
         "ec2:DeleteSnapshot",
         "ec2:DescribeSnapshots",
         "sns:Publish",
+        "ssm:SendCommand",
+        "ssm:ListCommandInvocations",
     ] {
         assert!(
             called.contains(known),
@@ -160,6 +163,7 @@ fn iam_policy_allows_every_aws_operation_the_source_calls_and_nothing_broader() 
     let statements = policy["Statement"].as_array().unwrap();
     let mut granted = BTreeSet::new();
     let mut tag_grants = BTreeSet::new();
+    let mut send_grants = BTreeSet::new();
     for s in statements {
         let sid = s["Sid"].as_str().unwrap_or("?");
         assert_eq!(
@@ -177,11 +181,13 @@ fn iam_policy_allows_every_aws_operation_the_source_calls_and_nothing_broader() 
         for a in &actions {
             assert!(!a.contains('*'), "{sid}: wildcard action {a}");
             granted.insert(a.clone());
-            // Describe* calls support no resource-level permissions, so "*" is the only possible resource
-            // for them; every other action must name its resource type.
+            // Describe* calls and SSM's command listings support no resource-level permissions, so "*" is the
+            // only possible resource for them; every other action must name its resource type.
             if resources.iter().any(|r| r == "*") {
                 assert!(
-                    a.starts_with("ec2:Describe"),
+                    a.starts_with("ec2:Describe")
+                        || a == "ssm:ListCommandInvocations"
+                        || a == "ssm:ListCommands",
                     "{sid}: {a} granted on every resource"
                 );
             }
@@ -242,6 +248,36 @@ fn iam_policy_allows_every_aws_operation_the_source_calls_and_nothing_broader() 
                     let want = ["arn:aws:ec2:*::snapshot/*", "arn:aws:ec2:*:*:volume/*"];
                     assert_eq!(resources, want, "{sid}");
                 }
+                // SendCommand is authorised on the document and on each instance: a command on any instance, or
+                // of any document (AWS-RunShellScript is a root shell), would be a grant of everything.
+                "ssm:SendCommand" => {
+                    if resources.iter().all(|r| r.contains(":document/")) {
+                        assert_eq!(
+                            resources,
+                            [
+                                "arn:aws:ssm:*::document/AWSEC2-CreateVssSnapshot",
+                                "arn:aws:ssm:*:*:document/snapwarden-*"
+                            ],
+                            "{sid}: SendCommand of the VSS document and snapwarden's own only"
+                        );
+                        assert!(s.get("Condition").is_none(), "{sid}");
+                        send_grants.insert("documents");
+                    } else {
+                        assert_eq!(resources, ["arn:aws:ec2:*:*:instance/*"], "{sid}");
+                        // The key the SSM user guide documents for SendCommand on instances.
+                        let cond = s["Condition"].as_object().expect("a tag condition");
+                        assert_eq!(cond.len(), 1, "{sid}: {cond:?}");
+                        let (op, tests) = cond.iter().next().unwrap();
+                        assert!(op == "StringLike" || op == "StringEquals", "{sid}: {op}");
+                        let tests = tests.as_object().unwrap();
+                        assert!(
+                            !tests.is_empty()
+                                && tests.keys().all(|k| k.starts_with("ssm:resourceTag/")),
+                            "{sid}: SendCommand only on instances carrying a tag: {tests:?}"
+                        );
+                        send_grants.insert("tagged-instances");
+                    }
+                }
                 "sns:Publish" => {
                     assert_eq!(resources.len(), 1, "{sid}");
                     let arn = &resources[0];
@@ -285,11 +321,96 @@ fn iam_policy_allows_every_aws_operation_the_source_calls_and_nothing_broader() 
         BTreeSet::from(["at-creation", "managed"]),
         "one CreateTags statement for tagging at creation, one for managed snapshots"
     );
+    if called.contains("ssm:SendCommand") {
+        assert_eq!(
+            send_grants,
+            BTreeSet::from(["documents", "tagged-instances"]),
+            "SendCommand needs a grant on its documents and one on the tagged instances"
+        );
+        assert!(
+            source.contains("\"AWSEC2-CreateVssSnapshot\""),
+            "the policy grants AWSEC2-CreateVssSnapshot, which the source never names"
+        );
+        // The documents the policy's `snapwarden-*` grants: the ones deploy/ssm/ ships.
+        for e in std::fs::read_dir(root().join("deploy/ssm")).unwrap() {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            assert!(
+                name.starts_with("snapwarden-") && name.ends_with(".yaml"),
+                "deploy/ssm/{name}: the policy lets the daemon send only snapwarden-* documents"
+            );
+        }
+    }
     let extra: Vec<_> = granted.difference(&justified).collect();
     assert!(
         extra.is_empty(),
         "deploy/iam/policy.json grants {extra:?}, which the source never calls"
     );
+}
+
+/// The role of a Windows instance that snapwarden sends `AWSEC2-CreateVssSnapshot` to: the instance creates its
+/// own snapshots, so its role needs to read its volumes, create snapshots and tag them, and nothing more — no
+/// delete, and no tagging afterwards beyond the tags the document adds itself, so it cannot rewrite the tags
+/// snapwarden's retention reads.
+#[test]
+fn vss_instance_role_creates_and_tags_snapshots_and_can_rewrite_no_snapwarden_tag() {
+    const VSS_OWN_TAGS: [&str; 3] = ["Device", "AppConsistent", "AwsVssConfig"];
+    let policy = read_json("deploy/iam/instance-role-vss.json");
+    assert_eq!(policy["Version"], "2012-10-17");
+    let mut granted = BTreeSet::new();
+    let mut tag_grants = BTreeSet::new();
+    for s in policy["Statement"].as_array().unwrap() {
+        let sid = s["Sid"].as_str().unwrap_or("?");
+        assert_eq!(s["Effect"], "Allow", "{sid}");
+        for key in ["NotAction", "NotResource", "Principal"] {
+            assert!(s.get(key).is_none(), "{sid}: {key}");
+        }
+        let resources = strings(&s["Resource"]);
+        for a in strings(&s["Action"]) {
+            assert!(!a.contains('*'), "{sid}: wildcard action {a}");
+            if resources.iter().any(|r| r == "*") {
+                assert!(
+                    a.starts_with("ec2:Describe"),
+                    "{sid}: {a} on every resource"
+                );
+            }
+            if a == "ec2:CreateTags" {
+                assert_eq!(resources, ["arn:aws:ec2:*::snapshot/*"], "{sid}");
+                let cond = &s["Condition"];
+                if let Some(at) = cond["StringEquals"].get("ec2:CreateAction") {
+                    assert_eq!(strings(at), ["CreateSnapshot", "CreateSnapshots"], "{sid}");
+                    tag_grants.insert("at-creation");
+                } else {
+                    let keys = strings(&cond["ForAllValues:StringEquals"]["aws:TagKeys"]);
+                    assert!(
+                        !keys.is_empty() && keys.iter().all(|k| VSS_OWN_TAGS.contains(&k.as_str())),
+                        "{sid}: CreateTags after creation only for the document's own tags, not {keys:?}"
+                    );
+                    assert_eq!(cond.as_object().unwrap().len(), 1, "{sid}: {cond}");
+                    tag_grants.insert("vss-tags");
+                }
+            }
+            granted.insert(a);
+        }
+    }
+    let want = [
+        "ec2:CreateSnapshot",
+        "ec2:CreateSnapshots",
+        "ec2:CreateTags",
+        "ec2:DescribeInstanceAttribute",
+        "ec2:DescribeInstances",
+    ];
+    assert_eq!(granted, BTreeSet::from(want.map(String::from)));
+    assert_eq!(tag_grants, BTreeSet::from(["at-creation", "vss-tags"]));
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    for needed in [
+        "deploy/iam/instance-role-vss.json",
+        "AmazonSSMManagedInstanceCore",
+    ] {
+        assert!(
+            readme.contains(needed),
+            "the README must tell operators about {needed}"
+        );
+    }
 }
 
 /// `"45s"`-style durations as written in the environment of the task definition.

@@ -90,3 +90,31 @@ async fn peaks_exceed_the_steady_state_by_the_pending_snapshot_only() {
     let hourly = &r.policies[0].schedules[0];
     assert_eq!((hourly.end, hourly.peak), (24, 25));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_windows_vss_recipe_keeps_five_days_three_weeks_two_months_of_consistent_snapshots() {
+    // simulate's fleet is healthy: every VSS command succeeds and the document makes the snapshots, so all are
+    // application-consistent and `app-consistent-only` counts every one.
+    let r = run("windows-vss.toml", 400).await;
+    let p = &r.policies[0];
+    // Ends 2027-02-04 01:00 London (a Thursday). daily 5: 4 Feb back to 31 Jan. weekly 3: ISO weeks 5, 4, 3 end
+    // on 4 Feb, 31 Jan (both daily ones) and 24 Jan → 1 new. monthly 2: February and January end on daily ones.
+    assert_eq!(p.end_per_volume, 5 + 1);
+    assert_eq!(
+        p.schedules[0].surviving.last().map(String::as_str),
+        Some("2027-01-24T01:00:00Z")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_linux_fsfreeze_recipe_keeps_its_calendar_of_frozen_snapshots() {
+    let r = run("linux-fsfreeze.toml", 400).await;
+    let p = &r.policies[0];
+    // Ends 2027-02-04 02:15 New York. daily 7: 4 Feb back to 29 Jan. weekly 4: weeks 5..2 end on 4 Feb, 31 Jan
+    // (daily ones), 24 and 17 Jan → 2 new. monthly 6: Feb and Jan are daily ones; Dec back to Sep → 4 new.
+    assert_eq!(p.end_per_volume, 7 + 2 + 4);
+    assert_eq!(
+        p.schedules[0].surviving.last().map(String::as_str),
+        Some("2026-09-30T06:15:00Z")
+    );
+}

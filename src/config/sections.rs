@@ -746,8 +746,11 @@ fn policy(
     let consistency = consistency(cx, t, resource);
     let vss = vss(cx, t, consistency);
     let scripts = scripts(cx, t, resource);
-    if let Some(schedules) = &schedules {
-        app_consistent_only(cx, t, schedules, &schedules_path);
+    // Judged on what was written: a consistency or scripts table already reported as wrong is not reported again.
+    let takes_app_consistent =
+        consistency.is_none_or(|c| c == Consistency::Vss) || !matches!(scripts, Some(None));
+    if let (false, Some(schedules)) = (takes_app_consistent, &schedules) {
+        app_consistent_only(cx, schedules, &schedules_path);
     }
 
     Some(Policy {
@@ -867,9 +870,9 @@ fn vss(
     }
 }
 
-/// The VSS command's timeout: a VSS freeze is bounded by Windows at seconds, but the document installs nothing and
-/// snapshots every volume, so less than a minute fails healthy instances; beyond two hours the schedule's next
-/// fire is usually due.
+/// The VSS command's timeout. The document starts PowerShell, asks every VSS writer to flush and creates a
+/// snapshot per volume, which takes more than a few seconds on a healthy instance, so under a minute would fail
+/// them; past two hours a daily schedule has usually given up on the slot's point in time anyway.
 const VSS_TIMEOUTS: std::ops::RangeInclusive<Duration> =
     Duration::from_secs(60)..=Duration::from_secs(2 * 3600);
 /// A script's timeout, delivery included: SSM rarely delivers within a few seconds, and a freeze held longer than
@@ -1137,21 +1140,9 @@ fn parameters(cx: &mut Collector<'_>, f: &Field<'_>) -> Option<BTreeMap<String, 
     valid.then_some(out)
 }
 
-/// `app-consistent-only` counts only snapshots tagged app-consistent; a policy that can make none would keep
-/// nothing by such a rule, ever. Judged on what was written (`consistency = "vss"`, a scripts table), so a typo
-/// in those, already reported, is not reported again here.
-fn app_consistent_only(
-    cx: &mut Collector<'_>,
-    t: &mut Table<'_>,
-    schedules: &[Schedule],
-    schedules_path: &KeyPath,
-) {
-    let vss_written = t
-        .get("consistency")
-        .is_some_and(|f| matches!(f.value, Value::String(_, s) if s == "vss"));
-    if vss_written || t.get("scripts").is_some() {
-        return;
-    }
+/// Reports every `app-consistent-only` of a policy that takes no app-consistent snapshot (neither VSS nor
+/// scripts): such a rule counts only snapshots tagged app-consistent, so it would never keep one.
+fn app_consistent_only(cx: &mut Collector<'_>, schedules: &[Schedule], schedules_path: &KeyPath) {
     for (i, s) in schedules.iter().enumerate() {
         if s.keep.app_consistent_only {
             cx.missing(

@@ -1562,7 +1562,25 @@ fn vss_and_script_problems_name_the_key_and_the_fix() {
             "\"skip\"",
         ),
     ];
-    for &(keys, tables, volume, key, message, fix) in cases {
+    let more: &[(&str, &str, bool, &str, &str, &str)] = &[
+        (
+            vss,
+            "[policy.vs]\ncopy-only = true",
+            false,
+            "policy[prod].vs",
+            "unknown key",
+            "did you mean `vss`?",
+        ),
+        (
+            "",
+            "[policy.scriptz.pre]\ndocument = \"x-y-z\"",
+            false,
+            "policy[prod].scriptz",
+            "unknown key",
+            "did you mean `scripts`?",
+        ),
+    ];
+    for &(keys, tables, volume, key, message, fix) in cases.iter().chain(more) {
         let toml = if volume {
             volume_policy_with(keys, tables)
         } else {

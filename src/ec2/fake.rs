@@ -171,6 +171,22 @@ impl FakeEc2 {
         owner: &str,
         tags: &[(&str, &str)],
     ) -> String {
+        self.insert_snapshot(volume_id, state, owner, tags)
+    }
+
+    /// A pending snapshot of `volume_id` made by someone else in the account (an instance's own role, as the VSS
+    /// document does): not one of this backend's calls. Returns its id.
+    pub fn made_elsewhere(&self, volume_id: &str, tags: &[(&str, &str)]) -> String {
+        self.insert_snapshot(volume_id, SnapState::Pending, FAKE_ACCOUNT, tags)
+    }
+
+    fn insert_snapshot(
+        &self,
+        volume_id: &str,
+        state: SnapState,
+        owner: &str,
+        tags: &[(&str, &str)],
+    ) -> String {
         let mut st = self.state();
         let id = Self::next_id(&mut st, "snap");
         let start_time = st.clock.unwrap_or_else(Utc::now);

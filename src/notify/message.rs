@@ -42,6 +42,13 @@ fn what_to_do(code: &str, aws: Option<Code>) -> &'static str {
         "future-slot" => "kept and ignored by retention: fix the snapshot's snapwarden:slot tag (or delete it by hand) and check the clock of whatever wrote it",
         "unplaced-copy" => "kept and ignored by retention: tag the copy with snapwarden:source-volume (its source volume id)",
         "credentials" => "snapwarden's AWS credentials are missing or expired; check its role or profile",
+        "not-managed" => "start the SSM agent on the instance and give its instance profile AmazonSSMManagedInstanceCore; until then its snapshots are crash-consistent (or skipped, with on-failure = \"skip\")",
+        "vss-components-missing" => "install the AwsVssComponents package on the instance (SSM document AWS-ConfigureAWSPackage, name AwsVssComponents)",
+        "timed-out" => "the SSM command did not finish in time: check the instance's load and the agent, or raise the policy's vss or script timeout",
+        "script-failed" => "the script exited non-zero on the instance: its exit code and first output lines are in the problem below; fix the script or what it acts on",
+        "send-failed" => "SSM refused the command: check the document name, its parameters and snapwarden's ssm:SendCommand permission",
+        "thawed-early" => "the freeze ended (its auto-thaw fired) before the post script ran: the snapshots are tagged snapwarden:app-consistent=false; raise AutoThawSeconds above the time from pre to post",
+        "vss-no-snapshot" => "the VSS document succeeded but made no snapshot of a targeted volume: check the instance role's ec2:CreateSnapshot and ec2:CreateTags permissions (deploy/iam) and the volume's attachment",
         _ => "see the error message; the next run retries",
     }
 }
@@ -126,7 +133,7 @@ pub fn digest(report: &RunReport) -> Message {
     let mut body = format!(
         "snapwarden run {verdict} for policy {} schedule {} in {} (slot {}, run {}).\n\n\
          Volumes targeted: {}, snapshots created: {}, already present: {}, failed: {}.\n\
-         Retention: {} deleted, {} kept, {} kept because they back an AMI{}.\n\n",
+         Retention: {} deleted, {} kept, {} kept because they back an AMI{}.\n{}\n",
         report.policy,
         report.schedule_label(),
         report.region,
@@ -144,6 +151,14 @@ pub fn digest(report: &RunReport) -> Message {
             .as_deref()
             .map(|w| format!(" (retention skipped: {w})"))
             .unwrap_or_default(),
+        if report.app_consistent + report.fallback > 0 {
+            format!(
+                "Application-consistent snapshots: {}, crash-consistent fallbacks: {}.\n",
+                report.app_consistent, report.fallback
+            )
+        } else {
+            String::new()
+        },
     );
     body.push_str("What to do:\n");
     for code in report.codes() {
@@ -279,6 +294,29 @@ mod tests {
             "- future-slot: kept and ignored by retention: fix the snapshot's snapwarden:slot tag",
             "- unplaced-copy: kept and ignored by retention: tag the copy with snapwarden:source-volume",
             "future-slot found",
+        ] {
+            assert!(m.body.contains(line), "{line}\n{}", m.body);
+        }
+    }
+
+    #[test]
+    fn an_instance_that_fell_back_is_named_with_its_cause_and_what_to_do() {
+        let mut r = report(0, 4);
+        r.created = 4;
+        (r.app_consistent, r.fallback) = (2, 2);
+        r.problems.push(Problem {
+            resource: "i-0abc".into(),
+            operation: "vss",
+            code: "not-managed".into(),
+            message: "instance i-0abc: AWSEC2-CreateVssSnapshot was not delivered: the SSM agent is not running"
+                .into(),
+            aws: None,
+        });
+        let m = digest(&r);
+        for line in [
+            "Application-consistent snapshots: 2, crash-consistent fallbacks: 2.",
+            "- not-managed: start the SSM agent on the instance and give its instance profile AmazonSSMManagedInstanceCore",
+            "- vss i-0abc: not-managed instance i-0abc: AWSEC2-CreateVssSnapshot was not delivered",
         ] {
             assert!(m.body.contains(line), "{line}\n{}", m.body);
         }

@@ -9,8 +9,9 @@
 //!   `unplaced-copy` (a copy whose tags name no source volume: kept, each on its own), `future-slot` (a completed
 //!   snapshot whose slot lies more than [`FUTURE_SLOT_ALLOWANCE`] after `now`: kept, so a typo in a slot tag can
 //!   neither erase a volume's history through its `within` windows nor hold a place forever), and `duplicate`
-//!   (a completed snapshot repeating the volume, slot and schedules of one EC2 started earlier: deleted, unless
-//!   pinned or a rail keeps it; only among a real volume's snapshots, never copies).
+//!   (a completed snapshot repeating the volume, slot and schedules of one EC2 started earlier, or of an
+//!   app-consistent one: deleted, unless pinned or a rail keeps it; only among a real volume's snapshots, never
+//!   copies).
 //! - Rails that always keep: `pinned` (a `snapwarden:keep` tag), `pending` (not finished, so not judged yet), and
 //!   the newest completed snapshot of each volume across all of the policy's schedules, so a misconfigured rule can
 //!   never leave a volume with no restorable snapshot.
@@ -452,7 +453,8 @@ pub enum Reason {
     /// Delete: the volume is an orphan whose newest snapshot is older than `after` (`orphans.expire-after`).
     OrphanExpired { after: Duration },
     /// Delete: a second completed snapshot of the same volume, slot and schedules (a create retried after a
-    /// timeout, or two hosts running one policy); the one EC2 started first stands for the slot.
+    /// timeout, or two hosts running one policy); an app-consistent one, else the one EC2 started first, stands
+    /// for the slot.
     Duplicate,
     /// Delete: as `Expired`, for a snapshot that is not app-consistent (a crash-consistent fallback) and lists
     /// `schedule`, whose rules count only app-consistent snapshots (`app-consistent-only`): the operator sees that
@@ -1017,8 +1019,8 @@ fn plan_volume<'a>(
 
 /// Fills `aside` (aligned with `snaps`, one volume newest first) with why each snapshot is not judged: an
 /// unplaced copy; a completed one whose slot lies beyond [`FUTURE_SLOT_ALLOWANCE`] after `now`; a completed one
-/// that repeats the volume, slot and schedule list of another completed one started earlier (ties: the smaller
-/// id stands). Duplicates are only looked for among a real volume's snapshots: copies of one source made by
+/// that repeats the volume, slot and schedule list of another completed one that stands before it
+/// ([`stands_before`]). Duplicates are only looked for among a real volume's snapshots: copies of one source made by
 /// different tools are not extras of each other.
 fn set_aside(snaps: &[&Snap], now: DateTime<Utc>, aside: &mut Vec<Aside>) {
     let limit = now.checked_add_signed(FUTURE_SLOT_ALLOWANCE);
@@ -1045,7 +1047,7 @@ fn set_aside(snaps: &[&Snap], now: DateTime<Utc>, aside: &mut Vec<Aside>) {
                             && judged(j)
                             && (Arc::ptr_eq(&snaps[j].schedules, &snaps[i].schedules)
                                 || snaps[j].schedules == snaps[i].schedules)
-                            && (snaps[j].started, &snaps[j].id) < (snaps[i].started, &snaps[i].id)
+                            && stands_before(snaps[j], snaps[i])
                     })
             };
             let extras: Vec<usize> = (start..end).filter(|&i| extra(i)).collect();
@@ -1071,6 +1073,13 @@ fn passed_over(snap: &Snap, configured: &Configured<'_>) -> Option<Arc<str>> {
                 .is_some_and(|s| s.keep.app_consistent_only)
         })
         .cloned()
+}
+
+/// Of two snapshots repeating one slot, whether `a` stands for it rather than `b`: an app-consistent one (the
+/// agent's VSS snapshot that arrived after the run had given up on it and taken a fallback is the better backup),
+/// else the one EC2 started first, else the smaller id.
+pub(crate) fn stands_before(a: &Snap, b: &Snap) -> bool {
+    (!a.app_consistent, a.started, &a.id) < (!b.app_consistent, b.started, &b.id)
 }
 
 /// `now - slot > after`, strictly; a duration too large for chrono is never exceeded.

@@ -8,7 +8,7 @@
 //! instance whose earlier command failed is sent a new one; one whose own command failed is sent again while
 //! `retries` last. The caller decides what the outcomes mean; this module only runs and waits.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -49,6 +49,20 @@ pub struct Request {
     /// How many more times an instance whose invocation of this run's command failed is sent it.
     pub retries: u32,
     pub polling: Polling,
+    /// Which invocations of an earlier process's command (same comment) stand for this run's.
+    pub adopt: Adopt,
+}
+
+/// What a run takes over from a command an earlier process sent for the same purpose, instead of sending its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Adopt {
+    /// Nothing: every run sends its own (a post script: thawing twice is harmless, not thawing is not).
+    Never,
+    /// Invocations still running: a second one would overlap them (two freezes). One that is over is history —
+    /// a pre script that succeeded minutes ago holds nothing still now.
+    Running,
+    /// Invocations still running, and ones that succeeded: their work stands (a VSS command's snapshots).
+    RunningOrSucceeded,
 }
 
 /// How one instance's invocation ended, as far as the run knows.
@@ -121,34 +135,18 @@ pub async fn run_on(
     earlier: &[Sent],
 ) -> BTreeMap<String, Outcome> {
     let mut out: BTreeMap<String, Outcome> = BTreeMap::new();
-    let mut adopted: Vec<Tracked> = Vec::new();
-    let mut covered: HashMap<&str, ()> = HashMap::new();
-    for c in earlier.iter().filter(|c| c.comment == request.comment) {
-        let mine: Vec<String> = c
-            .instance_ids
-            .iter()
-            .filter(|i| instances.contains(i) && !covered.contains_key(i.as_str()))
-            .cloned()
-            .collect();
-        if mine.is_empty() {
-            continue;
-        }
-        for i in &c.instance_ids {
-            covered.insert(i.as_str(), ());
-        }
-        tracing::info!(command = %c.id, instances = mine.len(), document = %request.document, "awaiting a command an earlier run sent");
-        adopted.push(Tracked {
-            id: c.id.clone(),
-            instances: mine,
-            deadline: Instant::now() + request.wait,
-            earlier: true,
-        });
-    }
+    let adopted = adopt(ssm, request, instances, earlier).await;
+    let covered: HashSet<&str> = adopted
+        .iter()
+        .flat_map(|t| t.instances.iter().map(String::as_str))
+        .collect();
     let mut todo: Vec<String> = instances
         .iter()
-        .filter(|i| !covered.contains_key(i.as_str()))
+        .filter(|i| !covered.contains(i.as_str()))
         .cloned()
         .collect();
+    drop(covered);
+    let mut adopted = adopted;
     let mut tries_left = request.retries;
     let mut first = true;
     loop {
@@ -264,6 +262,69 @@ impl Ran {
             Ran::Unseen | Ran::NotSent(_) => true,
         }
     }
+}
+
+/// The earlier process's commands (same comment, newest first) this run waits for, per [`Request::adopt`]: one
+/// ListCommandInvocations each tells which of their invocations are still running or succeeded. One that cannot
+/// be read is waited for: sending again could do the work twice.
+async fn adopt(
+    ssm: &dyn Ssm,
+    request: &Request,
+    instances: &[String],
+    earlier: &[Sent],
+) -> Vec<Tracked> {
+    if request.adopt == Adopt::Never {
+        return Vec::new();
+    }
+    let mut mine: Vec<&Sent> = earlier
+        .iter()
+        .filter(|c| c.comment == request.comment)
+        .collect();
+    mine.sort_by(|a, b| (b.requested, &b.id).cmp(&(a.requested, &a.id)));
+    let mut seen: HashSet<&str> = HashSet::new();
+    let mut adopted = Vec::new();
+    for c in mine {
+        // Only an instance's newest command of the purpose counts.
+        let wanted: Vec<String> = c
+            .instance_ids
+            .iter()
+            .filter(|i| instances.contains(i) && seen.insert(i.as_str()))
+            .cloned()
+            .collect();
+        if wanted.is_empty() {
+            continue;
+        }
+        let status: HashMap<String, Status> = match ssm.list_command_invocations(&c.id).await {
+            Ok(listed) => listed
+                .into_iter()
+                .map(|i| (i.instance_id, i.status))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(command = %c.id, error = %e, kind = e.kind(), "could not read an earlier command; waiting for it");
+                HashMap::new()
+            }
+        };
+        let take: Vec<String> = wanted
+            .into_iter()
+            .filter(|i| match status.get(i) {
+                None => true,
+                Some(s) if !s.is_final() => true,
+                Some(Status::Success) => request.adopt == Adopt::RunningOrSucceeded,
+                Some(_) => false,
+            })
+            .collect();
+        if take.is_empty() {
+            continue;
+        }
+        tracing::info!(command = %c.id, instances = take.len(), document = %request.document, "awaiting a command an earlier run sent");
+        adopted.push(Tracked {
+            id: c.id.clone(),
+            instances: take,
+            deadline: Instant::now() + request.wait,
+            earlier: true,
+        });
+    }
+    adopted
 }
 
 /// SendCommand to `instances` in batches of [`MAX_INSTANCES`], all at once (the SSM bucket paces them). A batch

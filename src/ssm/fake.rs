@@ -5,12 +5,14 @@
 //! snapshot: a test that needs the agent's side effects puts them in place itself.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
 use super::{Command, Invocation, Sent as Listed, Ssm, Status};
+use crate::ec2::fake::FakeEc2;
 use crate::ec2::op::Op;
+use crate::ec2::Ec2;
 use crate::error::{Error, Result};
 
 /// What one ListCommandInvocations shows of one instance's invocation.
@@ -52,6 +54,7 @@ impl Step {
 
 struct Sent {
     command: Command,
+    requested: chrono::DateTime<chrono::Utc>,
     /// Per instance, the answers still to come: each ListCommandInvocations takes the first, the last one stays.
     steps: BTreeMap<String, VecDeque<Step>>,
 }
@@ -158,6 +161,7 @@ impl Ssm for FakeSsm {
             id.clone(),
             Sent {
                 command: command.clone(),
+                requested: chrono::Utc::now(),
                 steps,
             },
         );
@@ -216,7 +220,115 @@ impl Ssm for FakeSsm {
                 document: s.command.document.clone(),
                 instance_ids: s.command.instance_ids.clone(),
                 comment: s.command.comment.chars().take(100).collect(),
+                requested: s.requested,
             })
             .collect())
+    }
+}
+
+/// [`FakeSsm`] with the instance's side of `AWSEC2-CreateVssSnapshot` on a [`FakeEc2`]: when an instance's
+/// invocation of a VSS command is first listed as `Success`, its attached volumes (the boot volume left out under
+/// `ExcludeBootVolume = True`) get pending snapshots carrying the command's `tags` parameter and the document's
+/// own `Device` and `AppConsistent`, made by the instance's role (not calls of the backend). Every other document
+/// succeeds and does nothing. What `simulate` runs against, and what component tests script failures on.
+pub struct FakeAgent {
+    pub ssm: FakeSsm,
+    ec2: Arc<FakeEc2>,
+    /// VSS commands by id, with the instances whose snapshots are still to make.
+    vss: Mutex<HashMap<String, (Command, Vec<String>)>>,
+}
+
+impl FakeAgent {
+    pub fn new(ec2: Arc<FakeEc2>) -> Self {
+        FakeAgent {
+            ssm: FakeSsm::new(ec2.region()),
+            ec2,
+            vss: Mutex::default(),
+        }
+    }
+
+    /// What the document does on `instance`.
+    async fn snapshot(&self, instance: &str, command: &Command) -> Result<()> {
+        let mut tags: Vec<(String, String)> = Vec::new();
+        let given = command.parameters.get("tags").and_then(|t| t.first());
+        for pair in given.map_or("", String::as_str).split(';') {
+            let kv = pair
+                .split_once(',')
+                .and_then(|(k, v)| Some((k.strip_prefix("Key=")?, v.strip_prefix("Value=")?)));
+            if let Some((k, v)) = kv {
+                tags.push((k.to_string(), v.to_string()));
+            }
+        }
+        tags.push(("AppConsistent".into(), "true".into()));
+        let exclude_boot = command
+            .parameters
+            .get("ExcludeBootVolume")
+            .is_some_and(|v| v.iter().any(|v| v == "True"));
+        let instances = self.ec2.describe_instances(&[]).await?;
+        let root = instances
+            .iter()
+            .find(|i| i.id == instance)
+            .and_then(|i| i.root_device.clone());
+        for v in self.ec2.describe_volumes(&[]).await? {
+            let Some((i, device)) = &v.attachment else {
+                continue;
+            };
+            if i != instance || (exclude_boot && root.as_deref() == Some(device.as_str())) {
+                continue;
+            }
+            let mut tags = tags.clone();
+            tags.push(("Device".into(), device.clone()));
+            let tags: Vec<(&str, &str)> =
+                tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            self.ec2.made_elsewhere(&v.id, &tags);
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Ssm for FakeAgent {
+    fn region(&self) -> &str {
+        self.ssm.region()
+    }
+
+    async fn send_command(&self, command: &Command) -> Result<String> {
+        let id = self.ssm.send_command(command).await?;
+        if command.document == crate::worker::VSS_DOCUMENT {
+            let todo = command.instance_ids.clone();
+            let mut vss = self.vss.lock().expect("fake agent poisoned");
+            vss.insert(id.clone(), (command.clone(), todo));
+        }
+        Ok(id)
+    }
+
+    async fn list_command_invocations(&self, command_id: &str) -> Result<Vec<Invocation>> {
+        let listed = self.ssm.list_command_invocations(command_id).await?;
+        let done: Vec<(Command, String)> = {
+            let mut vss = self.vss.lock().expect("fake agent poisoned");
+            match vss.get_mut(command_id) {
+                Some((command, todo)) => listed
+                    .iter()
+                    .filter(|i| i.status == Status::Success)
+                    .filter_map(|i| {
+                        let at = todo.iter().position(|t| *t == i.instance_id)?;
+                        Some((command.clone(), todo.remove(at)))
+                    })
+                    .collect(),
+                None => Vec::new(),
+            }
+        };
+        for (command, instance) in done {
+            self.snapshot(&instance, &command).await?;
+        }
+        Ok(listed)
+    }
+
+    async fn list_commands(
+        &self,
+        document: &str,
+        after: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<Listed>> {
+        self.ssm.list_commands(document, after).await
     }
 }

@@ -5,8 +5,8 @@
 //! their calls in SSM's own bucket ([`Group::Ssm`](crate::ec2::pace::Group::Ssm)), apart from EC2's. The
 //! operations and error codes are part of the AWS vocabulary in [`crate::ec2::op`].
 //!
-//! Not used by runs yet: application-consistent snapshots (VSS, pre/post scripts; issue 14) add the phases and
-//! the configuration that drive it. This module decides nothing about policies, batches or polling schedules.
+//! [`batch`] runs one document on many instances and waits for their outcomes; the run's app-consistency phase
+//! (`worker::app`) decides what to run where and what the outcomes mean.
 
 pub mod batch;
 pub mod fake;
@@ -196,6 +196,8 @@ pub struct Sent {
     pub document: String,
     pub instance_ids: Vec<String>,
     pub comment: String,
+    /// When SSM received it: what orders a slot's pre and post commands.
+    pub requested: chrono::DateTime<chrono::Utc>,
 }
 
 /// The SSM Run Command calls snapwarden makes, one region per value. A new method is also forwarded by

@@ -132,11 +132,17 @@ impl Ssm for SdkSsm {
         let mut out = Vec::new();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| sdk_error(Op::ListCommands, &self.region, e))?;
-            out.extend(page.commands().iter().map(|c| Sent {
-                id: c.command_id().unwrap_or_default().to_string(),
-                document: c.document_name().unwrap_or_default().to_string(),
-                instance_ids: c.instance_ids().to_vec(),
-                comment: c.comment().unwrap_or_default().to_string(),
+            out.extend(page.commands().iter().map(|c| {
+                Sent {
+                    id: c.command_id().unwrap_or_default().to_string(),
+                    document: c.document_name().unwrap_or_default().to_string(),
+                    instance_ids: c.instance_ids().to_vec(),
+                    comment: c.comment().unwrap_or_default().to_string(),
+                    requested: c
+                        .requested_date_time()
+                        .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos()))
+                        .unwrap_or_default(),
+                }
             }));
         }
         // Not every SSM (moto's) applies the filters: the document is checked here too.

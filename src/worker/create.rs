@@ -47,9 +47,6 @@ pub(super) fn prepare(run: &mut Run<'_>) -> Vec<Todo> {
         if serves.is_empty() {
             continue;
         }
-        if excluded_boot(policy, t) {
-            continue;
-        }
         run.report.targeted_volumes += 1;
         if done.contains(t.volume.id.as_str()) {
             run.report.already_done += 1;
@@ -119,14 +116,6 @@ pub(super) fn record(run: &mut Run<'_>, results: Vec<Created>) {
 /// A create refused for too many pending snapshots, by EC2 or by the [`Gate`].
 fn over_pending_limit(e: &Error) -> bool {
     e.api_failure().is_some_and(|f| f.code.defers())
-}
-
-/// A boot volume the VSS document leaves out (`exclude-boot-volume`): not this policy's to snapshot.
-pub(super) fn excluded_boot(policy: &Policy, t: &TargetVolume) -> bool {
-    let excludes = policy.vss.as_ref().is_some_and(|v| v.exclude_boot_volume);
-    excludes
-        && matches!((&t.instance, &t.volume.attachment), (Some(i), Some((_, device)))
-            if i.root_device.as_deref() == Some(device.as_str()))
 }
 
 /// A volume's snapshot tags: user tags of the instance, then of the volume (more specific wins), a Name, and
@@ -204,7 +193,7 @@ fn by_instance<'a>(policy: &Policy, t: &'a TargetVolume) -> Option<&'a str> {
 /// EC2 snapshots at most 40 volumes in one CreateSnapshots.
 const MAX_CREATE_SNAPSHOTS_VOLUMES: usize = 40;
 /// CreateTags takes up to 1,000 resource ids; AWS recommends smaller batches.
-const TAG_BATCH: usize = 500;
+pub(super) const TAG_BATCH: usize = 500;
 
 /// A create request with the firing schedules it serves.
 pub(super) type Todo = (CreateSnapshot, Vec<String>);
@@ -578,16 +567,17 @@ fn earlier_untagged(
         .map(|t| (t.volume.id.as_str(), t))
         .collect();
     let queued: HashSet<String> = batches.values().flatten().cloned().collect();
-    // One snapshot per volume: the one EC2 started first, which stands for the slot. A repeat of it is
-    // retention's to delete, in this very run: tagging it too would race that delete (and a CreateTags naming
-    // a snapshot just deleted fails for every snapshot of its batch).
+    // One snapshot per volume: the one that stands for the slot (`retention::stands_before`: an app-consistent
+    // one, else the one EC2 started first). A repeat of it is retention's to delete, in this very run: tagging
+    // it too would race that delete (and a CreateTags naming a snapshot just deleted fails for every snapshot of
+    // its batch).
     let mut first: BTreeMap<&str, &crate::retention::Snap> = BTreeMap::new();
     for s in &survey.snapshots {
         if s.slot != spec.slot || s.state == SnapState::Error {
             continue;
         }
         let e = first.entry(&*s.volume_id).or_insert(s);
-        if (s.started, &s.id) < (e.started, &e.id) {
+        if crate::retention::stands_before(s, e) {
             *e = s;
         }
     }

@@ -3,11 +3,13 @@
 //!
 //! 1. `survey`: what the region holds (targets, count tags, the policy's managed snapshots — one filtered,
 //!    paginated sweep each);
-//! 2. `create`: the slot's missing snapshots, while `settle::poll` watches them complete;
-//! 3. `settle`: this run's snapshots join the survey; `error` snapshots are reported and deleted, ones still
+//! 2. `app`: for a policy with VSS or pre/post scripts, the SSM commands around (or, for VSS, instead of) the
+//!    creates of the instances that can be made application-consistent; what falls back is left to `create`;
+//! 3. `create`: the slot's missing snapshots, while `settle::poll` watches them complete;
+//! 4. `settle`: this run's snapshots join the survey; `error` snapshots are reported and deleted, ones still
 //!    pending at the deadline reported;
-//! 4. `retain`: retention planned over that end state, its deletes sent;
-//! 5. `record`: the estate's gauges, the `run finished` line, the run metrics.
+//! 5. `retain`: retention planned over that end state, its deletes sent;
+//! 6. `record`: the estate's gauges, the `run finished` line, the run metrics.
 //!
 //! Retention's deletes do not wait for step 4: before anything is created the run plans the end state it expects
 //! (`run::Flight`, `prune`), and a volume's deletes go out as soon as its new snapshot has completed, on a
@@ -15,9 +17,9 @@
 //! pending-snapshot cap as completion polls find snapshots done (`create::Gate`).
 //!
 //! A phase decides and calls; everything it records goes through the context's event methods (`created`,
-//! `deferred`, `create_failed`, `deleted`, `kept_in_use`, `cap_hit`, …), each writing the log line, the metric and
-//! the report entry together. A new phase (scripts before the creates, copies after they settle) is a file of its
-//! own here with one function over the context, and one line in `execute`; new events are context methods.
+//! `deferred`, `create_failed`, `deleted`, `kept_in_use`, `cap_hit`, `app_failed`, …), each writing the log line,
+//! the metric and the report entry together. A new phase (copies after the creates settle) is a file of its own
+//! here with one function over the context, and one line in `execute`; new events are context methods.
 //!
 //! Everything a run needs to know is read back from tags, so a retry or a restart after a crash finds the slot's
 //! snapshots and does not duplicate them. Dry runs go through the same code with an `ec2::DryRun` backend; the
@@ -47,6 +49,7 @@ use crate::report::RunReport;
 use crate::retention::Decision;
 use crate::schedule::format_slot;
 
+pub use app::{THAWED_EARLY, VSS_DOCUMENT};
 pub use prune::plan_retention;
 pub use survey::{slot_of, survey, Survey, TargetVolume};
 

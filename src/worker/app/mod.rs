@@ -16,6 +16,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use futures::future::join_all;
 
 use super::create::{self, Created, Todo, Untagged};
@@ -24,13 +25,17 @@ use super::survey::TargetVolume;
 use crate::config::{OnFailure, Policy, Script};
 use crate::ec2::{self, Ec2, Filter, Snapshot, Tags};
 use crate::schedule::format_slot;
-use crate::ssm::batch::{self, Cause, Outcome, Ran, Request};
+use crate::ssm::batch::{self, Adopt, Cause, Outcome, Ran, Request};
 use crate::ssm::{Sent, Ssm, MAX_INSTANCES};
 
 /// The AWS document that takes VSS snapshots on Windows.
-pub(crate) const VSS_DOCUMENT: &str = "AWSEC2-CreateVssSnapshot";
+pub const VSS_DOCUMENT: &str = "AWSEC2-CreateVssSnapshot";
 /// How long the VSS command may take to be delivered, on top of its `executionTimeout`.
 const VSS_DELIVERY: Duration = Duration::from_secs(60);
+/// The exit code with which a post script says the instance was no longer held still when it ran (the freeze
+/// document's auto-thaw fired first, `deploy/ssm/snapwarden-thaw.yaml`): the snapshots taken under the pre
+/// script may have been taken after the thaw, so they are tagged not consistent.
+pub const THAWED_EARLY: i32 = 3;
 /// Describes looking for the VSS snapshots before the missing ones count as not made (describe is eventually
 /// consistent; the document reports success only after EC2 accepted the snapshots).
 const FIND_TRIES: u32 = 3;
@@ -90,12 +95,14 @@ pub(super) async fn phase(run: &mut Run<'_>, flight: &Flight, todo: Vec<Todo>) -
     let post_owed = cx.post(&owed).await;
     let mut untagged = Untagged::new();
     let mut vss_ok: Vec<(String, Vec<Todo>)> = Vec::new();
+    let mut untrue = Vec::new();
     for b in done {
         untagged.extend(b.untagged);
         for i in b.instances {
-            plain.extend(settle_instance(run, &cx, i, &mut vss_ok));
+            plain.extend(settle_instance(run, &cx, i, &mut vss_ok, &mut untrue));
         }
     }
+    retag_untrue(run, untrue).await;
     for (instance, o) in &post_owed {
         run.ssm_ran(Stage::Post, cx.document(Stage::Post), instance, &o.ran);
         if !o.ran.succeeded() {
@@ -127,9 +134,11 @@ impl<'a> Cx<'a> {
         let comment =
             |stage: Stage| format!("snapwarden {} {slot} {}", stage.as_str(), policy.name);
         if let Some(s) = scripts {
-            requests.insert("pre", script_request(&s.pre, comment(Stage::Pre), spec));
+            let pre = script_request(&s.pre, comment(Stage::Pre), spec, Adopt::Running);
+            requests.insert("pre", pre);
             if let Some(post) = &s.post {
-                requests.insert("post", script_request(post, comment(Stage::Post), spec));
+                let post = script_request(post, comment(Stage::Post), spec, Adopt::Never);
+                requests.insert("post", post);
             }
         }
         if let Some(v) = &policy.vss {
@@ -153,6 +162,7 @@ impl<'a> Cx<'a> {
                 comment: comment(Stage::Vss),
                 retries: 0,
                 polling: spec.ssm_polling,
+                adopt: Adopt::RunningOrSucceeded,
             };
             requests.insert("vss", request);
         }
@@ -186,8 +196,22 @@ impl<'a> Cx<'a> {
     }
 
     fn cause(&self, stage: Stage, ran: &Ran) -> Cause {
-        let wait = self.request(stage).map_or(Duration::ZERO, |r| r.wait);
-        ran.cause(self.document(stage), wait)
+        let (wait, document) = (
+            self.request(stage).map_or(Duration::ZERO, |r| r.wait),
+            self.document(stage),
+        );
+        match ran {
+            Ran::Seen(i) if stage == Stage::Post && i.exit_code == Some(THAWED_EARLY) => Cause {
+                code: "thawed-early",
+                message: format!(
+                    "{document} exited with code {THAWED_EARLY}: the instance was no longer held still when it ran \
+                     (the freeze's auto-thaw fired first), so the snapshots taken under the pre script may not be \
+                     consistent and are tagged snapwarden:app-consistent=false; raise AutoThawSeconds. Output: {}",
+                    i.output
+                ),
+            },
+            _ => ran.cause(document, wait),
+        }
     }
 
     /// Runs `stage` on `instances` (nothing to run: no outcomes).
@@ -241,17 +265,25 @@ impl<'a> Cx<'a> {
         let (Some(pre), Some(post)) = (self.request(Stage::Pre), self.request(Stage::Post)) else {
             return Vec::new();
         };
-        let named = |stage: Stage, comment: &str| -> HashSet<String> {
-            self.earlier[stage.as_str()]
+        // Per instance, the newest command of the stage for this slot.
+        let newest = |stage: Stage, comment: &str| -> HashMap<&str, DateTime<Utc>> {
+            let mut at: HashMap<&str, DateTime<Utc>> = HashMap::new();
+            for c in self.earlier[stage.as_str()]
                 .iter()
                 .filter(|c| c.comment == comment)
-                .flat_map(|c| c.instance_ids.iter().cloned())
-                .collect()
+            {
+                for i in &c.instance_ids {
+                    let t = at.entry(i.as_str()).or_insert(c.requested);
+                    *t = (*t).max(c.requested);
+                }
+            }
+            at
         };
-        let posted = named(Stage::Post, &post.comment);
-        let mut owed: Vec<String> = named(Stage::Pre, &pre.comment)
+        let posted = newest(Stage::Post, &post.comment);
+        let mut owed: Vec<String> = newest(Stage::Pre, &pre.comment)
             .into_iter()
-            .filter(|i| !posted.contains(i) && !handled.contains_key(i))
+            .filter(|(i, at)| posted.get(i).is_none_or(|p| p < at) && !handled.contains_key(*i))
+            .map(|(i, _)| i.to_string())
             .collect();
         owed.sort();
         owed
@@ -336,7 +368,7 @@ impl<'a> Cx<'a> {
     }
 }
 
-fn script_request(s: &Script, comment: String, spec: &super::RunSpec<'_>) -> Request {
+fn script_request(s: &Script, comment: String, spec: &super::RunSpec<'_>, adopt: Adopt) -> Request {
     Request {
         document: s.document.clone(),
         parameters: s.parameters.clone(),
@@ -344,6 +376,7 @@ fn script_request(s: &Script, comment: String, spec: &super::RunSpec<'_>) -> Req
         comment,
         retries: s.retries,
         polling: spec.ssm_polling,
+        adopt,
     }
 }
 
@@ -371,6 +404,7 @@ fn settle_instance(
     cx: &Cx<'_>,
     i: Instance,
     vss_ok: &mut Vec<(String, Vec<Todo>)>,
+    untrue: &mut Vec<String>,
 ) -> Vec<Todo> {
     let policy = run.spec.policy;
     for (stage, o) in [
@@ -382,6 +416,10 @@ fn settle_instance(
             run.ssm_ran(stage, cx.document(stage), &i.id, &o.ran);
         }
     }
+    let thawed_early = i
+        .post
+        .as_ref()
+        .is_some_and(|o| matches!(&o.ran, Ran::Seen(inv) if inv.exit_code == Some(THAWED_EARLY)));
     if let Some(post) = &i.post {
         if !post.ran.succeeded() {
             run.post_failed(&i.id, cx.cause(Stage::Post, &post.ran));
@@ -405,8 +443,12 @@ fn settle_instance(
         return fail_over(run, &i.id, i.todo, stage, how, cause);
     }
     if let Some(made) = i.made {
-        for (r, _, _) in &made {
-            run.app_consistent.insert(r.volume_id.clone(), true);
+        for (r, _, result) in &made {
+            run.app_consistent
+                .insert(r.volume_id.clone(), !thawed_early);
+            if let (true, Ok(s)) = (thawed_early, result) {
+                untrue.push(s.id.to_string());
+            }
         }
         create::record(run, made);
         return Vec::new();
@@ -421,6 +463,21 @@ fn on_failure(policy: &Policy, stage: Stage) -> OnFailure {
         _ => policy.scripts.as_ref().map(|s| s.on_failure),
     }
     .unwrap_or_default()
+}
+
+/// Tags `snapwarden:app-consistent = false` on snapshots taken under a freeze that had ended by the time the post
+/// script ran ([`THAWED_EARLY`]): the tag must not claim what may not hold. A failed CreateTags is a `tag` problem;
+/// the post's own problem already says the snapshots may not be consistent.
+async fn retag_untrue(run: &mut Run<'_>, ids: Vec<String>) {
+    if ids.is_empty() {
+        return;
+    }
+    let tags = Tags::from([(ec2::TAG_APP_CONSISTENT.to_string(), "false".to_string())]);
+    for chunk in ids.chunks(create::TAG_BATCH) {
+        if let Err(e) = run.ec2.create_tags(chunk, &tags).await {
+            run.tag_failed(chunk.to_vec(), &e);
+        }
+    }
 }
 
 /// The stage a policy's instances fail at when SSM cannot be used at all.

@@ -20,7 +20,7 @@ use crate::report::RunResult;
 use crate::retention::SnapState;
 use crate::schedule::format_slot;
 use crate::ssm::batch::Polling;
-use crate::ssm::fake::{FakeSsm, Step};
+use crate::ssm::fake::{FakeAgent, Step};
 use crate::ssm::{Command, Invocation, Sent, Ssm, Status};
 use crate::worker::{self, Outcome, RunSpec};
 
@@ -76,57 +76,25 @@ fn scripts(on_failure: OnFailure) -> Policy {
     p
 }
 
-/// `FakeSsm` with the instance's side of the VSS document, and a log of commands and creates in order.
+/// [`FakeAgent`] (the VSS document's side on the instance), noting each command in order with the number of
+/// snapshots there when it was sent.
 struct Agent {
-    ssm: FakeSsm,
+    fake: FakeAgent,
     ec2: Arc<FakeEc2>,
-    /// VSS commands by id, with the instances whose snapshots are not made yet: the document makes them while it
-    /// runs, and reports success after.
-    vss: Mutex<BTreeMap<String, (Command, Vec<String>)>>,
-    log: Arc<Mutex<Vec<String>>>,
+    log: Mutex<Vec<String>>,
 }
 
 impl Agent {
     fn new(ec2: Arc<FakeEc2>) -> Self {
         Agent {
-            ssm: FakeSsm::new(REGION),
+            fake: FakeAgent::new(ec2.clone()),
             ec2,
-            vss: Mutex::default(),
-            log: Arc::default(),
+            log: Mutex::default(),
         }
     }
 
     fn log(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
-    }
-
-    /// What the document does on `instance`: one snapshot per attached volume, with the `tags` parameter's tags
-    /// and the document's own.
-    async fn vss_snapshots(&self, instance: &str, command: &Command) {
-        let mut tags = ec2::Tags::new();
-        for pair in command.parameters["tags"][0].split(';') {
-            let (k, v) = pair.split_once(',').unwrap();
-            tags.insert(
-                k.strip_prefix("Key=").unwrap().to_string(),
-                v.strip_prefix("Value=").unwrap().to_string(),
-            );
-        }
-        tags.insert("AppConsistent".into(), "true".into());
-        let volumes = self.ec2.describe_volumes(&[]).await.unwrap();
-        for v in volumes {
-            let Some((i, device)) = &v.attachment else {
-                continue;
-            };
-            if i != instance {
-                continue;
-            }
-            let mut tags = tags.clone();
-            tags.insert("Device".into(), device.clone());
-            let tags: Vec<(&str, &str)> =
-                tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            self.ec2
-                .seed_snapshot(&v.id, SnapState::Pending, FAKE_ACCOUNT, &tags);
-        }
     }
 }
 
@@ -142,39 +110,13 @@ impl Ssm for Agent {
             command.document,
             command.instance_ids.len()
         ));
-        let id = self.ssm.send_command(command).await?;
-        if command.document == VSS_DOCUMENT {
-            let todo = command.instance_ids.clone();
-            self.vss
-                .lock()
-                .unwrap()
-                .insert(id.clone(), (command.clone(), todo));
-        }
-        Ok(id)
+        self.fake.send_command(command).await
     }
     async fn list_command_invocations(&self, command_id: &str) -> Result<Vec<Invocation>> {
-        let listed = self.ssm.list_command_invocations(command_id).await?;
-        let done: Vec<(Command, String)> = {
-            let mut vss = self.vss.lock().unwrap();
-            match vss.get_mut(command_id) {
-                Some((command, todo)) => listed
-                    .iter()
-                    .filter(|i| i.status == Status::Success)
-                    .filter_map(|i| {
-                        let at = todo.iter().position(|t| *t == i.instance_id)?;
-                        Some((command.clone(), todo.remove(at)))
-                    })
-                    .collect(),
-                None => Vec::new(),
-            }
-        };
-        for (command, instance) in done {
-            self.vss_snapshots(&instance, &command).await;
-        }
-        Ok(listed)
+        self.fake.list_command_invocations(command_id).await
     }
     async fn list_commands(&self, document: &str, after: DateTime<Utc>) -> Result<Vec<Sent>> {
-        self.ssm.list_commands(document, after).await
+        self.fake.list_commands(document, after).await
     }
 }
 
@@ -204,6 +146,15 @@ fn fleet(instances: usize) -> (Arc<FakeEc2>, Vec<String>) {
     (ec2, ids)
 }
 
+fn assert_success(o: &Outcome) {
+    assert_eq!(
+        o.report.result(),
+        RunResult::Success,
+        "{:?}",
+        o.report.problems
+    );
+}
+
 fn tag<'a>(s: &'a Snapshot, key: &str) -> Option<&'a str> {
     s.tags.get(key).map(String::as_str)
 }
@@ -222,12 +173,7 @@ async fn vss_snapshots_each_volume_once_through_one_command_tagged_managed_and_c
     let agent = Agent::new(ec2.clone());
     let policy = vss(OnFailure::CrashConsistent);
     let o = run(&policy, &ec2, &agent, &Metrics::new()).await;
-    assert_eq!(
-        o.report.result(),
-        RunResult::Success,
-        "{:?}",
-        o.report.problems
-    );
+    assert_success(&o);
     assert_eq!(
         (o.report.created, o.report.app_consistent, o.report.fallback),
         (4, 4, 0)
@@ -236,7 +182,7 @@ async fn vss_snapshots_each_volume_once_through_one_command_tagged_managed_and_c
         ec2.calls("CreateSnapshot") + ec2.calls("CreateSnapshots"),
         0
     );
-    let sent = agent.ssm.sent();
+    let sent = agent.fake.ssm.sent();
     assert_eq!(sent.len(), 1);
     let c = &sent[0].1;
     assert_eq!(c.document, VSS_DOCUMENT);
@@ -262,8 +208,29 @@ async fn vss_snapshots_each_volume_once_through_one_command_tagged_managed_and_c
     ec2.complete_all();
     let again = run(&policy, &ec2, &agent, &Metrics::new()).await;
     assert_eq!((again.report.created, again.report.already_done), (0, 4));
-    assert_eq!(agent.ssm.sent().len(), 1);
+    assert_eq!(agent.fake.ssm.sent().len(), 1);
     assert_eq!(ec2.snapshots().len(), 4);
+}
+
+#[tokio::test]
+async fn exclude_boot_volume_leaves_the_boot_volume_out_of_the_targets_and_the_command() {
+    let (ec2, _) = fleet(2);
+    let agent = Agent::new(ec2.clone());
+    let mut policy = vss(OnFailure::CrashConsistent);
+    policy.vss.as_mut().unwrap().exclude_boot_volume = true;
+    let o = run(&policy, &ec2, &agent, &Metrics::new()).await;
+    assert_success(&o);
+    assert_eq!((o.report.targeted_volumes, o.report.created), (2, 2));
+    assert_eq!(
+        agent.fake.ssm.sent()[0].1.parameters["ExcludeBootVolume"],
+        ["True"]
+    );
+    let devices: Vec<String> = ec2
+        .snapshots()
+        .iter()
+        .filter_map(|s| tag(s, ec2::TAG_DEVICE).map(str::to_string))
+        .collect();
+    assert_eq!(devices, ["/dev/sdf", "/dev/sdf"]);
 }
 
 #[tokio::test]
@@ -274,7 +241,7 @@ async fn a_failed_vss_command_falls_back_to_a_crash_consistent_snapshot_or_fails
     ] {
         let (ec2, ids) = fleet(2);
         let agent = Agent::new(ec2.clone());
-        agent.ssm.script(
+        agent.fake.ssm.script(
             &ids[1],
             vec![Step::exited(1, "AwsVssComponents package is not installed")],
         );
@@ -341,6 +308,7 @@ async fn sixty_instances_take_two_commands_and_one_describe_finds_their_snapshot
     .await;
     assert_eq!(o.report.created, 120, "{:?}", o.report.problems);
     let sizes: Vec<usize> = agent
+        .fake
         .ssm
         .sent()
         .iter()
@@ -350,7 +318,7 @@ async fn sixty_instances_take_two_commands_and_one_describe_finds_their_snapshot
     // The survey's sweep and one for the VSS snapshots of the fire.
     assert_eq!(ec2.calls("DescribeSnapshots") - before, 2);
     assert_eq!(
-        agent.ssm.calls(Op::ListCommandInvocations),
+        agent.fake.ssm.calls(Op::ListCommandInvocations),
         2,
         "one poll per command"
     );
@@ -362,12 +330,7 @@ async fn scripts_freeze_snapshot_and_thaw_in_that_order() {
     let agent = Agent::new(ec2.clone());
     let metrics = Metrics::new();
     let o = run(&scripts(OnFailure::CrashConsistent), &ec2, &agent, &metrics).await;
-    assert_eq!(
-        o.report.result(),
-        RunResult::Success,
-        "{:?}",
-        o.report.problems
-    );
+    assert_success(&o);
     assert_eq!((o.report.created, o.report.app_consistent), (4, 4));
     assert_eq!(
         agent.log(),
@@ -376,7 +339,7 @@ async fn scripts_freeze_snapshot_and_thaw_in_that_order() {
             format!("{POST} 2 (snapshots: 4)")
         ]
     );
-    let sent = agent.ssm.sent();
+    let sent = agent.fake.ssm.sent();
     assert_eq!(sent[0].1.instance_ids, ids);
     assert_eq!(sent[0].1.parameters["MountPoints"], ["/data"]);
     assert!(ec2
@@ -394,11 +357,12 @@ async fn scripts_freeze_snapshot_and_thaw_in_that_order() {
 async fn a_failed_pre_script_falls_back_and_still_gets_its_post_an_undelivered_one_does_not() {
     let (ec2, ids) = fleet(3);
     let agent = Agent::new(ec2.clone());
-    agent.ssm.script(
+    agent.fake.ssm.script(
         &ids[0],
         vec![Step::exited(2, "fsfreeze: /data: Device or resource busy")],
     );
     agent
+        .fake
         .ssm
         .script(&ids[1], vec![Step::status(Status::Undeliverable)]);
     let o = run(
@@ -430,6 +394,7 @@ async fn a_failed_pre_script_falls_back_and_still_gets_its_post_an_undelivered_o
         "{pre}"
     );
     let post: Vec<Vec<String>> = agent
+        .fake
         .ssm
         .sent()
         .into_iter()
@@ -444,6 +409,7 @@ async fn a_pre_script_that_never_finishes_times_out_and_skip_takes_no_snapshot()
     let (ec2, ids) = fleet(1);
     let agent = Agent::new(ec2.clone());
     agent
+        .fake
         .ssm
         .script(&ids[0], vec![Step::status(Status::InProgress)]);
     let o = run(&scripts(OnFailure::Skip), &ec2, &agent, &Metrics::new()).await;
@@ -463,36 +429,44 @@ async fn a_pre_script_that_never_finishes_times_out_and_skip_takes_no_snapshot()
 async fn a_failed_post_script_leaves_the_snapshot_and_makes_the_run_partial() {
     let (ec2, ids) = fleet(1);
     let agent = Agent::new(ec2.clone());
-    // The pre script's invocation succeeds after two polls; the post script's (the next command to the instance)
-    // fails.
-    let slow = Step::status(Status::InProgress);
-    agent
-        .ssm
-        .script(&ids[0], vec![slow.clone(), slow, Step::exited(0, "frozen")]);
-    let o = {
-        let policy = scripts(OnFailure::CrashConsistent);
-        let spec = RunSpec::new(&policy, slot(), FAKE_ACCOUNT).ssm(&agent, polling());
-        let metrics = Metrics::new();
-        let fut = worker::run(&*ec2, &spec, &metrics, slot);
-        tokio::pin!(fut);
-        // Script the post once the pre has gone out.
-        loop {
-            tokio::select! {
-                o = &mut fut => break o,
-                _ = tokio::time::sleep(Duration::from_millis(5)) => {
-                    if agent.ssm.sent().len() == 1 {
-                        agent.ssm.script(&ids[0], vec![Step::exited(1, "fsfreeze -u: not frozen")]);
-                    }
-                }
-            }
-        }
-    };
+    let o = with_post(
+        &ec2,
+        &agent,
+        &ids[0],
+        Step::exited(1, "fsfreeze -u: not frozen"),
+    )
+    .await;
     assert_eq!((o.report.created, o.report.app_consistent), (2, 2));
     assert_eq!(
         codes(&o),
         [(ids[0].clone(), "post", "script-failed".to_string())]
     );
     assert_eq!(o.report.result(), RunResult::Partial);
+}
+
+/// A run of the scripts policy on one instance whose pre succeeds after two polls and whose post answers `post`
+/// (scripted once the pre has gone out: a script applies to the next command sent to the instance).
+async fn with_post(ec2: &FakeEc2, agent: &Agent, instance: &str, post: Step) -> Outcome {
+    let slow = Step::status(Status::InProgress);
+    agent.fake.ssm.script(
+        instance,
+        vec![slow.clone(), slow, Step::exited(0, "frozen")],
+    );
+    let policy = scripts(OnFailure::CrashConsistent);
+    let spec = RunSpec::new(&policy, slot(), FAKE_ACCOUNT).ssm(agent, polling());
+    let metrics = Metrics::new();
+    let fut = worker::run(ec2, &spec, &metrics, slot);
+    tokio::pin!(fut);
+    loop {
+        tokio::select! {
+            o = &mut fut => break o,
+            _ = tokio::time::sleep(Duration::from_millis(5)) => {
+                if agent.fake.ssm.sent().len() == 1 {
+                    agent.fake.ssm.script(instance, vec![post.clone()]);
+                }
+            }
+        }
+    }
 }
 
 #[tokio::test]
@@ -502,7 +476,7 @@ async fn a_restart_awaits_the_vss_command_an_earlier_process_sent_and_owes_posts
     let agent = Agent::new(ec2.clone());
     let policy = vss(OnFailure::CrashConsistent);
     let comment = format!("snapwarden vss {} app", format_slot(slot()));
-    agent.ssm.script(
+    agent.fake.ssm.script(
         &ids[0],
         vec![Step::status(Status::InProgress), Step::exited(0, "done")],
     );
@@ -523,7 +497,7 @@ async fn a_restart_awaits_the_vss_command_an_earlier_process_sent_and_owes_posts
     };
     agent.send_command(&earlier).await.unwrap();
     let o = run(&policy, &ec2, &agent, &Metrics::new()).await;
-    assert_eq!(agent.ssm.sent().len(), 1, "no second command");
+    assert_eq!(agent.fake.ssm.sent().len(), 1, "no second command");
     assert_eq!(
         (o.report.created, o.report.app_consistent),
         (2, 2),
@@ -556,6 +530,7 @@ async fn a_restart_awaits_the_vss_command_an_earlier_process_sent_and_owes_posts
     let o = run(&policy, &ec2, &agent, &Metrics::new()).await;
     assert_eq!(o.report.created, 0);
     let posts: Vec<Vec<String>> = agent
+        .fake
         .ssm
         .sent()
         .into_iter()
@@ -566,6 +541,7 @@ async fn a_restart_awaits_the_vss_command_an_earlier_process_sent_and_owes_posts
     let again = run(&policy, &ec2, &agent, &Metrics::new()).await;
     assert_eq!(again.report.created, 0);
     let posts = agent
+        .fake
         .ssm
         .sent()
         .into_iter()
@@ -586,4 +562,99 @@ fn base_policy_with_scripts_no_post() -> Policy {
         s.post = None;
     }
     p
+}
+
+#[tokio::test]
+async fn a_retry_of_the_slot_freezes_again_and_thaws_again_instead_of_trusting_an_old_freeze() {
+    let (ec2, _) = fleet(1);
+    let volumes: Vec<String> = ec2
+        .describe_volumes(&[])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|v| v.id)
+        .collect();
+    let agent = Agent::new(ec2.clone());
+    let policy = scripts(OnFailure::CrashConsistent);
+    for v in &volumes {
+        ec2.fail_create_for(v, "InternalError");
+    }
+    let first = run(&policy, &ec2, &agent, &Metrics::new()).await;
+    assert_eq!(first.report.created, 0);
+    ec2.clear_faults();
+    let retry = run(&policy, &ec2, &agent, &Metrics::new()).await;
+    assert_eq!((retry.report.created, retry.report.app_consistent), (2, 2));
+    let documents: Vec<String> = agent
+        .fake
+        .ssm
+        .sent()
+        .into_iter()
+        .map(|(_, c)| c.document)
+        .collect();
+    // The first run's pre succeeded and is over: it holds nothing still when the retry snapshots, so the retry
+    // sends its own, and its own post (an earlier post never stands for this run's).
+    assert_eq!(documents, [PRE, POST, PRE, POST]);
+}
+
+#[tokio::test]
+async fn a_post_is_owed_when_an_instance_was_frozen_again_after_its_last_thaw() {
+    let (ec2, ids) = fleet(1);
+    let agent = Agent::new(ec2.clone());
+    let slot_text = format_slot(slot());
+    let send = |document: &str, stage: &str| Command {
+        document: document.into(),
+        instance_ids: ids.clone(),
+        parameters: BTreeMap::new(),
+        timeout: Duration::from_secs(30),
+        comment: format!("snapwarden {stage} {slot_text} app"),
+    };
+    // An earlier run froze and thawed; a later one froze, made the snapshots and died before its post.
+    agent.send_command(&send(PRE, "pre")).await.unwrap();
+    agent.send_command(&send(POST, "post")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    agent.send_command(&send(PRE, "pre")).await.unwrap();
+    let no_post = base_policy_with_scripts_no_post();
+    assert_eq!(
+        run(&no_post, &ec2, &agent, &Metrics::new())
+            .await
+            .report
+            .created,
+        2
+    );
+    let o = run(
+        &scripts(OnFailure::CrashConsistent),
+        &ec2,
+        &agent,
+        &Metrics::new(),
+    )
+    .await;
+    assert_eq!(o.report.created, 0);
+    let posts = agent
+        .fake
+        .ssm
+        .sent()
+        .into_iter()
+        .filter(|(_, c)| c.document == POST)
+        .count();
+    assert_eq!(posts, 2, "the thaw the second freeze was owed");
+}
+
+#[tokio::test]
+async fn a_post_that_found_the_freeze_already_ended_marks_the_snapshots_not_consistent() {
+    let (ec2, ids) = fleet(1);
+    let agent = Agent::new(ec2.clone());
+    let fired = Step::exited(super::THAWED_EARLY, "auto-thaw had already fired for /data");
+    let o = with_post(&ec2, &agent, &ids[0], fired).await;
+    assert_eq!(
+        (o.report.created, o.report.app_consistent, o.report.fallback),
+        (2, 0, 2)
+    );
+    assert_eq!(
+        codes(&o),
+        [(ids[0].clone(), "post", "thawed-early".to_string())]
+    );
+    assert!(ec2
+        .snapshots()
+        .iter()
+        .all(|s| tag(s, ec2::TAG_APP_CONSISTENT) == Some("false")));
 }
