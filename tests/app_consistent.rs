@@ -1259,3 +1259,40 @@ async fn a_post_script_the_slot_still_owes_is_sent_by_its_next_run() {
     assert_eq!(third.report.result(), RunResult::Success);
     assert_eq!(b.sent().await.len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thaw_that_finds_the_freeze_already_ended_untags_the_snapshot_and_retention_does_not_count_it(
+) {
+    let b = bed(&scripts_policy("pg", "").replace(
+        "keep = { last = 7 }",
+        "keep = { last = 2, app-consistent-only = true }",
+    ))
+    .await;
+    let (i, vols) = b.instance("pg", &[BOOT]).await;
+    let volume = &vols[0];
+    let older = [
+        b.seed(volume, "pg", &days_before(1), true).await,
+        b.seed(volume, "pg", &days_before(2), true).await,
+    ];
+    // Exit code 3: the freeze's auto-thaw fired before the thaw ran, so the snapshot may not be consistent.
+    b.agent.set_rules(vec![Rule::instance(
+        &i,
+        Reply::failed(3, "not frozen: AutoThawSeconds elapsed"),
+    )
+    .document(POST)]);
+
+    let out = b.run("pg").await;
+    let r = &out.report;
+    assert_eq!(r.result(), RunResult::Partial, "{r:#?}");
+    let ((operation, code), _) = problem(r, &i);
+    assert_eq!((operation, code.as_str()), ("post", "thawed-early"));
+    let new = b.of_this_slot(&vols).await;
+    assert_eq!(new.len(), 1);
+    assert_eq!(new[0].tag(TAG_APP_CONSISTENT), "false", "{:?}", new[0]);
+    // The two consistent snapshots are still the two `last` counts: the new one stands as the volume's newest.
+    let left: Vec<String> = b.snapshots(&vols).await.into_iter().map(|s| s.id).collect();
+    for id in &older {
+        assert!(left.contains(id), "{id} deleted: {:#?}", out.plan);
+    }
+    assert_eq!(r.deleted, 0);
+}
