@@ -33,7 +33,7 @@ use snapwarden::ec2::pace::PaceConfig;
 use snapwarden::ec2::{
     TAG_APP_CONSISTENT, TAG_INSTANCE, TAG_MANAGED, TAG_POLICY, TAG_SCHEDULE, TAG_SLOT,
 };
-use snapwarden::notify::{Message, Notifier, Publisher};
+use snapwarden::notify::{self, Message, Notifier, Publisher};
 use snapwarden::report::{Problem, RunReport, RunResult};
 use snapwarden::retention::Action;
 use snapwarden::schedule::format_slot;
@@ -610,11 +610,20 @@ async fn failed_vss_falls_back_to_crash_consistent_snapshots_and_the_alert_says_
             .unwrap_or_else(|| panic!("{instance} in the summary:\n{summary}"));
         assert!(line.contains(code) && line.contains(words), "{line}");
     }
-    assert!(
-        summary.contains("AmazonSSMManagedInstanceCore"),
-        "{summary}"
-    );
-    assert!(summary.contains("AWS-ConfigureAWSPackage"), "{summary}");
+    let (_, advice) = summary.split_once("What to do:").unwrap();
+    let (advice, _) = advice.split_once("Problems:").unwrap();
+    for (code, words) in [
+        ("not-managed", "AmazonSSMManagedInstanceCore"),
+        ("vss-components-missing", "AWS-ConfigureAWSPackage"),
+        ("timed-out", "timeout"),
+    ] {
+        assert!(
+            advice
+                .lines()
+                .any(|l| l.starts_with(&format!("- {code}: ")) && l.contains(words)),
+            "{code}: {advice}"
+        );
+    }
     assert!(
         !summary.contains(&f.ok.0),
         "the good instance is not named:\n{summary}"
@@ -705,6 +714,22 @@ async fn scripts_hold_the_instance_around_its_snapshot_a_failed_pre_falls_back_a
     let ((operation, code), _) = problem(r, &undelivered.0);
     assert_eq!((operation, code.as_str()), ("pre", "not-managed"));
     assert!(problems_of(r, &ok.0).is_empty());
+    // The alert names the instances and what went wrong with each script.
+    let alert = notify::digest(r).body;
+    let summary = alert.split("--- JSON ---").next().unwrap();
+    for (instance, words) in [
+        (&thaw_fails.0, "post"),
+        (&freeze_fails.0, "Device or resource busy"),
+        (&undelivered.0, "not-managed"),
+    ] {
+        assert!(
+            summary
+                .lines()
+                .any(|l| l.contains(instance.as_str()) && l.contains(words)),
+            "{instance} {words}:\n{summary}"
+        );
+    }
+    assert!(!summary.contains(&ok.0), "{summary}");
 
     // The snapshot of the instance whose thaw failed stands, consistent: the freeze held while it was taken.
     let all: Vec<String> = [&ok, &thaw_fails, &freeze_fails, &undelivered]
