@@ -17,7 +17,7 @@
 //!
 //! An invocation's work starts when it reaches its end (right after `SendCommand` is answered when its reply has no
 //! missing or in-progress polls, else at the poll that uses them up, or when the test calls [`SsmAgent::finish`]),
-//! runs on a thread of its own as it would on the instance, and a poll that answers the end waits for it, so
+//! runs apart from the requests, beside the other instances' work, and a poll that answers the end waits for it, so
 //! `Success` is only ever seen once the snapshots exist. For `AWSEC2-CreateVssSnapshot` ending in success: one
 //! snapshot per attached volume in moto (through moto's EC2 API, as the instance's own role would), tagged with the
 //! document's `tags` parameter plus the `Device`, `AppConsistent` and `AwsVssConfig` tags the document adds itself,
