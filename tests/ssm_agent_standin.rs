@@ -641,3 +641,68 @@ async fn a_held_run_says_in_progress_until_released_and_a_creating_one_snapshots
         .iter()
         .all(|i| i.comment() == Some("snapwarden vss 2026-01-01T00:00:00Z p")));
 }
+
+#[tokio::test]
+async fn list_commands_names_only_the_instances_each_command_was_sent_to() {
+    let s = stand().await;
+    let (a, _) = launch_instance(&s.ec2, &[], &[BOOT]).await;
+    let (b, _) = launch_instance(&s.ec2, &[], &[BOOT]).await;
+    let (c, _) = launch_instance(&s.ec2, &[], &[BOOT]).await;
+    let to_a = send(
+        &s.ssm,
+        "snapwarden-fsfreeze",
+        &[&a],
+        &[("MountPoints", "/data")],
+    )
+    .await;
+    let to_bc = send(
+        &s.ssm,
+        "snapwarden-thaw",
+        &[&c, &b],
+        &[("MountPoints", "/data")],
+    )
+    .await;
+
+    let listed = s.ssm.list_commands().send().await.expect("ListCommands");
+    let named: BTreeMap<String, (Vec<String>, i32)> = listed
+        .commands()
+        .iter()
+        .map(|cmd| {
+            let mut ids = cmd.instance_ids().to_vec();
+            ids.sort();
+            (
+                cmd.command_id().unwrap().to_string(),
+                (ids, cmd.target_count()),
+            )
+        })
+        .collect();
+    let mut bc = vec![b.clone(), c.clone()];
+    bc.sort();
+    assert_eq!(
+        named,
+        BTreeMap::from([
+            (to_a.clone(), (vec![a.clone()], 1)),
+            (to_bc.clone(), (bc, 2))
+        ])
+    );
+    // The rest of the answer is moto's.
+    assert!(listed
+        .commands()
+        .iter()
+        .any(|cmd| cmd.document_name() == Some("snapwarden-thaw")
+            && cmd.parameters().unwrap()["MountPoints"] == ["/data"]));
+
+    let of_b = s
+        .ssm
+        .list_commands()
+        .instance_id(&b)
+        .send()
+        .await
+        .expect("ListCommands by instance");
+    let ids: Vec<&str> = of_b
+        .commands()
+        .iter()
+        .filter_map(|c| c.command_id())
+        .collect();
+    assert_eq!(ids, [to_bc.as_str()]);
+}

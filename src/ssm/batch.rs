@@ -15,6 +15,7 @@ use futures::future::join_all;
 use tokio::time::Instant;
 
 use super::{Command, Invocation, Sent, Ssm, Status, MAX_INSTANCES};
+use crate::ec2::op::Code;
 use crate::error::Error;
 
 /// How often a command's invocations are listed while some are not final: every `first` at first, doubling up
@@ -327,43 +328,79 @@ async fn adopt(
 }
 
 /// SendCommand to `instances` in batches of [`MAX_INSTANCES`], all at once (the SSM bucket paces them). A batch
-/// whose send failed is an outcome for each of its instances, in `out`.
+/// whose send failed is an outcome for each of its instances, in `out` — except that SSM refuses a whole command
+/// for the instances it does not manage (`InvalidInstanceId`) and names them: those fail, and the rest of the batch
+/// is sent again without them, so one instance without an agent does not cost its 49 neighbours their command.
 async fn send_all(
     ssm: &dyn Ssm,
     request: &Request,
     instances: &[String],
     out: &mut BTreeMap<String, Outcome>,
 ) -> Vec<Tracked> {
-    let sends = instances.chunks(MAX_INSTANCES).map(|batch| async move {
-        let command = Command {
-            document: request.document.clone(),
-            instance_ids: batch.to_vec(),
-            parameters: request.parameters.clone(),
-            timeout: request.wait.max(Duration::from_secs(30)),
-            comment: request.comment.clone(),
-        };
-        let sent = ssm.send_command(&command).await;
-        (batch, sent, Instant::now())
-    });
+    let mut batches: Vec<Vec<String>> = instances
+        .chunks(MAX_INSTANCES)
+        .map(<[String]>::to_vec)
+        .collect();
     let mut tracked = Vec::new();
-    for (batch, sent, at) in join_all(sends).await {
-        match sent {
-            Ok(id) => tracked.push(Tracked {
-                id,
-                instances: batch.to_vec(),
-                deadline: at + request.wait,
-                earlier: false,
-            }),
-            Err(e) => {
-                tracing::error!(document = %request.document, instances = batch.len(), error = %e, kind = e.kind(), "SendCommand failed");
-                for i in batch {
-                    let ran = Ran::NotSent(e.clone());
-                    out.insert(i.clone(), Outcome { ran, at });
+    while !batches.is_empty() {
+        let sends = batches.iter().map(|batch| async move {
+            let command = Command {
+                document: request.document.clone(),
+                instance_ids: batch.clone(),
+                parameters: request.parameters.clone(),
+                timeout: request.wait.max(Duration::from_secs(30)),
+                comment: request.comment.clone(),
+            };
+            let sent = ssm.send_command(&command).await;
+            (batch, sent, Instant::now())
+        });
+        let mut again = Vec::new();
+        for (batch, sent, at) in join_all(sends).await {
+            match sent {
+                Ok(id) => tracked.push(Tracked {
+                    id,
+                    instances: batch.clone(),
+                    deadline: at + request.wait,
+                    earlier: false,
+                }),
+                Err(e) => {
+                    let refused = refused(&e, batch);
+                    let (failed, rest): (Vec<&String>, Vec<&String>) = if refused.is_empty() {
+                        (batch.iter().collect(), Vec::new())
+                    } else {
+                        batch.iter().partition(|i| refused.contains(i.as_str()))
+                    };
+                    tracing::error!(document = %request.document, instances = failed.len(), sent_again = rest.len(), error = %e, kind = e.kind(), "SendCommand failed");
+                    for i in failed {
+                        let ran = Ran::NotSent(e.clone());
+                        out.insert(i.clone(), Outcome { ran, at });
+                    }
+                    if !rest.is_empty() {
+                        again.push(rest.into_iter().cloned().collect());
+                    }
                 }
             }
         }
+        batches = again;
     }
     tracked
+}
+
+/// The instances of `batch` an `InvalidInstanceId` refusal names (SSM: "Instances [[i-0abc, i-0def]] not in a
+/// valid state for account …"); empty for any other error, or one that names none of them.
+fn refused<'a>(e: &Error, batch: &'a [String]) -> std::collections::HashSet<&'a str> {
+    if !e.is(Code::InvalidInstance) {
+        return Default::default();
+    }
+    let text = e.to_string();
+    let named: std::collections::HashSet<&str> = text
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+        .collect();
+    batch
+        .iter()
+        .map(String::as_str)
+        .filter(|i| named.contains(i))
+        .collect()
 }
 
 /// Polls every command in `tracked` until each of its instances' invocations is final or the command's deadline
@@ -478,6 +515,29 @@ mod tests {
             "AwsVssComponents package is not installed",
         );
         assert_eq!(cause(&vss).code, "vss-components-missing");
+    }
+
+    #[test]
+    fn a_refusal_names_the_unmanaged_instances_of_the_batch() {
+        let batch: Vec<String> = ["i-0aaa", "i-0bbb", "i-0aaa1"]
+            .iter()
+            .map(|i| i.to_string())
+            .collect();
+        let refusal =
+            |message: &str| Error::api(Op::SendCommand, "r", "InvalidInstanceId", message);
+        let named = refused(
+            &refusal("Instances [[i-0aaa, i-0ccc]] not in a valid state for account 123456789012"),
+            &batch,
+        );
+        assert_eq!(named, ["i-0aaa"].into_iter().collect());
+        assert!(refused(&refusal("null"), &batch).is_empty());
+        let other = Error::api(
+            Op::SendCommand,
+            "r",
+            "ThrottlingException",
+            "Instances [[i-0aaa]]",
+        );
+        assert!(refused(&other, &batch).is_empty());
     }
 
     #[test]

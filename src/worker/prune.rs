@@ -8,7 +8,8 @@
 //! run left pending) completed. A volume's deletes from that plan are held until every snapshot of the volume it
 //! waited for has been seen `completed`; the volume's input to the planner is then exactly what the end-of-run
 //! plan sees, so its deletes are the same. A volume whose wait ends otherwise (a failed or deferred create, an
-//! `error` snapshot, one still pending at the deadline) is never released early: the end-of-run plan over the
+//! `error` snapshot, one still pending at the deadline, or — under an `app-consistent-only` rule — a snapshot that
+//! turned out application-consistent, which the expected plan counted as a fallback) is never released early: the end-of-run plan over the
 //! actual state decides for it, as it decides for every volume when the run does not wait for completion. The
 //! deletion caps apply to both plans: early deletes only happen when the expected plan is within them, and the
 //! end-of-run plan can only delete less (a snapshot that did not complete keeps at least as much).
@@ -122,6 +123,9 @@ pub(super) struct Early {
     /// Snapshots this run made (or found made for a volume attached since the survey), digested on arrival: a
     /// create's answer carries every tag, a kilobyte a snapshot.
     pub(crate) created: Vec<Snap>,
+    /// Some schedule of the policy counts only app-consistent snapshots (`app-consistent-only`): whether this
+    /// run's snapshot is one changes the plan, and the expected plan assumed it is not.
+    judges_consistency: bool,
     interner: Interner,
     tx: Option<UnboundedSender<Decision>>,
 }
@@ -158,6 +162,7 @@ impl Early {
         let (policy, slot, now) = (run.spec.policy, run.spec.slot, run.now());
         let mut e = Early {
             tx: Some(tx),
+            judges_consistency: policy.schedules.iter().any(|s| s.keep.app_consistent_only),
             ..Early::default()
         };
         if run.polls().is_none() {
@@ -224,8 +229,9 @@ impl Early {
                 schedules,
                 state: SnapState::Completed,
                 pinned: false,
-                // Unknown until the snapshot is made (a VSS or pre failure falls back): judged as not consistent,
-                // which under `app-consistent-only` rules keeps older consistent snapshots, never deletes more.
+                // Unknown until the snapshot is made (a VSS or pre failure falls back): judged as not consistent.
+                // Under `app-consistent-only` rules a consistent one pushes older ones out, which this plan cannot
+                // foresee: such a volume is not released early (see `created`).
                 app_consistent: false,
                 group: Group::Volume,
                 // Started last of the volume's: never the one standing for a slot it repeats.
@@ -292,9 +298,15 @@ impl Early {
         if let Some(v) = volume {
             self.expected.insert(Arc::clone(&s.id), v);
         }
-        self.created
-            .push(super::survey::digest(&mut self.interner, s));
+        let snap = super::survey::digest(&mut self.interner, s);
         let volume = Arc::clone(&s.volume_id);
+        if self.judges_consistency && snap.app_consistent {
+            // The expected plan judged this run's snapshot a fallback; the end-of-run plan decides for the volume.
+            if let Some(left) = self.waiting.get_mut(&volume) {
+                *left = usize::MAX;
+            }
+        }
+        self.created.push(snap);
         match s.state {
             SnapState::Pending => {
                 self.pending.insert(Arc::clone(&s.id), volume);

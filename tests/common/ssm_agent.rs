@@ -2,7 +2,10 @@
 //! records `SendCommand` but runs nothing (every invocation `Success` at once, no snapshot appears) and answers
 //! `ListCommandInvocations` with HTTP 500; this proxy plays the instances' side. Everything that is not SSM (EC2,
 //! SNS, STS: the query protocol) and every SSM action it does not own (`ListCommands`, `DescribeInstanceInformation`)
-//! goes to moto unchanged, so `ListCommands` shows the request exactly as the SDK sent it. For SSM (JSON protocol,
+//! goes to moto unchanged, so `ListCommands` shows the request exactly as the SDK sent it — with one correction:
+//! moto lists every instance of the region under a command sent by `InstanceIds` (it reads the absent `Targets` as
+//! a filter that matches everything), so the stand-in puts back the instance ids the command named, as SSM lists
+//! them (and applies `ListCommands`' `InstanceId` to those). For SSM (JSON protocol,
 //! `X-Amz-Target: AmazonSSM.<Action>`) it owns three actions:
 //! - `SendCommand`: forwarded to moto (which gives the command id), then recorded with its document, parameters and
 //!   instance ids, one invocation per instance, each following the first [`Rule`] that matches it. Like SSM, it
@@ -14,7 +17,7 @@
 //!
 //! An invocation's work starts when it reaches its end (right after `SendCommand` is answered when its reply has no
 //! missing or in-progress polls, else at the poll that uses them up, or when the test calls [`SsmAgent::finish`]),
-//! runs on a thread of its own as it would on the instance, and a poll that answers the end waits for it, so
+//! runs apart from the requests, beside the other instances' work, as it would on the instance, and a poll that answers the end waits for it, so
 //! `Success` is only ever seen once the snapshots exist. A reply can instead start its work as soon as the command is
 //! delivered ([`Reply::creating`]: the snapshots exist while the invocation still says `InProgress`, as a real VSS
 //! run's do before it reports), and can be held `InProgress` until the test releases it ([`Reply::held`],
@@ -402,12 +405,13 @@ impl Drop for SsmAgent {
 }
 
 /// A thread of its own runs the EC2 calls of VSS runs, on a runtime that lives and dies there: the stand-in is
-/// used from async tests, where a runtime may be neither entered again nor dropped. It stops when the last sender
-/// (the agent and its connections) is gone.
+/// used from async tests, where a runtime may be neither entered again nor dropped. The runs go side by side, as
+/// on many instances at once. It stops when the last sender (the agent and its connections) is gone.
 fn ec2_worker(upstream: u16) -> mpsc::Sender<Job> {
     let (tx, rx) = mpsc::channel::<Job>();
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
             .enable_all()
             .build()
             .expect("the SSM stand-in's runtime");
@@ -427,7 +431,10 @@ fn ec2_worker(upstream: u16) -> mpsc::Sender<Job> {
             aws_sdk_ec2::Client::new(&config)
         });
         for (instance, params, reply) in rx {
-            let _ = reply.send(rt.block_on(vss_run(&ec2, &instance, &params)));
+            let ec2 = ec2.clone();
+            rt.spawn(async move {
+                let _ = reply.send(vss_run(&ec2, &instance, &params).await);
+            });
         }
     });
     tx
@@ -881,6 +888,49 @@ fn get_command_invocation(body: &Value, state: &Mutex<State>, jobs: &mpsc::Sende
     )
 }
 
+/// moto's `ListCommands`, with each command's instance ids the ones it was sent to (see the module comment).
+fn list_commands(
+    req: &Request,
+    body: &Value,
+    upstream: u16,
+    state: &Mutex<State>,
+) -> Option<Vec<u8>> {
+    let answer = forward(req, upstream, &[])?;
+    let text = String::from_utf8_lossy(&answer);
+    let Some(mut listed) = text
+        .split_once("\r\n\r\n")
+        .filter(|(head, _)| head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"))
+        .and_then(|(_, b)| serde_json::from_str::<Value>(b).ok())
+    else {
+        return Some(answer);
+    };
+    let st = state.lock().unwrap();
+    let sent_to = |id: &str| {
+        st.commands
+            .iter()
+            .find(|c| c.id == id)
+            .map(|c| c.instance_ids.clone())
+    };
+    let instance = str_field(body, "InstanceId");
+    if let Some(commands) = listed.get_mut("Commands").and_then(Value::as_array_mut) {
+        for c in commands.iter_mut() {
+            let Some(ids) = str_field(c, "CommandId").and_then(sent_to) else {
+                continue;
+            };
+            c["TargetCount"] = json!(ids.len());
+            c["InstanceIds"] = json!(ids);
+        }
+        commands.retain(|c| {
+            instance.is_none_or(|i| {
+                c["InstanceIds"]
+                    .as_array()
+                    .is_some_and(|ids| ids.iter().any(|x| x == i))
+            })
+        });
+    }
+    Some(json_response(200, &listed))
+}
+
 fn serve(client: TcpStream, upstream: u16, state: &Mutex<State>, jobs: &mpsc::Sender<Job>) {
     let mut writer = client.try_clone().expect("clone client socket");
     let mut reader = BufReader::new(client);
@@ -899,6 +949,7 @@ fn serve(client: TcpStream, upstream: u16, state: &Mutex<State>, jobs: &mpsc::Se
             Some("SendCommand") => send_command(&req, &body, upstream, state, jobs),
             Some("ListCommandInvocations") => Some(list_command_invocations(&body, state, jobs)),
             Some("GetCommandInvocation") => Some(get_command_invocation(&body, state, jobs)),
+            Some("ListCommands") => list_commands(&req, &body, upstream, state),
             _ => forward(&req, upstream, &[]),
         };
         let Some(response) = response else { return };

@@ -102,7 +102,7 @@ pub(super) async fn phase(run: &mut Run<'_>, flight: &Flight, todo: Vec<Todo>) -
             plain.extend(settle_instance(run, &cx, i, &mut vss_ok, &mut untrue));
         }
     }
-    retag_untrue(run, untrue).await;
+    retag_untrue(run, flight, untrue).await;
     for (instance, o) in &post_owed {
         run.ssm_ran(Stage::Post, cx.document(Stage::Post), instance, &o.ran);
         if !o.ran.succeeded() {
@@ -467,10 +467,17 @@ fn on_failure(policy: &Policy, stage: Stage) -> OnFailure {
 
 /// Tags `snapwarden:app-consistent = false` on snapshots taken under a freeze that had ended by the time the post
 /// script ran ([`THAWED_EARLY`]): the tag must not claim what may not hold. A failed CreateTags is a `tag` problem;
-/// the post's own problem already says the snapshots may not be consistent.
-async fn retag_untrue(run: &mut Run<'_>, ids: Vec<String>) {
+/// the post's own problem already says the snapshots may not be consistent. This run's retention judges them as
+/// tagged now: counted by an `app-consistent-only` rule, one would push out a consistent snapshot.
+async fn retag_untrue(run: &mut Run<'_>, flight: &Flight, ids: Vec<String>) {
     if ids.is_empty() {
         return;
+    }
+    let untrue: HashSet<&str> = ids.iter().map(String::as_str).collect();
+    for s in flight.lock().created.iter_mut() {
+        if untrue.contains(&*s.id) {
+            s.app_consistent = false;
+        }
     }
     let tags = Tags::from([(ec2::TAG_APP_CONSISTENT.to_string(), "false".to_string())]);
     for chunk in ids.chunks(create::TAG_BATCH) {
