@@ -5,10 +5,13 @@
 //! pass takes runs in seconds: it prints the virtual wall time and the real CPU time, the requests AWS saw per
 //! operation (describe pages counted one by one), the floor those requests imply at the configured budget, peak
 //! RSS and the worker's own heap. Also a planner micro-benchmark (1,000,000 snapshots) and, with `--moto`, the
-//! same pass through the real SDK against moto to check that the request counts match the in-memory run.
+//! same pass through the real SDK against moto to check that the request counts match the in-memory run. With
+//! `--vss`, fires of N Windows instances with `consistency = "vss"`: SSM through the real `PacedSsm` over stand-in
+//! agents that take `--agent-secs` and make the snapshots in the in-memory EC2, checked against the fire's targets.
 //!
 //! ```text
 //! cargo bench --bench scale -- --volumes 1000,5000,10000 --history 30 --latency-ms 50
+//! cargo bench --bench scale -- --vss 200,1000 --agent-secs 60
 //! SNAPWARDEN_MOTO_SERVER=.venv/bin/moto_server cargo bench --bench scale -- --moto --moto-volumes 200 --planner 0 --volumes 0
 //! ```
 //! Results and how to read them: docs/PERFORMANCE.md.
