@@ -5,10 +5,13 @@
 //! pass takes runs in seconds: it prints the virtual wall time and the real CPU time, the requests AWS saw per
 //! operation (describe pages counted one by one), the floor those requests imply at the configured budget, peak
 //! RSS and the worker's own heap. Also a planner micro-benchmark (1,000,000 snapshots) and, with `--moto`, the
-//! same pass through the real SDK against moto to check that the request counts match the in-memory run.
+//! same pass through the real SDK against moto to check that the request counts match the in-memory run. With
+//! `--vss`, fires of N Windows instances with `consistency = "vss"`: SSM through the real `PacedSsm` over stand-in
+//! agents that take `--agent-secs` and make the snapshots in the in-memory EC2, checked against the fire's targets.
 //!
 //! ```text
 //! cargo bench --bench scale -- --volumes 1000,5000,10000 --history 30 --latency-ms 50
+//! cargo bench --bench scale -- --vss 200,1000 --agent-secs 60
 //! SNAPWARDEN_MOTO_SERVER=.venv/bin/moto_server cargo bench --bench scale -- --moto --moto-volumes 200 --planner 0 --volumes 0
 //! ```
 //! Results and how to read them: docs/PERFORMANCE.md.
@@ -17,7 +20,7 @@
 mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -33,6 +36,8 @@ use snapwarden::error::{Error, Result};
 use snapwarden::metrics::Metrics;
 use snapwarden::retention::{self, PlanInput, ScheduleRules, SnapState};
 use snapwarden::schedule::format_slot;
+use snapwarden::ssm::batch::Polling;
+use snapwarden::ssm::{self, Command, Invocation, PacedSsm, Ssm, Status};
 use snapwarden::worker::{self, Completion, RunSpec, Survey};
 
 // --- heap accounting ---------------------------------------------------------------------------------------------
@@ -295,6 +300,9 @@ struct Args {
     moto: bool,
     moto_volumes: usize,
     moto_history: usize,
+    vss: Vec<usize>,
+    agent: Duration,
+    polling: Polling,
 }
 
 fn args() -> Args {
@@ -308,38 +316,62 @@ fn args() -> Args {
         moto: false,
         moto_volumes: 200,
         moto_history: 3,
+        vss: Vec::new(),
+        agent: Duration::from_secs(60),
+        polling: Polling::default(),
     };
+    let (mut volumes, mut planner) = (None, None);
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = || it.next().unwrap_or_else(|| panic!("{arg} needs a value"));
         match arg.as_str() {
-            "--volumes" => {
-                a.volumes = value()
-                    .split(',')
-                    .filter(|s| !s.is_empty())
-                    .map(|s| s.trim().parse().expect("--volumes N[,N…]"))
-                    .filter(|&n| n > 0)
-                    .collect()
-            }
+            "--volumes" => volumes = Some(list(&value(), "--volumes N[,N…]")),
             "--history" => a.history = value().parse().expect("--history H"),
             "--latency-ms" => {
                 a.latency = Duration::from_millis(value().parse().expect("--latency-ms MS"))
             }
             "--budget" => a.budget = value().parse().expect("--budget FRACTION"),
             "--consistency" => a.consistency = value(),
-            "--planner" => a.planner = value().parse().expect("--planner SNAPSHOTS (0: skip)"),
+            "--planner" => {
+                planner = Some(value().parse().expect("--planner SNAPSHOTS (0: skip)"))
+            }
             "--moto" => a.moto = true,
             "--moto-volumes" => a.moto_volumes = value().parse().expect("--moto-volumes N"),
             "--moto-history" => a.moto_history = value().parse().expect("--moto-history H"),
+            "--vss" => a.vss = list(&value(), "--vss INSTANCES[,INSTANCES…]"),
+            "--agent-secs" => {
+                a.agent = Duration::from_secs_f64(value().parse().expect("--agent-secs S"))
+            }
+            "--poll-first-ms" => {
+                a.polling.first = Duration::from_millis(value().parse().expect("--poll-first-ms MS"))
+            }
+            "--poll-max-ms" => {
+                a.polling.max = Duration::from_millis(value().parse().expect("--poll-max-ms MS"))
+            }
             // cargo bench passes --bench to every bench target.
             "--bench" => {}
             other => panic!(
                 "unknown argument {other}; use --volumes N[,N…] --history H --latency-ms MS --budget F \
-                 --consistency instance|volume --planner N --moto --moto-volumes N --moto-history H"
+                 --consistency instance|volume --planner N --moto --moto-volumes N --moto-history H \
+                 --vss INSTANCES[,INSTANCES…] --agent-secs S --poll-first-ms MS --poll-max-ms MS"
             ),
         }
     }
+    // `--vss` alone measures only the VSS fires.
+    let vss_only = !a.vss.is_empty();
+    a.volumes = volumes.unwrap_or(if vss_only { Vec::new() } else { a.volumes });
+    a.planner = planner.unwrap_or(if vss_only { 0 } else { a.planner });
     a
+}
+
+/// `N[,N…]`, zeros dropped.
+fn list(value: &str, usage: &str) -> Vec<usize> {
+    value
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.trim().parse().unwrap_or_else(|_| panic!("{usage}")))
+        .filter(|&n| n > 0)
+        .collect()
 }
 
 fn pace(budget: f64) -> PaceConfig {
@@ -360,8 +392,14 @@ struct Pass {
     report: snapwarden::report::RunReport,
 }
 
-/// One run of the worker for the slot through `Paced(Instrumented(metered))`, timed on tokio's clock.
-async fn pass(metered: Arc<Metered>, config: &Config, pace: PaceConfig) -> Pass {
+/// One run of the worker for the slot through `Paced(Instrumented(metered))`, timed on tokio's clock; `ssm`: the
+/// region's SSM (already paced) and how commands are polled.
+async fn pass(
+    metered: Arc<Metered>,
+    config: &Config,
+    pace: PaceConfig,
+    ssm: Option<(&dyn Ssm, Polling)>,
+) -> Pass {
     let permits = Arc::new(tokio::sync::Semaphore::new(
         config.daemon.max_concurrent_aws_calls,
     ));
@@ -379,6 +417,10 @@ async fn pass(metered: Arc<Metered>, config: &Config, pace: PaceConfig) -> Pass 
         .firing(["daily"])
         .concurrency(config.daemon.max_concurrent_aws_calls)
         .completion(Completion::within(Duration::from_secs(6 * 3600)));
+    let spec = match ssm {
+        Some((ssm, polling)) => spec.ssm(ssm, polling),
+        None => spec,
+    };
     let now = move || slot() + chrono::Duration::from_std(t0.elapsed()).unwrap_or_default();
     let out = worker::run(&paced, &spec, &metrics, now).await;
     Pass {
@@ -446,7 +488,7 @@ fn in_memory(a: &Args, volumes: usize) {
         .start_paused(true)
         .build()
         .unwrap();
-    let p = rt.block_on(pass(metered, &config, pace.clone()));
+    let p = rt.block_on(pass(metered, &config, pace.clone(), None));
     let real = real0.elapsed();
     let cpu = cpu() - cpu0;
     let worker_peak = PEAK.load(Relaxed).saturating_sub(live_before);
@@ -519,6 +561,340 @@ fn in_memory(a: &Args, volumes: usize) {
         mib(rss_before),
         mib(worker_peak),
         per_snapshot
+    );
+    println!();
+}
+
+// --- a fire of VSS instances -------------------------------------------------------------------------------------
+
+/// Stand-in for SSM Run Command and the agents behind it, on the in-memory EC2: an instance's invocation of a
+/// command is `InProgress` until `duration` after SSM received the command, then `Success`. The first
+/// ListCommandInvocations that reports a command's `Success` first makes its instances' snapshots in the in-memory
+/// EC2, as `AWSEC2-CreateVssSnapshot` does (one per attached volume, with the `tags` parameter's tags and the
+/// document's own `Device`, `AppConsistent`, `AwsVssConfig`), so they exist once the run sees the success. Every
+/// call waits `latency`. Counts calls per operation and polls per command, and notes when each command's agents
+/// finished and when the run first saw them finished.
+struct Agents {
+    region: String,
+    ec2: Arc<FakeEc2>,
+    /// Instance id -> its (volume id, device).
+    volumes: HashMap<String, Vec<(String, String)>>,
+    duration: Duration,
+    latency: Duration,
+    start: tokio::time::Instant,
+    state: Mutex<AgentState>,
+}
+
+#[derive(Default)]
+struct AgentState {
+    commands: BTreeMap<String, Running>,
+    calls: BTreeMap<Op, u64>,
+    instances_sent: usize,
+}
+
+struct Running {
+    instances: Vec<String>,
+    tags: Vec<(String, String)>,
+    /// When SSM received it, and when its agents are done (seconds since the fire began).
+    sent: f64,
+    done: f64,
+    polls: u64,
+    /// When a ListCommandInvocations first reported it done (its snapshots exist from then on).
+    seen: Option<f64>,
+}
+
+/// The VSS document's `tags` parameter, `Key=k,Value=v;…`.
+fn vss_tags(parameter: &str) -> Vec<(String, String)> {
+    parameter
+        .split(';')
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once(',')?;
+            Some((
+                k.strip_prefix("Key=")?.to_string(),
+                v.strip_prefix("Value=")?.to_string(),
+            ))
+        })
+        .collect()
+}
+
+impl Agents {
+    fn at(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
+    }
+
+    async fn enter(&self, op: Op) {
+        if !self.latency.is_zero() {
+            tokio::time::sleep(self.latency).await;
+        }
+        *self.state.lock().unwrap().calls.entry(op).or_default() += 1;
+    }
+
+    fn snapshots(&self, instances: &[String], tags: &[(String, String)]) {
+        for i in instances {
+            for (volume, device) in self.volumes.get(i).into_iter().flatten() {
+                let mut all: Vec<(&str, &str)> =
+                    tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                all.extend([
+                    ("Device", device.as_str()),
+                    ("AppConsistent", "true"),
+                    ("AwsVssConfig", "CopyOnly=False"),
+                ]);
+                self.ec2
+                    .seed_snapshot(volume, SnapState::Pending, FAKE_ACCOUNT, &all);
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Ssm for Agents {
+    fn region(&self) -> &str {
+        &self.region
+    }
+
+    async fn send_command(&self, command: &Command) -> Result<String> {
+        self.enter(Op::SendCommand).await;
+        let sent = self.at();
+        let tags = command
+            .parameters
+            .get("tags")
+            .and_then(|t| t.first())
+            .map_or_else(Vec::new, |t| vss_tags(t));
+        let mut st = self.state.lock().unwrap();
+        st.instances_sent += command.instance_ids.len();
+        let id = format!("{:08x}-0000-4000-8000-000000000000", st.commands.len() + 1);
+        st.commands.insert(
+            id.clone(),
+            Running {
+                instances: command.instance_ids.clone(),
+                tags,
+                sent,
+                done: sent + self.duration.as_secs_f64(),
+                polls: 0,
+                seen: None,
+            },
+        );
+        Ok(id)
+    }
+
+    async fn list_command_invocations(&self, command_id: &str) -> Result<Vec<Invocation>> {
+        self.enter(Op::ListCommandInvocations).await;
+        let now = self.at();
+        let mut st = self.state.lock().unwrap();
+        let Some(c) = st.commands.get_mut(command_id) else {
+            return Err(Error::api(
+                Op::ListCommandInvocations,
+                self.region.clone(),
+                "InvalidCommandId",
+                "no such command (benchmark stand-in)",
+            ));
+        };
+        c.polls += 1;
+        let status = if now >= c.done {
+            if c.seen.is_none() {
+                c.seen = Some(now);
+                self.snapshots(&c.instances, &c.tags);
+            }
+            Status::Success
+        } else {
+            Status::InProgress
+        };
+        Ok(c.instances
+            .iter()
+            .map(|i| Invocation {
+                instance_id: i.clone(),
+                status: status.clone(),
+                output: String::new(),
+                exit_code: (status == Status::Success).then_some(0),
+            })
+            .collect())
+    }
+
+    /// A fresh slot: no command of an earlier process to await.
+    async fn list_commands(&self, _: &str, _: DateTime<Utc>) -> Result<Vec<ssm::Sent>> {
+        self.enter(Op::ListCommands).await;
+        Ok(Vec::new())
+    }
+}
+
+fn vss_config() -> Config {
+    let toml = "[[policy]]\nname = \"prod\"\nconsistency = \"vss\"\n[policy.target]\n\
+                resource = \"instance\"\ntags = { Backup = \"true\" }\n[[policy.schedule]]\nname = \"daily\"\n\
+                cron = \"30 4 * * *\"\nkeep = { last = 30 }\n";
+    config::from_toml_str(std::path::Path::new("bench.toml"), toml, &[]).expect("bench config")
+}
+
+/// `ok` as the word a target line ends with.
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "MISSED"
+    }
+}
+
+/// One fire of `instances` VSS instances (volumes 1, 2, 3, 4, 1, … each, no history) through the real worker,
+/// `Paced` EC2 over the metered in-memory backend and `PacedSsm` over the stand-in agents; prints the calls, the
+/// timeline and the targets (docs/PERFORMANCE.md, "VSS fire").
+fn vss_fire(a: &Args, instances: usize) {
+    let region = format!("bench-vss-{instances}");
+    let fake = Arc::new(FakeEc2::new(&region));
+    fake.set_clock(slot());
+    let shape: Vec<usize> = (0..instances).map(|i| 1 + i % 4).collect();
+    let volumes: usize = shape.iter().sum();
+    let fleet = common::web_fleet(&fake, shape);
+    // The VSS snapshots are pending when the run first describes them and complete on the next describe.
+    fake.complete_after_describes(Some(2));
+    let config = vss_config();
+    let pace = pace(a.budget);
+    let metered = Arc::new(Metered::new(fake.clone(), a.latency, true));
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let (p, agents) = rt.block_on(async {
+        let agents = Arc::new(Agents {
+            region: region.clone(),
+            ec2: fake.clone(),
+            volumes: fleet
+                .iter()
+                .map(|(id, vols)| {
+                    let vols = vols.iter().zip(common::DEVICES);
+                    (
+                        id.clone(),
+                        vols.map(|(v, d)| (v.clone(), d.to_string())).collect(),
+                    )
+                })
+                .collect(),
+            duration: a.agent,
+            latency: a.latency,
+            start: tokio::time::Instant::now(),
+            state: Mutex::default(),
+        });
+        let counted = ssm::Instrumented::new(agents.clone(), Arc::new(Metrics::new()));
+        let paced = PacedSsm::new(Arc::new(counted), pace.clone());
+        let p = pass(metered, &config, pace.clone(), Some((&paced, a.polling))).await;
+        (p, agents)
+    });
+
+    let st = agents.state.lock().unwrap();
+    let ssm_calls = |op: Op| st.calls.get(&op).copied().unwrap_or(0);
+    let ec2_calls = |op: Op| p.requests.get(&op).copied().unwrap_or(0);
+    let (sends, polls, lists) = (
+        ssm_calls(Op::SendCommand),
+        ssm_calls(Op::ListCommandInvocations),
+        ssm_calls(Op::ListCommands),
+    );
+    let commands = st.commands.len() as u64;
+    let rounds = st.commands.values().map(|c| c.polls).max().unwrap_or(0);
+    let last =
+        |f: fn(&Running) -> Option<f64>| st.commands.values().filter_map(f).fold(0.0, f64::max);
+    let last_sent = last(|c| Some(c.sent));
+    let last_done = last(|c| Some(c.done));
+    let last_seen = last(|c| c.seen);
+    let unseen = st.commands.values().filter(|c| c.seen.is_none()).count();
+    // How long after its agents finished each command was seen done: the poll interval's cost.
+    let lags: Vec<f64> = st
+        .commands
+        .values()
+        .filter_map(|c| Some(c.seen? - c.done))
+        .collect();
+    let max_lag = lags.iter().cloned().fold(0.0, f64::max);
+    let mean_lag = lags.iter().sum::<f64>() / lags.len().max(1) as f64;
+
+    // Describes a fire needs by pagination alone: the survey (instances and volumes 1,000 a page, one page of
+    // this policy's snapshots: no history), the sweep finding the VSS snapshots (1,000 a page), and one completion
+    // poll of them (200 ids a call).
+    let pages = |n: usize, per: usize| n.div_ceil(per).max(1) as u64;
+    let describes = ec2_calls(Op::DescribeInstances)
+        + ec2_calls(Op::DescribeVolumes)
+        + ec2_calls(Op::DescribeSnapshots);
+    let paginated = pages(instances, 1000)
+        + pages(volumes, 1000)
+        + 1
+        + pages(volumes, 1000)
+        + pages(volumes, 200);
+    let tags = ec2_calls(Op::CreateTags);
+
+    // The floor (docs/PERFORMANCE.md): the survey's pages one after another, ListCommands, the last SendCommand's
+    // token in the SSM bucket, the agents, one ListCommandInvocations, the pages finding the snapshots, the
+    // CreateTags calls beyond the tags bucket's burst; each request `latency`.
+    let l = a.latency.as_secs_f64();
+    let t0 = Instant::now();
+    let s = pace.bucket(Group::Ssm, t0);
+    let t = pace.bucket(Group::Tags, t0);
+    let send_wait = ((lists + sends) as f64 - s.capacity).max(0.0) / s.refill_per_sec;
+    let tag_wait = (tags as f64 - t.capacity).max(0.0) / t.refill_per_sec;
+    let survey = (pages(instances, 1000) + pages(volumes, 1000) + 1) as f64 * l;
+    let floor = survey
+        + lists as f64 * l
+        + send_wait
+        + l
+        + a.agent.as_secs_f64()
+        + l
+        + pages(volumes, 1000) as f64 * l
+        + if tags > 0 { tag_wait + l } else { 0.0 };
+    let wall = p.wall.as_secs_f64();
+    let r = &p.report;
+
+    println!("== VSS fire: {instances} instances, {volumes} volumes ==");
+    println!(
+        "run: result {}, created {}, app-consistent {}, fallback {}, problems {}; agents {:.0} s, latency {} ms, \
+         budget {:.0}%, polling {:?} doubling to {:?}, AWS refusals (EC2) {}",
+        r.result().as_str(),
+        r.created,
+        r.app_consistent,
+        r.fallback,
+        r.problems.len(),
+        a.agent.as_secs_f64(),
+        a.latency.as_millis(),
+        a.budget * 100.0,
+        a.polling.first,
+        a.polling.max,
+        p.throttled
+    );
+    println!("requests (SSM at the stand-in, EC2 at the meter; describe pages one by one):");
+    for (op, n) in st.calls.iter().chain(&p.requests) {
+        println!("  {op:<24} {n:>6}");
+    }
+    println!(
+        "timeline (s): last send {last_sent:.1}, last agent done {last_done:.1}, last seen done {last_seen:.1} \
+         (commands never seen done: {unseen}), fire over {wall:.1}; seen done after the agents: mean {mean_lag:.1} s, \
+         max {max_lag:.1} s"
+    );
+    println!(
+        "floor {floor:.1} s = survey {survey:.2} + ListCommands {:.2} + sends beyond the SSM burst {send_wait:.1} + \
+         send {l:.2} + agents {:.0} + poll {l:.2} + finding the snapshots {:.2} + CreateTags beyond the tags burst \
+         {tag_wait:.1} + {l:.2}",
+        lists as f64 * l,
+        a.agent.as_secs_f64(),
+        pages(volumes, 1000) as f64 * l
+    );
+    let expected_sends = instances.div_ceil(ssm::MAX_INSTANCES) as u64;
+    println!(
+        "target SendCommand = ceil(instances / 50): {sends} = {expected_sends}: {}",
+        verdict(sends == expected_sends && st.instances_sent == instances)
+    );
+    println!(
+        "target ListCommandInvocations per poll round = commands: {polls} calls in {rounds} rounds = {:.2} per round, \
+         {commands} commands: {}",
+        polls as f64 / rounds.max(1) as f64,
+        verdict(polls <= rounds * commands)
+    );
+    println!(
+        "target describes independent of instances beyond pagination: {describes} = {paginated} by pagination \
+         (survey, finding the snapshots, one completion poll): {}",
+        verdict(describes == paginated)
+    );
+    println!(
+        "target wall <= 1.10 x floor: wall {wall:.1} s / floor {floor:.1} s = {:.3}: {}; the poll interval's \
+         share (last seen done - last agent done) {:.1} s = {:.3} of the floor",
+        wall / floor,
+        verdict(wall <= 1.10 * floor),
+        last_seen - last_done,
+        (last_seen - last_done) / floor
     );
     println!();
 }
@@ -656,7 +1032,7 @@ fn moto(a: &Args) {
         }
         let sdk: Arc<dyn Ec2> = Arc::new(ec2::sdk::SdkEc2::new(&conf));
         let metered = Arc::new(Metered::new(sdk, Duration::ZERO, false));
-        let p = pass(metered, &config, fast.clone()).await;
+        let p = pass(metered, &config, fast.clone(), None).await;
         (p.requests, p.report)
     });
     drop(moto);
@@ -669,7 +1045,7 @@ fn moto(a: &Args) {
         .start_paused(true)
         .build()
         .unwrap()
-        .block_on(pass(metered, &config, fast))
+        .block_on(pass(metered, &config, fast, None))
         .requests;
 
     println!(
@@ -724,12 +1100,25 @@ fn main() {
             n.to_string(),
         ]);
     }
+    for &n in &a.vss {
+        jobs.push(vec![
+            "--planner".into(),
+            "0".into(),
+            "--volumes".into(),
+            "0".into(),
+            "--vss".into(),
+            n.to_string(),
+        ]);
+    }
     if std::env::var_os("SNAPWARDEN_SCALE_CHILD").is_some() || jobs.len() + a.moto as usize <= 1 {
         if a.planner > 0 {
             planner(a.planner);
         }
         for &n in &a.volumes {
             in_memory(&a, n);
+        }
+        for &n in &a.vss {
+            vss_fire(&a, n);
         }
         if a.moto {
             moto(&a);
@@ -749,6 +1138,12 @@ fn main() {
         a.moto_volumes.to_string(),
         "--moto-history".into(),
         a.moto_history.to_string(),
+        "--agent-secs".into(),
+        a.agent.as_secs_f64().to_string(),
+        "--poll-first-ms".into(),
+        a.polling.first.as_millis().to_string(),
+        "--poll-max-ms".into(),
+        a.polling.max.as_millis().to_string(),
     ];
     if a.moto {
         jobs.push(vec![
