@@ -97,7 +97,10 @@ pub(super) async fn phase(run: &mut Run<'_>, flight: &Flight, todo: Vec<Todo>) -
     let mut vss_ok: Vec<(String, Vec<Todo>)> = Vec::new();
     let mut untrue = Vec::new();
     for b in done {
-        untagged.extend(b.untagged);
+        // Batches lacking the same tags share CreateTags calls (`extend` on the map would drop one's snapshots).
+        for (tags, ids) in b.untagged {
+            untagged.entry(tags).or_default().extend(ids);
+        }
         for i in b.instances {
             plain.extend(settle_instance(run, &cx, i, &mut vss_ok, &mut untrue));
         }

@@ -807,3 +807,25 @@ async fn a_restart_awaits_the_latest_freeze_an_instance_was_sent_not_an_older_fa
         o.report.problems
     );
 }
+
+#[tokio::test]
+async fn snapshots_of_every_batch_get_their_per_volume_tags() {
+    // 60 instances: two batches of pre, creates and post, whose snapshots lack the same device tags.
+    let (ec2, _) = fleet(60);
+    let agent = Agent::new(ec2.clone());
+    let o = run(
+        &scripts(OnFailure::CrashConsistent),
+        &ec2,
+        &agent,
+        &Metrics::new(),
+    )
+    .await;
+    assert_success(&o);
+    assert_eq!(o.report.created, 120);
+    let untagged = ec2
+        .snapshots()
+        .iter()
+        .filter(|s| tag(s, ec2::TAG_DEVICE).is_none())
+        .count();
+    assert_eq!(untagged, 0, "snapshots without their device tag");
+}
