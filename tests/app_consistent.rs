@@ -14,16 +14,16 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use common::fault_proxy::{Fault, FaultProxy, Rule as FaultRule, When};
 use common::ssm_agent::{
     parse_tags, End, Reply, Rule, SsmAgent, VSS_CONFIG_TAG, VSS_DOCUMENT, VSS_RESERVED_TAGS,
 };
+use common::Recorder;
 use common::{
     filter, launch_instance, managed_tags, metric, metric_sum, moto_snapshot, Moto, ACCOUNT, REGION,
 };
@@ -33,7 +33,7 @@ use snapwarden::ec2::pace::PaceConfig;
 use snapwarden::ec2::{
     TAG_APP_CONSISTENT, TAG_INSTANCE, TAG_MANAGED, TAG_POLICY, TAG_SCHEDULE, TAG_SLOT,
 };
-use snapwarden::notify::{self, Message, Notifier, Publisher};
+use snapwarden::notify::{self, Notifier, Publisher};
 use snapwarden::report::{Problem, RunReport, RunResult};
 use snapwarden::retention::Action;
 use snapwarden::schedule::format_slot;
@@ -447,20 +447,6 @@ keep = { last = 4 }
             .map(|s| s.tag(TAG_SLOT))
             .collect();
         assert_eq!(slots, [days_before(1).as_str(), SLOT], "{v}");
-    }
-}
-
-/// Publishes nothing anywhere: keeps what the notifier sends.
-#[derive(Default)]
-struct Recorder {
-    sent: Mutex<Vec<Message>>,
-}
-
-#[async_trait]
-impl Publisher for Recorder {
-    async fn publish(&self, message: &Message) -> snapwarden::error::Result<()> {
-        self.sent.lock().unwrap().push(message.clone());
-        Ok(())
     }
 }
 

@@ -20,11 +20,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use serde_json::Value;
 
 use common::fault_proxy::{Fault, FaultProxy, Rule, When};
 use common::process::{snapwarden, Daemon};
-use common::{http_get, slots_by_volume, Moto, REGION};
+use common::{slots_by_volume, Moto, REGION};
 use snapwarden::config;
 use snapwarden::daemon::{self, Shared};
 use snapwarden::ec2::pace::PaceConfig;
@@ -161,27 +160,6 @@ fn wait_for_requests(d: &mut Daemon, proxy: &FaultProxy, action: &str, n: usize)
     }
 }
 
-/// The last run in `/status` once it is finished for the region: (result, slot).
-fn wait_for_run(d: &mut Daemon, port: u16) -> (String, String) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some((200, body)) = http_get(port, "/status") {
-            let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-            let last = &v["policies"][POLICY]["yearly"]["last_runs"][REGION];
-            if let (Some(r), Some(s)) = (last["result"].as_str(), last["slot"].as_str()) {
-                return (r.to_string(), s.to_string());
-            }
-        }
-        assert!(d.is_running(), "the daemon exited\n{}", d.logs());
-        assert!(
-            Instant::now() < deadline,
-            "no finished run in /status within 60 s\n{}",
-            d.logs()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// Per volume, how many snapshots of `slot`: (duplicates, losses) over the fleet.
 fn tally(by: &BTreeMap<String, Vec<String>>, volumes: &[String], slot: &str) -> (usize, usize) {
     let mut duplicates = 0;
@@ -273,7 +251,7 @@ async fn crash_and_restart(
     }
     let mut d = start(&r.config);
     runs += 1;
-    let (result, run_slot) = wait_for_run(&mut d, r.port);
+    let (result, run_slot) = d.wait_for_run(r.port, POLICY, "yearly", REGION);
     assert_eq!(run_slot, slot, "catch-up fired the same slot\n{}", d.logs());
     assert_eq!(result, "success", "{}", d.logs());
     d.stop();

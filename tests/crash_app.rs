@@ -22,12 +22,11 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use serde_json::Value;
 
 use common::fault_proxy::{self, Fault, FaultProxy, When};
 use common::process::{snapwarden, Daemon};
 use common::ssm_agent::{Reply, Rule, SsmAgent, VSS_DOCUMENT};
-use common::{filter, http_get, Moto, REGION};
+use common::{filter, Moto, REGION};
 use snapwarden::schedule::format_slot;
 
 const POLICY: &str = "app";
@@ -241,27 +240,6 @@ fn wait_until(d: &mut Daemon, what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-/// The last run in `/status` once it is finished for the region: (result, slot).
-fn wait_for_run(d: &mut Daemon, port: u16) -> (String, String) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some((200, body)) = http_get(port, "/status") {
-            let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-            let last = &v["policies"][POLICY]["yearly"]["last_runs"][REGION];
-            if let (Some(r), Some(s)) = (last["result"].as_str(), last["slot"].as_str()) {
-                return (r.to_string(), s.to_string());
-            }
-        }
-        assert!(d.is_running(), "the daemon exited\n{}", d.logs());
-        assert!(
-            Instant::now() < deadline,
-            "no finished run in /status within 60 s\n{}",
-            d.logs()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// The slot every daemon run of the rig fires: the latest `0 0 1 1 *` at or before now.
 fn this_years_slot() -> String {
     let cron = snapwarden::schedule::Cron::parse("0 0 1 1 *").unwrap();
@@ -277,7 +255,7 @@ fn comment(stage: &str, slot: &str) -> String {
 
 /// Lets the restarted daemon finish the slot: waits for its run, stops it, and returns its logs.
 fn finish(mut d: Daemon, r: &Rig, slot: &str) -> String {
-    let (result, run_slot) = wait_for_run(&mut d, r.port);
+    let (result, run_slot) = d.wait_for_run(r.port, POLICY, "yearly", REGION);
     assert_eq!(run_slot, slot, "catch-up fired the same slot\n{}", d.logs());
     assert_eq!(result, "success", "{}", d.logs());
     d.stop();

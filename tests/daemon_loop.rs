@@ -6,7 +6,8 @@
 
 mod common;
 
-use async_trait::async_trait;
+use common::Recorder;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,7 +16,6 @@ use snapwarden::config::{self, Config};
 use snapwarden::daemon::{self, Shared};
 use snapwarden::ec2::fake::FakeEc2;
 use snapwarden::ec2::hooked::{Call, Hooked, Step};
-use snapwarden::error::Result;
 use snapwarden::notify::{Message, Notifier, Publisher};
 use snapwarden::worker::Region;
 use tokio_util::sync::CancellationToken;
@@ -262,20 +262,6 @@ fn panics_once(inner: Arc<FakeEc2>) -> Hooked {
         }
         Step::Go
     })
-}
-
-/// Keeps what the notifier publishes.
-#[derive(Default)]
-struct Recorder {
-    sent: std::sync::Mutex<Vec<Message>>,
-}
-
-#[async_trait]
-impl Publisher for Recorder {
-    async fn publish(&self, message: &Message) -> Result<()> {
-        self.sent.lock().unwrap().push(message.clone());
-        Ok(())
-    }
 }
 
 /// `/status` as the HTTP port serves it.

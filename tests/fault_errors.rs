@@ -11,21 +11,21 @@
 mod common;
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use common::fault_proxy::{Fault, FaultProxy, Rule, When};
+use common::Recorder;
 use common::{Moto, ACCOUNT, REGION};
 use snapwarden::config;
 use snapwarden::daemon::{self, Shared};
 use snapwarden::ec2::fake::{FakeEc2, FAKE_ACCOUNT};
 use snapwarden::ec2::pace::PaceConfig;
 use snapwarden::metrics::Metrics;
-use snapwarden::notify::{self, Delivery, Message, Notifier, Publisher, SnsPublisher};
+use snapwarden::notify::{self, Delivery, Notifier, Publisher, SnsPublisher};
 use snapwarden::report::{RunReport, RunResult};
 use snapwarden::worker::{self, Region, RunSpec};
 
@@ -152,20 +152,6 @@ async fn access_denied_alerts_name_the_iam_action_to_grant() {
         "{}",
         m.body
     );
-}
-
-/// Keeps what the notifier publishes.
-#[derive(Default)]
-struct Recorder {
-    sent: Mutex<Vec<Message>>,
-}
-
-#[async_trait]
-impl Publisher for Recorder {
-    async fn publish(&self, message: &Message) -> snapwarden::error::Result<()> {
-        self.sent.lock().unwrap().push(message.clone());
-        Ok(())
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

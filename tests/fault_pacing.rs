@@ -16,19 +16,19 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use common::fault_proxy::{Fault, FaultProxy, Rule, When};
+use common::Recorder;
 use common::{slots_by_volume, Moto, ACCOUNT, REGION};
 use snapwarden::config::{self, Config};
 use snapwarden::daemon::{self, Shared};
 use snapwarden::ec2::fake::FakeEc2;
 use snapwarden::ec2::pace::{Group, PaceConfig};
-use snapwarden::notify::{Message, Notifier, Publisher};
+use snapwarden::notify::{Notifier, Publisher};
 use snapwarden::report::RunResult;
 use snapwarden::retention::SnapState;
 use snapwarden::schedule::format_slot;
@@ -255,20 +255,6 @@ async fn a_third_of_calls_throttled_every_run_completes_once_per_slot_and_prunes
         targeted.len(),
         rate * 100.0
     );
-}
-
-/// Records what it is asked to publish.
-#[derive(Default)]
-struct Recorder {
-    sent: Mutex<Vec<Message>>,
-}
-
-#[async_trait]
-impl Publisher for Recorder {
-    async fn publish(&self, message: &Message) -> snapwarden::error::Result<()> {
-        self.sent.lock().unwrap().push(message.clone());
-        Ok(())
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

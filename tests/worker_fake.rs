@@ -20,6 +20,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use common::metric;
+use common::Recorder;
 use snapwarden::config::{self, Config, Policy};
 use snapwarden::daemon::firing_at;
 use snapwarden::ec2::fake::{FakeEc2, FAKE_ACCOUNT};
@@ -1181,20 +1182,6 @@ keep = { last = 4 }
         Some(2.0),
         "{text}"
     );
-}
-
-/// Records what it is asked to publish.
-#[derive(Default)]
-struct Recorder {
-    sent: Mutex<Vec<Message>>,
-}
-
-#[async_trait]
-impl Publisher for Recorder {
-    async fn publish(&self, message: &Message) -> snapwarden::error::Result<()> {
-        self.sent.lock().unwrap().push(message.clone());
-        Ok(())
-    }
 }
 
 /// Fails every publish, and holds each one until the test opens the gate, so a run can be shown not to wait on it.

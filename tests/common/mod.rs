@@ -353,3 +353,20 @@ pub async fn launch_instance(
     }
     (id, volumes)
 }
+
+/// A publisher that publishes nothing anywhere and keeps what the notifier sends it.
+#[derive(Default)]
+pub struct Recorder {
+    pub sent: std::sync::Mutex<Vec<snapwarden::notify::Message>>,
+}
+
+#[async_trait::async_trait]
+impl snapwarden::notify::Publisher for Recorder {
+    async fn publish(
+        &self,
+        message: &snapwarden::notify::Message,
+    ) -> snapwarden::error::Result<()> {
+        self.sent.lock().unwrap().push(message.clone());
+        Ok(())
+    }
+}

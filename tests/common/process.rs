@@ -66,6 +66,34 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// The last run of `policy`/`schedule` in `region` in `/status` on `port`, once one has finished: (result,
+    /// slot). Fails after 60 s, or when the daemon exits first.
+    pub fn wait_for_run(
+        &mut self,
+        port: u16,
+        policy: &str,
+        schedule: &str,
+        region: &str,
+    ) -> (String, String) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some((200, body)) = super::http_get(port, "/status") {
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                let last = &v["policies"][policy][schedule]["last_runs"][region];
+                if let (Some(r), Some(s)) = (last["result"].as_str(), last["slot"].as_str()) {
+                    return (r.to_string(), s.to_string());
+                }
+            }
+            assert!(self.is_running(), "the daemon exited\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "no finished run in /status within 60 s\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn spawn(cmd: &mut Command) -> Daemon {
         let mut child = cmd
             .stdout(Stdio::piped())

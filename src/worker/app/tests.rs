@@ -711,6 +711,14 @@ async fn sent_earlier(agent: &Agent, document: &str, stage: &str, instances: &[S
     agent.send_command(&command).await.unwrap();
 }
 
+/// The run sent `documents` in that order and made both snapshots of the one instance, consistent.
+fn sent_and_consistent(agent: &Agent, o: &Outcome, documents_sent: &[&str], case: &str) {
+    let r = &o.report;
+    assert_eq!(documents(agent), documents_sent, "{case}: {:?}", r.problems);
+    let got = (r.created, r.app_consistent, r.result());
+    assert_eq!(got, (2, 2, RunResult::Success), "{case}: {:?}", r.problems);
+}
+
 /// The documents sent to SSM, in order.
 fn documents(agent: &Agent) -> Vec<String> {
     agent
@@ -750,17 +758,11 @@ async fn a_restart_after_an_earlier_freeze_was_thawed_freezes_and_thaws_again() 
             &Metrics::new(),
         )
         .await;
-        assert_eq!(
-            documents(&agent),
-            [PRE, POST, PRE, POST],
-            "{earlier_pre:?}: {:?}",
-            o.report.problems
-        );
-        assert_eq!(
-            (o.report.created, o.report.app_consistent, o.report.result()),
-            (2, 2, RunResult::Success),
-            "{earlier_pre:?}: {:?}",
-            o.report.problems
+        sent_and_consistent(
+            &agent,
+            &o,
+            &[PRE, POST, PRE, POST],
+            &format!("{earlier_pre:?}"),
         );
     }
 }
@@ -794,18 +796,7 @@ async fn a_restart_awaits_the_latest_freeze_an_instance_was_sent_not_an_older_fa
         &Metrics::new(),
     )
     .await;
-    assert_eq!(
-        documents(&agent),
-        [PRE, PRE, POST],
-        "{:?}",
-        o.report.problems
-    );
-    assert_eq!(
-        (o.report.created, o.report.app_consistent, o.report.result()),
-        (2, 2, RunResult::Success),
-        "{:?}",
-        o.report.problems
-    );
+    sent_and_consistent(&agent, &o, &[PRE, PRE, POST], "");
 }
 
 #[tokio::test]
