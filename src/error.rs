@@ -150,6 +150,10 @@ impl fmt::Display for Hint {
             Code::SnapshotInUse => " (the snapshot backs an AMI; deregister the AMI to let it go)",
             Code::VolumeRate => " (wait 15 s between snapshots of one volume)",
             Code::PendingLimit => " (too many pending snapshots; the next run retries)",
+            Code::CopyLimit => {
+                " (too many snapshot copies in progress to this region; the next run copies it. AWS allows 20 per \
+                 destination region by default; a quota increase raises it)"
+            }
             Code::InvalidInstance => {
                 " (the instance is not managed by SSM: check that it runs, that its SSM agent is online and that \
                  its instance profile lets the agent register, e.g. AmazonSSMManagedInstanceCore)"

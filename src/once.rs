@@ -10,7 +10,7 @@ use crate::schedule::format_slot;
 use crate::worker::Outcome;
 
 /// One region's summary line, a line per problem and, with `dry` (a dry run's log), a line per snapshot it would
-/// create and per deletion of its plan.
+/// create, per copy it would make in this region and per deletion of its plan.
 pub fn region_lines(outcome: &Outcome, dry: Option<&DryRunLog>) -> String {
     let rep = &outcome.report;
     let mut out = String::new();
@@ -34,6 +34,13 @@ pub fn region_lines(outcome: &Outcome, dry: Option<&DryRunLog>) -> String {
                 out,
                 "  would create: snapshot of {} ({})",
                 c.volume_id, c.description
+            );
+        }
+        for c in &log.copied {
+            let _ = writeln!(
+                out,
+                "  would copy: {} from {} ({})",
+                c.source_snapshot_id, c.source_region, c.description
             );
         }
         for dec in outcome.plan.iter().filter(|d| d.action == Action::Delete) {

@@ -8,15 +8,15 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::op::Op;
 use super::{
-    CreateSnapshot, CreateSnapshots, Ec2, Filter, Instance, Page, Snapshot, Tags, Volume,
-    VolumeResult,
+    CopySnapshot, CreateSnapshot, CreateSnapshots, Ec2, Filter, Instance, Page, Snapshot, Tags,
+    Volume, VolumeResult, COPY_VOLUME_ID,
 };
 use crate::error::{Error, Result};
 use crate::retention::SnapState;
@@ -47,11 +47,16 @@ struct State {
     error_volumes: HashSet<String>,
     /// Snapshots per DescribeSnapshots page.
     page_size: usize,
+    /// Copies that may be pending in this (destination) region at once, if the test gives a limit.
+    max_pending_copies: Option<usize>,
 }
 
 pub struct FakeEc2 {
     region: String,
     state: Mutex<State>,
+    /// The other regions' fakes, by region, whose snapshots CopySnapshot reads (see [`FakeEc2::link_regions`]).
+    /// Weak: regions that know each other would otherwise keep each other alive.
+    peers: Mutex<BTreeMap<String, Weak<FakeEc2>>>,
 }
 
 impl FakeEc2 {
@@ -71,11 +76,47 @@ impl FakeEc2 {
             described: HashMap::new(),
             error_volumes: HashSet::new(),
             page_size: 1000,
+            max_pending_copies: None,
         };
         FakeEc2 {
             region: region.into(),
             state: Mutex::new(state),
+            peers: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Makes each of `regions` know the others, as EC2's regions do: a CopySnapshot sent to one reads its source
+    /// snapshot from the fake of `SourceRegion`. A fake told of no other region copies within its own only.
+    pub fn link_regions(regions: &[Arc<FakeEc2>]) {
+        for a in regions {
+            let mut peers = a.peers.lock().expect("fake EC2 peers poisoned");
+            for b in regions.iter().filter(|b| !Arc::ptr_eq(a, b)) {
+                peers.insert(b.region.clone(), Arc::downgrade(b));
+            }
+        }
+    }
+
+    /// The state of snapshot `id` in `region` (this one or a linked one); None when that region has no such
+    /// snapshot or is not known. The lock of the region is held only while looking.
+    fn snapshot_state_in(&self, region: &str, id: &str) -> Option<SnapState> {
+        if region == self.region {
+            return self.state().snapshots.get(id).map(|s| s.state);
+        }
+        let peer = self
+            .peers
+            .lock()
+            .expect("fake EC2 peers poisoned")
+            .get(region)
+            .and_then(Weak::upgrade)?;
+        let state = peer.state().snapshots.get(id).map(|s| s.state);
+        state
+    }
+
+    /// A limit on copies pending in this region, as EC2 has per destination region (20 by default): a copy that
+    /// would pass it is refused with `ResourceLimitExceeded`. None (the default): no limit.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn set_max_pending_copies(&self, cap: Option<usize>) {
+        self.state().max_pending_copies = cap;
     }
 
     /// Snapshots per DescribeSnapshots page (at least 1): small pages let tests walk several.
@@ -560,5 +601,109 @@ impl Ec2 for FakeEc2 {
             Some(_) => Ok(()),
             None => Err(self.api_error(Op::DeleteSnapshot, "InvalidSnapshot.NotFound")),
         }
+    }
+
+    /// A new pending snapshot in this region with EC2's placeholder volume id and only the requested tags (EC2
+    /// copies none of the source's). The source must exist in its region and be completed: EC2 copies completed
+    /// snapshots only. Completes like any other snapshot (`complete_all`, `complete_after_describes`; it ends in
+    /// `error` if [`COPY_VOLUME_ID`] is given to `error_snapshots_of`). Encryption is not modelled.
+    async fn copy_snapshot(&self, request: &CopySnapshot) -> Result<Snapshot> {
+        // Looked up before this region's lock is taken: the source may be in this region.
+        let source = self.snapshot_state_in(&request.source_region, &request.source_snapshot_id);
+        let mut st = self.enter(Op::CopySnapshot)?;
+        match source {
+            None => return Err(self.api_error(Op::CopySnapshot, "InvalidSnapshot.NotFound")),
+            Some(SnapState::Completed) => {}
+            Some(_) => return Err(self.api_error(Op::CopySnapshot, "IncorrectState")),
+        }
+        if let Some(cap) = st.max_pending_copies {
+            let pending = st
+                .snapshots
+                .values()
+                .filter(|s| s.state == SnapState::Pending && *s.volume_id == *COPY_VOLUME_ID)
+                .count();
+            if pending >= cap {
+                return Err(self.api_error(Op::CopySnapshot, "ResourceLimitExceeded"));
+            }
+        }
+        let id = Self::next_id(&mut st, "snap");
+        let copy = Snapshot {
+            id: id.as_str().into(),
+            volume_id: COPY_VOLUME_ID.into(),
+            state: SnapState::Pending,
+            start_time: st.clock.unwrap_or_else(Utc::now),
+            owner_id: FAKE_ACCOUNT.into(),
+            description: request.description.as_str().into(),
+            tags: Arc::new(request.tags.clone()),
+        };
+        st.snapshots.insert(id, copy.clone());
+        Ok(copy)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn copy_of(region: &str, id: &str) -> CopySnapshot {
+        CopySnapshot {
+            source_region: region.into(),
+            source_snapshot_id: id.into(),
+            description: "dr copy".into(),
+            encrypted: false,
+            kms_key_id: None,
+            tags: to_tags(&[("snapwarden:source-volume", "vol-src")]),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_copy_lands_pending_in_the_destination_from_a_completed_source_of_a_linked_region() {
+        let (a, b) = (Arc::new(FakeEc2::new("r-a")), Arc::new(FakeEc2::new("r-b")));
+        let vol = a.add_volume(&[]);
+        let done = a.seed_snapshot(&vol, SnapState::Completed, FAKE_ACCOUNT, &[("k", "v")]);
+        let pending = a.seed_snapshot(&vol, SnapState::Pending, FAKE_ACCOUNT, &[]);
+
+        // Not linked yet: B knows no snapshot of region A.
+        let err = b.copy_snapshot(&copy_of("r-a", &done)).await.unwrap_err();
+        assert_eq!(err.code(), "InvalidSnapshot.NotFound");
+
+        FakeEc2::link_regions(&[a.clone(), b.clone()]);
+        let copy = b.copy_snapshot(&copy_of("r-a", &done)).await.unwrap();
+        assert_eq!(
+            (&*copy.volume_id, copy.state),
+            (COPY_VOLUME_ID, SnapState::Pending)
+        );
+        assert_eq!(*copy.tags, to_tags(&[("snapwarden:source-volume", "vol-src")]));
+        assert_eq!(b.snapshots(), vec![copy.clone()], "in B only");
+        assert_eq!(a.snapshots().len(), 2);
+        b.complete_all();
+        assert_eq!(b.snapshots()[0].state, SnapState::Completed);
+
+        let err = b.copy_snapshot(&copy_of("r-a", &pending)).await.unwrap_err();
+        assert_eq!(err.code(), "IncorrectState");
+        let err = b.copy_snapshot(&copy_of("r-a", "snap-none")).await.unwrap_err();
+        assert_eq!(err.code(), "InvalidSnapshot.NotFound");
+        // Within one region, as EC2 allows.
+        a.copy_snapshot(&copy_of("r-a", &done)).await.unwrap();
+        assert_eq!(b.calls("CopySnapshot"), 4);
+    }
+
+    #[tokio::test]
+    async fn a_destination_at_its_copy_limit_refuses_with_resource_limit_exceeded() {
+        let (a, b) = (Arc::new(FakeEc2::new("r-a")), Arc::new(FakeEc2::new("r-b")));
+        FakeEc2::link_regions(&[a.clone(), b.clone()]);
+        let vol = a.add_volume(&[]);
+        let src = a.seed_snapshot(&vol, SnapState::Completed, FAKE_ACCOUNT, &[]);
+        b.set_max_pending_copies(Some(2));
+        // B's own pending snapshots are not copies: they do not count.
+        b.seed_snapshot("vol-b", SnapState::Pending, FAKE_ACCOUNT, &[]);
+        for _ in 0..2 {
+            b.copy_snapshot(&copy_of("r-a", &src)).await.unwrap();
+        }
+        let err = b.copy_snapshot(&copy_of("r-a", &src)).await.unwrap_err();
+        assert_eq!(err.code(), "ResourceLimitExceeded");
+        assert!(err.is(crate::ec2::op::Code::CopyLimit));
+        b.complete_all();
+        b.copy_snapshot(&copy_of("r-a", &src)).await.unwrap();
     }
 }

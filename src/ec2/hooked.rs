@@ -13,8 +13,8 @@ use futures::future::BoxFuture;
 
 use super::op::Op;
 use super::{
-    create_each, CreateSnapshot, CreateSnapshots, Ec2, Filter, Instance, Page, Snapshot, Tags,
-    Volume, VolumeResult,
+    create_each, CopySnapshot, CreateSnapshot, CreateSnapshots, Ec2, Filter, Instance, Page,
+    Snapshot, Tags, Volume, VolumeResult,
 };
 use crate::error::{Error, Result};
 
@@ -31,6 +31,7 @@ pub enum Call<'a> {
     /// Resource ids and tags.
     CreateTags(&'a [String], &'a Tags),
     DeleteSnapshot(&'a str),
+    CopySnapshot(&'a CopySnapshot),
 }
 
 impl Call<'_> {
@@ -45,6 +46,7 @@ impl Call<'_> {
             Call::CreateSnapshots(_) => Op::CreateSnapshots,
             Call::CreateTags(..) => Op::CreateTags,
             Call::DeleteSnapshot(_) => Op::DeleteSnapshot,
+            Call::CopySnapshot(_) => Op::CopySnapshot,
         }
     }
 }
@@ -55,6 +57,7 @@ pub enum Answer<'a> {
     Instances(&'a mut Result<Vec<Instance>>),
     Volumes(&'a mut Result<Vec<Volume>>),
     Snapshots(&'a mut Result<Page<Snapshot>>),
+    /// CreateSnapshot, CopySnapshot.
     Created(&'a mut Result<Snapshot>),
     CreatedEach(&'a mut Result<Vec<VolumeResult>>),
     /// CreateTags, DeleteSnapshot.
@@ -212,6 +215,11 @@ impl Ec2 for Hooked {
         let backend = self.inner.delete_snapshot(snapshot_id);
         let call = Call::DeleteSnapshot(snapshot_id);
         self.call(call, |a| Answer::Done(a), backend).await
+    }
+    async fn copy_snapshot(&self, request: &CopySnapshot) -> Result<Snapshot> {
+        let backend = self.inner.copy_snapshot(request);
+        let call = Call::CopySnapshot(request);
+        self.call(call, |a| Answer::Created(a), backend).await
     }
 }
 

@@ -168,6 +168,24 @@ impl CreateSnapshots {
     }
 }
 
+/// One CopySnapshot call, sent to the backend of the destination region: a copy of `source_snapshot_id` (in
+/// `source_region`) made there, tagged at creation. The copy is a new snapshot with an id of its own and EC2's
+/// placeholder [`COPY_VOLUME_ID`] as its volume; what it was copied from is known by its tags only.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CopySnapshot {
+    pub source_region: String,
+    pub source_snapshot_id: String,
+    pub description: String,
+    /// Encrypt the copy. false leaves it as the source is (a copy of an encrypted snapshot stays encrypted):
+    /// EC2 refuses `Encrypted=false`, so false is not sent.
+    pub encrypted: bool,
+    /// The KMS key to encrypt the copy with, in the destination region; only with `encrypted` (EC2 refuses a key
+    /// without it). None: the account's default EBS key there.
+    pub kms_key_id: Option<String>,
+    /// Tags the copy gets at creation (TagSpecifications); EC2 copies none of the source's.
+    pub tags: Tags,
+}
+
 /// The outcome of one volume of a [`CreateSnapshots`] call.
 pub(crate) type VolumeResult = (String, Result<Snapshot>);
 
@@ -219,6 +237,9 @@ pub trait Ec2: Send + Sync {
         )))
     }
     async fn delete_snapshot(&self, snapshot_id: &str) -> Result<()>;
+    /// Copies a snapshot of another region (or this one) into this backend's region: the new copy, pending, as
+    /// this region sees it. No default: every backend and decorator says what a copy is to it.
+    async fn copy_snapshot(&self, request: &CopySnapshot) -> Result<Snapshot>;
 }
 
 /// A [`CreateSnapshots`] as one [`Ec2::create_snapshot`] per expected volume, tags and all: the answer of a backend
@@ -347,6 +368,10 @@ impl Ec2 for Instrumented {
         self.call(Op::DeleteSnapshot, self.inner.delete_snapshot(snapshot_id))
             .await
     }
+    async fn copy_snapshot(&self, request: &CopySnapshot) -> Result<Snapshot> {
+        self.call(Op::CopySnapshot, self.inner.copy_snapshot(request))
+            .await
+    }
 }
 
 /// What a dry run would have done.
@@ -357,6 +382,8 @@ pub struct DryRunLog {
     /// (resource ids, tags) per CreateTags call.
     pub tagged: Vec<(Vec<String>, Tags)>,
     pub deleted: Vec<String>,
+    /// One entry per CopySnapshot this region (the destination) would have been sent.
+    pub copied: Vec<CopySnapshot>,
 }
 
 /// Reads through to the real backend and records mutations instead of performing them.
@@ -452,6 +479,20 @@ impl Ec2 for DryRun {
             .push(snapshot_id.to_string());
         Ok(())
     }
+    /// A pending placeholder copy, like a dry-run create's: the run goes on as it would after a real copy.
+    async fn copy_snapshot(&self, request: &CopySnapshot) -> Result<Snapshot> {
+        let mut log = self.log.lock().expect("dry-run log poisoned");
+        log.copied.push(request.clone());
+        Ok(Snapshot {
+            id: format!("snap-dryrun-copy-{}", log.copied.len()).into(),
+            volume_id: COPY_VOLUME_ID.into(),
+            state: SnapState::Pending,
+            start_time: Utc::now(),
+            owner_id: "".into(),
+            description: request.description.as_str().into(),
+            tags: Arc::new(request.tags.clone()),
+        })
+    }
 }
 
 /// User tags worth copying onto a snapshot: never `aws:*` (reserved, CreateSnapshot rejects them) and never our
@@ -459,4 +500,33 @@ impl Ec2 for DryRun {
 pub(crate) fn copyable_tags(tags: &Tags) -> impl Iterator<Item = (&String, &String)> {
     tags.iter()
         .filter(|(k, _)| !k.starts_with("aws:") && !k.starts_with("snapwarden:"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ec2::fake::FakeEc2;
+
+    #[tokio::test]
+    async fn a_dry_run_copy_records_what_it_would_copy_and_sends_nothing() {
+        let fake = Arc::new(FakeEc2::new("r-b"));
+        let dry = DryRun::new(fake.clone());
+        let request = CopySnapshot {
+            source_region: "r-a".into(),
+            source_snapshot_id: "snap-src".into(),
+            description: "dr".into(),
+            encrypted: true,
+            kms_key_id: Some("alias/dr".into()),
+            tags: Tags::from([(TAG_SOURCE_VOLUME.to_string(), "vol-1".to_string())]),
+        };
+        let copy = dry.copy_snapshot(&request).await.unwrap();
+        assert_eq!(
+            (&*copy.volume_id, copy.state),
+            (COPY_VOLUME_ID, SnapState::Pending)
+        );
+        assert_eq!(*copy.tags, request.tags);
+        assert_eq!(dry.log().copied, vec![request]);
+        assert_eq!(fake.calls("CopySnapshot"), 0);
+        assert!(fake.snapshots().is_empty());
+    }
 }

@@ -23,10 +23,12 @@ pub enum Op {
     SendCommand,
     ListCommandInvocations,
     ListCommands,
+    CopySnapshot,
 }
 
 impl Op {
-    /// The EC2 operations, in the order `/metrics` lists their series before the first call.
+    /// The EC2 operations, in the order `/metrics` lists their series before the first call. CopySnapshot is not
+    /// among them: its series belong with the copies' configuration (none can be configured yet).
     pub(crate) const EC2: [Op; 7] = [
         Op::DescribeInstances,
         Op::DescribeVolumes,
@@ -59,6 +61,7 @@ impl Op {
             Op::SendCommand => "SendCommand",
             Op::ListCommandInvocations => "ListCommandInvocations",
             Op::ListCommands => "ListCommands",
+            Op::CopySnapshot => "CopySnapshot",
         }
     }
 
@@ -68,7 +71,7 @@ impl Op {
         Op::EC2
             .into_iter()
             .chain(Op::SSM)
-            .chain([Op::GetCallerIdentity, Op::Publish])
+            .chain([Op::CopySnapshot, Op::GetCallerIdentity, Op::Publish])
             .find(|op| op.name() == name)
     }
 
@@ -82,17 +85,22 @@ impl Op {
                 Some(Group::Describe)
             }
             Op::SendCommand | Op::ListCommandInvocations | Op::ListCommands => Some(Group::Ssm),
+            // AWS's throttling page puts CopySnapshot in no bucket of its own, so it spends the general bucket of
+            // mutating actions — the destination region's, since the call is sent there (`Paced` is per region).
+            Op::CopySnapshot => Some(Group::Mutating),
             Op::GetCallerIdentity | Op::Publish => None,
         }
     }
 
     /// Whether sending the call again after an answer that was lost or a server error could do its work twice:
-    /// CreateSnapshot(s) and SendCommand take no client token, so a repeat may make a second snapshot or run a
-    /// command (a freeze, a VSS snapshot) a second time. Only a refusal that says it did nothing is retried.
+    /// CreateSnapshot(s), CopySnapshot and SendCommand take no client token (aws-sdk-ec2's CopySnapshotInput has
+    /// none to derive from the source and destination), so a repeat may make a second snapshot or copy, or run a
+    /// command (a freeze, a VSS snapshot) a second time. Only a refusal that says it did nothing is retried; a copy
+    /// is found again by its tags, as a snapshot is.
     pub(crate) fn repeat_may_duplicate(self) -> bool {
         matches!(
             self,
-            Op::CreateSnapshot | Op::CreateSnapshots | Op::SendCommand
+            Op::CreateSnapshot | Op::CreateSnapshots | Op::CopySnapshot | Op::SendCommand
         )
     }
 
@@ -111,6 +119,7 @@ impl Op {
             Op::SendCommand => "ssm:SendCommand",
             Op::ListCommandInvocations => "ssm:ListCommandInvocations",
             Op::ListCommands => "ssm:ListCommands",
+            Op::CopySnapshot => "ec2:CopySnapshot",
         }
     }
 }
@@ -145,6 +154,10 @@ pub enum Code {
     VolumeRate,
     /// `ConcurrentSnapshotLimitExceeded`: too many pending snapshots on the volume or account.
     PendingLimit,
+    /// `ResourceLimitExceeded` (CopySnapshot): too many copies in progress to the destination region — 20 by
+    /// AWS's quota, "The limit is 5 for this destination region" in the message some accounts still get. Nothing
+    /// was copied; the copy waits for the next run.
+    CopyLimit,
     /// `pending-limit`: not AWS's but the daemon's own account cap on pending snapshots (`worker::create`), which
     /// holds a create back the way `ConcurrentSnapshotLimitExceeded` would.
     PendingCap,
@@ -185,6 +198,7 @@ impl Code {
             "InvalidSnapshot.InUse" => Code::SnapshotInUse,
             "SnapshotCreationPerVolumeRateExceeded" => Code::VolumeRate,
             "ConcurrentSnapshotLimitExceeded" => Code::PendingLimit,
+            "ResourceLimitExceeded" => Code::CopyLimit,
             "pending-limit" => Code::PendingCap,
             "IncorrectState" => Code::IncorrectState,
             "InvocationDoesNotExist" => Code::InvocationNotFound,
@@ -210,16 +224,16 @@ impl Code {
             | Code::InvocationNotFound => "not-found",
             Code::InvalidInstance => "not-managed",
             Code::SnapshotInUse => "in-use",
-            Code::VolumeRate | Code::PendingLimit => "limit",
+            Code::VolumeRate | Code::PendingLimit | Code::CopyLimit => "limit",
             Code::IncorrectState => "incorrect-state",
             Code::Internal => "aws-internal",
             Code::PendingCap | Code::Other => "aws-api",
         }
     }
 
-    /// Whether a create refused with this code is put off to the next run instead of failing its volume.
+    /// Whether a create or copy refused with this code is put off to the next run instead of failing its volume.
     pub(crate) fn defers(self) -> bool {
-        matches!(self, Code::PendingLimit | Code::PendingCap)
+        matches!(self, Code::PendingLimit | Code::PendingCap | Code::CopyLimit)
     }
 }
 
@@ -250,7 +264,7 @@ mod tests {
         for op in Op::EC2
             .into_iter()
             .chain(Op::SSM)
-            .chain([Op::GetCallerIdentity, Op::Publish])
+            .chain([Op::CopySnapshot, Op::GetCallerIdentity, Op::Publish])
         {
             assert_eq!(Op::from_name(op.name()), Some(op));
             assert!(
@@ -315,5 +329,35 @@ mod tests {
         assert_eq!(Code::parse("InvalidInstanceId"), Code::InvalidInstance);
         assert_eq!(Code::parse("InvalidInstanceId").label(), "not-managed");
         assert_eq!(Code::parse("InvalidDocument"), Code::Other);
+    }
+
+    #[test]
+    fn a_copy_spends_the_mutating_bucket_and_is_never_resent_blindly() {
+        assert_eq!(Op::CopySnapshot.group(), Some(Group::Mutating));
+        assert_eq!(Op::CopySnapshot.iam_action(), "ec2:CopySnapshot");
+        assert!(Op::CopySnapshot.repeat_may_duplicate());
+        // Not among the series every config lists before the first call.
+        assert!(!Op::EC2.contains(&Op::CopySnapshot));
+        assert!(Op::EC2
+            .into_iter()
+            .chain(Op::SSM)
+            .all(|op| op.group() != Some(Group::Mutating)));
+    }
+
+    #[test]
+    fn a_full_destination_defers_the_copy_under_either_spelling_of_its_limit() {
+        // The code AWS sends with today's message and with the older "limit is 5" one: one meaning, read once.
+        assert_eq!(Code::parse("ResourceLimitExceeded"), Code::CopyLimit);
+        assert!(Code::CopyLimit.defers());
+        assert_eq!(Code::CopyLimit.label(), "limit");
+        let old = crate::error::Error::api(
+            Op::CopySnapshot,
+            "eu-west-1",
+            "ResourceLimitExceeded",
+            "Too many snapshot copies in progress. The limit is 5 for this destination region.",
+        );
+        assert!(old.is(Code::CopyLimit));
+        assert_eq!(old.retry(), None, "deferred to the next run, not retried here");
+        assert!(old.to_string().contains("next run"), "{old}");
     }
 }

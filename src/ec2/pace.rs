@@ -35,8 +35,8 @@ use rand::{Rng, SeedableRng};
 
 use super::op::{Op, RetryAfter};
 use super::{
-    CreateSnapshot, CreateSnapshots, Ec2, Filter, Instance, Page, Snapshot, Tags, Volume,
-    VolumeResult,
+    CopySnapshot, CreateSnapshot, CreateSnapshots, Ec2, Filter, Instance, Page, Snapshot, Tags,
+    Volume, VolumeResult,
 };
 use crate::error::Result;
 use crate::retention::{Snap, SnapState};
@@ -113,15 +113,18 @@ pub enum Group {
     Describe,
     /// SendCommand, ListCommandInvocations: SSM is another service, metered apart from EC2.
     Ssm,
+    /// CopySnapshot: EC2's general bucket for mutating actions that have no bucket of their own.
+    Mutating,
 }
 
 impl Group {
-    pub const ALL: [Group; 5] = [
+    pub const ALL: [Group; 6] = [
         Group::Create,
         Group::Delete,
         Group::Tags,
         Group::Describe,
         Group::Ssm,
+        Group::Mutating,
     ];
 
     /// AWS's published bucket for the group, per account per region: (burst, refill per second).
@@ -131,6 +134,7 @@ impl Group {
             Group::Delete => (100.0, 5.0),
             Group::Tags => (100.0, 10.0),
             Group::Describe => (100.0, 20.0),
+            Group::Mutating => (50.0, 5.0),
             // AWS publishes no figure for Run Command's API (neither the SSM quotas page nor the API reference
             // gives one for SendCommand or ListCommandInvocations), so this is a conservative guess: a run
             // sends one command per 50 instances and polls once per command, so even 1,000 instances need 20
@@ -461,6 +465,14 @@ impl Ec2 for Paced {
             .call(Op::DeleteSnapshot, &[], || {
                 self.inner.delete_snapshot(snapshot_id)
             })
+            .await
+    }
+    /// In the destination's mutating bucket, without the per-volume gap (a copy snapshots no volume); retried
+    /// only after throttling, like a create (no client token). `ResourceLimitExceeded` is returned as is: the
+    /// caller defers the copy.
+    async fn copy_snapshot(&self, request: &CopySnapshot) -> Result<Snapshot> {
+        self.pacer
+            .call(Op::CopySnapshot, &[], || self.inner.copy_snapshot(request))
             .await
     }
 }
@@ -806,6 +818,17 @@ mod tests {
         async fn delete_snapshot(&self, _: &str) -> Result<()> {
             self.next(Op::DeleteSnapshot)
         }
+        async fn copy_snapshot(&self, r: &CopySnapshot) -> Result<Snapshot> {
+            self.next(Op::CopySnapshot).map(|_| Snapshot {
+                id: "snap-copy".into(),
+                volume_id: super::super::COPY_VOLUME_ID.into(),
+                state: SnapState::Pending,
+                start_time: chrono::Utc::now(),
+                owner_id: "1".into(),
+                description: r.description.as_str().into(),
+                tags: Arc::new(r.tags.clone()),
+            })
+        }
     }
 
     /// Real time, kept short: tokio's paused clock needs a feature this crate does not enable.
@@ -891,6 +914,58 @@ mod tests {
         let paced = Paced::new(script.clone(), quick());
         paced.create_snapshot(&request("vol-1")).await.unwrap();
         assert_eq!(script.calls.load(Ordering::SeqCst), 2);
+    }
+
+    fn copy() -> CopySnapshot {
+        CopySnapshot {
+            source_region: "r0".into(),
+            source_snapshot_id: "snap-src".into(),
+            description: String::new(),
+            encrypted: false,
+            kms_key_id: None,
+            tags: Default::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_copy_is_retried_after_throttling_only_and_a_full_destination_comes_back_at_once() {
+        for (errors, calls, ok) in [
+            (&["RequestLimitExceeded"][..], 2, true),
+            (&["InternalError"][..], 1, false),
+            (&["ResourceLimitExceeded"][..], 1, false),
+        ] {
+            let script = Script::new(errors);
+            let paced = Paced::new(script.clone(), quick());
+            let answer = paced.copy_snapshot(&copy()).await;
+            assert_eq!(answer.is_ok(), ok, "{errors:?}: {answer:?}");
+            assert_eq!(script.calls.load(Ordering::SeqCst), calls, "{errors:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn copies_are_paced_in_the_mutating_bucket_not_the_create_one() {
+        let config = PaceConfig {
+            // Mutating: burst 2 and 20 per second before the fraction, so 1 and 10 per second after it. Creates
+            // keep AWS's big bucket: if copies spent it, all six would go at once.
+            bucket_override: BTreeMap::from([(Group::Mutating, (2.0, 20.0))]),
+            ..quick()
+        };
+        let script = Script::new(&[]);
+        let paced = Arc::new(Paced::new(script.clone(), config));
+        let t0 = Instant::now();
+        let calls = (0..6).map(|_| {
+            let paced = paced.clone();
+            async move { paced.copy_snapshot(&copy()).await }
+        });
+        for r in futures::future::join_all(calls).await {
+            r.unwrap();
+        }
+        // 1 from the burst, then 5 at 100 ms apart.
+        assert!(t0.elapsed() >= ms(450), "{:?}", t0.elapsed());
+        // Creates are untouched by the copies' debt.
+        let t1 = Instant::now();
+        paced.create_snapshot(&request("vol-1")).await.unwrap();
+        assert!(t1.elapsed() < ms(50), "{:?}", t1.elapsed());
     }
 
     #[tokio::test]

@@ -1,4 +1,5 @@
-//! The process's mutating EC2 calls (CreateSnapshot, CreateSnapshots, CreateTags, DeleteSnapshot) at shutdown:
+//! The process's mutating EC2 calls (CreateSnapshot, CreateSnapshots, CopySnapshot, CreateTags, DeleteSnapshot)
+//! at shutdown:
 //! [`Mutations`] counts the calls in flight and, once stopped (the daemon stops it when the grace period is over),
 //! refuses to start new ones; [`Guarded`] applies it to one backend and logs every mutating call with its outcome
 //! the moment it answers. Describes pass through untouched: they change nothing.
@@ -19,8 +20,8 @@ use tokio::sync::Notify;
 
 use super::op::Op;
 use super::{
-    CreateSnapshot, CreateSnapshots, Ec2, Filter, Instance, Page, Snapshot, Tags, Volume,
-    VolumeResult,
+    CopySnapshot, CreateSnapshot, CreateSnapshots, Ec2, Filter, Instance, Page, Snapshot, Tags,
+    Volume, VolumeResult,
 };
 use crate::error::{Error, Result};
 
@@ -264,6 +265,17 @@ impl Ec2 for Guarded {
         )
         .await
     }
+    /// Logged under the source snapshot (the copy's id is what it made): in the destination's log, the line that
+    /// says which source a copy came from.
+    async fn copy_snapshot(&self, request: &CopySnapshot) -> Result<Snapshot> {
+        self.mutate(
+            Op::CopySnapshot,
+            &request.source_snapshot_id,
+            |s: &Snapshot| s.id.to_string(),
+            self.inner.copy_snapshot(request),
+        )
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -345,13 +357,26 @@ mod tests {
             .create_tags(std::slice::from_ref(&snap), &Tags::new())
             .await
             .is_err());
+        let copy = CopySnapshot {
+            source_region: "test-1".into(),
+            source_snapshot_id: snap.clone(),
+            description: "d".into(),
+            encrypted: false,
+            kms_key_id: None,
+            tags: Tags::new(),
+        };
+        assert_eq!(
+            ec2.copy_snapshot(&copy).await.unwrap_err().kind(),
+            "stopped"
+        );
         assert_eq!(
             (
                 fake.calls("DeleteSnapshot"),
                 fake.calls("CreateSnapshot"),
-                fake.calls("CreateTags")
+                fake.calls("CreateTags"),
+                fake.calls("CopySnapshot")
             ),
-            (0, 1, 0),
+            (0, 1, 0, 0),
             "nothing reached the backend after the stop"
         );
         assert_eq!(
