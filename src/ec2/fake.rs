@@ -673,15 +673,24 @@ mod tests {
             (&*copy.volume_id, copy.state),
             (COPY_VOLUME_ID, SnapState::Pending)
         );
-        assert_eq!(*copy.tags, to_tags(&[("snapwarden:source-volume", "vol-src")]));
+        assert_eq!(
+            *copy.tags,
+            to_tags(&[("snapwarden:source-volume", "vol-src")])
+        );
         assert_eq!(b.snapshots(), vec![copy.clone()], "in B only");
         assert_eq!(a.snapshots().len(), 2);
         b.complete_all();
         assert_eq!(b.snapshots()[0].state, SnapState::Completed);
 
-        let err = b.copy_snapshot(&copy_of("r-a", &pending)).await.unwrap_err();
+        let err = b
+            .copy_snapshot(&copy_of("r-a", &pending))
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), "IncorrectState");
-        let err = b.copy_snapshot(&copy_of("r-a", "snap-none")).await.unwrap_err();
+        let err = b
+            .copy_snapshot(&copy_of("r-a", "snap-none"))
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), "InvalidSnapshot.NotFound");
         // Within one region, as EC2 allows.
         a.copy_snapshot(&copy_of("r-a", &done)).await.unwrap();

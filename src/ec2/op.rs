@@ -233,7 +233,10 @@ impl Code {
 
     /// Whether a create or copy refused with this code is put off to the next run instead of failing its volume.
     pub(crate) fn defers(self) -> bool {
-        matches!(self, Code::PendingLimit | Code::PendingCap | Code::CopyLimit)
+        matches!(
+            self,
+            Code::PendingLimit | Code::PendingCap | Code::CopyLimit
+        )
     }
 }
 
@@ -261,11 +264,11 @@ mod tests {
 
     #[test]
     fn names_round_trip_and_actions_name_the_service() {
-        for op in Op::EC2
-            .into_iter()
-            .chain(Op::SSM)
-            .chain([Op::CopySnapshot, Op::GetCallerIdentity, Op::Publish])
-        {
+        for op in Op::EC2.into_iter().chain(Op::SSM).chain([
+            Op::CopySnapshot,
+            Op::GetCallerIdentity,
+            Op::Publish,
+        ]) {
             assert_eq!(Op::from_name(op.name()), Some(op));
             assert!(
                 op.iam_action().ends_with(&format!(":{}", op.name())),
@@ -357,7 +360,11 @@ mod tests {
             "Too many snapshot copies in progress. The limit is 5 for this destination region.",
         );
         assert!(old.is(Code::CopyLimit));
-        assert_eq!(old.retry(), None, "deferred to the next run, not retried here");
+        assert_eq!(
+            old.retry(),
+            None,
+            "deferred to the next run, not retried here"
+        );
         assert!(old.to_string().contains("next run"), "{old}");
     }
 }
