@@ -148,6 +148,7 @@ fn iam_policy_allows_every_aws_operation_the_source_calls_and_nothing_broader() 
         "ec2:CreateSnapshot",
         "ec2:DeleteSnapshot",
         "ec2:DescribeSnapshots",
+        "ec2:CopySnapshot",
         "sns:Publish",
         "ssm:SendCommand",
         "ssm:ListCommandInvocations",
@@ -164,6 +165,7 @@ fn iam_policy_allows_every_aws_operation_the_source_calls_and_nothing_broader() 
     let mut granted = BTreeSet::new();
     let mut tag_grants = BTreeSet::new();
     let mut send_grants = BTreeSet::new();
+    let mut copy_grants = BTreeSet::new();
     for s in statements {
         let sid = s["Sid"].as_str().unwrap_or("?");
         assert_eq!(
@@ -196,11 +198,12 @@ fn iam_policy_allows_every_aws_operation_the_source_calls_and_nothing_broader() 
                     assert_eq!(resources, ["arn:aws:ec2:*::snapshot/*"], "{sid}");
                     let cond = &s["Condition"];
                     if let Some(at) = cond["StringEquals"].get("ec2:CreateAction") {
-                        // Tagging while creating: the tags of CreateSnapshot(s)' TagSpecifications.
+                        // Tagging while creating: the tags of the TagSpecifications of CreateSnapshot(s) and
+                        // CopySnapshot.
                         assert_eq!(
                             strings(at),
-                            ["CreateSnapshot", "CreateSnapshots"],
-                            "{sid}: CreateTags only while creating a snapshot"
+                            ["CreateSnapshot", "CreateSnapshots", "CopySnapshot"],
+                            "{sid}: CreateTags only while creating or copying a snapshot"
                         );
                         tag_grants.insert("at-creation");
                     } else {
@@ -247,6 +250,33 @@ fn iam_policy_allows_every_aws_operation_the_source_calls_and_nothing_broader() 
                 "ec2:CreateSnapshot" => {
                     let want = ["arn:aws:ec2:*::snapshot/*", "arn:aws:ec2:*:*:volume/*"];
                     assert_eq!(resources, want, "{sid}");
+                }
+                // CopySnapshot is authorised on both snapshots: the source (its id in the ARN) may only be a
+                // managed one, and the new copy (a literal "*" for its id, matched by ${*}) must be created
+                // managed. One statement for both would let either condition stand in for the other.
+                "ec2:CopySnapshot" => {
+                    assert_eq!(actions.len(), 1, "{sid}: CopySnapshot in a statement of its own");
+                    let cond = s["Condition"].as_object().expect("a tag condition");
+                    assert_eq!(cond.len(), 1, "{sid}: {cond:?}");
+                    let equals = &cond["StringEquals"];
+                    match resources.as_slice() {
+                        [r] if r == "arn:aws:ec2:*::snapshot/snap-*" => {
+                            assert_eq!(
+                                equals["aws:ResourceTag/snapwarden:managed"], "true",
+                                "{sid}: copies only of managed snapshots"
+                            );
+                            copy_grants.insert("source");
+                        }
+                        [r] if r == "arn:aws:ec2:*::snapshot/${*}" => {
+                            assert_eq!(
+                                equals["aws:RequestTag/snapwarden:managed"], "true",
+                                "{sid}: copies are created managed"
+                            );
+                            copy_grants.insert("copy");
+                        }
+                        other => panic!("{sid}: CopySnapshot on {other:?}"),
+                    }
+                    assert_eq!(equals.as_object().unwrap().len(), 1, "{sid}: {equals}");
                 }
                 // SendCommand is authorised on the document and on each instance: a command on any instance, or
                 // of any document (AWS-RunShellScript is a root shell), would be a grant of everything.
@@ -321,6 +351,13 @@ fn iam_policy_allows_every_aws_operation_the_source_calls_and_nothing_broader() 
         BTreeSet::from(["at-creation", "managed"]),
         "one CreateTags statement for tagging at creation, one for managed snapshots"
     );
+    if called.contains("ec2:CopySnapshot") {
+        assert_eq!(
+            copy_grants,
+            BTreeSet::from(["copy", "source"]),
+            "CopySnapshot needs a grant on its source and one on the copy it creates"
+        );
+    }
     if called.contains("ssm:SendCommand") {
         assert_eq!(
             send_grants,

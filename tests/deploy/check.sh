@@ -119,7 +119,8 @@ assert not errors, errors
 def plain(v):
     if isinstance(v, dict):
         if set(v) == {"Fn::Sub"}:
-            return v["Fn::Sub"].replace("${AWS::Partition}", "aws")
+            # "${!x}" is Fn::Sub's escape for a literal "${x}" (an IAM policy variable such as ${*}).
+            return v["Fn::Sub"].replace("${AWS::Partition}", "aws").replace("${!", "${")
         if set(v) == {"Ref"} and v["Ref"] == "AlertTopic":
             return "TOPIC"
         return {k: plain(x) for k, x in v.items()}
