@@ -255,7 +255,11 @@ fn iam_policy_allows_every_aws_operation_the_source_calls_and_nothing_broader() 
                 // managed one, and the new copy (a literal "*" for its id, matched by ${*}) must be created
                 // managed. One statement for both would let either condition stand in for the other.
                 "ec2:CopySnapshot" => {
-                    assert_eq!(actions.len(), 1, "{sid}: CopySnapshot in a statement of its own");
+                    assert_eq!(
+                        actions.len(),
+                        1,
+                        "{sid}: CopySnapshot in a statement of its own"
+                    );
                     let cond = s["Condition"].as_object().expect("a tag condition");
                     assert_eq!(cond.len(), 1, "{sid}: {cond:?}");
                     let equals = &cond["StringEquals"];

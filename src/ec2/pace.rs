@@ -18,7 +18,9 @@
 //! What is not retried here: a CreateSnapshot that failed with anything but throttling or the per-volume rate —
 //! CreateSnapshot has no client token, so after a 5xx or a broken connection the snapshot may exist, and a retry
 //! could duplicate it; the volume fails for this run and the next run finds the slot's snapshot by its tags or
-//! makes it. `ConcurrentSnapshotLimitExceeded` is returned as is: the worker defers the volume. Errors that need a
+//! makes it. CopySnapshot is treated alike (no client token either; it spends [`Group::Mutating`] and keeps no
+//! per-volume gap). `ConcurrentSnapshotLimitExceeded` and a copy's `ResourceLimitExceeded` are returned as is: the
+//! caller defers the volume or the copy. Errors that need a
 //! person (access denied, bad parameters) are returned at once.
 //!
 //! Limits of the model: describes are paced per call, not per page, so a sweep of more than 1,000 objects spends
