@@ -41,7 +41,7 @@ pub enum Error {
 }
 
 impl Error {
-    /// An API error with AWS's code, read once here ([`Code::parse`]).
+    /// An API error with AWS's code, read once here ([`Code::of`]).
     pub fn api(
         operation: Op,
         region: impl Into<String>,
@@ -52,7 +52,7 @@ impl Error {
         Error::Api {
             operation,
             region: region.into(),
-            code: Code::parse(&raw_code),
+            code: Code::of(operation, &raw_code),
             raw_code,
             message: message.into(),
         }

@@ -177,7 +177,7 @@ pub enum Code {
 }
 
 impl Code {
-    /// The one place AWS's error codes are read.
+    /// The one place AWS's error codes are read (with [`Code::of`] for the few whose meaning depends on the call).
     pub(crate) fn parse(code: &str) -> Code {
         match code {
             "RequestLimitExceeded" | "Throttling" | "ThrottlingException" | "Throttled" => {
@@ -198,7 +198,6 @@ impl Code {
             "InvalidSnapshot.InUse" => Code::SnapshotInUse,
             "SnapshotCreationPerVolumeRateExceeded" => Code::VolumeRate,
             "ConcurrentSnapshotLimitExceeded" => Code::PendingLimit,
-            "ResourceLimitExceeded" => Code::CopyLimit,
             "pending-limit" => Code::PendingCap,
             "IncorrectState" => Code::IncorrectState,
             "InvocationDoesNotExist" => Code::InvocationNotFound,
@@ -209,6 +208,17 @@ impl Code {
             | "ServiceUnavailable"
             | "Unavailable" => Code::Internal,
             _ => Code::Other,
+        }
+    }
+
+    /// What `code` means as the answer to `operation`: what [`Code::parse`] says, but for codes whose meaning
+    /// depends on the call. `ResourceLimitExceeded` is EC2's answer to many quotas; only from CopySnapshot does it
+    /// mean "the destination's copies in progress are at their limit" (and defer), so a create answered with it
+    /// still fails as before.
+    pub(crate) fn of(operation: Op, code: &str) -> Code {
+        match (operation, code) {
+            (Op::CopySnapshot, "ResourceLimitExceeded") => Code::CopyLimit,
+            _ => Code::parse(code),
         }
     }
 
@@ -350,8 +360,19 @@ mod tests {
     #[test]
     fn a_full_destination_defers_the_copy_under_either_spelling_of_its_limit() {
         // The code AWS sends with today's message and with the older "limit is 5" one: one meaning, read once.
-        assert_eq!(Code::parse("ResourceLimitExceeded"), Code::CopyLimit);
+        assert_eq!(
+            Code::of(Op::CopySnapshot, "ResourceLimitExceeded"),
+            Code::CopyLimit
+        );
         assert!(Code::CopyLimit.defers());
+        // EC2's generic quota code means no such thing from a create, which fails as it always did.
+        let create = Code::of(Op::CreateSnapshot, "ResourceLimitExceeded");
+        assert_eq!(create, Code::Other);
+        assert!(!create.defers());
+        assert_eq!(
+            Code::of(Op::CopySnapshot, "RequestLimitExceeded"),
+            Code::Throttled
+        );
         assert_eq!(Code::CopyLimit.label(), "limit");
         let old = crate::error::Error::api(
             Op::CopySnapshot,
