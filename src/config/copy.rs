@@ -14,7 +14,7 @@
 //! nothing.
 
 use super::sections::{check_region, is_region, keep};
-use super::tree::{Collector, Field, KeyPath, Table};
+use super::tree::{Collector, Field, Table};
 use crate::retention::KeepRules;
 
 /// Destinations per schedule. Data Lifecycle Manager's limit (three cross-Region copy rules per schedule), which
@@ -362,6 +362,7 @@ mod tests {
     use figment::{Figment, Profile, Provider};
 
     use super::*;
+    use crate::config::tree::KeyPath;
     use crate::config::ConfigIssue;
     use crate::retention::Count;
 
