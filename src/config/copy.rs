@@ -165,10 +165,9 @@ fn region(
                 partition(source)
             ),
             format!(
-                "copy to a region of partition {} (e.g. the other side of the country), or run a second \
-                 snapwarden in {}",
-                partition(source),
-                partition(&region)
+                "copy to a region of partition {}; a partition's volumes are copied within it, by a snapwarden \
+                 with that partition's credentials",
+                partition(source)
             ),
         );
         return None;

@@ -459,6 +459,63 @@ mod tests {
         assert_eq!(left, [49, 56, 63, 70]);
     }
 
+    /// A rule of one kind and count, for the property below.
+    fn rule(kind: u8, n: u32) -> ScheduleRules {
+        let mut keep = KeepRules::default();
+        match kind {
+            0 => keep.last = Some(n),
+            1 => keep.daily = Some(Count::N(n)),
+            2 => keep.weekly = Some(Count::N(n)),
+            _ => keep.monthly = Some(Count::N(n)),
+        }
+        ScheduleRules {
+            name: "daily".into(),
+            keep,
+            count_from_tag: false,
+        }
+    }
+
+    fn state(n: u8) -> SnapState {
+        match n {
+            0 => SnapState::Pending,
+            1 => SnapState::Completed,
+            _ => SnapState::Error,
+        }
+    }
+
+    proptest::proptest! {
+        /// Over random histories, rules and copies already made: no source is copied twice, copies come oldest
+        /// first with one per slot, every copy is held, and a rerun with the plan's copies pending copies nothing.
+        #[test]
+        fn copies_are_made_once_oldest_first_and_held(
+            source_days in proptest::collection::btree_set(1i64..=90, 1..40),
+            copied in proptest::collection::btree_map(1i64..=90, 0u8..3, 0..12),
+            kind in 0u8..4,
+            n in 1u32..6,
+        ) {
+            let source: Vec<Snap> = source_days.iter().map(|&d| source_at(d, "daily")).collect();
+            let copies: Vec<Copied> = copied.iter().map(|(&d, &s)| copy_of(d, state(s))).collect();
+            let rules = [rule(kind, n)];
+            let plan = run(&source, &copies, &rules, 90);
+            let live: Vec<i64> =
+                copied.iter().filter(|(_, &s)| state(s) != SnapState::Error).map(|(&d, _)| d).collect();
+            let made = copied_days(&plan);
+            for d in &made {
+                proptest::prop_assert!(!live.contains(d), "copied {} again: {:?}", d, plan);
+            }
+            proptest::prop_assert!(made.windows(2).all(|w| w[0] < w[1]), "{:?}", plan);
+            for c in &plan.copy {
+                proptest::prop_assert!(plan.hold.contains(&c.source), "{:?}", plan);
+            }
+            let mut after = copies.clone();
+            after.retain(|c| c.snap.state != SnapState::Error || !made.contains(&(c.snap.slot - day(0)).num_days()));
+            after.extend(made.iter().map(|&d| copy_of(d, SnapState::Pending)));
+            let again = run(&source, &after, &rules, 90);
+            proptest::prop_assert_eq!(again.copy, vec![]);
+            proptest::prop_assert_eq!(again.hold, plan.hold);
+        }
+    }
+
     /// The destination's own retention over its copies: the ids it keeps.
     fn plan_destination(copies: &[Snap], rules: &[ScheduleRules], today: i64) -> HashSet<Arc<str>> {
         let plan = plan(
