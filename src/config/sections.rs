@@ -293,7 +293,7 @@ fn regions(cx: &mut Collector<'_>, f: &Field<'_>) -> Vec<String> {
     out
 }
 
-fn check_region(cx: &mut Collector<'_>, f: &Field<'_>, region: &str) -> Option<String> {
+pub(super) fn check_region(cx: &mut Collector<'_>, f: &Field<'_>, region: &str) -> Option<String> {
     if is_region(region) {
         Some(region.to_string())
     } else {
@@ -308,7 +308,7 @@ fn check_region(cx: &mut Collector<'_>, f: &Field<'_>, region: &str) -> Option<S
 }
 
 /// Shape of a region code: `us-east-1`, `ap-southeast-5`, `us-gov-west-1`, `cn-north-1`.
-fn is_region(s: &str) -> bool {
+pub(super) fn is_region(s: &str) -> bool {
     let parts: Vec<&str> = s.split('-').collect();
     parts.len() >= 3
         && parts[0].len() == 2
@@ -1422,7 +1422,7 @@ const MAX_RULE_COUNT: i64 = 10_000;
 /// The keep rules, or `None` when one of them is invalid (already reported): an invalid rule must not also be
 /// reported as "no keep rule". Zero counts and zero windows are refused: a rule that keeps nothing was never
 /// what was meant, and a `daily = 0` next to nothing else would leave only the newest rail.
-fn keep(cx: &mut Collector<'_>, t: &mut Table<'_>) -> Option<KeepRules> {
+pub(super) fn keep(cx: &mut Collector<'_>, t: &mut Table<'_>) -> Option<KeepRules> {
     let mut rules = KeepRules::default();
     let mut valid = true;
     if let Some(f) = t.get("last") {

@@ -45,6 +45,10 @@
 //! deletes nothing and keeps the same snapshots for the same reasons, with one exception inherited from restic: a
 //! `within-*` window that now reaches past the oldest remaining snapshot adds `Oldest` to it (it was kept anyway).
 
+// The copy plan of disaster-recovery copies: used by its unit tests only until the worker's copy phase (the next
+// step of issue 15) calls it.
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) mod copies;
 mod rules;
 #[cfg(test)]
 mod tests;
