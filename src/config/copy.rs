@@ -13,7 +13,7 @@
 //! run has to check it then. This module does not decide what to copy (`retention::copies` does) and copies
 //! nothing.
 
-use super::sections::{check_region, is_region, keep};
+use super::sections::{arn, check_region, is_account, keep};
 use super::tree::{Collector, Field, Table};
 use crate::retention::KeepRules;
 
@@ -281,32 +281,18 @@ fn kms_key_problem(key: &str, region: Option<&str>) -> Option<(String, String)> 
                        alias (alias/dr-snapshots) or the ARN of either \
                        (arn:aws:kms:eu-west-1:123456789012:key/…)";
     let problem = |why: String| Some((why, FIX.to_string()));
-    let Some(rest) = key.strip_prefix("arn:") else {
+    if !key.starts_with("arn:") {
         return match key.strip_prefix("alias/") {
             Some(name) => alias_problem(name).and_then(|why| problem(why.to_string())),
             None if is_key_id(key) => None,
             None => problem("is neither a key id, an alias/NAME nor a key or alias ARN".into()),
         };
     };
-    let parts: Vec<&str> = rest.split(':').collect();
-    let [partition, service, arn_region, account, resource] = parts[..] else {
-        return problem(format!(
-            "is not an ARN of 6 `:`-separated parts (it has {})",
-            parts.len() + 1
-        ));
+    let (arn_region, account, resource) = match arn(key, "kms") {
+        Ok(parts) => parts,
+        Err(why) => return problem(why),
     };
-    if partition != "aws" && !partition.starts_with("aws-") {
-        return problem(format!(
-            "has partition `{partition}`, not aws, aws-cn or aws-us-gov"
-        ));
-    }
-    if service != "kms" {
-        return problem(format!("has service `{service}`, not kms"));
-    }
-    if !is_region(arn_region) {
-        return problem(format!("has region part `{arn_region}`, not a region code"));
-    }
-    if account.len() != 12 || !account.chars().all(|c| c.is_ascii_digit()) {
+    if !is_account(account) {
         return problem(format!(
             "has account part `{account}`, not a 12-digit account id"
         ));

@@ -308,6 +308,40 @@ pub(super) fn check_region(cx: &mut Collector<'_>, f: &Field<'_>, region: &str) 
 }
 
 /// Shape of a region code: `us-east-1`, `ap-southeast-5`, `us-gov-west-1`, `cn-north-1`.
+/// The region, account and resource of `text` as an ARN of `service`
+/// (`arn:PARTITION:SERVICE:REGION:ACCOUNT:RESOURCE`), once the parts every ARN shares are checked; the account and
+/// resource are the caller's to check (their rules differ by service). The error says what is wrong, verb first
+/// ("has service `s3`, not kms"), for the caller to put after the value.
+pub(super) fn arn<'a>(text: &'a str, service: &str) -> Result<(&'a str, &'a str, &'a str), String> {
+    let Some(rest) = text.strip_prefix("arn:") else {
+        return Err("does not start with `arn:`".into());
+    };
+    let parts: Vec<&str> = rest.split(':').collect();
+    let [partition, found, region, account, resource] = parts[..] else {
+        return Err(format!(
+            "is not an ARN of 6 `:`-separated parts (it has {})",
+            parts.len() + 1
+        ));
+    };
+    if partition != "aws" && !partition.starts_with("aws-") {
+        return Err(format!(
+            "has partition `{partition}`, not aws, aws-cn or aws-us-gov"
+        ));
+    }
+    if found != service {
+        return Err(format!("has service `{found}`, not {service}"));
+    }
+    if !is_region(region) {
+        return Err(format!("has region part `{region}`, not a region code"));
+    }
+    Ok((region, account, resource))
+}
+
+/// A 12-digit AWS account id.
+pub(super) fn is_account(s: &str) -> bool {
+    s.len() == 12 && s.chars().all(|c| c.is_ascii_digit())
+}
+
 pub(super) fn is_region(s: &str) -> bool {
     let parts: Vec<&str> = s.split('-').collect();
     parts.len() >= 3
@@ -1065,31 +1099,16 @@ fn document_problem(document: &str) -> Option<String> {
             ))
         }
     }
-    let Some(rest) = document.strip_prefix("arn:") else {
+    if !document.starts_with("arn:") {
         return name_problem(document);
+    }
+    let (_, account, resource) = match arn(document, "ssm") {
+        Ok(parts) => parts,
+        Err(why) => return Some(why),
     };
-    let parts: Vec<&str> = rest.split(':').collect();
-    let [partition, service, region, account, resource] = parts[..] else {
+    if !account.is_empty() && !is_account(account) {
         return Some(format!(
-            "an ARN has 6 `:`-separated parts, this one {}",
-            parts.len() + 1
-        ));
-    };
-    if partition != "aws" && !partition.starts_with("aws-") {
-        return Some(format!(
-            "partition `{partition}` is not aws, aws-cn or aws-us-gov"
-        ));
-    }
-    if service != "ssm" {
-        return Some(format!("service `{service}` is not ssm"));
-    }
-    if !is_region(region) {
-        return Some(format!("region part `{region}` is not a region code"));
-    }
-    if !account.is_empty() && (account.len() != 12 || !account.chars().all(|c| c.is_ascii_digit()))
-    {
-        return Some(format!(
-            "account part `{account}` is neither empty (AWS's own documents) nor a 12-digit account id"
+            "has account part `{account}`, neither empty (AWS's own documents) nor a 12-digit account id"
         ));
     }
     match resource.strip_prefix("document/") {
