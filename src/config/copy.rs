@@ -26,7 +26,7 @@ pub(crate) const MAX_COPY_DESTINATIONS: usize = 3;
 
 /// One destination of a schedule's copies.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct CopyRule {
+pub struct CopyRule {
     /// `region`: where the copies are made (CopySnapshot goes to this region's endpoint).
     pub(crate) region: String,
     /// `keep`: what the destination keeps of the copies, per source volume; judged like a schedule's rules.
@@ -38,7 +38,7 @@ pub(crate) struct CopyRule {
 
 /// How a copy is encrypted.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Encryption {
+pub enum Encryption {
     /// `encrypted = false` or absent: CopySnapshot gets no `Encrypted`, so the copy is encrypted when its source is
     /// (or when the destination encrypts new EBS data by default), with the destination's default EBS key.
     AsSource,

@@ -12,14 +12,12 @@
 //! when the file leaves it out (the caller knows whether stdout is a TTY), and does not exit the process: the CLI
 //! maps a [`ConfigError`] to [`ConfigError::EXIT_CODE`].
 
-// `[[policy.schedule.copy]]`, read and checked but not yet called by `sections::schedule`: the copy phase that
-// acts on it comes next, and a key that validates and then does nothing would mislead operators.
-#[cfg_attr(not(test), allow(dead_code))]
 mod copy;
 mod env;
 mod sections;
 mod tree;
 
+pub use copy::{CopyRule, Encryption};
 pub use sections::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_OPERATION_TIMEOUT, DEFAULT_SHUTDOWN_GRACE};
 pub(crate) use sections::{DEFAULT_DEDUP_WINDOW, DEFAULT_MAX_ATTEMPTS};
 
@@ -81,6 +79,8 @@ pub struct DaemonConfig {
     /// Where `run` and `once` keep their host-wide locks (`lock::LockDir`); None: systemd's runtime directory,
     /// else /run/snapwarden.
     pub lock_dir: Option<PathBuf>,
+    /// `copy-concurrency`: copies pending at once per destination region, process-wide, across policies.
+    pub copy_concurrency: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -277,6 +277,9 @@ pub struct Schedule {
     pub keep: KeepRules,
     /// When set, the schedule covers exactly the targeted resources carrying this tag.
     pub count_tag: Option<String>,
+    /// `[[policy.schedule.copy]]`: the regions its snapshots are copied to (at most three), each with the keep
+    /// rules its copies are pruned by there. Empty: no copies.
+    pub copies: Vec<CopyRule>,
 }
 
 /// One thing wrong with the configuration.

@@ -31,6 +31,12 @@ pub(crate) const DEFAULT_COMPLETION_DEADLINE: Duration = Duration::from_secs(600
 /// A few runs at once keep the AWS budget for the ones running, so they finish; a big fleet per policy is
 /// bounded by `max-concurrent-aws-calls`, not by this.
 pub(crate) const DEFAULT_MAX_CONCURRENT_RUNS: usize = 4;
+/// AWS's own limit: at most 20 concurrent snapshot copies (pending) per destination region per account; the
+/// 21st CopySnapshot is refused with `ResourceLimitExceeded`. Pacing to it makes no call that is bound to be
+/// refused; a lower value leaves room for other tools copying into the same region.
+pub(crate) const DEFAULT_COPY_CONCURRENCY: usize = 20;
+/// Above AWS's default limit, for accounts whose limit was raised; beyond it a typo is more likely than intent.
+const MAX_COPY_CONCURRENCY: i64 = 100;
 /// Like DLM's retries within the hour: 1, 2, 4, 8 ... minutes.
 pub(crate) const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_secs(60);
 /// Also the pacing layer's own default (`PaceConfig::default`), so a backend built without a config retries as
@@ -55,7 +61,7 @@ pub(super) fn config(cx: &mut Collector<'_>, root: &Dict, source: &Path) -> Conf
     let aws = section(cx, &mut t, "aws", aws);
     let notify = section(cx, &mut t, "notify", notify);
     let log = section(cx, &mut t, "log", log);
-    let policies = policies(cx, &mut t, daemon.timezone);
+    let policies = policies(cx, &mut t, daemon.timezone, &aws.regions);
     t.finish(cx);
     Config {
         source: source.to_path_buf(),
@@ -99,6 +105,7 @@ fn daemon(cx: &mut Collector<'_>, t: Option<&mut Table<'_>>) -> DaemonConfig {
         max_concurrent_runs: DEFAULT_MAX_CONCURRENT_RUNS,
         retry_backoff: DEFAULT_RETRY_BACKOFF,
         lock_dir: None,
+        copy_concurrency: DEFAULT_COPY_CONCURRENCY,
     };
     let Some(t) = t else { return d };
 
@@ -146,6 +153,11 @@ fn daemon(cx: &mut Collector<'_>, t: Option<&mut Table<'_>>) -> DaemonConfig {
     if let Some(f) = t.get("retry-backoff") {
         if let Some(backoff) = cx.duration(&f, true, "retry-backoff = \"1m\"") {
             d.retry_backoff = backoff;
+        }
+    }
+    if let Some(f) = t.get("copy-concurrency") {
+        if let Some(n) = cx.integer(&f, 1..=MAX_COPY_CONCURRENCY, "copy-concurrency = 20") {
+            d.copy_concurrency = n as usize;
         }
     }
     if let Some(f) = t.get("lock-dir") {
@@ -594,7 +606,13 @@ const POLICY_EXAMPLE: &str =
     "[[policy]] tables, each with name = \"…\", a [policy.target] table and \
                               [[policy.schedule]] tables";
 
-fn policies(cx: &mut Collector<'_>, root: &mut Table<'_>, timezone: chrono_tz::Tz) -> Vec<Policy> {
+/// `regions` is `aws.regions`: the regions every policy snapshots, which its copies must leave.
+fn policies(
+    cx: &mut Collector<'_>,
+    root: &mut Table<'_>,
+    timezone: chrono_tz::Tz,
+    regions: &[String],
+) -> Vec<Policy> {
     let path = root.path.key("policy");
     let Some(f) = root.get("policy") else {
         cx.missing(
@@ -627,7 +645,7 @@ fn policies(cx: &mut Collector<'_>, root: &mut Table<'_>, timezone: chrono_tz::T
             continue;
         };
         let name = name(cx, &mut t, &mut names, &path, i, 64, "policy");
-        if let Some(policy) = policy(cx, &mut t, name, timezone) {
+        if let Some(policy) = policy(cx, &mut t, name, timezone, regions) {
             out.push(policy);
         }
         t.finish(cx);
@@ -712,6 +730,7 @@ fn policy(
     t: &mut Table<'_>,
     name: Option<String>,
     timezone: chrono_tz::Tz,
+    regions: &[String],
 ) -> Option<Policy> {
     let target_path = t.path.key("target");
     let target = match t.get("target") {
@@ -743,7 +762,7 @@ fn policy(
             );
             None
         }
-        Some(f) => schedules(cx, &f),
+        Some(f) => schedules(cx, &f, regions),
     };
 
     // With no tags the target is every instance (or volume) in the account; that is only a deliberate choice when
@@ -1311,7 +1330,7 @@ fn target_table<'v>(cx: &mut Collector<'_>, t: &mut Table<'v>) -> (Target, Optio
     (target, tags_field)
 }
 
-fn schedules(cx: &mut Collector<'_>, f: &Field<'_>) -> Option<Vec<Schedule>> {
+fn schedules(cx: &mut Collector<'_>, f: &Field<'_>, regions: &[String]) -> Option<Vec<Schedule>> {
     const EXAMPLE: &str = "[[policy.schedule]] tables, each with name, cron and keep";
     let items = cx.array(f, EXAMPLE)?;
     if items.is_empty() {
@@ -1331,7 +1350,7 @@ fn schedules(cx: &mut Collector<'_>, f: &Field<'_>) -> Option<Vec<Schedule>> {
             continue;
         };
         let name = name(cx, &mut t, &mut names, &f.path, i, 32, "schedule");
-        match schedule(cx, &mut t, name) {
+        match schedule(cx, &mut t, name, regions) {
             Some(s) => out.push(s),
             None => complete = false,
         }
@@ -1341,7 +1360,12 @@ fn schedules(cx: &mut Collector<'_>, f: &Field<'_>) -> Option<Vec<Schedule>> {
     complete.then_some(out)
 }
 
-fn schedule(cx: &mut Collector<'_>, t: &mut Table<'_>, name: Option<String>) -> Option<Schedule> {
+fn schedule(
+    cx: &mut Collector<'_>,
+    t: &mut Table<'_>,
+    name: Option<String>,
+    regions: &[String],
+) -> Option<Schedule> {
     let cron = match t.get("cron") {
         None => {
             cx.missing(
@@ -1424,6 +1448,8 @@ fn schedule(cx: &mut Collector<'_>, t: &mut Table<'_>, name: Option<String>) -> 
         }
     }
 
+    let copies = super::copy::copies(cx, t, regions);
+
     Some(Schedule {
         name: name?,
         cron: cron?,
@@ -1432,6 +1458,7 @@ fn schedule(cx: &mut Collector<'_>, t: &mut Table<'_>, name: Option<String>) -> 
             None => None,
             Some(tag) => Some(tag?),
         },
+        copies: copies?,
     })
 }
 

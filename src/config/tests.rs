@@ -1745,3 +1745,146 @@ fn the_consistency_examples_mean_what_their_comments_say() {
     assert_eq!(scripts.on_failure, OnFailure::CrashConsistent);
     assert!(p.schedules[0].keep.app_consistent_only);
 }
+
+#[test]
+fn copy_concurrency_defaults_to_awss_per_region_limit_and_is_bounded() {
+    assert_eq!(parse(MINIMAL).unwrap().daemon.copy_concurrency, 20);
+    for n in [1, 100] {
+        let c = parse(&with(&format!("[daemon]\ncopy-concurrency = {n}"))).unwrap();
+        assert_eq!(c.daemon.copy_concurrency, n);
+    }
+    let c = parse_env(MINIMAL, &[("SNAPWARDEN_DAEMON__COPY_CONCURRENCY", "5")]).unwrap();
+    assert_eq!(c.daemon.copy_concurrency, 5);
+    for bad in ["0", "101", "\"20\""] {
+        let p = only_problem(
+            &with(&format!("[daemon]\ncopy-concurrency = {bad}")),
+            "daemon.copy-concurrency",
+        );
+        assert!(p.fix.contains("copy-concurrency = 20"), "{bad}: {p:?}");
+        assert!(p.to_string().contains("1 to 100"), "{bad}: {p:?}");
+    }
+}
+
+/// MINIMAL's policy and schedule with `copies` (the schedule's `[[policy.schedule.copy]]` tables) and
+/// `aws.regions` = `regions`.
+fn with_copies(regions: &str, copies: &str) -> String {
+    format!("[aws]\nregions = {regions}\n{MINIMAL}{copies}")
+}
+
+#[test]
+fn schedule_copies_are_read_by_the_loader() {
+    let c = parse(&with_copies(
+        r#"["us-east-1"]"#,
+        r#"
+[[policy.schedule.copy]]
+region = "eu-west-1"
+keep = { weekly = 4, monthly = 3 }
+kms-key-id = "alias/dr-snapshots"
+copy-tags = true
+[[policy.schedule.copy]]
+region = "us-west-2"
+keep = { last = 2 }
+"#,
+    ))
+    .unwrap();
+    let copies = &c.policy("prod").unwrap().schedule("daily").unwrap().copies;
+    assert_eq!(
+        copies,
+        &[
+            CopyRule {
+                region: "eu-west-1".into(),
+                keep: KeepRules {
+                    weekly: Some(crate::retention::Count::N(4)),
+                    monthly: Some(crate::retention::Count::N(3)),
+                    ..KeepRules::default()
+                },
+                encryption: Encryption::Encrypted {
+                    kms_key_id: Some("alias/dr-snapshots".into())
+                },
+                copy_tags: true,
+            },
+            CopyRule {
+                region: "us-west-2".into(),
+                keep: KeepRules {
+                    last: Some(2),
+                    ..KeepRules::default()
+                },
+                encryption: Encryption::AsSource,
+                copy_tags: false,
+            },
+        ]
+    );
+    // A schedule without copy tables copies nothing.
+    assert!(parse(MINIMAL).unwrap().policies[0].schedules[0]
+        .copies
+        .is_empty());
+}
+
+#[test]
+fn the_loader_refuses_impossible_copies_naming_the_key_and_the_fix() {
+    let copy = |region: &str, rest: &str| {
+        format!("[[policy.schedule.copy]]\nregion = \"{region}\"\nkeep = {{ weekly = 4 }}\n{rest}")
+    };
+    let at = |region: &str, key: &str| format!("policy[prod].schedule[daily].copy[{region}].{key}");
+
+    // To the region it snapshots: the copy dies with it.
+    let p = only_problem(
+        &with_copies(r#"["us-east-1"]"#, &copy("us-east-1", "")),
+        "policy[prod].schedule[daily].copy[#1].region",
+    );
+    assert!(
+        p.message.contains("`us-east-1` is one of aws.regions"),
+        "{p}"
+    );
+    assert!(p.fix.contains("copy to another region"), "{p}");
+
+    // Not a region code.
+    let p = only_problem(
+        &with_copies(r#"["us-east-1"]"#, &copy("eu-west-1a", "")),
+        "policy[prod].schedule[daily].copy[#1].region",
+    );
+    assert!(p.message.contains("is not an AWS region code"), "{p}");
+
+    // A key next to encrypted = false.
+    let p = only_problem(
+        &with_copies(
+            r#"["us-east-1"]"#,
+            &copy("eu-west-1", "encrypted = false\nkms-key-id = \"alias/dr\""),
+        ),
+        &at("eu-west-1", "encrypted"),
+    );
+    assert!(p.fix.contains("kms-key-id implies encrypted = true"), "{p}");
+
+    // A key ARN of another region than the destination.
+    let p = only_problem(
+        &with_copies(
+            r#"["us-east-1"]"#,
+            &copy(
+                "eu-west-1",
+                "kms-key-id = \"arn:aws:kms:us-east-1:123456789012:alias/dr\"",
+            ),
+        ),
+        &at("eu-west-1", "kms-key-id"),
+    );
+    assert!(
+        p.message
+            .contains("a key in us-east-1, but the copy is made and encrypted in eu-west-1"),
+        "{p}"
+    );
+    assert!(p.fix.contains("use a key in eu-west-1"), "{p}");
+
+    // Four destinations.
+    let four: String = ["eu-west-1", "eu-west-2", "eu-west-3", "eu-north-1"]
+        .iter()
+        .map(|r| copy(r, ""))
+        .collect();
+    let p = only_problem(
+        &with_copies(r#"["us-east-1"]"#, &four),
+        "policy[prod].schedule[daily].copy",
+    );
+    assert!(p.message.contains("at most 3 regions"), "{p}");
+
+    // With aws.regions empty the source is the SDK's region, known only when a run starts: any region loads.
+    let c = parse(&format!("{MINIMAL}{}", copy("us-east-1", ""))).unwrap();
+    assert_eq!(c.policies[0].schedules[0].copies[0].region, "us-east-1");
+}
