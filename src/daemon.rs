@@ -8,6 +8,7 @@
 //! ([`reload`]) for its next fires. Shutdown: stop firing, let in-flight runs finish within the grace period (past it:
 //! no new mutating EC2 call, and the ones sent are waited for), then stop HTTP and flush alerts.
 
+use std::collections::BTreeSet;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -155,13 +156,40 @@ pub async fn aws_regions_paced(shared: &Shared, pace: &PaceConfig) -> Result<Vec
             pace.clone(),
         );
         let region = paced_region(shared, backend, permits.clone(), pace.clone()).await?;
-        out.push(Arc::new(Region {
-            ssm: Some(Arc::new(ssm)),
-            ec2: region.ec2.clone(),
-            account_id: region.account_id.clone(),
-        }));
+        out.push((region, ssm));
     }
-    Ok(out)
+    // One backend per destination, paced on that region's own buckets and shared by every source region.
+    let mut destinations: Vec<Arc<dyn Ec2>> = Vec::new();
+    let wanted: BTreeSet<String> = shared
+        .config
+        .policies
+        .iter()
+        .flat_map(worker::destination_regions)
+        .collect();
+    for name in wanted {
+        let conf = ec2::sdk::sdk_config(aws, Some(&name)).await;
+        let conf = conf
+            .to_builder()
+            .retry_config(aws_config::retry::RetryConfig::disabled())
+            .build();
+        let backend: Arc<dyn Ec2> = Arc::new(ec2::sdk::SdkEc2::new(&conf));
+        destinations.push(paced(shared, backend, permits.clone(), pace.clone()));
+    }
+    let copies = Arc::new(worker::Destinations::new(
+        shared.config.daemon.copy_concurrency,
+        destinations,
+    ));
+    Ok(out
+        .into_iter()
+        .map(|(region, ssm)| {
+            Arc::new(Region {
+                ssm: Some(Arc::new(ssm)),
+                ec2: region.ec2.clone(),
+                account_id: region.account_id.clone(),
+                copies: copies.clone(),
+            })
+        })
+        .collect())
 }
 
 /// Wraps a backend with the shared concurrency bound and metrics and resolves its account. Unpaced: for the
@@ -188,12 +216,22 @@ pub async fn paced_region(
     permits: Arc<Semaphore>,
     pace: PaceConfig,
 ) -> Result<Arc<Region>> {
+    resolve(shared, paced(shared, backend, permits, pace)).await
+}
+
+/// `backend` guarded, instrumented and paced, as every AWS backend is.
+fn paced(
+    shared: &Shared,
+    backend: Arc<dyn Ec2>,
+    permits: Arc<Semaphore>,
+    pace: PaceConfig,
+) -> Arc<dyn Ec2> {
     let instrumented: Arc<dyn Ec2> = Arc::new(ec2::Instrumented::new(
         guarded(shared, backend),
         permits,
         shared.metrics.clone(),
     ));
-    resolve(shared, Arc::new(Paced::new(instrumented, pace))).await
+    Arc::new(Paced::new(instrumented, pace))
 }
 
 /// The innermost layer: every attempt of a mutating call is logged with its outcome and refused once the grace
@@ -211,6 +249,7 @@ async fn resolve(shared: &Shared, ec2: Arc<dyn Ec2>) -> Result<Arc<Region>> {
         ec2,
         account_id,
         ssm: None,
+        copies: Default::default(),
     }))
 }
 

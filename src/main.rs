@@ -540,9 +540,17 @@ async fn once(
             Some(d) => d.as_ref(),
             None => r.ec2.as_ref(),
         };
+        // A dry run copies nothing either: its destinations pretend too.
+        let copies = dry_run.then(|| {
+            r.copies
+                .map(|e| Arc::new(DryRun::new(e)) as Arc<dyn Ec2>)
+        });
         // Only the deletions are printed: not explained.
-        let spec = r
-            .spec(&p, slot)
+        let mut spec = r.spec(&p, slot);
+        if let Some(c) = &copies {
+            spec = spec.destinations(c);
+        }
+        let spec = spec
             .firing(firing.clone())
             .concurrency(shared.config.daemon.max_concurrent_aws_calls)
             .completion(worker::Completion::within(

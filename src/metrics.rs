@@ -61,6 +61,13 @@ pub struct Metrics {
     /// Snapshots of VSS or script policies by kind: app-consistent, or a crash-consistent fallback.
     app_consistent: IntCounterVec,
     freshness: Mutex<HashMap<(String, String, String), Freshness>>,
+    /// Disaster-recovery copies by outcome: created, failed, deferred.
+    copies: IntCounterVec,
+    copies_pending: IntGaugeVec,
+    dr_staleness: GaugeVec,
+    /// (policy, schedule, source region, destination) -> the oldest newest-completed copy across the schedule's
+    /// volumes, turned into an age at scrape time like [`Metrics::staleness`].
+    dr_freshness: Mutex<HashMap<(String, String, String, String), DateTime<Utc>>>,
 }
 
 /// Per policy/schedule/region: the oldest "newest completed snapshot" over its targeted volumes, and how many
@@ -222,6 +229,25 @@ impl Metrics {
                 &["policy", "kind"],
             ),
             freshness: Mutex::new(HashMap::new()),
+            copies: counter(
+                &registry,
+                "copies_total",
+                "Disaster-recovery copies by outcome: created (sent), failed (refused, or ended in error), deferred to the next run",
+                &["policy", "schedule", "region", "destination", "outcome"],
+            ),
+            copies_pending: int_gauge(
+                &registry,
+                "copies_pending",
+                "The policy's copies of the region's snapshots still pending in the destination after the last run",
+                &["policy", "region", "destination"],
+            ),
+            dr_staleness: gauge(
+                &registry,
+                "dr_staleness_seconds",
+                "Age of the oldest newest-completed copy in the destination across the schedule's volumes (the RPO after losing the source region)",
+                &["policy", "schedule", "region", "destination"],
+            ),
+            dr_freshness: Mutex::new(HashMap::new()),
             registry,
         };
         for reason in ["connection-cap", "accept-error"] {
@@ -278,6 +304,13 @@ impl Metrics {
                 for reason in ["bad-count-tag", "pending-limit"] {
                     self.skipped_resources.with_label_values(&[pn, sn, reason]);
                 }
+                for (r, c) in regions.iter().flat_map(|r| s.copies.iter().map(move |c| (r, c))) {
+                    for outcome in ["created", "failed", "deferred"] {
+                        self.copies
+                            .with_label_values(&[pn, sn, r, &c.region, outcome]);
+                    }
+                    self.copies_pending.with_label_values(&[pn, r, &c.region]);
+                }
                 let interval = s
                     .cron
                     .latest_at_or_before(now, tz)
@@ -295,7 +328,13 @@ impl Metrics {
             .iter()
             .any(|p| p.vss.is_some() || p.scripts.is_some());
         let ssm = uses_ssm.then_some(Op::SSM).into_iter().flatten();
-        for op in Op::EC2.into_iter().chain(ssm).map(Op::name) {
+        let copies = config
+            .policies
+            .iter()
+            .flat_map(|p| &p.schedules)
+            .any(|s| !s.copies.is_empty());
+        let copy = copies.then_some(Op::CopySnapshot);
+        for op in Op::EC2.into_iter().chain(ssm).chain(copy).map(Op::name) {
             self.aws_requests.with_label_values(&[op, "ok"]);
             self.aws_throttles.with_label_values(&[op]);
         }
@@ -327,6 +366,18 @@ impl Metrics {
             .lock()
             .expect("freshness poisoned")
             .retain(|(p, s, _), _| (p.as_str(), s.as_str()) != (policy, schedule));
+        self.dr_freshness
+            .lock()
+            .expect("dr freshness poisoned")
+            .retain(|(p, s, region, destination), _| {
+                let gone = (p.as_str(), s.as_str()) == (policy, schedule);
+                if gone {
+                    let _ = self
+                        .dr_staleness
+                        .remove_label_values(&[p, s, region, destination]);
+                }
+                !gone
+            });
     }
 
     /// A run of `schedules` panicked: a failed snapshot and retention run, and a panic.
@@ -398,6 +449,14 @@ impl Metrics {
 
     /// The text exposition, with staleness brought up to `now` first.
     pub fn render(&self, now: DateTime<Utc>) -> String {
+        for ((policy, schedule, region, destination), at) in
+            self.dr_freshness.lock().expect("dr freshness poisoned").iter()
+        {
+            let age = (now - *at).num_milliseconds().max(0) as f64 / 1000.0;
+            self.dr_staleness
+                .with_label_values(&[policy, schedule, region, destination])
+                .set(age);
+        }
         for ((policy, schedule), (age, unprotected)) in self.staleness(now) {
             if let Some(age) = age {
                 self.staleness
@@ -571,6 +630,53 @@ impl Metrics {
     }
 
     /// An HTTP connection closed at once: `connection-cap` or `accept-error`.
+    /// Copies of one outcome, counted under every schedule the copy serves.
+    pub(crate) fn copies(
+        &self,
+        policy: &str,
+        schedules: &[std::sync::Arc<str>],
+        region: &str,
+        destination: &str,
+        outcome: &str,
+        n: u64,
+    ) {
+        for s in schedules {
+            self.copies
+                .with_label_values(&[policy, s, region, destination, outcome])
+                .inc_by(n);
+        }
+    }
+
+    pub(crate) fn copies_pending(&self, policy: &str, region: &str, destination: &str, n: usize) {
+        self.copies_pending
+            .with_label_values(&[policy, region, destination])
+            .set(n as i64);
+    }
+
+    /// The oldest newest-completed copy of the schedule's volumes in `destination` (None: nothing to measure
+    /// from yet, and the series is left as it was).
+    pub(crate) fn set_dr_freshness(
+        &self,
+        policy: &str,
+        schedule: &str,
+        region: &str,
+        destination: &str,
+        at: Option<DateTime<Utc>>,
+    ) {
+        let key = (
+            policy.to_string(),
+            schedule.to_string(),
+            region.to_string(),
+            destination.to_string(),
+        );
+        if let Some(at) = at {
+            self.dr_freshness
+                .lock()
+                .expect("dr freshness poisoned")
+                .insert(key, at);
+        }
+    }
+
     pub(crate) fn http_refused(&self, reason: &str) {
         self.http_refused.with_label_values(&[reason]).inc();
     }

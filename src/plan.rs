@@ -703,6 +703,7 @@ mod tests {
             targeted: Some(&targeted),
             orphans: Default::default(),
             caps,
+            held: &retention::NOTHING_HELD,
         };
         let plan = retention::plan(&input, t(AT));
         Evaluation {

@@ -107,11 +107,26 @@ pub struct RunReport {
     pub fallback: usize,
     /// Deletions refused because the snapshot backs an AMI: reported, never a failure.
     pub kept_in_use: usize,
+    /// Disaster-recovery copies, over every destination of the policy.
+    pub copies: CopyTally,
     /// Set when the run could not look at the region at all (describe failed): nothing was created or deleted.
     pub fatal: Option<Problem>,
     pub problems: Vec<Problem>,
     /// Why retention did not run, when it did not.
     pub retention_skipped: Option<String>,
+}
+
+/// What a run did about disaster-recovery copies, over all destinations.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CopyTally {
+    /// CopySnapshot calls answered: copies made (pending at first).
+    pub created: usize,
+    /// Copies wanted and put off to the next run (the destination's limit on pending copies).
+    pub deferred: usize,
+    /// Copies still pending in their destination when the run ended; the next run watches them.
+    pub pending: usize,
+    /// Copies deleted by the destinations' retention.
+    pub deleted: usize,
 }
 
 impl RunReport {
@@ -142,6 +157,7 @@ impl RunReport {
             app_consistent: 0,
             fallback: 0,
             kept_in_use: 0,
+            copies: CopyTally::default(),
             fatal: None,
             problems: Vec::new(),
             retention_skipped: None,

@@ -142,6 +142,7 @@ fn regions(fake: &Arc<FakeEc2>) -> Vec<Arc<Region>> {
         ec2,
         account_id: FAKE_ACCOUNT.into(),
         ssm: None,
+        copies: Default::default(),
     })]
 }
 

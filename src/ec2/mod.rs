@@ -39,9 +39,14 @@ pub const TAG_KEEP: &str = "snapwarden:keep";
 /// On every snapshot of a policy with VSS or scripts: `true` when it was taken application-consistent (VSS, or
 /// while the pre script held the instance still), `false` for a crash-consistent fallback.
 pub const TAG_APP_CONSISTENT: &str = "snapwarden:app-consistent";
-/// The volume a copy was made from. snapwarden does not write it yet; a copying tool (and the disaster-recovery
-/// copies to come) records it at creation, since a copy's own volume id names no volume.
+/// The volume a copy was made from, set on every disaster-recovery copy at creation: a copy's own volume id names
+/// no volume, so this is what its retention groups it by.
 pub(crate) const TAG_SOURCE_VOLUME: &str = "snapwarden:source-volume";
+/// The snapshot a copy was made from: what makes a copy idempotent (a source with a copy is not copied again).
+pub(crate) const TAG_SOURCE_SNAPSHOT: &str = "snapwarden:source-snapshot";
+/// The region a copy was made from: a destination holds copies of every region of the policy, and each run
+/// reads only its own region's.
+pub(crate) const TAG_SOURCE_REGION: &str = "snapwarden:source-region";
 /// The volume id EC2 reports for every snapshot made by CopySnapshot: a placeholder shared by all copies.
 pub const COPY_VOLUME_ID: &str = "vol-ffffffff";
 

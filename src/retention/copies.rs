@@ -137,6 +137,7 @@ pub(crate) fn plan_copies(input: &CopyInput<'_>, now: DateTime<Utc>) -> CopyPlan
     }));
     let destination = plan(
         &PlanInput {
+            held: &super::NOTHING_HELD,
             snapshots: &snapshots,
             schedules: input.rules,
             counts: &HashMap::new(),
@@ -520,6 +521,7 @@ mod tests {
     fn plan_destination(copies: &[Snap], rules: &[ScheduleRules], today: i64) -> HashSet<Arc<str>> {
         let plan = plan(
             &PlanInput {
+                held: &crate::retention::NOTHING_HELD,
                 snapshots: copies,
                 schedules: rules,
                 counts: &HashMap::new(),

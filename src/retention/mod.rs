@@ -381,7 +381,16 @@ pub struct PlanInput<'a> {
     pub targeted: Option<&'a HashSet<String>>,
     pub orphans: OrphanPolicy,
     pub caps: Caps,
+    /// Snapshot id -> the destination region whose copy of it is wanted and not completed: kept
+    /// ([`Reason::CopyPending`]) whatever else the plan says, orphan expiry included.
+    pub held: &'a Held,
 }
+
+/// See [`PlanInput::held`].
+pub type Held = HashMap<Arc<str>, Arc<str>>;
+
+/// No snapshot held: the plans of policies that copy nowhere.
+pub static NOTHING_HELD: std::sync::LazyLock<Held> = std::sync::LazyLock::new(Held::new);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -450,6 +459,9 @@ pub enum Reason {
     UnplacedCopy,
     /// Kept only because deleting would exceed a deletion cap ([`Plan::cap_hit`] says which).
     OverCap,
+    /// A disaster-recovery copy to `region` wants this snapshot and has not completed yet: deleting it first
+    /// would leave a slot the destination keeps without a copy ([`PlanInput::held`]).
+    CopyPending { region: Arc<str> },
     /// Delete: no listed schedule keeps it and no rail protects it.
     Expired,
     /// Delete: the snapshot ended in error.
@@ -483,7 +495,7 @@ impl Reason {
 
     /// Every label [`Reason::as_str`] gives, in [`Reason::label_index`] order: the labels of kept snapshots (the
     /// first [`Reason::KEEP_LABELS`]), then those of deleted ones.
-    pub(crate) const LABELS: [&'static str; 31] = [
+    pub(crate) const LABELS: [&'static str; 32] = [
         "pinned",
         "pending",
         "newest",
@@ -510,6 +522,7 @@ impl Reason {
         "future-slot",
         "unplaced-copy",
         "over-cap",
+        "copy-pending",
         "expired",
         "error-state",
         "orphan-expired",
@@ -521,8 +534,8 @@ impl Reason {
     const CALENDAR_LABELS: usize = 9;
     const WINDOW_LABELS: usize = Self::CALENDAR_LABELS + Period::ALL.len();
     const AFTER_PERIOD_LABELS: usize = Self::WINDOW_LABELS + Period::ALL.len();
-    /// How many of [`Reason::LABELS`] are reasons to keep: up to `over-cap`.
-    pub(crate) const KEEP_LABELS: usize = Self::AFTER_PERIOD_LABELS + 5;
+    /// How many of [`Reason::LABELS`] are reasons to keep: up to `copy-pending`.
+    pub(crate) const KEEP_LABELS: usize = Self::AFTER_PERIOD_LABELS + 6;
 
     /// The position of this reason's label in [`Reason::LABELS`]: what tallies per label index by, instead of
     /// comparing label strings for every reason of every snapshot.
@@ -545,11 +558,12 @@ impl Reason {
             Reason::FutureSlot => after + 2,
             Reason::UnplacedCopy => after + 3,
             Reason::OverCap => after + 4,
-            Reason::Expired => after + 5,
-            Reason::ErrorState => after + 6,
-            Reason::OrphanExpired { .. } => after + 7,
-            Reason::Duplicate => after + 8,
-            Reason::NotAppConsistent { .. } => after + 9,
+            Reason::CopyPending { .. } => after + 5,
+            Reason::Expired => after + 6,
+            Reason::ErrorState => after + 7,
+            Reason::OrphanExpired { .. } => after + 8,
+            Reason::Duplicate => after + 9,
+            Reason::NotAppConsistent { .. } => after + 10,
         }
     }
 
@@ -614,6 +628,7 @@ impl fmt::Display for Reason {
             Reason::FutureSlot => f.write_str("slot in the future"),
             Reason::UnplacedCopy => f.write_str("copy of unknown volume"),
             Reason::OverCap => f.write_str("over deletion cap"),
+            Reason::CopyPending { region } => write!(f, "copy to {region} not made yet"),
             Reason::Expired => f.write_str("expired"),
             Reason::ErrorState => f.write_str("error state"),
             Reason::Duplicate => f.write_str("duplicate of slot"),
@@ -970,6 +985,11 @@ fn plan_volume<'a>(
             // Expiry overrides the newest rail: that rail exists for volumes still being snapshotted.
             SnapState::Completed if expired_after.is_none() && newest_completed == Some(i) => {
                 Some(Reason::Newest)
+            }
+            SnapState::Completed if !input.held.is_empty() => {
+                input.held.get(&snap.id).map(|region| Reason::CopyPending {
+                    region: Arc::clone(region),
+                })
             }
             SnapState::Completed | SnapState::Error => None,
         };

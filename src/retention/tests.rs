@@ -144,6 +144,7 @@ fn run_plan(case: &Case) -> Plan {
         .as_ref()
         .map(|t| t.iter().map(|v| v.to_string()).collect());
     let input = PlanInput {
+        held: &crate::retention::NOTHING_HELD,
         snapshots: &snapshots,
         schedules: &case.schedules,
         counts: &counts,
@@ -804,7 +805,13 @@ fn reason_labels_are_distinct_and_calendar_ones_are_the_config_keys() {
     ] {
         assert!(r.label_index() >= Reason::KEEP_LABELS, "{r:?}");
     }
-    assert_eq!(Reason::OverCap.label_index(), Reason::KEEP_LABELS - 1);
+    assert_eq!(
+        Reason::CopyPending {
+            region: "r".into()
+        }
+        .label_index(),
+        Reason::KEEP_LABELS - 1
+    );
 }
 
 #[test]
@@ -856,6 +863,7 @@ impl World {
 
     fn input(&self) -> PlanInput<'_> {
         PlanInput {
+            held: &crate::retention::NOTHING_HELD,
             snapshots: &self.snapshots,
             schedules: &self.schedules,
             counts: &self.counts,

@@ -2,14 +2,17 @@
 //! (fire time) and one region, carried out as a sequence of phases over one run context (`run::Run`):
 //!
 //! 1. `survey`: what the region holds (targets, count tags, the policy's managed snapshots — one filtered,
-//!    paginated sweep each);
+//!    paginated sweep each), and what each copy destination holds of this region's snapshots (`copy::read`):
+//!    the source snapshots a destination still wants copied are held from retention;
 //! 2. `app`: for a policy with VSS or pre/post scripts, the SSM commands around (or, for VSS, instead of) the
 //!    creates of the instances that can be made application-consistent; what falls back is left to `create`;
 //! 3. `create`: the slot's missing snapshots, while `settle::poll` watches them complete;
 //! 4. `settle`: this run's snapshots join the survey; `error` snapshots are reported and deleted, ones still
 //!    pending at the deadline reported;
 //! 5. `retain`: retention planned over that end state, its deletes sent;
-//! 6. `record`: the estate's gauges, the `run finished` line, the run metrics.
+//! 6. `copy`: the disaster-recovery copies each destination's plan wants, sent under its copy-concurrency gate
+//!    and polled within the completion deadline, then the destination's retention of its copies;
+//! 7. `record`: the estate's gauges, the `run finished` line, the run metrics.
 //!
 //! Retention's deletes do not wait for step 4: before anything is created the run plans the end state it expects
 //! (`run::Flight`, `prune`), and a volume's deletes go out as soon as its new snapshot has completed, on a
@@ -17,9 +20,9 @@
 //! pending-snapshot cap as completion polls find snapshots done (`create::Gate`).
 //!
 //! A phase decides and calls; everything it records goes through the context's event methods (`created`,
-//! `deferred`, `create_failed`, `deleted`, `kept_in_use`, `cap_hit`, `app_failed`, …), each writing the log line,
-//! the metric and the report entry together. A new phase (copies after the creates settle) is a file of its own
-//! here with one function over the context, and one line in `execute`; new events are context methods.
+//! `deferred`, `create_failed`, `deleted`, `kept_in_use`, `cap_hit`, `app_failed`, `copy_created`, …), each
+//! writing the log line, the metric and the report entry together. A new phase is a file of its own here with one
+//! function over the context, and one line in `execute`; new events are context methods.
 //!
 //! Everything a run needs to know is read back from tags, so a retry or a restart after a crash finds the slot's
 //! snapshots and does not duplicate them. Dry runs go through the same code with an `ec2::DryRun` backend; the
@@ -27,6 +30,7 @@
 //! report.
 
 mod app;
+mod copy;
 mod create;
 mod findings;
 mod prune;
@@ -50,6 +54,7 @@ use crate::retention::Decision;
 use crate::schedule::format_slot;
 
 pub use app::{THAWED_EARLY, VSS_DOCUMENT};
+pub use copy::{destination_regions, Destinations};
 pub use prune::plan_retention;
 pub use survey::{slot_of, survey, Survey, TargetVolume};
 
@@ -143,6 +148,9 @@ pub struct RunSpec<'a> {
     pub(crate) ssm: Option<&'a dyn crate::ssm::Ssm>,
     /// How the app-consistency phase polls its commands.
     pub(crate) ssm_polling: crate::ssm::batch::Polling,
+    /// The regions the policy's schedules copy to; None: none known (a policy with copy rules then copies
+    /// nothing, reports each destination unreadable and holds what they would want).
+    pub(crate) destinations: Option<&'a Destinations>,
     /// [`Outcome::plan`] holds every decision, kept ones with their reasons (tests, `simulate`); otherwise only
     /// the deletions, so a run over a large estate does not hold a decision per snapshot (~120 bytes each).
     pub(crate) explain: bool,
@@ -161,6 +169,7 @@ impl<'a> RunSpec<'a> {
             completion: None,
             ssm: None,
             ssm_polling: crate::ssm::batch::Polling::default(),
+            destinations: None,
             explain: false,
         }
     }
@@ -173,6 +182,12 @@ impl<'a> RunSpec<'a> {
     ) -> Self {
         self.ssm = Some(ssm);
         self.ssm_polling = polling;
+        self
+    }
+
+    /// The backends of the regions the policy copies to.
+    pub fn destinations(mut self, destinations: &'a Destinations) -> Self {
+        self.destinations = Some(destinations);
         self
     }
 
@@ -228,6 +243,7 @@ async fn execute(run: &mut run::Run<'_>) -> Vec<Decision> {
     if !survey::phase(run).await {
         return Vec::new();
     }
+    copy::read(run).await;
     let todo = create::prepare(run);
     let (flight, deletes) = run::Flight::start(run, &todo);
     let deleting = prune::delete_all(run.ec2, deletes, run.spec.concurrency);
@@ -239,6 +255,7 @@ async fn execute(run: &mut run::Run<'_>) -> Vec<Decision> {
     };
     let (plan, deleted) = tokio::join!(phases, deleting);
     retain::deleted(run, deleted);
+    copy::phase(run).await;
     record::estate(run);
     plan
 }
@@ -249,12 +266,14 @@ pub struct Region {
     pub account_id: String,
     /// SSM Run Command in the region, for VSS and script policies; None on the in-memory backends.
     pub ssm: Option<Arc<dyn crate::ssm::Ssm>>,
+    /// The regions the policies copy to, shared by every source region (their gates are per destination).
+    pub copies: Arc<Destinations>,
 }
 
 impl Region {
     /// A run of `policy` at `slot` in this region, with its SSM backend when it has one.
     pub fn spec<'a>(&'a self, policy: &'a Policy, slot: DateTime<Utc>) -> RunSpec<'a> {
-        let spec = RunSpec::new(policy, slot, &self.account_id);
+        let spec = RunSpec::new(policy, slot, &self.account_id).destinations(&self.copies);
         match &self.ssm {
             Some(ssm) => spec.ssm(ssm.as_ref(), crate::ssm::batch::Polling::default()),
             None => spec,

@@ -61,6 +61,7 @@ pub fn plan_retention(
         targeted: Some(&targeted),
         orphans: policy.orphans,
         caps: policy.caps,
+        held: &survey.held,
     };
     match kept {
         Some(kept) => retention::plan_deletions(&input, now, kept),

@@ -28,6 +28,7 @@ use crate::metrics::{KeptTally, Metrics};
 use crate::report::{Problem, RunReport};
 use crate::retention::{CapHit, Decision, Snap};
 use crate::schedule::format_slot;
+use crate::retention::copies::{Copied, ToCopy};
 use crate::ssm::batch::{Cause, Ran};
 
 pub(super) struct Run<'a> {
@@ -355,6 +356,117 @@ impl<'a> Run<'a> {
             "deletion-cap".into(),
             message,
         );
+    }
+
+    /// A destination of the policy's copies could not be read (or has no backend): nothing is copied or deleted
+    /// there this run, and the source holds what that destination would want if it held nothing.
+    pub(crate) fn copy_survey_failed(&mut self, destination: &str, e: &Error) {
+        tracing::error!(destination = %destination, error = %e, kind = e.kind(), "copy destination could not be read: no copies made or pruned there this run");
+        let message = format!(
+            "copies to {destination}: the destination could not be read ({e}); nothing was copied to or deleted \
+             from it, and the source keeps what it would want"
+        );
+        let mut p = Problem::of(destination.to_string(), "copy", e);
+        p.message = message;
+        self.report.problems.push(p);
+    }
+
+    /// A copy sent: pending in the destination. Debug level, like [`Run::created`]: the call ledger has the info
+    /// line.
+    pub(crate) fn copy_created(&mut self, destination: &str, want: &ToCopy, copy: &str) {
+        tracing::debug!(source = %want.source, copy = %copy, destination = %destination, "copy sent");
+        self.metrics
+            .copies(self.policy(), &want.schedules, self.region(), destination, "created", 1);
+        self.report.copies.created += 1;
+    }
+
+    /// Copies put off to the next run (the destination's copy-concurrency gate stayed full until the deadline, or
+    /// AWS refused with its copy limit): not a problem, the next run copies them first, oldest first.
+    pub(crate) fn copies_deferred(&mut self, destination: &str, wants: &[ToCopy]) {
+        tracing::info!(destination = %destination, copies = wants.len(), "copies deferred to the next run: too many pending in the destination");
+        for w in wants {
+            self.metrics
+                .copies(self.policy(), &w.schedules, self.region(), destination, "deferred", 1);
+        }
+        self.report.copies.deferred += wants.len();
+    }
+
+    /// CopySnapshot refused: the run is partial; the next run tries again.
+    pub(crate) fn copy_failed(&mut self, destination: &str, want: &ToCopy, e: &Error) {
+        tracing::error!(source = %want.source, destination = %destination, error = %e, kind = e.kind(), "copy failed");
+        self.metrics
+            .copies(self.policy(), &want.schedules, self.region(), destination, "failed", 1);
+        let mut p = Problem::of(want.source.to_string(), "copy", e);
+        p.message = format!("copy to {destination} refused: {}", p.message);
+        self.report.problems.push(p);
+    }
+
+    /// A copy found in `error` state: it restores nothing, is deleted, and the next run copies its source again.
+    pub(crate) fn copy_errored(&mut self, destination: &str, copy: &Copied) {
+        tracing::error!(copy = %copy.snap.id, source = %copy.source, destination = %destination, "copy ended in error state: deleting it");
+        self.metrics.copies(
+            self.policy(),
+            &copy.snap.schedules,
+            self.region(),
+            destination,
+            "failed",
+            1,
+        );
+        let message = format!(
+            "copy {} in {destination} of slot {} ended in error state; it restores nothing and {}; the next run \
+             copies the source again",
+            copy.snap.id,
+            format_slot(copy.snap.slot),
+            if self.ec2.dry_run() {
+                "would be deleted"
+            } else {
+                "was deleted"
+            },
+        );
+        self.problem(copy.source.to_string(), "copy", "copy-error".into(), message);
+    }
+
+    /// A copy deleted by the destination's retention.
+    pub(crate) fn copy_deleted(&mut self, destination: &str, d: &Decision, serves: &[Arc<str>]) {
+        let reason = d.reasons.first().map_or("", |r| r.as_str());
+        tracing::debug!(copy = %d.snapshot_id, volume = %d.volume_id, destination = %destination, reason, "copy deleted");
+        self.metrics
+            .snapshot_deleted(self.policy(), serves, destination);
+        self.report.copies.deleted += 1;
+    }
+
+    pub(crate) fn copy_delete_failed(
+        &mut self,
+        destination: &str,
+        d: &Decision,
+        serves: &[Arc<str>],
+        e: &Error,
+    ) {
+        tracing::error!(copy = %d.snapshot_id, destination = %destination, error = %e, kind = e.kind(), "copy delete failed");
+        self.metrics
+            .snapshot_failed(self.policy(), serves, destination, "delete");
+        let mut p = Problem::of(d.snapshot_id.to_string(), "delete", e);
+        p.message = format!("in {destination}: {}", p.message);
+        self.report.problems.push(p);
+    }
+
+    /// The destination after the run: copies still pending there, and per schedule the oldest newest-completed
+    /// copy across its volumes (what the DR staleness is measured from; None: no volume has anything yet).
+    pub(crate) fn copies_estate(
+        &mut self,
+        destination: &str,
+        pending: usize,
+        oldest: &[(String, Option<DateTime<Utc>>)],
+    ) {
+        self.report.copies.pending += pending;
+        let Some(metrics) = self.metrics() else {
+            return;
+        };
+        let (policy, region) = (self.policy(), self.region());
+        metrics.copies_pending(policy, region, destination, pending);
+        for (schedule, at) in oldest {
+            metrics.set_dr_freshness(policy, schedule, region, destination, *at);
+        }
     }
 
     /// `serves`: the schedules the snapshot served, for the metric's labels. Debug level: see [`Run::created`].

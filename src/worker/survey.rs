@@ -47,6 +47,10 @@ pub struct Survey {
     pub(crate) slot_tags: HashMap<Arc<str>, Tags>,
     /// Shares volume ids and schedule lists between snapshots, and with the snapshots a run adds.
     pub(crate) interner: Interner,
+    /// Each copy destination of the policy, as read for this region (`super::copy::survey`).
+    pub(crate) copies: Vec<super::copy::DestinationSurvey>,
+    /// Source snapshots a destination still wants copied: retention keeps them.
+    pub(crate) held: crate::retention::Held,
 }
 
 impl Survey {

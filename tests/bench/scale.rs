@@ -957,6 +957,7 @@ fn planner(n: usize) {
     let counts = Default::default();
     let frozen = HashSet::new();
     let input = PlanInput {
+        held: &snapwarden::retention::NOTHING_HELD,
         snapshots: &survey.snapshots,
         schedules: &rules,
         counts: &counts,

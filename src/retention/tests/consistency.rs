@@ -317,6 +317,7 @@ fn the_windows_recipe_keeps_days_weeks_and_months_of_consistent_snapshots_only()
         &[(Period::Day, 5), (Period::Week, 3), (Period::Month, 2)],
     ))];
     let input = PlanInput {
+        held: &crate::retention::NOTHING_HELD,
         snapshots: &snapshots,
         schedules: &schedules,
         counts: &HashMap::new(),
