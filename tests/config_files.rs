@@ -243,6 +243,8 @@ fn commented_out_settings_in_the_example_validate_when_switched_on() {
     );
     assert!(format!("{:?}", config.policies[0]).contains("vss: Some(Vss"));
     assert!(format!("{:?}", config.policies[0]).contains("post: Some(Script"));
+    assert_eq!(config.policies[0].schedules[0].copies.len(), 1);
+    assert_eq!(config.daemon.copy_concurrency, 20);
 }
 
 #[test]
