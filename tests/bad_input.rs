@@ -77,6 +77,11 @@ const KNOWN_KEYS: &[&str] = &[
     "consistency",
     "expire-after",
     "max-deletions",
+    "copy",
+    "encrypted",
+    "kms-key-id",
+    "copy-tags",
+    "copy-concurrency",
 ];
 
 fn key() -> impl Strategy<Value = String> {

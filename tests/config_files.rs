@@ -7,8 +7,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use snapwarden::config::{self, Config, ConfigError, LogFormat, ResourceKind, Rotation};
-use snapwarden::retention::{Caps, Count, OrphanPolicy};
+use snapwarden::config::{
+    self, Config, ConfigError, CopyRule, Encryption, LogFormat, ResourceKind, Rotation,
+};
+use snapwarden::retention::{Caps, Count, KeepRules, OrphanPolicy};
 
 fn shipped_files() -> Vec<PathBuf> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -89,6 +91,7 @@ fn every_shipped_config_file_validates() {
         "daily-quarterly-annual.toml",
         "windows-vss.toml",
         "linux-fsfreeze.toml",
+        "dr-copy.toml",
     ] {
         assert!(
             names.iter().any(|n| n == expected),
@@ -240,6 +243,8 @@ fn commented_out_settings_in_the_example_validate_when_switched_on() {
     );
     assert!(format!("{:?}", config.policies[0]).contains("vss: Some(Vss"));
     assert!(format!("{:?}", config.policies[0]).contains("post: Some(Script"));
+    assert_eq!(config.policies[0].schedules[0].copies.len(), 1);
+    assert_eq!(config.daemon.copy_concurrency, 20);
 }
 
 #[test]
@@ -423,4 +428,156 @@ fn missing_file_is_one_problem_naming_it() {
         "{text}"
     );
     assert_eq!(ConfigError::EXIT_CODE, 78);
+}
+
+#[test]
+fn the_dr_copy_example_copies_the_nightly_schedule_only() {
+    let dr = load_shipped("examples/dr-copy.toml");
+    assert_eq!(dr.daemon.copy_concurrency, 20);
+    let policy = dr.policy("databases").unwrap();
+    let nightly = policy.schedule("nightly").unwrap();
+    assert_eq!(nightly.keep.last, Some(7));
+    let mut keep = KeepRules::default();
+    keep.weekly = Some(Count::N(4));
+    keep.monthly = Some(Count::N(3));
+    assert_eq!(
+        nightly.copies,
+        [CopyRule {
+            region: "eu-central-1".into(),
+            keep,
+            encryption: Encryption::Encrypted {
+                kms_key_id: Some("alias/snapwarden-dr".into())
+            },
+            copy_tags: true,
+        }]
+    );
+    let hourly = policy.schedule("hourly").unwrap();
+    assert_eq!(hourly.keep.last, Some(24));
+    assert!(hourly.copies.is_empty());
+}
+
+/// GOOD with `aws.regions = ["us-east-1"]` and `copies` appended to its schedule.
+fn with_copies(copies: &str) -> String {
+    format!("[aws]\nregions = [\"us-east-1\"]\n{GOOD}{copies}")
+}
+
+fn copy_to(region: &str, rest: &str) -> String {
+    format!("[[policy.schedule.copy]]\nregion = \"{region}\"\nkeep = {{ weekly = 4 }}\n{rest}\n")
+}
+
+/// The only problem of `toml`, which must be at `key`; the report names the file.
+fn only_problem_in_file(toml: &str, key: &str) -> config::ConfigIssue {
+    let err = problems(toml);
+    assert_eq!(keys(&err), [key], "{err}");
+    let text = err.to_string();
+    assert!(
+        text.starts_with(&format!("config file {}: 1 problem\n", err.file.display())),
+        "{text}"
+    );
+    assert!(!err.problems[0].fix.is_empty(), "{err}");
+    err.problems.into_iter().next().unwrap()
+}
+
+#[test]
+fn a_copy_to_the_snapshotted_region_is_refused() {
+    let p = only_problem_in_file(
+        &with_copies(&copy_to("us-east-1", "")),
+        "policy[prod].schedule[daily].copy[#1].region",
+    );
+    assert!(
+        p.message
+            .contains("`us-east-1` is one of aws.regions, which the policy snapshots"),
+        "{p}"
+    );
+    assert!(p.fix.starts_with("copy to another region"), "{p}");
+}
+
+#[test]
+fn a_copy_destination_that_is_not_a_region_is_refused() {
+    let p = only_problem_in_file(
+        &with_copies(&copy_to("Frankfurt", "")),
+        "policy[prod].schedule[daily].copy[#1].region",
+    );
+    assert!(p.message.contains("is not an AWS region code"), "{p}");
+}
+
+#[test]
+fn a_copy_with_a_kms_key_and_encrypted_false_is_refused() {
+    let p = only_problem_in_file(
+        &with_copies(&copy_to(
+            "eu-west-1",
+            "encrypted = false\nkms-key-id = \"alias/dr\"",
+        )),
+        "policy[prod].schedule[daily].copy[eu-west-1].encrypted",
+    );
+    assert!(
+        p.message.contains("encrypted = false next to kms-key-id"),
+        "{p}"
+    );
+    assert!(p.fix.contains("kms-key-id implies encrypted = true"), "{p}");
+}
+
+#[test]
+fn more_than_three_copy_destinations_are_refused() {
+    let four: String = ["eu-west-1", "eu-west-2", "eu-central-1", "ap-south-1"]
+        .iter()
+        .map(|r| copy_to(r, ""))
+        .collect();
+    let p = only_problem_in_file(&with_copies(&four), "policy[prod].schedule[daily].copy");
+    assert!(
+        p.message
+            .contains("4 copy destinations: a schedule copies to at most 3 regions"),
+        "{p}"
+    );
+    assert!(p.fix.contains("another schedule"), "{p}");
+}
+
+#[test]
+fn a_kms_key_arn_of_another_region_than_the_destination_is_refused() {
+    let p = only_problem_in_file(
+        &with_copies(&copy_to(
+            "eu-west-1",
+            "kms-key-id = \"arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab\"",
+        )),
+        "policy[prod].schedule[daily].copy[eu-west-1].kms-key-id",
+    );
+    assert!(
+        p.message
+            .contains("is a key in us-east-1, but the copy is made and encrypted in eu-west-1"),
+        "{p}"
+    );
+    assert!(p.fix.contains("use a key in eu-west-1"), "{p}");
+}
+
+#[test]
+fn every_copy_problem_of_a_file_is_reported_at_once() {
+    let err = problems(&with_copies(&format!(
+        "{}{}",
+        copy_to("us-east-1", ""),
+        copy_to(
+            "eu-west-1",
+            "kms-key-id = \"arn:aws:kms:eu-west-2:123456789012:alias/dr\""
+        ),
+    )));
+    assert_eq!(
+        keys(&err),
+        [
+            "policy[prod].schedule[daily].copy[#1].region",
+            "policy[prod].schedule[daily].copy[eu-west-1].kms-key-id",
+        ],
+        "{err}"
+    );
+}
+
+#[test]
+fn copy_concurrency_out_of_range_names_the_key_and_the_fix() {
+    let p = only_problem_in_file(
+        &format!("[daemon]\ncopy-concurrency = 0\n{GOOD}"),
+        "daemon.copy-concurrency",
+    );
+    assert_eq!(
+        p.to_string(),
+        "daemon.copy-concurrency: 0 is out of range — write a whole number from 1 to 100, e.g. \
+         copy-concurrency = 20"
+    );
 }

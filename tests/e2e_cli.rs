@@ -641,6 +641,56 @@ cron = "0 5 * * 0"
     );
 }
 
+/// Copies the daemon could never make are refused before it starts: exit 78, the file, each key and its fix.
+#[test]
+fn validate_refuses_impossible_copies_with_exit_78() {
+    let dir = tempfile::tempdir().unwrap();
+    let schedule = common::instance_policy("prod", "true", "daily", "30 4 * * *", "last = 7");
+    let bad = write_config(
+        dir.path(),
+        "http://127.0.0.1:9",
+        common::free_port(),
+        "copy-concurrency = 500",
+        &format!(
+            "{schedule}\n[[policy.schedule.copy]]\nregion = \"{}\"\nkeep = {{ weekly = 4 }}\n\
+             [[policy.schedule.copy]]\nregion = \"eu-west-1\"\nkeep = {{ weekly = 4 }}\nencrypted = false\n\
+             kms-key-id = \"alias/dr\"\n",
+            common::REGION
+        ),
+    );
+    let out = run_to_end(
+        snapwarden().arg("--config").arg(&bad).arg("validate"),
+        Duration::from_secs(10),
+    );
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&bad.display().to_string()),
+        "file not named\n{}",
+        text(&out)
+    );
+    for (key, fix) in [
+        ("daemon.copy-concurrency", "copy-concurrency = 20"),
+        (
+            "policy[prod].schedule[daily].copy[#1].region",
+            "copy to another region",
+        ),
+        (
+            "policy[prod].schedule[daily].copy[eu-west-1].encrypted",
+            "kms-key-id implies encrypted = true",
+        ),
+    ] {
+        let line = stderr
+            .lines()
+            .find(|l| l.trim_start().starts_with(key))
+            .unwrap_or_else(|| panic!("no problem for `{key}`\n{}", text(&out)));
+        let (_, written) = line
+            .split_once(" — ")
+            .unwrap_or_else(|| panic!("no fix in `{line}`"));
+        assert!(written.contains(fix), "`{line}` does not say {fix:?}");
+    }
+}
+
 #[test]
 fn run_without_credentials_stops_quickly_and_says_what_to_set() {
     let dir = tempfile::tempdir().unwrap();

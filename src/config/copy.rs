@@ -28,12 +28,12 @@ pub(crate) const MAX_COPY_DESTINATIONS: usize = 3;
 #[derive(Debug, Clone, PartialEq)]
 pub struct CopyRule {
     /// `region`: where the copies are made (CopySnapshot goes to this region's endpoint).
-    pub(crate) region: String,
+    pub region: String,
     /// `keep`: what the destination keeps of the copies, per source volume; judged like a schedule's rules.
-    pub(crate) keep: KeepRules,
-    pub(crate) encryption: Encryption,
+    pub keep: KeepRules,
+    pub encryption: Encryption,
     /// `copy-tags` (default false): whether the source snapshot's own tags go along; snapwarden's always do.
-    pub(crate) copy_tags: bool,
+    pub copy_tags: bool,
 }
 
 /// How a copy is encrypted.

@@ -1090,6 +1090,10 @@ fn the_readme_states_the_daemon_defaults_the_loader_uses() {
         ),
         format!("the {} s grace", DEFAULT_SHUTDOWN_GRACE.as_secs()),
         format!(
+            "`daemon.copy-concurrency` (default {}, 1 to 100)",
+            super::sections::DEFAULT_COPY_CONCURRENCY
+        ),
+        format!(
             "capped at {} minutes",
             crate::scheduler::MAX_RETRY_DELAY.as_secs() / 60
         ),
@@ -1170,7 +1174,7 @@ fn the_example_config_states_the_defaults_the_loader_uses() {
         checked.push(format!("{section}.{key}"));
     }
     // The defaults of [daemon], [aws], [notify.sns], [log] and [log.file] that have a value.
-    assert_eq!(checked.len(), 17, "{checked:?}");
+    assert_eq!(checked.len(), 18, "{checked:?}");
 }
 
 #[test]
