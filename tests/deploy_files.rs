@@ -166,6 +166,7 @@ fn iam_policy_allows_every_aws_operation_the_source_calls_and_nothing_broader() 
     let mut tag_grants = BTreeSet::new();
     let mut send_grants = BTreeSet::new();
     let mut copy_grants = BTreeSet::new();
+    let mut kms_grants = BTreeSet::new();
     for s in statements {
         let sid = s["Sid"].as_str().unwrap_or("?");
         assert_eq!(
@@ -312,6 +313,43 @@ fn iam_policy_allows_every_aws_operation_the_source_calls_and_nothing_broader() 
                         send_grants.insert("tagged-instances");
                     }
                 }
+                // KMS for encrypted copies: named keys only (a key ARN, never a wildcard), and only through EC2
+                // (`kms:ViaService`), so the role cannot decrypt anything with the key by calling KMS itself.
+                // CreateGrant (EBS keeps a grant on the key for the copy) only for AWS resources.
+                kms if kms.starts_with("kms:") => {
+                    for r in &resources {
+                        let parts: Vec<&str> = r.split(':').collect();
+                        assert!(
+                            parts.len() == 6
+                                && parts[..3] == ["arn", "aws", "kms"]
+                                && !parts[3].is_empty()
+                                && parts[4].len() == 12
+                                && parts[5].starts_with("key/")
+                                && !r.contains('*'),
+                            "{sid}: {kms} on {r}: name the keys by ARN"
+                        );
+                    }
+                    let cond = s["Condition"].as_object().expect("a kms:ViaService condition");
+                    assert_eq!(
+                        cond.get("StringLike").map(|c| &c["kms:ViaService"]),
+                        Some(&Value::from("ec2.*.amazonaws.com")),
+                        "{sid}: {kms} only through EC2"
+                    );
+                    assert_eq!(cond["StringLike"].as_object().unwrap().len(), 1, "{sid}");
+                    if kms == "kms:CreateGrant" {
+                        assert_eq!(actions.len(), 1, "{sid}: CreateGrant in a statement of its own");
+                        assert_eq!(
+                            cond.get("Bool").map(|c| &c["kms:GrantIsForAWSResource"]),
+                            Some(&Value::from("true")),
+                            "{sid}: grants only for AWS resources (EBS)"
+                        );
+                        assert_eq!(cond.len(), 2, "{sid}: {cond:?}");
+                        kms_grants.insert("grant");
+                    } else {
+                        assert_eq!(cond.len(), 1, "{sid}: {cond:?}");
+                        kms_grants.insert("use");
+                    }
+                }
                 "sns:Publish" => {
                     assert_eq!(resources.len(), 1, "{sid}");
                     let arn = &resources[0];
@@ -360,6 +398,27 @@ fn iam_policy_allows_every_aws_operation_the_source_calls_and_nothing_broader() 
             copy_grants,
             BTreeSet::from(["copy", "source"]),
             "CopySnapshot needs a grant on its source and one on the copy it creates"
+        );
+    }
+    // KMS is not called by the daemon but by EBS on its behalf, for copies re-encrypted with a kms-key-id: the
+    // keys' use is justified when CopySnapshot sends one.
+    if called.contains("ec2:CopySnapshot") && source.contains(".set_kms_key_id(") {
+        assert_eq!(
+            kms_grants,
+            BTreeSet::from(["grant", "use"]),
+            "encrypted copies need the keys' use through EC2 and a grant for EBS"
+        );
+        justified.extend(
+            [
+                "kms:CreateGrant",
+                "kms:Decrypt",
+                "kms:Encrypt",
+                "kms:ReEncryptFrom",
+                "kms:ReEncryptTo",
+                "kms:GenerateDataKeyWithoutPlaintext",
+                "kms:DescribeKey",
+            ]
+            .map(String::from),
         );
     }
     if called.contains("ssm:SendCommand") {
