@@ -166,6 +166,7 @@ fn iam_policy_allows_every_aws_operation_the_source_calls_and_nothing_broader() 
     let mut tag_grants = BTreeSet::new();
     let mut send_grants = BTreeSet::new();
     let mut copy_grants = BTreeSet::new();
+    let mut kms_grants = BTreeSet::new();
     for s in statements {
         let sid = s["Sid"].as_str().unwrap_or("?");
         assert_eq!(
@@ -312,6 +313,49 @@ fn iam_policy_allows_every_aws_operation_the_source_calls_and_nothing_broader() 
                         send_grants.insert("tagged-instances");
                     }
                 }
+                // KMS for encrypted copies: named keys only (a key ARN, never a wildcard), and only through EC2
+                // (`kms:ViaService`), so the role cannot decrypt anything with the key by calling KMS itself.
+                // CreateGrant (EBS keeps a grant on the key for the copy) only for AWS resources.
+                kms if kms.starts_with("kms:") => {
+                    for r in &resources {
+                        let parts: Vec<&str> = r.split(':').collect();
+                        assert!(
+                            parts.len() == 6
+                                && parts[..3] == ["arn", "aws", "kms"]
+                                && !parts[3].is_empty()
+                                && parts[4].len() == 12
+                                && parts[5].starts_with("key/")
+                                && !r.contains('*'),
+                            "{sid}: {kms} on {r}: name the keys by ARN"
+                        );
+                    }
+                    let cond = s["Condition"]
+                        .as_object()
+                        .expect("a kms:ViaService condition");
+                    assert_eq!(
+                        cond.get("StringLike").map(|c| &c["kms:ViaService"]),
+                        Some(&Value::from("ec2.*.amazonaws.com")),
+                        "{sid}: {kms} only through EC2"
+                    );
+                    assert_eq!(cond["StringLike"].as_object().unwrap().len(), 1, "{sid}");
+                    if kms == "kms:CreateGrant" {
+                        assert_eq!(
+                            actions.len(),
+                            1,
+                            "{sid}: CreateGrant in a statement of its own"
+                        );
+                        assert_eq!(
+                            cond.get("Bool").map(|c| &c["kms:GrantIsForAWSResource"]),
+                            Some(&Value::from("true")),
+                            "{sid}: grants only for AWS resources (EBS)"
+                        );
+                        assert_eq!(cond.len(), 2, "{sid}: {cond:?}");
+                        kms_grants.insert("grant");
+                    } else {
+                        assert_eq!(cond.len(), 1, "{sid}: {cond:?}");
+                        kms_grants.insert("use");
+                    }
+                }
                 "sns:Publish" => {
                     assert_eq!(resources.len(), 1, "{sid}");
                     let arn = &resources[0];
@@ -360,6 +404,27 @@ fn iam_policy_allows_every_aws_operation_the_source_calls_and_nothing_broader() 
             copy_grants,
             BTreeSet::from(["copy", "source"]),
             "CopySnapshot needs a grant on its source and one on the copy it creates"
+        );
+    }
+    // KMS is not called by the daemon but by EBS on its behalf, for copies re-encrypted with a kms-key-id: the
+    // keys' use is justified when CopySnapshot sends one.
+    if called.contains("ec2:CopySnapshot") && source.contains(".set_kms_key_id(") {
+        assert_eq!(
+            kms_grants,
+            BTreeSet::from(["grant", "use"]),
+            "encrypted copies need the keys' use through EC2 and a grant for EBS"
+        );
+        justified.extend(
+            [
+                "kms:CreateGrant",
+                "kms:Decrypt",
+                "kms:Encrypt",
+                "kms:ReEncryptFrom",
+                "kms:ReEncryptTo",
+                "kms:GenerateDataKeyWithoutPlaintext",
+                "kms:DescribeKey",
+            ]
+            .map(String::from),
         );
     }
     if called.contains("ssm:SendCommand") {
@@ -759,7 +824,52 @@ fn split_comparison(expr: &str) -> Option<(&str, &str)> {
             _ => {}
         }
     }
-    found.map(|(i, n)| (expr[..i].trim(), expr[i + n..].trim()))
+    found.map(|(i, n)| (expr[..i].trim(), without_matching(expr[i + n..].trim())))
+}
+
+/// The right side of a comparison without its vector matching (`on (a, b) group_left`, `ignoring (c)`), which
+/// belongs to the operator, not to the expression on its right.
+fn without_matching(rhs: &str) -> &str {
+    // A keyword, then an optional label list in parentheses.
+    fn skip<'a>(text: &'a str, keywords: &[&str]) -> &'a str {
+        let Some(rest) = keywords
+            .iter()
+            .find_map(|k| text.strip_prefix(k).filter(|r| r.starts_with([' ', '('])))
+        else {
+            return text;
+        };
+        let rest = rest.trim_start();
+        match rest.strip_prefix('(') {
+            Some(list) => list
+                .split_once(')')
+                .map_or(rest, |(_, after)| after.trim_start()),
+            None => rest,
+        }
+    }
+    let rest = skip(rhs, &["on", "ignoring"]);
+    if rest.len() == rhs.len() {
+        return rhs;
+    }
+    skip(rest, &["group_left", "group_right"])
+}
+
+#[test]
+fn comparisons_split_into_two_expressions_without_the_operators_vector_matching() {
+    for (expr, lhs, rhs) in [
+        ("a > b", "a", "b"),
+        (
+            "sum by (x) (rate(a[1m])) > 0.05",
+            "sum by (x) (rate(a[1m]))",
+            "0.05",
+        ),
+        ("a > on (i, p) group_left b", "a", "b"),
+        ("a > on(i) group_left(d) b{c=\"1\"}", "a", "b{c=\"1\"}"),
+        ("a >= ignoring (d) b", "a", "b"),
+        ("a > only_b", "a", "only_b"),
+        ("a > on_b", "a", "on_b"),
+    ] {
+        assert_eq!(split_comparison(expr), Some((lhs, rhs)), "{expr}");
+    }
 }
 
 #[test]
@@ -768,7 +878,8 @@ fn real_prometheus_evaluates_every_dashboard_query_and_alert_expression_against_
     let promtool = tool("SNAPWARDEN_PROMTOOL", "promtool");
     let moto = Moto::start();
 
-    // One tagged instance with one volume, so every run creates a snapshot and retention has work.
+    // One tagged instance with one volume, so every run creates a snapshot and retention has work, and copies it
+    // to a second region (moto completes copies at once), so the DR panels and alerts have data.
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
@@ -809,12 +920,27 @@ target = {{ resource = "instance", tags = {{ Backup = "true" }} }}
 name = "fast"
 cron = "*/2 * * * * *"
 keep = {{ last = 2 }}
+[[policy.schedule.copy]]
+region = "us-west-2"
+keep = {{ last = 2 }}
 "#,
             endpoint = moto.endpoint,
             locks = dir.path().display()
         ),
     )
     .unwrap();
+    // The daemon's output goes nowhere, so a config it would refuse is named here rather than as a missing `up`.
+    let validate = Command::new(env!("CARGO_BIN_EXE_snapwarden"))
+        .arg("--config")
+        .arg(&config)
+        .arg("validate")
+        .output()
+        .unwrap();
+    assert!(
+        validate.status.success(),
+        "the test's daemon config: {}",
+        String::from_utf8_lossy(&validate.stderr)
+    );
     let _daemon = Killed(
         Command::new(env!("CARGO_BIN_EXE_snapwarden"))
             .arg("--config")
@@ -861,6 +987,12 @@ keep = {{ last = 2 }}
         within,
     );
     wait_for(prom_port, "snapwarden_staleness_seconds", within);
+    wait_for(prom_port, "snapwarden_dr_staleness_seconds", within);
+    wait_for(
+        prom_port,
+        "snapwarden_copies_total{outcome=\"created\"} > 0",
+        within,
+    );
     wait_for(
         prom_port,
         "snapwarden_run_duration_seconds_count > 0",
@@ -906,6 +1038,11 @@ keep = {{ last = 2 }}
     let mut failures = Vec::new();
     let mut checked = 0;
     for panel in dashboard["panels"].as_array().unwrap() {
+        // A row only groups the panels below it.
+        if panel["type"] == "row" {
+            assert!(panel.get("targets").is_none(), "row {}", panel["title"]);
+            continue;
+        }
         for target in panel["targets"].as_array().unwrap() {
             let expr = substitute(target["expr"].as_str().unwrap());
             assert!(!expr.contains('$'), "unreplaced Grafana variable in {expr}");
@@ -917,7 +1054,7 @@ keep = {{ last = 2 }}
             }
         }
     }
-    assert!(checked >= 15, "only {checked} dashboard queries found");
+    assert!(checked >= 20, "only {checked} dashboard queries found");
     // The template variables' label_values() must find the labels the panels filter on.
     for var in dashboard["templating"]["list"].as_array().unwrap() {
         if let Some(def) = var["definition"].as_str() {

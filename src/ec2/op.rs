@@ -163,6 +163,12 @@ pub enum Code {
     PendingCap,
     /// `IncorrectState`: e.g. the volume is detaching.
     IncorrectState,
+    /// `KMSKeyNotAccessible`, `InvalidKMSKey.*`: the KMS key an encrypted copy (or its source) needs cannot be
+    /// used: disabled, pending deletion, in another region, or its key policy or the role's does not allow it.
+    KmsKey,
+    /// `InvalidParameterValue`, `InvalidParameterCombination`: the request itself was refused as invalid; the
+    /// message names the parameter. For a copy, nearly always its `kms-key-id` or encryption.
+    InvalidParameter,
     /// `InvocationDoesNotExist` (SSM): the command's invocation is not visible yet (SSM is eventually consistent
     /// for a while after SendCommand) or never will be.
     InvocationNotFound,
@@ -200,6 +206,9 @@ impl Code {
             "ConcurrentSnapshotLimitExceeded" => Code::PendingLimit,
             "pending-limit" => Code::PendingCap,
             "IncorrectState" => Code::IncorrectState,
+            "KMSKeyNotAccessible" => Code::KmsKey,
+            c if c.starts_with("InvalidKMSKey.") => Code::KmsKey,
+            "InvalidParameterValue" | "InvalidParameterCombination" => Code::InvalidParameter,
             "InvocationDoesNotExist" => Code::InvocationNotFound,
             "InvalidInstanceId" => Code::InvalidInstance,
             "InternalError"
@@ -237,7 +246,7 @@ impl Code {
             Code::VolumeRate | Code::PendingLimit | Code::CopyLimit => "limit",
             Code::IncorrectState => "incorrect-state",
             Code::Internal => "aws-internal",
-            Code::PendingCap | Code::Other => "aws-api",
+            Code::PendingCap | Code::KmsKey | Code::InvalidParameter | Code::Other => "aws-api",
         }
     }
 
@@ -342,6 +351,23 @@ mod tests {
         assert_eq!(Code::parse("InvalidInstanceId"), Code::InvalidInstance);
         assert_eq!(Code::parse("InvalidInstanceId").label(), "not-managed");
         assert_eq!(Code::parse("InvalidDocument"), Code::Other);
+    }
+
+    #[test]
+    fn a_key_a_copy_cannot_use_is_one_meaning_and_keeps_the_generic_label() {
+        for c in [
+            "KMSKeyNotAccessible",
+            "InvalidKMSKey.NotFound",
+            "InvalidKMSKey.State",
+        ] {
+            assert_eq!(Code::of(Op::CopySnapshot, c), Code::KmsKey, "{c}");
+        }
+        assert_eq!(Code::parse("InvalidKMSKey"), Code::Other);
+        assert_eq!(Code::parse("InvalidParameterValue"), Code::InvalidParameter);
+        // Bounded labels stay as they were: metrics and alert subjects see no new kind.
+        assert_eq!(Code::KmsKey.label(), "aws-api");
+        assert_eq!(Code::InvalidParameter.label(), "aws-api");
+        assert!(!Code::KmsKey.defers());
     }
 
     #[test]

@@ -30,6 +30,7 @@ fn what_to_do(code: &str, aws: Option<Code>) -> &'static str {
             Code::PendingLimit => "too many pending snapshots on the volume or account; the next run retries",
             Code::VolumeRate => "another snapshot of the volume was started less than 15 s earlier",
             Code::VolumeNotFound | Code::IncorrectState => "the volume was deleted or detached during the run; nothing to do if intended",
+            Code::CopyLimit => "too many copies in progress to the destination region (AWS allows 20): the copies were deferred and the next run makes them, oldest first. Nothing to do unless it lasts (SnapwardenDrRpoBreached)",
             Code::Credentials => "snapwarden's AWS credentials are missing or expired; check its role or profile",
             _ => "see the error message; the next run retries",
         };
@@ -53,6 +54,21 @@ fn what_to_do(code: &str, aws: Option<Code>) -> &'static str {
     }
 }
 
+/// What to do about copy problems (operation `copy`) of one code: the same code means something else on the copy
+/// side, whose fix lies in the destination region, the copy rule or a KMS key.
+fn what_to_do_for_copies(code: &str, aws: Option<Code>) -> &'static str {
+    match aws {
+        Some(Code::AccessDenied) => "grant ec2:CopySnapshot, and ec2:CreateTags with ec2:CreateAction = CopySnapshot, in the destination region to snapwarden's IAM role (deploy/iam/policy.json; region * covers every destination), and for a copy under a customer-managed key the KMS statements on that key. The next run copies it",
+        Some(Code::KmsKey) => "the copy's KMS key cannot be used: the copy rule's kms-key-id must name an enabled key in the destination region, and both the key's policy and snapwarden's IAM role must let the role use it through EC2 (README, \"Least IAM permissions\"). The next run copies it",
+        Some(Code::InvalidParameter) => "the copy request was refused as invalid (the message names the parameter): nearly always the copy rule's kms-key-id (a key id, alias or ARN of the destination region) or its encryption. Fix the copy rule; the next run copies it",
+        Some(_) => what_to_do(code, aws),
+        None => match code {
+            "copy-error" => "the copy ended in the error state, nearly always its KMS key: the destination key's policy must let snapwarden's role use it, and so must the source snapshot's key (a snapshot under the AWS-managed key aws/ebs copies fine within the account). The next run copies it again",
+            _ => what_to_do(code, None),
+        },
+    }
+}
+
 /// The problems of the run whose code is `code`.
 fn with_code<'a>(report: &'a RunReport, code: &'a str) -> impl Iterator<Item = &'a Problem> {
     report
@@ -62,9 +78,10 @@ fn with_code<'a>(report: &'a RunReport, code: &'a str) -> impl Iterator<Item = &
         .filter(move |p| p.code == code)
 }
 
-/// The IAM actions access-denied problems of `code` were refused, e.g. `ec2:CreateSnapshot`.
-fn missing_actions(report: &RunReport, code: &str) -> Vec<&'static str> {
-    let mut actions: Vec<&'static str> = with_code(report, code)
+/// The IAM actions the access-denied ones of `problems` were refused, e.g. `ec2:CreateSnapshot`.
+fn missing_actions(problems: &[&Problem]) -> Vec<&'static str> {
+    let mut actions: Vec<&'static str> = problems
+        .iter()
         .filter_map(|p| p.aws)
         .filter(|f| f.code == Code::AccessDenied)
         .map(|f| f.operation.iam_action())
@@ -162,15 +179,24 @@ pub fn digest(report: &RunReport) -> Message {
     );
     body.push_str("What to do:\n");
     for code in report.codes() {
-        let actions = missing_actions(report, &code);
+        // Copies fail in the destination region, for reasons of their own: a line of their own.
+        let (copies, others): (Vec<&Problem>, Vec<&Problem>) =
+            with_code(report, &code).partition(|p| p.operation == "copy");
+        let aws = |ps: &[&Problem]| ps.iter().find_map(|p| p.aws).map(|f| f.code);
+        let actions = missing_actions(&others);
         if !actions.is_empty() {
             body.push_str(&format!(
                 "- {code}: grant {} to snapwarden's IAM role (deploy/iam/policy.json)\n",
                 actions.join(", ")
             ));
-        } else {
-            let aws = with_code(report, &code).find_map(|p| p.aws).map(|f| f.code);
-            body.push_str(&format!("- {code}: {}\n", what_to_do(&code, aws)));
+        } else if !others.is_empty() {
+            body.push_str(&format!("- {code}: {}\n", what_to_do(&code, aws(&others))));
+        }
+        if !copies.is_empty() {
+            body.push_str(&format!(
+                "- {code} (copies): {}\n",
+                what_to_do_for_copies(&code, aws(&copies))
+            ));
         }
     }
     body.push_str("\nProblems:\n");
@@ -351,6 +377,99 @@ mod tests {
             m.body.contains("- UnauthorizedOperation: grant ec2:CreateSnapshot, ec2:DescribeVolumes to snapwarden's IAM role"),
             "{}",
             m.body
+        );
+    }
+
+    /// A copy refused by the destination region, as the copy phase records it: the source snapshot, the error of
+    /// the call sent to the destination.
+    fn refused_copy(snapshot: &str, destination: &str, raw: &str) -> Problem {
+        let e = Error::api(Op::CopySnapshot, destination, raw, "refused");
+        problem(snapshot, "copy", &e)
+    }
+
+    #[test]
+    fn a_copy_that_ended_in_error_names_its_region_and_the_kms_key_policies() {
+        let mut r = report(0, 2);
+        r.problems.push(Problem {
+            resource: "snap-0aaa".into(),
+            operation: "copy",
+            code: "copy-error".into(),
+            message: "the copy of snap-0aaa to eu-west-1 ended in the error state".into(),
+            aws: None,
+        });
+        let m = digest(&r);
+        assert!(m.subject.starts_with("snapwarden PARTIAL"), "{}", m.subject);
+        for line in [
+            "- copy-error (copies): the copy ended in the error state, nearly always its KMS key: the destination \
+             key's policy must let snapwarden's role use it, and so must the source snapshot's key (a snapshot under \
+             the AWS-managed key aws/ebs copies fine within the account). The next run copies it again",
+            "- copy snap-0aaa: copy-error the copy of snap-0aaa to eu-west-1 ended in the error state",
+        ] {
+            assert!(m.body.contains(line), "{line}\n{}", m.body);
+        }
+    }
+
+    #[test]
+    fn a_copy_refused_for_iam_asks_for_the_copy_grants_apart_from_the_sources_missing_action() {
+        let mut r = report(0, 2);
+        r.problems.push(refused_copy(
+            "snap-0aaa",
+            "eu-west-1",
+            "UnauthorizedOperation",
+        ));
+        let denied = Error::api(
+            Op::CreateSnapshot,
+            "us-east-1",
+            "UnauthorizedOperation",
+            "no",
+        );
+        r.problems.push(problem("vol-1", "create", &denied));
+        let body = digest(&r).body;
+        for line in [
+            // The source side's line names only the source side's action.
+            "- UnauthorizedOperation: grant ec2:CreateSnapshot to snapwarden's IAM role (deploy/iam/policy.json)\n",
+            "- UnauthorizedOperation (copies): grant ec2:CopySnapshot, and ec2:CreateTags with ec2:CreateAction = \
+             CopySnapshot, in the destination region to snapwarden's IAM role (deploy/iam/policy.json",
+            "- copy snap-0aaa: UnauthorizedOperation CopySnapshot in eu-west-1: UnauthorizedOperation: refused",
+        ] {
+            assert!(body.contains(line), "{line}\n{body}");
+        }
+    }
+
+    #[test]
+    fn a_copy_refused_for_its_key_or_a_parameter_points_at_the_kms_key_id() {
+        for (raw, advice) in [
+            ("KMSKeyNotAccessible", "the copy's KMS key cannot be used: the copy rule's kms-key-id must name an enabled key in the destination region"),
+            ("InvalidKMSKey.NotFound", "the copy's KMS key cannot be used: the copy rule's kms-key-id must name an enabled key in the destination region"),
+            ("InvalidParameterValue", "the copy request was refused as invalid (the message names the parameter): nearly always the copy rule's kms-key-id"),
+        ] {
+            let mut r = report(0, 2);
+            r.problems.push(refused_copy("snap-0aaa", "ap-southeast-2", raw));
+            let body = digest(&r).body;
+            assert!(body.contains(&format!("- {raw} (copies): {advice}")), "{body}");
+            assert!(
+                body.contains(&format!("- copy snap-0aaa: {raw} CopySnapshot in ap-southeast-2: {raw}")),
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_full_destination_asks_for_nothing_unless_it_lasts() {
+        let mut r = report(0, 2);
+        r.problems.push(refused_copy(
+            "snap-0aaa",
+            "eu-west-1",
+            "ResourceLimitExceeded",
+        ));
+        let body = digest(&r).body;
+        assert!(
+            body.contains(
+                "- ResourceLimitExceeded (copies): too many copies in progress to the destination region (AWS \
+                 allows 20): the copies were deferred and the next run makes them, oldest first. Nothing to do \
+                 unless it lasts"
+            ),
+            "{body}"
         );
     }
 

@@ -109,8 +109,9 @@ say "deploy/ecs: valid RegisterTaskDefinition and CreateService input"
 
 # --- CloudFormation --------------------------------------------------------------------------------------------
 "$venv/bin/cfn-lint" deploy/cloudformation/snapwarden.yaml || fail "cfn-lint deploy/cloudformation/snapwarden.yaml"
-# The template's policies must be deploy/iam/policy.json (with the topic and partition filled in) and
-# deploy/iam/instance-role-vss.json, so the policies the Rust tests review are the ones the stack deploys.
+# The template's policies must be deploy/iam/policy.json (with the topic, the copy keys and partition filled in)
+# and deploy/iam/instance-role-vss.json, so the policies the Rust tests review are the ones the stack deploys. The
+# KMS statements are there only when CopyKmsKeyArns names a key (an Fn::If on HasCopyKmsKeys, else AWS::NoValue).
 "$venv/bin/python" - <<'PY' || fail "the template's SnapwardenPolicy or VssInstancePolicy differs from deploy/iam/"
 import json, sys
 from cfnlint.decode import decode
@@ -120,9 +121,15 @@ def plain(v):
     if isinstance(v, dict):
         if set(v) == {"Fn::Sub"}:
             # "${!x}" is Fn::Sub's escape for a literal "${x}" (an IAM policy variable such as ${*}).
-            return v["Fn::Sub"].replace("${AWS::Partition}", "aws").replace("${!", "${")
+            return v["Fn::Sub"].replace("${AWS::Partition}", "aws").replace("${AWS::URLSuffix}", "amazonaws.com").replace("${!", "${")
+        if set(v) == {"Fn::If"}:
+            condition, then, otherwise = v["Fn::If"]
+            assert condition == "HasCopyKmsKeys" and otherwise == {"Ref": "AWS::NoValue"}, v
+            return plain(then)
         if set(v) == {"Ref"} and v["Ref"] == "AlertTopic":
             return "TOPIC"
+        if set(v) == {"Ref"} and v["Ref"] == "CopyKmsKeyArns":
+            return "KEYS"
         return {k: plain(x) for k, x in v.items()}
     if isinstance(v, list):
         return [plain(x) for x in v]
@@ -134,9 +141,13 @@ for resource, path in [("SnapwardenPolicy", "deploy/iam/policy.json"), ("VssInst
     for s in want["Statement"]:
         if s["Action"] == "sns:Publish":
             s["Resource"] = "TOPIC"
+        if all(a.startswith("kms:") for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])):
+            s["Resource"] = "KEYS"
     if json.loads(json.dumps(got)) != want:
         print(f"{resource} is not {path}:", json.dumps(got, indent=1), json.dumps(want, indent=1), sep="\n----\n", file=sys.stderr)
         bad = True
+assert tpl["Conditions"]["HasCopyKmsKeys"] == {"Fn::Not": [{"Fn::Equals": [{"Fn::Join": ["", {"Ref": "CopyKmsKeyArns"}]}, ""]}]}, tpl["Conditions"]
+assert tpl["Parameters"]["CopyKmsKeyArns"]["Default"] == "", "CopyKmsKeyArns must default to no key"
 sys.exit(bad)
 PY
 say "cfn-lint deploy/cloudformation/snapwarden.yaml: clean; its policies are deploy/iam/policy.json and instance-role-vss.json"
@@ -167,6 +178,7 @@ say "shellcheck deploy/ssm/*.yaml: clean"
 (cd deploy/prometheus && promtool check config prometheus.yml >/dev/null) || fail "promtool check config deploy/prometheus/prometheus.yml"
 promtool check rules deploy/prometheus/alerts.yml || fail "promtool check rules"
 (cd deploy/prometheus && promtool test rules alerts.test.yml) || fail "promtool test rules"
-"$venv/bin/python" -c 'import json, sys; d = json.load(open(sys.argv[1])); assert d["panels"] and all(t["expr"] for p in d["panels"] for t in p["targets"])' \
+# Rows (type "row") group the panels below them and hold no queries.
+"$venv/bin/python" -c 'import json, sys; d = json.load(open(sys.argv[1])); assert d["panels"] and all(t["expr"] for p in d["panels"] if p["type"] != "row" for t in p["targets"]) and not any(p.get("targets") for p in d["panels"] if p["type"] == "row")' \
   deploy/grafana/snapwarden.json || fail "deploy/grafana/snapwarden.json is not a dashboard with queries"
 say "all deployment checks passed (dashboard queries and alert expressions run against Prometheus in tests/deploy_files.rs)"
