@@ -541,10 +541,7 @@ async fn once(
             None => r.ec2.as_ref(),
         };
         // A dry run copies nothing either: its destinations pretend too.
-        let copies = dry_run.then(|| {
-            r.copies
-                .map(|e| Arc::new(DryRun::new(e)) as Arc<dyn Ec2>)
-        });
+        let copies = dry_run.then(|| r.copies.map(|e| Arc::new(DryRun::new(e)) as Arc<dyn Ec2>));
         // Only the deletions are printed: not explained.
         let mut spec = r.spec(&p, slot);
         if let Some(c) = &copies {

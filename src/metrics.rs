@@ -304,7 +304,10 @@ impl Metrics {
                 for reason in ["bad-count-tag", "pending-limit"] {
                     self.skipped_resources.with_label_values(&[pn, sn, reason]);
                 }
-                for (r, c) in regions.iter().flat_map(|r| s.copies.iter().map(move |c| (r, c))) {
+                for (r, c) in regions
+                    .iter()
+                    .flat_map(|r| s.copies.iter().map(move |c| (r, c)))
+                {
                     for outcome in ["created", "failed", "deferred"] {
                         self.copies
                             .with_label_values(&[pn, sn, r, &c.region, outcome]);
@@ -449,8 +452,11 @@ impl Metrics {
 
     /// The text exposition, with staleness brought up to `now` first.
     pub fn render(&self, now: DateTime<Utc>) -> String {
-        for ((policy, schedule, region, destination), at) in
-            self.dr_freshness.lock().expect("dr freshness poisoned").iter()
+        for ((policy, schedule, region, destination), at) in self
+            .dr_freshness
+            .lock()
+            .expect("dr freshness poisoned")
+            .iter()
         {
             let age = (now - *at).num_milliseconds().max(0) as f64 / 1000.0;
             self.dr_staleness

@@ -806,10 +806,7 @@ fn reason_labels_are_distinct_and_calendar_ones_are_the_config_keys() {
         assert!(r.label_index() >= Reason::KEEP_LABELS, "{r:?}");
     }
     assert_eq!(
-        Reason::CopyPending {
-            region: "r".into()
-        }
-        .label_index(),
+        Reason::CopyPending { region: "r".into() }.label_index(),
         Reason::KEEP_LABELS - 1
     );
 }

@@ -25,7 +25,7 @@ use crate::config::{Encryption, Policy};
 use crate::ec2::op::Code;
 use crate::ec2::{self, CopySnapshot, Ec2, Filter, Tags};
 use crate::error::Error;
-use crate::retention::copies::{plan_copies, CopyInput, Copied, ToCopy};
+use crate::retention::copies::{plan_copies, Copied, CopyInput, ToCopy};
 use crate::retention::{
     self, Action, Decision, Group, Held, Interner, PlanInput, ScheduleRules, Snap, SnapState,
 };
@@ -294,7 +294,12 @@ fn hold(d: &DestinationSurvey, survey: &mut Survey, tz: chrono_tz::Tz, now: Date
 
 /// The copies destination `d` wants now, over the source as it stands after the run's own retention, oldest
 /// first across volumes (so a backlog is worked off from its oldest slot, and each volume's chain in order).
-fn wanted(d: &DestinationSurvey, survey: &Survey, tz: chrono_tz::Tz, now: DateTime<Utc>) -> Vec<Want> {
+fn wanted(
+    d: &DestinationSurvey,
+    survey: &Survey,
+    tz: chrono_tz::Tz,
+    now: DateTime<Utc>,
+) -> Vec<Want> {
     let Some(copies) = &d.copies else {
         return Vec::new();
     };
@@ -570,7 +575,10 @@ fn request(
         (ec2::TAG_POLICY.to_string(), policy.name.clone()),
         (ec2::TAG_SCHEDULE.to_string(), schedules.clone()),
         (ec2::TAG_SLOT.to_string(), slot.clone()),
-        (ec2::TAG_SOURCE_SNAPSHOT.to_string(), w.copy.source.to_string()),
+        (
+            ec2::TAG_SOURCE_SNAPSHOT.to_string(),
+            w.copy.source.to_string(),
+        ),
         (ec2::TAG_SOURCE_REGION.to_string(), run.region().to_string()),
         (ec2::TAG_SOURCE_VOLUME.to_string(), w.volume.to_string()),
     ]);
@@ -750,14 +758,14 @@ fn record(run: &mut Run<'_>, d: &DestinationSurvey, copies: &[Copied]) {
         .iter()
         .filter(|c| c.snap.state == SnapState::Pending)
         .count();
-    let mut oldest: BTreeMap<&str, Option<DateTime<Utc>>> = d
-        .rules
-        .iter()
-        .map(|r| (&*r.name, None))
-        .collect();
+    let mut oldest: BTreeMap<&str, Option<DateTime<Utc>>> =
+        d.rules.iter().map(|r| (&*r.name, None)).collect();
     let newest_copy: HashMap<(&str, &str), DateTime<Utc>> = {
         let mut m: HashMap<(&str, &str), DateTime<Utc>> = HashMap::new();
-        for c in copies.iter().filter(|c| c.snap.state == SnapState::Completed) {
+        for c in copies
+            .iter()
+            .filter(|c| c.snap.state == SnapState::Completed)
+        {
             for s in c.snap.schedules.iter() {
                 let e = m.entry((&*c.snap.volume_id, &**s)).or_insert(c.snap.slot);
                 *e = (*e).max(c.snap.slot);
@@ -800,3 +808,6 @@ fn record(run: &mut Run<'_>, d: &DestinationSurvey, copies: &[Copied]) {
         .collect();
     run.copies_estate(&d.region, pending, &oldest);
 }
+
+#[cfg(test)]
+mod tests;

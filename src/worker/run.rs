@@ -26,9 +26,9 @@ use crate::ec2::Ec2;
 use crate::error::Error;
 use crate::metrics::{KeptTally, Metrics};
 use crate::report::{Problem, RunReport};
+use crate::retention::copies::{Copied, ToCopy};
 use crate::retention::{CapHit, Decision, Snap};
 use crate::schedule::format_slot;
-use crate::retention::copies::{Copied, ToCopy};
 use crate::ssm::batch::{Cause, Ran};
 
 pub(super) struct Run<'a> {
@@ -375,8 +375,14 @@ impl<'a> Run<'a> {
     /// line.
     pub(crate) fn copy_created(&mut self, destination: &str, want: &ToCopy, copy: &str) {
         tracing::debug!(source = %want.source, copy = %copy, destination = %destination, "copy sent");
-        self.metrics
-            .copies(self.policy(), &want.schedules, self.region(), destination, "created", 1);
+        self.metrics.copies(
+            self.policy(),
+            &want.schedules,
+            self.region(),
+            destination,
+            "created",
+            1,
+        );
         self.report.copies.created += 1;
     }
 
@@ -385,8 +391,14 @@ impl<'a> Run<'a> {
     pub(crate) fn copies_deferred(&mut self, destination: &str, wants: &[ToCopy]) {
         tracing::info!(destination = %destination, copies = wants.len(), "copies deferred to the next run: too many pending in the destination");
         for w in wants {
-            self.metrics
-                .copies(self.policy(), &w.schedules, self.region(), destination, "deferred", 1);
+            self.metrics.copies(
+                self.policy(),
+                &w.schedules,
+                self.region(),
+                destination,
+                "deferred",
+                1,
+            );
         }
         self.report.copies.deferred += wants.len();
     }
@@ -394,8 +406,14 @@ impl<'a> Run<'a> {
     /// CopySnapshot refused: the run is partial; the next run tries again.
     pub(crate) fn copy_failed(&mut self, destination: &str, want: &ToCopy, e: &Error) {
         tracing::error!(source = %want.source, destination = %destination, error = %e, kind = e.kind(), "copy failed");
-        self.metrics
-            .copies(self.policy(), &want.schedules, self.region(), destination, "failed", 1);
+        self.metrics.copies(
+            self.policy(),
+            &want.schedules,
+            self.region(),
+            destination,
+            "failed",
+            1,
+        );
         let mut p = Problem::of(want.source.to_string(), "copy", e);
         p.message = format!("copy to {destination} refused: {}", p.message);
         self.report.problems.push(p);
@@ -423,7 +441,12 @@ impl<'a> Run<'a> {
                 "was deleted"
             },
         );
-        self.problem(copy.source.to_string(), "copy", "copy-error".into(), message);
+        self.problem(
+            copy.source.to_string(),
+            "copy",
+            "copy-error".into(),
+            message,
+        );
     }
 
     /// A copy deleted by the destination's retention.
