@@ -39,6 +39,18 @@ pub struct Evaluation {
     pub(crate) plan: Plan,
     /// The policy takes application-consistent snapshots (VSS or scripts): its rows say which are.
     pub(crate) app: bool,
+    /// Set when the snapshots are disaster-recovery copies in `region`: where they were copied from.
+    pub(crate) copy_of: Option<CopyOf>,
+    /// Source snapshot id -> the destination regions the next run would copy it to.
+    pub(crate) copy_to: HashMap<Arc<str>, Vec<String>>,
+}
+
+/// Where an evaluation's copies come from: the source region, and each copy's source snapshot id (its
+/// `snapwarden:source-snapshot` tag).
+#[derive(Debug, Clone)]
+pub(crate) struct CopyOf {
+    pub(crate) region: String,
+    pub(crate) sources: HashMap<Arc<str>, Arc<str>>,
 }
 
 /// A plan over a deletion cap, with where it happened: nothing of that policy in that region would be deleted.
@@ -84,6 +96,16 @@ pub(crate) struct Row {
     /// `snapwarden:app-consistent` tag), or a crash-consistent fallback. Absent for other policies.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) app_consistent: Option<bool>,
+    /// A disaster-recovery copy (in `region`, the destination): the region it was copied from. Absent on other
+    /// rows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) source_region: Option<String>,
+    /// A copy: the id of the snapshot it was copied from (empty when its tag is missing). Absent on other rows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) source_snapshot_id: Option<String>,
+    /// The destination regions the next run would copy this snapshot to. Absent when none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) copy_to: Vec<String>,
 }
 
 /// One config's rows and cap verdicts, at one point in time.
@@ -111,7 +133,17 @@ fn action_str(a: Action) -> &'static str {
 /// Turns evaluations into rows, in the documented order whatever order the evaluations come in.
 pub fn report(evaluations: &[Evaluation], at: DateTime<Utc>) -> Report {
     let mut evaluations: Vec<&Evaluation> = evaluations.iter().collect();
-    evaluations.sort_by(|a, b| (&a.policy, &a.region).cmp(&(&b.policy, &b.region)));
+    // A region's own snapshots before the copies it holds of another region's.
+    evaluations.sort_by(|a, b| {
+        let key = |e: &Evaluation| {
+            (
+                e.policy.clone(),
+                e.region.clone(),
+                e.copy_of.as_ref().map(|c| c.region.clone()),
+            )
+        };
+        key(a).cmp(&key(b))
+    });
     let mut rows = Vec::new();
     let mut caps = Vec::new();
     for e in evaluations {
@@ -144,6 +176,13 @@ pub fn report(evaluations: &[Evaluation], at: DateTime<Utc>) -> Report {
                 labels: d.reasons.iter().map(|r| r.as_str()).collect(),
                 cap_hit: cap.clone(),
                 app_consistent: snap.filter(|_| e.app).map(|s| s.app_consistent),
+                source_region: e.copy_of.as_ref().map(|c| c.region.clone()),
+                source_snapshot_id: e.copy_of.as_ref().map(|c| {
+                    c.sources
+                        .get(&d.snapshot_id)
+                        .map_or_else(String::new, |s| s.to_string())
+                }),
+                copy_to: e.copy_to.get(&d.snapshot_id).cloned().unwrap_or_default(),
             });
         }
         caps.extend(cap);
@@ -417,9 +456,30 @@ pub(crate) fn render_table(report: &Report) -> String {
         &[6],
         &rows,
     ));
+    out.push_str(&copy_lines(&report.rows));
     out.push('\n');
     out.push_str(&render_totals(&totals(&report.rows)));
     out.push_str(&cap_lines(&report.caps, ""));
+    out
+}
+
+/// The copies the next run would make, oldest first (the order it sends them in): nothing when there are none.
+fn copy_lines(rows: &[Row]) -> String {
+    let mut wanted: Vec<&Row> = rows.iter().filter(|r| !r.copy_to.is_empty()).collect();
+    if wanted.is_empty() {
+        return String::new();
+    }
+    wanted.sort_by(|a, b| (&a.slot, &a.volume_id).cmp(&(&b.slot, &b.volume_id)));
+    let mut out = String::from("\ncopies the next run would make, oldest first:\n");
+    for r in wanted {
+        for to in &r.copy_to {
+            let _ = writeln!(
+                out,
+                "  would copy {} ({} slot {}) of policy {} from {} to {to}",
+                r.snapshot_id, r.volume_id, r.slot, r.policy, r.region
+            );
+        }
+    }
     out
 }
 
@@ -611,41 +671,115 @@ pub async fn gather(regions: &[Arc<Region>], req: &Request<'_>) -> Result<Gather
             if let Some(p) = req.new.policy(name) {
                 let (e, snaps) = evaluate(region, p, None, req).await.map_err(wrap)?;
                 listed = Some(snaps);
-                out.new.push(e);
+                out.new.extend(e);
             }
             if let Some(p) = req.current.and_then(|c| c.policy(name)) {
-                let (e, _) = evaluate(region, p, listed, req).await.map_err(wrap)?;
-                out.current.push(e);
+                // The backends are the new config's destinations: the current one's copies elsewhere are not
+                // read (neither config's plan for them could differ from what is there now).
+                let mut p = p.clone();
+                for s in &mut p.schedules {
+                    s.copies
+                        .retain(|c| region.copies.names().any(|n| n == c.region));
+                }
+                let (e, _) = evaluate(region, &p, listed, req).await.map_err(wrap)?;
+                out.current.extend(e);
             }
         }
     }
     Ok(out)
 }
 
-/// One policy in one region: survey, leave out what does not exist yet at `at`, plan. `snapshots` replaces the
-/// survey's list when given.
+/// One policy in one region: survey (the region, then each copy destination, as a run does), leave out what does
+/// not exist yet at `at`, plan. `snapshots` replaces the survey's list when given. The region's own evaluation
+/// comes first, then one per copy destination: its copies of this region's snapshots and their retention.
 async fn evaluate(
     region: &Region,
     policy: &Policy,
     snapshots: Option<Vec<Snap>>,
     req: &Request<'_>,
-) -> Result<(Evaluation, Vec<Snap>), Error> {
+) -> Result<(Vec<Evaluation>, Vec<Snap>), Error> {
     let at = req.at;
     let mut survey = worker::survey(region.ec2.as_ref(), policy, &region.account_id, None).await?;
     let future = req.now + crate::retention::FUTURE_SLOT_ALLOWANCE;
+    let exists = |s: &Snap| s.slot <= at || s.slot > future;
     match snapshots {
         Some(s) => survey.snapshots = s,
-        None => survey.snapshots.retain(|s| s.slot <= at || s.slot > future),
+        None => survey.snapshots.retain(exists),
+    }
+    let name = region.ec2.region().to_string();
+    // A run goes on without a destination it cannot read (holding what it might want); a plan does not, since
+    // it would show neither that destination's copies nor what it would be sent.
+    let mut unread = None;
+    worker::copy::survey(
+        Some(&region.copies),
+        policy,
+        &name,
+        &region.account_id,
+        &mut survey,
+        at,
+        |dest, e| {
+            unread.get_or_insert_with(|| {
+                Error::Other(format!("copy destination {dest} cannot be read: {e}"))
+            });
+        },
+    )
+    .await;
+    if let Some(e) = unread {
+        return Err(e);
     }
     let plan = worker::plan_retention(policy, &survey, &HashSet::new(), policy.timezone, at, None);
-    let e = Evaluation {
+    let app = policy.vss.is_some() || policy.scripts.is_some();
+    let listed = survey.snapshots.clone();
+    // What the copy phase sees: the source after its retention.
+    let deleted: HashSet<&str> = plan
+        .decisions
+        .iter()
+        .filter(|d| d.action == Action::Delete)
+        .map(|d| &*d.snapshot_id)
+        .collect();
+    survey.snapshots.retain(|s| !deleted.contains(&*s.id));
+    let mut copy_to: HashMap<Arc<str>, Vec<String>> = HashMap::new();
+    let mut copies = Vec::new();
+    for d in &survey.copies {
+        for c in worker::copy::would_copy(d, &survey, policy.timezone, at) {
+            copy_to
+                .entry(c.source)
+                .or_default()
+                .push(d.region.to_string());
+        }
+        let copied = d.copies.as_deref().unwrap_or_default();
+        let snaps: Vec<Snap> = copied
+            .iter()
+            .map(|c| c.snap.clone())
+            .filter(exists)
+            .collect();
+        let plan = worker::copy::plan_retention(policy, d, &snaps, &survey, &HashSet::new(), at);
+        copies.push(Evaluation {
+            policy: policy.name.clone(),
+            region: d.region.to_string(),
+            snapshots: snaps,
+            plan,
+            app,
+            copy_of: Some(CopyOf {
+                region: name.clone(),
+                sources: copied
+                    .iter()
+                    .map(|c| (Arc::clone(&c.snap.id), Arc::clone(&c.source)))
+                    .collect(),
+            }),
+            copy_to: HashMap::new(),
+        });
+    }
+    let own = Evaluation {
         policy: policy.name.clone(),
-        region: region.ec2.region().to_string(),
-        snapshots: survey.snapshots.clone(),
+        region: name,
+        snapshots: listed.clone(),
         plan,
-        app: policy.vss.is_some() || policy.scripts.is_some(),
+        app,
+        copy_of: None,
+        copy_to,
     };
-    Ok((e, survey.snapshots))
+    Ok((std::iter::once(own).chain(copies).collect(), listed))
 }
 
 #[cfg(test)]
@@ -712,6 +846,8 @@ mod tests {
             snapshots,
             plan,
             app: false,
+            copy_of: None,
+            copy_to: HashMap::new(),
         }
     }
 

@@ -458,3 +458,172 @@ async fn diff_mode_shows_what_a_smaller_last_would_delete_and_fails_ci_only_for_
 
     assert_eq!(snapshot_ids(&ec2).await, before, "plan changed EC2");
 }
+
+/// The copy of `source` (a snapshot of `volume` in us-east-1 at `slot`) into `dest`, tagged as a run tags it.
+async fn copy_into(dest: &FakeEc2, source: &str, volume: &str, slot: &str) -> String {
+    let mut tags: snapwarden::ec2::Tags = common::managed_tags("app", "nightly", slot)
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    for (k, v) in [
+        ("snapwarden:source-snapshot", source),
+        ("snapwarden:source-region", "us-east-1"),
+        ("snapwarden:source-volume", volume),
+    ] {
+        tags.insert(k.into(), v.into());
+    }
+    let request = snapwarden::ec2::CopySnapshot {
+        source_region: "us-east-1".into(),
+        source_snapshot_id: source.into(),
+        description: "copy".into(),
+        encrypted: false,
+        kms_key_id: None,
+        tags,
+    };
+    dest.copy_snapshot(&request).await.unwrap().id.to_string()
+}
+
+#[tokio::test]
+async fn plan_shows_the_copies_in_each_destination_the_held_sources_and_what_the_next_run_copies() {
+    let (src, dest) = (
+        Arc::new(FakeEc2::new("us-east-1")),
+        Arc::new(FakeEc2::new("eu-west-1")),
+    );
+    FakeEc2::link_regions(&[src.clone(), dest.clone()]);
+    src.set_clock("2026-01-10T03:00:05Z".parse().unwrap());
+    dest.set_clock("2026-01-10T03:00:05Z".parse().unwrap());
+    let vol = src.add_volume(&[("Backup", "app")]);
+    let mut ids = std::collections::BTreeMap::new();
+    for day in ["01", "02", "05", "06", "07", "08", "09"] {
+        let slot = format!("2026-01-{day}T03:00:00Z");
+        let tags = common::managed_tags("app", "nightly", &slot);
+        ids.insert(
+            day,
+            src.seed_snapshot(&vol, SnapState::Completed, FAKE_ACCOUNT, &tags),
+        );
+    }
+    // eu-west-1 holds completed copies of the 1st and 2nd (their sources pruned since), 5th and 6th, and a
+    // pending one of the 7th.
+    let mut copies = std::collections::BTreeMap::new();
+    for day in ["01", "02", "05", "06"] {
+        let slot = format!("2026-01-{day}T03:00:00Z");
+        copies.insert(day, copy_into(&dest, &ids[day], &vol, &slot).await);
+    }
+    dest.complete_all();
+    copies.insert(
+        "07",
+        copy_into(&dest, &ids["07"], &vol, "2026-01-07T03:00:00Z").await,
+    );
+    for day in ["01", "02"] {
+        src.delete_snapshot(&ids[day]).await.unwrap();
+    }
+
+    let config = load("plan-copy.toml");
+    let dests = snapwarden::worker::Destinations::new(20, [dest.clone() as Arc<dyn Ec2>]);
+    let regions = vec![Arc::new(Region {
+        ec2: src.clone(),
+        account_id: FAKE_ACCOUNT.into(),
+        ssm: None,
+        copies: Arc::new(dests),
+    })];
+    let req = Request {
+        new: &config,
+        current: None,
+        policy: None,
+        at: at(),
+        now: at(),
+    };
+    let gathered = plan::gather(&regions, &req).await.unwrap();
+    let out = plan::output(&gathered, at(), false, true).unwrap();
+    let rows: Vec<Value> = serde_json::from_str(&out.stdout).unwrap();
+    let row = |region: &str, id: &str| {
+        rows.iter()
+            .find(|r| r["region"] == region && r["snapshot_id"] == id)
+            .unwrap_or_else(|| panic!("no row {region} {id}: {rows:#?}"))
+            .clone()
+    };
+    let brief = |r: &Value| {
+        (
+            r["action"].as_str().unwrap().to_string(),
+            r["labels"].clone(),
+            r["copy_to"].clone(),
+        )
+    };
+    // The source: its own last 2 (the 8th also held until its copy, to be made, completes; the newest needs no
+    // hold), and the 7th held only for its copy, still pending (the destination keeps 3).
+    let to_eu = serde_json::json!(["eu-west-1"]);
+    let none = Value::Null;
+    for (day, action, labels, copy_to) in [
+        ("09", "keep", serde_json::json!(["newest", "last"]), &to_eu),
+        (
+            "08",
+            "keep",
+            serde_json::json!(["copy-pending", "last"]),
+            &to_eu,
+        ),
+        ("07", "keep", serde_json::json!(["copy-pending"]), &none),
+        ("06", "delete", serde_json::json!(["expired"]), &none),
+        ("05", "delete", serde_json::json!(["expired"]), &none),
+    ] {
+        let r = row("us-east-1", &ids[day]);
+        assert_eq!(
+            brief(&r),
+            (action.to_string(), labels, copy_to.clone()),
+            "source {day}: {r:#}"
+        );
+        assert!(r.get("source_region").is_none(), "{r:#}");
+    }
+    assert_eq!(
+        row("us-east-1", &ids["07"])["reasons"],
+        serde_json::json!(["copy to eu-west-1 not made yet"])
+    );
+    // The destination: its copies, grouped by the source volume, judged by the copy rule's keep (last 3 completed;
+    // the pending one is kept apart).
+    let copy_volume = format!("copy-of:{vol}");
+    for (day, action, state) in [
+        ("07", "keep", "pending"),
+        ("06", "keep", "completed"),
+        ("05", "keep", "completed"),
+        ("02", "keep", "completed"),
+        ("01", "delete", "completed"),
+    ] {
+        let r = row("eu-west-1", &copies[day]);
+        assert_eq!(
+            (
+                r["action"].as_str().unwrap(),
+                r["state"].as_str().unwrap(),
+                r["volume_id"].as_str().unwrap(),
+                r["source_region"].as_str().unwrap(),
+                r["source_snapshot_id"].as_str().unwrap(),
+            ),
+            (
+                action,
+                state,
+                copy_volume.as_str(),
+                "us-east-1",
+                ids[day].as_str()
+            ),
+            "copy of the {day}th: {r:#}"
+        );
+    }
+    assert_eq!(rows.len(), 5 + 5, "{rows:#?}");
+    assert!(out.would_delete);
+
+    let table = plan::output(&gathered, at(), false, false).unwrap().stdout;
+    let line = |day: &str| {
+        format!(
+            "would copy {} ({vol} slot 2026-01-{day}T03:00:00Z) of policy app from us-east-1 to eu-west-1",
+            ids[day]
+        )
+    };
+    let (eighth, ninth) = (
+        table.find(&line("08")).unwrap_or_else(|| panic!("{table}")),
+        table.find(&line("09")).unwrap_or_else(|| panic!("{table}")),
+    );
+    assert!(eighth < ninth, "oldest first:\n{table}");
+    assert!(table.contains("copy to eu-west-1 not made yet"), "{table}");
+    assert!(
+        table.contains(&format!("eu-west-1  {copy_volume}")),
+        "{table}"
+    );
+}

@@ -188,7 +188,7 @@ pub(crate) async fn survey(
 }
 
 /// The copies of `region`'s snapshots for `policy` that `ec2` (a destination) holds, owned by `account_id`.
-async fn read_copies(
+pub(crate) async fn read_copies(
     ec2: &dyn Ec2,
     policy: &Policy,
     region: &str,
@@ -335,6 +335,19 @@ fn wanted(
         (a.copy.slot, &a.volume, &a.copy.source).cmp(&(b.copy.slot, &b.volume, &b.copy.source))
     });
     out
+}
+
+/// The copies destination `d` would be sent now, oldest first: what `plan` shows.
+pub(crate) fn would_copy(
+    d: &DestinationSurvey,
+    survey: &Survey,
+    tz: chrono_tz::Tz,
+    now: DateTime<Utc>,
+) -> Vec<ToCopy> {
+    wanted(d, survey, tz, now)
+        .into_iter()
+        .map(|w| w.copy)
+        .collect()
 }
 
 /// One copy to make, with what its tags need.
@@ -681,28 +694,8 @@ async fn prune(
     frozen: &HashSet<String>,
     copies: &mut Vec<Copied>,
 ) {
-    let policy = run.spec.policy;
     let snaps: Vec<Snap> = copies.iter().map(|c| c.snap.clone()).collect();
-    let targeted: HashSet<String> = run
-        .survey
-        .targets
-        .iter()
-        .map(|t| copy_key(&t.volume.id))
-        .collect();
-    let plan = retention::plan(
-        &PlanInput {
-            snapshots: &snaps,
-            schedules: &d.rules,
-            counts: &HashMap::new(),
-            frozen_volumes: frozen,
-            tz: policy.timezone,
-            targeted: Some(&targeted),
-            orphans: policy.orphans,
-            caps: policy.caps,
-            held: &Held::new(),
-        },
-        run.now(),
-    );
+    let plan = plan_retention(run.spec.policy, d, &snaps, &run.survey, frozen, run.now());
     if let Some(hit) = &plan.cap_hit {
         run.cap_hit(hit);
         return;
@@ -748,6 +741,38 @@ async fn prune(
         gone.insert(dec.snapshot_id);
     }
     copies.retain(|c| !gone.contains(&c.snap.id));
+}
+
+/// Retention of `snaps`, copies in `d` of the region `survey` read: by the copy rules' keep, per source volume,
+/// with the policy's orphan rule (a copy's volume is targeted while its source volume is) and deletion caps; the
+/// volumes in `frozen` lose nothing. What [`prune`] executes and `plan` shows.
+pub(crate) fn plan_retention(
+    policy: &Policy,
+    d: &DestinationSurvey,
+    snaps: &[Snap],
+    survey: &Survey,
+    frozen: &HashSet<String>,
+    now: DateTime<Utc>,
+) -> retention::Plan {
+    let targeted: HashSet<String> = survey
+        .targets
+        .iter()
+        .map(|t| copy_key(&t.volume.id))
+        .collect();
+    retention::plan(
+        &PlanInput {
+            snapshots: snaps,
+            schedules: &d.rules,
+            counts: &HashMap::new(),
+            frozen_volumes: frozen,
+            tz: policy.timezone,
+            targeted: Some(&targeted),
+            orphans: policy.orphans,
+            caps: policy.caps,
+            held: &Held::new(),
+        },
+        now,
+    )
 }
 
 /// The destination's gauges after the run: its pending copies, and per schedule the DR staleness — over the

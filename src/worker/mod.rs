@@ -30,7 +30,7 @@
 //! report.
 
 mod app;
-mod copy;
+pub(crate) mod copy;
 mod create;
 mod findings;
 mod prune;
