@@ -2,7 +2,10 @@
 //! backend, so an operator sees what a config costs before deploying it: how many snapshots each schedule holds
 //! per volume over time (peak and at the end) and which slots survive. It drives the real worker and planner —
 //! the same code path as the daemon — with the clock set to each fire time; only the scheduler's sleeping and
-//! AWS itself are replaced. Snapshots complete before the next fire, as they do on a healthy account.
+//! AWS itself are replaced. Snapshots complete before the next fire, as they do on a healthy account. A policy
+//! with copy rules gets one more in-memory region per destination, linked to the source as EC2's regions are:
+//! copies are made by the run's copy phase and complete before the next fire too, and each destination's kept
+//! copies are reported beside the source's snapshots.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,13 +15,14 @@ use serde::Serialize;
 
 use crate::config::{Config, Policy, ResourceKind};
 use crate::ec2::fake::{FakeEc2, FAKE_ACCOUNT};
-use crate::ec2::Ec2;
+use crate::ec2::{self, Ec2, Filter};
 use crate::metrics::Metrics;
 use crate::retention::{Action, Decision, Reason};
 use crate::schedule::{self, format_slot, Cron};
 use crate::ssm::batch::Polling;
 use crate::ssm::fake::FakeAgent;
-use crate::worker::{self, RunSpec};
+use crate::worker::copy::{self, copy_key};
+use crate::worker::{self, Destinations, RunSpec};
 
 #[derive(Debug, Clone)]
 pub struct SimOptions {
@@ -52,6 +56,23 @@ pub struct PolicySim {
     pub(crate) created: usize,
     pub(crate) deleted: usize,
     /// Distinct snapshots of one volume (a snapshot serving several schedules counts once).
+    pub(crate) peak_per_volume: usize,
+    pub end_per_volume: usize,
+    pub schedules: Vec<ScheduleSim>,
+    /// One per copy destination of the policy's schedules.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub destinations: Vec<DestinationSim>,
+    /// Copies made and deleted, over every destination and volume.
+    pub(crate) copied: usize,
+    pub(crate) copies_deleted: usize,
+}
+
+/// What one copy destination keeps of one volume's copies: per schedule copied there, as for the source (`peak`
+/// counts the new copy while it is pending), by the copy rule's keep.
+#[derive(Debug, Clone, Serialize)]
+pub struct DestinationSim {
+    pub region: String,
+    /// Distinct copies of one volume (a copy serving several schedules counts once).
     pub(crate) peak_per_volume: usize,
     pub end_per_volume: usize,
     pub schedules: Vec<ScheduleSim>,
@@ -116,39 +137,59 @@ fn fleet(policy: &Policy, opts: &SimOptions) -> (Arc<FakeEc2>, String) {
     (fake, first)
 }
 
-/// What the rules keep on one volume, by schedule.
-struct Census {
-    /// Slots kept by each schedule's rules (a Monday snapshot listing daily and weekly counts for weekly only
-    /// once daily lets it go), newest first.
-    kept: BTreeMap<String, Vec<DateTime<Utc>>>,
-    /// Distinct snapshots kept.
-    total: usize,
+/// The in-memory regions a policy copies to, linked with the source `fake`, and their backends for runs.
+fn destinations(
+    policy: &Policy,
+    fake: &Arc<FakeEc2>,
+    concurrency: usize,
+) -> (Vec<Arc<FakeEc2>>, Destinations) {
+    let fakes: Vec<Arc<FakeEc2>> = worker::destination_regions(policy)
+        .into_iter()
+        .map(|r| Arc::new(FakeEc2::new(r)))
+        .collect();
+    let mut all = fakes.clone();
+    all.push(fake.clone());
+    FakeEc2::link_regions(&all);
+    let backends = fakes.iter().map(|f| f.clone() as Arc<dyn Ec2>);
+    let dests = Destinations::new(concurrency, backends);
+    (fakes, dests)
 }
 
-/// Planned afresh on the completed state: after a run's deletions this is exactly what the next run keeps. (Right
-/// after a run the volume also holds the new snapshot's predecessor that was kept only because the new one was
-/// still pending; the next run lets it go.)
-async fn census(fake: &FakeEc2, policy: &Policy, volume: &str, now: DateTime<Utc>) -> Census {
-    let mut kept: BTreeMap<String, Vec<DateTime<Utc>>> = policy
-        .schedules
-        .iter()
-        .map(|s| (s.name.clone(), Vec::new()))
-        .collect();
-    let Ok(survey) = worker::survey(fake, policy, FAKE_ACCOUNT, None).await else {
-        return Census { kept, total: 0 };
-    };
-    let plan = worker::plan_retention(
-        policy,
-        &survey,
-        &Default::default(),
-        policy.timezone,
-        now,
-        None,
-    );
+/// The copies of `volume` in `dest`, any state: what the destination holds right now.
+async fn copies_held(dest: &FakeEc2, volume: &str) -> Vec<ec2::Snapshot> {
+    let filter = [Filter::tag(ec2::TAG_SOURCE_VOLUME, volume)];
+    ec2::all_snapshots(dest, &filter).await.unwrap_or_default()
+}
+
+fn lists(s: &ec2::Snapshot, schedule: &str) -> bool {
+    s.tags
+        .get(ec2::TAG_SCHEDULE)
+        .is_some_and(|v| v.split(',').any(|n| n.trim() == schedule))
+}
+
+fn schedule_sims(policy: &Policy, names: impl IntoIterator<Item = String>) -> Vec<ScheduleSim> {
+    names
+        .into_iter()
+        .map(|schedule| ScheduleSim {
+            policy: policy.name.clone(),
+            schedule,
+            peak: 0,
+            end: 0,
+            monthly: Vec::new(),
+            surviving: Vec::new(),
+        })
+        .collect()
+}
+
+/// Adds the decisions kept on `volume` to `kept` by the schedules their reasons name; returns how many.
+fn tally<'a>(
+    decisions: impl IntoIterator<Item = &'a Decision>,
+    volume: &str,
+    kept: &mut BTreeMap<String, Vec<DateTime<Utc>>>,
+) -> usize {
     let mut total = 0;
-    for d in plan
-        .decisions
-        .iter()
+    for d in decisions
+        .into_iter()
         .filter(|d| &*d.volume_id == volume && d.action == Action::Keep)
     {
         total += 1;
@@ -161,11 +202,90 @@ async fn census(fake: &FakeEc2, policy: &Policy, volume: &str, now: DateTime<Utc
             }
         }
     }
-    Census { kept, total }
+    total
 }
 
-async fn simulate_policy(policy: &Policy, opts: &SimOptions, until: DateTime<Utc>) -> PolicySim {
+/// What the rules keep on one volume, by schedule.
+struct Census {
+    /// Slots kept by each schedule's rules (a Monday snapshot listing daily and weekly counts for weekly only
+    /// once daily lets it go), newest first.
+    kept: BTreeMap<String, Vec<DateTime<Utc>>>,
+    /// Distinct snapshots kept.
+    total: usize,
+    /// Per destination (by region): its copy rules' keep over the volume's copies there.
+    copies: BTreeMap<String, (BTreeMap<String, Vec<DateTime<Utc>>>, usize)>,
+}
+
+/// Planned afresh on the completed state: after a run's deletions this is exactly what the next run keeps. (Right
+/// after a run the volume also holds the new snapshot's predecessor that was kept only because the new one was
+/// still pending; the next run lets it go.)
+async fn census(
+    fake: &FakeEc2,
+    dests: &Destinations,
+    policy: &Policy,
+    volume: &str,
+    now: DateTime<Utc>,
+) -> Census {
+    let mut kept: BTreeMap<String, Vec<DateTime<Utc>>> = policy
+        .schedules
+        .iter()
+        .map(|s| (s.name.clone(), Vec::new()))
+        .collect();
+    let Ok(mut survey) = worker::survey(fake, policy, FAKE_ACCOUNT, None).await else {
+        return Census {
+            kept,
+            total: 0,
+            copies: BTreeMap::new(),
+        };
+    };
+    // As a run reads them: the destinations' copies, and what the source holds for them.
+    copy::survey(
+        Some(dests),
+        policy,
+        fake.region(),
+        FAKE_ACCOUNT,
+        &mut survey,
+        now,
+        |_, _| {},
+    )
+    .await;
+    let plan = worker::plan_retention(
+        policy,
+        &survey,
+        &Default::default(),
+        policy.timezone,
+        now,
+        None,
+    );
+    let total = tally(&plan.decisions, volume, &mut kept);
+    let mut copies = BTreeMap::new();
+    let key = copy_key(volume);
+    for d in &survey.copies {
+        let snaps: Vec<_> = d.copies.iter().flatten().map(|c| c.snap.clone()).collect();
+        let plan = copy::plan_retention(policy, d, &snaps, &survey, &Default::default(), now);
+        let mut kept: BTreeMap<String, Vec<DateTime<Utc>>> = d
+            .rules
+            .iter()
+            .map(|r| (r.name.to_string(), Vec::new()))
+            .collect();
+        let total = tally(&plan.decisions, &key, &mut kept);
+        copies.insert(d.region.to_string(), (kept, total));
+    }
+    Census {
+        kept,
+        total,
+        copies,
+    }
+}
+
+async fn simulate_policy(
+    policy: &Policy,
+    opts: &SimOptions,
+    until: DateTime<Utc>,
+    copy_concurrency: usize,
+) -> PolicySim {
     let (fake, volume) = fleet(policy, opts);
+    let (dest_fakes, dests) = destinations(policy, &fake, copy_concurrency);
     // A healthy fleet: every VSS command and script succeeds at once, and the VSS document makes the snapshots.
     let agent = FakeAgent::new(fake.clone());
     let crons: Vec<&Cron> = policy.schedules.iter().map(|s| &s.cron).collect();
@@ -189,6 +309,24 @@ async fn simulate_policy(policy: &Policy, opts: &SimOptions, until: DateTime<Utc
                 surviving: Vec::new(),
             })
             .collect(),
+        destinations: dest_fakes
+            .iter()
+            .map(|d| DestinationSim {
+                region: d.region().to_string(),
+                peak_per_volume: 0,
+                end_per_volume: 0,
+                schedules: schedule_sims(
+                    policy,
+                    policy
+                        .schedules
+                        .iter()
+                        .filter(|s| s.copies.iter().any(|c| c.region == d.region()))
+                        .map(|s| s.name.clone()),
+                ),
+            })
+            .collect(),
+        copied: 0,
+        copies_deleted: 0,
     };
     let mut cursor = opts.from - Duration::seconds(1);
     let mut month = (opts.from.year(), opts.from.month());
@@ -197,25 +335,42 @@ async fn simulate_policy(policy: &Policy, opts: &SimOptions, until: DateTime<Utc
             break;
         }
         if (slot.year(), slot.month()) != month {
-            for s in &mut sim.schedules {
-                s.monthly
-                    .push((format!("{:04}-{:02}", month.0, month.1), s.end));
+            let label = format!("{:04}-{:02}", month.0, month.1);
+            for s in all_schedules(&mut sim) {
+                s.monthly.push((label.clone(), s.end));
             }
             month = (slot.year(), slot.month());
         }
         fake.set_clock(slot);
+        for d in &dest_fakes {
+            d.set_clock(slot);
+        }
         // Simulated time: no completion polling (waiting would sleep in real time; the simulation completes
         // snapshots itself). The peaks come from the kept decisions: explained.
         let spec = RunSpec::new(policy, slot, FAKE_ACCOUNT)
             .firing(idx.iter().map(|&i| policy.schedules[i].name.clone()))
             .concurrency(8)
             .explain(true)
-            .ssm(&agent, Polling::default());
+            .ssm(&agent, Polling::default())
+            .destinations(&dests);
         let outcome = worker::run(&*fake as &dyn Ec2, &spec, &metrics, || slot).await;
-        fake.complete_all();
         sim.fires += 1;
         sim.created += outcome.report.created;
         sim.deleted += outcome.report.deleted;
+        sim.copied += outcome.report.copies.created;
+        sim.copies_deleted += outcome.report.copies.deleted;
+        // What each destination holds once the run is over, the new copy still pending.
+        for (d, dsim) in dest_fakes.iter().zip(&mut sim.destinations) {
+            let held = copies_held(d, &volume).await;
+            dsim.peak_per_volume = dsim.peak_per_volume.max(held.len());
+            for s in &mut dsim.schedules {
+                let n = held.iter().filter(|c| lists(c, &s.schedule)).count();
+                s.peak = s.peak.max(n);
+                s.end = n;
+            }
+            d.complete_all();
+        }
+        fake.complete_all();
         // Peaks from the run's own plan: what existed while it ran, the new (pending) snapshot included.
         let mine: Vec<&Decision> = outcome
             .plan
@@ -239,18 +394,40 @@ async fn simulate_policy(policy: &Policy, opts: &SimOptions, until: DateTime<Utc
         cursor = slot;
     }
     // The steady state: what the rules keep once the last snapshot has completed.
-    let c = census(&fake, policy, &volume, cursor).await;
+    let c = census(&fake, &dests, policy, &volume, cursor).await;
     sim.end_per_volume = c.total;
     for s in &mut sim.schedules {
-        let slots = &c.kept[&s.schedule];
-        s.end = slots.len();
-        s.surviving = slots.iter().copied().map(format_slot).collect();
+        settle(s, &c.kept);
     }
-    for s in &mut sim.schedules {
-        s.monthly
-            .push((format!("{:04}-{:02}", month.0, month.1), s.end));
+    for d in &mut sim.destinations {
+        if let Some((kept, total)) = c.copies.get(&d.region) {
+            d.end_per_volume = *total;
+            for s in &mut d.schedules {
+                settle(s, kept);
+            }
+        }
+    }
+    let label = format!("{:04}-{:02}", month.0, month.1);
+    for s in all_schedules(&mut sim) {
+        s.monthly.push((label.clone(), s.end));
     }
     sim
+}
+
+/// The steady state of `s` from a census: what its rules keep.
+fn settle(s: &mut ScheduleSim, kept: &BTreeMap<String, Vec<DateTime<Utc>>>) {
+    let slots = kept.get(&s.schedule).map_or(&[][..], |v| &v[..]);
+    s.end = slots.len();
+    s.surviving = slots.iter().copied().map(format_slot).collect();
+}
+
+/// The source's schedules and every destination's.
+fn all_schedules(sim: &mut PolicySim) -> impl Iterator<Item = &mut ScheduleSim> {
+    sim.schedules.iter_mut().chain(
+        sim.destinations
+            .iter_mut()
+            .flat_map(|d| d.schedules.iter_mut()),
+    )
 }
 
 pub async fn simulate(config: &Config, opts: &SimOptions) -> SimReport {
@@ -261,7 +438,7 @@ pub async fn simulate(config: &Config, opts: &SimOptions) -> SimReport {
         .iter()
         .filter(|p| opts.policy.as_deref().is_none_or(|n| n == p.name))
     {
-        policies.push(simulate_policy(p, opts, until).await);
+        policies.push(simulate_policy(p, opts, until, config.daemon.copy_concurrency).await);
     }
     SimReport {
         from: opts.from,
@@ -271,7 +448,39 @@ pub async fn simulate(config: &Config, opts: &SimOptions) -> SimReport {
     }
 }
 
-/// The human report: per schedule peak and end, month by month, and the surviving slots.
+/// Per schedule peak and end, month by month, and the surviving slots, each line indented by `indent`.
+fn schedule_lines(schedules: &[ScheduleSim], indent: &str) -> String {
+    let mut out = format!("{indent}{:<16} {:>6} {:>6}\n", "SCHEDULE", "PEAK", "END");
+    for s in schedules {
+        out.push_str(&format!(
+            "{indent}{:<16} {:>6} {:>6}\n",
+            s.schedule, s.peak, s.end
+        ));
+    }
+    if let Some(first) = schedules.first() {
+        out.push_str(&format!("{indent}end of month:"));
+        for (i, (m, _)) in first.monthly.iter().enumerate() {
+            let counts: Vec<String> = schedules
+                .iter()
+                .map(|s| format!("{}={}", s.schedule, s.monthly[i].1))
+                .collect();
+            out.push_str(&format!("\n{indent}  {m}  {}", counts.join(" ")));
+        }
+        out.push('\n');
+    }
+    for s in schedules {
+        out.push_str(&format!(
+            "{indent}surviving {} ({}): {}\n",
+            s.schedule,
+            s.surviving.len(),
+            s.surviving.join(" ")
+        ));
+    }
+    out
+}
+
+/// The human report: per schedule peak and end, month by month, and the surviving slots; the same for each copy
+/// destination's copies.
 pub fn render(report: &SimReport) -> String {
     let mut out = format!(
         "simulated {} to {} with {} volume(s) per policy; figures are per volume\n",
@@ -289,34 +498,18 @@ pub fn render(report: &SimReport) -> String {
             p.peak_per_volume,
             p.end_per_volume
         ));
-        out.push_str(&format!(
-            "  {:<16} {:>6} {:>6}\n",
-            "SCHEDULE", "PEAK", "END"
-        ));
-        for s in &p.schedules {
+        out.push_str(&schedule_lines(&p.schedules, "  "));
+        for d in &p.destinations {
             out.push_str(&format!(
-                "  {:<16} {:>6} {:>6}\n",
-                s.schedule, s.peak, s.end
+                "  copies in {}: distinct copies per volume: peak {}, end {}\n",
+                d.region, d.peak_per_volume, d.end_per_volume
             ));
+            out.push_str(&schedule_lines(&d.schedules, "    "));
         }
-        if let Some(first) = p.schedules.first() {
-            out.push_str("  end of month:");
-            for (i, (m, _)) in first.monthly.iter().enumerate() {
-                let counts: Vec<String> = p
-                    .schedules
-                    .iter()
-                    .map(|s| format!("{}={}", s.schedule, s.monthly[i].1))
-                    .collect();
-                out.push_str(&format!("\n    {m}  {}", counts.join(" ")));
-            }
-            out.push('\n');
-        }
-        for s in &p.schedules {
+        if !p.destinations.is_empty() {
             out.push_str(&format!(
-                "  surviving {} ({}): {}\n",
-                s.schedule,
-                s.surviving.len(),
-                s.surviving.join(" ")
+                "  {} copies made, {} deleted\n",
+                p.copied, p.copies_deleted
             ));
         }
     }

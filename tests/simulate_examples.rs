@@ -118,3 +118,45 @@ async fn the_linux_fsfreeze_recipe_keeps_its_calendar_of_frozen_snapshots() {
         Some("2026-09-30T06:15:00Z")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dr_copy_recipe_keeps_a_week_at_the_source_and_four_weeklies_and_three_monthlies_in_the_destination(
+) {
+    let r = run("dr-copy.toml", 100).await;
+    let p = &r.policies[0];
+    // The source: nightly's last 7 and hourly's last 24 (the 02:15 hourly and the 02:30 nightly are apart).
+    assert_eq!(ends(&r), BTreeMap::from([("nightly", 7), ("hourly", 24)]));
+    assert_eq!(p.end_per_volume, 7 + 24);
+    assert_eq!(
+        p.destinations.len(),
+        1,
+        "only nightly copies, to one region"
+    );
+    let d = &p.destinations[0];
+    assert_eq!(d.region, "eu-central-1");
+    // Ends 2026-04-11 00:00 UTC; the last nightly is Friday 10 April, copied at the 03:15 hourly run. weekly 4:
+    // ISO weeks 15..12 end on 10 April, Sunday 5 April, 29 and 22 March. monthly 3: April (10 April, a weekly one
+    // already), March 31 and February 28. Nothing else: each night's copy replaced the one before it in its week.
+    let weeklies = [
+        "2026-04-10T02:30:00Z",
+        "2026-04-05T02:30:00Z",
+        "2026-03-29T02:30:00Z",
+        "2026-03-22T02:30:00Z",
+    ];
+    let monthlies = [
+        "2026-04-10T02:30:00Z",
+        "2026-03-31T02:30:00Z",
+        "2026-02-28T02:30:00Z",
+    ];
+    let mut expected: Vec<&str> = weeklies.iter().chain(&monthlies).copied().collect();
+    expected.sort_unstable_by(|a, b| b.cmp(a));
+    expected.dedup();
+    let nightly = &d.schedules[0];
+    assert_eq!(nightly.schedule, "nightly");
+    assert_eq!(nightly.surviving, expected);
+    assert_eq!((nightly.end, d.end_per_volume), (4 + 3 - 1, 4 + 3 - 1));
+    assert!(
+        snapwarden::simulate::render(&r).contains("copies in eu-central-1"),
+        "the destination is shown"
+    );
+}

@@ -19,7 +19,8 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::run::Run;
-use super::survey::{copy_key, digest, Survey};
+pub(crate) use super::survey::copy_key;
+use super::survey::{digest, Survey};
 use super::FILTER_VALUES;
 use crate::config::{Encryption, Policy};
 use crate::ec2::op::Code;
