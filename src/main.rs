@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use snapwarden::config::{self, Config, ConfigError};
 use snapwarden::daemon::{self, Shared};
-use snapwarden::ec2::{DryRun, Ec2};
+use snapwarden::ec2::Ec2;
 use snapwarden::lock::{Held, LockDir, Refused};
 use snapwarden::logging::{self, Console};
 use snapwarden::notify::Notifier;
@@ -535,17 +535,16 @@ async fn once(
     };
     let mut worst = RunResult::Success;
     for r in &regions {
-        let dry = dry_run.then(|| Arc::new(DryRun::new(r.ec2.clone())));
+        // A dry run copies nothing either: its destinations pretend too.
+        let dry = dry_run.then(|| snapwarden::once::DryRegion::new(r));
         let ec2: &dyn Ec2 = match &dry {
-            Some(d) => d.as_ref(),
+            Some(d) => d.ec2.as_ref(),
             None => r.ec2.as_ref(),
         };
-        // A dry run copies nothing either: its destinations pretend too.
-        let copies = dry_run.then(|| r.copies.map(|e| Arc::new(DryRun::new(e)) as Arc<dyn Ec2>));
         // Only the deletions are printed: not explained.
         let mut spec = r.spec(&p, slot);
-        if let Some(c) = &copies {
-            spec = spec.destinations(c);
+        if let Some(d) = &dry {
+            spec = spec.destinations(&d.destinations);
         }
         let spec = spec
             .firing(firing.clone())
@@ -554,8 +553,11 @@ async fn once(
                 shared.config.daemon.completion_deadline,
             ));
         let outcome = worker::run(ec2, &spec, &shared.metrics, Utc::now).await;
-        let log = dry.as_ref().map(|d| d.log());
-        print!("{}", snapwarden::once::region_lines(&outcome, log.as_ref()));
+        let logs = dry.as_ref().map(|d| d.logs());
+        print!(
+            "{}",
+            snapwarden::once::region_lines(&outcome, logs.as_ref())
+        );
         worst = worst.max_severity(outcome.report.result());
         if let Some(n) = &notifier {
             n.submit(outcome.report, &shared.metrics);
