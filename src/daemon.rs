@@ -705,6 +705,10 @@ pub(crate) fn restart_keys(running: &Config, new: &Config) -> Vec<&'static str> 
             a.max_concurrent_runs == b.max_concurrent_runs,
         ),
         ("daemon.retry-backoff", a.retry_backoff == b.retry_backoff),
+        (
+            "daemon.copy-concurrency",
+            a.copy_concurrency == b.copy_concurrency,
+        ),
     ]
     .into_iter()
     .filter(|(_, same)| !same)
@@ -722,6 +726,16 @@ pub(crate) fn restart_keys(running: &Config, new: &Config) -> Vec<&'static str> 
         if changed {
             keys.push(section);
         }
+    }
+    // Each destination has its backend and gate from the start; a policy may drop one or move between them.
+    let destinations = |c: &Config| -> BTreeSet<String> {
+        c.policies
+            .iter()
+            .flat_map(worker::destination_regions)
+            .collect()
+    };
+    if !destinations(new).is_subset(&destinations(running)) {
+        keys.push("policy.schedule.copy.region (a destination region the daemon started without)");
     }
     keys
 }
@@ -857,6 +871,38 @@ mod tests {
                 &["daemon.timezone", "daemon.max-concurrent-runs"]),
             ("log level", config("", "level = \"debug\"", &policy("a", "0 4 * * *")), &["[log]"]),
             ("a daemon key without a line of its own", config("lock-dir = \"/tmp/locks\"", "", &policy("a", "0 4 * * *")), &["[daemon]"]),
+            ("copy concurrency", config("copy-concurrency = 5", "", &policy("a", "0 4 * * *")), &["daemon.copy-concurrency"]),
+        ];
+        for (name, new, want) in cases {
+            assert_eq!(restart_keys(&running, new), *want, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_new_copy_destination_needs_a_restart_and_a_dropped_one_does_not() {
+        let copy = |regions: &[&str]| {
+            let copies: String = regions
+                .iter()
+                .map(|r| {
+                    format!("[[policy.schedule.copy]]\nregion = \"{r}\"\nkeep = {{ last = 2 }}\n")
+                })
+                .collect();
+            config(
+                "",
+                "",
+                &format!(
+                    "[[policy]]\nname = \"a\"\ntarget = {{ resource = \"instance\", tags = {{ B = \"a\" }} }}\n\
+                     [[policy.schedule]]\nname = \"s\"\ncron = \"0 4 * * *\"\nkeep = {{ last = 3 }}\n{copies}"
+                ),
+            )
+        };
+        let running = copy(&["eu-west-1", "eu-central-1"]);
+        #[rustfmt::skip]
+        let cases: &[(&str, Config, &[&str])] = &[
+            ("same", copy(&["eu-west-1", "eu-central-1"]), &[]),
+            ("one dropped", copy(&["eu-west-1"]), &[]),
+            ("a new one", copy(&["eu-west-1", "eu-north-1"]),
+                &["policy.schedule.copy.region (a destination region the daemon started without)"]),
         ];
         for (name, new, want) in cases {
             assert_eq!(restart_keys(&running, new), *want, "{name}");

@@ -67,8 +67,11 @@ pub struct Metrics {
     dr_staleness: GaugeVec,
     /// (policy, schedule, source region, destination) -> the oldest newest-completed copy across the schedule's
     /// volumes, turned into an age at scrape time like [`Metrics::staleness`].
-    dr_freshness: Mutex<HashMap<(String, String, String, String), DateTime<Utc>>>,
+    dr_freshness: Mutex<HashMap<DrSeries, DateTime<Utc>>>,
 }
+
+/// (policy, schedule, source region, destination).
+type DrSeries = (String, String, String, String);
 
 /// Per policy/schedule/region: the oldest "newest completed snapshot" over its targeted volumes, and how many
 /// targeted volumes have no completed snapshot at all.

@@ -31,6 +31,9 @@ pub struct LastRun {
     /// fallbacks.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) app_consistent: Option<AppConsistent>,
+    /// For policies with disaster-recovery copies: what the run did about them, over its destinations.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) copies: Option<crate::report::CopyTally>,
     /// What ended the run before its end, when something did: the region could not be read, or the run
     /// panicked (code `panic`, the panic's message).
     pub(crate) error: Option<Problem>,
@@ -198,6 +201,7 @@ impl StatusBoard {
                     fallback: report.fallback,
                 },
             ),
+            copies: (report.copies != Default::default()).then(|| report.copies.clone()),
             error: report.fatal.clone(),
         };
         for s in &report.schedules {
@@ -287,5 +291,14 @@ mod tests {
         let json = serde_json::to_value(board.snapshot()).unwrap();
         let counts = &json["p"]["s"]["last_runs"]["r-1"]["app_consistent"];
         assert_eq!(counts, &serde_json::json!({"consistent": 2, "fallback": 1}));
+        assert!(json["p"]["s"]["last_runs"]["r-1"].get("copies").is_none());
+        (report.copies.created, report.copies.deferred) = (5, 2);
+        board.record(&report);
+        let json = serde_json::to_value(board.snapshot()).unwrap();
+        let copies = &json["p"]["s"]["last_runs"]["r-1"]["copies"];
+        assert_eq!(
+            copies,
+            &serde_json::json!({"created": 5, "deferred": 2, "pending": 0, "deleted": 0})
+        );
     }
 }

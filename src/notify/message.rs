@@ -177,6 +177,14 @@ pub fn digest(report: &RunReport) -> Message {
             String::new()
         },
     );
+    let c = &report.copies;
+    if *c != Default::default() {
+        body.push_str(&format!(
+            "Disaster-recovery copies: {} sent, {} deferred to the next run, {} still pending, {} deleted by \
+             their retention.\n",
+            c.created, c.deferred, c.pending, c.deleted
+        ));
+    }
     body.push_str("What to do:\n");
     for code in report.codes() {
         // Copies fail in the destination region, for reasons of their own: a line of their own.
@@ -346,6 +354,18 @@ mod tests {
         ] {
             assert!(m.body.contains(line), "{line}\n{}", m.body);
         }
+    }
+
+    #[test]
+    fn a_run_with_copies_says_what_it_did_about_them() {
+        let mut r = report(0, 4);
+        assert!(!digest(&r).body.contains("Disaster-recovery copies"));
+        r.copies.created = 3;
+        r.copies.deferred = 17;
+        r.copies.pending = 3;
+        let m = digest(&r);
+        let line = "Disaster-recovery copies: 3 sent, 17 deferred to the next run, 3 still pending, 0 deleted";
+        assert!(m.body.contains(line), "{}", m.body);
     }
 
     #[test]

@@ -58,6 +58,10 @@ pub(super) fn finish(mut run: Run<'_>) -> RunReport {
         deleted = report.deleted,
         kept = report.kept,
         kept_in_use = report.kept_in_use,
+        copies_sent = report.copies.created,
+        copies_deferred = report.copies.deferred,
+        copies_pending = report.copies.pending,
+        copies_deleted = report.copies.deleted,
         seconds = secs,
         dry_run = report.dry_run,
         "run finished"
