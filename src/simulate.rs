@@ -205,6 +205,9 @@ fn tally<'a>(
     total
 }
 
+/// Schedule -> the slots its rules keep on one volume, newest first.
+type Kept = BTreeMap<String, Vec<DateTime<Utc>>>;
+
 /// What the rules keep on one volume, by schedule.
 struct Census {
     /// Slots kept by each schedule's rules (a Monday snapshot listing daily and weekly counts for weekly only
@@ -213,7 +216,7 @@ struct Census {
     /// Distinct snapshots kept.
     total: usize,
     /// Per destination (by region): its copy rules' keep over the volume's copies there.
-    copies: BTreeMap<String, (BTreeMap<String, Vec<DateTime<Utc>>>, usize)>,
+    copies: BTreeMap<String, (Kept, usize)>,
 }
 
 /// Planned afresh on the completed state: after a run's deletions this is exactly what the next run keeps. (Right

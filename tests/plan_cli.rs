@@ -627,3 +627,29 @@ async fn plan_shows_the_copies_in_each_destination_the_held_sources_and_what_the
         "{table}"
     );
 }
+
+#[tokio::test]
+async fn plan_refuses_to_show_a_policy_whose_copy_destination_it_cannot_read() {
+    let src = Arc::new(FakeEc2::new("us-east-1"));
+    src.add_volume(&[("Backup", "app")]);
+    let config = load("plan-copy.toml");
+    // No backend for eu-west-1: its copies, and what it would be sent, are unknown.
+    let regions = vec![Arc::new(Region {
+        ec2: src,
+        account_id: FAKE_ACCOUNT.into(),
+        ssm: None,
+        copies: Default::default(),
+    })];
+    let req = Request {
+        new: &config,
+        current: None,
+        policy: None,
+        at: at(),
+        now: at(),
+    };
+    let err = plan::gather(&regions, &req).await.unwrap_err().to_string();
+    assert!(
+        err.starts_with("policy `app`: copy destination eu-west-1 cannot be read:"),
+        "{err}"
+    );
+}
