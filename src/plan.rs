@@ -1,7 +1,10 @@
 //! `snapwarden plan`: what retention would do to every managed snapshot, and why, without changing anything — the
 //! command an operator runs before a config change. One async function, [`gather`], reads live data (one survey
-//! per policy and region, and per config in diff mode) and runs the daemon's own planner on it
-//! (`worker::plan_retention`), so `plan` can never disagree with what a run would do. Everything else here is
+//! per policy and region, and per config in diff mode; for a policy with copy rules, each destination too, as a
+//! run reads it) and runs the daemon's own planners on it (`worker::plan_retention`, with the copies' hold, and
+//! `worker::copy::plan_retention` for the copies in each destination), so `plan` can never disagree with what a
+//! run would do. A copy is judged as the destination holds it now; the copies the next run would make
+//! (`worker::copy::would_copy`) are listed apart, on their source rows. Everything else here is
 //! pure: plans become [`Row`]s, rows become [`Totals`], two configs' rows become a [`Change`] list, and each of
 //! them becomes a table.
 //!
