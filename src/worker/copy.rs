@@ -683,12 +683,9 @@ async fn prune(
 ) {
     let policy = run.spec.policy;
     let snaps: Vec<Snap> = copies.iter().map(|c| c.snap.clone()).collect();
-    let targeted: HashSet<String> = run
-        .survey
-        .targets
-        .iter()
-        .map(|t| copy_key(&t.volume.id))
-        .collect();
+    // The source side's own set (copy keys included): a volume skipped for a bad count tag is still targeted,
+    // so `expire-after` does not delete its copies while the tag is being fixed.
+    let targeted = super::prune::targeted(&run.survey);
     let plan = retention::plan(
         &PlanInput {
             snapshots: &snaps,
