@@ -701,7 +701,7 @@ async fn prune(
         run.now(),
     );
     if let Some(hit) = &plan.cap_hit {
-        run.cap_hit(hit);
+        run.copy_cap_hit(&d.region, hit);
         return;
     }
     let doomed: Vec<Decision> = plan
@@ -729,7 +729,7 @@ async fn prune(
             Ok(()) => {}
             Err(e) if e.is(Code::SnapshotNotFound) => {}
             Err(e) if e.is(Code::SnapshotInUse) => {
-                run.kept_in_use(&dec);
+                run.copy_kept_in_use(&d.region, &dec);
                 continue;
             }
             Err(e @ Error::Stopped { .. }) => {

@@ -358,6 +358,24 @@ impl<'a> Run<'a> {
         );
     }
 
+    /// [`Run::cap_hit`] for the retention of the copies in `destination`: the problem names that region, where
+    /// nothing was deleted, not the source's.
+    pub(crate) fn copy_cap_hit(&mut self, destination: &str, hit: &CapHit) {
+        tracing::error!(destination = %destination, setting = hit.setting, limit = %hit.limit, needed = %hit.needed, detail = %hit.message, "deletion cap hit in a copy destination: no copy deleted");
+        let message = format!(
+            "policy {}, copies in {destination} of {}'s snapshots: {}",
+            self.policy(),
+            self.region(),
+            hit.message
+        );
+        self.problem(
+            destination.to_string(),
+            "retention",
+            "deletion-cap".into(),
+            message,
+        );
+    }
+
     /// A destination of the policy's copies could not be read (or has no backend): nothing is copied or deleted
     /// there this run, and the source holds what that destination would want if it held nothing.
     pub(crate) fn copy_survey_failed(&mut self, destination: &str, e: &Error) {
@@ -456,6 +474,13 @@ impl<'a> Run<'a> {
         self.metrics
             .snapshot_deleted(self.policy(), serves, destination);
         self.report.copies.deleted += 1;
+    }
+
+    /// [`Run::kept_in_use`] for a copy in `destination` (an AMI registered from it there).
+    pub(crate) fn copy_kept_in_use(&mut self, destination: &str, d: &Decision) {
+        tracing::info!(copy = %d.snapshot_id, volume = %d.volume_id, destination = %destination, "kept: the copy backs an AMI");
+        self.metrics.kept_in_use(self.policy(), destination);
+        self.report.kept_in_use += 1;
     }
 
     pub(crate) fn copy_delete_failed(

@@ -1039,3 +1039,64 @@ count-tag = "SnapshotDaily"
     assert_eq!(rig.dr_ids(), old, "and so does the destination");
     assert_eq!(out.report.copies.deleted, 0);
 }
+
+#[tokio::test]
+async fn copy_retention_over_a_deletion_cap_deletes_nothing_and_names_the_destination() {
+    let rig = Rig::new(20);
+    let policy = policy_with(
+        "{ last = 7 }",
+        &copy_to_dr("{ last = 1 }", ""),
+        "max-deletes-per-run = 2",
+    );
+    let volume = rig.volume();
+    let today = rig.snapshot(&volume, slot(), &[]);
+    let mut copies: BTreeSet<String> = (1..4)
+        .map(|d| {
+            rig.copy(
+                &format!("snap-{d}"),
+                &volume,
+                slot() - days(d),
+                SnapState::Completed,
+                &[],
+            )
+        })
+        .collect();
+    copies.insert(rig.copy(&today, &volume, slot(), SnapState::Completed, &[]));
+    let out = rig.run(&policy, slot()).await;
+    assert_eq!(rig.dr_ids(), copies, "nothing deleted");
+    assert_eq!(
+        problems(&out),
+        [(DR.to_string(), "retention", "deletion-cap".to_string())]
+    );
+    let message = &out.report.problems[0].message;
+    assert!(
+        message.contains(&format!("copies in {DR}")) && message.contains("max-deletes-per-run"),
+        "{message}"
+    );
+    assert_eq!(out.report.copies.deleted, 0);
+}
+
+#[tokio::test]
+async fn a_copy_backing_an_ami_is_kept_and_counted_in_its_destination() {
+    let rig = Rig::new(20);
+    let policy = policy(&copy_to_dr("{ last = 1 }", ""));
+    let volume = rig.volume();
+    let today = rig.snapshot(&volume, slot(), &[]);
+    let newest = rig.copy(&today, &volume, slot(), SnapState::Completed, &[]);
+    let ami = rig.copy(
+        "snap-1",
+        &volume,
+        slot() - days(1),
+        SnapState::Completed,
+        &[],
+    );
+    rig.dr.mark_in_use(&ami);
+    let out = rig.run(&policy, slot()).await;
+    assert!(out.report.problems.is_empty(), "{:?}", out.report.problems);
+    assert_eq!(rig.dr_ids(), BTreeSet::from([newest, ami]));
+    assert_eq!((out.report.kept_in_use, out.report.copies.deleted), (1, 0));
+    let text = rig.metrics.render(slot());
+    let line =
+        format!(r#"snapwarden_snapshots_kept_in_use_total{{policy="prod",region="{DR}"}} 1"#);
+    assert!(text.contains(&line), "missing {line} in\n{text}");
+}
