@@ -1100,3 +1100,57 @@ async fn a_copy_backing_an_ami_is_kept_and_counted_in_its_destination() {
         format!(r#"snapwarden_snapshots_kept_in_use_total{{policy="prod",region="{DR}"}} 1"#);
     assert!(text.contains(&line), "missing {line} in\n{text}");
 }
+
+#[tokio::test]
+async fn behind_a_full_gate_the_source_lets_each_snapshot_go_only_once_its_copy_has_completed() {
+    // One copy pending at a time in the destination.
+    let rig = Rig::new(1);
+    let policy = policy_with("{ last = 2 }", &copy_to_dr("{ last = 5 }", ""), "");
+    let volume = rig.volume();
+    let s: Vec<String> = (0..6)
+        .rev()
+        .map(|d| rig.snapshot(&volume, slot() - days(d), &[]))
+        .collect();
+    let first = rig.run(&policy, slot()).await;
+    assert_eq!(
+        (first.report.copies.created, first.report.copies.deferred),
+        (1, 4)
+    );
+    assert!(
+        first.report.problems.is_empty(),
+        "{:?}",
+        first.report.problems
+    );
+    assert_eq!(rig.source_ids(), ids([&s[1], &s[2], &s[3], &s[4], &s[5]]));
+
+    // The copy still pending holds the gate's one place: nothing more is sent, nothing pruned.
+    let second = rig.run(&policy, slot()).await;
+    assert_eq!(
+        (second.report.copies.created, second.report.copies.deferred),
+        (0, 4)
+    );
+    assert_eq!(rig.source_ids().len(), 5);
+
+    // Each completed copy lets its source go (beyond the source's own last 2) and makes room for the next.
+    let mut left = s[1..].to_vec();
+    for i in 2..=5 {
+        rig.dr.complete_all();
+        let out = rig.run(&policy, slot()).await;
+        assert_eq!(out.report.copies.created, 1, "{:?}", out.report);
+        if left.len() > 2 {
+            left.remove(0);
+        }
+        let expected: BTreeSet<String> = left.iter().cloned().collect();
+        assert_eq!(
+            rig.source_ids(),
+            expected,
+            "after the copy of s[{i}] was sent"
+        );
+    }
+    assert_eq!(rig.sent_sources(), s[1..]);
+    rig.dr.complete_all();
+    let last = rig.run(&policy, slot()).await;
+    assert_eq!(last.report.copies, Default::default());
+    assert_eq!(rig.source_ids(), ids([&s[4], &s[5]]));
+    assert_eq!(rig.copied_sources(), s[1..].iter().cloned().collect());
+}
