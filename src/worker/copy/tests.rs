@@ -1154,3 +1154,43 @@ async fn behind_a_full_gate_the_source_lets_each_snapshot_go_only_once_its_copy_
     assert_eq!(rig.source_ids(), ids([&s[4], &s[5]]));
     assert_eq!(rig.copied_sources(), s[1..].iter().cloned().collect());
 }
+
+#[tokio::test]
+async fn a_destination_without_a_backend_holds_the_source_while_the_others_get_their_copies() {
+    const DR2: &str = "eu-central-1";
+    let rig = Rig::new(20);
+    let copies = format!(
+        "{}{}",
+        copy_to_dr("{ last = 2 }", ""),
+        format!("[[policy.schedule.copy]]\nregion = \"{DR2}\"\nkeep = {{ last = 4 }}\n")
+    );
+    let policy = policy_with("{ last = 2 }", &copies, "");
+    let volume = rig.volume();
+    let s: Vec<String> = (0..5)
+        .rev()
+        .map(|d| rig.snapshot(&volume, slot() - days(d), &[]))
+        .collect();
+    let out = rig.run(&policy, slot()).await;
+    assert_eq!(
+        problems(&out),
+        [(DR2.to_string(), "copy", "other".to_string())]
+    );
+    assert!(out.report.problems[0].message.contains(DR2));
+    assert_eq!(rig.sent_sources(), [s[3].clone(), s[4].clone()]);
+    assert_eq!(
+        rig.source_ids(),
+        ids([&s[1], &s[2], &s[3], &s[4]]),
+        "what {DR2} would want stays"
+    );
+    let held: Vec<&str> = out
+        .plan
+        .iter()
+        .filter(|d| d.snapshot_id.as_ref() == s[1] || d.snapshot_id.as_ref() == s[2])
+        .flat_map(|d| d.reasons.iter())
+        .map(|r| match r {
+            Reason::CopyPending { region } => region.as_ref(),
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(held, [DR2, DR2]);
+}
