@@ -61,9 +61,13 @@ fn load(toml: &str) -> Policy {
     config.policies[0].clone()
 }
 
-/// A copy table to the DR region with `keep` and further `keys`.
+/// A copy table to `region` with `keep` and further `keys`.
+fn copy_table(region: &str, keep: &str, keys: &str) -> String {
+    format!("[[policy.schedule.copy]]\nregion = \"{region}\"\nkeep = {keep}\n{keys}\n")
+}
+
 fn copy_to_dr(keep: &str, keys: &str) -> String {
-    format!("[[policy.schedule.copy]]\nregion = \"{DR}\"\nkeep = {keep}\n{keys}\n")
+    copy_table(DR, keep, keys)
 }
 
 fn policy(copy: &str) -> Policy {
@@ -966,7 +970,7 @@ cron = "30 4 * * *"
 keep = {{ last = 1 }}
 {}
 "#,
-        format!("[[policy.schedule.copy]]\nregion = \"{SOURCE}\"\nkeep = {{ last = 5 }}\n")
+        copy_table(SOURCE, "{ last = 5 }", "")
     ));
     let source = Arc::new(FakeEc2::new(SOURCE));
     let destinations = Destinations::new(20, [source.clone() as Arc<dyn Ec2>]);
@@ -1159,11 +1163,7 @@ async fn behind_a_full_gate_the_source_lets_each_snapshot_go_only_once_its_copy_
 async fn a_destination_without_a_backend_holds_the_source_while_the_others_get_their_copies() {
     const DR2: &str = "eu-central-1";
     let rig = Rig::new(20);
-    let copies = format!(
-        "{}{}",
-        copy_to_dr("{ last = 2 }", ""),
-        format!("[[policy.schedule.copy]]\nregion = \"{DR2}\"\nkeep = {{ last = 4 }}\n")
-    );
+    let copies = copy_to_dr("{ last = 2 }", "") + &copy_table(DR2, "{ last = 4 }", "");
     let policy = policy_with("{ last = 2 }", &copies, "");
     let volume = rig.volume();
     let s: Vec<String> = (0..5)
