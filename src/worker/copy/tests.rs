@@ -1194,3 +1194,72 @@ async fn a_destination_without_a_backend_holds_the_source_while_the_others_get_t
         .collect();
     assert_eq!(held, [DR2, DR2]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_snapshot_that_completes_during_its_run_is_copied_by_that_run_and_the_copy_watched_to_completion(
+) {
+    let rig = Rig::new(20);
+    let policy = policy(&copy_to_dr("{ last = 3 }", ""));
+    rig.volume();
+    rig.source.complete_after_describes(Some(2));
+    rig.dr.complete_after_describes(Some(2));
+    let out = rig
+        .run_waiting(&policy, slot(), StdDuration::from_secs(600))
+        .await;
+    assert!(out.report.problems.is_empty(), "{:?}", out.report.problems);
+    assert_eq!(
+        (
+            out.report.created,
+            out.report.copies.created,
+            out.report.copies.pending
+        ),
+        (1, 1, 0)
+    );
+    let source = &rig.source.snapshots()[0];
+    assert_eq!(source.state, SnapState::Completed);
+    assert_eq!(rig.sent_sources(), [source.id.to_string()]);
+    let copy = &rig.dr.snapshots()[0];
+    assert_eq!(copy.state, SnapState::Completed);
+    assert_eq!(tag(copy, ec2::TAG_SOURCE_SNAPSHOT), Some(&*source.id));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_early_deletes_of_a_waiting_run_hold_what_the_destination_wants_too() {
+    let rig = Rig::new(20);
+    let policy = policy_with("{ last = 2 }", &copy_to_dr("{ last = 5 }", ""), "");
+    let volume = rig.volume();
+    let s: Vec<String> = (1..7)
+        .rev()
+        .map(|d| rig.snapshot(&volume, slot() - days(d), &[]))
+        .collect();
+    rig.source.complete_after_describes(Some(1));
+    rig.dr
+        .fail_operation("CopySnapshot", "UnauthorizedOperation");
+    let out = rig
+        .run_waiting(&policy, slot(), StdDuration::from_secs(600))
+        .await;
+    assert_eq!((out.report.created, out.report.deleted), (1, 1));
+    let today = rig
+        .source_ids()
+        .into_iter()
+        .find(|id| !s.contains(id))
+        .expect("today's snapshot");
+    let mut expected = ids([&s[1], &s[2], &s[3], &s[4], &s[5]]);
+    expected.insert(today.clone());
+    assert_eq!(
+        rig.source_ids(),
+        expected,
+        "only the one no copy wants goes"
+    );
+    // The copies wanted now: today's and the four before it; each refused.
+    let refused: BTreeSet<String> = out
+        .report
+        .problems
+        .iter()
+        .filter(|p| p.operation == "copy")
+        .map(|p| p.resource.clone())
+        .collect();
+    let mut wanted = ids([&s[2], &s[3], &s[4], &s[5]]);
+    wanted.insert(today);
+    assert_eq!(refused, wanted);
+}
