@@ -31,6 +31,9 @@ use crate::retention::{CapHit, Decision, Snap};
 use crate::schedule::format_slot;
 use crate::ssm::batch::{Cause, Ran};
 
+/// The problem code of a copy destination that cannot be used as configured.
+pub(crate) const COPY_DESTINATION: &str = "copy-destination";
+
 pub(super) struct Run<'a> {
     pub(crate) spec: &'a RunSpec<'a>,
     pub(crate) ec2: &'a dyn Ec2,
@@ -386,6 +389,11 @@ impl<'a> Run<'a> {
         );
         let mut p = Problem::of(destination.to_string(), "copy", e);
         p.message = message;
+        // No AWS call failed: the destination cannot be used as configured (it is the region snapshotted, or the
+        // daemon has no backend for it). Only a person can fix that; retrying the slot would not.
+        if matches!(e, Error::Other(_)) {
+            p.code = COPY_DESTINATION.into();
+        }
         self.report.problems.push(p);
     }
 

@@ -993,6 +993,11 @@ keep = {{ last = 1 }}
         "{}",
         out.report.problems[0].message
     );
+    assert_eq!(out.report.problems[0].code, "copy-destination");
+    assert!(
+        !out.report.worth_retrying(),
+        "only a person can fix the rule"
+    );
     assert_eq!(source.calls("CopySnapshot"), 0);
     assert_eq!(out.report.copies, Default::default());
 }
@@ -1173,7 +1178,7 @@ async fn a_destination_without_a_backend_holds_the_source_while_the_others_get_t
     let out = rig.run(&policy, slot()).await;
     assert_eq!(
         problems(&out),
-        [(DR2.to_string(), "copy", "other".to_string())]
+        [(DR2.to_string(), "copy", "copy-destination".to_string())]
     );
     assert!(out.report.problems[0].message.contains(DR2));
     assert_eq!(rig.sent_sources(), [s[3].clone(), s[4].clone()]);
