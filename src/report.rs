@@ -185,11 +185,19 @@ impl RunReport {
 
     /// Whether running the slot again could change the outcome: not when the only problems wait for a person —
     /// bad count-tag values on targets (`target`), snapshots retention set aside (a slot in the future, a copy
-    /// that records no source) and a deletion cap hit. Retrying those would survey the region again and again
+    /// that records no source), a deletion cap hit and a copy destination that cannot be used as configured. Retrying those would survey the region again and again
     /// until the next fire to report the same thing.
+    /// Copies deferred (the destination's pending limit) are worth a retry too, though no problem: the retry
+    /// sends the next of them as the earlier ones complete, instead of leaving the backlog to the next fire.
     pub(crate) fn worth_retrying(&self) -> bool {
-        const FOR_A_PERSON: [&str; 3] = ["future-slot", "unplaced-copy", "deletion-cap"];
+        const FOR_A_PERSON: [&str; 4] = [
+            "future-slot",
+            "unplaced-copy",
+            "deletion-cap",
+            "copy-destination",
+        ];
         self.fatal.is_some()
+            || self.copies.deferred > 0
             || self
                 .problems
                 .iter()
@@ -242,6 +250,19 @@ mod tests {
             r.problems.push(problem("retention", code));
             assert!(!r.worth_retrying(), "{code} waits for a person");
         }
+        r.problems.push(problem("copy", "copy-destination"));
+        assert!(
+            !r.worth_retrying(),
+            "a copy destination that cannot be used waits for a person"
+        );
+        r.copies.deferred = 3;
+        assert_eq!(
+            r.result(),
+            RunResult::Partial,
+            "deferred copies are no problem of their own"
+        );
+        assert!(r.worth_retrying(), "a retry sends deferred copies");
+        r.copies.deferred = 0;
         r.problems.truncate(1);
         r.problems.push(problem("create", "IncorrectState"));
         assert_eq!(r.result(), RunResult::Partial);

@@ -63,6 +63,7 @@ fn what_to_do_for_copies(code: &str, aws: Option<Code>) -> &'static str {
         Some(Code::InvalidParameter) => "the copy request was refused as invalid (the message names the parameter): nearly always the copy rule's kms-key-id (a key id, alias or ARN of the destination region) or its encryption. Fix the copy rule; the next run copies it",
         Some(_) => what_to_do(code, aws),
         None => match code {
+            "copy-destination" => "the copy rule's region cannot be used: it is the region this policy snapshots (with aws.regions empty, the SDK's region), or one the daemon started without (restart it after adding a destination). Fix the copy rule's region",
             "copy-error" => "the copy ended in the error state, nearly always its KMS key: the destination key's policy must let snapwarden's role use it, and so must the source snapshot's key (a snapshot under the AWS-managed key aws/ebs copies fine within the account). The next run copies it again",
             _ => what_to_do(code, None),
         },

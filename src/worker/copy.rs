@@ -698,7 +698,7 @@ async fn prune(
     let snaps: Vec<Snap> = copies.iter().map(|c| c.snap.clone()).collect();
     let plan = plan_retention(run.spec.policy, d, &snaps, &run.survey, frozen, run.now());
     if let Some(hit) = &plan.cap_hit {
-        run.cap_hit(hit);
+        run.copy_cap_hit(&d.region, hit);
         return;
     }
     let doomed: Vec<Decision> = plan
@@ -726,7 +726,7 @@ async fn prune(
             Ok(()) => {}
             Err(e) if e.is(Code::SnapshotNotFound) => {}
             Err(e) if e.is(Code::SnapshotInUse) => {
-                run.kept_in_use(&dec);
+                run.copy_kept_in_use(&d.region, &dec);
                 continue;
             }
             Err(e @ Error::Stopped { .. }) => {
@@ -745,8 +745,8 @@ async fn prune(
 }
 
 /// Retention of `snaps`, copies in `d` of the region `survey` read: by the copy rules' keep, per source volume,
-/// with the policy's orphan rule (a copy's volume is targeted while its source volume is) and deletion caps; the
-/// volumes in `frozen` lose nothing. What [`prune`] executes and `plan` shows.
+/// with the policy's orphan rule and deletion caps; the volumes in `frozen` lose nothing. What [`prune`] executes
+/// and `plan` shows.
 pub(crate) fn plan_retention(
     policy: &Policy,
     d: &DestinationSurvey,
@@ -755,11 +755,9 @@ pub(crate) fn plan_retention(
     frozen: &HashSet<String>,
     now: DateTime<Utc>,
 ) -> retention::Plan {
-    let targeted: HashSet<String> = survey
-        .targets
-        .iter()
-        .map(|t| copy_key(&t.volume.id))
-        .collect();
+    // The source side's own set (copy keys included): a volume skipped for a bad count tag is still targeted,
+    // so `expire-after` does not delete its copies while the tag is being fixed.
+    let targeted = super::prune::targeted(survey);
     retention::plan(
         &PlanInput {
             snapshots: snaps,

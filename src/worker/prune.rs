@@ -88,18 +88,22 @@ fn counts(survey: &Survey) -> HashMap<(String, String), u32> {
 /// targeted: it must not become an orphan whose history `expire-after` deletes while the tag is being fixed. Nor
 /// are copies of a targeted volume: `orphans.expire-after` must not delete them while their source is still being
 /// snapshotted.
-fn targeted(survey: &Survey) -> HashSet<String> {
+pub(super) fn targeted(survey: &Survey) -> HashSet<String> {
     let mut targeted: HashSet<String> = survey
         .targets
         .iter()
         .map(|t| t.volume.id.clone())
         .chain(survey.seen.iter().map(|(volume, _)| volume.clone()))
         .collect();
-    let copies = survey.targets.iter().flat_map(|t| {
-        let at = t.volume.attachment.as_ref();
-        let by_device = at.map(|(instance, device)| super::survey::copy_key_at(instance, device));
-        std::iter::once(super::survey::copy_key(&t.volume.id)).chain(by_device)
+    let by_device = survey.targets.iter().filter_map(|t| {
+        let (instance, device) = t.volume.attachment.as_ref()?;
+        Some(super::survey::copy_key_at(instance, device))
     });
+    let copies: Vec<String> = targeted
+        .iter()
+        .map(|volume| super::survey::copy_key(volume))
+        .chain(by_device)
+        .collect();
     targeted.extend(copies);
     targeted
 }

@@ -31,6 +31,9 @@ use crate::retention::{CapHit, Decision, Snap};
 use crate::schedule::format_slot;
 use crate::ssm::batch::{Cause, Ran};
 
+/// The problem code of a copy destination that cannot be used as configured.
+pub(crate) const COPY_DESTINATION: &str = "copy-destination";
+
 pub(super) struct Run<'a> {
     pub(crate) spec: &'a RunSpec<'a>,
     pub(crate) ec2: &'a dyn Ec2,
@@ -358,6 +361,24 @@ impl<'a> Run<'a> {
         );
     }
 
+    /// [`Run::cap_hit`] for the retention of the copies in `destination`: the problem names that region, where
+    /// nothing was deleted, not the source's.
+    pub(crate) fn copy_cap_hit(&mut self, destination: &str, hit: &CapHit) {
+        tracing::error!(destination = %destination, setting = hit.setting, limit = %hit.limit, needed = %hit.needed, detail = %hit.message, "deletion cap hit in a copy destination: no copy deleted");
+        let message = format!(
+            "policy {}, copies in {destination} of {}'s snapshots: {}",
+            self.policy(),
+            self.region(),
+            hit.message
+        );
+        self.problem(
+            destination.to_string(),
+            "retention",
+            "deletion-cap".into(),
+            message,
+        );
+    }
+
     /// A destination of the policy's copies could not be read (or has no backend): nothing is copied or deleted
     /// there this run, and the source holds what that destination would want if it held nothing.
     pub(crate) fn copy_survey_failed(&mut self, destination: &str, e: &Error) {
@@ -368,6 +389,11 @@ impl<'a> Run<'a> {
         );
         let mut p = Problem::of(destination.to_string(), "copy", e);
         p.message = message;
+        // No AWS call failed: the destination cannot be used as configured (it is the region snapshotted, or the
+        // daemon has no backend for it). Only a person can fix that; retrying the slot would not.
+        if matches!(e, Error::Other(_)) {
+            p.code = COPY_DESTINATION.into();
+        }
         self.report.problems.push(p);
     }
 
@@ -456,6 +482,13 @@ impl<'a> Run<'a> {
         self.metrics
             .snapshot_deleted(self.policy(), serves, destination);
         self.report.copies.deleted += 1;
+    }
+
+    /// [`Run::kept_in_use`] for a copy in `destination` (an AMI registered from it there).
+    pub(crate) fn copy_kept_in_use(&mut self, destination: &str, d: &Decision) {
+        tracing::info!(copy = %d.snapshot_id, volume = %d.volume_id, destination = %destination, "kept: the copy backs an AMI");
+        self.metrics.kept_in_use(self.policy(), destination);
+        self.report.kept_in_use += 1;
     }
 
     pub(crate) fn copy_delete_failed(
