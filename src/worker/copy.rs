@@ -189,7 +189,7 @@ pub(crate) async fn survey(
 }
 
 /// The copies of `region`'s snapshots for `policy` that `ec2` (a destination) holds, owned by `account_id`.
-pub(crate) async fn read_copies(
+async fn read_copies(
     ec2: &dyn Ec2,
     policy: &Policy,
     region: &str,
