@@ -435,7 +435,7 @@ async fn once_copies_each_new_snapshot_to_the_destination_with_every_tag_and_a_r
     // Nothing landed in the source region but the sources, and every CopySnapshot was signed for the destination.
     assert!(sources
         .iter()
-        .all(|s| s.tags.get("snapwarden:source-snapshot").is_none()));
+        .all(|s| !s.tags.contains_key("snapwarden:source-snapshot")));
     let calls = rig.copy_calls();
     assert_eq!(calls.len(), 2, "{calls:?}");
     assert!(
