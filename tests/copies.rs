@@ -13,7 +13,8 @@
 //! Scenarios: copies with every tag and a rerun that copies nothing (`once`); five weeks of daily runs with the
 //! source keeping 7 and the destination 4 weeklies; a source snapshot whose copy is refused kept past its keep
 //! (`copy-pending`) until copied, then pruned; a deleted source volume's copies following the orphan rule;
-//! `ResourceLimitExceeded` deferring (no problem) and the next run copying oldest first; a throttled destination
+//! `ResourceLimitExceeded` deferring (no problem) and the next run copying oldest first; `copy-concurrency`
+//! bounding the copies pending in the destination, the rest deferred to the next run; a throttled destination
 //! not holding back another policy's creates in the source region; kill -9 while copies are in flight and a
 //! restart that finds them by their tags and copies nothing twice.
 
@@ -304,12 +305,22 @@ struct Backend {
 impl Backend {
     /// One run of policy `policy` at `slot`, its clock five minutes after the slot.
     async fn run(&self, policy: &str, slot: DateTime<Utc>) -> Outcome {
+        self.run_within(policy, slot, quick()).await
+    }
+
+    /// [`Backend::run`] waiting for completion as `completion` says.
+    async fn run_within(
+        &self,
+        policy: &str,
+        slot: DateTime<Utc>,
+        completion: Completion,
+    ) -> Outcome {
         let p = self.shared.config.policy(policy).expect("policy");
         let spec = self
             .region
             .spec(p, slot)
             .concurrency(4)
-            .completion(quick())
+            .completion(completion)
             .explain(true);
         worker::run(
             self.region.ec2.as_ref(),
@@ -797,6 +808,69 @@ async fn resource_limit_exceeded_defers_the_copies_and_the_next_run_copies_them_
     );
     assert_eq!(copy_sets(&rig, "dr").await, all(1..=2));
     assert_eq!(source_sets(&rig, "dr").await, all(1..=2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_concurrency_bounds_the_copies_pending_in_the_destination_and_the_next_run_sends_the_rest(
+) {
+    let rig = Rig::new(8, 4).await;
+    let b = rig
+        .backend(
+            "copy-concurrency = 2",
+            &dr_policy("last = 7", "keep = { last = 7 }", ""),
+            pace(),
+        )
+        .await;
+    // Copies stay pending in the destination (as they do on AWS for minutes), so the two places never free up
+    // within the run's completion deadline.
+    let pending = rig.copy_volume_ids(vec![(
+        "<status>completed</status>".into(),
+        "<status>pending</status>".into(),
+    )]);
+    rig.proxy.set_rules(vec![pending]);
+    let short = Completion {
+        deadline: StdDuration::from_millis(500),
+        ..quick()
+    };
+    let out = b.run_within("dr", day(1), short).await;
+    assert_clean(&out, "day 1: deferred copies are no problem");
+    assert_eq!(out.report.created, 4);
+    let c = &out.report.copies;
+    assert_eq!((c.created, c.deferred, c.pending), (2, 2, 2), "{c:?}");
+    assert_eq!(rig.copy_calls().len(), 2);
+    let metrics = b.shared.metrics.render(Utc::now());
+    assert_eq!(
+        common::metric(
+            &metrics,
+            "snapwarden_copies_pending",
+            &[("policy", "dr"), ("region", REGION), ("destination", DR)]
+        ),
+        Some(2.0),
+        "{metrics}"
+    );
+    let copies = copy_sets(&rig, "dr").await;
+    assert_eq!(copies.len(), 2, "{copies:?}");
+
+    // The copies complete: the next run of the slot sees them done and sends the other two.
+    rig.proxy.set_rules(rig.aws_like(Vec::new()));
+    let out = b.run_within("dr", day(1), short).await;
+    assert_clean(&out, "day 1 again");
+    let c = &out.report.copies;
+    assert_eq!((c.created, c.deferred, c.pending), (2, 0, 0), "{c:?}");
+    let one = dates([1]);
+    assert_eq!(
+        copy_sets(&rig, "dr").await,
+        each(
+            &rig.volumes,
+            &[
+                (0, one.clone()),
+                (1, one.clone()),
+                (2, one.clone()),
+                (3, one)
+            ]
+        )
+    );
+    assert_eq!(rig.copy_calls().len(), 4, "none sent twice");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
