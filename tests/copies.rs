@@ -14,7 +14,9 @@
 //! source keeping 7 and the destination 4 weeklies; a source snapshot whose copy is refused kept past its keep
 //! (`copy-pending`) until copied, then pruned; a deleted source volume's copies following the orphan rule;
 //! `ResourceLimitExceeded` deferring (no problem) and the next run copying oldest first; `copy-concurrency`
-//! bounding the copies pending in the destination, the rest deferred to the next run; a throttled destination
+//! bounding the copies pending in the destination, the rest deferred to the next run; a copy ending in `error`
+//! reported, deleted and made again; two source regions sharing one destination, each pruning only its own
+//! copies; a throttled destination
 //! not holding back another policy's creates in the source region; kill -9 while copies are in flight and a
 //! restart that finds them by their tags and copies nothing twice.
 
@@ -193,7 +195,7 @@ struct Rig {
     raw: aws_sdk_ec2::Client,
     raw_dr: aws_sdk_ec2::Client,
     volumes: Vec<String>,
-    _moto: Moto,
+    moto: Moto,
 }
 
 impl Rig {
@@ -216,7 +218,7 @@ impl Rig {
             raw,
             raw_dr,
             volumes: vols,
-            _moto: moto,
+            moto,
         };
         rig.proxy.set_rules(rig.aws_like(Vec::new()));
         rig
@@ -245,25 +247,48 @@ impl Rig {
         Rule::new(&[DESCRIBE], When::Always, Fault::Rewrite(pairs)).in_region(DR)
     }
 
-    /// The daemon's regions for `policies`, through the proxy (fast backoff, AWS's full budget: moto has none).
+    /// The daemon's region for `policies`, through the proxy (fast backoff, AWS's full budget: moto has none).
     async fn backend(&self, daemon: &str, policies: &str, pace: PaceConfig) -> Backend {
-        let text = format!(
-            "[daemon]\n{daemon}\n\n[aws]\nendpoint-url = \"{}\"\nregions = [\"{REGION}\"]\n\n{policies}",
-            self.proxy.endpoint
-        );
-        let shared = Shared::new(
-            config::from_toml_str(Path::new("copies.toml"), &text, &[]).expect("valid test config"),
-        );
-        let region = daemon::aws_regions_paced(&shared, &pace)
+        self.backends(&[REGION], daemon, policies, pace)
             .await
-            .expect("the source region through the proxy")
-            .remove(0);
-        assert_eq!(
-            region.copies.names().collect::<Vec<_>>(),
-            [DR],
-            "one destination backend"
+            .remove(0)
+    }
+
+    /// [`Rig::backend`] for each of the source regions `sources`.
+    async fn backends(
+        &self,
+        sources: &[&str],
+        daemon: &str,
+        policies: &str,
+        pace: PaceConfig,
+    ) -> Vec<Backend> {
+        let regions: Vec<String> = sources.iter().map(|r| format!("\"{r}\"")).collect();
+        let text = format!(
+            "[daemon]\n{daemon}\n\n[aws]\nendpoint-url = \"{}\"\nregions = [{}]\n\n{policies}",
+            self.proxy.endpoint,
+            regions.join(", ")
         );
-        Backend { shared, region }
+        let shared = Arc::new(Shared::new(
+            config::from_toml_str(Path::new("copies.toml"), &text, &[]).expect("valid test config"),
+        ));
+        let regions = daemon::aws_regions_paced(&shared, &pace)
+            .await
+            .expect("the source regions through the proxy");
+        assert_eq!(regions.len(), sources.len());
+        for region in &regions {
+            assert_eq!(
+                region.copies.names().collect::<Vec<_>>(),
+                [DR],
+                "one destination backend, shared"
+            );
+        }
+        regions
+            .into_iter()
+            .map(|region| Backend {
+                shared: shared.clone(),
+                region,
+            })
+            .collect()
     }
 
     /// The CopySnapshot requests the proxy saw (any outcome), in order.
@@ -298,7 +323,7 @@ fn quick() -> Completion {
 }
 
 struct Backend {
-    shared: Shared,
+    shared: Arc<Shared>,
     region: Arc<worker::Region>,
 }
 
@@ -350,6 +375,20 @@ keep = {{ {keep} }}
 region = "{DR}"
 {copy}
 "#
+    )
+}
+
+/// `snapwarden_dr_staleness_seconds` of `dr`/`daily` from the source region to [`DR`], scraped at `at`.
+fn dr_staleness(b: &Backend, at: DateTime<Utc>) -> Option<f64> {
+    common::metric(
+        &b.shared.metrics.render(at),
+        "snapwarden_dr_staleness_seconds",
+        &[
+            ("policy", "dr"),
+            ("schedule", "daily"),
+            ("region", REGION),
+            ("destination", DR),
+        ],
     )
 }
 
@@ -513,6 +552,8 @@ async fn daily_runs_with_the_source_keeping_7_and_copies_4_weeklies_end_with_exa
         each(&rig.volumes, &[(0, weekly.clone()), (1, weekly)])
     );
     assert_eq!((copied, copies_deleted), (76, 76 - 8));
+    // The RPO after losing the source region: both volumes' newest completed copies are of day 38.
+    assert_eq!(dr_staleness(&b, day(38) + Duration::hours(1)), Some(3600.0));
     // One CopySnapshot per copy made: none refused, none repeated.
     assert_eq!(rig.copy_calls().len(), 76);
     // Without `copy-tags`, a copy carries snapwarden's tags and nothing else.
@@ -590,6 +631,11 @@ async fn a_source_snapshot_whose_copy_is_refused_is_kept_past_its_keep_until_cop
         each(&rig.volumes, &[(0, dates(1..=4))])
     );
     assert!(copy_sets(&rig, "dr").await.is_empty());
+    // With no copy at all, the destination cannot restore anything since the oldest source snapshot, day 1.
+    assert_eq!(
+        dr_staleness(&b, day(4) + Duration::hours(1)),
+        Some((Duration::days(3) + Duration::hours(1)).num_seconds() as f64)
+    );
     // Days 1 and 2 are beyond `last = 2`: kept only because their copy is not made yet.
     for d in [1, 2] {
         let dec = last
@@ -664,6 +710,135 @@ async fn a_source_snapshot_whose_copy_is_refused_is_kept_past_its_keep_until_cop
         copy_sets(&rig, "dr").await,
         each(&rig.volumes, &[(0, dates(1..=5))])
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_that_ends_in_error_is_reported_deleted_and_made_again_by_the_next_run() {
+    let rig = Rig::new(9, 1).await;
+    let b = rig
+        .backend(
+            "",
+            &dr_policy("last = 2", "keep = { last = 7 }", ""),
+            pace(),
+        )
+        .await;
+    // The destination's first DescribeSnapshots is the run's survey of it; the second, the first completion poll,
+    // finds the new copy in `error` (on AWS: nearly always the KMS key policy).
+    let error = rig.copy_volume_ids(vec![(
+        "<status>completed</status>".into(),
+        "<status>error</status>".into(),
+    )]);
+    rig.proxy.set_rules(vec![
+        Rule {
+            when: When::Calls(vec![2]),
+            ..error
+        },
+        rig.copy_volume_ids(Vec::new()),
+    ]);
+    let out = b.run("dr", day(1)).await;
+    let rep = &out.report;
+    assert_eq!(rep.result(), RunResult::Partial, "{rep:#?}");
+    assert_eq!(rep.problems.len(), 1, "{:#?}", rep.problems);
+    let p = &rep.problems[0];
+    let source = found(&rig.raw, "dr").await;
+    assert_eq!(source.len(), 1);
+    assert_eq!(
+        (p.operation, p.code.as_str(), p.resource.as_str()),
+        ("copy", "copy-error", source[0].id.as_str()),
+        "{p:?}"
+    );
+    assert!(p.message.contains(DR), "{p:?}");
+    // The errored copy restores nothing: it is gone from the destination.
+    assert!(copy_sets(&rig, "dr").await.is_empty());
+    assert_eq!(rig.proxy.count("DeleteSnapshot", "forwarded"), 1);
+
+    // The next run copies the source again.
+    let out = b.run("dr", day(1)).await;
+    assert_clean(&out, "day 1 again");
+    assert_eq!(out.report.copies.created, 1);
+    assert_eq!(
+        copy_sets(&rig, "dr").await,
+        each(&rig.volumes, &[(0, dates([1]))])
+    );
+    assert_eq!(rig.copy_calls().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_source_regions_copying_to_one_destination_each_keep_and_prune_only_their_own_copies() {
+    const EU: &str = "eu-west-1";
+    let mut rig = Rig::new(10, 2).await;
+    let conf = rig.moto.sdk_config().await;
+    let raw_eu = aws_sdk_ec2::Client::new(&conf.to_builder().region(SdkRegion::new(EU)).build());
+    let mut eu = Vec::new();
+    for i in 0..2 {
+        let name = format!("db-eu-{i}");
+        let spec = TagSpecification::builder()
+            .resource_type(ResourceType::Volume)
+            .set_tags(Some(vec![
+                Tag::builder().key("Backup").value("dr").build(),
+                Tag::builder().key("Name").value(name).build(),
+            ]))
+            .build();
+        let v = raw_eu
+            .create_volume()
+            .availability_zone(format!("{EU}a"))
+            .size(8)
+            .tag_specifications(spec)
+            .send()
+            .await
+            .expect("CreateVolume in eu-west-1");
+        eu.push(v.volume_id().unwrap().to_string());
+    }
+    eu.sort();
+    // Both regions' volumes answered as AWS would in the destination.
+    rig.volumes.extend(eu.iter().cloned());
+    rig.proxy.set_rules(rig.aws_like(Vec::new()));
+    let both = rig
+        .backends(
+            &[REGION, EU],
+            "",
+            &dr_policy("last = 7", "keep = { last = 2 }", ""),
+            pace(),
+        )
+        .await;
+    for d in 1..=3 {
+        for b in &both {
+            let out = b.run("dr", day(d)).await;
+            assert_clean(&out, &format!("{} day {d}", b.region.ec2.region()));
+            // Each region copies its own two volumes and prunes only its own copies.
+            assert_eq!(out.report.copies.created, 2, "day {d}");
+            assert_eq!(
+                out.report.copies.deleted,
+                if d == 3 { 2 } else { 0 },
+                "day {d}"
+            );
+        }
+    }
+    let copies = found(&rig.raw_dr, "dr").await;
+    let mut by: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+    for c in &copies {
+        by.entry((
+            c.tag("snapwarden:source-region").to_string(),
+            c.tag("snapwarden:source-volume").to_string(),
+        ))
+        .or_default()
+        .insert(c.date());
+    }
+    let want: BTreeMap<(String, String), BTreeSet<String>> = rig.volumes[..2]
+        .iter()
+        .map(|v| (REGION, v))
+        .chain(eu.iter().map(|v| (EU, v)))
+        .map(|(r, v)| ((r.to_string(), v.clone()), dates(2..=3)))
+        .collect();
+    assert_eq!(by, want);
+    assert_eq!(copies.len(), 8);
+    // Each CopySnapshot named the region its source is in.
+    for h in rig.copy_calls() {
+        let source = h.param("SourceSnapshotId").unwrap_or_default();
+        let region = h.param("SourceRegion").unwrap_or_default();
+        let in_eu = found(&raw_eu, "dr").await.iter().any(|s| s.id == source);
+        assert_eq!(region, if in_eu { EU } else { REGION }, "{h:?}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
