@@ -15,7 +15,7 @@
 //! (`copy-pending`) until copied, then pruned; a deleted source volume's copies following the orphan rule;
 //! `ResourceLimitExceeded` deferring (no problem) and the next run copying oldest first; `copy-concurrency`
 //! bounding the copies pending in the destination, the rest deferred to the next run; a copy ending in `error`
-//! reported, deleted and made again; two source regions sharing one destination, each pruning only its own
+//! reported, deleted and made again; a copy whose answer is lost not sent again; two source regions sharing one destination, each pruning only its own
 //! copies; a throttled destination
 //! not holding back another policy's creates in the source region; kill -9 while copies are in flight and a
 //! restart that finds them by their tags and copies nothing twice.
@@ -174,7 +174,8 @@ async fn copy_sets(rig: &Rig, policy: &str) -> BTreeMap<String, BTreeSet<String>
     out
 }
 
-/// `sets` with an empty set for each of `volumes` it lacks, so a volume with nothing left is compared too.
+/// The expected read-back: `volumes[i]` -> its dates for each `(i, dates)`, leaving out empty sets (a volume with
+/// nothing left does not appear in what moto lists).
 fn each(
     volumes: &[String],
     sets: &[(usize, BTreeSet<String>)],
@@ -839,6 +840,55 @@ async fn two_source_regions_copying_to_one_destination_each_keep_and_prune_only_
         let in_eu = found(&raw_eu, "dr").await.iter().any(|s| s.id == source);
         assert_eq!(region, if in_eu { EU } else { REGION }, "{h:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_whose_answer_is_lost_is_not_sent_again_and_the_next_run_finds_it_by_its_tags() {
+    let rig = Rig::new(11, 3).await;
+    let b = rig
+        .backend(
+            "",
+            &dr_policy("last = 7", "keep = { last = 7 }", ""),
+            pace(),
+        )
+        .await;
+    // moto makes the first copy, and the connection drops before its answer (CopySnapshot has no client token).
+    rig.proxy.set_rules(rig.aws_like(vec![
+        Rule::new(&[COPY], When::Calls(vec![1]), Fault::Lost).in_region(DR),
+    ]));
+    let out = b.run("dr", day(1)).await;
+    let rep = &out.report;
+    assert_eq!(rep.result(), RunResult::Partial, "{rep:#?}");
+    assert_eq!(rep.copies.created, 2, "{rep:#?}");
+    let lost = &rig.copy_calls()[0];
+    assert_eq!(lost.outcome, "lost");
+    let source = lost.param("SourceSnapshotId").unwrap();
+    assert_eq!(rep.problems.len(), 1, "{:#?}", rep.problems);
+    assert_eq!(
+        (rep.problems[0].operation, rep.problems[0].resource.as_str()),
+        ("copy", source.as_str()),
+        "{:?}",
+        rep.problems[0]
+    );
+    // Not retried: a repeat could have made a second copy.
+    assert_eq!(rig.copy_calls().len(), 3);
+    let one = dates([1]);
+    let all = each(
+        &rig.volumes,
+        &[(0, one.clone()), (1, one.clone()), (2, one.clone())],
+    );
+    assert_eq!(
+        copy_sets(&rig, "dr").await,
+        all,
+        "the lost answer's copy exists"
+    );
+
+    rig.proxy.set_rules(rig.aws_like(Vec::new()));
+    let out = b.run("dr", day(1)).await;
+    assert_clean(&out, "day 1 again");
+    assert_eq!(out.report.copies.created, 0);
+    assert_eq!(rig.copy_calls().len(), 3, "nothing copied twice");
+    assert_eq!(copy_sets(&rig, "dr").await, all);
 }
 
 // ---------------------------------------------------------------------------------------------------------------

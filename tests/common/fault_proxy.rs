@@ -1,9 +1,9 @@
 //! A fault-injecting HTTP/1.1 proxy for moto, on 127.0.0.1: it reads each request on a kept-alive client
 //! connection, finds its action (`Action=` in the form body: EC2 and STS speak the query protocol; or the
 //! `X-Amz-Target` header: SSM speaks JSON), and by the first rule that fires answers it with the service's error
-//! (EC2's XML, or JSON for a JSON request), delays it, resets the connection, rewrites moto's answer where moto
-//! models something differently from EC2 (a copy's volume id, a snapshot's state), or forwards it to moto. Rules
-//! fire at a rate (one seeded RNG for the whole proxy, so a failing run can be replayed) or on chosen calls of the
+//! (EC2's XML, or JSON for a JSON request), delays it (or its answer), resets the connection (before or after moto
+//! has acted on it), rewrites moto's answer where moto models something differently from EC2 (a copy's volume id,
+//! a snapshot's state), or forwards it to moto. Rules fire at a rate (one seeded RNG for the whole proxy, so a failing run can be replayed) or on chosen calls of the
 //! matching actions, optionally only for requests signed for one region (the SigV4 credential scope: moto serves
 //! every region on one endpoint, and the signing region is where AWS would have sent the call). Every request is
 //! logged with its arrival time, signing region, action and outcome, so a test can count injected faults and
@@ -37,6 +37,8 @@ pub enum Fault {
     /// Forward at once, then hold moto's answer this long: the call has taken effect (a snapshot or copy exists)
     /// while the client still waits, as when EC2's answer is slow or lost with the caller.
     Late(Duration),
+    /// Forward, then close the connection without answering: the call took effect and the caller cannot know.
+    Lost,
 }
 
 /// EC2's HTTP status for an error code.
@@ -101,7 +103,7 @@ pub struct Hit {
     /// The region the request was signed for (`-` when unsigned).
     pub region: String,
     pub action: String,
-    /// `forwarded`, `delayed`, `rewritten`, `late`, `reset`, or the injected error code.
+    /// `forwarded`, `delayed`, `rewritten`, `late`, `lost`, `reset`, or the injected error code.
     pub outcome: String,
     /// The form body (query-protocol parameters): which snapshot or volume the request was about.
     pub body: String,
@@ -328,6 +330,12 @@ fn serve(client: TcpStream, upstream: u16, state: &Mutex<State>) {
                     Some(r) => r,
                     None => return,
                 }
+            }
+            Some(Fault::Lost) => {
+                log(state, at, &req, &action, "lost");
+                let _ = forward(&req, upstream, &[]);
+                let _ = writer.shutdown(Shutdown::Both);
+                return;
             }
             Some(Fault::Late(d)) => {
                 log(state, at, &req, &action, "late");
