@@ -404,8 +404,7 @@ fn assert_clean(out: &Outcome, what: &str) {
 // ---------------------------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn once_copies_each_new_snapshot_to_the_destination_with_every_tag_and_a_rerun_copies_nothing(
-) {
+async fn once_copies_each_new_snapshot_with_every_tag_and_a_rerun_copies_nothing() {
     let rig = Rig::new(1, 2).await;
     let dir = tempfile::tempdir().unwrap();
     let policy = dr_policy("last = 7", "keep = { last = 7 }\ncopy-tags = true", "");
@@ -1036,8 +1035,7 @@ async fn resource_limit_exceeded_defers_the_copies_and_the_next_run_copies_them_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn copy_concurrency_bounds_the_copies_pending_in_the_destination_and_the_next_run_sends_the_rest(
-) {
+async fn copy_concurrency_bounds_the_copies_pending_there_and_the_next_run_sends_the_rest() {
     let rig = Rig::new(8, 4).await;
     let b = rig
         .backend(
@@ -1214,8 +1212,7 @@ async fn a_throttled_destination_does_not_hold_back_creates_in_the_source_region
 const HOLD: StdDuration = StdDuration::from_millis(800);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_while_copies_are_in_flight_the_restart_finds_them_by_their_tags_and_copies_none_twice(
-) {
+async fn killed_while_copies_are_in_flight_the_restart_finds_them_by_tag_and_copies_none_twice() {
     let rig = Rig::new(7, 4).await;
     let dir = tempfile::tempdir().unwrap();
     let port = common::free_port();
@@ -1291,6 +1288,14 @@ keep = {{ last = 3 }}
         .filter_map(|h| h.param("SourceSnapshotId"))
         .collect();
     assert_eq!(first_calls.len(), 2);
+    assert_eq!(
+        before
+            .iter()
+            .map(|c| c.tag("snapwarden:source-snapshot").to_string())
+            .collect::<BTreeSet<_>>(),
+        first_calls,
+        "the copy whose answer the daemon never heard is among them"
+    );
 
     // Restart, answers no longer held; the copies still look pending. Catch-up fires the same slot.
     rig.proxy.set_rules(vec![pending()]);
