@@ -10,7 +10,8 @@
 //! What is read back is read from moto directly, not through the proxy, so a stand-in cannot hide what was sent:
 //! every set asserted is the exact set of slots (as dates) per source volume on each side.
 //!
-//! Scenarios: copies with every tag and a rerun that copies nothing (`once`); five weeks of daily runs with the
+//! Scenarios: copies with every tag and a rerun that copies nothing (`once`); co-firing schedules of which only
+//! one copies; five weeks of daily runs with the
 //! source keeping 7 and the destination 4 weeklies; a source snapshot whose copy is refused kept past its keep
 //! (`copy-pending`) until copied, then pruned; a deleted source volume's copies following the orphan rule;
 //! `ResourceLimitExceeded` deferring (no problem) and the next run copying oldest first; `copy-concurrency`
@@ -106,6 +107,8 @@ struct Found {
     id: String,
     volume: String,
     state: String,
+    encrypted: bool,
+    kms_key_id: Option<String>,
     tags: BTreeMap<String, String>,
 }
 
@@ -137,6 +140,8 @@ async fn found(raw: &aws_sdk_ec2::Client, policy: &str) -> Vec<Found> {
                 .state()
                 .map(|s| s.as_str().to_string())
                 .unwrap_or_default(),
+            encrypted: s.encrypted().unwrap_or_default(),
+            kms_key_id: s.kms_key_id().map(String::from),
             tags: s
                 .tags()
                 .iter()
@@ -342,9 +347,11 @@ impl Backend {
         completion: Completion,
     ) -> Outcome {
         let p = self.shared.config.policy(policy).expect("policy");
+        let tz = self.shared.config.daemon.timezone;
         let spec = self
             .region
             .spec(p, slot)
+            .firing(daemon::firing_at(p, slot, tz))
             .concurrency(4)
             .completion(completion)
             .explain(true);
@@ -400,14 +407,18 @@ fn assert_clean(out: &Outcome, what: &str) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// 1. Every tag, and a rerun copies nothing (`snapwarden once`)
+// 1. Every tag and the configured key, and a rerun copies nothing (`snapwarden once`)
 // ---------------------------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn once_copies_each_new_snapshot_with_every_tag_and_a_rerun_copies_nothing() {
     let rig = Rig::new(1, 2).await;
     let dir = tempfile::tempdir().unwrap();
-    let policy = dr_policy("last = 7", "keep = { last = 7 }\ncopy-tags = true", "");
+    let policy = dr_policy(
+        "last = 7",
+        "keep = { last = 7 }\ncopy-tags = true\nkms-key-id = \"alias/snapwarden-dr\"",
+        "",
+    );
     let config = common::write_config(
         dir.path(),
         common::free_port(),
@@ -470,6 +481,14 @@ async fn once_copies_each_new_snapshot_with_every_tag_and_a_rerun_copies_nothing
         want.extend(user);
         assert_eq!(c.tags, want, "{c:?}");
         assert_eq!(c.state, "completed");
+        // Re-encrypted with the configured key (moto keeps the key it was sent without checking it).
+        assert!(!source.encrypted, "{source:?}");
+        assert_eq!(
+            c.kms_key_id.as_deref(),
+            Some("alias/snapwarden-dr"),
+            "{c:?}"
+        );
+        assert!(c.encrypted, "{c:?}");
     }
     let sourced: BTreeSet<&str> = copies
         .iter()
@@ -489,9 +508,9 @@ async fn once_copies_each_new_snapshot_with_every_tag_and_a_rerun_copies_nothing
     let calls = rig.copy_calls();
     assert_eq!(calls.len(), 2, "{calls:?}");
     assert!(
-        calls
-            .iter()
-            .all(|h| h.region == DR && h.param("SourceRegion").as_deref() == Some(REGION)),
+        calls.iter().all(|h| h.region == DR
+            && h.param("SourceRegion").as_deref() == Some(REGION)
+            && h.param("Encrypted").as_deref() == Some("true")),
         "{calls:?}"
     );
 
@@ -579,6 +598,65 @@ async fn daily_runs_with_the_source_keeping_7_and_copies_4_weeklies_end_with_exa
         ),
         (0, 0, 0, 0)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_schedule_with_a_copy_rule_is_copied_when_schedules_co_fire() {
+    let rig = Rig::new(12, 1).await;
+    // Nightly snapshots stay in the source; Sunday's, which serve the weekly schedule too, are copied.
+    let policy = format!(
+        r#"[[policy]]
+name = "dr"
+target = {{ resource = "volume", tags = {{ Backup = "dr" }} }}
+
+[[policy.schedule]]
+name = "daily"
+cron = "30 4 * * *"
+keep = {{ last = 7 }}
+
+[[policy.schedule]]
+name = "weekly"
+cron = "30 4 * * 0"
+keep = {{ last = 4 }}
+
+[[policy.schedule.copy]]
+region = "{DR}"
+keep = {{ last = 4 }}
+"#
+    );
+    let b = rig.backend("", &policy, pace()).await;
+    // Monday 5 to Sunday 18 October: two Sundays.
+    for d in 1..=14 {
+        let out = b.run("dr", day(d)).await;
+        assert_clean(&out, &format!("day {d}"));
+        let sunday = d % 7 == 0;
+        assert_eq!(
+            out.report.copies.created,
+            usize::from(sunday),
+            "day {d}: {:#?}",
+            out.report
+        );
+    }
+    assert_eq!(
+        source_sets(&rig, "dr").await,
+        each(&rig.volumes, &[(0, dates(7..=14))])
+    );
+    assert_eq!(
+        copy_sets(&rig, "dr").await,
+        each(&rig.volumes, &[(0, dates([7, 14]))])
+    );
+    // A copy lists the schedules that copy it, not every schedule its source served: a schedule listed without a
+    // copy rule would keep the copy for ever.
+    for c in found(&rig.raw_dr, "dr").await {
+        assert_eq!(c.tag("snapwarden:schedule"), "weekly", "{c:?}");
+    }
+    for s in found(&rig.raw, "dr")
+        .await
+        .iter()
+        .filter(|s| s.date() == date(14))
+    {
+        assert_eq!(s.tag("snapwarden:schedule"), "daily,weekly", "{s:?}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
