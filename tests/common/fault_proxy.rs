@@ -1,11 +1,13 @@
 //! A fault-injecting HTTP/1.1 proxy for moto, on 127.0.0.1: it reads each request on a kept-alive client
 //! connection, finds its action (`Action=` in the form body: EC2 and STS speak the query protocol; or the
 //! `X-Amz-Target` header: SSM speaks JSON), and by the first rule that fires answers it with the service's error
-//! (EC2's XML, or JSON for a JSON request), delays it, resets the connection, rewrites moto's answer where moto
-//! models something differently from EC2 (a copy's volume id, a snapshot's state), or forwards it to moto. Rules
-//! fire at a rate (one seeded RNG for the whole proxy, so a failing run can be replayed) or on chosen calls of the
-//! matching actions. Every request is logged with its arrival time, action and outcome, so a test can count
-//! injected faults and measure requests per second as AWS would see them.
+//! (EC2's XML, or JSON for a JSON request), delays it (or its answer), resets the connection (before or after moto
+//! has acted on it), rewrites moto's answer where moto models something differently from EC2 (a copy's volume id,
+//! a snapshot's state), or forwards it to moto. Rules fire at a rate (one seeded RNG for the whole proxy, so a failing run can be replayed) or on chosen calls of the
+//! matching actions, optionally only for requests signed for one region (the SigV4 credential scope: moto serves
+//! every region on one endpoint, and the signing region is where AWS would have sent the call). Every request is
+//! logged with its arrival time, signing region, action and outcome, so a test can count injected faults and
+//! measure requests per second as AWS would see them, region by region.
 //!
 //! Forwarding opens one moto connection per request with `Connection: close` and re-frames the answer with a
 //! `Content-Length`, so the client side keeps alive whatever moto does.
@@ -32,6 +34,11 @@ pub enum Fault {
     Reset,
     /// Forward, then replace each `(from, to)` in moto's answer: what EC2 says where moto says otherwise.
     Rewrite(Vec<(String, String)>),
+    /// Forward at once, then hold moto's answer this long: the call has taken effect (a snapshot or copy exists)
+    /// while the client still waits, as when EC2's answer is slow or lost with the caller.
+    Late(Duration),
+    /// Forward, then close the connection without answering: the call took effect and the caller cannot know.
+    Lost,
 }
 
 /// EC2's HTTP status for an error code.
@@ -59,6 +66,8 @@ pub enum When {
 pub struct Rule {
     /// Actions the rule applies to; empty: every action.
     pub actions: Vec<&'static str>,
+    /// The signing region the rule applies to; None: every region.
+    pub region: Option<&'static str>,
     pub when: When,
     pub fault: Fault,
 }
@@ -67,13 +76,23 @@ impl Rule {
     pub fn new(actions: &[&'static str], when: When, fault: Fault) -> Rule {
         Rule {
             actions: actions.to_vec(),
+            region: None,
             when,
             fault,
         }
     }
 
-    fn applies(&self, action: &str) -> bool {
-        self.actions.is_empty() || self.actions.contains(&action)
+    /// The same rule, for requests signed for `region` only.
+    pub fn in_region(self, region: &'static str) -> Rule {
+        Rule {
+            region: Some(region),
+            ..self
+        }
+    }
+
+    fn applies(&self, action: &str, region: &str) -> bool {
+        (self.actions.is_empty() || self.actions.contains(&action))
+            && self.region.is_none_or(|r| r == region)
     }
 }
 
@@ -81,8 +100,10 @@ impl Rule {
 #[derive(Debug, Clone)]
 pub struct Hit {
     pub at: Instant,
+    /// The region the request was signed for (`-` when unsigned).
+    pub region: String,
     pub action: String,
-    /// `forwarded`, `delayed`, `rewritten`, `reset`, or the injected error code.
+    /// `forwarded`, `delayed`, `rewritten`, `late`, `lost`, `reset`, or the injected error code.
     pub outcome: String,
     /// The form body (query-protocol parameters): which snapshot or volume the request was about.
     pub body: String,
@@ -242,11 +263,20 @@ fn action_of(req: &Request) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-fn decide(state: &Mutex<State>, action: &str) -> Option<Fault> {
+/// The region of the SigV4 credential scope (`Credential=<key>/<date>/<region>/<service>/aws4_request`).
+fn region_of(req: &Request) -> String {
+    header(&req.head, "authorization")
+        .and_then(|a| a.split("Credential=").nth(1))
+        .and_then(|scope| scope.split('/').nth(2))
+        .unwrap_or("-")
+        .to_string()
+}
+
+fn decide(state: &Mutex<State>, action: &str, region: &str) -> Option<Fault> {
     let mut st = state.lock().unwrap();
     let st = &mut *st;
     for (i, rule) in st.rules.iter().enumerate() {
-        if !rule.applies(action) {
+        if !rule.applies(action, region) {
             continue;
         }
         let n = {
@@ -269,6 +299,7 @@ fn decide(state: &Mutex<State>, action: &str) -> Option<Fault> {
 fn log(state: &Mutex<State>, at: Instant, req: &Request, action: &str, outcome: &str) {
     state.lock().unwrap().log.push(Hit {
         at,
+        region: region_of(req),
         action: action.to_string(),
         outcome: outcome.to_string(),
         body: String::from_utf8_lossy(&req.body).into_owned(),
@@ -281,7 +312,7 @@ fn serve(client: TcpStream, upstream: u16, state: &Mutex<State>) {
     while let Some(req) = read_request(&mut reader) {
         let at = Instant::now();
         let action = action_of(&req);
-        let fault = decide(state, &action);
+        let fault = decide(state, &action, &region_of(&req));
         let response = match fault {
             Some(Fault::Error(code)) => {
                 log(state, at, &req, &action, code);
@@ -296,6 +327,21 @@ fn serve(client: TcpStream, upstream: u16, state: &Mutex<State>) {
                 log(state, at, &req, &action, "delayed");
                 std::thread::sleep(d);
                 match forward(&req, upstream, &[]) {
+                    Some(r) => r,
+                    None => return,
+                }
+            }
+            Some(Fault::Lost) => {
+                log(state, at, &req, &action, "lost");
+                let _ = forward(&req, upstream, &[]);
+                let _ = writer.shutdown(Shutdown::Both);
+                return;
+            }
+            Some(Fault::Late(d)) => {
+                log(state, at, &req, &action, "late");
+                let answer = forward(&req, upstream, &[]);
+                std::thread::sleep(d);
+                match answer {
                     Some(r) => r,
                     None => return,
                 }
