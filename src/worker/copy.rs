@@ -26,7 +26,7 @@ use crate::config::{Encryption, Policy};
 use crate::ec2::op::Code;
 use crate::ec2::{self, CopySnapshot, Ec2, Filter, Tags};
 use crate::error::Error;
-use crate::retention::copies::{plan_copies, Copied, CopyInput, ToCopy};
+use crate::retention::copies::{plan_copies, Copied, CopyInput, CopyPlan, ToCopy};
 use crate::retention::{
     self, Action, Decision, Group, Held, Interner, PlanInput, ScheduleRules, Snap, SnapState,
 };
@@ -260,6 +260,29 @@ fn copies_by_key(copies: &[Copied]) -> HashMap<&str, Vec<Copied>> {
     out
 }
 
+/// Each source volume's copy plan towards `d`, with the volume's snapshots: `snaps` by volume (see [`by_volume`]),
+/// `copies` the destination's.
+fn volume_plans<'s>(
+    d: &'s DestinationSurvey,
+    snaps: &'s [Snap],
+    copies: &'s [Copied],
+    tz: chrono_tz::Tz,
+    now: DateTime<Utc>,
+) -> impl Iterator<Item = (&'s [Snap], CopyPlan)> + 's {
+    let by_key = copies_by_key(copies);
+    volumes(snaps).map(move |source| {
+        let key = copy_key(&source[0].volume_id);
+        let copies = by_key.get(key.as_str()).map_or(&[][..], |c| &c[..]);
+        let input = CopyInput {
+            source,
+            copies,
+            rules: &d.rules,
+            tz,
+        };
+        (source, plan_copies(&input, now))
+    })
+}
+
 /// Adds to `survey.held` what destination `d` wants of the source and has not got. Pending source snapshots count
 /// as the completed ones they will be, as in the run's expected plan: one that completes during the run must not
 /// be pruned before the next run can copy it.
@@ -268,22 +291,9 @@ fn hold(d: &DestinationSurvey, survey: &mut Survey, tz: chrono_tz::Tz, now: Date
     for s in snaps.iter_mut().filter(|s| s.state == SnapState::Pending) {
         s.state = SnapState::Completed;
     }
-    let none = Vec::new();
-    let copies = d.copies.as_ref().unwrap_or(&none);
-    let by_key = copies_by_key(copies);
+    let copies = d.copies.as_deref().unwrap_or_default();
     let mut held: Held = HashMap::new();
-    for source in volumes(&snaps) {
-        let key = copy_key(&source[0].volume_id);
-        let copies = by_key.get(key.as_str()).map_or(&[][..], |c| &c[..]);
-        let plan = plan_copies(
-            &CopyInput {
-                source,
-                copies,
-                rules: &d.rules,
-                tz,
-            },
-            now,
-        );
+    for (_, plan) in volume_plans(d, &snaps, copies, tz, now) {
         for id in plan.hold {
             held.entry(id).or_insert_with(|| Arc::clone(&d.region));
         }
@@ -305,21 +315,9 @@ fn wanted(
         return Vec::new();
     };
     let snaps = by_volume(survey);
-    let by_key = copies_by_key(copies);
     let mut out = Vec::new();
-    for source in volumes(&snaps) {
-        let volume = Arc::clone(&source[0].volume_id);
-        let key = copy_key(&volume);
-        let copies = by_key.get(key.as_str()).map_or(&[][..], |c| &c[..]);
-        let plan = plan_copies(
-            &CopyInput {
-                source,
-                copies,
-                rules: &d.rules,
-                tz,
-            },
-            now,
-        );
+    for (source, plan) in volume_plans(d, &snaps, copies, tz, now) {
+        let volume = &source[0].volume_id;
         out.extend(plan.copy.into_iter().map(|copy| {
             let app_consistent = source
                 .iter()
@@ -327,7 +325,7 @@ fn wanted(
                 .is_some_and(|s| s.app_consistent);
             Want {
                 copy,
-                volume: Arc::clone(&volume),
+                volume: Arc::clone(volume),
                 app_consistent,
             }
         }));
