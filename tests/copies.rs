@@ -29,12 +29,11 @@ use std::sync::Arc;
 use std::time::{Duration as StdDuration, Instant};
 
 use aws_config::Region as SdkRegion;
-use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
 use chrono::{DateTime, Duration, Utc};
 
 use common::fault_proxy::{Fault, FaultProxy, Hit, Rule, When};
 use common::process::{run_to_end, snapwarden, text, Daemon};
-use common::{filter, Moto, REGION};
+use common::{Moto, REGION};
 use snapwarden::config;
 use snapwarden::daemon::{self, Shared};
 use snapwarden::ec2::pace::PaceConfig;
@@ -79,28 +78,6 @@ fn dates(days: impl IntoIterator<Item = i64>) -> BTreeSet<String> {
 // Estate and read-back (moto directly)
 // ---------------------------------------------------------------------------------------------------------------
 
-/// A standalone 8 GiB volume in the source region tagged `tags`.
-async fn volume(raw: &aws_sdk_ec2::Client, tags: &[(&str, &str)]) -> String {
-    let spec = TagSpecification::builder()
-        .resource_type(ResourceType::Volume)
-        .set_tags(Some(
-            tags.iter()
-                .map(|(k, v)| Tag::builder().key(*k).value(*v).build())
-                .collect(),
-        ))
-        .build();
-    raw.create_volume()
-        .availability_zone(format!("{REGION}a"))
-        .size(8)
-        .tag_specifications(spec)
-        .send()
-        .await
-        .expect("CreateVolume")
-        .volume_id()
-        .unwrap()
-        .to_string()
-}
-
 /// A snapshot of `policy` as moto holds it.
 #[derive(Debug, Clone)]
 struct Found {
@@ -124,14 +101,8 @@ impl Found {
 
 /// `policy`'s snapshots in the region of `raw`, read from moto.
 async fn found(raw: &aws_sdk_ec2::Client, policy: &str) -> Vec<Found> {
-    let out = raw
-        .describe_snapshots()
-        .owner_ids("self")
-        .filters(filter("tag:snapwarden:policy", &[policy]))
-        .send()
+    common::policy_snapshots(raw, policy)
         .await
-        .expect("DescribeSnapshots");
-    out.snapshots()
         .iter()
         .map(|s| Found {
             id: s.snapshot_id().unwrap_or_default().to_string(),
@@ -153,41 +124,6 @@ async fn found(raw: &aws_sdk_ec2::Client, policy: &str) -> Vec<Found> {
                 })
                 .collect(),
         })
-        .collect()
-}
-
-/// Source side: volume -> the dates of its snapshots.
-async fn source_sets(rig: &Rig, policy: &str) -> BTreeMap<String, BTreeSet<String>> {
-    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for s in found(&rig.raw, policy).await {
-        out.entry(s.volume.clone()).or_default().insert(s.date());
-    }
-    out
-}
-
-/// Destination side: source volume (by the copy's tag) -> the dates of its copies. Panics on two copies of one
-/// slot: a copy is made once.
-async fn copy_sets(rig: &Rig, policy: &str) -> BTreeMap<String, BTreeSet<String>> {
-    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for c in found(&rig.raw_dr, policy).await {
-        let volume = c.tag("snapwarden:source-volume").to_string();
-        assert!(
-            out.entry(volume).or_default().insert(c.date()),
-            "two copies of one slot: {c:?}"
-        );
-    }
-    out
-}
-
-/// The expected read-back: `volumes[i]` -> its dates for each `(i, dates)`, leaving out empty sets (a volume with
-/// nothing left does not appear in what moto lists).
-fn each(
-    volumes: &[String],
-    sets: &[(usize, BTreeSet<String>)],
-) -> BTreeMap<String, BTreeSet<String>> {
-    sets.iter()
-        .filter(|(_, s)| !s.is_empty())
-        .map(|(i, s)| (volumes[*i].clone(), s.clone()))
         .collect()
 }
 
@@ -215,7 +151,8 @@ impl Rig {
         let mut vols = Vec::new();
         for i in 0..volumes {
             let name = format!("db-{i}");
-            vols.push(volume(&raw, &[("Backup", "dr"), ("team", "db"), ("Name", &name)]).await);
+            let tags = [("Backup", "dr"), ("team", "db"), ("Name", &name)];
+            vols.push(common::moto_volume(&raw, &tags).await);
         }
         vols.sort();
         let proxy = FaultProxy::start(moto.port, seed);
@@ -228,6 +165,46 @@ impl Rig {
         };
         rig.proxy.set_rules(rig.aws_like(Vec::new()));
         rig
+    }
+
+    /// Source side: volume -> the dates of the `dr` policy's snapshots.
+    async fn sources(&self) -> BTreeMap<String, BTreeSet<String>> {
+        let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for s in found(&self.raw, "dr").await {
+            out.entry(s.volume.clone()).or_default().insert(s.date());
+        }
+        out
+    }
+
+    /// Destination side: source volume (by the copy's tag) -> the dates of its copies. Panics on two copies of one
+    /// slot: a copy is made once.
+    async fn copies(&self) -> BTreeMap<String, BTreeSet<String>> {
+        let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for c in found(&self.raw_dr, "dr").await {
+            let volume = c.tag("snapwarden:source-volume").to_string();
+            assert!(
+                out.entry(volume).or_default().insert(c.date()),
+                "two copies of one slot: {c:?}"
+            );
+        }
+        out
+    }
+
+    /// The expected read-back: `volumes[i]` -> its dates for each `(i, dates)`, leaving out empty sets (a volume
+    /// with nothing left does not appear in what moto lists).
+    fn each(&self, sets: &[(usize, BTreeSet<String>)]) -> BTreeMap<String, BTreeSet<String>> {
+        sets.iter()
+            .filter(|(_, s)| !s.is_empty())
+            .map(|(i, s)| (self.volumes[*i].clone(), s.clone()))
+            .collect()
+    }
+
+    /// The expected read-back when every volume of the rig holds `dates`.
+    fn all(&self, dates: BTreeSet<String>) -> BTreeMap<String, BTreeSet<String>> {
+        let every: Vec<_> = (0..self.volumes.len())
+            .map(|i| (i, dates.clone()))
+            .collect();
+        self.each(&every)
     }
 
     /// `rules`, then what makes the destination answer as AWS does: a copy's volume id is not its source's.
@@ -251,6 +228,20 @@ impl Rig {
             .collect();
         pairs.extend(more);
         Rule::new(&[DESCRIBE], When::Always, Fault::Rewrite(pairs)).in_region(DR)
+    }
+
+    /// The destination's DescribeSnapshots showing every copy in `state` (`pending`, `error`), as AWS does when a
+    /// copy takes minutes or fails; moto completes them at once.
+    fn copies_shown(&self, state: &str) -> Rule {
+        self.copy_volume_ids(vec![(
+            "<status>completed</status>".into(),
+            format!("<status>{state}</status>"),
+        )])
+    }
+
+    /// The backend of a [`dr_policy`] keeping `keep` and copied with `copy`, with no daemon settings.
+    async fn dr_backend(&self, keep: &str, copy: &str) -> Backend {
+        self.backend("", &dr_policy(keep, copy, ""), pace()).await
     }
 
     /// The daemon's region for `policies`, through the proxy (fast backoff, AWS's full budget: moto has none).
@@ -368,21 +359,47 @@ impl Backend {
 /// A `dr` policy over the rig's volumes: a daily schedule keeping `keep`, copied to [`DR`] with `copy` (the
 /// inside of the copy table after `region`), and `extra` policy lines.
 fn dr_policy(keep: &str, copy: &str, extra: &str) -> String {
+    dr_policy_of(
+        extra,
+        &[dr_schedule("daily", "30 4 * * *", keep, Some(copy))],
+    )
+}
+
+/// A `dr` policy over the volumes tagged `Backup = dr` with `extra` policy lines and `schedules`.
+fn dr_policy_of(extra: &str, schedules: &[String]) -> String {
     format!(
         r#"[[policy]]
 name = "dr"
 target = {{ resource = "volume", tags = {{ Backup = "dr" }} }}
 {extra}
+{}"#,
+        schedules.concat()
+    )
+}
 
-[[policy.schedule]]
-name = "daily"
-cron = "30 4 * * *"
-keep = {{ {keep} }}
+/// A schedule `name` on `cron` keeping `keep`, copied to [`DR`] with `copy` when it is given.
+fn dr_schedule(name: &str, cron: &str, keep: &str, copy: Option<&str>) -> String {
+    let copy = copy.map_or(String::new(), |c| {
+        format!("\n[[policy.schedule.copy]]\nregion = \"{DR}\"\n{c}\n")
+    });
+    format!(
+        "\n[[policy.schedule]]\nname = \"{name}\"\ncron = \"{cron}\"\nkeep = {{ {keep} }}\n{copy}"
+    )
+}
 
-[[policy.schedule.copy]]
-region = "{DR}"
-{copy}
-"#
+/// `snapwarden once` of `dr`'s `schedule` at `slot` with the config file `config`, to its end.
+fn once(config: &Path, schedule: &str, slot: &str) -> std::process::Output {
+    run_to_end(
+        snapwarden().arg("--config").arg(config).args([
+            "once",
+            "--policy",
+            "dr",
+            "--schedule",
+            schedule,
+            "--slot",
+            slot,
+        ]),
+        StdDuration::from_secs(60),
     )
 }
 
@@ -428,22 +445,8 @@ async fn once_copies_each_new_snapshot_with_every_tag_and_a_rerun_copies_nothing
         &policy,
     );
     let slot = "2026-11-21T04:30:00Z";
-    let once = || {
-        run_to_end(
-            snapwarden().arg("--config").arg(&config).args([
-                "once",
-                "--policy",
-                "dr",
-                "--schedule",
-                "daily",
-                "--slot",
-                slot,
-            ]),
-            StdDuration::from_secs(60),
-        )
-    };
 
-    let out = once();
+    let out = once(&config, "daily", slot);
     assert!(out.status.success(), "{}", text(&out));
     let sources = found(&rig.raw, "dr").await;
     let copies = found(&rig.raw_dr, "dr").await;
@@ -516,7 +519,7 @@ async fn once_copies_each_new_snapshot_with_every_tag_and_a_rerun_copies_nothing
 
     // The same slot again: the slot's snapshots and their copies are found by their tags; nothing is sent.
     rig.proxy.clear_log();
-    let again = once();
+    let again = once(&config, "daily", slot);
     assert!(again.status.success(), "{}", text(&again));
     assert_eq!(rig.copy_calls().len(), 0, "{:?}", rig.proxy.log());
     assert_eq!(rig.proxy.count(CREATE, "forwarded"), 0);
@@ -532,13 +535,7 @@ async fn once_copies_each_new_snapshot_with_every_tag_and_a_rerun_copies_nothing
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daily_runs_with_the_source_keeping_7_and_copies_4_weeklies_end_with_exactly_those_sets() {
     let rig = Rig::new(2, 2).await;
-    let b = rig
-        .backend(
-            "",
-            &dr_policy("last = 7", "keep = { weekly = 4 }", ""),
-            pace(),
-        )
-        .await;
+    let b = rig.dr_backend("last = 7", "keep = { weekly = 4 }").await;
     // Monday 5 October (ISO week 41) to Wednesday 11 November (week 46): 38 daily runs.
     let mut copied = 0;
     let mut copies_deleted = 0;
@@ -555,10 +552,7 @@ async fn daily_runs_with_the_source_keeping_7_and_copies_4_weeklies_end_with_exa
     }
     // Source: the last 7 days, 5 to 11 November.
     let source = dates(32..=38);
-    assert_eq!(
-        source_sets(&rig, "dr").await,
-        each(&rig.volumes, &[(0, source.clone()), (1, source)])
-    );
+    assert_eq!(rig.sources().await, rig.all(source));
     // Destination: the newest copy of each of the last four ISO weeks — W46 (Wed 11 Nov), W45 (Sun 8 Nov),
     // W44 (Sun 1 Nov), W43 (Sun 25 Oct).
     let weekly: BTreeSet<String> = ["2026-11-11", "2026-11-08", "2026-11-01", "2026-10-25"]
@@ -566,10 +560,7 @@ async fn daily_runs_with_the_source_keeping_7_and_copies_4_weeklies_end_with_exa
         .map(|d| d.to_string())
         .collect();
     assert_eq!(weekly, dates([38, 35, 28, 21]));
-    assert_eq!(
-        copy_sets(&rig, "dr").await,
-        each(&rig.volumes, &[(0, weekly.clone()), (1, weekly)])
-    );
+    assert_eq!(rig.copies().await, rig.all(weekly));
     assert_eq!((copied, copies_deleted), (76, 76 - 8));
     // The RPO after losing the source region: both volumes' newest completed copies are of day 38.
     assert_eq!(dr_staleness(&b, day(38) + Duration::hours(1)), Some(3600.0));
@@ -604,25 +595,17 @@ async fn daily_runs_with_the_source_keeping_7_and_copies_4_weeklies_end_with_exa
 async fn only_the_schedule_with_a_copy_rule_is_copied_when_schedules_co_fire() {
     let rig = Rig::new(12, 1).await;
     // Nightly snapshots stay in the source; Sunday's, which serve the weekly schedule too, are copied.
-    let policy = format!(
-        r#"[[policy]]
-name = "dr"
-target = {{ resource = "volume", tags = {{ Backup = "dr" }} }}
-
-[[policy.schedule]]
-name = "daily"
-cron = "30 4 * * *"
-keep = {{ last = 7 }}
-
-[[policy.schedule]]
-name = "weekly"
-cron = "30 4 * * 0"
-keep = {{ last = 4 }}
-
-[[policy.schedule.copy]]
-region = "{DR}"
-keep = {{ last = 4 }}
-"#
+    let policy = dr_policy_of(
+        "",
+        &[
+            dr_schedule("daily", "30 4 * * *", "last = 7", None),
+            dr_schedule(
+                "weekly",
+                "30 4 * * 0",
+                "last = 4",
+                Some("keep = { last = 4 }"),
+            ),
+        ],
     );
     let b = rig.backend("", &policy, pace()).await;
     // Monday 5 to Sunday 18 October: two Sundays.
@@ -637,14 +620,8 @@ keep = {{ last = 4 }}
             out.report
         );
     }
-    assert_eq!(
-        source_sets(&rig, "dr").await,
-        each(&rig.volumes, &[(0, dates(7..=14))])
-    );
-    assert_eq!(
-        copy_sets(&rig, "dr").await,
-        each(&rig.volumes, &[(0, dates([7, 14]))])
-    );
+    assert_eq!(rig.sources().await, rig.all(dates(7..=14)));
+    assert_eq!(rig.copies().await, rig.all(dates([7, 14])));
     // A copy lists the schedules that copy it, not every schedule its source served: a schedule listed without a
     // copy rule would keep the copy for ever.
     for c in found(&rig.raw_dr, "dr").await {
@@ -666,13 +643,7 @@ keep = {{ last = 4 }}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_source_snapshot_whose_copy_is_refused_is_kept_past_its_keep_until_copied_then_pruned() {
     let rig = Rig::new(3, 1).await;
-    let b = rig
-        .backend(
-            "",
-            &dr_policy("last = 2", "keep = { last = 7 }", ""),
-            pace(),
-        )
-        .await;
+    let b = rig.dr_backend("last = 2", "keep = { last = 7 }").await;
     // The destination refuses every copy for four days (a role without ec2:CopySnapshot there).
     rig.proxy.set_rules(rig.aws_like(vec![
         Rule::new(&[COPY], When::Always, Fault::Error("UnauthorizedOperation")).in_region(DR),
@@ -704,11 +675,8 @@ async fn a_source_snapshot_whose_copy_is_refused_is_kept_past_its_keep_until_cop
         last = Some(out);
     }
     let last = last.unwrap();
-    assert_eq!(
-        source_sets(&rig, "dr").await,
-        each(&rig.volumes, &[(0, dates(1..=4))])
-    );
-    assert!(copy_sets(&rig, "dr").await.is_empty());
+    assert_eq!(rig.sources().await, rig.all(dates(1..=4)));
+    assert!(rig.copies().await.is_empty());
     // With no copy at all, the destination cannot restore anything since the oldest source snapshot, day 1.
     assert_eq!(
         dr_staleness(&b, day(4) + Duration::hours(1)),
@@ -760,14 +728,8 @@ async fn a_source_snapshot_whose_copy_is_refused_is_kept_past_its_keep_until_cop
         dates(1..=5).into_iter().collect::<Vec<_>>(),
         "oldest first"
     );
-    assert_eq!(
-        copy_sets(&rig, "dr").await,
-        each(&rig.volumes, &[(0, dates(1..=5))])
-    );
-    assert_eq!(
-        source_sets(&rig, "dr").await,
-        each(&rig.volumes, &[(0, dates(1..=5))])
-    );
+    assert_eq!(rig.copies().await, rig.all(dates(1..=5)));
+    assert_eq!(rig.sources().await, rig.all(dates(1..=5)));
 
     // The next run of the slot finds every copy completed: the source falls back to its own keep.
     let out = b.run("dr", day(5)).await;
@@ -780,36 +742,20 @@ async fn a_source_snapshot_whose_copy_is_refused_is_kept_past_its_keep_until_cop
         ),
         (0, 3, 0)
     );
-    assert_eq!(
-        source_sets(&rig, "dr").await,
-        each(&rig.volumes, &[(0, dates(4..=5))])
-    );
-    assert_eq!(
-        copy_sets(&rig, "dr").await,
-        each(&rig.volumes, &[(0, dates(1..=5))])
-    );
+    assert_eq!(rig.sources().await, rig.all(dates(4..=5)));
+    assert_eq!(rig.copies().await, rig.all(dates(1..=5)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_that_ends_in_error_is_reported_deleted_and_made_again_by_the_next_run() {
     let rig = Rig::new(9, 1).await;
-    let b = rig
-        .backend(
-            "",
-            &dr_policy("last = 2", "keep = { last = 7 }", ""),
-            pace(),
-        )
-        .await;
+    let b = rig.dr_backend("last = 2", "keep = { last = 7 }").await;
     // The destination's first DescribeSnapshots is the run's survey of it; the second, the first completion poll,
     // finds the new copy in `error` (on AWS: nearly always the KMS key policy).
-    let error = rig.copy_volume_ids(vec![(
-        "<status>completed</status>".into(),
-        "<status>error</status>".into(),
-    )]);
     rig.proxy.set_rules(vec![
         Rule {
             when: When::Calls(vec![2]),
-            ..error
+            ..rig.copies_shown("error")
         },
         rig.copy_volume_ids(Vec::new()),
     ]);
@@ -827,17 +773,14 @@ async fn a_copy_that_ends_in_error_is_reported_deleted_and_made_again_by_the_nex
     );
     assert!(p.message.contains(DR), "{p:?}");
     // The errored copy restores nothing: it is gone from the destination.
-    assert!(copy_sets(&rig, "dr").await.is_empty());
+    assert!(rig.copies().await.is_empty());
     assert_eq!(rig.proxy.count("DeleteSnapshot", "forwarded"), 1);
 
     // The next run copies the source again.
     let out = b.run("dr", day(1)).await;
     assert_clean(&out, "day 1 again");
     assert_eq!(out.report.copies.created, 1);
-    assert_eq!(
-        copy_sets(&rig, "dr").await,
-        each(&rig.volumes, &[(0, dates([1]))])
-    );
+    assert_eq!(rig.copies().await, rig.all(dates([1])));
     assert_eq!(rig.copy_calls().len(), 2);
 }
 
@@ -850,22 +793,7 @@ async fn two_source_regions_copying_to_one_destination_each_keep_and_prune_only_
     let mut eu = Vec::new();
     for i in 0..2 {
         let name = format!("db-eu-{i}");
-        let spec = TagSpecification::builder()
-            .resource_type(ResourceType::Volume)
-            .set_tags(Some(vec![
-                Tag::builder().key("Backup").value("dr").build(),
-                Tag::builder().key("Name").value(name).build(),
-            ]))
-            .build();
-        let v = raw_eu
-            .create_volume()
-            .availability_zone(format!("{EU}a"))
-            .size(8)
-            .tag_specifications(spec)
-            .send()
-            .await
-            .expect("CreateVolume in eu-west-1");
-        eu.push(v.volume_id().unwrap().to_string());
+        eu.push(common::moto_volume(&raw_eu, &[("Backup", "dr"), ("Name", &name)]).await);
     }
     eu.sort();
     // Both regions' volumes answered as AWS would in the destination.
@@ -922,13 +850,7 @@ async fn two_source_regions_copying_to_one_destination_each_keep_and_prune_only_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_whose_answer_is_lost_is_not_sent_again_and_the_next_run_finds_it_by_its_tags() {
     let rig = Rig::new(11, 3).await;
-    let b = rig
-        .backend(
-            "",
-            &dr_policy("last = 7", "keep = { last = 7 }", ""),
-            pace(),
-        )
-        .await;
+    let b = rig.dr_backend("last = 7", "keep = { last = 7 }").await;
     // moto makes the first copy, and the connection drops before its answer (CopySnapshot has no client token).
     rig.proxy.set_rules(rig.aws_like(vec![
         Rule::new(&[COPY], When::Calls(vec![1]), Fault::Lost).in_region(DR),
@@ -949,23 +871,15 @@ async fn a_copy_whose_answer_is_lost_is_not_sent_again_and_the_next_run_finds_it
     );
     // Not retried: a repeat could have made a second copy.
     assert_eq!(rig.copy_calls().len(), 3);
-    let one = dates([1]);
-    let all = each(
-        &rig.volumes,
-        &[(0, one.clone()), (1, one.clone()), (2, one.clone())],
-    );
-    assert_eq!(
-        copy_sets(&rig, "dr").await,
-        all,
-        "the lost answer's copy exists"
-    );
+    let all = rig.all(dates([1]));
+    assert_eq!(rig.copies().await, all, "the lost answer's copy exists");
 
     rig.proxy.set_rules(rig.aws_like(Vec::new()));
     let out = b.run("dr", day(1)).await;
     assert_clean(&out, "day 1 again");
     assert_eq!(out.report.copies.created, 0);
     assert_eq!(rig.copy_calls().len(), 3, "nothing copied twice");
-    assert_eq!(copy_sets(&rig, "dr").await, all);
+    assert_eq!(rig.copies().await, all);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -989,9 +903,9 @@ async fn the_copies_of_a_deleted_source_volume_follow_the_orphan_rule() {
     for d in 1..=4 {
         assert_clean(&b.run("dr", day(d)).await, &format!("day {d}"));
     }
-    let both = each(&rig.volumes, &[(0, dates(2..=4)), (1, dates(2..=4))]);
-    assert_eq!(source_sets(&rig, "dr").await, both);
-    assert_eq!(copy_sets(&rig, "dr").await, both);
+    let both = rig.all(dates(2..=4));
+    assert_eq!(rig.sources().await, both);
+    assert_eq!(rig.copies().await, both);
 
     // The second volume is deleted after day 4.
     let gone = rig.volumes[1].clone();
@@ -1007,18 +921,18 @@ async fn the_copies_of_a_deleted_source_volume_follow_the_orphan_rule() {
     let out = b.run("dr", day(5)).await;
     assert_clean(&out, "day 5");
     assert_eq!(out.report.targeted_volumes, 1);
-    let day5 = each(&rig.volumes, &[(0, dates(3..=5)), (1, dates(2..=4))]);
-    assert_eq!(source_sets(&rig, "dr").await, day5);
-    assert_eq!(copy_sets(&rig, "dr").await, day5);
+    let day5 = rig.each(&[(0, dates(3..=5)), (1, dates(2..=4))]);
+    assert_eq!(rig.sources().await, day5);
+    assert_eq!(rig.copies().await, day5);
 
     // Day 16: its newest is 12 days old, past expire-after: every snapshot of it goes, in the source and in the
     // destination; the live volume keeps its last three on each side.
     let out = b.run("dr", day(16)).await;
     assert_clean(&out, "day 16");
     let live = dates([4, 5, 16]);
-    let day16 = each(&rig.volumes, &[(0, live.clone()), (1, BTreeSet::new())]);
-    assert_eq!(source_sets(&rig, "dr").await, day16);
-    assert_eq!(copy_sets(&rig, "dr").await, day16);
+    let day16 = rig.each(&[(0, live.clone()), (1, BTreeSet::new())]);
+    assert_eq!(rig.sources().await, day16);
+    assert_eq!(rig.copies().await, day16);
     // The gone volume's three copies and the live volume's copy of day 3.
     assert_eq!(out.report.copies.deleted, 4, "{:#?}", out.report);
     assert_eq!(out.report.deleted, 3 + 1, "{:#?}", out.report);
@@ -1031,13 +945,7 @@ async fn the_copies_of_a_deleted_source_volume_follow_the_orphan_rule() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resource_limit_exceeded_defers_the_copies_and_the_next_run_copies_them_oldest_first() {
     let rig = Rig::new(5, 3).await;
-    let b = rig
-        .backend(
-            "",
-            &dr_policy("last = 7", "keep = { last = 7 }", ""),
-            pace(),
-        )
-        .await;
+    let b = rig.dr_backend("last = 7", "keep = { last = 7 }").await;
     let limit = |when| {
         rig.aws_like(vec![Rule::new(
             &[COPY],
@@ -1046,56 +954,33 @@ async fn resource_limit_exceeded_defers_the_copies_and_the_next_run_copies_them_
         )
         .in_region(DR)])
     };
+    let sent_and_deferred = |out: &Outcome| (out.report.copies.created, out.report.copies.deferred);
 
     // Day 1: the destination is at its limit (copies someone else started): the first refusal defers the rest.
     rig.proxy.set_rules(limit(When::Always));
     let out = b.run("dr", day(1)).await;
     assert_clean(&out, "day 1: a deferral is no problem");
     assert_eq!(out.report.created, 3);
-    assert_eq!(
-        (out.report.copies.created, out.report.copies.deferred),
-        (0, 3)
-    );
+    assert_eq!(sent_and_deferred(&out), (0, 3));
     assert_eq!(
         rig.copy_calls().len(),
         1,
         "one refusal, no retry, no more calls"
     );
-    assert!(copy_sets(&rig, "dr").await.is_empty());
+    assert!(rig.copies().await.is_empty());
     let metrics = b.shared.metrics.render(Utc::now());
-    assert_eq!(
-        common::metric_sum(
-            &metrics,
-            "snapwarden_copies_total",
-            &[("outcome", "deferred")]
-        ),
-        Some(3.0),
-        "{metrics}"
-    );
-    assert_eq!(
-        common::metric_sum(
-            &metrics,
-            "snapwarden_copies_total",
-            &[("outcome", "failed")]
-        )
-        .unwrap_or(0.0),
-        0.0
-    );
+    let copies_total =
+        |outcome| common::metric_sum(&metrics, "snapwarden_copies_total", &[("outcome", outcome)]);
+    assert_eq!(copies_total("deferred"), Some(3.0), "{metrics}");
+    assert_eq!(copies_total("failed").unwrap_or(0.0), 0.0);
 
     // Day 2: room for three: day 1's three go first, the fourth call is refused and day 2's wait.
     rig.proxy.set_rules(limit(When::Calls(vec![4])));
     rig.proxy.clear_log();
     let out = b.run("dr", day(2)).await;
     assert_clean(&out, "day 2");
-    assert_eq!(
-        (out.report.copies.created, out.report.copies.deferred),
-        (3, 3)
-    );
-    let all = |days: std::ops::RangeInclusive<i64>| {
-        let s = dates(days);
-        each(&rig.volumes, &[(0, s.clone()), (1, s.clone()), (2, s)])
-    };
-    assert_eq!(copy_sets(&rig, "dr").await, all(1..=1));
+    assert_eq!(sent_and_deferred(&out), (3, 3));
+    assert_eq!(rig.copies().await, rig.all(dates(1..=1)));
     let calls = rig.copy_calls();
     assert_eq!(calls.len(), 4, "{calls:?}");
     assert_eq!(calls[3].outcome, "ResourceLimitExceeded");
@@ -1104,12 +989,9 @@ async fn resource_limit_exceeded_defers_the_copies_and_the_next_run_copies_them_
     rig.proxy.set_rules(rig.aws_like(Vec::new()));
     let out = b.run("dr", day(2)).await;
     assert_clean(&out, "day 2 again");
-    assert_eq!(
-        (out.report.copies.created, out.report.copies.deferred),
-        (3, 0)
-    );
-    assert_eq!(copy_sets(&rig, "dr").await, all(1..=2));
-    assert_eq!(source_sets(&rig, "dr").await, all(1..=2));
+    assert_eq!(sent_and_deferred(&out), (3, 0));
+    assert_eq!(rig.copies().await, rig.all(dates(1..=2)));
+    assert_eq!(rig.sources().await, rig.all(dates(1..=2)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1124,11 +1006,7 @@ async fn copy_concurrency_bounds_the_copies_pending_there_and_the_next_run_sends
         .await;
     // Copies stay pending in the destination (as they do on AWS for minutes), so the two places never free up
     // within the run's completion deadline.
-    let pending = rig.copy_volume_ids(vec![(
-        "<status>completed</status>".into(),
-        "<status>pending</status>".into(),
-    )]);
-    rig.proxy.set_rules(vec![pending]);
+    rig.proxy.set_rules(vec![rig.copies_shown("pending")]);
     let short = Completion {
         deadline: StdDuration::from_millis(500),
         ..quick()
@@ -1149,7 +1027,7 @@ async fn copy_concurrency_bounds_the_copies_pending_there_and_the_next_run_sends
         Some(2.0),
         "{metrics}"
     );
-    let copies = copy_sets(&rig, "dr").await;
+    let copies = rig.copies().await;
     assert_eq!(copies.len(), 2, "{copies:?}");
 
     // The copies complete: the next run of the slot sees them done and sends the other two.
@@ -1158,19 +1036,7 @@ async fn copy_concurrency_bounds_the_copies_pending_there_and_the_next_run_sends
     assert_clean(&out, "day 1 again");
     let c = &out.report.copies;
     assert_eq!((c.created, c.deferred, c.pending), (2, 0, 0), "{c:?}");
-    let one = dates([1]);
-    assert_eq!(
-        copy_sets(&rig, "dr").await,
-        each(
-            &rig.volumes,
-            &[
-                (0, one.clone()),
-                (1, one.clone()),
-                (2, one.clone()),
-                (3, one)
-            ]
-        )
-    );
+    assert_eq!(rig.copies().await, rig.all(dates([1])));
     assert_eq!(rig.copy_calls().len(), 4, "none sent twice");
 }
 
@@ -1180,7 +1046,7 @@ async fn a_throttled_destination_does_not_hold_back_creates_in_the_source_region
     // A second policy in the source region over two volumes of its own, copying nothing.
     let mut local = Vec::new();
     for _ in 0..2 {
-        local.push(volume(&rig.raw, &[("Backup", "local")]).await);
+        local.push(common::moto_volume(&rig.raw, &[("Backup", "local")]).await);
     }
     let policies = format!(
         "{}\n{}",
@@ -1239,10 +1105,7 @@ async fn a_throttled_destination_does_not_hold_back_creates_in_the_source_region
     assert_eq!(local_out.report.created, 2);
     assert_clean(&dr, "dr: throttling is retried, not a problem");
     assert_eq!(dr.report.copies.created, 2);
-    assert_eq!(
-        copy_sets(&rig, "dr").await,
-        each(&rig.volumes, &[(0, dates([1])), (1, dates([1]))])
-    );
+    assert_eq!(rig.copies().await, rig.all(dates([1])));
 
     let log = proxy.log();
     let local_creates: Vec<&Hit> = log
@@ -1295,20 +1158,14 @@ async fn killed_while_copies_are_in_flight_the_restart_finds_them_by_tag_and_cop
     let dir = tempfile::tempdir().unwrap();
     let port = common::free_port();
     // A yearly schedule: only catch-up fires during the test, always this year's slot.
-    let policy = format!(
-        r#"[[policy]]
-name = "dr"
-target = {{ resource = "volume", tags = {{ Backup = "dr" }} }}
-
-[[policy.schedule]]
-name = "yearly"
-cron = "0 0 1 1 *"
-keep = {{ last = 3 }}
-
-[[policy.schedule.copy]]
-region = "{DR}"
-keep = {{ last = 3 }}
-"#
+    let policy = dr_policy_of(
+        "",
+        &[dr_schedule(
+            "yearly",
+            "0 0 1 1 *",
+            "last = 3",
+            Some("keep = { last = 3 }"),
+        )],
     );
     let config = common::write_config(
         dir.path(),
@@ -1320,15 +1177,9 @@ keep = {{ last = 3 }}
     );
     // Every copy looks pending in the destination (as a fresh copy does on AWS for minutes), and each
     // CopySnapshot's answer comes late: moto has made the copy, the daemon has not heard yet.
-    let pending = || {
-        rig.copy_volume_ids(vec![(
-            "<status>completed</status>".into(),
-            "<status>pending</status>".into(),
-        )])
-    };
     rig.proxy.set_rules(vec![
         Rule::new(&[COPY], When::Always, Fault::Late(HOLD)).in_region(DR),
-        pending(),
+        rig.copies_shown("pending"),
     ]);
     let start = || Daemon::spawn(snapwarden().arg("--config").arg(&config).arg("run"));
 
@@ -1376,7 +1227,7 @@ keep = {{ last = 3 }}
     );
 
     // Restart, answers no longer held; the copies still look pending. Catch-up fires the same slot.
-    rig.proxy.set_rules(vec![pending()]);
+    rig.proxy.set_rules(vec![rig.copies_shown("pending")]);
     let mut d = start();
     let (result, _) = d.wait_for_run(port, "dr", "yearly", REGION);
     assert_eq!(result, "success", "{}", d.logs());
@@ -1414,18 +1265,7 @@ keep = {{ last = 3 }}
             .latest_at_or_before(Utc::now(), chrono_tz::Tz::UTC)
             .unwrap(),
     );
-    let out = run_to_end(
-        snapwarden().arg("--config").arg(&config).args([
-            "once",
-            "--policy",
-            "dr",
-            "--schedule",
-            "yearly",
-            "--slot",
-            &slot,
-        ]),
-        StdDuration::from_secs(60),
-    );
+    let out = once(&config, "yearly", &slot);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(rig.copy_calls().len(), 4);
     assert_eq!(found(&rig.raw_dr, "dr").await.len(), 4);

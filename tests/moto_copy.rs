@@ -19,7 +19,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use aws_config::Region;
-use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
+use aws_sdk_ec2::types::Tag;
 use common::{filter, moto_snapshot, Moto, REGION};
 use snapwarden::ec2::sdk::SdkEc2;
 use snapwarden::ec2::{CopySnapshot, Ec2, Tags, COPY_VOLUME_ID};
@@ -37,24 +37,6 @@ fn tag_map(tags: &[Tag]) -> BTreeMap<String, String> {
             )
         })
         .collect()
-}
-
-async fn volume(raw: &aws_sdk_ec2::Client) -> String {
-    raw.create_volume()
-        .availability_zone(format!("{REGION}a"))
-        .size(8)
-        .tag_specifications(
-            TagSpecification::builder()
-                .resource_type(ResourceType::Volume)
-                .tags(Tag::builder().key("Name").value("db").build())
-                .build(),
-        )
-        .send()
-        .await
-        .expect("CreateVolume on moto")
-        .volume_id()
-        .unwrap()
-        .to_string()
 }
 
 /// The snapshots with `id` that `raw`'s region holds (none or one).
@@ -97,7 +79,7 @@ async fn a_copy_sent_to_the_destination_lands_there_with_every_requested_tag_and
         aws_sdk_ec2::Client::new(&config_a),
         aws_sdk_ec2::Client::new(&config_b),
     );
-    let vol = volume(&raw_a).await;
+    let vol = common::moto_volume(&raw_a, &[("Name", "db")]).await;
     let source = moto_snapshot(
         &raw_a,
         &vol,
@@ -153,7 +135,7 @@ async fn a_reencrypting_copy_sends_its_kms_key_and_a_missing_source_is_named_by_
         aws_sdk_ec2::Client::new(&config_a),
         aws_sdk_ec2::Client::new(&config_b),
     );
-    let vol = volume(&raw_a).await;
+    let vol = common::moto_volume(&raw_a, &[("Name", "db")]).await;
     let source = moto_snapshot(&raw_a, &vol, &[]).await;
     let dr = SdkEc2::new(&config_b);
     let key = format!("arn:aws:kms:{DR_REGION}:123456789012:key/dr-copies");

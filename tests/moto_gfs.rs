@@ -8,7 +8,6 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
 use chrono::{DateTime, Duration, Utc};
 use common::{Moto, REGION};
 use snapwarden::config;
@@ -51,26 +50,6 @@ async fn run_once(shared: &Shared) -> Outcome {
         .concurrency(8)
         .explain(true);
     worker::run(region.ec2.as_ref(), &spec, &shared.metrics, Utc::now).await
-}
-
-async fn volume(ec2: &aws_sdk_ec2::Client, tags: &[(&str, &str)]) -> String {
-    let spec = TagSpecification::builder()
-        .resource_type(ResourceType::Volume)
-        .set_tags(Some(
-            tags.iter()
-                .map(|(k, v)| Tag::builder().key(*k).value(*v).build())
-                .collect(),
-        ))
-        .build();
-    let out = ec2
-        .create_volume()
-        .availability_zone(format!("{REGION}a"))
-        .size(8)
-        .tag_specifications(spec)
-        .send()
-        .await
-        .unwrap();
-    out.volume_id().unwrap().to_string()
 }
 
 /// One managed snapshot of `volume` per day for `days` days before [`slot`], as snapwarden would have made them.
@@ -117,7 +96,7 @@ keep = { daily = 7, weekly = 4, monthly = 12 }
 async fn a_year_of_history_is_pruned_to_exactly_the_gfs_slots() {
     let moto = Moto::start();
     let ec2 = moto.ec2().await;
-    let vol = volume(&ec2, &[("Backup", "gfs")]).await;
+    let vol = common::moto_volume(&ec2, &[("Backup", "gfs")]).await;
     seed_daily(&ec2, &vol, "gfs", 365).await;
     let s = shared(&moto, GFS).await;
 
@@ -206,7 +185,7 @@ async fn a_year_of_history_is_pruned_to_exactly_the_gfs_slots() {
 async fn a_plan_over_the_deletion_cap_deletes_nothing_and_the_alert_names_the_setting() {
     let moto = Moto::start();
     let ec2 = moto.ec2().await;
-    let vol = volume(&ec2, &[("Backup", "gfs")]).await;
+    let vol = common::moto_volume(&ec2, &[("Backup", "gfs")]).await;
     seed_daily(&ec2, &vol, "gfs", 40).await;
     let policy = GFS.replace(
         "name = \"gfs\"\n",
@@ -258,7 +237,7 @@ async fn a_plan_over_the_deletion_cap_deletes_nothing_and_the_alert_names_the_se
 async fn orphan_run(orphans: &str) -> (usize, BTreeSet<String>) {
     let moto = Moto::start();
     let ec2 = moto.ec2().await;
-    let vol = volume(&ec2, &[("Backup", "gfs")]).await;
+    let vol = common::moto_volume(&ec2, &[("Backup", "gfs")]).await;
     // Daily history that ended 40 days ago, when the volume went away.
     seed_daily(&ec2, &vol, "gfs", 60).await;
     let out = ec2

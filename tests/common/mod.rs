@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
 use chrono::{DateTime, Utc};
 
 pub const REGION: &str = "us-east-1";
@@ -193,21 +194,29 @@ pub fn filter(name: &str, values: &[&str]) -> aws_sdk_ec2::types::Filter {
         .build()
 }
 
+/// The snapshots tagged `snapwarden:policy = policy` in the region of `raw`, read from moto.
+pub async fn policy_snapshots(
+    raw: &aws_sdk_ec2::Client,
+    policy: &str,
+) -> Vec<aws_sdk_ec2::types::Snapshot> {
+    raw.describe_snapshots()
+        .owner_ids("self")
+        .filters(filter("tag:snapwarden:policy", &[policy]))
+        .send()
+        .await
+        .expect("DescribeSnapshots")
+        .snapshots
+        .unwrap_or_default()
+}
+
 /// A policy's snapshots in moto, read with the raw client: volume -> its slot tags, sorted, one per snapshot
 /// (`-` for a snapshot without one).
 pub async fn slots_by_volume(
     raw: &aws_sdk_ec2::Client,
     policy: &str,
 ) -> std::collections::BTreeMap<String, Vec<String>> {
-    let out = raw
-        .describe_snapshots()
-        .owner_ids("self")
-        .filters(filter("tag:snapwarden:policy", &[policy]))
-        .send()
-        .await
-        .expect("DescribeSnapshots");
     let mut by: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-    for s in out.snapshots() {
+    for s in policy_snapshots(raw, policy).await {
         let slot = s
             .tags()
             .iter()
@@ -261,31 +270,46 @@ pub fn web_fleet(
         .collect()
 }
 
+/// The tag specification that creates a `resource` with `tags`; none for no tags, which moto refuses.
+fn tagged(resource: ResourceType, tags: &[(&str, &str)]) -> Option<Vec<TagSpecification>> {
+    (!tags.is_empty()).then(|| {
+        vec![TagSpecification::builder()
+            .resource_type(resource)
+            .set_tags(Some(
+                tags.iter()
+                    .map(|(k, v)| Tag::builder().key(*k).value(*v).build())
+                    .collect(),
+            ))
+            .build()]
+    })
+}
+
+/// A standalone 8 GiB volume tagged `tags` in zone `a` of the region of `raw`; returns its id.
+pub async fn moto_volume(raw: &aws_sdk_ec2::Client, tags: &[(&str, &str)]) -> String {
+    let region = raw.config().region().expect("the client's region");
+    raw.create_volume()
+        .availability_zone(format!("{region}a"))
+        .size(8)
+        .set_tag_specifications(tagged(ResourceType::Volume, tags))
+        .send()
+        .await
+        .expect("CreateVolume on moto")
+        .volume_id()
+        .unwrap()
+        .to_string()
+}
+
 /// A snapshot of `volume` in moto with `tags` at creation (moto completes it at once); returns its id.
 pub async fn moto_snapshot(
     raw: &aws_sdk_ec2::Client,
     volume: &str,
     tags: &[(&str, &str)],
 ) -> String {
-    use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
-    let mut req = raw
-        .create_snapshot()
+    raw.create_snapshot()
         .volume_id(volume)
-        .description("seeded by a test");
-    // moto refuses a tag specification without tags.
-    if !tags.is_empty() {
-        req = req.tag_specifications(
-            TagSpecification::builder()
-                .resource_type(ResourceType::Snapshot)
-                .set_tags(Some(
-                    tags.iter()
-                        .map(|(k, v)| Tag::builder().key(*k).value(*v).build())
-                        .collect(),
-                ))
-                .build(),
-        );
-    }
-    req.send()
+        .description("seeded by a test")
+        .set_tag_specifications(tagged(ResourceType::Snapshot, tags))
+        .send()
         .await
         .expect("CreateSnapshot on moto")
         .snapshot_id()
@@ -300,28 +324,14 @@ pub async fn launch_instance(
     tags: &[(&str, &str)],
     devices: &[&str],
 ) -> (String, Vec<String>) {
-    use aws_sdk_ec2::types::{
-        BlockDeviceMapping, EbsBlockDevice, InstanceType, ResourceType, Tag, TagSpecification,
-    };
+    use aws_sdk_ec2::types::{BlockDeviceMapping, EbsBlockDevice, InstanceType};
     let mut req = raw
         .run_instances()
         .image_id("ami-12c6146b")
         .instance_type(InstanceType::T3Micro)
         .min_count(1)
-        .max_count(1);
-    // moto refuses a tag specification without tags.
-    if !tags.is_empty() {
-        req = req.tag_specifications(
-            TagSpecification::builder()
-                .resource_type(ResourceType::Instance)
-                .set_tags(Some(
-                    tags.iter()
-                        .map(|(k, v)| Tag::builder().key(*k).value(*v).build())
-                        .collect(),
-                ))
-                .build(),
-        );
-    }
+        .max_count(1)
+        .set_tag_specifications(tagged(ResourceType::Instance, tags));
     for d in devices {
         req = req.block_device_mappings(
             BlockDeviceMapping::builder()
