@@ -35,11 +35,13 @@ fn days(n: i64) -> Duration {
 /// Policy `prod` over instances tagged `Backup = true`, one schedule `daily` keeping `keep` in the source, with
 /// `copy` (its `[[policy.schedule.copy]]` tables) and `extra` (policy keys) added.
 fn policy_with(keep: &str, copy: &str, extra: &str) -> Policy {
-    let toml = format!(
-        r#"
-[aws]
-regions = ["{SOURCE}"]
+    in_source(&policy_toml(&format!("keep = {keep}"), copy, extra))
+}
 
+/// The policy of [`policy_with`] with the schedule's `keys` (its keep, or its count tag) given whole, no `[aws]`.
+fn policy_toml(keys: &str, copy: &str, extra: &str) -> String {
+    format!(
+        r#"
 [[policy]]
 name = "prod"
 target = {{ resource = "instance", tags = {{ Backup = "true" }} }}
@@ -48,11 +50,15 @@ target = {{ resource = "instance", tags = {{ Backup = "true" }} }}
 [[policy.schedule]]
 name = "daily"
 cron = "30 4 * * *"
-keep = {keep}
+{keys}
 {copy}
 "#
-    );
-    load(&toml)
+    )
+}
+
+/// The policy of `toml`, snapshotted in [`SOURCE`] (`aws.regions`).
+fn in_source(toml: &str) -> Policy {
+    load(&format!("[aws]\nregions = [\"{SOURCE}\"]\n{toml}"))
 }
 
 fn load(toml: &str) -> Policy {
@@ -124,10 +130,7 @@ impl Rig {
     }
 
     async fn run(&self, policy: &Policy, at: DateTime<Utc>) -> Outcome {
-        self.source.set_clock(at);
-        self.dr.set_clock(at);
-        let spec = self.spec(policy, at);
-        worker::run(self.source.as_ref(), &spec, &self.metrics, || at).await
+        self.run_spec(at, self.spec(policy, at)).await
     }
 
     /// A run that polls its snapshots and copies within `deadline` (on tokio's clock: paused in these tests).
@@ -137,11 +140,16 @@ impl Rig {
         at: DateTime<Utc>,
         deadline: StdDuration,
     ) -> Outcome {
-        self.source.set_clock(at);
-        self.dr.set_clock(at);
         let spec = self
             .spec(policy, at)
             .completion(Completion::within(deadline));
+        self.run_spec(at, spec).await
+    }
+
+    /// The run of `spec` with both regions' clocks and the run's clock at `at`.
+    async fn run_spec(&self, at: DateTime<Utc>, spec: RunSpec<'_>) -> Outcome {
+        self.source.set_clock(at);
+        self.dr.set_clock(at);
         worker::run(self.source.as_ref(), &spec, &self.metrics, || at).await
     }
 
@@ -161,6 +169,26 @@ impl Rig {
         self.source.set_clock(at);
         self.source
             .seed_snapshot(volume, SnapState::Completed, FAKE_ACCOUNT, &tags)
+    }
+
+    /// A completed snapshot of `volume` for each of the `n` days up to `last`, oldest first.
+    fn dailies(&self, volume: &str, n: i64, last: DateTime<Utc>) -> Vec<String> {
+        (0..n)
+            .rev()
+            .map(|d| self.snapshot(volume, last - days(d), &[]))
+            .collect()
+    }
+
+    /// `n` volumes, each with a completed snapshot of today's slot; returns the snapshots.
+    fn volumes_with_todays_snapshot(&self, n: usize) -> Vec<String> {
+        (0..n)
+            .map(|_| self.snapshot(&self.volume(), slot(), &[]))
+            .collect()
+    }
+
+    /// A completed copy without further tags: see [`Rig::copy`].
+    fn completed_copy(&self, source: &str, volume: &str, at: DateTime<Utc>) -> String {
+        self.copy(source, volume, at, SnapState::Completed, &[])
     }
 
     /// A copy in the destination of `source` (a snapshot of `volume` for slot `at`), in `state`.
@@ -185,23 +213,22 @@ impl Rig {
             .seed_snapshot(COPY_VOLUME_ID, state, FAKE_ACCOUNT, &tags)
     }
 
+    /// The CopySnapshot requests the destination received so far, in order.
+    fn requests(&self) -> Vec<CopySnapshot> {
+        self.sent.lock().unwrap().clone()
+    }
+
     /// The source snapshot ids the destination was asked to copy, in order.
     fn sent_sources(&self) -> Vec<String> {
-        self.sent
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|r| r.source_snapshot_id.clone())
+        self.requests()
+            .into_iter()
+            .map(|r| r.source_snapshot_id)
             .collect()
     }
 
     /// The destination's snapshots, by id.
     fn dr_ids(&self) -> BTreeSet<String> {
-        self.dr
-            .snapshots()
-            .iter()
-            .map(|s| s.id.to_string())
-            .collect()
+        ids_in(&self.dr)
     }
 
     /// The source snapshots the destination's copies record, whatever their state.
@@ -214,12 +241,16 @@ impl Rig {
     }
 
     fn source_ids(&self) -> BTreeSet<String> {
-        self.source
-            .snapshots()
-            .iter()
-            .map(|s| s.id.to_string())
-            .collect()
+        ids_in(&self.source)
     }
+}
+
+fn ids_in(region: &FakeEc2) -> BTreeSet<String> {
+    region
+        .snapshots()
+        .iter()
+        .map(|s| s.id.to_string())
+        .collect()
 }
 
 /// The tags of a snapshot of policy `prod`, schedule `daily`, slot `slot`.
@@ -245,6 +276,25 @@ fn tag<'a>(s: &'a Snapshot, key: &str) -> Option<&'a str> {
 
 fn ids<const N: usize>(ids: [&String; N]) -> BTreeSet<String> {
     ids.into_iter().cloned().collect()
+}
+
+#[track_caller]
+fn assert_no_problems(outcome: &Outcome) {
+    let problems = &outcome.report.problems;
+    assert!(problems.is_empty(), "{problems:?}");
+}
+
+/// The exposition line of `snapwarden_copies_total` for `outcome` (prod/daily from the source to the
+/// destination) with value `n`.
+fn copies_total(outcome: &str, n: u32) -> String {
+    format!(
+        r#"snapwarden_copies_total{{destination="{DR}",outcome="{outcome}",policy="prod",region="{SOURCE}",schedule="daily"}} {n}"#
+    )
+}
+
+#[track_caller]
+fn assert_has_line(text: &str, line: &str) {
+    assert!(text.contains(line), "missing {line} in\n{text}");
 }
 
 /// (resource, operation, code) of each problem of `outcome`.
@@ -284,7 +334,7 @@ async fn a_completed_snapshot_is_copied_once_with_every_tag() {
     assert_eq!(tag(c, ec2::TAG_SOURCE_REGION), Some(SOURCE));
     assert_eq!(tag(c, ec2::TAG_SOURCE_VOLUME), Some(volume.as_str()));
     assert_eq!(c.tags.len(), 7, "snapwarden's own tags only: {:?}", c.tags);
-    let sent = rig.sent.lock().unwrap().clone();
+    let sent = rig.requests();
     assert_eq!(sent.len(), 1);
     assert_eq!(
         (
@@ -305,11 +355,7 @@ async fn a_completed_snapshot_is_copied_once_with_every_tag() {
     rig.source.complete_all();
     let fourth = rig.run(&policy, next).await;
     assert_eq!(fourth.report.copies.created, 1);
-    assert!(
-        fourth.report.problems.is_empty(),
-        "{:?}",
-        fourth.report.problems
-    );
+    assert_no_problems(&fourth);
 }
 
 #[tokio::test]
@@ -332,9 +378,9 @@ async fn copy_tags_carries_the_sources_user_tags_but_never_aws_ones_and_the_kms_
     );
     let out = rig.run(&policy, slot()).await;
     assert_eq!(out.report.copies.created, 1, "{:?}", out.report);
-    assert!(out.report.problems.is_empty(), "{:?}", out.report.problems);
+    assert_no_problems(&out);
 
-    let sent = rig.sent.lock().unwrap().clone();
+    let sent = rig.requests();
     assert_eq!(sent.len(), 1);
     let r = &sent[0];
     assert_eq!(
@@ -375,7 +421,7 @@ async fn encrypted_without_a_key_asks_for_the_destinations_default_key() {
     let volume = rig.volume();
     rig.snapshot(&volume, slot(), &[("CostCenter", "42")]);
     rig.run(&policy, slot()).await;
-    let sent = rig.sent.lock().unwrap().clone();
+    let sent = rig.requests();
     assert_eq!(sent.len(), 1);
     assert_eq!((sent[0].encrypted, &sent[0].kms_key_id), (true, &None));
     let copy = &rig.dr.snapshots()[0];
@@ -389,15 +435,12 @@ async fn enabling_copies_on_a_schedule_with_history_copies_only_the_slots_the_de
     // 14 dailies, Wednesday 18 February to Tuesday 3 March: ISO weeks 8 (5 days), 9 (7) and 10 (2).
     let now = slot() + days(1);
     let volume = rig.volume();
-    let snaps: Vec<String> = (0..14)
-        .rev()
-        .map(|d| rig.snapshot(&volume, now - days(d), &[]))
-        .collect();
+    let snaps = rig.dailies(&volume, 14, now);
     let policy = policy_with("{ last = 30 }", &copy_to_dr("{ weekly = 2 }", ""), "");
 
     let out = rig.run(&policy, now).await;
     assert_eq!(out.report.created, 0, "the slot has its snapshot");
-    assert!(out.report.problems.is_empty(), "{:?}", out.report.problems);
+    assert_no_problems(&out);
     // The newest of week 9 (Sunday 1 March) and of week 10 (Tuesday 3 March), the older first.
     let (sunday, tuesday) = (&snaps[11], &snaps[13]);
     assert_eq!(rig.sent_sources(), [sunday.clone(), tuesday.clone()]);
@@ -408,7 +451,7 @@ async fn enabling_copies_on_a_schedule_with_history_copies_only_the_slots_the_de
     rig.dr.complete_all();
     let again = rig.run(&policy, now).await;
     assert_eq!(again.report.copies.created, 0);
-    assert_eq!(rig.sent.lock().unwrap().len(), 2, "a rerun copies nothing");
+    assert_eq!(rig.requests().len(), 2, "a rerun copies nothing");
 }
 
 #[tokio::test]
@@ -417,10 +460,7 @@ async fn the_source_keeps_what_the_destination_still_wants_until_its_copies_have
     let policy = policy_with("{ last = 2 }", &copy_to_dr("{ last = 5 }", ""), "");
     let volume = rig.volume();
     // s[0] oldest … s[5] the slot's own.
-    let s: Vec<String> = (0..6)
-        .rev()
-        .map(|d| rig.snapshot(&volume, slot() - days(d), &[]))
-        .collect();
+    let s = rig.dailies(&volume, 6, slot());
     rig.dr
         .fail_operation("CopySnapshot", "UnauthorizedOperation");
 
@@ -473,11 +513,7 @@ async fn the_source_keeps_what_the_destination_still_wants_until_its_copies_have
     assert_eq!(rig.source_ids(), ids([&s[4], &s[5]]));
     assert_eq!(third.report.copies.created, 0);
     assert_eq!(rig.dr.snapshots().len(), 5, "the destination keeps its 5");
-    assert!(
-        third.report.problems.is_empty(),
-        "{:?}",
-        third.report.problems
-    );
+    assert_no_problems(&third);
 }
 
 #[tokio::test]
@@ -485,18 +521,9 @@ async fn a_destination_that_cannot_be_read_gets_nothing_copied_or_deleted_and_th
     let rig = Rig::new(20);
     let policy = policy_with("{ last = 2 }", &copy_to_dr("{ last = 5 }", ""), "");
     let volume = rig.volume();
-    let s: Vec<String> = (0..6)
-        .rev()
-        .map(|d| rig.snapshot(&volume, slot() - days(d), &[]))
-        .collect();
+    let s = rig.dailies(&volume, 6, slot());
     // An old copy the destination's rules would otherwise prune.
-    let old = rig.copy(
-        "snap-gone",
-        &volume,
-        slot() - days(30),
-        SnapState::Completed,
-        &[],
-    );
+    let old = rig.completed_copy("snap-gone", &volume, slot() - days(30));
     rig.dr
         .fail_operation("DescribeSnapshots", "UnauthorizedOperation");
 
@@ -538,7 +565,7 @@ async fn copies_are_pruned_per_source_volume_with_the_sources_rails_and_the_orph
             } else {
                 format!("snap-a{d}")
             };
-            rig.copy(&source, &a, s - days(d), SnapState::Completed, &[])
+            rig.completed_copy(&source, &a, s - days(d))
         })
         .collect();
     let pinned = rig.copy(
@@ -552,13 +579,7 @@ async fn copies_are_pruned_per_source_volume_with_the_sources_rails_and_the_orph
     // A volume deleted 40 days ago: its copies expire, the pinned one stays.
     let b = "vol-deleted-long-ago";
     for d in 40..43 {
-        rig.copy(
-            &format!("snap-b{d}"),
-            b,
-            s - days(d),
-            SnapState::Completed,
-            &[],
-        );
+        rig.completed_copy(&format!("snap-b{d}"), b, s - days(d));
     }
     let b_pinned = rig.copy(
         "snap-b44",
@@ -570,19 +591,11 @@ async fn copies_are_pruned_per_source_volume_with_the_sources_rails_and_the_orph
     // A volume deleted yesterday: not expired, the keep rules still apply.
     let c = "vol-deleted-yesterday";
     let c_copies: Vec<String> = (1..4)
-        .map(|d| {
-            rig.copy(
-                &format!("snap-c{d}"),
-                c,
-                s - days(d),
-                SnapState::Completed,
-                &[],
-            )
-        })
+        .map(|d| rig.completed_copy(&format!("snap-c{d}"), c, s - days(d)))
         .collect();
 
     let out = rig.run(&policy, s).await;
-    assert!(out.report.problems.is_empty(), "{:?}", out.report.problems);
+    assert_no_problems(&out);
     assert_eq!(
         out.report.copies.created, 0,
         "today's slot is copied already"
@@ -604,7 +617,7 @@ async fn copies_are_pruned_per_source_volume_with_the_sources_rails_and_the_orph
     let line = format!(
         r#"snapwarden_snapshots_deleted_total{{policy="prod",region="{DR}",schedule="daily"}} 7"#
     );
-    assert!(text.contains(&line), "missing {line} in\n{text}");
+    assert_has_line(&text, &line);
 
     let again = rig.run(&policy, s).await;
     assert_eq!(again.report.copies.deleted, 0, "the plan is idempotent");
@@ -618,13 +631,7 @@ async fn a_volume_whose_copy_failed_this_run_loses_no_copy() {
     let volume = rig.volume();
     let yesterday = rig.snapshot(&volume, slot() - days(1), &[]);
     rig.snapshot(&volume, slot(), &[]);
-    let old = rig.copy(
-        &yesterday,
-        &volume,
-        slot() - days(1),
-        SnapState::Completed,
-        &[],
-    );
+    let old = rig.completed_copy(&yesterday, &volume, slot() - days(1));
     rig.dr
         .fail_operation("CopySnapshot", "InvalidParameterValue");
     let out = rig.run(&policy, slot()).await;
@@ -658,21 +665,14 @@ async fn a_copy_that_ends_in_error_is_reported_deleted_and_copied_again_by_the_n
     assert!(rig.dr.snapshots().is_empty(), "the errored copy is deleted");
     assert_eq!(first.report.copies.pending, 0);
     let text = rig.metrics.render(slot());
-    let failed = format!(
-        r#"snapwarden_copies_total{{destination="{DR}",outcome="failed",policy="prod",region="{SOURCE}",schedule="daily"}} 1"#
-    );
-    assert!(text.contains(&failed), "missing {failed} in\n{text}");
+    assert_has_line(&text, &copies_total("failed", 1));
 
     rig.dr.clear_faults();
     let second = rig
         .run_waiting(&policy, slot(), StdDuration::from_secs(600))
         .await;
     assert_eq!(second.report.copies.created, 1, "{:?}", second.report);
-    assert!(
-        second.report.problems.is_empty(),
-        "{:?}",
-        second.report.problems
-    );
+    assert_no_problems(&second);
     assert_eq!(rig.sent_sources(), [source.clone(), source.clone()]);
     let copies = rig.dr.snapshots();
     assert_eq!(copies.len(), 1);
@@ -706,12 +706,7 @@ async fn resource_limit_exceeded_defers_the_rest_without_a_problem_and_later_run
 ) {
     let rig = Rig::new(20);
     let policy = policy(&copy_to_dr("{ last = 3 }", ""));
-    let sources: Vec<String> = (0..5)
-        .map(|_| {
-            let v = rig.volume();
-            rig.snapshot(&v, slot(), &[])
-        })
-        .collect();
+    let sources = rig.volumes_with_todays_snapshot(5);
     // Something else copies into the region too: AWS's limit binds before the gate.
     rig.dr.set_max_pending_copies(Some(2));
 
@@ -720,17 +715,10 @@ async fn resource_limit_exceeded_defers_the_rest_without_a_problem_and_later_run
         (first.report.copies.created, first.report.copies.deferred),
         (2, 3)
     );
-    assert!(
-        first.report.problems.is_empty(),
-        "{:?}",
-        first.report.problems
-    );
+    assert_no_problems(&first);
     let text = rig.metrics.render(slot());
     for (outcome, n) in [("created", 2), ("deferred", 3)] {
-        let line = format!(
-            r#"snapwarden_copies_total{{destination="{DR}",outcome="{outcome}",policy="prod",region="{SOURCE}",schedule="daily"}} {n}"#
-        );
-        assert!(text.contains(&line), "missing {line} in\n{text}");
+        assert_has_line(&text, &copies_total(outcome, n));
     }
     assert_eq!(
         rig.dr.calls("CopySnapshot"),
@@ -758,12 +746,7 @@ async fn resource_limit_exceeded_defers_the_rest_without_a_problem_and_later_run
 async fn the_copy_concurrency_gate_keeps_a_thousand_volume_estate_under_the_destinations_limit() {
     let rig = Rig::new(20);
     let policy = policy(&copy_to_dr("{ last = 3 }", ""));
-    let sources: BTreeSet<String> = (0..1000)
-        .map(|_| {
-            let v = rig.volume();
-            rig.snapshot(&v, slot(), &[])
-        })
-        .collect();
+    let sources: BTreeSet<String> = rig.volumes_with_todays_snapshot(1000).into_iter().collect();
     rig.dr.set_max_pending_copies(Some(20));
     // A copy completes in the third DescribeSnapshots answer that shows it.
     rig.dr.complete_after_describes(Some(3));
@@ -776,7 +759,7 @@ async fn the_copy_concurrency_gate_keeps_a_thousand_volume_estate_under_the_dest
         let out = rig
             .run_waiting(&policy, slot(), StdDuration::from_secs(30 * 60))
             .await;
-        assert!(out.report.problems.is_empty(), "{:?}", out.report.problems);
+        assert_no_problems(&out);
         created += out.report.copies.created;
         if runs == 1 {
             assert!(
@@ -810,11 +793,7 @@ async fn a_copy_pending_past_the_completion_deadline_is_left_pending_and_checked
         .await;
     assert_eq!(first.report.copies.created, 1);
     assert_eq!(first.report.copies.pending, 1);
-    assert!(
-        first.report.problems.is_empty(),
-        "{:?}",
-        first.report.problems
-    );
+    assert_no_problems(&first);
     let polls = rig.dr.calls("DescribeSnapshots");
     assert!(polls > 2, "polled until the deadline: {polls} describes");
     assert_eq!(pending_copies(&rig.dr).len(), 1);
@@ -838,15 +817,7 @@ async fn a_dry_run_sends_no_copy_and_deletes_no_copy_but_reports_what_it_would_d
     let today = rig.snapshot(&volume, slot(), &[]);
     let old: Vec<String> = (1..4)
         .rev()
-        .map(|d| {
-            rig.copy(
-                &format!("snap-{d}"),
-                &volume,
-                slot() - days(d),
-                SnapState::Completed,
-                &[],
-            )
-        })
+        .map(|d| rig.completed_copy(&format!("snap-{d}"), &volume, slot() - days(d)))
         .collect();
     let dry_dr: Mutex<Option<Arc<DryRun>>> = Mutex::new(None);
     let destinations = rig.destinations.map(|e| {
@@ -881,7 +852,7 @@ async fn a_dry_run_sends_no_copy_and_deletes_no_copy_but_reports_what_it_would_d
         (out.report.copies.created, out.report.copies.deleted),
         (1, 1)
     );
-    assert!(out.report.problems.is_empty(), "{:?}", out.report.problems);
+    assert_no_problems(&out);
 }
 
 #[tokio::test]
@@ -891,13 +862,7 @@ async fn the_copy_metrics_count_copies_pending_copies_and_the_dr_staleness() {
     let volume = rig.volume();
     let yesterday = rig.snapshot(&volume, slot() - days(1), &[]);
     rig.snapshot(&volume, slot(), &[]);
-    rig.copy(
-        &yesterday,
-        &volume,
-        slot() - days(1),
-        SnapState::Completed,
-        &[],
-    );
+    rig.completed_copy(&yesterday, &volume, slot() - days(1));
 
     let out = rig.run(&policy, slot()).await;
     assert_eq!(out.report.copies.created, 1);
@@ -958,19 +923,10 @@ async fn the_copy_metrics_count_copies_pending_copies_and_the_dr_staleness() {
 #[tokio::test]
 async fn a_destination_that_is_the_sdks_own_region_is_a_problem_and_gets_nothing() {
     // No aws.regions: the source is the SDK's region, known only when the run starts.
-    let policy = load(&format!(
-        r#"
-[[policy]]
-name = "prod"
-target = {{ resource = "instance", tags = {{ Backup = "true" }} }}
-
-[[policy.schedule]]
-name = "daily"
-cron = "30 4 * * *"
-keep = {{ last = 1 }}
-{}
-"#,
-        copy_table(SOURCE, "{ last = 5 }", "")
+    let policy = load(&policy_toml(
+        "keep = { last = 1 }",
+        &copy_table(SOURCE, "{ last = 5 }", ""),
+        "",
     ));
     let source = Arc::new(FakeEc2::new(SOURCE));
     let destinations = Destinations::new(20, [source.clone() as Arc<dyn Ec2>]);
@@ -1004,23 +960,10 @@ keep = {{ last = 1 }}
 
 #[tokio::test]
 async fn copies_of_a_volume_skipped_for_a_bad_count_tag_are_not_orphans() {
-    let policy = load(&format!(
-        r#"
-[aws]
-regions = ["{SOURCE}"]
-
-[[policy]]
-name = "prod"
-target = {{ resource = "instance", tags = {{ Backup = "true" }} }}
-orphans = {{ expire-after = "30d" }}
-
-[[policy.schedule]]
-name = "daily"
-cron = "30 4 * * *"
-count-tag = "SnapshotDaily"
-{}
-"#,
-        copy_to_dr("{ last = 3 }", "")
+    let policy = in_source(&policy_toml(
+        "count-tag = \"SnapshotDaily\"",
+        &copy_to_dr("{ last = 3 }", ""),
+        "orphans = { expire-after = \"30d\" }",
     ));
     let rig = Rig::new(20);
     // The count tag mistyped: the volume is skipped until it is fixed, and must not lose its history meanwhile.
@@ -1032,7 +975,7 @@ count-tag = "SnapshotDaily"
     let old: BTreeSet<String> = (40..43)
         .map(|d| {
             let source = rig.snapshot(volume, slot() - days(d), &[]);
-            rig.copy(&source, volume, slot() - days(d), SnapState::Completed, &[])
+            rig.completed_copy(&source, volume, slot() - days(d))
         })
         .collect();
     let out = rig.run(&policy, slot()).await;
@@ -1060,17 +1003,9 @@ async fn copy_retention_over_a_deletion_cap_deletes_nothing_and_names_the_destin
     let volume = rig.volume();
     let today = rig.snapshot(&volume, slot(), &[]);
     let mut copies: BTreeSet<String> = (1..4)
-        .map(|d| {
-            rig.copy(
-                &format!("snap-{d}"),
-                &volume,
-                slot() - days(d),
-                SnapState::Completed,
-                &[],
-            )
-        })
+        .map(|d| rig.completed_copy(&format!("snap-{d}"), &volume, slot() - days(d)))
         .collect();
-    copies.insert(rig.copy(&today, &volume, slot(), SnapState::Completed, &[]));
+    copies.insert(rig.completed_copy(&today, &volume, slot()));
     let out = rig.run(&policy, slot()).await;
     assert_eq!(rig.dr_ids(), copies, "nothing deleted");
     assert_eq!(
@@ -1091,23 +1026,17 @@ async fn a_copy_backing_an_ami_is_kept_and_counted_in_its_destination() {
     let policy = policy(&copy_to_dr("{ last = 1 }", ""));
     let volume = rig.volume();
     let today = rig.snapshot(&volume, slot(), &[]);
-    let newest = rig.copy(&today, &volume, slot(), SnapState::Completed, &[]);
-    let ami = rig.copy(
-        "snap-1",
-        &volume,
-        slot() - days(1),
-        SnapState::Completed,
-        &[],
-    );
+    let newest = rig.completed_copy(&today, &volume, slot());
+    let ami = rig.completed_copy("snap-1", &volume, slot() - days(1));
     rig.dr.mark_in_use(&ami);
     let out = rig.run(&policy, slot()).await;
-    assert!(out.report.problems.is_empty(), "{:?}", out.report.problems);
+    assert_no_problems(&out);
     assert_eq!(rig.dr_ids(), BTreeSet::from([newest, ami]));
     assert_eq!((out.report.kept_in_use, out.report.copies.deleted), (1, 0));
     let text = rig.metrics.render(slot());
     let line =
         format!(r#"snapwarden_snapshots_kept_in_use_total{{policy="prod",region="{DR}"}} 1"#);
-    assert!(text.contains(&line), "missing {line} in\n{text}");
+    assert_has_line(&text, &line);
 }
 
 #[tokio::test]
@@ -1116,20 +1045,13 @@ async fn behind_a_full_gate_the_source_lets_each_snapshot_go_only_once_its_copy_
     let rig = Rig::new(1);
     let policy = policy_with("{ last = 2 }", &copy_to_dr("{ last = 5 }", ""), "");
     let volume = rig.volume();
-    let s: Vec<String> = (0..6)
-        .rev()
-        .map(|d| rig.snapshot(&volume, slot() - days(d), &[]))
-        .collect();
+    let s = rig.dailies(&volume, 6, slot());
     let first = rig.run(&policy, slot()).await;
     assert_eq!(
         (first.report.copies.created, first.report.copies.deferred),
         (1, 4)
     );
-    assert!(
-        first.report.problems.is_empty(),
-        "{:?}",
-        first.report.problems
-    );
+    assert_no_problems(&first);
     assert_eq!(rig.source_ids(), ids([&s[1], &s[2], &s[3], &s[4], &s[5]]));
 
     // The copy still pending holds the gate's one place: nothing more is sent, nothing pruned.
@@ -1171,10 +1093,7 @@ async fn a_destination_without_a_backend_holds_the_source_while_the_others_get_t
     let copies = copy_to_dr("{ last = 2 }", "") + &copy_table(DR2, "{ last = 4 }", "");
     let policy = policy_with("{ last = 2 }", &copies, "");
     let volume = rig.volume();
-    let s: Vec<String> = (0..5)
-        .rev()
-        .map(|d| rig.snapshot(&volume, slot() - days(d), &[]))
-        .collect();
+    let s = rig.dailies(&volume, 5, slot());
     let out = rig.run(&policy, slot()).await;
     assert_eq!(
         problems(&out),
@@ -1211,7 +1130,7 @@ async fn a_snapshot_that_completes_during_its_run_is_copied_by_that_run_and_the_
     let out = rig
         .run_waiting(&policy, slot(), StdDuration::from_secs(600))
         .await;
-    assert!(out.report.problems.is_empty(), "{:?}", out.report.problems);
+    assert_no_problems(&out);
     assert_eq!(
         (
             out.report.created,
@@ -1233,10 +1152,7 @@ async fn the_early_deletes_of_a_waiting_run_hold_what_the_destination_wants_too(
     let rig = Rig::new(20);
     let policy = policy_with("{ last = 2 }", &copy_to_dr("{ last = 5 }", ""), "");
     let volume = rig.volume();
-    let s: Vec<String> = (1..7)
-        .rev()
-        .map(|d| rig.snapshot(&volume, slot() - days(d), &[]))
-        .collect();
+    let s = rig.dailies(&volume, 6, slot() - days(1));
     rig.source.complete_after_describes(Some(1));
     rig.dr
         .fail_operation("CopySnapshot", "UnauthorizedOperation");
