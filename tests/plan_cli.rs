@@ -28,7 +28,7 @@ use snapwarden::ec2::fake::{FakeEc2, FAKE_ACCOUNT};
 use snapwarden::ec2::Ec2;
 use snapwarden::plan::{self, Request};
 use snapwarden::retention::SnapState;
-use snapwarden::worker::Region;
+use snapwarden::worker::{Destinations, Region};
 
 const AT: &str = "2026-01-10T12:00:00Z";
 
@@ -137,26 +137,36 @@ fn fleet() -> Arc<FakeEc2> {
 }
 
 fn regions(fake: &Arc<FakeEc2>) -> Vec<Arc<Region>> {
+    copying_regions(fake, Default::default())
+}
+
+/// The one region of `fake`, its copies going to `copies`.
+fn copying_regions(fake: &Arc<FakeEc2>, copies: Arc<Destinations>) -> Vec<Arc<Region>> {
     let ec2: Arc<dyn Ec2> = fake.clone();
     vec![Arc::new(Region {
         ec2,
         account_id: FAKE_ACCOUNT.into(),
         ssm: None,
-        copies: Default::default(),
+        copies,
     })]
+}
+
+/// The plan of `config` alone (no current config) over every policy at `--at`, with the real clock at `now`.
+fn request(config: &Config, now: DateTime<Utc>) -> Request<'_> {
+    Request {
+        new: config,
+        current: None,
+        policy: None,
+        at: at(),
+        now,
+    }
 }
 
 #[tokio::test]
 async fn plan_json_and_table_of_a_fixed_fleet_match_the_fixtures() {
     let fake = fleet();
     let config = load("plan.toml");
-    let req = Request {
-        new: &config,
-        current: None,
-        policy: None,
-        at: at(),
-        now: today(),
-    };
+    let req = request(&config, today());
     let gathered = plan::gather(&regions(&fake), &req).await.unwrap();
     let report = plan::report(&gathered.new, at());
     // What the binary prints: `plan::output` is all `main` calls after `gather`.
@@ -519,21 +529,11 @@ async fn plan_shows_the_copies_in_each_destination_the_held_sources_and_what_the
     }
 
     let config = load("plan-copy.toml");
-    let dests = snapwarden::worker::Destinations::new(20, [dest.clone() as Arc<dyn Ec2>]);
-    let regions = vec![Arc::new(Region {
-        ec2: src.clone(),
-        account_id: FAKE_ACCOUNT.into(),
-        ssm: None,
-        copies: Arc::new(dests),
-    })];
-    let req = Request {
-        new: &config,
-        current: None,
-        policy: None,
-        at: at(),
-        now: at(),
-    };
-    let gathered = plan::gather(&regions, &req).await.unwrap();
+    let dests = Destinations::new(20, [dest.clone() as Arc<dyn Ec2>]);
+    let regions = copying_regions(&src, Arc::new(dests));
+    let gathered = plan::gather(&regions, &request(&config, at()))
+        .await
+        .unwrap();
     let out = plan::output(&gathered, at(), false, true).unwrap();
     let rows: Vec<Value> = serde_json::from_str(&out.stdout).unwrap();
     let row = |region: &str, id: &str| {
@@ -634,20 +634,10 @@ async fn plan_refuses_to_show_a_policy_whose_copy_destination_it_cannot_read() {
     src.add_volume(&[("Backup", "app")]);
     let config = load("plan-copy.toml");
     // No backend for eu-west-1: its copies, and what it would be sent, are unknown.
-    let regions = vec![Arc::new(Region {
-        ec2: src,
-        account_id: FAKE_ACCOUNT.into(),
-        ssm: None,
-        copies: Default::default(),
-    })];
-    let req = Request {
-        new: &config,
-        current: None,
-        policy: None,
-        at: at(),
-        now: at(),
-    };
-    let err = plan::gather(&regions, &req).await.unwrap_err().to_string();
+    let err = plan::gather(&regions(&src), &request(&config, at()))
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(
         err.starts_with("policy `app`: copy destination eu-west-1 cannot be read:"),
         "{err}"
