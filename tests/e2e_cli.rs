@@ -593,30 +593,13 @@ cron = "0 5 * * 0"
 "#,
     )
     .unwrap();
-    let out = run_to_end(
-        snapwarden().arg("--config").arg(&bad).arg("validate"),
-        Duration::from_secs(10),
-    );
-    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains(&bad.display().to_string()),
-        "file not named\n{}",
-        text(&out)
-    );
+    let (out, stderr) = validate_refuses(&bad);
     for key in [
         "daemon.colour",
         "policy[prod].schedule[daily].cron",
         "policy[prod].schedule[weekly].keep",
     ] {
-        let line = stderr
-            .lines()
-            .find(|l| l.trim_start().starts_with(key))
-            .unwrap_or_else(|| panic!("no problem for `{key}`\n{}", text(&out)));
-        // Each problem is "key: what is wrong — what to write instead".
-        let (_, fix) = line
-            .split_once(" — ")
-            .unwrap_or_else(|| panic!("no fix in `{line}`"));
+        let (line, fix) = problem_at(&stderr, key, &out);
         assert!(!fix.trim().is_empty(), "empty fix in `{line}`");
     }
     assert!(
@@ -658,17 +641,7 @@ fn validate_refuses_impossible_copies_with_exit_78() {
             common::REGION
         ),
     );
-    let out = run_to_end(
-        snapwarden().arg("--config").arg(&bad).arg("validate"),
-        Duration::from_secs(10),
-    );
-    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains(&bad.display().to_string()),
-        "file not named\n{}",
-        text(&out)
-    );
+    let (out, stderr) = validate_refuses(&bad);
     for (key, fix) in [
         ("daemon.copy-concurrency", "copy-concurrency = 20"),
         (
@@ -680,15 +653,38 @@ fn validate_refuses_impossible_copies_with_exit_78() {
             "kms-key-id implies encrypted = true",
         ),
     ] {
-        let line = stderr
-            .lines()
-            .find(|l| l.trim_start().starts_with(key))
-            .unwrap_or_else(|| panic!("no problem for `{key}`\n{}", text(&out)));
-        let (_, written) = line
-            .split_once(" — ")
-            .unwrap_or_else(|| panic!("no fix in `{line}`"));
+        let (line, written) = problem_at(&stderr, key, &out);
         assert!(written.contains(fix), "`{line}` does not say {fix:?}");
     }
+}
+
+/// `validate` of the config file `bad`, which must exit 78 naming the file: its output and its stderr.
+fn validate_refuses(bad: &Path) -> (Output, String) {
+    let out = run_to_end(
+        snapwarden().arg("--config").arg(bad).arg("validate"),
+        Duration::from_secs(10),
+    );
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        stderr.contains(&bad.display().to_string()),
+        "file not named\n{}",
+        text(&out)
+    );
+    (out, stderr)
+}
+
+/// The line of `stderr` (of `out`) with the problem at `key`, and its fix: each problem is "key: what is wrong —
+/// what to write instead".
+fn problem_at<'a>(stderr: &'a str, key: &str, out: &Output) -> (&'a str, &'a str) {
+    let line = stderr
+        .lines()
+        .find(|l| l.trim_start().starts_with(key))
+        .unwrap_or_else(|| panic!("no problem for `{key}`\n{}", text(out)));
+    let (_, fix) = line
+        .split_once(" — ")
+        .unwrap_or_else(|| panic!("no fix in `{line}`"));
+    (line, fix)
 }
 
 #[test]
