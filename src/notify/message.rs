@@ -401,11 +401,13 @@ mod tests {
         );
     }
 
-    /// A copy refused by the destination region, as the copy phase records it: the source snapshot, the error of
-    /// the call sent to the destination.
-    fn refused_copy(snapshot: &str, destination: &str, raw: &str) -> Problem {
+    /// A partial run whose copy of `snap-0aaa` the destination region refused with the AWS code `raw`, recorded as
+    /// the copy phase records it: the source snapshot, the error of the call sent to the destination.
+    fn refused_copy(destination: &str, raw: &str) -> RunReport {
+        let mut r = report(0, 2);
         let e = Error::api(Op::CopySnapshot, destination, raw, "refused");
-        problem(snapshot, "copy", &e)
+        r.problems.push(problem("snap-0aaa", "copy", &e));
+        r
     }
 
     #[test]
@@ -432,12 +434,7 @@ mod tests {
 
     #[test]
     fn a_copy_refused_for_iam_asks_for_the_copy_grants_apart_from_the_sources_missing_action() {
-        let mut r = report(0, 2);
-        r.problems.push(refused_copy(
-            "snap-0aaa",
-            "eu-west-1",
-            "UnauthorizedOperation",
-        ));
+        let mut r = refused_copy("eu-west-1", "UnauthorizedOperation");
         let denied = Error::api(
             Op::CreateSnapshot,
             "us-east-1",
@@ -464,9 +461,7 @@ mod tests {
             ("InvalidKMSKey.NotFound", "the copy's KMS key cannot be used: the copy rule's kms-key-id must name an enabled key in the destination region"),
             ("InvalidParameterValue", "the copy request was refused as invalid (the message names the parameter): nearly always the copy rule's kms-key-id"),
         ] {
-            let mut r = report(0, 2);
-            r.problems.push(refused_copy("snap-0aaa", "ap-southeast-2", raw));
-            let body = digest(&r).body;
+            let body = digest(&refused_copy("ap-southeast-2", raw)).body;
             assert!(body.contains(&format!("- {raw} (copies): {advice}")), "{body}");
             assert!(
                 body.contains(&format!("- copy snap-0aaa: {raw} CopySnapshot in ap-southeast-2: {raw}")),
@@ -477,13 +472,7 @@ mod tests {
 
     #[test]
     fn a_full_destination_asks_for_nothing_unless_it_lasts() {
-        let mut r = report(0, 2);
-        r.problems.push(refused_copy(
-            "snap-0aaa",
-            "eu-west-1",
-            "ResourceLimitExceeded",
-        ));
-        let body = digest(&r).body;
+        let body = digest(&refused_copy("eu-west-1", "ResourceLimitExceeded")).body;
         assert!(
             body.contains(
                 "- ResourceLimitExceeded (copies): too many copies in progress to the destination region (AWS \
