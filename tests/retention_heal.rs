@@ -199,16 +199,7 @@ async fn copies_with_the_placeholder_volume_id_are_judged_per_source_never_poole
     let devices = ["/dev/sdf", "/dev/sdg", "/dev/sdh"];
     let (instance, _) = common::launch_instance(&raw, &[("Backup", "copies")], &devices).await;
     // The copies: snapshots of a scratch volume, shown to snapwarden with EC2's placeholder as volume id.
-    let scratch = raw
-        .create_volume()
-        .availability_zone(format!("{REGION}a"))
-        .size(8)
-        .send()
-        .await
-        .expect("CreateVolume")
-        .volume_id()
-        .unwrap()
-        .to_string();
+    let scratch = common::moto_volume(&raw, &[]).await;
     let mut oldest = Vec::new();
     for device in devices {
         for d in 1..=4 {
