@@ -564,11 +564,11 @@ async fn poll(
 /// The interval to the next completion poll. Doubling, as for the source's snapshots, unless copies wait for
 /// places under the gate (`waiting`): then every second a completed copy goes unseen is a second its place, and the
 /// sends behind it, stand idle, and over a backlog that adds up to a delay after every batch of `copy-concurrency`
-/// copies (with 2-minute copies, a pass of 10,000 took 1.4 × what the 20 places allow). So the interval restarts
-/// from the first poll when a poll has `freed` places (the copies sent into them start now) and grows by 1/16 a
-/// poll: about 1/16 of the time the copies have been pending, which bounds the delay to ~6% of a copy's duration
-/// for a few dozen describes per batch of 20 (a describe covers 200 copies), and still reaches the longest interval
-/// for copies that take hours.
+/// copies (10,000 copies of 45 s each took 1.34 × what the 20 places allow, of 100 s 1.20 ×: docs/PERFORMANCE.md,
+/// "DR copies"). So the interval restarts from the first poll when a poll has `freed` places (the copies sent into
+/// them start now) and grows by 1/16 a poll: about 1/16 of the time the copies have been pending, which bounds the
+/// delay to ~6% of a copy's duration (and to the longest interval, for copies that take hours), for a few dozen
+/// describes per batch of 20 instead of a handful.
 fn next_poll(interval: Duration, waiting: bool, freed: bool, c: &Completion) -> Duration {
     let next = match (waiting, freed) {
         (true, true) => c.first_poll,

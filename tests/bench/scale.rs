@@ -8,10 +8,14 @@
 //! same pass through the real SDK against moto to check that the request counts match the in-memory run. With
 //! `--vss`, fires of N Windows instances with `consistency = "vss"`: SSM through the real `PacedSsm` over stand-in
 //! agents that take `--agent-secs` and make the snapshots in the in-memory EC2, checked against the fire's targets.
+//! With `--copies`, a pass of DR copies of N volumes to one destination region through the real copy phase, both
+//! regions behind `Paced` and metered on their own buckets, the destination's copies pending `--copy-secs` each
+//! under AWS's 20-pending limit, checked against the copy floor; and the same source pass without copies.
 //!
 //! ```text
 //! cargo bench --bench scale -- --volumes 1000,5000,10000 --history 30 --latency-ms 50
 //! cargo bench --bench scale -- --vss 200,1000 --agent-secs 60
+//! cargo bench --bench scale -- --copies 10000 --copy-secs 120
 //! SNAPWARDEN_MOTO_SERVER=.venv/bin/moto_server cargo bench --bench scale -- --moto --moto-volumes 200 --planner 0 --volumes 0
 //! ```
 //! Results and how to read them: docs/PERFORMANCE.md.
@@ -325,6 +329,8 @@ struct Args {
     polling: Polling,
     copies: Vec<usize>,
     copy: Duration,
+    /// The copy pass's completion deadline; None: long enough for one run to make every copy.
+    copy_deadline: Option<Duration>,
 }
 
 fn args() -> Args {
@@ -343,6 +349,7 @@ fn args() -> Args {
         polling: Polling::default(),
         copies: Vec::new(),
         copy: Duration::from_secs(120),
+        copy_deadline: None,
     };
     let (mut volumes, mut planner) = (None, None);
     let mut it = std::env::args().skip(1);
@@ -376,13 +383,18 @@ fn args() -> Args {
             "--copy-secs" => {
                 a.copy = Duration::from_secs_f64(value().parse().expect("--copy-secs S"))
             }
+            "--copy-deadline-secs" => {
+                a.copy_deadline = Some(Duration::from_secs_f64(
+                    value().parse().expect("--copy-deadline-secs S"),
+                ))
+            }
             // cargo bench passes --bench to every bench target.
             "--bench" => {}
             other => panic!(
                 "unknown argument {other}; use --volumes N[,N…] --history H --latency-ms MS --budget F \
                  --consistency instance|volume --planner N --moto --moto-volumes N --moto-history H \
                  --vss INSTANCES[,INSTANCES…] --agent-secs S --poll-first-ms MS --poll-max-ms MS \
-                 --copies VOLUMES[,VOLUMES…] --copy-secs S"
+                 --copies VOLUMES[,VOLUMES…] --copy-secs S --copy-deadline-secs S"
             ),
         }
     }
@@ -1104,9 +1116,12 @@ fn dr_copies(a: &Args, volumes: usize) {
         let bucket = ((calls as f64 - m.capacity) / m.refill_per_sec).max(0.0);
         (gate, bucket)
     };
-    // One run makes every copy: its completion deadline (which bounds the copy phase too) is set past the pass.
+    // One run makes every copy: its completion deadline (which bounds the copy phase too) is set past the pass,
+    // unless `--copy-deadline-secs` gives the daemon's.
     let (gate, bucket) = floor_of(volumes as u64, volumes as u64);
-    let deadline = DEADLINE + Duration::from_secs_f64(2.0 * gate.max(bucket));
+    let deadline = a
+        .copy_deadline
+        .unwrap_or(DEADLINE + Duration::from_secs_f64(2.0 * gate.max(bucket)));
 
     let plain = {
         let (fake, _) = fake_estate(DR_SOURCE, volumes, a.history);
@@ -1194,15 +1209,26 @@ fn dr_copies(a: &Args, volumes: usize) {
          ({calls} calls - {:.0} burst) / {:.1}/s = {bucket:.0} s)",
         m.capacity, m.refill_per_sec
     );
-    println!(
-        "target copy pass wall <= 1.10 x floor: {wall:.0} s / {floor:.0} s = {:.3}: {}",
-        wall / floor.max(1e-9),
-        verdict(wall <= 1.10 * floor)
-    );
+    if st.copied == volumes as u64 {
+        println!(
+            "target copy pass wall <= 1.10 x floor: {wall:.0} s / {floor:.0} s = {:.3}: {}",
+            wall / floor.max(1e-9),
+            verdict(wall <= 1.10 * floor)
+        );
+    } else {
+        // The deadline ended the copy phase: the rest waits for the next runs.
+        println!(
+            "the completion deadline ended the pass: {} of {volumes} copies made by one run, {} deferred; at that \
+             many a run, a backlog of {volumes} takes {} runs",
+            st.copied,
+            c.deferred,
+            (volumes as u64).div_ceil(st.copied.max(1))
+        );
+    }
     println!(
         "target CopySnapshot calls = snapshots copied: {calls} calls, {} copied: {}",
         st.copied,
-        verdict(calls == st.copied && st.copied == volumes as u64)
+        verdict(calls == st.copied)
     );
     println!(
         "target ResourceLimitExceeded = 0: {} (and RequestLimitExceeded at the destination {}): {}",
@@ -1487,6 +1513,14 @@ fn main() {
         "--copy-secs".into(),
         a.copy.as_secs_f64().to_string(),
     ];
+    let common: Vec<String> = common
+        .into_iter()
+        .chain(
+            a.copy_deadline
+                .iter()
+                .flat_map(|d| ["--copy-deadline-secs".into(), d.as_secs_f64().to_string()]),
+        )
+        .collect();
     if a.moto {
         jobs.push(vec![
             "--planner".into(),
