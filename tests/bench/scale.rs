@@ -8,10 +8,14 @@
 //! same pass through the real SDK against moto to check that the request counts match the in-memory run. With
 //! `--vss`, fires of N Windows instances with `consistency = "vss"`: SSM through the real `PacedSsm` over stand-in
 //! agents that take `--agent-secs` and make the snapshots in the in-memory EC2, checked against the fire's targets.
+//! With `--copies`, a pass of DR copies of N volumes to one destination region through the real copy phase, both
+//! regions behind `Paced` and metered on their own buckets, the destination's copies pending `--copy-secs` each
+//! under AWS's 20-pending limit, checked against the copy floor; and the same source pass without copies.
 //!
 //! ```text
 //! cargo bench --bench scale -- --volumes 1000,5000,10000 --history 30 --latency-ms 50
 //! cargo bench --bench scale -- --vss 200,1000 --agent-secs 60
+//! cargo bench --bench scale -- --copies 10000 --copy-secs 120
 //! SNAPWARDEN_MOTO_SERVER=.venv/bin/moto_server cargo bench --bench scale -- --moto --moto-volumes 200 --planner 0 --volumes 0
 //! ```
 //! Results and how to read them: docs/PERFORMANCE.md.
@@ -20,7 +24,7 @@
 mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -137,6 +141,8 @@ struct Meter {
     aws: Option<Mutex<BTreeMap<Group, TokenBucket>>>,
     requests: Mutex<BTreeMap<Op, u64>>,
     throttled: Mutex<BTreeMap<Op, u64>>,
+    /// When the first and the last request of each operation were answered.
+    answered: Mutex<BTreeMap<Op, (tokio::time::Instant, tokio::time::Instant)>>,
 }
 
 impl Metered {
@@ -159,6 +165,7 @@ impl Metered {
             aws,
             requests: Mutex::new(BTreeMap::new()),
             throttled: Mutex::new(BTreeMap::new()),
+            answered: Mutex::new(BTreeMap::new()),
         });
         let (before, after) = (meter.clone(), meter.clone());
         let ec2 = Hooked::new(inner)
@@ -191,6 +198,11 @@ impl Metered {
     fn throttled(&self) -> u64 {
         self.meter.throttled.lock().unwrap().values().sum()
     }
+
+    /// When the first and the last request of `op` were answered, if any was.
+    fn answered(&self, op: Op) -> Option<(tokio::time::Instant, tokio::time::Instant)> {
+        self.meter.answered.lock().unwrap().get(&op).copied()
+    }
 }
 
 impl Meter {
@@ -201,6 +213,10 @@ impl Meter {
                 tokio::time::sleep(self.latency).await;
             }
             *self.requests.lock().unwrap().entry(operation).or_default() += 1;
+            let now = tokio::time::Instant::now();
+            let mut answered = self.answered.lock().unwrap();
+            answered.entry(operation).or_insert((now, now)).1 = now;
+            drop(answered);
             if let (Some(aws), Some(group)) = (&self.aws, operation.group()) {
                 let now = tokio::time::Instant::now().into_std();
                 let refused = aws
@@ -280,12 +296,20 @@ fn fake_estate(region: &str, volumes: usize, history: usize) -> (Arc<FakeEc2>, u
 }
 
 fn policy_config(history: usize, consistency: &str) -> Config {
-    let toml = format!(
+    config::from_toml_str(
+        std::path::Path::new("bench.toml"),
+        &policy_toml(history, consistency),
+        &[],
+    )
+    .expect("bench config")
+}
+
+fn policy_toml(history: usize, consistency: &str) -> String {
+    format!(
         "[[policy]]\nname = \"prod\"\nconsistency = \"{consistency}\"\n[policy.target]\n\
          tags = {{ Backup = \"true\" }}\n[[policy.schedule]]\nname = \"daily\"\ncron = \"30 4 * * *\"\n\
          keep = {{ last = {history} }}\n"
-    );
-    config::from_toml_str(std::path::Path::new("bench.toml"), &toml, &[]).expect("bench config")
+    )
 }
 
 // --- one pass ----------------------------------------------------------------------------------------------------
@@ -303,6 +327,10 @@ struct Args {
     vss: Vec<usize>,
     agent: Duration,
     polling: Polling,
+    copies: Vec<usize>,
+    copy: Duration,
+    /// The copy pass's completion deadline; None: long enough for one run to make every copy.
+    copy_deadline: Option<Duration>,
 }
 
 fn args() -> Args {
@@ -319,6 +347,9 @@ fn args() -> Args {
         vss: Vec::new(),
         agent: Duration::from_secs(60),
         polling: Polling::default(),
+        copies: Vec::new(),
+        copy: Duration::from_secs(120),
+        copy_deadline: None,
     };
     let (mut volumes, mut planner) = (None, None);
     let mut it = std::env::args().skip(1);
@@ -348,19 +379,29 @@ fn args() -> Args {
             "--poll-max-ms" => {
                 a.polling.max = Duration::from_millis(value().parse().expect("--poll-max-ms MS"))
             }
+            "--copies" => a.copies = list(&value(), "--copies VOLUMES[,VOLUMES…]"),
+            "--copy-secs" => {
+                a.copy = Duration::from_secs_f64(value().parse().expect("--copy-secs S"))
+            }
+            "--copy-deadline-secs" => {
+                a.copy_deadline = Some(Duration::from_secs_f64(
+                    value().parse().expect("--copy-deadline-secs S"),
+                ))
+            }
             // cargo bench passes --bench to every bench target.
             "--bench" => {}
             other => panic!(
                 "unknown argument {other}; use --volumes N[,N…] --history H --latency-ms MS --budget F \
                  --consistency instance|volume --planner N --moto --moto-volumes N --moto-history H \
-                 --vss INSTANCES[,INSTANCES…] --agent-secs S --poll-first-ms MS --poll-max-ms MS"
+                 --vss INSTANCES[,INSTANCES…] --agent-secs S --poll-first-ms MS --poll-max-ms MS \
+                 --copies VOLUMES[,VOLUMES…] --copy-secs S --copy-deadline-secs S"
             ),
         }
     }
-    // `--vss` alone measures only the VSS fires.
-    let vss_only = !a.vss.is_empty();
-    a.volumes = volumes.unwrap_or(if vss_only { Vec::new() } else { a.volumes });
-    a.planner = planner.unwrap_or(if vss_only { 0 } else { a.planner });
+    // `--vss` or `--copies` alone measures only the VSS fires or the copy passes.
+    let only = !a.vss.is_empty() || !a.copies.is_empty();
+    a.volumes = volumes.unwrap_or(if only { Vec::new() } else { a.volumes });
+    a.planner = planner.unwrap_or(if only { 0 } else { a.planner });
     a
 }
 
@@ -388,44 +429,60 @@ fn pace(budget: f64) -> PaceConfig {
 struct Pass {
     requests: BTreeMap<Op, u64>,
     throttled: u64,
+    /// When the run began, on tokio's clock, and how long it took.
+    start: tokio::time::Instant,
     wall: Duration,
     report: snapwarden::report::RunReport,
 }
 
-/// One run of the worker for the slot through `Paced(Instrumented(metered))`, timed on tokio's clock; `ssm`: the
-/// region's SSM (already paced) and how commands are polled.
+/// The completion deadline of the benchmark's runs: long enough for any pass it measures to finish.
+const DEADLINE: Duration = Duration::from_secs(6 * 3600);
+
+/// One run of the worker for the slot through `Paced(Instrumented(metered))`, timed on tokio's clock, with
+/// `completion` as its completion deadline; `ssm`: the region's SSM (already paced) and how commands are polled;
+/// `dr`: the region the policy's copies go to, paced on its own buckets as the daemon paces a destination.
 async fn pass(
     metered: Arc<Metered>,
     config: &Config,
     pace: PaceConfig,
     ssm: Option<(&dyn Ssm, Polling)>,
+    dr: Option<&Metered>,
+    completion: Duration,
 ) -> Pass {
     let permits = Arc::new(tokio::sync::Semaphore::new(
         config.daemon.max_concurrent_aws_calls,
     ));
     let metrics = Arc::new(Metrics::new());
-    let instrumented: Arc<dyn Ec2> = Arc::new(Instrumented::new(
-        metered.ec2.clone(),
-        permits,
-        metrics.clone(),
-    ));
-    let paced = Paced::new(instrumented, pace);
+    // Every backend guarded, instrumented and paced as `daemon::aws_regions_paced` builds it: the calls waiting at
+    // once are bounded across regions, the buckets are each region's own.
+    let paced = |backend: Arc<dyn Ec2>| {
+        let instrumented: Arc<dyn Ec2> =
+            Arc::new(Instrumented::new(backend, permits.clone(), metrics.clone()));
+        Paced::new(instrumented, pace.clone())
+    };
+    let source = paced(metered.ec2.clone());
+    let destinations = worker::Destinations::new(
+        config.daemon.copy_concurrency,
+        dr.map(|dr| Arc::new(paced(dr.ec2.clone())) as Arc<dyn Ec2>),
+    );
     let t0 = tokio::time::Instant::now();
-    let account = paced.account_id().await.expect("account id");
+    let account = source.account_id().await.expect("account id");
     let policy = &config.policies[0];
     let spec = RunSpec::new(policy, slot(), &account)
         .firing(["daily"])
         .concurrency(config.daemon.max_concurrent_aws_calls)
-        .completion(Completion::within(Duration::from_secs(6 * 3600)));
+        .completion(Completion::within(completion))
+        .destinations(&destinations);
     let spec = match ssm {
         Some((ssm, polling)) => spec.ssm(ssm, polling),
         None => spec,
     };
     let now = move || slot() + chrono::Duration::from_std(t0.elapsed()).unwrap_or_default();
-    let out = worker::run(&paced, &spec, &metrics, now).await;
+    let out = worker::run(&source, &spec, &metrics, now).await;
     Pass {
         requests: metered.requests(),
         throttled: metered.throttled(),
+        start: t0,
         wall: t0.elapsed(),
         report: out.report,
     }
@@ -488,7 +545,7 @@ fn in_memory(a: &Args, volumes: usize) {
         .start_paused(true)
         .build()
         .unwrap();
-    let p = rt.block_on(pass(metered, &config, pace.clone(), None));
+    let p = rt.block_on(pass(metered, &config, pace.clone(), None, None, DEADLINE));
     let real = real0.elapsed();
     let cpu = cpu() - cpu0;
     let worker_peak = PEAK.load(Relaxed).saturating_sub(live_before);
@@ -775,7 +832,15 @@ fn vss_fire(a: &Args, instances: usize) {
         });
         let counted = ssm::Instrumented::new(agents.clone(), Arc::new(Metrics::new()));
         let paced = PacedSsm::new(Arc::new(counted), pace.clone());
-        let p = pass(metered, &config, pace.clone(), Some((&paced, a.polling))).await;
+        let p = pass(
+            metered,
+            &config,
+            pace.clone(),
+            Some((&paced, a.polling)),
+            None,
+            DEADLINE,
+        )
+        .await;
         (p, agents)
     });
 
@@ -895,6 +960,293 @@ fn vss_fire(a: &Args, instances: usize) {
         verdict(wall <= 1.10 * floor),
         last_seen - last_done,
         (last_seen - last_done) / floor
+    );
+    println!();
+}
+
+// --- a pass of DR copies -----------------------------------------------------------------------------------------
+
+/// The regions of the copy pass: region codes, as copy rules require.
+const DR_SOURCE: &str = "eu-west-1";
+const DR_DESTINATION: &str = "eu-central-1";
+/// AWS's limit on copies pending at once per destination region and account (and `daemon.copy-concurrency`'s
+/// default).
+const AWS_COPY_LIMIT: usize = 20;
+
+/// The destination region as EBS runs copies, in front of its in-memory EC2 (behind the region's meter): a copy is
+/// pending for `duration` after its CopySnapshot was answered and completed from then on, as the next call reaching
+/// the region sees; at most [`AWS_COPY_LIMIT`] copies are pending at once (the in-memory EC2 refuses one more with
+/// `ResourceLimitExceeded`, counted here). Notes when each copy completed and when a DescribeSnapshots first
+/// showed it completed: how late the run learnt of it.
+struct DrRegion {
+    fake: Arc<FakeEc2>,
+    duration: Duration,
+    state: Mutex<DrState>,
+}
+
+#[derive(Default)]
+struct DrState {
+    /// Pending copies in the order made, each with when it completes (one duration for all, so in order).
+    pending: VecDeque<(tokio::time::Instant, Arc<str>)>,
+    /// Completed copies no describe has shown completed yet, with when they completed.
+    unseen: HashMap<Arc<str>, tokio::time::Instant>,
+    copied: u64,
+    /// `ResourceLimitExceeded` answers.
+    refused: u64,
+    most_pending: usize,
+    last_done: Option<tokio::time::Instant>,
+    last_seen: Option<tokio::time::Instant>,
+    /// Per copy, seen completed − completed: summed, the largest, how many.
+    lag_sum: f64,
+    lag_max: f64,
+    seen: u64,
+}
+
+impl DrRegion {
+    /// The destination region over `fake`, and its backend as the run sees it: AWS's meter (latency, buckets) in
+    /// front of the copies' clock in front of the in-memory EC2.
+    fn new(fake: Arc<FakeEc2>, duration: Duration, latency: Duration) -> (Arc<DrRegion>, Metered) {
+        fake.set_max_pending_copies(Some(AWS_COPY_LIMIT));
+        let dr = Arc::new(DrRegion {
+            fake: fake.clone(),
+            duration,
+            state: Mutex::default(),
+        });
+        let (before, after) = (dr.clone(), dr.clone());
+        let clocked = Hooked::new(fake)
+            .before(move |call| {
+                if matches!(call, Call::CopySnapshot(_) | Call::DescribeSnapshots(..)) {
+                    before.complete_due();
+                }
+                Step::Go
+            })
+            .after(move |call, answer| {
+                after.note(call, answer);
+                Step::Go
+            });
+        (dr, Metered::new(Arc::new(clocked), latency, true))
+    }
+
+    /// Completes the copies whose time has come, so the call about to reach the in-memory EC2 sees them completed
+    /// (and the copy limit counts them no more).
+    fn complete_due(&self) {
+        let now = tokio::time::Instant::now();
+        let mut st = self.state.lock().unwrap();
+        while st.pending.front().is_some_and(|(at, _)| *at <= now) {
+            let (at, id) = st.pending.pop_front().expect("a pending copy");
+            self.fake.set_snapshot_state(&id, SnapState::Completed);
+            st.unseen.insert(id, at);
+            st.last_done = Some(at);
+        }
+    }
+
+    fn note(&self, call: &Call<'_>, answer: Answer<'_>) {
+        let now = tokio::time::Instant::now();
+        let mut st = self.state.lock().unwrap();
+        match (call, answer) {
+            (Call::CopySnapshot(_), Answer::Created(Ok(copy))) => {
+                st.pending
+                    .push_back((now + self.duration, Arc::clone(&copy.id)));
+                st.copied += 1;
+                st.most_pending = st.most_pending.max(st.pending.len());
+            }
+            (Call::CopySnapshot(_), Answer::Created(Err(e)))
+                if e.code() == "ResourceLimitExceeded" =>
+            {
+                st.refused += 1
+            }
+            (Call::DescribeSnapshots(..), Answer::Snapshots(Ok(page))) => {
+                for s in &page.items {
+                    if let Some(done) = st.unseen.remove(&s.id) {
+                        let lag = (now - done).as_secs_f64();
+                        st.lag_sum += lag;
+                        st.lag_max = st.lag_max.max(lag);
+                        st.seen += 1;
+                        st.last_seen = Some(now);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The pass policy with one copy rule: the newest snapshot of every volume to [`DR_DESTINATION`] (`keep = { last =
+/// 1 }`), so a pass over a fresh destination copies one snapshot per volume.
+fn copy_config(history: usize, consistency: &str) -> Config {
+    let toml = format!(
+        "{}[[policy.schedule.copy]]\nregion = \"{DR_DESTINATION}\"\nkeep = {{ last = 1 }}\n",
+        policy_toml(history, consistency)
+    );
+    config::from_toml_str(std::path::Path::new("bench.toml"), &toml, &[]).expect("bench config")
+}
+
+/// The source side of a pass: when its last create or delete was answered (seconds from the run's start) and the
+/// floor its requests imply (the largest group, as for `--volumes`).
+fn source_side(p: &Pass, source: &Metered, pace: &PaceConfig) -> (f64, f64) {
+    let end = [Op::CreateSnapshot, Op::CreateSnapshots, Op::DeleteSnapshot]
+        .into_iter()
+        .filter_map(|op| source.answered(op).map(|(_, last)| last))
+        .max()
+        .map_or(0.0, |last| (last - p.start).as_secs_f64());
+    let floor = floors(&p.requests, pace).into_values().fold(0.0, f64::max);
+    (end, floor)
+}
+
+/// A copy pass of `volumes` volumes to one destination, through the real worker (the copy phase under the
+/// destination's copy-concurrency gate) and `Paced` for both regions, each region metered on its own buckets; and
+/// the same source pass without copies, to compare the source side. Prints the copy calls, the refusals, the
+/// timeline and the targets (docs/PERFORMANCE.md, "DR copies").
+fn dr_copies(a: &Args, volumes: usize) {
+    let pace = pace(a.budget);
+    let paused = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap()
+    };
+    let d = a.copy.as_secs_f64();
+    let l = a.latency.as_secs_f64();
+    // The floor of `copies` copies in `calls` CopySnapshot calls: AWS's 20 pending copies, each pending `d`, and
+    // the budgeted mutating bucket the calls take their tokens from.
+    let m = pace.bucket(Group::Mutating, Instant::now());
+    let floor_of = |copies: u64, calls: u64| {
+        let gate = copies as f64 * d / AWS_COPY_LIMIT as f64;
+        let bucket = ((calls as f64 - m.capacity) / m.refill_per_sec).max(0.0);
+        (gate, bucket)
+    };
+    // One run makes every copy: its completion deadline (which bounds the copy phase too) is set past the pass,
+    // unless `--copy-deadline-secs` gives the daemon's.
+    let (gate, bucket) = floor_of(volumes as u64, volumes as u64);
+    let deadline = a
+        .copy_deadline
+        .unwrap_or(DEADLINE + Duration::from_secs_f64(2.0 * gate.max(bucket)));
+
+    let plain = {
+        let (fake, _) = fake_estate(DR_SOURCE, volumes, a.history);
+        fake.complete_after_describes(Some(1));
+        let source = Arc::new(Metered::new(fake, a.latency, true));
+        let config = policy_config(a.history, &a.consistency);
+        let p = paused().block_on(pass(
+            source.clone(),
+            &config,
+            pace.clone(),
+            None,
+            None,
+            deadline,
+        ));
+        source_side(&p, &source, &pace)
+    };
+
+    let (fake, instances) = fake_estate(DR_SOURCE, volumes, a.history);
+    fake.complete_after_describes(Some(1));
+    let dest = Arc::new(FakeEc2::new(DR_DESTINATION));
+    dest.set_clock(slot());
+    FakeEc2::link_regions(&[fake.clone(), dest.clone()]);
+    let source = Arc::new(Metered::new(fake, a.latency, true));
+    let (dr, dr_metered) = DrRegion::new(dest, a.copy, a.latency);
+    let config = copy_config(a.history, &a.consistency);
+    let p = paused().block_on(pass(
+        source.clone(),
+        &config,
+        pace.clone(),
+        None,
+        Some(&dr_metered),
+        deadline,
+    ));
+    let copying = source_side(&p, &source, &pace);
+
+    let st = dr.state.lock().unwrap();
+    let dr_requests = dr_metered.requests();
+    let calls = dr_requests.get(&Op::CopySnapshot).copied().unwrap_or(0);
+    let (gate, bucket) = floor_of(st.copied, calls);
+    let floor = gate.max(bucket);
+    let end = p.start + p.wall;
+    let since = |t: tokio::time::Instant| (t - p.start).as_secs_f64();
+    // The copy phase from the first CopySnapshot sent (answered − latency) to the run's end.
+    let first = dr_metered
+        .answered(Op::CopySnapshot)
+        .map_or(p.wall.as_secs_f64(), |(first, _)| since(first) - l);
+    let wall = since(end) - first;
+    let c = &p.report.copies;
+
+    println!("== DR copies: {volumes} volumes ({instances} instances), {DR_SOURCE} -> {DR_DESTINATION} ==");
+    println!(
+        "run: result {}, created {}, deleted {}, problems {}; copies created {}, deferred {}, pending at the end {}; \
+         copies pending {d:.0} s each, copy-concurrency {}, latency {} ms, budget {:.0}%, completion deadline {:.0} s",
+        p.report.result().as_str(),
+        p.report.created,
+        p.report.deleted,
+        p.report.problems.len(),
+        c.created,
+        c.deferred,
+        c.pending,
+        config.daemon.copy_concurrency,
+        a.latency.as_millis(),
+        a.budget * 100.0,
+        deadline.as_secs_f64()
+    );
+    println!("requests the destination saw:");
+    for (op, n) in &dr_requests {
+        println!("  {op:<18} {n:>7}");
+    }
+    println!(
+        "timeline (s from the run's start): source creates and deletes done {:.0}, first copy sent {first:.0}, last \
+         copy completed {:.0}, last seen completed {:.0}, run over {:.0}; seen completed after completing: mean \
+         {:.1} s, max {:.1} s over {} copies; most copies pending at once {}",
+        copying.0,
+        st.last_done.map_or(0.0, since),
+        st.last_seen.map_or(0.0, since),
+        since(end),
+        st.lag_sum / st.seen.max(1) as f64,
+        st.lag_max,
+        st.seen,
+        st.most_pending
+    );
+    println!(
+        "copy floor {floor:.0} s = max(copies x {d:.0} s / {AWS_COPY_LIMIT} pending = {gate:.0} s, mutating bucket \
+         ({calls} calls - {:.0} burst) / {:.1}/s = {bucket:.0} s)",
+        m.capacity, m.refill_per_sec
+    );
+    if st.copied == volumes as u64 {
+        println!(
+            "target copy pass wall <= 1.10 x floor: {wall:.0} s / {floor:.0} s = {:.3}: {}",
+            wall / floor.max(1e-9),
+            verdict(wall <= 1.10 * floor)
+        );
+    } else {
+        // The deadline ended the copy phase: the rest waits for the next runs.
+        println!(
+            "the completion deadline ended the pass: {} of {volumes} copies made by one run, {} deferred; at that \
+             many a run, a backlog of {volumes} takes {} runs",
+            st.copied,
+            c.deferred,
+            (volumes as u64).div_ceil(st.copied.max(1))
+        );
+    }
+    println!(
+        "target CopySnapshot calls = snapshots copied: {calls} calls, {} copied: {}",
+        st.copied,
+        verdict(calls == st.copied)
+    );
+    println!(
+        "target ResourceLimitExceeded = 0: {} (and RequestLimitExceeded at the destination {}): {}",
+        st.refused,
+        dr_metered.throttled(),
+        verdict(st.refused == 0)
+    );
+    let ratio = |(end, floor): (f64, f64)| end / floor.max(1e-9);
+    println!(
+        "target source pass unchanged by copies: creates and deletes done at {:.0} s / floor {:.0} s = {:.3} without \
+         copies, {:.0} s / {:.0} s = {:.3} with: {}",
+        plain.0,
+        plain.1,
+        ratio(plain),
+        copying.0,
+        copying.1,
+        ratio(copying),
+        verdict((ratio(copying) - ratio(plain)).abs() <= 0.01)
     );
     println!();
 }
@@ -1033,7 +1385,7 @@ fn moto(a: &Args) {
         }
         let sdk: Arc<dyn Ec2> = Arc::new(ec2::sdk::SdkEc2::new(&conf));
         let metered = Arc::new(Metered::new(sdk, Duration::ZERO, false));
-        let p = pass(metered, &config, fast.clone(), None).await;
+        let p = pass(metered, &config, fast.clone(), None, None, DEADLINE).await;
         (p.requests, p.report)
     });
     drop(moto);
@@ -1046,7 +1398,7 @@ fn moto(a: &Args) {
         .start_paused(true)
         .build()
         .unwrap()
-        .block_on(pass(metered, &config, fast, None))
+        .block_on(pass(metered, &config, fast, None, None, DEADLINE))
         .requests;
 
     println!(
@@ -1111,6 +1463,16 @@ fn main() {
             n.to_string(),
         ]);
     }
+    for &n in &a.copies {
+        jobs.push(vec![
+            "--planner".into(),
+            "0".into(),
+            "--volumes".into(),
+            "0".into(),
+            "--copies".into(),
+            n.to_string(),
+        ]);
+    }
     if std::env::var_os("SNAPWARDEN_SCALE_CHILD").is_some() || jobs.len() + a.moto as usize <= 1 {
         if a.planner > 0 {
             planner(a.planner);
@@ -1120,6 +1482,9 @@ fn main() {
         }
         for &n in &a.vss {
             vss_fire(&a, n);
+        }
+        for &n in &a.copies {
+            dr_copies(&a, n);
         }
         if a.moto {
             moto(&a);
@@ -1145,7 +1510,17 @@ fn main() {
         a.polling.first.as_millis().to_string(),
         "--poll-max-ms".into(),
         a.polling.max.as_millis().to_string(),
+        "--copy-secs".into(),
+        a.copy.as_secs_f64().to_string(),
     ];
+    let common: Vec<String> = common
+        .into_iter()
+        .chain(
+            a.copy_deadline
+                .iter()
+                .flat_map(|d| ["--copy-deadline-secs".into(), d.as_secs_f64().to_string()]),
+        )
+        .collect();
     if a.moto {
         jobs.push(vec![
             "--planner".into(),
