@@ -458,7 +458,7 @@ fn retry_scheduled(
     regions: &[Arc<Region>],
 ) {
     let names: Vec<&str> = regions.iter().map(|r| r.ec2.region()).collect();
-    tracing::warn!(policy, schedules = %firing.join(","), slot = %schedule::format_slot(slot), attempt, next_at = %schedule::format_slot(at), regions = %names.join(","), "run failed or partial: retrying the slot");
+    tracing::warn!(policy, schedules = %firing.join(","), slot = %schedule::format_slot(slot), attempt, next_at = %schedule::format_slot(at), regions = %names.join(","), "run failed, partial or left copies deferred: retrying the slot");
     for s in firing {
         shared.metrics.run_retry(policy, s);
         let retry = status::Retry {
