@@ -261,7 +261,7 @@ fn rule(cx: &mut Collector<'_>, t: &mut Table<'_>, region: Option<String>) -> Op
 
 /// The partition a region code belongs to, by its shape: `cn-…` (aws-cn), `us-gov-…` (aws-us-gov), `us-iso-…`,
 /// `us-isob-…`, `eu-isoe-…` (aws-iso, aws-iso-b, aws-iso-e, …), else aws.
-fn partition(region: &str) -> String {
+pub(super) fn partition(region: &str) -> String {
     let mut parts = region.split('-');
     let (first, second) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     match (first, second) {

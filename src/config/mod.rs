@@ -13,6 +13,11 @@
 //! maps a [`ConfigError`] to [`ConfigError::EXIT_CODE`].
 
 mod copy;
+// `[[aws.account]]`, `aws.own-account`, `[aws.organization]` and a policy's `accounts`, read and checked but not
+// yet called by `sections`: nothing serves another account yet, and a key that validates and then does nothing
+// would mislead operators. The module doc lists the steps to hook it in.
+#[cfg_attr(not(test), allow(dead_code))]
+mod accounts;
 mod env;
 mod sections;
 mod tree;

@@ -269,7 +269,7 @@ fn aws(cx: &mut Collector<'_>, t: Option<&mut Table<'_>>) -> AwsConfig {
     a
 }
 
-fn regions(cx: &mut Collector<'_>, f: &Field<'_>) -> Vec<String> {
+pub(super) fn regions(cx: &mut Collector<'_>, f: &Field<'_>) -> Vec<String> {
     const EXAMPLE: &str = "regions = [\"us-east-1\", \"eu-west-1\"]";
     // From the environment a single region is naturally written without brackets: SNAPWARDEN_AWS__REGIONS=eu-west-1.
     if let Value::String(_, one) = f.value {
@@ -343,7 +343,13 @@ pub(super) fn arn<'a>(text: &'a str, service: &str) -> Result<(&'a str, &'a str,
     if found != service {
         return Err(format!("has service `{found}`, not {service}"));
     }
-    if !is_region(region) {
+    // IAM is global: its ARNs have an empty region part, and an IAM ARN with a region is a mistake.
+    if service == "iam" && !region.is_empty() {
+        return Err(format!(
+            "has region part `{region}`; IAM ARNs have none (arn:aws:iam::ACCOUNT:…)"
+        ));
+    }
+    if service != "iam" && !is_region(region) {
         return Err(format!("has region part `{region}`, not a region code"));
     }
     Ok((region, account, resource))
@@ -948,7 +954,7 @@ fn on_failure(cx: &mut Collector<'_>, t: &mut Table<'_>) -> Option<OnFailure> {
 }
 
 /// A duration within `range`, both ends included; `None` when invalid (reported).
-fn duration_between(
+pub(super) fn duration_between(
     cx: &mut Collector<'_>,
     f: &Field<'_>,
     range: std::ops::RangeInclusive<Duration>,

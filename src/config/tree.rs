@@ -94,6 +94,12 @@ impl<'f> Collector<'f> {
         self.problems
     }
 
+    /// How many problems are recorded so far: a reader that reports as it goes compares it before and after to
+    /// know whether what it read is whole.
+    pub(super) fn problem_count(&self) -> usize {
+        self.problems.len()
+    }
+
     /// A problem with no value to point at (a required key is missing).
     pub(super) fn missing(
         &mut self,
