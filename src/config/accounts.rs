@@ -250,7 +250,7 @@ fn listed(cx: &mut Collector<'_>, f: &Field<'_>, aws_regions: &[String]) -> Vec<
             Some(f) => role_arn(cx, f, aws_regions),
         };
         let mut id_twice = false;
-        if let Some((_, id)) = &role {
+        if let Some(Role { account_id: id, .. }) = &role {
             if let Some((_, first)) = ids.iter().find(|(other, _)| other == id) {
                 id_twice = true;
                 cx.problem(
@@ -263,7 +263,7 @@ fn listed(cx: &mut Collector<'_>, f: &Field<'_>, aws_regions: &[String]) -> Vec<
                 ids.push((id.clone(), i));
             }
         }
-        let account_id = role.as_ref().map(|(_, id)| id.as_str());
+        let account_id = role.as_ref().map(|r| r.account_id.as_str());
         let name = match &name_f {
             None => account_id.map(str::to_string),
             Some(f) => {
@@ -310,25 +310,16 @@ fn listed(cx: &mut Collector<'_>, f: &Field<'_>, aws_regions: &[String]) -> Vec<
         let session_name = session_name(cx, &mut t);
         let regions = match t.get("regions") {
             None => Some(aws_regions.to_vec()),
-            Some(f) => own_regions(cx, &f, role.as_ref().map(|(p, _)| p.as_str())),
+            Some(f) => own_regions(cx, &f, role.as_ref().map(|r| r.partition.as_str())),
         };
         t.finish(cx);
-        if let (
-            Some((_, account_id)),
-            Some(name),
-            Some(external_id),
-            Some(session_name),
-            Some(regions),
-        ) = (role, name, external_id, session_name, regions)
+        if let (Some(role), Some(name), Some(external_id), Some(session_name), Some(regions)) =
+            (role, name, external_id, session_name, regions)
         {
-            let role_arn = match written(&arn_f) {
-                Some(arn) => arn,
-                None => continue,
-            };
             out.push(Account {
                 name,
-                role_arn,
-                account_id,
+                role_arn: role.arn,
+                account_id: role.account_id,
                 external_id,
                 session_name,
                 regions,
@@ -338,12 +329,15 @@ fn listed(cx: &mut Collector<'_>, f: &Field<'_>, aws_regions: &[String]) -> Vec<
     out
 }
 
-/// `role-arn`: its partition and account id, once checked against `aws.regions`' partition.
-fn role_arn(
-    cx: &mut Collector<'_>,
-    f: &Field<'_>,
-    aws_regions: &[String],
-) -> Option<(String, String)> {
+/// A checked `role-arn`.
+struct Role {
+    arn: String,
+    partition: String,
+    account_id: String,
+}
+
+/// `role-arn`, once checked against `aws.regions`' partition.
+fn role_arn(cx: &mut Collector<'_>, f: &Field<'_>, aws_regions: &[String]) -> Option<Role> {
     let text = cx.string(f, ROLE_ARN_EXAMPLE)?;
     let (arn_partition, id) = match role_arn_parts(&text) {
         Ok(parts) => parts,
@@ -373,7 +367,11 @@ fn role_arn(
         );
         return None;
     }
-    Some((arn_partition.to_string(), id.to_string()))
+    Some(Role {
+        partition: arn_partition.to_string(),
+        account_id: id.to_string(),
+        arn: text.clone(),
+    })
 }
 
 /// The partition and account id of an IAM role ARN, or why it is not one (verb first, to follow the value).
