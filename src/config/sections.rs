@@ -320,7 +320,7 @@ pub(super) fn check_region(cx: &mut Collector<'_>, f: &Field<'_>, region: &str) 
 }
 
 /// Shape of a region code: `us-east-1`, `ap-southeast-5`, `us-gov-west-1`, `cn-north-1`.
-/// The region, account and resource of `text` as an ARN of `service`
+/// The region (empty for IAM, which is global), account and resource of `text` as an ARN of `service`
 /// (`arn:PARTITION:SERVICE:REGION:ACCOUNT:RESOURCE`), once the parts every ARN shares are checked; the account and
 /// resource are the caller's to check (their rules differ by service). The error says what is wrong, verb first
 /// ("has service `s3`, not kms"), for the caller to put after the value.
