@@ -48,7 +48,10 @@ impl TimeSource for Clock {
 async fn snapshot_ids(ec2: &SdkEc2) -> Vec<String> {
     snapwarden::ec2::all_snapshots(ec2, &[])
         .await
-        .expect("describe").iter().map(|s| s.id.to_string()).collect()
+        .expect("describe")
+        .iter()
+        .map(|s| s.id.to_string())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,13 +79,23 @@ async fn an_assumed_role_works_in_the_member_account_only() {
     assert_eq!(own.account_id().await.unwrap(), ACCOUNT);
     assert!(!snapshot_ids(&own).await.contains(&snapshot.id.to_string()));
     let own_volumes = own.describe_volumes(&[]).await.unwrap();
-    assert!(own_volumes.iter().all(|v| v.id != volume), "{own_volumes:?}");
+    assert!(
+        own_volumes.iter().all(|v| v.id != volume),
+        "{own_volumes:?}"
+    );
 
     // The request carried the role, its external id and the one-hour session; then reused for every call.
-    let assumes: Vec<_> = proxy.log().into_iter().filter(|h| h.action == "AssumeRole").collect();
+    let assumes: Vec<_> = proxy
+        .log()
+        .into_iter()
+        .filter(|h| h.action == "AssumeRole")
+        .collect();
     assert_eq!(assumes.len(), 1, "{assumes:?}");
     let sent = &assumes[0];
-    assert_eq!(sent.param("RoleArn").as_deref(), Some("arn%3Aaws%3Aiam%3A%3A222222222222%3Arole%2Fsnapwarden-member"));
+    assert_eq!(
+        sent.param("RoleArn").as_deref(),
+        Some("arn%3Aaws%3Aiam%3A%3A222222222222%3Arole%2Fsnapwarden-member")
+    );
     assert_eq!(sent.param("ExternalId").as_deref(), Some("from-the-config"));
     assert_eq!(sent.param("DurationSeconds").as_deref(), Some("3600"));
     assert_eq!(sent.param("RoleSessionName").as_deref(), Some("snapwarden"));
@@ -110,16 +123,25 @@ async fn credentials_are_assumed_again_before_they_expire() {
     // Two minutes before the end (moto's Expiration is an hour after the AssumeRole): renewed first, and the call
     // made with the new session succeeds.
     clock.advance(Duration::from_secs(28 * 60));
-    ec2.describe_volumes(&[]).await.expect("describe with the renewed session");
+    ec2.describe_volumes(&[])
+        .await
+        .expect("describe with the renewed session");
     assert_eq!(assumed(), 2, "{:?}", proxy.log());
     let log = proxy.log();
     assert!(
         log.iter().all(|h| h.outcome == "forwarded"),
         "no call failed: {log:?}"
     );
-    let gets = log.iter().filter(|h| h.action == "GetCallerIdentity").count();
+    let gets = log
+        .iter()
+        .filter(|h| h.action == "GetCallerIdentity")
+        .count();
     assert_eq!(gets, 2, "each call made once, none retried: {log:?}");
-    assert_eq!(log.iter().filter(|h| h.action == "DescribeVolumes").count(), 1, "{log:?}");
+    assert_eq!(
+        log.iter().filter(|h| h.action == "DescribeVolumes").count(),
+        1,
+        "{log:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,12 +160,25 @@ async fn a_refused_assume_role_names_the_role_and_the_fix() {
     assert_eq!(err.kind(), "assume-role", "{err:?}");
     assert_eq!(err.code(), "AccessDenied");
     let text = err.to_string();
-    assert!(text.starts_with(&format!("cannot assume role {ROLE}: AccessDenied")), "{text}");
-    assert!(text.contains("trust policy must allow sts:AssumeRole to the principal"), "{text}");
+    assert!(
+        text.starts_with(&format!("cannot assume role {ROLE}: AccessDenied")),
+        "{text}"
+    );
+    assert!(
+        text.contains("trust policy must allow sts:AssumeRole to the principal"),
+        "{text}"
+    );
     // moto's caller for the test keys is a user; on EC2 it is the role the instance profile gives.
-    assert!(text.contains(&format!("arn:aws:sts::{ACCOUNT}:user/moto")), "{text}");
+    assert!(
+        text.contains(&format!("arn:aws:sts::{ACCOUNT}:user/moto")),
+        "{text}"
+    );
     assert!(text.contains("sts:ExternalId"), "{text}");
     assert!(text.contains("(SCP)"), "{text}");
     assert!(matches!(err, Error::AssumeRole { .. }));
-    assert_eq!(proxy.count("DescribeVolumes", "forwarded"), 0, "nothing sent unsigned");
+    assert_eq!(
+        proxy.count("DescribeVolumes", "forwarded"),
+        0,
+        "nothing sent unsigned"
+    );
 }

@@ -119,11 +119,13 @@ impl ProvideCredentials for Assumed {
 /// GetCallerIdentity says on an instance profile or task role) is trusted as its role `arn:aws:iam::A:role/R`;
 /// users and roots as they are.
 fn trusted_principal(caller: &str) -> String {
-    let role = caller.split_once(":assumed-role/").and_then(|(head, rest)| {
-        let (name, _session) = rest.split_once('/')?;
-        let (partition, account) = head.strip_prefix("arn:")?.split_once(":sts::")?;
-        Some(format!("arn:{partition}:iam::{account}:role/{name}"))
-    });
+    let role = caller
+        .split_once(":assumed-role/")
+        .and_then(|(head, rest)| {
+            let (name, _session) = rest.split_once('/')?;
+            let (partition, account) = head.strip_prefix("arn:")?.split_once(":sts::")?;
+            Some(format!("arn:{partition}:iam::{account}:role/{name}"))
+        });
     role.unwrap_or_else(|| caller.to_string())
 }
 
@@ -136,8 +138,8 @@ pub(crate) fn refusal_text(
     message: &str,
 ) -> String {
     let principal = match daemon {
-        Some(arn) => format!("snapwarden's role {arn}"),
-        None => "snapwarden's own role (its ARN: `aws sts get-caller-identity` where the daemon runs, as \
+        Some(arn) => format!("{arn} (snapwarden's own identity)"),
+        None => "of snapwarden's own role (`aws sts get-caller-identity` where the daemon runs; trust it as \
                  arn:aws:iam::<account>:role/<name>)"
             .to_string(),
     };
@@ -170,8 +172,8 @@ mod tests {
         assert_eq!(
             text,
             "cannot assume role arn:aws:iam::222222222222:role/snapwarden-member: AccessDenied: not authorized \
-             (fix: the role's trust policy must allow sts:AssumeRole to the principal snapwarden's role \
-             arn:aws:iam::111111111111:role/snapwarden, with the condition StringEquals sts:ExternalId = the \
+             (fix: the role's trust policy must allow sts:AssumeRole to the principal \
+             arn:aws:iam::111111111111:role/snapwarden (snapwarden's own identity), with the condition StringEquals sts:ExternalId = the \
              external-id configured for this account; snapwarden's own policy must allow sts:AssumeRole on \
              arn:aws:iam::222222222222:role/snapwarden-member; and no service control policy (SCP) of the \
              organisation may deny sts:AssumeRole to either account)"
@@ -209,6 +211,8 @@ mod tests {
         assert_eq!(err.kind(), "assume-role");
         assert_eq!(err.code(), "AccessDenied");
         assert_eq!(err.retry(), None);
-        assert!(err.to_string().starts_with("cannot assume role arn:aws:iam::2:role/m"));
+        assert!(err
+            .to_string()
+            .starts_with("cannot assume role arn:aws:iam::2:role/m"));
     }
 }
