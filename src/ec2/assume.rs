@@ -117,7 +117,8 @@ impl ProvideCredentials for Assumed {
 
 /// The principal a trust policy names for the caller: a role session (`arn:aws:sts::A:assumed-role/R/S`, what
 /// GetCallerIdentity says on an instance profile or task role) is trusted as its role `arn:aws:iam::A:role/R`;
-/// users and roots as they are.
+/// users and roots as they are. (A role created with a path has it in its ARN but not in its sessions': the
+/// operator then writes the path in.)
 fn trusted_principal(caller: &str) -> String {
     let role = caller
         .split_once(":assumed-role/")
