@@ -28,6 +28,16 @@ pub enum Error {
         kind: &'static str,
         message: String,
     },
+    /// STS refused to let the daemon assume a member account's role (`ec2::assume`): that account cannot be
+    /// served until the trust is fixed. `daemon`: the principal the trust policy must name, when known.
+    #[error("{}", crate::ec2::assume::refusal_text(role_arn, *external_id, daemon.as_deref(), code, message))]
+    AssumeRole {
+        role_arn: String,
+        external_id: bool,
+        daemon: Option<String>,
+        code: String,
+        message: String,
+    },
     /// The SDK's credential chain produced nothing usable.
     #[error("no usable AWS credentials: {0}")]
     Credentials(String),
@@ -63,6 +73,7 @@ impl Error {
         match self {
             Error::Api { code, .. } => code.label(),
             Error::Transport { kind, .. } => kind,
+            Error::AssumeRole { .. } => "assume-role",
             Error::Credentials(_) => "credentials",
             Error::Stopped { .. } => "stopped",
             Error::Other(_) => "other",
@@ -73,6 +84,7 @@ impl Error {
     pub fn code(&self) -> &str {
         match self {
             Error::Api { raw_code, .. } => raw_code,
+            Error::AssumeRole { code, .. } => code,
             other => other.kind(),
         }
     }
@@ -165,6 +177,21 @@ impl fmt::Display for Hint {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The first error of type `T` in `err`'s chain of causes: an error of ours a credentials provider handed the
+/// SDK ([`Error::AssumeRole`]) comes back out of the failed call this way.
+pub(crate) fn find_cause<'a, T: std::error::Error + 'static>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(t) = e.downcast_ref::<T>() {
+            return Some(t);
+        }
+        next = e.source();
+    }
+    None
+}
 
 /// An error and its causes in words, `outer: cause: root cause`. The SDK's own `DisplayErrorContext` appends a
 /// `Debug` dump of the whole error after the chain, which buries the one line an operator needs.

@@ -5,6 +5,7 @@
 //! [`sdk::SdkEc2`] (aws-sdk-ec2) and [`fake::FakeEc2`] (in memory, for tests and `demo`). This module knows nothing
 //! of policies or retention.
 
+pub mod assume;
 pub mod fake;
 #[cfg(any(test, feature = "testing"))]
 pub mod hooked;

@@ -106,6 +106,12 @@ where
     if let Some(code) = err.code() {
         return Error::api(operation, region, code, err.message().unwrap_or_default());
     }
+    // Our own provider's refusal (`assume`) already says which role and what to fix.
+    if let Some(refused) =
+        crate::error::find_cause::<Error>(&err as &(dyn std::error::Error + 'static))
+    {
+        return refused.clone();
+    }
     let text = crate::error::cause_chain(&err);
     let kind = match &err {
         SdkError::TimeoutError(_) => "timeout",

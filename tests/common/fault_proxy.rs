@@ -46,7 +46,7 @@ pub fn status_of(code: &str) -> u16 {
     match code {
         "RequestLimitExceeded" | "ServiceUnavailable" | "Unavailable" => 503,
         "InternalError" | "InternalFailure" | "InternalServerError" => 500,
-        "UnauthorizedOperation" | "AuthFailure" => 403,
+        "UnauthorizedOperation" | "AuthFailure" | "AccessDenied" => 403,
         // SnapshotCreationPerVolumeRateExceeded, ConcurrentSnapshotLimitExceeded, SSM's ThrottlingException and other
         // client errors.
         _ => 400,
@@ -272,6 +272,15 @@ fn region_of(req: &Request) -> String {
         .to_string()
 }
 
+/// The service of the SigV4 credential scope (`ec2`, `sts`, …; `-` when unsigned).
+fn service_of(req: &Request) -> String {
+    header(&req.head, "authorization")
+        .and_then(|a| a.split("Credential=").nth(1))
+        .and_then(|scope| scope.split('/').nth(3))
+        .unwrap_or("-")
+        .to_string()
+}
+
 fn decide(state: &Mutex<State>, action: &str, region: &str) -> Option<Fault> {
     let mut st = state.lock().unwrap();
     let st = &mut *st;
@@ -316,7 +325,11 @@ fn serve(client: TcpStream, upstream: u16, state: &Mutex<State>) {
         let response = match fault {
             Some(Fault::Error(code)) => {
                 log(state, at, &req, &action, code);
-                error_response(code, header(&req.head, "x-amz-target").is_some())
+                error_response(
+                    code,
+                    header(&req.head, "x-amz-target").is_some(),
+                    service_of(&req) == "sts",
+                )
             }
             Some(Fault::Reset) => {
                 log(state, at, &req, &action, "reset");
@@ -367,8 +380,9 @@ fn serve(client: TcpStream, upstream: u16, state: &Mutex<State>) {
     }
 }
 
-/// The error answer for `code`: JSON (`__type`, as SSM writes it) for a JSON-protocol request, else EC2's XML.
-fn error_response(code: &str, json: bool) -> Vec<u8> {
+/// The error answer for `code`: JSON (`__type`, as SSM writes it) for a JSON-protocol request, STS's
+/// `ErrorResponse` XML for STS (the SDK finds no code in EC2's shape there), else EC2's XML.
+fn error_response(code: &str, json: bool, sts: bool) -> Vec<u8> {
     if json {
         let body = format!("{{\"__type\":\"{code}\",\"message\":\"injected by the fault proxy\"}}");
         let mut out = format!(
@@ -380,10 +394,17 @@ fn error_response(code: &str, json: bool) -> Vec<u8> {
         out.extend_from_slice(body.as_bytes());
         return out;
     }
-    let body = format!(
+    let body = if sts {
+        format!(
+            "<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code><Message>injected by the fault \
+             proxy</Message></Error><RequestId>00000000-0000-4000-8000-000000000000</RequestId></ErrorResponse>"
+        )
+    } else {
+        format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code><Message>injected by \
          the fault proxy</Message></Error></Errors><RequestID>00000000-0000-4000-8000-000000000000</RequestID></Response>"
-    );
+        )
+    };
     let status = status_of(code);
     let mut out = format!(
         "HTTP/1.1 {status} Injected\r\nContent-Type: text/xml;charset=UTF-8\r\nContent-Length: {}\r\n\r\n",
