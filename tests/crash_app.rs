@@ -200,16 +200,7 @@ impl Rig {
             .expect("DescribeSnapshots on moto");
         let mut by: BTreeMap<String, Vec<BTreeMap<String, String>>> = BTreeMap::new();
         for s in out.snapshots() {
-            let tags = s
-                .tags()
-                .iter()
-                .map(|t| {
-                    (
-                        t.key().unwrap_or_default().to_string(),
-                        t.value().unwrap_or_default().to_string(),
-                    )
-                })
-                .collect();
+            let tags = common::tag_map(s.tags());
             by.entry(s.volume_id().unwrap_or_default().to_string())
                 .or_default()
                 .push(tags);

@@ -94,17 +94,6 @@ fn raw_tags(pairs: &[(&str, &str)]) -> Vec<Tag> {
         .collect()
 }
 
-fn tag_map(tags: &[Tag]) -> BTreeMap<String, String> {
-    tags.iter()
-        .map(|t| {
-            (
-                t.key().unwrap_or_default().to_string(),
-                t.value().unwrap_or_default().to_string(),
-            )
-        })
-        .collect()
-}
-
 fn owned(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
         .iter()
@@ -177,7 +166,7 @@ async fn all_snapshots(raw: &aws_sdk_ec2::Client) -> BTreeMap<String, Seen> {
                 Seen {
                     volume: s.volume_id().unwrap_or_default().to_string(),
                     description: s.description().unwrap_or_default().to_string(),
-                    tags: tag_map(s.tags()),
+                    tags: common::tag_map(s.tags()),
                 },
             )
         })

@@ -16,10 +16,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-
 use aws_config::Region;
-use aws_sdk_ec2::types::Tag;
 use common::{filter, moto_snapshot, Moto, REGION};
 use snapwarden::ec2::sdk::SdkEc2;
 use snapwarden::ec2::{CopySnapshot, Ec2, Tags, COPY_VOLUME_ID};
@@ -28,15 +25,21 @@ use snapwarden::retention::SnapState;
 /// The destination: another region of the same moto server.
 const DR_REGION: &str = "us-west-2";
 
-fn tag_map(tags: &[Tag]) -> BTreeMap<String, String> {
-    tags.iter()
-        .map(|t| {
-            (
-                t.key().unwrap_or_default().to_string(),
-                t.value().unwrap_or_default().to_string(),
-            )
-        })
-        .collect()
+/// [`DR_REGION`]'s config, and raw clients of the source region and of it, on one moto server.
+async fn two_regions(
+    moto: &Moto,
+) -> (
+    aws_config::SdkConfig,
+    aws_sdk_ec2::Client,
+    aws_sdk_ec2::Client,
+) {
+    let config_a = moto.sdk_config().await;
+    let config_b = config_a.to_builder().region(Region::new(DR_REGION)).build();
+    let (raw_a, raw_b) = (
+        aws_sdk_ec2::Client::new(&config_a),
+        aws_sdk_ec2::Client::new(&config_b),
+    );
+    (config_b, raw_a, raw_b)
 }
 
 /// The snapshots with `id` that `raw`'s region holds (none or one).
@@ -73,12 +76,7 @@ fn copy_tags(source: &str, volume: &str) -> Tags {
 async fn a_copy_sent_to_the_destination_lands_there_with_every_requested_tag_and_not_in_the_source_region(
 ) {
     let moto = Moto::start();
-    let config_a = moto.sdk_config().await;
-    let config_b = config_a.to_builder().region(Region::new(DR_REGION)).build();
-    let (raw_a, raw_b) = (
-        aws_sdk_ec2::Client::new(&config_a),
-        aws_sdk_ec2::Client::new(&config_b),
-    );
+    let (config_b, raw_a, raw_b) = two_regions(&moto).await;
     let vol = common::moto_volume(&raw_a, &[("Name", "db")]).await;
     let source = moto_snapshot(
         &raw_a,
@@ -111,7 +109,7 @@ async fn a_copy_sent_to_the_destination_lands_there_with_every_requested_tag_and
     // In B, with every tag asked for (and none of the source's own: `team` stays behind).
     let in_b = snapshots_with_id(&raw_b, &copy.id).await;
     assert_eq!(in_b.len(), 1, "the copy is in {DR_REGION}");
-    assert_eq!(tag_map(in_b[0].tags()), request.tags);
+    assert_eq!(common::tag_map(in_b[0].tags()), request.tags);
     assert_eq!(in_b[0].description(), Some(request.description.as_str()));
     // Not in A, and the source did not move.
     assert!(
@@ -129,12 +127,7 @@ async fn a_copy_sent_to_the_destination_lands_there_with_every_requested_tag_and
 #[tokio::test]
 async fn a_reencrypting_copy_sends_its_kms_key_and_a_missing_source_is_named_by_aws_code() {
     let moto = Moto::start();
-    let config_a = moto.sdk_config().await;
-    let config_b = config_a.to_builder().region(Region::new(DR_REGION)).build();
-    let (raw_a, raw_b) = (
-        aws_sdk_ec2::Client::new(&config_a),
-        aws_sdk_ec2::Client::new(&config_b),
-    );
+    let (config_b, raw_a, raw_b) = two_regions(&moto).await;
     let vol = common::moto_volume(&raw_a, &[("Name", "db")]).await;
     let source = moto_snapshot(&raw_a, &vol, &[]).await;
     let dr = SdkEc2::new(&config_b);

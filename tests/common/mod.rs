@@ -187,6 +187,18 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
 }
 
 /// An EC2 describe filter for the raw SDK client.
+/// An SDK tag list as a map.
+pub fn tag_map(tags: &[aws_sdk_ec2::types::Tag]) -> std::collections::BTreeMap<String, String> {
+    tags.iter()
+        .map(|t| {
+            (
+                t.key().unwrap_or_default().to_string(),
+                t.value().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
 pub fn filter(name: &str, values: &[&str]) -> aws_sdk_ec2::types::Filter {
     aws_sdk_ec2::types::Filter::builder()
         .name(name)
