@@ -31,7 +31,7 @@ use crate::metrics::Metrics;
 use crate::notify::{Notifier, Publisher, SnsPublisher};
 use crate::report::{Problem, RunReport};
 use crate::schedule;
-use crate::scheduler::{self, Jump, Scheduler, Scope, Tick};
+use crate::scheduler::{self, Jump, Scheduler, Tick};
 use crate::sdnotify::SdNotify;
 use crate::ssm;
 use crate::status::{self, Health, StatusBoard};
@@ -126,70 +126,181 @@ pub fn pace_config(config: &Config) -> PaceConfig {
     }
 }
 
-/// [`aws_regions`] with explicit pacing (tests shorten the gaps and backoffs).
+/// [`aws_regions`] with explicit pacing (tests shorten the gaps and backoffs): the own account's regions (unless
+/// `aws.own-account = false`), then each `[[aws.account]]`'s, one [`Region`] per (account, region) pair.
 pub async fn aws_regions_paced(shared: &Shared, pace: &PaceConfig) -> Result<Vec<Arc<Region>>> {
-    let aws = &shared.config.aws;
-    let names: Vec<Option<&str>> = if aws.regions.is_empty() {
-        vec![None]
-    } else {
-        aws.regions.iter().map(|r| Some(r.as_str())).collect()
-    };
-    let permits = Arc::new(Semaphore::new(
-        shared.config.daemon.max_concurrent_aws_calls,
-    ));
+    let backends = Backends::new(shared, pace);
+    let accounts = &shared.config.aws.accounts;
     let mut out = Vec::new();
-    for name in names {
-        let conf = ec2::sdk::sdk_config(aws, name).await;
+    if accounts.own {
+        out.extend(backends.account(&Served::own(&shared.config)).await?);
+    } else {
+        // The daemon's own credentials sign every AssumeRole: fail fast, with the fix, when there are none.
+        backends
+            .base(shared.config.aws.regions.first().map(String::as_str))
+            .await?;
+    }
+    let own_id = out.first().map(|r| r.account_id.clone());
+    for account in &accounts.listed {
+        if own_id.as_deref() == Some(account.account_id.as_str()) {
+            return Err(Error::Other(format!(
+                "{}: [[aws.account]] `{}` ({}) is the daemon's own account, which aws.own-account already serves: \
+                 remove the entry, or set aws.own-account = false to serve the account through the role",
+                shared.config.source.display(),
+                account.name,
+                account.role_arn
+            )));
+        }
+        out.extend(backends.account(&Served::listed(account)).await?);
+    }
+    Ok(out)
+}
+
+/// An account as the daemon serves it: its label, how its credentials are had and its regions.
+#[derive(Debug, Clone)]
+pub(crate) struct Served {
+    /// The `account` label: an entry's name (its id by default); None for the own account, labelled by its id
+    /// once known.
+    name: Option<String>,
+    /// Known from the role ARN; None for the own account (GetCallerIdentity tells).
+    account_id: Option<String>,
+    role: Option<ec2::assume::Role>,
+    /// Empty: the SDK's region.
+    regions: Vec<String>,
+}
+
+impl Served {
+    fn own(config: &Config) -> Self {
+        Served {
+            name: None,
+            account_id: None,
+            role: None,
+            regions: config.aws.regions.clone(),
+        }
+    }
+
+    pub(crate) fn listed(account: &crate::config::Account) -> Self {
+        Served {
+            name: Some(account.name.clone()),
+            account_id: Some(account.account_id.clone()),
+            role: Some(ec2::assume::Role {
+                arn: account.role_arn.clone(),
+                external_id: account.external_id.clone(),
+                session_name: account.session_name.clone(),
+            }),
+            regions: account.regions.clone(),
+        }
+    }
+}
+
+/// Builds the paced backends of an account's regions: at start, and for the accounts an organisation refresh
+/// finds. Every (account, region) pair gets its own token buckets and pending-snapshot accounting (AWS's limits
+/// are per account per region) while the `max-concurrent-aws-calls` permits are one for the process (a FIFO
+/// queue: a pair waiting for a permit is served in its turn, whatever the size of the others).
+#[derive(Clone)]
+pub(crate) struct Backends {
+    shared: Shared,
+    permits: Arc<Semaphore>,
+    pace: PaceConfig,
+}
+
+impl Backends {
+    pub(crate) fn new(shared: &Shared, pace: &PaceConfig) -> Self {
+        Backends {
+            shared: shared.clone(),
+            permits: Arc::new(Semaphore::new(
+                shared.config.daemon.max_concurrent_aws_calls,
+            )),
+            pace: pace.clone(),
+        }
+    }
+
+    /// The daemon's own SDK config for `region` (None: the SDK's), checked to have a region and credentials.
+    async fn base(&self, region: Option<&str>) -> Result<aws_config::SdkConfig> {
+        let conf = ec2::sdk::sdk_config(&self.shared.config.aws, region).await;
         // `Paced` is the one retrier for EC2 and STS: an SDK retry would be a request its buckets never saw.
         let conf = conf
             .to_builder()
             .retry_config(aws_config::retry::RetryConfig::disabled())
             .build();
         ec2::sdk::check_sdk_config(&conf, Duration::from_secs(10)).await?;
-        shared.health.credentials_resolved.store(true, Relaxed);
-        let backend: Arc<dyn Ec2> = Arc::new(ec2::sdk::SdkEc2::new(&conf));
-        let ssm = ssm::PacedSsm::new(
-            Arc::new(ssm::Instrumented::new(
-                Arc::new(ssm::sdk::SdkSsm::new(&conf)),
-                shared.metrics.clone(),
-            )),
-            pace.clone(),
-        );
-        let region = paced_region(shared, backend, permits.clone(), pace.clone()).await?;
-        out.push((region, ssm));
+        self.shared.health.credentials_resolved.store(true, Relaxed);
+        Ok(conf)
     }
-    // One backend per destination, paced on that region's own buckets and shared by every source region.
-    let mut destinations: Vec<Arc<dyn Ec2>> = Vec::new();
-    let wanted: BTreeSet<String> = shared
-        .config
-        .policies
-        .iter()
-        .flat_map(worker::destination_regions)
-        .collect();
-    for name in wanted {
-        let conf = ec2::sdk::sdk_config(aws, Some(&name)).await;
-        let conf = conf
-            .to_builder()
-            .retry_config(aws_config::retry::RetryConfig::disabled())
-            .build();
-        let backend: Arc<dyn Ec2> = Arc::new(ec2::sdk::SdkEc2::new(&conf));
-        destinations.push(paced(shared, backend, permits.clone(), pace.clone()));
-    }
-    let copies = Arc::new(worker::Destinations::new(
-        shared.config.daemon.copy_concurrency,
-        destinations,
-    ));
-    Ok(out
-        .into_iter()
-        .map(|(region, ssm)| {
-            Arc::new(Region {
-                ssm: Some(Arc::new(ssm)),
-                ec2: region.ec2.clone(),
-                account_id: region.account_id.clone(),
-                copies: copies.clone(),
-            })
+
+    /// The SDK config `account` is served with in `region`: the daemon's own, or one assuming its role (nothing is
+    /// asked of STS until the first call, so a role that is refused fails that account's runs, not the start).
+    async fn config(
+        &self,
+        account: &Served,
+        region: Option<&str>,
+    ) -> Result<aws_config::SdkConfig> {
+        let base = self.base(region).await?;
+        Ok(match &account.role {
+            Some(role) => ec2::assume::assumed_config(&base, role).await,
+            None => base,
         })
-        .collect())
+    }
+
+    fn paced(&self, backend: Arc<dyn Ec2>) -> Arc<dyn Ec2> {
+        paced(
+            &self.shared,
+            backend,
+            self.permits.clone(),
+            self.pace.clone(),
+        )
+    }
+
+    /// One [`Region`] per region of `account`, sharing the account's copy destinations (one backend and gate per
+    /// destination region: the copy limit is the account's).
+    pub(crate) async fn account(&self, account: &Served) -> Result<Vec<Arc<Region>>> {
+        let wanted: BTreeSet<String> = self
+            .shared
+            .config
+            .policies
+            .iter()
+            .flat_map(worker::destination_regions)
+            .collect();
+        let mut destinations: Vec<Arc<dyn Ec2>> = Vec::new();
+        for name in wanted {
+            let conf = self.config(account, Some(&name)).await?;
+            destinations.push(self.paced(Arc::new(ec2::sdk::SdkEc2::new(&conf))));
+        }
+        let copies = Arc::new(worker::Destinations::new(
+            self.shared.config.daemon.copy_concurrency,
+            destinations,
+        ));
+        let names: Vec<Option<&str>> = if account.regions.is_empty() {
+            vec![None]
+        } else {
+            account.regions.iter().map(|r| Some(r.as_str())).collect()
+        };
+        let mut out = Vec::new();
+        for name in names {
+            let conf = self.config(account, name).await?;
+            let ssm = ssm::PacedSsm::new(
+                Arc::new(ssm::Instrumented::new(
+                    Arc::new(ssm::sdk::SdkSsm::new(&conf)),
+                    self.shared.metrics.clone(),
+                )),
+                self.pace.clone(),
+            );
+            let ec2 = self.paced(Arc::new(ec2::sdk::SdkEc2::new(&conf)));
+            let account_id = match &account.account_id {
+                Some(id) => id.clone(),
+                None => resolve(&self.shared, ec2.clone()).await?.account_id.clone(),
+            };
+            out.push(Arc::new(Region {
+                account: account.name.clone().unwrap_or_else(|| account_id.clone()),
+                own: account.role.is_none(),
+                ssm: Some(Arc::new(ssm)),
+                ec2,
+                account_id,
+                copies: copies.clone(),
+            }));
+        }
+        Ok(out)
+    }
 }
 
 /// Wraps a backend with the shared concurrency bound and metrics and resolves its account. Unpaced: for the
@@ -208,8 +319,7 @@ pub async fn region(
 }
 
 /// [`region`] behind one [`Paced`] layer, outermost, so every retry is paced and counted as an attempt and a call
-/// sleeping in backoff holds no concurrency permit. One per region, shared by all runs: AWS's buckets are per
-/// account per region.
+/// sleeping in backoff holds no concurrency permit (tests that pace a fake backend as the daemon paces AWS).
 pub async fn paced_region(
     shared: &Shared,
     backend: Arc<dyn Ec2>,
@@ -247,6 +357,8 @@ async fn resolve(shared: &Shared, ec2: Arc<dyn Ec2>) -> Result<Arc<Region>> {
     shared.health.aws_reachable.store(true, Relaxed);
     Ok(Arc::new(Region {
         ec2,
+        account: account_id.clone(),
+        own: true,
         account_id,
         ssm: None,
         copies: Default::default(),
@@ -433,6 +545,7 @@ fn run_panicked(
         started,
     );
     report.finished_at = Utc::now();
+    report.account = spec.account.to_string();
     report.fatal = Some(Problem {
         resource: region.to_string(),
         operation: "run",
@@ -515,10 +628,7 @@ pub async fn schedule_loop(
             shared.status.register(&p.name, &s.name, s.cron.as_str());
         }
     }
-    let scopes = regions
-        .iter()
-        .map(|r| Scope::region(r.ec2.region()))
-        .collect();
+    let scopes = regions.iter().map(|r| r.scope()).collect();
     let now = Utc::now();
     let mut scheduler = Scheduler::new(policies, scopes, tz, now);
     let act = |tick: Tick| {
@@ -542,7 +652,7 @@ pub async fn schedule_loop(
             let running = Running::start(&shared.status, &f, &done);
             let pending = f
                 .units()
-                .filter_map(|u| regions.iter().find(|r| r.ec2.region() == u.scope.region))
+                .filter_map(|u| regions.iter().find(|r| r.scope() == *u.scope))
                 .cloned()
                 .collect();
             tracker.spawn(fire(

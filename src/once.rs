@@ -157,6 +157,8 @@ keep = { last = 7 }
         let region = Region {
             ec2: src.clone(),
             account_id: FAKE_ACCOUNT.into(),
+            account: FAKE_ACCOUNT.into(),
+            own: true,
             ssm: None,
             copies: Arc::new(Destinations::new(20, [dest.clone() as Arc<dyn Ec2>])),
         };

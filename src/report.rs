@@ -83,6 +83,8 @@ pub struct RunReport {
     pub run_id: String,
     pub(crate) policy: String,
     pub(crate) schedules: Vec<String>,
+    /// The account's label (`worker::Region::account`); empty for reports made outside a region's run.
+    pub(crate) account: String,
     pub(crate) region: String,
     pub(crate) slot: DateTime<Utc>,
     pub(crate) started_at: DateTime<Utc>,
@@ -142,6 +144,7 @@ impl RunReport {
             run_id,
             policy: policy.to_string(),
             schedules,
+            account: String::new(),
             region: region.to_string(),
             slot,
             started_at: now,

@@ -44,16 +44,23 @@ pub(crate) fn retry_at(
     (at <= latest_start).then_some(at)
 }
 
-/// Where a fire acts: today one region of the account the daemon runs as; it is to become an (account, region)
-/// pair, which is why it is a type and not a region name.
+/// Where a fire acts: one region of one account (AWS's limits, and a policy's `accounts`, are per account).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) struct Scope {
+    /// The account's label (`worker::Region::account`).
+    pub(crate) account: String,
+    /// The daemon's own account, which a policy's `accounts` calls `own`.
+    pub(crate) own: bool,
     pub(crate) region: String,
 }
 
 impl Scope {
+    /// A region of the daemon's own account (tests).
+    #[cfg(test)]
     pub(crate) fn region(name: impl Into<String>) -> Self {
         Scope {
+            account: "own".into(),
+            own: true,
             region: name.into(),
         }
     }
@@ -61,7 +68,7 @@ impl Scope {
 
 impl std::fmt::Display for Scope {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.region)
+        write!(f, "{}/{}", self.account, self.region)
     }
 }
 
@@ -182,6 +189,14 @@ impl Scheduler {
         &self.policies
     }
 
+    /// The scopes served from now on (an organisation refresh adds and removes accounts); fires in flight keep
+    /// theirs.
+    // The organisation refresh task is its caller; until it lands only tests call it.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn set_scopes(&mut self, scopes: Vec<Scope>) {
+        self.scopes = scopes;
+    }
+
     /// Catch-up at start: every policy's latest slot (its most recent fire time) fires now.
     pub(crate) fn catch_up(&mut self, now: DateTime<Utc>) -> Tick {
         let mut tick = Tick::default();
@@ -256,7 +271,12 @@ impl Scheduler {
                 policy: p.clone(),
                 slot,
                 schedules,
-                scopes: self.scopes.clone(),
+                scopes: self
+                    .scopes
+                    .iter()
+                    .filter(|s| p.serves(&s.account, s.own))
+                    .cloned()
+                    .collect(),
                 why,
             });
         }
@@ -451,15 +471,15 @@ mod tests {
             ("nothing before the first fire, then exactly one", &[("daily", "30 4 * * *")], "2026-03-02T04:29:00Z", &[
                 (Tick("2026-03-02T04:29:01Z"), &[]),
                 (Tick("2026-03-02T04:29:59Z"), &[]),
-                (Tick("2026-03-02T04:30:00Z"), &["fire 2026-03-02T04:30:00Z daily schedule p@r1"]),
+                (Tick("2026-03-02T04:30:00Z"), &["fire 2026-03-02T04:30:00Z daily schedule p@own/r1"]),
                 (Tick("2026-03-02T04:30:01Z"), &[]),
                 (NextDue, &["next 2026-03-03T04:30:00Z"]),
             ]),
             ("schedules firing at one slot are one fire", DAILY_WEEKLY, "2026-03-02T04:29:59Z", &[
-                (Tick("2026-03-02T04:30:00Z"), &["fire 2026-03-02T04:30:00Z daily,weekly schedule p@r1"]),
+                (Tick("2026-03-02T04:30:00Z"), &["fire 2026-03-02T04:30:00Z daily,weekly schedule p@own/r1"]),
             ]),
             ("catch-up fires the latest slot at start, once", DAILY_WEEKLY, "2026-03-02T10:00:00Z", &[
-                (CatchUp("2026-03-02T10:00:00Z"), &["fire 2026-03-02T04:30:00Z daily,weekly catch-up p@r1"]),
+                (CatchUp("2026-03-02T10:00:00Z"), &["fire 2026-03-02T04:30:00Z daily,weekly catch-up p@own/r1"]),
                 (Finished(&["daily", "weekly"]), &[]),
                 (Tick("2026-03-02T10:00:01Z"), &[]),
                 (NextDue, &["next 2026-03-03T04:30:00Z"]),
@@ -469,40 +489,40 @@ mod tests {
                 (NextDue, &["next 2026-03-03T04:30:00Z"]),
             ]),
             ("a schedule still running is skipped, then fires again once finished", &[("m", "* * * * *")], "2026-03-02T04:29:30Z", &[
-                (Tick("2026-03-02T04:30:00Z"), &["fire 2026-03-02T04:30:00Z m schedule p@r1"]),
+                (Tick("2026-03-02T04:30:00Z"), &["fire 2026-03-02T04:30:00Z m schedule p@own/r1"]),
                 (Tick("2026-03-02T04:31:00Z"), &["skip m 2026-03-02T04:31:00Z"]),
                 (Finished(&["m"]), &[]),
                 (Tick("2026-03-02T04:31:30Z"), &[]),
-                (Tick("2026-03-02T04:32:00Z"), &["fire 2026-03-02T04:32:00Z m schedule p@r1"]),
+                (Tick("2026-03-02T04:32:00Z"), &["fire 2026-03-02T04:32:00Z m schedule p@own/r1"]),
             ]),
             ("a running member of a group is skipped, the others fire", DAILY_WEEKLY, "2026-03-01T04:29:59Z", &[
-                (Tick("2026-03-01T04:30:00Z"), &["fire 2026-03-01T04:30:00Z daily schedule p@r1"]),
+                (Tick("2026-03-01T04:30:00Z"), &["fire 2026-03-01T04:30:00Z daily schedule p@own/r1"]),
                 (Tick("2026-03-02T04:29:59Z"), &["pause 86399"]),
-                (Tick("2026-03-02T04:30:00Z"), &["skip daily 2026-03-02T04:30:00Z", "fire 2026-03-02T04:30:00Z weekly schedule p@r1"]),
+                (Tick("2026-03-02T04:30:00Z"), &["skip daily 2026-03-02T04:30:00Z", "fire 2026-03-02T04:30:00Z weekly schedule p@own/r1"]),
             ]),
             ("after a pause only the latest missed slot fires", &[("daily", "30 4 * * *")], "2026-03-02T04:00:00Z", &[
                 (Tick("2026-03-02T04:00:01Z"), &[]),
-                (Tick("2026-03-05T12:00:00Z"), &["pause 287999", "fire 2026-03-05T04:30:00Z daily schedule p@r1"]),
+                (Tick("2026-03-05T12:00:00Z"), &["pause 287999", "fire 2026-03-05T04:30:00Z daily schedule p@own/r1"]),
                 (Finished(&["daily"]), &[]),
                 (Tick("2026-03-05T12:00:01Z"), &[]),
                 (NextDue, &["next 2026-03-06T04:30:00Z"]),
             ]),
             ("a gap of a minute is not a pause", &[("daily", "30 4 * * *")], "2026-03-02T04:29:00Z", &[
                 (Tick("2026-03-02T04:29:00Z"), &[]),
-                (Tick("2026-03-02T04:30:00Z"), &["fire 2026-03-02T04:30:00Z daily schedule p@r1"]),
+                (Tick("2026-03-02T04:30:00Z"), &["fire 2026-03-02T04:30:00Z daily schedule p@own/r1"]),
             ]),
             ("a clock set back plans again from the new time", &[("hourly", "0 * * * *")], "2026-03-02T09:59:59Z", &[
-                (Tick("2026-03-02T10:00:00Z"), &["fire 2026-03-02T10:00:00Z hourly schedule p@r1"]),
+                (Tick("2026-03-02T10:00:00Z"), &["fire 2026-03-02T10:00:00Z hourly schedule p@own/r1"]),
                 (Finished(&["hourly"]), &[]),
                 (Tick("2026-03-02T08:59:59Z"), &["back 3601"]),
                 // Without planning again the next fire would stay at 11:00 and 09:00 would be lost.
                 (NextDue, &["next 2026-03-02T09:00:00Z"]),
-                (Tick("2026-03-02T09:00:00Z"), &["fire 2026-03-02T09:00:00Z hourly schedule p@r1"]),
+                (Tick("2026-03-02T09:00:00Z"), &["fire 2026-03-02T09:00:00Z hourly schedule p@own/r1"]),
             ]),
             ("a clock set back by a second changes nothing", &[("hourly", "0 * * * *")], "2026-03-02T09:59:00Z", &[
                 (Tick("2026-03-02T09:59:30Z"), &[]),
                 (Tick("2026-03-02T09:59:29Z"), &[]),
-                (Tick("2026-03-02T10:00:00Z"), &["fire 2026-03-02T10:00:00Z hourly schedule p@r1"]),
+                (Tick("2026-03-02T10:00:00Z"), &["fire 2026-03-02T10:00:00Z hourly schedule p@own/r1"]),
             ]),
         ];
         for (name, schedules, start, steps) in scenarios {
@@ -542,7 +562,7 @@ mod tests {
         assert_eq!(s.next_due(), Some(t("2026-03-02T04:30:00Z")));
         assert_eq!(
             render(s.tick(t("2026-03-02T04:30:00Z"))),
-            ["fire 2026-03-02T04:30:00Z daily schedule p@eu-west-1,p@us-east-1"]
+            ["fire 2026-03-02T04:30:00Z daily schedule p@own/eu-west-1,p@own/us-east-1"]
         );
         // No scope (no region configured): the fire still claims its schedules and does nothing.
         let mut none = Scheduler::new(
@@ -556,6 +576,44 @@ mod tests {
                 .units()
                 .count(),
             0
+        );
+    }
+
+    #[test]
+    fn a_policy_with_accounts_fires_in_those_accounts_only_and_scopes_follow_the_organisation() {
+        let scope = |account: &str, own: bool| Scope {
+            account: account.into(),
+            own,
+            region: "r1".into(),
+        };
+        let toml = "[aws]\n[[aws.account]]\nrole-arn = \"arn:aws:iam::222222222222:role/s\"\n\
+                    name = \"prod\"\n[[aws.account]]\nrole-arn = \"arn:aws:iam::333333333333:role/s\"\n\
+                    name = \"data\"\n"
+            .to_string()
+            + &policy(&[("daily", "30 4 * * *")]).replace("[[policy]]\n", "[[policy]]\naccounts = [\"prod\", \"own\"]\n");
+        let mut s = Scheduler::new(
+            policies(&toml),
+            vec![
+                scope("111111111111", true),
+                scope("prod", false),
+                scope("data", false),
+            ],
+            Tz::UTC,
+            t("2026-03-02T04:00:00Z"),
+        );
+        assert_eq!(
+            render(s.tick(t("2026-03-02T04:30:00Z"))),
+            ["fire 2026-03-02T04:30:00Z daily schedule p@111111111111/r1,p@prod/r1"]
+        );
+        s.finished("p", &["daily".to_string()]);
+        // An account that leaves (or joins) is out of (or in) the next fire.
+        s.set_scopes(vec![scope("data", false), scope("prod", false)]);
+        assert_eq!(
+            render(s.tick(t("2026-03-03T04:30:00Z"))),
+            [
+                "pause 86400",
+                "fire 2026-03-03T04:30:00Z daily schedule p@prod/r1"
+            ]
         );
     }
 

@@ -146,6 +146,8 @@ fn copying_regions(fake: &Arc<FakeEc2>, copies: Arc<Destinations>) -> Vec<Arc<Re
     vec![Arc::new(Region {
         ec2,
         account_id: FAKE_ACCOUNT.into(),
+        account: FAKE_ACCOUNT.into(),
+        own: true,
         ssm: None,
         copies,
     })]

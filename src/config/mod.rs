@@ -12,16 +12,13 @@
 //! when the file leaves it out (the caller knows whether stdout is a TTY), and does not exit the process: the CLI
 //! maps a [`ConfigError`] to [`ConfigError::EXIT_CODE`].
 
-mod copy;
-// `[[aws.account]]`, `aws.own-account`, `[aws.organization]` and a policy's `accounts`, read and checked but not
-// yet called by `sections`: nothing serves another account yet, and a key that validates and then does nothing
-// would mislead operators. The module doc lists the steps to hook it in.
-#[cfg_attr(not(test), allow(dead_code))]
 mod accounts;
+mod copy;
 mod env;
 mod sections;
 mod tree;
 
+pub(crate) use accounts::{Account, Accounts, OWN};
 pub use copy::{CopyRule, Encryption};
 pub use sections::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_OPERATION_TIMEOUT, DEFAULT_SHUTDOWN_GRACE};
 pub(crate) use sections::{DEFAULT_DEDUP_WINDOW, DEFAULT_MAX_ATTEMPTS};
@@ -98,6 +95,8 @@ pub struct AwsConfig {
     /// The whole operation, retries included.
     pub(crate) operation_timeout: Duration,
     pub(crate) attempt_timeout: Duration,
+    /// `own-account`, `[[aws.account]]` and `[aws.organization]`: the accounts served.
+    pub(crate) accounts: Accounts,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -194,6 +193,18 @@ pub struct Policy {
     pub(crate) vss: Option<Vss>,
     /// `[policy.scripts]`: pre/post scripts around the snapshot (instance targets only).
     pub(crate) scripts: Option<Scripts>,
+    /// `accounts`: the names of the accounts the policy serves (an entry's name, `own`, or a discovered account's
+    /// id); None: every account served.
+    pub accounts: Option<Vec<String>>,
+}
+
+impl Policy {
+    /// Whether the policy applies in the account named `name` (`own`: the daemon's own account).
+    pub fn serves(&self, name: &str, own: bool) -> bool {
+        self.accounts
+            .as_ref()
+            .is_none_or(|list| list.iter().any(|a| a == name || (own && a == OWN)))
+    }
 }
 
 /// How the volumes of one instance are snapshotted.

@@ -61,7 +61,7 @@ pub(super) fn config(cx: &mut Collector<'_>, root: &Dict, source: &Path) -> Conf
     let aws = section(cx, &mut t, "aws", aws);
     let notify = section(cx, &mut t, "notify", notify);
     let log = section(cx, &mut t, "log", log);
-    let policies = policies(cx, &mut t, daemon.timezone, &aws.regions);
+    let policies = policies(cx, &mut t, daemon.timezone, &aws.regions, &aws.accounts);
     t.finish(cx);
     Config {
         source: source.to_path_buf(),
@@ -203,12 +203,15 @@ fn aws(cx: &mut Collector<'_>, t: Option<&mut Table<'_>>) -> AwsConfig {
         connect_timeout: DEFAULT_CONNECT_TIMEOUT,
         operation_timeout: DEFAULT_OPERATION_TIMEOUT,
         attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
+        accounts: Default::default(),
     };
     let Some(t) = t else { return a };
 
     if let Some(f) = t.get("regions") {
         a.regions = regions(cx, &f);
     }
+    // The file is refused anyway when this is None (its problems are reported).
+    a.accounts = super::accounts::accounts(cx, Some(t), &a.regions).unwrap_or_default();
     if let Some(f) = t.get("endpoint-url") {
         if let Some(url) = cx.string(&f, "endpoint-url = \"http://127.0.0.1:5000\"") {
             match endpoint_problem(&url) {
@@ -618,6 +621,7 @@ fn policies(
     root: &mut Table<'_>,
     timezone: chrono_tz::Tz,
     regions: &[String],
+    accounts: &super::Accounts,
 ) -> Vec<Policy> {
     let path = root.path.key("policy");
     let Some(f) = root.get("policy") else {
@@ -651,7 +655,7 @@ fn policies(
             continue;
         };
         let name = name(cx, &mut t, &mut names, &path, i, 64, "policy");
-        if let Some(policy) = policy(cx, &mut t, name, timezone, regions) {
+        if let Some(policy) = policy(cx, &mut t, name, timezone, regions, accounts) {
             out.push(policy);
         }
         t.finish(cx);
@@ -737,6 +741,7 @@ fn policy(
     name: Option<String>,
     timezone: chrono_tz::Tz,
     regions: &[String],
+    accounts: &super::Accounts,
 ) -> Option<Policy> {
     let target_path = t.path.key("target");
     let target = match t.get("target") {
@@ -800,6 +805,10 @@ fn policy(
     }
 
     let orphans = t.get("orphans").and_then(|f| orphans(cx, &f));
+    let served = match t.get("accounts") {
+        None => Some(None),
+        Some(f) => super::accounts::policy_accounts(cx, &f, accounts).map(Some),
+    };
     let caps = caps(cx, t);
     let resource = target.as_ref().map(|(t, _)| t.resource);
     let consistency = consistency(cx, t, resource);
@@ -822,6 +831,7 @@ fn policy(
         consistency: consistency?,
         vss: vss?,
         scripts: scripts?,
+        accounts: served?,
     })
 }
 

@@ -138,6 +138,8 @@ pub struct RunSpec<'a> {
     pub(crate) firing: Vec<String>,
     pub(crate) slot: DateTime<Utc>,
     pub(crate) account_id: &'a str,
+    /// The account's label ([`Region::account`]); `account_id` by default.
+    pub(crate) account: &'a str,
     pub(crate) concurrency: usize,
     /// Poll pending snapshots (see `settle::poll`); None: create and move on without describing them
     /// (component tests on `FakeEc2`, `simulate`, which runs in simulated time). Dry runs never poll. Either way
@@ -165,6 +167,7 @@ impl<'a> RunSpec<'a> {
             firing: policy.schedules.iter().map(|s| s.name.clone()).collect(),
             slot,
             account_id,
+            account: account_id,
             concurrency: 4,
             completion: None,
             ssm: None,
@@ -264,6 +267,11 @@ async fn execute(run: &mut run::Run<'_>) -> Vec<Decision> {
 pub struct Region {
     pub ec2: Arc<dyn Ec2>,
     pub account_id: String,
+    /// The `account` label of metrics, `/status`, `plan` and the digest: an `[[aws.account]]`'s name (its id by
+    /// default), or the own account's id.
+    pub account: String,
+    /// The daemon's own account (a policy's `accounts` calls it `own`).
+    pub own: bool,
     /// SSM Run Command in the region, for VSS and script policies; None on the in-memory backends.
     pub ssm: Option<Arc<dyn crate::ssm::Ssm>>,
     /// The regions the policies copy to, shared by every source region (their gates are per destination).
@@ -271,9 +279,19 @@ pub struct Region {
 }
 
 impl Region {
+    /// Where this region's runs act, for the scheduler.
+    pub(crate) fn scope(&self) -> crate::scheduler::Scope {
+        crate::scheduler::Scope {
+            account: self.account.clone(),
+            own: self.own,
+            region: self.ec2.region().to_string(),
+        }
+    }
+
     /// A run of `policy` at `slot` in this region, with its SSM backend when it has one.
     pub fn spec<'a>(&'a self, policy: &'a Policy, slot: DateTime<Utc>) -> RunSpec<'a> {
-        let spec = RunSpec::new(policy, slot, &self.account_id).destinations(&self.copies);
+        let mut spec = RunSpec::new(policy, slot, &self.account_id).destinations(&self.copies);
+        spec.account = &self.account;
         match &self.ssm {
             Some(ssm) => spec.ssm(ssm.as_ref(), crate::ssm::batch::Polling::default()),
             None => spec,

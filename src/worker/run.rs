@@ -67,6 +67,7 @@ impl<'a> Run<'a> {
             now(),
         );
         report.dry_run = ec2.dry_run();
+        report.account = spec.account.to_string();
         Run {
             spec,
             ec2,
