@@ -135,15 +135,21 @@ pub async fn aws_regions_paced(shared: &Shared, pace: &PaceConfig) -> Result<Vec
     if accounts.own {
         out.extend(backends.account(&Served::own(&shared.config)).await?);
     } else {
-        // The daemon's own credentials sign every AssumeRole: fail fast, with the fix, when there are none.
-        backends
+        // The daemon's own credentials sign every AssumeRole: fail fast, with the fix, when there are none, and
+        // prove AWS reachable (readiness) with one GetCallerIdentity, as a served own account does.
+        let conf = backends
             .base(shared.config.aws.regions.first().map(String::as_str))
             .await?;
+        resolve(
+            shared,
+            backends.paced(Arc::new(ec2::sdk::SdkEc2::new(&conf))),
+        )
+        .await?;
     }
     let own_id = out.first().map(|r| r.account_id.clone());
     for account in &accounts.listed {
         if own_id.as_deref() == Some(account.account_id.as_str()) {
-            return Err(Error::Other(format!(
+            return Err(Error::Config(format!(
                 "{}: [[aws.account]] `{}` ({}) is the daemon's own account, which aws.own-account already serves: \
                  remove the entry, or set aws.own-account = false to serve the account through the role",
                 shared.config.source.display(),
@@ -570,7 +576,7 @@ fn retry_scheduled(
     at: DateTime<Utc>,
     regions: &[Arc<Region>],
 ) {
-    let names: Vec<&str> = regions.iter().map(|r| r.ec2.region()).collect();
+    let names: Vec<String> = regions.iter().map(|r| r.scope().to_string()).collect();
     tracing::warn!(policy, schedules = %firing.join(","), slot = %schedule::format_slot(slot), attempt, next_at = %schedule::format_slot(at), regions = %names.join(","), "run failed, partial or left copies deferred: retrying the slot");
     for s in firing {
         shared.metrics.run_retry(policy, s);

@@ -178,7 +178,12 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "exiting");
             eprintln!("snapwarden: {e:#}");
-            ExitCode::FAILURE
+            match e.downcast_ref::<snapwarden::error::Error>() {
+                Some(snapwarden::error::Error::Config(_)) => {
+                    ExitCode::from(ConfigError::EXIT_CODE as u8)
+                }
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }
