@@ -661,7 +661,13 @@ fn the_multi_account_example_serves_its_own_account_two_listed_ones_and_an_ou() 
                 "snapwarden",
                 vec!["us-east-1", "eu-west-1"]
             ),
-            ("staging", "444455556666", id, "snapwarden", vec!["us-east-1"]),
+            (
+                "staging",
+                "444455556666",
+                id,
+                "snapwarden",
+                vec!["us-east-1"]
+            ),
         ]
     );
     assert_eq!(
