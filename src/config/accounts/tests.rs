@@ -686,5 +686,6 @@ fn the_multi_account_example_serves_its_own_account_two_listed_ones_and_an_ou() 
     );
     let served: Vec<Option<Vec<String>>> =
         config.policies.iter().map(|p| p.accounts.clone()).collect();
-    assert_eq!(served, [None, Some(vec!["prod".into(), "own".into()])]);
+    let prod_and_own: Vec<String> = vec!["prod".into(), OWN.into()];
+    assert_eq!(served, [None, Some(prod_and_own)]);
 }
