@@ -1654,7 +1654,7 @@ fn fleet(a: &Args) {
     }
     let ok = runs
         .iter()
-        .all(|r| r.report.result().as_str() == "ok" && r.throttled == 0);
+        .all(|r| r.report.result().as_str() == "success" && r.throttled == 0);
     println!(
         "every run ok and no AWS refusal: {}",
         if ok { "yes" } else { "NO (see above)" }
