@@ -637,7 +637,9 @@ fn the_multi_account_example_serves_its_own_account_two_listed_ones_and_an_ou() 
     let config = crate::config::load(&path, &[]).unwrap_or_else(|e| panic!("{e}"));
     let accounts = &config.aws.accounts;
     assert!(accounts.own);
-    let listed: Vec<(&str, &str, Option<&str>, &str, Vec<&str>)> = accounts
+    // (name, account id, external id, session name, regions)
+    type Entry<'a> = (&'a str, &'a str, Option<&'a str>, &'a str, Vec<&'a str>);
+    let listed: Vec<Entry> = accounts
         .listed
         .iter()
         .map(|a| {
