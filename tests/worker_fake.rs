@@ -1242,8 +1242,8 @@ async fn a_partial_run_alerts_once_and_the_next_success_sends_recovered() {
     assert_eq!(
         subjects,
         [
-            "snapwarden PARTIAL prod/daily us-east-1: 1 of 2 volumes",
-            "snapwarden RECOVERED prod/daily us-east-1",
+            format!("snapwarden PARTIAL prod/daily {FAKE_ACCOUNT}/us-east-1: 1 of 2 volumes"),
+            format!("snapwarden RECOVERED prod/daily {FAKE_ACCOUNT}/us-east-1"),
         ]
     );
     assert_eq!(sent[0].attributes["severity"], "warning");
