@@ -1,4 +1,4 @@
-//! De-duplication of alerts: the same failure of a (policy, schedules, region) is sent once per window, a retry
+//! De-duplication of alerts: the same failure of a (policy, schedules, account, region) is sent once per window, a retry
 //! of a slot already alerted sends nothing, and the first success after a failure sends a recovery. Pure: the
 //! time is an argument.
 
@@ -20,20 +20,22 @@ pub(crate) enum AlertAction {
     Quiet,
 }
 
-/// Remembers which (policy, schedules, region) are alerting and with what, so the same failure is sent once per
+/// Remembers which (policy, schedules, account, region) are alerting and with what, so the same failure is sent once per
 /// window and a recovery follows the first success.
 pub(crate) struct Deduper {
     window: Duration,
     alerting: HashMap<AlertKey, Sent>,
 }
 
-/// (policy, schedules, region): what an alert is about.
-pub(super) type AlertKey = (String, String, String);
+/// (policy, schedules, account, region): what an alert is about. The account too: another account's success in
+/// the same region is no recovery of this one's failure, nor its digest a newer one of the same failure.
+pub(super) type AlertKey = (String, String, String, String);
 
 pub(super) fn alert_key(report: &RunReport) -> AlertKey {
     (
         report.policy.clone(),
         report.schedule_label(),
+        report.account.clone(),
         report.region.clone(),
     )
 }
@@ -118,6 +120,34 @@ mod tests {
             ),
             other => panic!("expected recovery, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn accounts_alert_apart_in_one_region() {
+        let mut d = Deduper::new(Duration::from_secs(3600));
+        let t = Utc::now();
+        let in_account = |failed, account: &str| {
+            let mut r = report(failed, 10);
+            r.account = account.into();
+            r
+        };
+        assert!(matches!(
+            d.decide(&in_account(1, "data"), t),
+            AlertAction::Send(_)
+        ));
+        // Another account failing the same way in the same region is news, not a repeat.
+        assert!(matches!(
+            d.decide(&in_account(1, "prod"), t),
+            AlertAction::Send(_)
+        ));
+        // Another account succeeding there recovers that account only.
+        let ok = in_account(0, "prod");
+        match d.decide(&ok, t) {
+            AlertAction::Send(m) => assert!(m.subject.contains("RECOVERED"), "{}", m.subject),
+            other => panic!("expected prod's recovery, got {other:?}"),
+        }
+        assert_eq!(d.decide(&in_account(0, "own"), t), AlertAction::Quiet);
+        assert_eq!(d.decide(&in_account(1, "data"), t), AlertAction::Suppressed);
     }
 
     #[test]

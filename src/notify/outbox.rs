@@ -44,7 +44,7 @@ impl Outbox {
         }
     }
 
-    /// Queues `message` for `key` (policy, schedules, region); `recovery` tells a recovery from a digest.
+    /// Queues `message` for `key` (policy, schedules, account, region); `recovery` tells a recovery from a digest.
     pub(crate) fn push(&mut self, key: AlertKey, message: Message, recovery: bool) -> Pushed {
         let mut out = Pushed::default();
         if let Some(i) = self.queue.iter().position(|q| q.key == key) {
@@ -143,7 +143,12 @@ mod tests {
     }
 
     fn key(schedule: &str) -> AlertKey {
-        ("prod".into(), schedule.into(), "us-east-1".into())
+        (
+            "prod".into(),
+            schedule.into(),
+            "123456789012".into(),
+            "us-east-1".into(),
+        )
     }
 
     #[test]
