@@ -1,6 +1,6 @@
-//! De-duplication of alerts: the same failure of a (policy, schedules, account, region) is sent once per window, a retry
-//! of a slot already alerted sends nothing, and the first success after a failure sends a recovery. Pure: the
-//! time is an argument.
+//! De-duplication of alerts: the same failure of a (policy, schedules, account, region) is sent once per window,
+//! a retry of a slot already alerted sends nothing, and the first success after a failure sends a recovery. Pure:
+//! the time is an argument.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -20,8 +20,8 @@ pub(crate) enum AlertAction {
     Quiet,
 }
 
-/// Remembers which (policy, schedules, account, region) are alerting and with what, so the same failure is sent once per
-/// window and a recovery follows the first success.
+/// Remembers which (policy, schedules, account, region) are alerting and with what, so the same failure is sent
+/// once per window and a recovery follows the first success.
 pub(crate) struct Deduper {
     window: Duration,
     alerting: HashMap<AlertKey, Sent>,

@@ -6,8 +6,8 @@
 //!
 //! SNS outages: a message SNS refused stays in the [`Outbox`](outbox::Outbox) (in memory, bounded: when full the oldest is dropped
 //! and counted) and is retried with exponential backoff and full jitter until it is delivered or superseded — a
-//! newer message for the same policy, schedules, account and region replaces an undelivered older one, since only the
-//! latest state is worth reading. A recovery that supersedes an undelivered failure is itself dropped unless an
+//! newer message for the same policy, schedules, account and region replaces an undelivered older one, since only
+//! the latest state is worth reading. A recovery that supersedes an undelivered failure is itself dropped unless an
 //! earlier failure of that key was delivered: nobody heard of the failure, so there is nothing to recover from
 //! (the failed run is still in the metrics and logs). Messages go out in order; while the first one waits for its
 //! retry, the others wait too (SNS is down for all of them). Alerts still queued at shutdown get one last try.
