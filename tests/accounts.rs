@@ -35,7 +35,7 @@ use snapwarden::config;
 use snapwarden::daemon::{self, Shared};
 use snapwarden::ec2::assume::{assumed_config, Role};
 use snapwarden::ec2::pace::PaceConfig;
-use snapwarden::notify::Notifier;
+use snapwarden::notify::{Notifier, Publisher};
 use snapwarden::report::{RunReport, RunResult};
 use snapwarden::schedule::format_slot;
 use snapwarden::worker::{self, Completion, Region};
@@ -312,7 +312,7 @@ async fn run_loop(
     done: impl Fn() -> bool,
 ) -> bool {
     let (notifier, sender) = Notifier::spawn(
-        Some(alerts),
+        Some(alerts as Arc<dyn Publisher>),
         StdDuration::from_secs(3600),
         shared.metrics.clone(),
     );
