@@ -66,10 +66,9 @@ pub struct Problem {
 
 impl Problem {
     /// What `e` did to `resource` during `operation`: its code, its message, and the AWS call and code meaning
-    /// it carries, if any.
+    /// it carries, if any. A refused role is `assume-role`, not STS's code (`AccessDenied`, which reads as an EC2
+    /// permission): the message carries STS's code with the role and the fix.
     pub(crate) fn of(resource: String, operation: &'static str, e: &Error) -> Problem {
-        // A refused AssumeRole is one problem whatever STS answered (its code is in the message): the digest's
-        // advice and the retry rule are the role's, not those of an EC2 code such as `AccessDenied`.
         let code = match e {
             Error::AssumeRole { .. } => e.kind(),
             _ => e.code(),
@@ -247,6 +246,22 @@ impl RunReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_role_is_its_own_problem_code() {
+        let e = Error::AssumeRole {
+            role_arn: "arn:aws:iam::222222222222:role/snapwarden".into(),
+            external_id: false,
+            daemon: None,
+            code: "AccessDenied".into(),
+            message: "not authorized".into(),
+        };
+        let p = Problem::of("us-east-1".into(), "describe", &e);
+        assert_eq!(p.code, "assume-role");
+        assert!(p.message.starts_with(
+            "cannot assume role arn:aws:iam::222222222222:role/snapwarden: AccessDenied"
+        ));
+    }
 
     fn problem(op: &'static str, code: &str) -> Problem {
         Problem {
