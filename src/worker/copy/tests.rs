@@ -288,7 +288,7 @@ fn assert_no_problems(outcome: &Outcome) {
 /// destination) with value `n`.
 fn copies_total(outcome: &str, n: u32) -> String {
     format!(
-        r#"snapwarden_copies_total{{destination="{DR}",outcome="{outcome}",policy="prod",region="{SOURCE}",schedule="daily"}} {n}"#
+        r#"snapwarden_copies_total{{account="{FAKE_ACCOUNT}",destination="{DR}",outcome="{outcome}",policy="prod",region="{SOURCE}",schedule="daily"}} {n}"#
     )
 }
 
@@ -615,7 +615,7 @@ async fn copies_are_pruned_per_source_volume_with_the_sources_rails_and_the_orph
     assert_eq!(rig.source.calls("DeleteSnapshot"), 0);
     let text = rig.metrics.render(s);
     let line = format!(
-        r#"snapwarden_snapshots_deleted_total{{policy="prod",region="{DR}",schedule="daily"}} 7"#
+        r#"snapwarden_snapshots_deleted_total{{account="{FAKE_ACCOUNT}",policy="prod",region="{DR}",schedule="daily"}} 7"#
     );
     assert_has_line(&text, &line);
 
@@ -1034,8 +1034,9 @@ async fn a_copy_backing_an_ami_is_kept_and_counted_in_its_destination() {
     assert_eq!(rig.dr_ids(), BTreeSet::from([newest, ami]));
     assert_eq!((out.report.kept_in_use, out.report.copies.deleted), (1, 0));
     let text = rig.metrics.render(slot());
-    let line =
-        format!(r#"snapwarden_snapshots_kept_in_use_total{{policy="prod",region="{DR}"}} 1"#);
+    let line = format!(
+        r#"snapwarden_snapshots_kept_in_use_total{{account="{FAKE_ACCOUNT}",policy="prod",region="{DR}"}} 1"#
+    );
     assert_has_line(&text, &line);
 }
 
