@@ -866,7 +866,8 @@ async fn the_copy_metrics_count_copies_pending_copies_and_the_dr_staleness() {
 
     let out = rig.run(&policy, slot()).await;
     assert_eq!(out.report.copies.created, 1);
-    let labels = format!(r#"destination="{DR}",policy="prod",region="{SOURCE}""#);
+    let labels =
+        format!(r#"account="{FAKE_ACCOUNT}",destination="{DR}",policy="prod",region="{SOURCE}""#);
     let metric = |text: &str, name: &str, labels: &str| -> Option<f64> {
         let prefix = format!("{name}{{{labels}}} ");
         text.lines()
@@ -876,7 +877,7 @@ async fn the_copy_metrics_count_copies_pending_copies_and_the_dr_staleness() {
     let hour = 3600.0;
     let text = rig.metrics.render(slot() + Duration::hours(1));
     let created = format!(
-        r#"destination="{DR}",outcome="created",policy="prod",region="{SOURCE}",schedule="daily""#
+        r#"account="{FAKE_ACCOUNT}",destination="{DR}",outcome="created",policy="prod",region="{SOURCE}",schedule="daily""#
     );
     assert_eq!(
         metric(&text, "snapwarden_copies_total", &created),
@@ -888,7 +889,9 @@ async fn the_copy_metrics_count_copies_pending_copies_and_the_dr_staleness() {
         Some(1.0),
         "{text}"
     );
-    let stale = format!(r#"destination="{DR}",policy="prod",region="{SOURCE}",schedule="daily""#);
+    let stale = format!(
+        r#"account="{FAKE_ACCOUNT}",destination="{DR}",policy="prod",region="{SOURCE}",schedule="daily""#
+    );
     // Today's copy is pending: yesterday's is the newest completed one, 25 hours old.
     assert_eq!(
         metric(&text, "snapwarden_dr_staleness_seconds", &stale),
