@@ -385,7 +385,7 @@ impl Metrics {
     /// Drops every series of an account the daemon no longer serves (it left the organisation, or the config):
     /// its counters too, since nothing will count there again and each departed account would otherwise stay
     /// in every scrape for the life of the process.
-    pub(crate) fn forget_account(&self, account: &str) {
+    pub fn forget_account(&self, account: &str) {
         forget_account_in(&self.snapshots_created, account);
         forget_account_in(&self.snapshots_deleted, account);
         forget_account_in(&self.snapshots_failed, account);
