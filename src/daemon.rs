@@ -771,8 +771,8 @@ fn reregister(shared: &Shared, regions: &[Arc<Region>], config: &Config) {
             shared.status.register(&p.name, &s.name, s.cron.as_str());
         }
     }
-    let names: Vec<String> = regions.iter().map(|r| r.ec2.region().to_string()).collect();
-    shared.metrics.init_series(config, &names, Utc::now());
+    let scopes: Vec<scheduler::Scope> = regions.iter().map(|r| r.scope()).collect();
+    shared.metrics.init_series(config, &scopes, Utc::now());
 }
 
 /// What a [`reload`] did: the `outcome` label of `snapwarden_config_reloads_total`.
@@ -936,10 +936,10 @@ pub async fn serve(
     };
     let window = shared.config.notify.dedup_window();
     let (notifier, notify_task) = Notifier::spawn(publisher, window, shared.metrics.clone());
-    let region_names: Vec<String> = regions.iter().map(|r| r.ec2.region().to_string()).collect();
+    let scopes: Vec<scheduler::Scope> = regions.iter().map(|r| r.scope()).collect();
     shared
         .metrics
-        .init_series(&shared.config, &region_names, Utc::now());
+        .init_series(&shared.config, &scopes, Utc::now());
     // Config, AWS clients and the listener are up: this is what systemd waits for.
     shared.sd.ready();
     let drained = schedule_loop(

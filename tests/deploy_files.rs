@@ -1060,6 +1060,8 @@ keep = {{ last = 2 }}
         e.replace("$__rate_interval", "1m")
             .replace("$instance", &instance)
             .replace("$policy", "prod")
+            // moto's account: the daemon serves its own account only, named by its id.
+            .replace("$account", "123456789012")
     };
     let mut failures = Vec::new();
     let mut checked = 0;
