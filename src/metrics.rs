@@ -704,8 +704,9 @@ impl Metrics {
         self.app_consistent.with_label_values(&[policy, kind]).inc();
     }
 
-    /// An HTTP connection closed at once: `connection-cap` or `accept-error`.
     /// Copies of one outcome, counted under every schedule the copy serves.
+    // One argument per label of the series, in its label order: a struct would only rename them.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn copies(
         &self,
         policy: &str,
