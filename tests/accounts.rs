@@ -480,13 +480,17 @@ async fn a_refused_role_alerts_once_per_region_with_no_false_recovery() {
     );
     let regions = daemon::aws_regions_paced(&shared, &pace()).await.unwrap();
 
-    // The fire runs the six pairs together; data's fail and wait for a retry, the others succeed. Every report of
-    // the first attempt is in once the retry is planned.
+    // The fire runs the six pairs together; data's fail (and wait for a person: a refused role is not retried
+    // within the slot), the others succeed. Every report is in once all six pairs have a last run.
     let alerts = Arc::new(Recorder::default());
     run_loop(&shared, regions, alerts.clone(), || {
-        daily(&shared, "fleet").is_some_and(|s| s.retry.is_some())
+        daily(&shared, "fleet").is_some_and(|s| s.last_runs.len() == 6)
     })
     .await;
+    assert!(
+        daily(&shared, "fleet").is_some_and(|s| s.retry.is_none()),
+        "a refused role waits for a person, not for a retry"
+    );
 
     for account in [ACCOUNT, PROD] {
         for region in REGIONS {
