@@ -583,7 +583,7 @@ async fn snapshot_backing_an_ami_is_kept_and_reported() {
         shared
             .metrics
             .kept_in_use
-            .with_label_values(&["prod", REGION])
+            .with_label_values(&["prod", ACCOUNT, REGION])
             .get(),
         1
     );

@@ -659,7 +659,7 @@ async fn a_failed_create_fails_only_its_volume_and_freezes_its_history() {
     );
     assert_eq!(
         m.snapshots_failed
-            .with_label_values(&["prod", "daily", REGION, "create"])
+            .with_label_values(&["prod", "daily", FAKE_ACCOUNT, REGION, "create"])
             .get(),
         1
     );
@@ -702,10 +702,15 @@ async fn a_snapshot_backing_an_ami_is_kept_in_use_and_is_not_a_problem() {
     assert_eq!(fake.calls("DeleteSnapshot"), 2);
     let left = snapshot_ids(&fake);
     assert!(left.contains(&hist[0]) && !left.contains(&hist[1]) && left.contains(&hist[2]));
-    assert_eq!(m.kept_in_use.with_label_values(&["prod", REGION]).get(), 1);
+    assert_eq!(
+        m.kept_in_use
+            .with_label_values(&["prod", FAKE_ACCOUNT, REGION])
+            .get(),
+        1
+    );
     assert_eq!(
         m.snapshots_failed
-            .with_label_values(&["prod", "daily", REGION, "delete"])
+            .with_label_values(&["prod", "daily", FAKE_ACCOUNT, REGION, "delete"])
             .get(),
         0
     );
@@ -751,7 +756,7 @@ async fn a_snapshot_already_gone_counts_as_deleted() {
     assert_eq!(fake.calls("DeleteSnapshot"), 3);
     assert_eq!(
         m.snapshots_deleted
-            .with_label_values(&["prod", "daily", REGION])
+            .with_label_values(&["prod", "daily", FAKE_ACCOUNT, REGION])
             .get(),
         2
     );
