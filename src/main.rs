@@ -291,9 +291,12 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
             shared.sd = Arc::new(snapwarden::sdnotify::SdNotify::from_env(|k| {
                 std::env::var(k).ok()
             }));
-            let regions = daemon::aws_regions(&shared).await.context("cannot start")?;
+            let pace = daemon::pace_config(&shared.config);
+            let fleet = daemon::aws_fleet(&shared, &pace)
+                .await
+                .context("cannot start")?;
             let publisher = daemon::sns_publisher(&shared.config).await;
-            serve(shared, regions, publisher).await
+            serve(shared, fleet, publisher).await
         }
         Command::Demo { .. } => {
             let shared = Shared::new(config);
@@ -394,7 +397,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
 /// Runs the daemon until SIGTERM/SIGINT; a second signal exits at once.
 async fn serve(
     shared: Shared,
-    regions: Vec<Arc<Region>>,
+    regions: impl Into<daemon::Fleet>,
     publisher: Option<Arc<dyn snapwarden::notify::Publisher>>,
 ) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
