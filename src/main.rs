@@ -20,7 +20,7 @@ use snapwarden::logging::{self, Console};
 use snapwarden::notify::Notifier;
 use snapwarden::report::RunResult;
 use snapwarden::schedule::{self, format_slot};
-use snapwarden::worker::{self, Region};
+use snapwarden::worker;
 
 /// mimalloc instead of glibc's malloc: a run digests, plans and drops a small record per snapshot, and `simulate`
 /// does that thousands of times; allocation was a quarter of its time. Built without its transparent huge page

@@ -128,6 +128,16 @@ fn served(regions: &[Arc<Region>]) -> Vec<String> {
     out
 }
 
+/// The pair of account `id` (served in one region).
+fn pair(fleet: &Fleet, id: &str) -> Arc<Region> {
+    fleet
+        .regions()
+        .iter()
+        .find(|r| r.account == id)
+        .cloned()
+        .unwrap_or_else(|| panic!("{id} served"))
+}
+
 fn metric(shared: &Shared, name: &str, labels: &[(&str, &str)]) -> f64 {
     common::metric(&shared.metrics.render(chrono::Utc::now()), name, labels).unwrap_or(-1.0)
 }
@@ -163,17 +173,9 @@ async fn accounts_joining_or_leaving_the_organisation_are_served_from_the_next_r
     assert!(!served(&fleet.regions()).contains(&excluded));
 
     // The organisation's role in the account, assumed with the daemon's own credentials: calls act there.
-    let pair = |id: &str| {
-        fleet
-            .regions()
-            .iter()
-            .find(|r| r.account == id)
-            .cloned()
-            .unwrap_or_else(|| panic!("{id} served"))
-    };
-    assert_eq!(pair(&deep).ec2.account_id().await.unwrap(), deep);
-    assert_eq!(pair(&deep).ec2.region(), common::REGION);
-    assert!(!pair(&deep).own);
+    assert_eq!(pair(&fleet, &deep).ec2.account_id().await.unwrap(), deep);
+    assert_eq!(pair(&fleet, &deep).ec2.region(), common::REGION);
+    assert!(!pair(&fleet, &deep).own);
 
     // Joins: not served until the next refresh, then served; the scheduler's watch sees the change.
     let watch = fleet.watch();
@@ -183,11 +185,11 @@ async fn accounts_joining_or_leaving_the_organisation_are_served_from_the_next_r
     want = sorted(&[&format!("own:{ACCOUNT}"), &deep, &top, &joined]);
     assert_eq!(served(&fleet.regions()), want);
     assert!(watch.has_changed().unwrap(), "published");
-    assert_eq!(pair(&joined).ec2.account_id().await.unwrap(), joined);
+    assert_eq!(pair(&fleet, &joined).ec2.account_id().await.unwrap(), joined);
     // The pairs of accounts that stay are the same backends (their pacing and copy gates carry on).
-    let before = pair(&deep);
+    let before = pair(&fleet, &deep);
     assert!(fleet.refresh().await);
-    assert!(Arc::ptr_eq(&before, &pair(&deep)));
+    assert!(Arc::ptr_eq(&before, &pair(&fleet, &deep)));
 
     // Suspended (CloseAccount) and removed accounts stop being served.
     org.client
