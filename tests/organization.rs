@@ -120,7 +120,10 @@ fn served(regions: &[Arc<Region>]) -> Vec<String> {
     let mut out: Vec<String> = regions
         .iter()
         .map(|r| {
-            assert_eq!(r.account, r.account_id, "a discovered account is named by its id");
+            assert_eq!(
+                r.account, r.account_id,
+                "a discovered account is named by its id"
+            );
             format!("{}{}", if r.own { "own:" } else { "" }, r.account)
         })
         .collect();
@@ -185,7 +188,10 @@ async fn accounts_joining_or_leaving_the_organisation_are_served_from_the_next_r
     want = sorted(&[&format!("own:{ACCOUNT}"), &deep, &top, &joined]);
     assert_eq!(served(&fleet.regions()), want);
     assert!(watch.has_changed().unwrap(), "published");
-    assert_eq!(pair(&fleet, &joined).ec2.account_id().await.unwrap(), joined);
+    assert_eq!(
+        pair(&fleet, &joined).ec2.account_id().await.unwrap(),
+        joined
+    );
     // The pairs of accounts that stay are the same backends (their pacing and copy gates carry on).
     let before = pair(&fleet, &deep);
     assert!(fleet.refresh().await);
@@ -226,7 +232,10 @@ async fn accounts_joining_or_leaving_the_organisation_are_served_from_the_next_r
         ),
         0.0
     );
-    assert_eq!(metric(&shared, "snapwarden_organization_accounts", &[]), 1.0);
+    assert_eq!(
+        metric(&shared, "snapwarden_organization_accounts", &[]),
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -275,7 +284,10 @@ async fn a_listing_that_fails_keeps_the_accounts_served() {
         ),
         1.0
     );
-    assert_eq!(metric(&shared, "snapwarden_organization_accounts", &[]), 2.0);
+    assert_eq!(
+        metric(&shared, "snapwarden_organization_accounts", &[]),
+        2.0
+    );
 
     proxy.set_rules(Vec::new());
     assert!(fleet.refresh().await);

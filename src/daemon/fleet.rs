@@ -74,11 +74,8 @@ impl Fleet {
         let Some(org) = config.aws.accounts.organization.clone() else {
             return Fleet::from(fixed);
         };
-        let conf = ec2::sdk::sdk_config(
-            &config.aws,
-            config.aws.regions.first().map(String::as_str),
-        )
-        .await;
+        let conf =
+            ec2::sdk::sdk_config(&config.aws, config.aws.regions.first().map(String::as_str)).await;
         backends.shared.metrics.init_organization();
         let mut fleet = Fleet {
             pairs: watch::Sender::new(Arc::new(fixed.clone())),
@@ -226,12 +223,7 @@ impl Discovery {
                 joined.push((member.id.clone(), self.backends.account(&served).await?));
             }
         }
-        let serve = |id: &str| {
-            verdicts
-                .iter()
-                .find(|(m, _)| m.id == id)
-                .map(|(_, v)| *v)
-        };
+        let serve = |id: &str| verdicts.iter().find(|(m, _)| m.id == id).map(|(_, v)| *v);
         let left: Vec<String> = self
             .served
             .keys()

@@ -148,11 +148,20 @@ mod tests {
             .collect()
     }
 
+    /// (name, organisation config, own account id, listed ids, verdict per member).
+    type Case<'a> = (
+        &'a str,
+        Organization,
+        Option<&'a str>,
+        &'a [&'a str],
+        [&'a str; 6],
+    );
+
     #[test]
     fn members_are_served_by_account_ou_or_root_unless_excluded_suspended_own_or_listed() {
         let own = Some("111111111111");
         #[rustfmt::skip]
-        let cases: &[(&str, Organization, Option<&str>, &[&str], [&str; 6])] = &[
+        let cases: &[Case] = &[
             ("the whole organisation; the own account is served as such", org(&[], &[]), own, &[],
                 ["1:own-account", "2:served", "3:served", "4:served", "5:suspended", "6:not-active"]),
             ("own-account = false: the management account through the role", org(&[], &[]), None, &[],

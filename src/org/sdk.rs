@@ -98,14 +98,22 @@ impl Organizations for SdkOrganizations {
         let mut pages = self.client.list_accounts().into_paginator().send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| sdk_error(Op::ListAccounts, &self.region, e))?;
-            listed.extend(page.accounts().iter().filter_map(|a| a.id().map(str::to_string)));
+            listed.extend(
+                page.accounts()
+                    .iter()
+                    .filter_map(|a| a.id().map(str::to_string)),
+            );
         }
         // Parent chains still to visit, each nearest first.
         let mut todo: Vec<Vec<String>> = Vec::new();
         let mut pages = self.client.list_roots().into_paginator().send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| sdk_error(Op::ListRoots, &self.region, e))?;
-            todo.extend(page.roots().iter().filter_map(|r| Some(vec![r.id()?.to_string()])));
+            todo.extend(
+                page.roots()
+                    .iter()
+                    .filter_map(|r| Some(vec![r.id()?.to_string()])),
+            );
         }
         let mut members = Vec::new();
         while let Some(chain) = todo.pop() {
