@@ -144,15 +144,21 @@ pub async fn aws_fleet(shared: &Shared, pace: &PaceConfig) -> Result<Fleet> {
     if accounts.own {
         out.extend(backends.account(&Served::own(&shared.config)).await?);
     } else {
-        // The daemon's own credentials sign every AssumeRole: fail fast, with the fix, when there are none.
-        backends
+        // The daemon's own credentials sign every AssumeRole: fail fast, with the fix, when there are none, and
+        // prove AWS reachable (readiness) with one GetCallerIdentity, as a served own account does.
+        let conf = backends
             .base(shared.config.aws.regions.first().map(String::as_str))
             .await?;
+        resolve(
+            shared,
+            backends.paced(Arc::new(ec2::sdk::SdkEc2::new(&conf))),
+        )
+        .await?;
     }
     let own_id = out.first().map(|r| r.account_id.clone());
     for account in &accounts.listed {
         if own_id.as_deref() == Some(account.account_id.as_str()) {
-            return Err(Error::Other(format!(
+            return Err(Error::Config(format!(
                 "{}: [[aws.account]] `{}` ({}) is the daemon's own account, which aws.own-account already serves: \
                  remove the entry, or set aws.own-account = false to serve the account through the role",
                 shared.config.source.display(),
@@ -601,7 +607,7 @@ fn retry_scheduled(
     at: DateTime<Utc>,
     regions: &[Arc<Region>],
 ) {
-    let names: Vec<&str> = regions.iter().map(|r| r.ec2.region()).collect();
+    let names: Vec<String> = regions.iter().map(|r| r.scope().to_string()).collect();
     tracing::warn!(policy, schedules = %firing.join(","), slot = %schedule::format_slot(slot), attempt, next_at = %schedule::format_slot(at), regions = %names.join(","), "run failed, partial or left copies deferred: retrying the slot");
     for s in firing {
         shared.metrics.run_retry(policy, s);
@@ -804,8 +810,8 @@ fn reregister(shared: &Shared, regions: &[Arc<Region>], config: &Config) {
             shared.status.register(&p.name, &s.name, s.cron.as_str());
         }
     }
-    let names: Vec<String> = regions.iter().map(|r| r.ec2.region().to_string()).collect();
-    shared.metrics.init_series(config, &names, Utc::now());
+    let scopes: Vec<scheduler::Scope> = regions.iter().map(|r| r.scope()).collect();
+    shared.metrics.init_series(config, &scopes, Utc::now());
 }
 
 /// What a [`reload`] did: the `outcome` label of `snapwarden_config_reloads_total`.
@@ -971,10 +977,10 @@ pub async fn serve(
     let (notifier, notify_task) = Notifier::spawn(publisher, window, shared.metrics.clone());
     let fleet = fleet.into();
     let (regions, watched) = (fleet.regions(), fleet.watch());
-    let region_names: Vec<String> = regions.iter().map(|r| r.ec2.region().to_string()).collect();
+    let scopes: Vec<scheduler::Scope> = regions.iter().map(|r| r.scope()).collect();
     shared
         .metrics
-        .init_series(&shared.config, &region_names, Utc::now());
+        .init_series(&shared.config, &scopes, Utc::now());
     // Lists the organisation every `refresh`; its first listing is in `fleet` already, before the catch-up.
     let refresh = tokio::spawn(fleet.run(shutdown.clone()));
     // Config, AWS clients and the listener are up: this is what systemd waits for.

@@ -48,6 +48,10 @@ pub enum Error {
     /// Anything else with a plain explanation (bad CLI input, I/O while starting).
     #[error("{0}")]
     Other(String),
+    /// The config contradicts what AWS told the daemon at start (e.g. an `[[aws.account]]` that is its own
+    /// account): a config problem known only at run time, exiting 78 like any other, with the file, key and fix.
+    #[error("{0}")]
+    Config(String),
 }
 
 impl Error {
@@ -77,6 +81,7 @@ impl Error {
             Error::Credentials(_) => "credentials",
             Error::Stopped { .. } => "stopped",
             Error::Other(_) => "other",
+            Error::Config(_) => "config",
         }
     }
 

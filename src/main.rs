@@ -64,6 +64,10 @@ enum Command {
         /// typo than intent, and retention keeps its snapshots aside as `future-slot` until that time comes.
         #[arg(long)]
         allow_future_slot: bool,
+        /// Only these accounts (repeat the flag or separate names with commas): an `[[aws.account]]` name, the
+        /// own account's id, or `own` [default: every account served]
+        #[arg(long = "account", value_name = "NAME", value_delimiter = ',')]
+        accounts: Vec<String>,
     },
     /// The whole daemon against an in-memory EC2 fleet with fast schedules: watch /status and /metrics fill up.
     Demo {
@@ -178,7 +182,12 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "exiting");
             eprintln!("snapwarden: {e:#}");
-            ExitCode::FAILURE
+            match e.downcast_ref::<snapwarden::error::Error>() {
+                Some(snapwarden::error::Error::Config(_)) => {
+                    ExitCode::from(ConfigError::EXIT_CODE as u8)
+                }
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }
@@ -321,6 +330,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
             slot,
             dry_run,
             allow_future_slot,
+            accounts,
         } => {
             if let Some(refused) =
                 future_slot_refused(slot.as_deref(), allow_future_slot, Utc::now())
@@ -328,7 +338,14 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
                 eprintln!("snapwarden: {refused}");
                 return Ok(ExitCode::from(64));
             }
-            once(config, &policy, &schedule, slot.as_deref(), dry_run).await
+            let args = OnceArgs {
+                policy: &policy,
+                schedule: &schedule,
+                slot: slot.as_deref(),
+                dry_run,
+                accounts: &accounts,
+            };
+            once(config, &args).await
         }
         Command::Plan {
             policy,
@@ -456,13 +473,18 @@ fn future_slot_refused(slot: Option<&str>, allowed: bool, now: DateTime<Utc>) ->
     })
 }
 
-async fn once(
-    config: Config,
-    policy: &str,
-    schedule_name: &str,
-    slot: Option<&str>,
+struct OnceArgs<'a> {
+    policy: &'a str,
+    schedule: &'a str,
+    slot: Option<&'a str>,
     dry_run: bool,
-) -> anyhow::Result<ExitCode> {
+    /// `--account`: empty for every account served.
+    accounts: &'a [String],
+}
+
+async fn once(config: Config, args: &OnceArgs<'_>) -> anyhow::Result<ExitCode> {
+    let (policy, schedule_name, slot, dry_run) =
+        (args.policy, args.schedule, args.slot, args.dry_run);
     let tz = config.daemon.timezone;
     let Some(p) = config.policy(policy).cloned() else {
         let names: Vec<&str> = config.policies.iter().map(|p| p.name.as_str()).collect();
@@ -526,6 +548,13 @@ async fn once(
     };
     let shared = Shared::new(config);
     let regions = daemon::aws_regions(&shared).await.context("cannot start")?;
+    let regions = match snapwarden::once::select(&regions, &p, args.accounts) {
+        Ok(chosen) => chosen,
+        Err(message) => {
+            eprintln!("snapwarden: {message}");
+            return Ok(ExitCode::from(64));
+        }
+    };
     let (notifier, notify_task) = if dry_run {
         (None, None)
     } else {
@@ -537,7 +566,7 @@ async fn once(
         (Some(n), Some(t))
     };
     let mut worst = RunResult::Success;
-    for r in &regions {
+    for r in regions {
         // A dry run copies nothing either: its destinations pretend too.
         let dry = dry_run.then(|| snapwarden::once::DryRegion::new(r));
         let ec2: &dyn Ec2 = match &dry {
@@ -617,8 +646,8 @@ async fn plan(
     // On stderr as well, so a cap verdict is seen even when stdout goes to a file or a JSON parser.
     for c in &out.caps {
         eprintln!(
-            "deletion cap: policy {} in {}: {}",
-            c.policy, c.region, c.message
+            "deletion cap: policy {} in {}/{}: {}",
+            c.policy, c.account, c.region, c.message
         );
     }
     print!("{}", out.stdout);

@@ -1,6 +1,9 @@
 //! Every Prometheus metric snapwarden exports, in one place, with one method per event so the metric and its
 //! log line cannot drift apart. Labels are bounded: policy and schedule names come from the config, region from
-//! the config or SDK, everything else from enums (`Error::kind`, run results). Never an id or a message.
+//! the config or SDK, account from the config or the organisation's account list (`worker::Region::account`; a
+//! departed account's series go with [`Metrics::forget_account`]), everything else from enums (`Error::kind`, run
+//! results). Never an id or a message. Every series about a place carries `account` next to `region`: two
+//! accounts in one region are two places.
 //!
 //! Staleness is stored as timestamps and turned into ages at scrape time ([`Metrics::render`]), so the figure
 //! keeps growing while snapshot creation is broken instead of freezing at the last run's value.
@@ -9,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
+use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -60,12 +64,13 @@ pub struct Metrics {
     freeze_window: HistogramVec,
     /// Snapshots of VSS or script policies by kind: app-consistent, or a crash-consistent fallback.
     app_consistent: IntCounterVec,
-    freshness: Mutex<HashMap<(String, String, String), Freshness>>,
+    /// (policy, schedule, account, region) -> that place's freshness.
+    freshness: Mutex<HashMap<(String, String, String, String), Freshness>>,
     /// Disaster-recovery copies by outcome: created, failed, deferred.
     copies: IntCounterVec,
     copies_pending: IntGaugeVec,
     dr_staleness: GaugeVec,
-    /// (policy, schedule, source region, destination) -> the oldest newest-completed copy across the schedule's
+    /// (policy, schedule, account, source region, destination) -> the oldest newest-completed copy across the schedule's
     /// volumes, turned into an age at scrape time like [`Metrics::staleness`].
     dr_freshness: Mutex<HashMap<DrSeries, DateTime<Utc>>>,
     /// Listings of the organisation (`[aws.organization]`) by outcome: success, failure.
@@ -74,8 +79,8 @@ pub struct Metrics {
     organization_accounts: IntGaugeVec,
 }
 
-/// (policy, schedule, source region, destination).
-type DrSeries = (String, String, String, String);
+/// (policy, schedule, account, source region, destination).
+type DrSeries = (String, String, String, String, String);
 
 /// Per policy/schedule/region: the oldest "newest completed snapshot" over its targeted volumes, and how many
 /// targeted volumes have no completed snapshot at all.
@@ -94,7 +99,7 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
-        let pss = &["policy", "schedule", "region"];
+        let pss = &["policy", "schedule", "account", "region"];
         let m = Metrics {
             snapshots_created: counter(&registry, "snapshots_created_total", "Snapshots created (per schedule they serve)", pss),
             snapshots_deleted: counter(&registry, "snapshots_deleted_total", "Snapshots deleted by retention (per schedule they served)", pss),
@@ -102,7 +107,7 @@ impl Metrics {
                 &registry,
                 "snapshots_failed_total",
                 "Snapshot creations or deletions that failed",
-                &["policy", "schedule", "region", "operation"],
+                &["policy", "schedule", "account", "region", "operation"],
             ),
             runs: counter(&registry, "runs_total", "Finished runs by kind (snapshot, retention) and result", &["policy", "schedule", "kind", "result"]),
             run_duration: {
@@ -126,13 +131,13 @@ impl Metrics {
                 &registry,
                 "managed_snapshots",
                 "Managed snapshots seen by the last run",
-                &["policy", "region"],
+                &["policy", "account", "region"],
             ),
             staleness: gauge(
                 &registry,
                 "staleness_seconds",
-                "Age of the oldest newest-completed snapshot across the schedule's targeted volumes (the RPO figure)",
-                &["policy", "schedule"],
+                "Age of the oldest newest-completed snapshot across the schedule's targeted volumes in the account (the RPO figure)",
+                &["policy", "schedule", "account"],
             ),
             staleness_threshold: gauge(
                 &registry,
@@ -143,8 +148,8 @@ impl Metrics {
             unprotected: int_gauge(
                 &registry,
                 "unprotected_volumes",
-                "Targeted volumes with no completed snapshot of the schedule",
-                &["policy", "schedule"],
+                "Targeted volumes of the account with no completed snapshot of the schedule",
+                &["policy", "schedule", "account"],
             ),
             aws_requests: counter(&registry, "aws_requests_total", "AWS API calls by operation and outcome", &["operation", "outcome"]),
             aws_throttles: counter(&registry, "aws_throttles_total", "AWS requests answered throttled, each attempt (retries included)", &["operation"]),
@@ -178,31 +183,31 @@ impl Metrics {
                 &registry,
                 "snapshots_kept_in_use_total",
                 "Deletions refused because the snapshot backs an AMI",
-                &["policy", "region"],
+                &["policy", "account", "region"],
             ),
             snapshots_incomplete: counter(
                 &registry,
                 "snapshots_pending_at_deadline_total",
                 "Snapshots still pending when their run's completion deadline passed (re-checked by the next run)",
-                &["policy", "region"],
+                &["policy", "account", "region"],
             ),
             kept_by_reason: int_gauge(
                 &registry,
                 "kept_snapshots",
                 "Snapshots the last plan kept, by reason (a snapshot kept for several reasons counts under each)",
-                &["policy", "region", "reason"],
+                &["policy", "account", "region", "reason"],
             ),
             deletions_blocked: counter(
                 &registry,
                 "deletions_blocked_total",
                 "Deletions a deletion cap (max-deletes-per-run, max-delete-fraction) stopped",
-                &["policy", "region"],
+                &["policy", "account", "region"],
             ),
             orphaned: int_gauge(
                 &registry,
                 "orphaned_snapshots",
                 "Managed snapshots of volumes that are gone or no longer targeted",
-                &["policy", "region"],
+                &["policy", "account", "region"],
             ),
             http_refused: counter(
                 &registry,
@@ -240,19 +245,19 @@ impl Metrics {
                 &registry,
                 "copies_total",
                 "Disaster-recovery copies by outcome: created (sent), failed (refused, or ended in error), deferred to the next run",
-                &["policy", "schedule", "region", "destination", "outcome"],
+                &["policy", "schedule", "account", "region", "destination", "outcome"],
             ),
             copies_pending: int_gauge(
                 &registry,
                 "copies_pending",
                 "The policy's copies of the region's snapshots still pending in the destination after the last run",
-                &["policy", "region", "destination"],
+                &["policy", "account", "region", "destination"],
             ),
             dr_staleness: gauge(
                 &registry,
                 "dr_staleness_seconds",
                 "Age of the oldest newest-completed copy in the destination across the schedule's volumes (the RPO after losing the source region)",
-                &["policy", "schedule", "region", "destination"],
+                &["policy", "schedule", "account", "region", "destination"],
             ),
             dr_freshness: Mutex::new(HashMap::new()),
             organization_refreshes: counter(
@@ -278,22 +283,29 @@ impl Metrics {
     }
 
     /// Creates every series whose labels are known from the config, at zero, so dashboards and `rate()` alerts
-    /// see a value from the first scrape instead of an absent series.
+    /// see a value from the first scrape instead of an absent series. A policy's place series exist in the
+    /// (account, region) scopes it serves only (`Policy::serves`): a policy limited to one account shows no
+    /// zeros for the others.
     pub(crate) fn init_series(
         &self,
         config: &crate::config::Config,
-        regions: &[String],
+        scopes: &[crate::scheduler::Scope],
         now: DateTime<Utc>,
     ) {
         let tz = config.daemon.timezone;
         for p in &config.policies {
-            for r in regions {
-                self.kept_in_use.with_label_values(&[&p.name, r]);
-                self.snapshots_incomplete.with_label_values(&[&p.name, r]);
-                self.deletions_blocked.with_label_values(&[&p.name, r]);
-                self.orphaned.with_label_values(&[&p.name, r]);
-                self.snapshots_incomplete.with_label_values(&[&p.name, r]);
-                self.managed_snapshots.with_label_values(&[&p.name, r]);
+            let served: Vec<(&str, &str)> = scopes
+                .iter()
+                .filter(|sc| p.serves(&sc.account, sc.own))
+                .map(|sc| (sc.account.as_str(), sc.region.as_str()))
+                .collect();
+            for &(a, r) in &served {
+                let labels = [p.name.as_str(), a, r];
+                self.kept_in_use.with_label_values(&labels);
+                self.snapshots_incomplete.with_label_values(&labels);
+                self.deletions_blocked.with_label_values(&labels);
+                self.orphaned.with_label_values(&labels);
+                self.managed_snapshots.with_label_values(&labels);
             }
             if p.vss.is_some() || p.scripts.is_some() {
                 for kind in ["app-consistent", "fallback"] {
@@ -305,11 +317,11 @@ impl Metrics {
             }
             for s in &p.schedules {
                 let (pn, sn) = (p.name.as_str(), s.name.as_str());
-                for r in regions {
-                    self.snapshots_created.with_label_values(&[pn, sn, r]);
-                    self.snapshots_deleted.with_label_values(&[pn, sn, r]);
+                for &(a, r) in &served {
+                    self.snapshots_created.with_label_values(&[pn, sn, a, r]);
+                    self.snapshots_deleted.with_label_values(&[pn, sn, a, r]);
                     for op in ["create", "complete", "delete"] {
-                        self.snapshots_failed.with_label_values(&[pn, sn, r, op]);
+                        self.snapshots_failed.with_label_values(&[pn, sn, a, r, op]);
                     }
                 }
                 for job in ["snapshot", "retention"] {
@@ -323,15 +335,16 @@ impl Metrics {
                 for reason in ["bad-count-tag", "pending-limit"] {
                     self.skipped_resources.with_label_values(&[pn, sn, reason]);
                 }
-                for (r, c) in regions
+                for (&(a, r), c) in served
                     .iter()
-                    .flat_map(|r| s.copies.iter().map(move |c| (r, c)))
+                    .flat_map(|ar| s.copies.iter().map(move |c| (ar, c)))
                 {
                     for outcome in ["created", "failed", "deferred"] {
                         self.copies
-                            .with_label_values(&[pn, sn, r, &c.region, outcome]);
+                            .with_label_values(&[pn, sn, a, r, &c.region, outcome]);
                     }
-                    self.copies_pending.with_label_values(&[pn, r, &c.region]);
+                    self.copies_pending
+                        .with_label_values(&[pn, a, r, &c.region]);
                 }
                 let interval = s
                     .cron
@@ -379,26 +392,55 @@ impl Metrics {
     /// lingers (and alerts); its counters stay, as counters do.
     pub(crate) fn forget_schedule(&self, policy: &str, schedule: &str) {
         let _ = self.next_run.remove_label_values(&[policy, schedule]);
-        let _ = self.staleness.remove_label_values(&[policy, schedule]);
         let _ = self
             .staleness_threshold
             .remove_label_values(&[policy, schedule]);
-        let _ = self.unprotected.remove_label_values(&[policy, schedule]);
+        self.forget_freshness(|p, s, _| (p, s) == (policy, schedule));
+    }
+
+    /// Drops every series of an account the daemon no longer serves (it left the organisation, or the config):
+    /// its counters too, since nothing will count there again and each departed account would otherwise stay
+    /// in every scrape for the life of the process.
+    pub fn forget_account(&self, account: &str) {
+        forget_account_in(&self.snapshots_created, account);
+        forget_account_in(&self.snapshots_deleted, account);
+        forget_account_in(&self.snapshots_failed, account);
+        forget_account_in(&self.managed_snapshots, account);
+        forget_account_in(&self.kept_in_use, account);
+        forget_account_in(&self.snapshots_incomplete, account);
+        forget_account_in(&self.kept_by_reason, account);
+        forget_account_in(&self.deletions_blocked, account);
+        forget_account_in(&self.orphaned, account);
+        forget_account_in(&self.copies, account);
+        forget_account_in(&self.copies_pending, account);
+        self.forget_freshness(|_, _, a| a == account);
+    }
+
+    /// Forgets the freshness (and DR freshness) of every (policy, schedule, account) `gone` picks, with their
+    /// staleness series, so a forgotten place neither shows nor keeps ageing into an alert.
+    fn forget_freshness(&self, gone: impl Fn(&str, &str, &str) -> bool) {
         self.freshness
             .lock()
             .expect("freshness poisoned")
-            .retain(|(p, s, _), _| (p.as_str(), s.as_str()) != (policy, schedule));
+            .retain(|(p, s, a, _), _| {
+                if !gone(p, s, a) {
+                    return true;
+                }
+                let _ = self.staleness.remove_label_values(&[p, s, a]);
+                let _ = self.unprotected.remove_label_values(&[p, s, a]);
+                false
+            });
         self.dr_freshness
             .lock()
             .expect("dr freshness poisoned")
-            .retain(|(p, s, region, destination), _| {
-                let gone = (p.as_str(), s.as_str()) == (policy, schedule);
-                if gone {
-                    let _ = self
-                        .dr_staleness
-                        .remove_label_values(&[p, s, region, destination]);
+            .retain(|(p, s, a, region, destination), _| {
+                if !gone(p, s, a) {
+                    return true;
                 }
-                !gone
+                let _ = self
+                    .dr_staleness
+                    .remove_label_values(&[p, s, a, region, destination]);
+                false
             });
     }
 
@@ -432,34 +474,54 @@ impl Metrics {
     }
 
     /// Kept-by-reason, cap blocks and orphans from one retention plan.
-    pub(crate) fn record_plan(&self, policy: &str, region: &str, plan: &KeptTally) {
+    pub(crate) fn record_plan(&self, policy: &str, account: &str, region: &str, plan: &KeptTally) {
         for (reason, &n) in KEEP_REASONS.iter().zip(&plan.by_reason) {
             self.kept_by_reason
-                .with_label_values(&[policy, region, reason])
+                .with_label_values(&[policy, account, region, reason])
                 .set(n);
         }
         self.deletions_blocked
-            .with_label_values(&[policy, region])
+            .with_label_values(&[policy, account, region])
             .inc_by(plan.blocked);
         self.orphaned
-            .with_label_values(&[policy, region])
+            .with_label_values(&[policy, account, region])
             .set(plan.orphans);
     }
 
-    pub(crate) fn set_freshness(&self, policy: &str, schedule: &str, region: &str, f: Freshness) {
-        let key = (policy.to_string(), schedule.to_string(), region.to_string());
+    pub(crate) fn set_freshness(
+        &self,
+        policy: &str,
+        schedule: &str,
+        account: &str,
+        region: &str,
+        f: Freshness,
+    ) {
+        let key = (
+            policy.to_string(),
+            schedule.to_string(),
+            account.to_string(),
+            region.to_string(),
+        );
         self.freshness
             .lock()
             .expect("freshness poisoned")
             .insert(key, f);
     }
 
-    /// Staleness per policy/schedule across regions, as of `now`: (seconds, unprotected volumes).
+    /// Staleness per policy/schedule across accounts and regions, as of `now`: (seconds, unprotected volumes).
     pub fn staleness(&self, now: DateTime<Utc>) -> HashMap<(String, String), (Option<f64>, usize)> {
-        let mut out: HashMap<(String, String), (Option<f64>, usize)> = HashMap::new();
-        for ((policy, schedule, _), f) in self.freshness.lock().expect("freshness poisoned").iter()
-        {
-            let entry = out.entry((policy.clone(), schedule.clone())).or_default();
+        self.staleness_by(now, |(p, s, _, _)| (p.clone(), s.clone()))
+    }
+
+    /// The worst staleness and the unprotected volumes of the places `key` puts together.
+    fn staleness_by<K: std::hash::Hash + Eq>(
+        &self,
+        now: DateTime<Utc>,
+        key: impl Fn(&(String, String, String, String)) -> K,
+    ) -> HashMap<K, (Option<f64>, usize)> {
+        let mut out: HashMap<K, (Option<f64>, usize)> = HashMap::new();
+        for (place, f) in self.freshness.lock().expect("freshness poisoned").iter() {
+            let entry = out.entry(key(place)).or_default();
             entry.1 += f.unprotected;
             if let Some(t) = f.oldest_newest {
                 let age = (now - t).num_milliseconds().max(0) as f64 / 1000.0;
@@ -471,7 +533,7 @@ impl Metrics {
 
     /// The text exposition, with staleness brought up to `now` first.
     pub fn render(&self, now: DateTime<Utc>) -> String {
-        for ((policy, schedule, region, destination), at) in self
+        for ((policy, schedule, account, region, destination), at) in self
             .dr_freshness
             .lock()
             .expect("dr freshness poisoned")
@@ -479,17 +541,16 @@ impl Metrics {
         {
             let age = (now - *at).num_milliseconds().max(0) as f64 / 1000.0;
             self.dr_staleness
-                .with_label_values(&[policy, schedule, region, destination])
+                .with_label_values(&[policy, schedule, account, region, destination])
                 .set(age);
         }
-        for ((policy, schedule), (age, unprotected)) in self.staleness(now) {
+        let per_account = self.staleness_by(now, |(p, s, a, _)| [p.clone(), s.clone(), a.clone()]);
+        for (labels, (age, unprotected)) in per_account {
             if let Some(age) = age {
-                self.staleness
-                    .with_label_values(&[&policy, &schedule])
-                    .set(age);
+                self.staleness.with_label_values(&labels).set(age);
             }
             self.unprotected
-                .with_label_values(&[&policy, &schedule])
+                .with_label_values(&labels)
                 .set(unprotected as i64);
         }
         let mut buf = Vec::new();
@@ -508,11 +569,12 @@ impl Metrics {
         &self,
         policy: &str,
         schedules: &[impl AsRef<str>],
+        account: &str,
         region: &str,
     ) {
         for s in schedules {
             self.snapshots_created
-                .with_label_values(&[policy, s.as_ref(), region])
+                .with_label_values(&[policy, s.as_ref(), account, region])
                 .inc();
         }
     }
@@ -522,11 +584,12 @@ impl Metrics {
         &self,
         policy: &str,
         schedules: &[impl AsRef<str>],
+        account: &str,
         region: &str,
     ) {
         for s in schedules {
             self.snapshots_deleted
-                .with_label_values(&[policy, s.as_ref(), region])
+                .with_label_values(&[policy, s.as_ref(), account, region])
                 .inc();
         }
     }
@@ -536,12 +599,13 @@ impl Metrics {
         &self,
         policy: &str,
         schedules: &[impl AsRef<str>],
+        account: &str,
         region: &str,
         operation: &str,
     ) {
         for s in schedules {
             self.snapshots_failed
-                .with_label_values(&[policy, s.as_ref(), region, operation])
+                .with_label_values(&[policy, s.as_ref(), account, region, operation])
                 .inc();
         }
     }
@@ -561,21 +625,23 @@ impl Metrics {
     }
 
     /// A deletion refused because the snapshot backs an AMI.
-    pub(crate) fn kept_in_use(&self, policy: &str, region: &str) {
-        self.kept_in_use.with_label_values(&[policy, region]).inc();
+    pub(crate) fn kept_in_use(&self, policy: &str, account: &str, region: &str) {
+        self.kept_in_use
+            .with_label_values(&[policy, account, region])
+            .inc();
     }
 
     /// A snapshot still pending at its run's completion deadline.
-    pub(crate) fn pending_at_deadline(&self, policy: &str, region: &str) {
+    pub(crate) fn pending_at_deadline(&self, policy: &str, account: &str, region: &str) {
         self.snapshots_incomplete
-            .with_label_values(&[policy, region])
+            .with_label_values(&[policy, account, region])
             .inc();
     }
 
     /// The managed snapshots a run left in the region.
-    pub(crate) fn managed_snapshots(&self, policy: &str, region: &str, n: usize) {
+    pub(crate) fn managed_snapshots(&self, policy: &str, account: &str, region: &str, n: usize) {
         self.managed_snapshots
-            .with_label_values(&[policy, region])
+            .with_label_values(&[policy, account, region])
             .set(n as i64);
     }
 
@@ -672,12 +738,14 @@ impl Metrics {
         self.app_consistent.with_label_values(&[policy, kind]).inc();
     }
 
-    /// An HTTP connection closed at once: `connection-cap` or `accept-error`.
     /// Copies of one outcome, counted under every schedule the copy serves.
+    // One argument per label of the series, in its label order: a struct would only rename them.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn copies(
         &self,
         policy: &str,
         schedules: &[std::sync::Arc<str>],
+        account: &str,
         region: &str,
         destination: &str,
         outcome: &str,
@@ -685,14 +753,21 @@ impl Metrics {
     ) {
         for s in schedules {
             self.copies
-                .with_label_values(&[policy, s, region, destination, outcome])
+                .with_label_values(&[policy, s, account, region, destination, outcome])
                 .inc_by(n);
         }
     }
 
-    pub(crate) fn copies_pending(&self, policy: &str, region: &str, destination: &str, n: usize) {
+    pub(crate) fn copies_pending(
+        &self,
+        policy: &str,
+        account: &str,
+        region: &str,
+        destination: &str,
+        n: usize,
+    ) {
         self.copies_pending
-            .with_label_values(&[policy, region, destination])
+            .with_label_values(&[policy, account, region, destination])
             .set(n as i64);
     }
 
@@ -702,6 +777,7 @@ impl Metrics {
         &self,
         policy: &str,
         schedule: &str,
+        account: &str,
         region: &str,
         destination: &str,
         at: Option<DateTime<Utc>>,
@@ -709,6 +785,7 @@ impl Metrics {
         let key = (
             policy.to_string(),
             schedule.to_string(),
+            account.to_string(),
             region.to_string(),
             destination.to_string(),
         );
@@ -722,6 +799,22 @@ impl Metrics {
 
     pub(crate) fn http_refused(&self, reason: &str) {
         self.http_refused.with_label_values(&[reason]).inc();
+    }
+}
+
+/// Removes `vec`'s series whose `account` label is `account` (the crate removes only by every label's value).
+fn forget_account_in<T: MetricVecBuilder>(vec: &MetricVec<T>, account: &str) {
+    for family in vec.collect() {
+        for m in family.get_metric() {
+            let labels: HashMap<&str, &str> = m
+                .get_label()
+                .iter()
+                .map(|l| (l.name(), l.value()))
+                .collect();
+            if labels.get("account") == Some(&account) {
+                let _ = vec.remove(&labels);
+            }
+        }
     }
 }
 
@@ -793,6 +886,7 @@ impl KeptTally {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scheduler::Scope;
 
     #[test]
     fn known_series_exist_at_zero_from_the_start() {
@@ -803,11 +897,11 @@ mod tests {
         )
         .unwrap();
         let m = Metrics::new();
-        m.init_series(&config, &["demo-1".to_string()], Utc::now());
+        m.init_series(&config, &[Scope::region("demo-1")], Utc::now());
         let text = m.render(Utc::now());
         for line in [
             "snapwarden_runs_total{kind=\"snapshot\",policy=\"prod\",result=\"failure\",schedule=\"fast\"} 0",
-            "snapwarden_snapshots_failed_total{operation=\"delete\",policy=\"prod\",region=\"demo-1\",schedule=\"slow\"} 0",
+            "snapwarden_snapshots_failed_total{account=\"own\",operation=\"delete\",policy=\"prod\",region=\"demo-1\",schedule=\"slow\"} 0",
             "snapwarden_notifications_total{outcome=\"failed\"} 0",
             // Every 5 seconds: twice the interval.
             "snapwarden_staleness_threshold_seconds{policy=\"prod\",schedule=\"fast\"} 10",
@@ -845,14 +939,14 @@ mod tests {
         }
         assert_eq!(tally.kept, 3);
         let m = Metrics::new();
-        m.record_plan("p", "r", &tally);
+        m.record_plan("p", "a", "r", &tally);
         let text = m.render(Utc::now());
         for line in [
-            "snapwarden_kept_snapshots{policy=\"p\",reason=\"daily\",region=\"r\"} 2",
-            "snapwarden_kept_snapshots{policy=\"p\",reason=\"newest\",region=\"r\"} 1",
-            "snapwarden_kept_snapshots{policy=\"p\",reason=\"pinned\",region=\"r\"} 0",
-            "snapwarden_deletions_blocked_total{policy=\"p\",region=\"r\"} 1",
-            "snapwarden_orphaned_snapshots{policy=\"p\",region=\"r\"} 1",
+            "snapwarden_kept_snapshots{account=\"a\",policy=\"p\",reason=\"daily\",region=\"r\"} 2",
+            "snapwarden_kept_snapshots{account=\"a\",policy=\"p\",reason=\"newest\",region=\"r\"} 1",
+            "snapwarden_kept_snapshots{account=\"a\",policy=\"p\",reason=\"pinned\",region=\"r\"} 0",
+            "snapwarden_deletions_blocked_total{account=\"a\",policy=\"p\",region=\"r\"} 1",
+            "snapwarden_orphaned_snapshots{account=\"a\",policy=\"p\",region=\"r\"} 1",
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }
@@ -872,15 +966,138 @@ mod tests {
             oldest_newest: Some(t0 - chrono::Duration::hours(h)),
             unprotected: 0,
         };
-        m.set_freshness("prod", "daily", "us-east-1", f(1));
-        m.set_freshness("prod", "daily", "eu-west-1", f(5));
+        m.set_freshness("prod", "daily", "a", "us-east-1", f(1));
+        m.set_freshness("prod", "daily", "a", "eu-west-1", f(5));
         let text = m.render(t0 + chrono::Duration::hours(26));
         assert!(
             text.contains(
-                "snapwarden_staleness_seconds{policy=\"prod\",schedule=\"daily\"} 111600"
+                "snapwarden_staleness_seconds{account=\"a\",policy=\"prod\",schedule=\"daily\"} 111600"
             ),
             "{text}"
         );
         assert!(text.contains("snapwarden_build_info{version="), "{text}");
+    }
+
+    fn t0() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .to_utc()
+    }
+
+    fn fresh(t: DateTime<Utc>) -> Freshness {
+        Freshness {
+            oldest_newest: Some(t),
+            unprotected: 0,
+        }
+    }
+
+    /// Two accounts in one region are two places: neither's figures overwrite or hide the other's.
+    #[test]
+    fn two_accounts_in_one_region_keep_separate_series() {
+        let m = Metrics::new();
+        let t0 = t0();
+        m.managed_snapshots("prod", "prod-acct", "us-east-1", 40);
+        m.managed_snapshots("prod", "data", "us-east-1", 7);
+        m.snapshot_created("prod", &["daily"], "prod-acct", "us-east-1");
+        m.kept_in_use("prod", "data", "us-east-1");
+        m.pending_at_deadline("prod", "data", "us-east-1");
+        m.copies(
+            "prod",
+            &[std::sync::Arc::from("daily")],
+            "data",
+            "us-east-1",
+            "eu-west-1",
+            "failed",
+            2,
+        );
+        m.copies_pending("prod", "prod-acct", "us-east-1", "eu-west-1", 3);
+        m.set_dr_freshness("prod", "daily", "data", "us-east-1", "eu-west-1", Some(t0));
+        // The data account's region was last snapshotted a day earlier than the prod account's.
+        m.set_freshness("prod", "daily", "prod-acct", "us-east-1", fresh(t0));
+        m.set_freshness(
+            "prod",
+            "daily",
+            "data",
+            "us-east-1",
+            fresh(t0 - chrono::Duration::days(1)),
+        );
+        let text = m.render(t0 + chrono::Duration::hours(1));
+        for line in [
+            "snapwarden_managed_snapshots{account=\"prod-acct\",policy=\"prod\",region=\"us-east-1\"} 40",
+            "snapwarden_managed_snapshots{account=\"data\",policy=\"prod\",region=\"us-east-1\"} 7",
+            "snapwarden_snapshots_created_total{account=\"prod-acct\",policy=\"prod\",region=\"us-east-1\",schedule=\"daily\"} 1",
+            "snapwarden_snapshots_kept_in_use_total{account=\"data\",policy=\"prod\",region=\"us-east-1\"} 1",
+            "snapwarden_snapshots_pending_at_deadline_total{account=\"data\",policy=\"prod\",region=\"us-east-1\"} 1",
+            "snapwarden_copies_total{account=\"data\",destination=\"eu-west-1\",outcome=\"failed\",policy=\"prod\",region=\"us-east-1\",schedule=\"daily\"} 2",
+            "snapwarden_copies_pending{account=\"prod-acct\",destination=\"eu-west-1\",policy=\"prod\",region=\"us-east-1\"} 3",
+            "snapwarden_dr_staleness_seconds{account=\"data\",destination=\"eu-west-1\",policy=\"prod\",region=\"us-east-1\",schedule=\"daily\"} 3600",
+            "snapwarden_staleness_seconds{account=\"prod-acct\",policy=\"prod\",schedule=\"daily\"} 3600",
+            "snapwarden_staleness_seconds{account=\"data\",policy=\"prod\",schedule=\"daily\"} 90000",
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+        // /status still sees the worst place of the schedule.
+        let worst = m.staleness(t0 + chrono::Duration::hours(1));
+        assert_eq!(worst[&("prod".into(), "daily".into())].0, Some(90000.0));
+    }
+
+    #[test]
+    fn init_series_creates_a_policys_place_series_only_in_the_accounts_it_serves() {
+        let mut config = crate::config::from_toml_str(
+            std::path::Path::new("demo"),
+            crate::demo::DEMO_CONFIG,
+            &[],
+        )
+        .unwrap();
+        // Every policy of the demo serves the `data` account only.
+        for p in &mut config.policies {
+            p.accounts = Some(vec!["data".into()]);
+        }
+        let scope = |account: &str, own| Scope {
+            account: account.into(),
+            own,
+            region: "demo-1".into(),
+        };
+        let m = Metrics::new();
+        m.init_series(
+            &config,
+            &[scope("123456789012", true), scope("data", false)],
+            Utc::now(),
+        );
+        let text = m.render(Utc::now());
+        assert!(
+            text.contains("snapwarden_managed_snapshots{account=\"data\",policy=\"prod\",region=\"demo-1\"} 0"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("account=\"123456789012\""),
+            "the policy does not serve the own account:\n{text}"
+        );
+    }
+
+    #[test]
+    fn forget_account_drops_that_accounts_series_and_leaves_the_others() {
+        let m = Metrics::new();
+        let t0 = t0();
+        for account in ["gone", "stays"] {
+            m.snapshot_created("prod", &["daily"], account, "us-east-1");
+            m.managed_snapshots("prod", account, "us-east-1", 5);
+            m.record_plan("prod", account, "us-east-1", &KeptTally::default());
+            m.copies_pending("prod", account, "us-east-1", "eu-west-1", 1);
+            m.set_freshness("prod", "daily", account, "us-east-1", fresh(t0));
+            m.set_dr_freshness("prod", "daily", account, "us-east-1", "eu-west-1", Some(t0));
+        }
+        assert!(m.render(t0).contains("account=\"gone\""));
+        m.forget_account("gone");
+        let text = m.render(t0 + chrono::Duration::hours(1));
+        assert!(!text.contains("account=\"gone\""), "{text}");
+        for line in [
+            "snapwarden_snapshots_created_total{account=\"stays\",policy=\"prod\",region=\"us-east-1\",schedule=\"daily\"} 1",
+            "snapwarden_managed_snapshots{account=\"stays\",policy=\"prod\",region=\"us-east-1\"} 5",
+            "snapwarden_staleness_seconds{account=\"stays\",policy=\"prod\",schedule=\"daily\"} 3600",
+            "snapwarden_dr_staleness_seconds{account=\"stays\",destination=\"eu-west-1\",policy=\"prod\",region=\"us-east-1\",schedule=\"daily\"} 3600",
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
     }
 }

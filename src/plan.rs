@@ -1,6 +1,6 @@
 //! `snapwarden plan`: what retention would do to every managed snapshot, and why, without changing anything — the
 //! command an operator runs before a config change. One async function, [`gather`], reads live data (one survey
-//! per policy and region, and per config in diff mode; for a policy with copy rules, each destination too, as a
+//! per policy and (account, region) pair the policy serves, and per config in diff mode; for a policy with copy rules, each destination too, as a
 //! run reads it) and runs the daemon's own planners on it (`worker::plan_retention`, with the copies' hold, and
 //! `worker::copy::plan_retention` for the copies in each destination), so `plan` can never disagree with what a
 //! run would do. A copy is judged as the destination holds it now; the copies the next run would make
@@ -15,8 +15,10 @@
 //! history of them — so `--at` answers "what would today's fleet look like to the planner at that time".
 //!
 //! The JSON forms ([`Row`], [`Change`]) are a contract, documented in the README: field names are fixed and rows
-//! are ordered by policy, region, volume id, slot (newest first) and snapshot id, so two runs over the same data
-//! print the same bytes. `tests/fixtures/plan.json` pins it.
+//! are ordered by policy, account, region, volume id, slot (newest first) and snapshot id, so two runs over the
+//! same data print the same bytes. `tests/fixtures/plan.json` pins it. The tables name the account (a column, and
+//! `account/region` in the cap and copy lines) when more than one account is served, so a single-account plan
+//! reads as it always has.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -32,10 +34,12 @@ use crate::retention::{Action, Plan, Snap};
 use crate::schedule::format_slot;
 use crate::worker::{self, Region};
 
-/// One config's plan for one policy in one region, with the snapshots it judged.
+/// One config's plan for one policy in one region of one account, with the snapshots it judged.
 #[derive(Debug, Clone)]
 pub struct Evaluation {
     pub(crate) policy: String,
+    /// The account's label (`worker::Region::account`).
+    pub(crate) account: String,
     pub(crate) region: String,
     /// The snapshots the plan judged (slot at or before `at`): where rows take state and schedules from.
     pub(crate) snapshots: Vec<Snap>,
@@ -60,6 +64,7 @@ pub(crate) struct CopyOf {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CapVerdict {
     pub policy: String,
+    pub account: String,
     pub region: String,
     /// The config key to raise: `max-deletes-per-run` or `max-delete-fraction`.
     pub setting: &'static str,
@@ -74,6 +79,8 @@ pub struct CapVerdict {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub(crate) struct Row {
     pub(crate) policy: String,
+    /// The account's label (`worker::Region::account`): an `[[aws.account]]`'s name, or the own account's id.
+    pub(crate) account: String,
     pub(crate) region: String,
     pub(crate) volume_id: String,
     pub(crate) snapshot_id: String,
@@ -117,6 +124,8 @@ pub struct Report {
     pub(crate) at: DateTime<Utc>,
     pub(crate) rows: Vec<Row>,
     pub caps: Vec<CapVerdict>,
+    /// More than one account is served: the tables name the account of each row.
+    pub(crate) accounts: bool,
 }
 
 impl Report {
@@ -141,17 +150,20 @@ pub fn report(evaluations: &[Evaluation], at: DateTime<Utc>) -> Report {
         let key = |e: &Evaluation| {
             (
                 e.policy.clone(),
+                e.account.clone(),
                 e.region.clone(),
                 e.copy_of.as_ref().map(|c| c.region.clone()),
             )
         };
         key(a).cmp(&key(b))
     });
+    let accounts = evaluations.windows(2).any(|w| w[0].account != w[1].account);
     let mut rows = Vec::new();
     let mut caps = Vec::new();
     for e in evaluations {
         let cap = e.plan.cap_hit.as_ref().map(|hit| CapVerdict {
             policy: e.policy.clone(),
+            account: e.account.clone(),
             region: e.region.clone(),
             setting: hit.setting,
             limit: hit.limit.clone(),
@@ -164,6 +176,7 @@ pub fn report(evaluations: &[Evaluation], at: DateTime<Utc>) -> Report {
             let snap = snaps.get(&*d.snapshot_id);
             rows.push(Row {
                 policy: e.policy.clone(),
+                account: e.account.clone(),
                 region: e.region.clone(),
                 volume_id: d.volume_id.to_string(),
                 snapshot_id: d.snapshot_id.to_string(),
@@ -190,7 +203,21 @@ pub fn report(evaluations: &[Evaluation], at: DateTime<Utc>) -> Report {
         }
         caps.extend(cap);
     }
-    Report { at, rows, caps }
+    Report {
+        at,
+        rows,
+        caps,
+        accounts,
+    }
+}
+
+/// Where a row or verdict lies, as the tables name it: `account/region` when more than one account is served.
+fn place(accounts: bool, account: &str, region: &str) -> String {
+    if accounts {
+        format!("{account}/{region}")
+    } else {
+        region.to_string()
+    }
 }
 
 /// Keep and delete counts of one group of snapshots (a policy, a schedule, a volume).
@@ -218,8 +245,8 @@ pub(crate) struct Totals {
     pub(crate) policies: BTreeMap<String, Tally>,
     /// (policy, schedule)
     pub(crate) schedules: BTreeMap<(String, String), Tally>,
-    /// (policy, region, volume id)
-    pub(crate) volumes: BTreeMap<(String, String, String), Tally>,
+    /// (policy, account, region, volume id)
+    pub(crate) volumes: BTreeMap<(String, String, String, String), Tally>,
     /// Per policy with VSS or scripts: (application-consistent, fallback) snapshots.
     pub(crate) consistency: BTreeMap<String, (usize, usize)>,
 }
@@ -245,7 +272,12 @@ pub(crate) fn totals(rows: &[Row]) -> Totals {
                 .add(r.action);
         }
         t.volumes
-            .entry((r.policy.clone(), r.region.clone(), r.volume_id.clone()))
+            .entry((
+                r.policy.clone(),
+                r.account.clone(),
+                r.region.clone(),
+                r.volume_id.clone(),
+            ))
             .or_default()
             .add(r.action);
         if let Some(consistent) = r.app_consistent {
@@ -295,6 +327,7 @@ impl Verdict {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Change {
     pub(crate) policy: String,
+    pub(crate) account: String,
     pub(crate) region: String,
     pub(crate) volume_id: String,
     pub(crate) snapshot_id: String,
@@ -309,7 +342,14 @@ pub struct Change {
 /// Snapshots whose action differs between the two reports, in the documented row order. A snapshot only one side
 /// lists belongs to a policy the other config does not have, which therefore keeps it.
 pub fn diff(current: &Report, new: &Report) -> Vec<Change> {
-    let key = |r: &Row| (r.policy.clone(), r.region.clone(), r.snapshot_id.clone());
+    let key = |r: &Row| {
+        (
+            r.policy.clone(),
+            r.account.clone(),
+            r.region.clone(),
+            r.snapshot_id.clone(),
+        )
+    };
     let old: HashMap<_, &Row> = current.rows.iter().map(|r| (key(r), r)).collect();
     let mut seen = HashSet::new();
     let mut changes = Vec::new();
@@ -329,6 +369,7 @@ pub fn diff(current: &Report, new: &Report) -> Vec<Change> {
         let k = |c: &Change| {
             (
                 c.policy.clone(),
+                c.account.clone(),
                 c.region.clone(),
                 c.volume_id.clone(),
                 Reverse(c.slot.clone()),
@@ -348,6 +389,7 @@ fn change(row: &Row, current: Verdict, new: Verdict) -> Option<Change> {
     };
     Some(Change {
         policy: row.policy.clone(),
+        account: row.account.clone(),
         region: row.region.clone(),
         volume_id: row.volume_id.clone(),
         snapshot_id: row.snapshot_id.clone(),
@@ -414,13 +456,15 @@ fn table(header: &[&str], right: &[usize], rows: &[Vec<String>]) -> String {
     out
 }
 
-fn cap_lines(caps: &[CapVerdict], which: &str) -> String {
+fn cap_lines(caps: &[CapVerdict], which: &str, accounts: bool) -> String {
     let mut out = String::new();
     for c in caps {
         let _ = writeln!(
             out,
             "!! DELETION CAP{which}: policy {} in {}: {}",
-            c.policy, c.region, c.message
+            c.policy,
+            place(accounts, &c.account, &c.region),
+            c.message
         );
     }
     out
@@ -433,14 +477,15 @@ pub(crate) fn render_table(report: &Report) -> String {
         "plan at {} (ages from it; snapshots with a later slot are not counted)\n",
         format_slot(report.at)
     );
-    out.push_str(&cap_lines(&report.caps, ""));
+    out.push_str(&cap_lines(&report.caps, "", report.accounts));
     out.push('\n');
     let rows: Vec<Vec<String>> = report
         .rows
         .iter()
         .map(|r| {
-            vec![
+            let mut row = vec![
                 r.policy.clone(),
+                r.account.clone(),
                 r.region.clone(),
                 r.volume_id.clone(),
                 if r.orphan { "yes" } else { "-" }.to_string(),
@@ -449,25 +494,40 @@ pub(crate) fn render_table(report: &Report) -> String {
                 format_age(r.age_seconds),
                 r.action.to_string(),
                 r.reasons.join("; "),
-            ]
+            ];
+            if !report.accounts {
+                row.remove(1);
+            }
+            row
         })
         .collect();
-    out.push_str(&table(
-        &[
-            "POLICY", "REGION", "VOLUME", "ORPHAN", "SNAPSHOT", "SLOT", "AGE", "ACTION", "REASONS",
-        ],
-        &[6],
-        &rows,
-    ));
-    out.push_str(&copy_lines(&report.rows));
+    let (header, age) = if report.accounts {
+        (
+            &[
+                "POLICY", "ACCOUNT", "REGION", "VOLUME", "ORPHAN", "SNAPSHOT", "SLOT", "AGE",
+                "ACTION", "REASONS",
+            ][..],
+            7,
+        )
+    } else {
+        (
+            &[
+                "POLICY", "REGION", "VOLUME", "ORPHAN", "SNAPSHOT", "SLOT", "AGE", "ACTION",
+                "REASONS",
+            ][..],
+            6,
+        )
+    };
+    out.push_str(&table(header, &[age], &rows));
+    out.push_str(&copy_lines(&report.rows, report.accounts));
     out.push('\n');
-    out.push_str(&render_totals(&totals(&report.rows)));
-    out.push_str(&cap_lines(&report.caps, ""));
+    out.push_str(&render_totals(&totals(&report.rows), report.accounts));
+    out.push_str(&cap_lines(&report.caps, "", report.accounts));
     out
 }
 
 /// The copies the next run would make, oldest first (the order it sends them in): nothing when there are none.
-fn copy_lines(rows: &[Row]) -> String {
+fn copy_lines(rows: &[Row], accounts: bool) -> String {
     let mut wanted: Vec<&Row> = rows.iter().filter(|r| !r.copy_to.is_empty()).collect();
     if wanted.is_empty() {
         return String::new();
@@ -479,14 +539,18 @@ fn copy_lines(rows: &[Row]) -> String {
             let _ = writeln!(
                 out,
                 "  would copy {} ({} slot {}) of policy {} from {} to {to}",
-                r.snapshot_id, r.volume_id, r.slot, r.policy, r.region
+                r.snapshot_id,
+                r.volume_id,
+                r.slot,
+                r.policy,
+                place(accounts, &r.account, &r.region)
             );
         }
     }
     out
 }
 
-fn render_totals(t: &Totals) -> String {
+fn render_totals(t: &Totals, accounts: bool) -> String {
     let mut rows = Vec::new();
     for (p, c) in &t.policies {
         rows.push(vec![
@@ -505,10 +569,10 @@ fn render_totals(t: &Totals) -> String {
             c.delete.to_string(),
         ]);
     }
-    for ((p, r, v), c) in &t.volumes {
+    for ((p, a, r, v), c) in &t.volumes {
         rows.push(vec![
             "volume".into(),
-            format!("{p} {r} {v}"),
+            format!("{p} {} {v}", place(accounts, a, r)),
             c.keep.to_string(),
             c.delete.to_string(),
         ]);
@@ -536,15 +600,17 @@ pub(crate) fn render_diff(current: &Report, new: &Report, changes: &[Change]) ->
         "diff at {}: the new config (--config) against the current one (--against)\n",
         format_slot(new.at)
     );
-    out.push_str(&cap_lines(&new.caps, " (new config)"));
-    out.push_str(&cap_lines(&current.caps, " (current config)"));
+    let accounts = new.accounts || current.accounts;
+    out.push_str(&cap_lines(&new.caps, " (new config)", accounts));
+    out.push_str(&cap_lines(&current.caps, " (current config)", accounts));
     out.push('\n');
     let rows: Vec<Vec<String>> = changes
         .iter()
         .map(|c| {
             let side = |v: &Verdict| format!("{}: {}", v.action, v.reasons.join("; "));
-            vec![
+            let mut row = vec![
                 c.policy.clone(),
+                c.account.clone(),
                 c.region.clone(),
                 c.volume_id.clone(),
                 c.snapshot_id.clone(),
@@ -553,11 +619,24 @@ pub(crate) fn render_diff(current: &Report, new: &Report, changes: &[Change]) ->
                 c.change.to_string(),
                 side(&c.current),
                 side(&c.new),
-            ]
+            ];
+            if !accounts {
+                row.remove(1);
+            }
+            row
         })
         .collect();
     if rows.is_empty() {
         out.push_str("no snapshot changes action\n");
+    } else if accounts {
+        out.push_str(&table(
+            &[
+                "POLICY", "ACCOUNT", "REGION", "VOLUME", "SNAPSHOT", "SLOT", "AGE", "CHANGE",
+                "CURRENT", "NEW",
+            ],
+            &[6],
+            &rows,
+        ));
     } else {
         out.push_str(&table(
             &[
@@ -599,9 +678,13 @@ pub fn output(
     diff_mode: bool,
     json: bool,
 ) -> serde_json::Result<Output> {
-    let new = report(&gathered.new, at);
+    // Every account served, not only those with rows: a plan of one account among several still names it.
+    let accounts = gathered.accounts.len() > 1;
+    let mut new = report(&gathered.new, at);
+    new.accounts |= accounts;
     let (stdout, would_delete) = if diff_mode {
-        let current = report(&gathered.current, at);
+        let mut current = report(&gathered.current, at);
+        current.accounts |= accounts;
         let changes = diff(&current, &new);
         let text = if json {
             serde_json::to_string_pretty(&changes)? + "\n"
@@ -641,6 +724,8 @@ pub struct Request<'a> {
 pub struct Gathered {
     pub new: Vec<Evaluation>,
     pub current: Vec<Evaluation>,
+    /// The labels of the accounts served (planned or not).
+    pub accounts: std::collections::BTreeSet<String>,
 }
 
 /// A survey failed; nothing is shown, because a plan over half-read data would show deletions that are not.
@@ -651,7 +736,8 @@ pub struct GatherError {
     pub(crate) error: Error,
 }
 
-/// Surveys every region for every policy of `new` (and of `current`, by name) and plans them at `req.at`.
+/// Surveys every (account, region) pair for every policy of `new` (and of `current`, by name) that serves the
+/// account, and plans them at `req.at`.
 /// In diff mode both configs judge the same snapshot list (the new side's), so a snapshot created between the two
 /// surveys cannot show up as a change; each side reads its own targets, since the new config may target other
 /// volumes.
@@ -665,18 +751,20 @@ pub async fn gather(regions: &[Arc<Region>], req: &Request<'_>) -> Result<Gather
     names.retain(|n| req.policy.is_none_or(|only| only == *n));
     let mut out = Gathered::default();
     for region in regions {
+        out.accounts.insert(region.account.clone());
+        let serves = |p: &&Policy| p.serves(&region.account, region.own);
         for &name in &names {
             let wrap = |error| GatherError {
                 policy: name.to_string(),
                 error,
             };
             let mut listed = None;
-            if let Some(p) = req.new.policy(name) {
+            if let Some(p) = req.new.policy(name).filter(serves) {
                 let (e, snaps) = evaluate(region, p, None, req).await.map_err(wrap)?;
                 listed = Some(snaps);
                 out.new.extend(e);
             }
-            if let Some(p) = req.current.and_then(|c| c.policy(name)) {
+            if let Some(p) = req.current.and_then(|c| c.policy(name)).filter(serves) {
                 // The backends are the new config's destinations: the current one's copies elsewhere are not
                 // read (neither config's plan for them could differ from what is there now).
                 let mut p = p.clone();
@@ -759,6 +847,7 @@ async fn evaluate(
         let plan = worker::copy::plan_retention(policy, d, &snaps, &survey, &HashSet::new(), at);
         copies.push(Evaluation {
             policy: policy.name.clone(),
+            account: region.account.clone(),
             region: d.region.to_string(),
             snapshots: snaps,
             plan,
@@ -775,6 +864,7 @@ async fn evaluate(
     }
     let own = Evaluation {
         policy: policy.name.clone(),
+        account: region.account.clone(),
         region: name,
         snapshots: listed.clone(),
         plan,
@@ -845,6 +935,7 @@ mod tests {
         let plan = retention::plan(&input, t(AT));
         Evaluation {
             policy: policy.into(),
+            account: "own".into(),
             region: region.into(),
             snapshots,
             plan,
@@ -1056,7 +1147,14 @@ mod tests {
             Tally { keep: 1, delete: 0 },
             "a snapshot listing no schedule"
         );
-        let vol = |v: &str| tot.volumes[&("prod".to_string(), "r1".to_string(), v.to_string())];
+        let vol = |v: &str| {
+            tot.volumes[&(
+                "prod".to_string(),
+                "own".to_string(),
+                "r1".to_string(),
+                v.to_string(),
+            )]
+        };
         assert_eq!(vol("vol-a"), Tally { keep: 4, delete: 1 });
         assert_eq!(vol("vol-b"), Tally { keep: 1, delete: 0 });
         let text = render_table(&r);

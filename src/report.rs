@@ -66,12 +66,17 @@ pub struct Problem {
 
 impl Problem {
     /// What `e` did to `resource` during `operation`: its code, its message, and the AWS call and code meaning
-    /// it carries, if any.
+    /// it carries, if any. A refused role is `assume-role`, not STS's code (`AccessDenied`, which reads as an EC2
+    /// permission): the message carries STS's code with the role and the fix.
     pub(crate) fn of(resource: String, operation: &'static str, e: &Error) -> Problem {
+        let code = match e {
+            Error::AssumeRole { .. } => e.kind(),
+            _ => e.code(),
+        };
         Problem {
             resource,
             operation,
-            code: e.code().to_string(),
+            code: code.to_string(),
             message: e.to_string(),
             aws: e.api_failure(),
         }
@@ -188,22 +193,25 @@ impl RunReport {
 
     /// Whether running the slot again could change the outcome: not when the only problems wait for a person —
     /// bad count-tag values on targets (`target`), snapshots retention set aside (a slot in the future, a copy
-    /// that records no source), a deletion cap hit and a copy destination that cannot be used as configured. Retrying those would survey the region again and again
+    /// that records no source), a deletion cap hit, a copy destination that cannot be used as configured and a
+    /// member account's role that STS refused (`assume-role`: a trust policy, ExternalId or SCP does not fix
+    /// itself within minutes; the next fire tries again). Retrying those would survey the region again and again
     /// until the next fire to report the same thing.
     /// Copies deferred (the destination's pending limit) are worth a retry too, though no problem: the retry
     /// sends the next of them as the earlier ones complete, instead of leaving the backlog to the next fire.
     pub(crate) fn worth_retrying(&self) -> bool {
-        const FOR_A_PERSON: [&str; 4] = [
+        const FOR_A_PERSON: [&str; 5] = [
             "future-slot",
             "unplaced-copy",
             "deletion-cap",
             "copy-destination",
+            "assume-role",
         ];
-        self.fatal.is_some()
-            || self.copies.deferred > 0
+        self.copies.deferred > 0
             || self
-                .problems
+                .fatal
                 .iter()
+                .chain(&self.problems)
                 .any(|p| p.operation != "target" && !FOR_A_PERSON.contains(&p.code.as_str()))
     }
 
@@ -223,11 +231,37 @@ impl RunReport {
     pub(crate) fn schedule_label(&self) -> String {
         self.schedules.join(",")
     }
+
+    /// Where the run acted, as `/status`, the digest and `once` name it: `account/region` (a scheduler
+    /// `Scope`'s form), or the region alone for a report made outside a region's run.
+    pub(crate) fn scope(&self) -> String {
+        if self.account.is_empty() {
+            self.region.clone()
+        } else {
+            format!("{}/{}", self.account, self.region)
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_role_is_its_own_problem_code() {
+        let e = Error::AssumeRole {
+            role_arn: "arn:aws:iam::222222222222:role/snapwarden".into(),
+            external_id: false,
+            daemon: None,
+            code: "AccessDenied".into(),
+            message: "not authorized".into(),
+        };
+        let p = Problem::of("us-east-1".into(), "describe", &e);
+        assert_eq!(p.code, "assume-role");
+        assert!(p.message.starts_with(
+            "cannot assume role arn:aws:iam::222222222222:role/snapwarden: AccessDenied"
+        ));
+    }
 
     fn problem(op: &'static str, code: &str) -> Problem {
         Problem {
@@ -276,5 +310,38 @@ mod tests {
             r.codes(),
             vec!["IncorrectState".to_string(), "bad-count-tag".to_string()]
         );
+    }
+
+    fn refused_role() -> Error {
+        Error::AssumeRole {
+            role_arn: "arn:aws:iam::222222222222:role/snapwarden-member".into(),
+            external_id: true,
+            daemon: None,
+            code: "AccessDenied".into(),
+            message: "not authorized to perform sts:AssumeRole".into(),
+        }
+    }
+
+    #[test]
+    fn a_refused_role_is_an_assume_role_problem_whatever_sts_answered() {
+        let p = Problem::of("eu-west-1".into(), "describe", &refused_role());
+        assert_eq!(p.code, "assume-role");
+        assert!(p.message.contains("AccessDenied"), "{}", p.message);
+        assert!(p.aws.is_none());
+    }
+
+    #[test]
+    fn a_run_whose_role_was_refused_waits_for_a_person_not_for_a_retry() {
+        let now = Utc::now();
+        let mut r = RunReport::new("r".into(), "p", vec!["daily".into()], "eu-west-1", now, now);
+        r.fatal = Some(Problem::of("eu-west-1".into(), "describe", &refused_role()));
+        assert_eq!(r.result(), RunResult::Failure);
+        assert!(
+            !r.worth_retrying(),
+            "a trust policy does not fix itself within the slot"
+        );
+        // Any other fatal problem is still retried.
+        r.fatal = Some(problem("describe", "ServiceUnavailable"));
+        assert!(r.worth_retrying());
     }
 }

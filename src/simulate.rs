@@ -6,6 +6,10 @@
 //! with copy rules gets one more in-memory region per destination, linked to the source as EC2's regions are:
 //! copies are made by the run's copy phase and complete before the next fire too, and each destination's kept
 //! copies are reported beside the source's snapshots.
+//!
+//! Each policy is simulated in every (account, region) pair it serves ([`pairs`]: the own account — called `own`,
+//! its id being unknown offline — and each `[[aws.account]]`, in their regions), each pair a fleet of its own, as
+//! the daemon runs them. Accounts an `[aws.organization]` would discover are only known at run time: not simulated.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,7 +32,7 @@ use crate::worker::{self, Destinations, RunSpec};
 pub struct SimOptions {
     pub from: DateTime<Utc>,
     pub days: u32,
-    /// Volumes per policy (all alike: every figure is per volume).
+    /// Volumes per policy in each (account, region) pair (all alike: every figure is per volume).
     pub volumes: usize,
     /// The value given to count tags, for schedules that take their keep count from a tag.
     pub count_tag_value: u32,
@@ -52,6 +56,9 @@ pub struct ScheduleSim {
 #[derive(Debug, Clone, Serialize)]
 pub struct PolicySim {
     pub(crate) policy: String,
+    /// The account's label (`own` for the daemon's own account) and the region simulated.
+    pub account: String,
+    pub region: String,
     pub(crate) fires: usize,
     pub(crate) created: usize,
     pub(crate) deleted: usize,
@@ -83,7 +90,36 @@ pub struct SimReport {
     pub(crate) from: DateTime<Utc>,
     pub(crate) until: DateTime<Utc>,
     pub(crate) volumes: usize,
+    /// One per policy and (account, region) pair it serves, in the config's order.
     pub policies: Vec<PolicySim>,
+    /// The config has an `[aws.organization]`, whose accounts are not simulated.
+    pub(crate) organization: bool,
+}
+
+/// The region simulated for an account served in the SDK's region (`aws.regions` empty).
+const SDK_REGION: &str = "sim-1";
+
+/// The (account label, own account, region) pairs the config serves, as the daemon builds them: the own account
+/// (`own`) unless `aws.own-account = false`, then each `[[aws.account]]`.
+pub(crate) fn pairs(config: &Config) -> Vec<(String, bool, String)> {
+    let accounts = &config.aws.accounts;
+    let own = accounts
+        .own
+        .then(|| (crate::config::OWN.to_string(), true, &config.aws.regions));
+    let listed = accounts
+        .listed
+        .iter()
+        .map(|a| (a.name.clone(), false, &a.regions));
+    let mut out = Vec::new();
+    for (account, own, regions) in own.into_iter().chain(listed) {
+        if regions.is_empty() {
+            out.push((account.clone(), own, SDK_REGION.to_string()));
+        }
+        for r in regions {
+            out.push((account.clone(), own, r.clone()));
+        }
+    }
+    out
 }
 
 /// Target tags that make the simulated fleet match the policy: `*` needs any value.
@@ -113,8 +149,8 @@ fn fleet_tags(policy: &Policy, count: u32) -> Vec<(String, String)> {
     tags
 }
 
-fn fleet(policy: &Policy, opts: &SimOptions) -> (Arc<FakeEc2>, String) {
-    let fake = Arc::new(FakeEc2::new("sim-1"));
+fn fleet(policy: &Policy, opts: &SimOptions, region: &str) -> (Arc<FakeEc2>, String) {
+    let fake = Arc::new(FakeEc2::new(region));
     let owned = fleet_tags(policy, opts.count_tag_value);
     let tags: Vec<(&str, &str)> = owned
         .iter()
@@ -281,13 +317,20 @@ async fn census(
     }
 }
 
+/// Where a policy is simulated: the account's label and the region.
+struct Pair<'a> {
+    account: &'a str,
+    region: &'a str,
+}
+
 async fn simulate_policy(
     policy: &Policy,
     opts: &SimOptions,
     until: DateTime<Utc>,
     copy_concurrency: usize,
+    pair: Pair<'_>,
 ) -> PolicySim {
-    let (fake, volume) = fleet(policy, opts);
+    let (fake, volume) = fleet(policy, opts, pair.region);
     let (dest_fakes, dests) = destinations(policy, &fake, copy_concurrency);
     // A healthy fleet: every VSS command and script succeeds at once, and the VSS document makes the snapshots.
     let agent = FakeAgent::new(fake.clone());
@@ -295,6 +338,8 @@ async fn simulate_policy(
     let metrics = Metrics::new();
     let mut sim = PolicySim {
         policy: policy.name.clone(),
+        account: pair.account.to_string(),
+        region: pair.region.to_string(),
         fires: 0,
         created: 0,
         deleted: 0,
@@ -435,19 +480,25 @@ fn all_schedules(sim: &mut PolicySim) -> impl Iterator<Item = &mut ScheduleSim> 
 
 pub async fn simulate(config: &Config, opts: &SimOptions) -> SimReport {
     let until = opts.from + Duration::days(i64::from(opts.days));
+    let pairs = pairs(config);
     let mut policies = Vec::new();
     for p in config
         .policies
         .iter()
         .filter(|p| opts.policy.as_deref().is_none_or(|n| n == p.name))
     {
-        policies.push(simulate_policy(p, opts, until, config.daemon.copy_concurrency).await);
+        for (account, _, region) in pairs.iter().filter(|(a, own, _)| p.serves(a, *own)) {
+            let pair = Pair { account, region };
+            policies
+                .push(simulate_policy(p, opts, until, config.daemon.copy_concurrency, pair).await);
+        }
     }
     SimReport {
         from: opts.from,
         until,
         volumes: opts.volumes.max(1),
         policies,
+        organization: config.aws.accounts.organization.is_some(),
     }
 }
 
@@ -493,8 +544,10 @@ pub fn render(report: &SimReport) -> String {
     );
     for p in &report.policies {
         out.push_str(&format!(
-            "\npolicy {}: {} fires, {} snapshots created, {} deleted; distinct snapshots per volume: peak {}, end {}\n",
+            "\npolicy {} in {}/{}: {} fires, {} snapshots created, {} deleted; distinct snapshots per volume: peak {}, end {}\n",
             p.policy,
+            p.account,
+            p.region,
             p.fires,
             p.created,
             p.deleted,
@@ -515,6 +568,12 @@ pub fn render(report: &SimReport) -> String {
                 p.copied, p.copies_deleted
             ));
         }
+    }
+    if report.organization {
+        out.push_str(
+            "\naccounts of [aws.organization] are found at run time and not simulated; each would show as the \
+             pairs above do\n",
+        );
     }
     out
 }
@@ -571,5 +630,64 @@ schedule = [
         // Two fires a day (04:30 and 12:00); Monday's weekly coincides with the daily one.
         assert_eq!(p.fires, 120);
         assert!(render(&r).contains("surviving weekly (4)"));
+    }
+
+    #[tokio::test]
+    async fn each_account_and_region_a_policy_serves_is_simulated_and_named() {
+        let c = config(
+            r#"
+[aws]
+regions = ["us-east-1"]
+
+[[aws.account]]
+name = "prod"
+role-arn = "arn:aws:iam::222222222222:role/snapwarden"
+regions = ["us-east-1", "eu-west-1"]
+
+[[aws.account]]
+name = "staging"
+role-arn = "arn:aws:iam::333333333333:role/snapwarden"
+
+[[policy]]
+name = "everywhere"
+target = { resource = "volume", tags = { Backup = "yes" } }
+schedule = [{ name = "daily", cron = "30 4 * * *", keep = { last = 3 } }]
+
+[[policy]]
+name = "prod-only"
+accounts = ["prod"]
+target = { resource = "volume", tags = { Backup = "prod" } }
+schedule = [{ name = "daily", cron = "0 5 * * *", keep = { last = 2 } }]
+"#,
+        );
+        let r = simulate(&c, &opts(10)).await;
+        let simulated: Vec<(&str, &str, &str)> = r
+            .policies
+            .iter()
+            .map(|p| (p.policy.as_str(), p.account.as_str(), p.region.as_str()))
+            .collect();
+        assert_eq!(
+            simulated,
+            [
+                ("everywhere", "own", "us-east-1"),
+                ("everywhere", "prod", "us-east-1"),
+                ("everywhere", "prod", "eu-west-1"),
+                ("everywhere", "staging", "us-east-1"),
+                ("prod-only", "prod", "us-east-1"),
+                ("prod-only", "prod", "eu-west-1"),
+            ]
+        );
+        // Each pair is a fleet of its own, run in full.
+        for p in &r.policies {
+            assert_eq!(p.fires, 10, "{}/{}", p.account, p.region);
+            assert_eq!(p.created, 10 * 2, "{}/{}", p.account, p.region);
+        }
+        let text = render(&r);
+        assert!(
+            text.contains("\npolicy prod-only in prod/eu-west-1: 10 fires"),
+            "{text}"
+        );
+        assert!(!text.contains("prod-only in staging"), "{text}");
+        assert!(!text.contains("[aws.organization]"), "{text}");
     }
 }

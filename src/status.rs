@@ -14,6 +14,8 @@ use crate::report::{Problem, RunReport, RunResult};
 #[derive(Debug, Clone, Serialize)]
 pub struct LastRun {
     pub(crate) run_id: String,
+    /// The account's label (`worker::Region::account`).
+    pub(crate) account: String,
     pub(crate) region: String,
     pub(crate) slot: DateTime<Utc>,
     pub result: RunResult,
@@ -51,7 +53,7 @@ pub struct ScheduleStatus {
     pub(crate) next_fire: Option<DateTime<Utc>>,
     pub running: bool,
     pub(crate) skipped_fires: u64,
-    /// Latest run per region.
+    /// Latest run per account and region, keyed `account/region` (two accounts may share a region).
     pub last_runs: BTreeMap<String, LastRun>,
     /// Set while a failed or partial run of the latest slot waits for its next try.
     pub retry: Option<Retry>,
@@ -183,6 +185,7 @@ impl StatusBoard {
     pub(crate) fn record(&self, report: &RunReport) {
         let last = LastRun {
             run_id: report.run_id.clone(),
+            account: report.account.clone(),
             region: report.region.clone(),
             slot: report.slot,
             result: report.result(),
@@ -206,7 +209,7 @@ impl StatusBoard {
         };
         for s in &report.schedules {
             self.with(&report.policy, s, |st| {
-                st.last_runs.insert(report.region.clone(), last.clone())
+                st.last_runs.insert(report.scope(), last.clone())
             });
         }
     }
@@ -282,23 +285,58 @@ mod tests {
         board.register("p", "s", "0 4 * * *");
         let at = Utc::now();
         let mut report = RunReport::new("r".into(), "p", vec!["s".into()], "r-1", at, at);
+        report.account = "a".into();
         board.record(&report);
         let json = serde_json::to_value(board.snapshot()).unwrap();
-        let last = &json["p"]["s"]["last_runs"]["r-1"];
+        let last = &json["p"]["s"]["last_runs"]["a/r-1"];
         assert!(last.get("app_consistent").is_none(), "{last}");
         (report.created, report.app_consistent, report.fallback) = (3, 2, 1);
         board.record(&report);
         let json = serde_json::to_value(board.snapshot()).unwrap();
-        let counts = &json["p"]["s"]["last_runs"]["r-1"]["app_consistent"];
+        let counts = &json["p"]["s"]["last_runs"]["a/r-1"]["app_consistent"];
         assert_eq!(counts, &serde_json::json!({"consistent": 2, "fallback": 1}));
-        assert!(json["p"]["s"]["last_runs"]["r-1"].get("copies").is_none());
+        assert!(json["p"]["s"]["last_runs"]["a/r-1"].get("copies").is_none());
         (report.copies.created, report.copies.deferred) = (5, 2);
         board.record(&report);
         let json = serde_json::to_value(board.snapshot()).unwrap();
-        let copies = &json["p"]["s"]["last_runs"]["r-1"]["copies"];
+        let copies = &json["p"]["s"]["last_runs"]["a/r-1"]["copies"];
         assert_eq!(
             copies,
             &serde_json::json!({"created": 5, "deferred": 2, "pending": 0, "deleted": 0})
         );
+    }
+
+    #[test]
+    fn two_accounts_in_one_region_keep_a_last_run_each() {
+        let board = StatusBoard::default();
+        board.register("p", "s", "0 4 * * *");
+        let at = Utc::now();
+        for (account, created) in [("prod", 3), ("staging", 5)] {
+            let mut report = RunReport::new(
+                format!("run-{account}"),
+                "p",
+                vec!["s".into()],
+                "eu-west-1",
+                at,
+                at,
+            );
+            report.account = account.into();
+            report.created = created;
+            board.record(&report);
+        }
+        let json = serde_json::to_value(board.snapshot()).unwrap();
+        let runs = json["p"]["s"]["last_runs"].as_object().unwrap();
+        assert_eq!(
+            runs.keys().collect::<Vec<_>>(),
+            ["prod/eu-west-1", "staging/eu-west-1"]
+        );
+        for (key, account, created) in [
+            ("prod/eu-west-1", "prod", 3),
+            ("staging/eu-west-1", "staging", 5),
+        ] {
+            assert_eq!(runs[key]["account"], account);
+            assert_eq!(runs[key]["region"], "eu-west-1");
+            assert_eq!(runs[key]["created"], created);
+        }
     }
 }

@@ -146,7 +146,11 @@ async fn a_run_waits_for_completion_with_one_describe_per_200_pending_per_poll()
         metric(
             &metrics,
             "snapwarden_unprotected_volumes",
-            &[("policy", "prod"), ("schedule", "daily")]
+            &[
+                ("policy", "prod"),
+                ("schedule", "daily"),
+                ("account", FAKE_ACCOUNT)
+            ]
         ),
         0.0
     );
@@ -199,6 +203,7 @@ async fn an_errored_snapshot_fails_its_volume_is_deleted_and_the_slot_retried() 
             &[
                 ("operation", "complete"),
                 ("policy", "prod"),
+                ("account", FAKE_ACCOUNT),
                 ("region", "us-east-1"),
                 ("schedule", "daily")
             ]
@@ -267,7 +272,11 @@ async fn a_snapshot_pending_at_the_deadline_is_reported_counted_and_rechecked_ne
         metric(
             &metrics,
             "snapwarden_snapshots_pending_at_deadline_total",
-            &[("policy", "prod"), ("region", "us-east-1")]
+            &[
+                ("policy", "prod"),
+                ("account", FAKE_ACCOUNT),
+                ("region", "us-east-1")
+            ]
         ),
         2.0
     );
@@ -279,7 +288,11 @@ async fn a_snapshot_pending_at_the_deadline_is_reported_counted_and_rechecked_ne
         metric(
             &metrics,
             "snapwarden_staleness_seconds",
-            &[("policy", "prod"), ("schedule", "daily")]
+            &[
+                ("policy", "prod"),
+                ("schedule", "daily"),
+                ("account", FAKE_ACCOUNT)
+            ]
         ),
         86_400.0
     );

@@ -92,6 +92,7 @@ fn every_shipped_config_file_validates() {
         "windows-vss.toml",
         "linux-fsfreeze.toml",
         "dr-copy.toml",
+        "multi-account.toml",
     ] {
         assert!(
             names.iter().any(|n| n == expected),

@@ -33,7 +33,7 @@ use chrono::{DateTime, Duration, Utc};
 
 use common::fault_proxy::{Fault, FaultProxy, Hit, Rule, When};
 use common::process::{run_to_end, snapwarden, text, Daemon};
-use common::{Moto, REGION};
+use common::{Moto, ACCOUNT, REGION};
 use snapwarden::config;
 use snapwarden::daemon::{self, Shared};
 use snapwarden::ec2::pace::PaceConfig;
@@ -411,6 +411,7 @@ fn dr_staleness(b: &Backend, at: DateTime<Utc>) -> Option<f64> {
         &[
             ("policy", "dr"),
             ("schedule", "daily"),
+            ("account", ACCOUNT),
             ("region", REGION),
             ("destination", DR),
         ],
@@ -1022,7 +1023,12 @@ async fn copy_concurrency_bounds_the_copies_pending_there_and_the_next_run_sends
         common::metric(
             &metrics,
             "snapwarden_copies_pending",
-            &[("policy", "dr"), ("region", REGION), ("destination", DR)]
+            &[
+                ("policy", "dr"),
+                ("account", ACCOUNT),
+                ("region", REGION),
+                ("destination", DR)
+            ]
         ),
         Some(2.0),
         "{metrics}"

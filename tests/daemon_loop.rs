@@ -316,7 +316,7 @@ async fn a_panic_in_one_region_fails_that_run_alerts_and_the_next_fire_runs() {
     let started = Instant::now();
     let failed = loop {
         let v = status_json(&shared).await;
-        let last = &v["policies"]["p"]["s"]["last_runs"]["test-1"];
+        let last = &v["policies"]["p"]["s"]["last_runs"]["123456789012/test-1"];
         if last["result"] == "failure" {
             break last.clone();
         }
@@ -367,7 +367,7 @@ async fn a_panic_in_one_region_fails_that_run_alerts_and_the_next_fire_runs() {
     let v = status_json(&shared).await;
     assert_eq!(v["policies"]["p"]["s"]["running"], false, "{v:#}");
     assert_eq!(
-        v["policies"]["p"]["s"]["last_runs"]["test-1"]["result"], "success",
+        v["policies"]["p"]["s"]["last_runs"]["123456789012/test-1"]["result"], "success",
         "{v:#}"
     );
     assert_eq!(
@@ -402,7 +402,10 @@ async fn a_panic_in_one_region_fails_that_run_alerts_and_the_next_fire_runs() {
     let sent = recorder.sent.lock().unwrap().clone();
     let alerts: Vec<&Message> = sent
         .iter()
-        .filter(|m| m.subject.starts_with("snapwarden FAILED p/s test-1"))
+        .filter(|m| {
+            m.subject
+                .starts_with("snapwarden FAILED p/s 123456789012/test-1")
+        })
         .collect();
     assert_eq!(alerts.len(), 1, "{sent:#?}");
     assert!(alerts[0].subject.contains("panic"), "{}", alerts[0].subject);

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_ec2::types::Snapshot;
 use chrono::{DateTime, Datelike, Utc, Weekday};
 use common::process::{run_to_end, snapwarden, text, Daemon};
-use common::{http_get, metric_sum, Moto, REGION};
+use common::{http_get, metric_sum, Moto, ACCOUNT, REGION};
 use serde_json::Value;
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -237,7 +237,7 @@ async fn run_fires_prunes_serves_http_and_stops_on_sigterm() {
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("/status is not JSON ({e}): {body}"));
     let sched = &status["policies"]["fast"]["every2s"];
     assert_eq!(sched["cron"], "*/2 * * * * *", "{body}");
-    let last = &sched["last_runs"][REGION];
+    let last = &sched["last_runs"][format!("{ACCOUNT}/{REGION}")];
     assert_eq!(last["result"], "success", "{body}");
     assert!(
         last["run_id"].as_str().is_some_and(|s| !s.is_empty()),
@@ -329,7 +329,7 @@ fn once_counts(out: &Output) -> (u32, u32) {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout
         .lines()
-        .find(|l| l.starts_with(REGION) && l.contains(" created, "))
+        .find(|l| l.starts_with(&format!("{ACCOUNT}/{REGION} ")) && l.contains(" created, "))
         .unwrap_or_else(|| panic!("no summary line\n{}", text(out)));
     let number_before = |what: &str| -> u32 {
         let head = &line[..line

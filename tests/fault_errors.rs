@@ -200,10 +200,10 @@ async fn an_unreachable_region_fails_alone_in_the_daemon_loop() {
     assert!(lp.await.unwrap(), "the loop drained its runs");
     let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
 
-    let ok = &runs[REGION];
+    let ok = &runs[&format!("{ACCOUNT}/{REGION}")];
     assert_eq!(ok.result, RunResult::Success, "{runs:#?}");
     assert_eq!(ok.created, 2, "{runs:#?}");
-    let failed = &runs[OTHER_REGION];
+    let failed = &runs[&format!("{ACCOUNT}/{OTHER_REGION}")];
     assert_eq!(failed.result, RunResult::Failure, "{runs:#?}");
     assert_eq!(failed.created, 0, "{runs:#?}");
     assert!(bad.count("DescribeInstances", "reset") >= 1);
@@ -215,9 +215,9 @@ async fn an_unreachable_region_fails_alone_in_the_daemon_loop() {
         "one alert, for the broken region only: {sent:#?}"
     );
     assert!(
-        sent[0]
-            .subject
-            .starts_with(&format!("snapwarden FAILED prod/yearly {OTHER_REGION}")),
+        sent[0].subject.starts_with(&format!(
+            "snapwarden FAILED prod/yearly {ACCOUNT}/{OTHER_REGION}"
+        )),
         "{}",
         sent[0].subject
     );

@@ -353,11 +353,14 @@ async fn throttling_that_never_stops_fails_each_run_within_its_budget_with_one_a
     let subjects: Vec<&str> = sent.iter().map(|m| m.subject.as_str()).collect();
     assert_eq!(subjects.len(), 2, "{subjects:#?}");
     assert!(
-        subjects[0].starts_with("snapwarden FAILED prod/daily us-east-1"),
+        subjects[0].starts_with(&format!("snapwarden FAILED prod/daily {ACCOUNT}/us-east-1")),
         "{subjects:?}"
     );
     assert!(sent[0].body.contains(THROTTLED), "{}", sent[0].body);
-    assert_eq!(subjects[1], "snapwarden RECOVERED prod/daily us-east-1");
+    assert_eq!(
+        subjects[1],
+        format!("snapwarden RECOVERED prod/daily {ACCOUNT}/us-east-1")
+    );
     let n = |o: &str| r.shared.metrics.notifications.with_label_values(&[o]).get();
     assert_eq!((n("sent"), n("deduplicated")), (2, failed_runs - 1));
     assert_eq!(

@@ -849,7 +849,7 @@ async fn sns_digest_is_sent_once_then_recovery() {
     assert_eq!(m["TopicArn"], topic.as_str());
     assert_eq!(
         m["Subject"],
-        "snapwarden PARTIAL prod/daily us-east-1: 1 of 3 volumes"
+        format!("snapwarden PARTIAL prod/daily {ACCOUNT}/us-east-1: 1 of 3 volumes")
     );
     let attrs = &m["MessageAttributes"];
     for (k, v) in [
@@ -896,7 +896,7 @@ async fn sns_digest_is_sent_once_then_recovery() {
     assert_eq!(got.len(), 1, "{got:#?}");
     assert_eq!(
         got[0]["Subject"],
-        "snapwarden RECOVERED prod/daily us-east-1"
+        format!("snapwarden RECOVERED prod/daily {ACCOUNT}/us-east-1")
     );
     assert_eq!(got[0]["MessageAttributes"]["severity"]["Value"], "info");
     assert!(got[0]["Message"]

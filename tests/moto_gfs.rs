@@ -225,10 +225,9 @@ async fn a_plan_over_the_deletion_cap_deletes_nothing_and_the_alert_names_the_se
     );
     let metrics = s.metrics.render(Utc::now());
     assert!(
-        metrics.lines().any(
-            |l| l.starts_with("snapwarden_deletions_blocked_total{policy=\"gfs\"")
-                && !l.ends_with(" 0")
-        ),
+        metrics.lines().any(|l| l.starts_with(
+            "snapwarden_deletions_blocked_total{account=\"123456789012\",policy=\"gfs\""
+        ) && !l.ends_with(" 0")),
         "{metrics}"
     );
 }

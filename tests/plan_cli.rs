@@ -153,6 +153,116 @@ fn copying_regions(fake: &Arc<FakeEc2>, copies: Arc<Destinations>) -> Vec<Arc<Re
     })]
 }
 
+/// A region of account `account` (label) with id `id`, whose snapshots `fake` holds.
+fn account_region(fake: &Arc<FakeEc2>, account: &str, id: &str, own: bool) -> Arc<Region> {
+    Arc::new(Region {
+        ec2: fake.clone(),
+        account_id: id.into(),
+        account: account.into(),
+        own,
+        ssm: None,
+        copies: Default::default(),
+    })
+}
+
+#[tokio::test]
+async fn two_accounts_are_planned_apart_and_a_policy_only_where_it_serves() {
+    let config = config::from_toml_str(
+        Path::new("accounts.toml"),
+        r#"
+[daemon]
+timezone = "UTC"
+[aws]
+regions = ["us-east-1"]
+[[aws.account]]
+name = "prod"
+role-arn = "arn:aws:iam::222222222222:role/snapwarden"
+
+[[policy]]
+name = "all"
+target = { resource = "volume", tags = { Backup = "all" } }
+schedule = [{ name = "daily", cron = "0 3 * * *", keep = { last = 1 } }]
+
+[[policy]]
+name = "prod-only"
+accounts = ["prod"]
+target = { resource = "volume", tags = { Backup = "prod" } }
+schedule = [{ name = "daily", cron = "0 3 * * *", keep = { last = 1 } }]
+"#,
+        &[],
+    )
+    .unwrap();
+    // Both accounts hold the same estate in the same region, each snapshot owned by its own account.
+    let estate = |owner: &str| {
+        let fake = Arc::new(FakeEc2::new("us-east-1"));
+        fake.set_clock(at());
+        for policy in ["all", "prod-only"] {
+            let tag = if policy == "all" { "all" } else { "prod" };
+            let vol = fake.add_volume(&[("Backup", tag)]);
+            for day in ["2026-01-08", "2026-01-09"] {
+                let slot = format!("{day}T03:00:00Z");
+                let tags = common::managed_tags(policy, "daily", &slot);
+                fake.seed_snapshot(&vol, SnapState::Completed, owner, &tags);
+            }
+        }
+        fake
+    };
+    let prod_id = "222222222222";
+    let regions = [
+        account_region(&estate(FAKE_ACCOUNT), FAKE_ACCOUNT, FAKE_ACCOUNT, true),
+        account_region(&estate(prod_id), "prod", prod_id, false),
+    ];
+    let gathered = plan::gather(&regions, &request(&config, at()))
+        .await
+        .unwrap();
+    let json = plan::output(&gathered, at(), false, true).unwrap().stdout;
+    let rows: Vec<Value> = serde_json::from_str(&json).unwrap();
+    let seen: Vec<(&str, &str, &str, &str)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["policy"].as_str().unwrap(),
+                r["account"].as_str().unwrap(),
+                r["region"].as_str().unwrap(),
+                r["action"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    // Ordered by policy, account, region; `prod-only` is not planned in the own account, whose estate it would
+    // otherwise judge.
+    assert_eq!(
+        seen,
+        [
+            ("all", FAKE_ACCOUNT, "us-east-1", "keep"),
+            ("all", FAKE_ACCOUNT, "us-east-1", "delete"),
+            ("all", "prod", "us-east-1", "keep"),
+            ("all", "prod", "us-east-1", "delete"),
+            ("prod-only", "prod", "us-east-1", "keep"),
+            ("prod-only", "prod", "us-east-1", "delete"),
+        ],
+        "{json}"
+    );
+
+    let table = plan::output(&gathered, at(), false, false).unwrap().stdout;
+    let header = table.lines().find(|l| l.starts_with("POLICY")).unwrap();
+    assert!(
+        header.starts_with("POLICY     ACCOUNT       REGION"),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("prod-only  prod          us-east-1  vol-")),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("volume    prod-only prod/us-east-1 vol-")),
+        "{table}"
+    );
+}
+
 /// The plan of `config` alone (no current config) over every policy at `--at`, with the real clock at `now`.
 fn request(config: &Config, now: DateTime<Utc>) -> Request<'_> {
     Request {

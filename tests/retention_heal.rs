@@ -176,7 +176,7 @@ async fn a_future_slot_erases_no_history_and_the_dry_run_agrees() {
     let text = shared.metrics.render(Utc::now());
     assert!(
         text.contains(&format!(
-            "snapwarden_kept_snapshots{{policy=\"heal\",reason=\"future-slot\",region=\"{REGION}\"}} 1"
+            "snapwarden_kept_snapshots{{account=\"123456789012\",policy=\"heal\",reason=\"future-slot\",region=\"{REGION}\"}} 1"
         )),
         "{text}"
     );

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use chrono::{Datelike, Utc};
 use common::fault_proxy::{Fault, FaultProxy, Rule, When};
 use common::process::{snapwarden, Daemon};
-use common::{free_port, http_get, launch_instance, slots_by_volume, Moto, REGION};
+use common::{free_port, http_get, launch_instance, slots_by_volume, Moto, ACCOUNT, REGION};
 use serde_json::Value;
 use snapwarden::config;
 use snapwarden::daemon::{self, Shared};
@@ -122,7 +122,7 @@ async fn an_ec2_outage_at_fire_time_is_retried_within_the_slot_and_alerts_once()
     }
     wait_until("the retry cleared", Duration::from_secs(10), &d, || {
         let s = &status(port, &d)["policies"]["blip"]["s"];
-        s["retry"].is_null() && s["last_runs"][REGION]["result"] == "success"
+        s["retry"].is_null() && s["last_runs"][format!("{ACCOUNT}/{REGION}")]["result"] == "success"
     });
     let retries = metric(
         port,

@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use common::fault_proxy::{Fault, FaultProxy, Rule, When};
 use common::process::{snapwarden, Daemon};
-use common::{http_get, slots_by_volume, Moto, REGION};
+use common::{http_get, slots_by_volume, Moto, ACCOUNT, REGION};
 use snapwarden::schedule::format_slot;
 
 const POLICY: &str = "stopping";
@@ -88,7 +88,9 @@ fn wait_for_run(d: &mut Daemon, port: u16) -> String {
     loop {
         if let Some((200, body)) = http_get(port, "/status") {
             let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-            if let Some(r) = v["policies"][POLICY]["yearly"]["last_runs"][REGION]["result"].as_str()
+            if let Some(r) = v["policies"][POLICY]["yearly"]["last_runs"]
+                [format!("{ACCOUNT}/{REGION}")]["result"]
+                .as_str()
             {
                 return r.to_string();
             }

@@ -1084,8 +1084,21 @@ keep = { last = 4 }
     let out = run_at(&fake, policy, &["daily", "weekly"], slot(), now, &m).await;
     assert_eq!(deleted_ids(&out), set(&[&hist[0]]));
     let text = m.render(now);
-    let pss = |s| [("policy", "prod"), ("schedule", s), ("region", REGION)];
-    let ps = |s| [("policy", "prod"), ("schedule", s)];
+    let pss = |s| {
+        [
+            ("policy", "prod"),
+            ("schedule", s),
+            ("account", FAKE_ACCOUNT),
+            ("region", REGION),
+        ]
+    };
+    let ps = |s| {
+        [
+            ("policy", "prod"),
+            ("schedule", s),
+            ("account", FAKE_ACCOUNT),
+        ]
+    };
     // One snapshot per volume serves both schedules and counts once under each.
     assert_eq!(
         metric(&text, "snapwarden_snapshots_created_total", &pss("daily")),
@@ -1133,7 +1146,11 @@ keep = { last = 4 }
         metric(
             &text,
             "snapwarden_managed_snapshots",
-            &[("policy", "prod"), ("region", REGION)]
+            &[
+                ("policy", "prod"),
+                ("account", FAKE_ACCOUNT),
+                ("region", REGION)
+            ]
         ),
         Some(3.0),
         "{text}"
@@ -1242,8 +1259,8 @@ async fn a_partial_run_alerts_once_and_the_next_success_sends_recovered() {
     assert_eq!(
         subjects,
         [
-            "snapwarden PARTIAL prod/daily us-east-1: 1 of 2 volumes",
-            "snapwarden RECOVERED prod/daily us-east-1",
+            format!("snapwarden PARTIAL prod/daily {FAKE_ACCOUNT}/us-east-1: 1 of 2 volumes"),
+            format!("snapwarden RECOVERED prod/daily {FAKE_ACCOUNT}/us-east-1"),
         ]
     );
     assert_eq!(sent[0].attributes["severity"], "warning");

@@ -234,6 +234,8 @@ impl Discovery {
             self.served.remove(id);
             let reason = serve(id).map_or("left-organisation", Verdict::as_str);
             tracing::info!(account = %id, reason, "organisation: account no longer served; its runs in flight finish");
+            // Its series would otherwise stay at their last values forever (a discovered account's label is its id).
+            self.backends.shared.metrics.forget_account(id);
         }
         let change = Change {
             members: members.len(),

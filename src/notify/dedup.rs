@@ -1,4 +1,4 @@
-//! De-duplication of alerts: the same failure of a (policy, schedules, region) is sent once per window, a retry
+//! De-duplication of alerts: the same failure of a (policy, schedules, account, region) is sent once per window, a retry
 //! of a slot already alerted sends nothing, and the first success after a failure sends a recovery. Pure: the
 //! time is an argument.
 
@@ -20,21 +20,22 @@ pub(crate) enum AlertAction {
     Quiet,
 }
 
-/// Remembers which (policy, schedules, region) are alerting and with what, so the same failure is sent once per
-/// window and a recovery follows the first success.
+/// Remembers which (policy, schedules, account, region) are alerting and with what, so the same failure is sent
+/// once per window and a recovery follows the first success.
 pub(crate) struct Deduper {
     window: Duration,
     alerting: HashMap<AlertKey, Sent>,
 }
 
-/// (policy, schedules, region): what an alert is about.
+/// (policy, schedules, `account/region`): what an alert is about. Two accounts in one region alert apart: one's
+/// failure neither suppresses nor recovers the other's.
 pub(super) type AlertKey = (String, String, String);
 
 pub(super) fn alert_key(report: &RunReport) -> AlertKey {
     (
         report.policy.clone(),
         report.schedule_label(),
-        report.region.clone(),
+        report.scope(),
     )
 }
 /// What was last sent for a key: the verdict, its error codes, when, and for which slot.
@@ -153,6 +154,37 @@ mod tests {
         assert_eq!(
             d.decide(&report(0, 10), t + chrono::Duration::hours(11)),
             AlertAction::Quiet
+        );
+    }
+
+    #[test]
+    fn two_accounts_in_one_region_alert_and_recover_apart() {
+        let mut d = Deduper::new(Duration::from_secs(6 * 3600));
+        let t = Utc::now();
+        let in_account = |mut r: RunReport, account: &str| {
+            r.account = account.into();
+            r
+        };
+        assert!(matches!(
+            d.decide(&in_account(report(1, 10), "prod"), t),
+            AlertAction::Send(_)
+        ));
+        // The same failure in another account is news, not a repeat.
+        assert!(matches!(
+            d.decide(&in_account(report(1, 10), "staging"), t),
+            AlertAction::Send(_)
+        ));
+        // One account's success recovers that account only.
+        match d.decide(&in_account(report(0, 10), "staging"), t) {
+            AlertAction::Send(m) => assert_eq!(
+                m.subject,
+                "snapwarden RECOVERED prod/daily staging/us-east-1"
+            ),
+            other => panic!("expected recovery, got {other:?}"),
+        }
+        assert_eq!(
+            d.decide(&in_account(report(1, 10), "prod"), t),
+            AlertAction::Suppressed
         );
     }
 }

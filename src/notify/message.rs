@@ -39,6 +39,7 @@ fn what_to_do(code: &str, aws: Option<Code>) -> &'static str {
         "snapshot-error" => "EBS could not complete the snapshot (it was deleted); the next run of the slot makes a new one. If it repeats, check the volume's health",
         "snapshot-pending" => "the snapshot was still pending at daemon.completion-deadline; the next run checks it again. Raise the deadline if first snapshots of big volumes are expected",
         "transport" | "timeout" => "AWS could not be reached in this region (network, DNS, endpoint); the other regions ran. The next run retries",
+        "assume-role" => "snapwarden could not assume this account's role (the problem below names the role ARN and the exact trust-policy fix): only this account's runs fail, the other accounts run on. Fix the member role's trust policy (the principal, the sts:ExternalId condition) or the service control policy that denies sts:AssumeRole; the slot is not retried (a trust policy does not fix itself in minutes), the next scheduled run tries again",
         "bad-count-tag" => "fix the tag value: a whole number from 1 to 10000",
         "future-slot" => "kept and ignored by retention: fix the snapshot's snapwarden:slot tag (or delete it by hand) and check the clock of whatever wrote it",
         "unplaced-copy" => "kept and ignored by retention: tag the copy with snapwarden:source-volume (its source volume id)",
@@ -120,12 +121,25 @@ fn subject(text: String) -> String {
 }
 
 fn attributes(report: &RunReport, severity: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([
+    let mut attributes = BTreeMap::from([
         ("policy".to_string(), report.policy.clone()),
         ("schedule".to_string(), report.schedule_label()),
         ("region".to_string(), report.region.clone()),
         ("severity".to_string(), severity.to_string()),
-    ])
+    ]);
+    if !report.account.is_empty() {
+        attributes.insert("account".to_string(), report.account.clone());
+    }
+    attributes
+}
+
+/// Where the run acted, in words: `us-east-1 of account prod`.
+fn place(report: &RunReport) -> String {
+    if report.account.is_empty() {
+        report.region.clone()
+    } else {
+        format!("{} of account {}", report.region, report.account)
+    }
 }
 
 /// The alert for a failed or partial run: subject, a human summary, then the report as JSON.
@@ -141,7 +155,7 @@ pub fn digest(report: &RunReport) -> Message {
         "{}/{} {}",
         report.policy,
         report.schedule_label(),
-        report.region
+        report.scope()
     );
     let detail = match &report.fatal {
         Some(p) => format!("run failed ({})", p.code),
@@ -154,7 +168,7 @@ pub fn digest(report: &RunReport) -> Message {
          Retention: {} deleted, {} kept, {} kept because they back an AMI{}.\n{}\n",
         report.policy,
         report.schedule_label(),
-        report.region,
+        place(report),
         crate::schedule::format_slot(report.slot),
         report.run_id,
         report.targeted_volumes,
@@ -211,9 +225,15 @@ pub fn digest(report: &RunReport) -> Message {
     body.push_str("\nProblems:\n");
     let all: Vec<_> = report.fatal.iter().chain(&report.problems).collect();
     for p in all.iter().take(SUMMARY_LINES) {
+        // A run-level problem names the run's region: with its account, like the subject.
+        let resource = if p.resource == report.region {
+            report.scope()
+        } else {
+            p.resource.clone()
+        };
         body.push_str(&format!(
-            "- {} {}: {} {}\n",
-            p.operation, p.resource, p.code, p.message
+            "- {} {resource}: {} {}\n",
+            p.operation, p.code, p.message
         ));
     }
     if all.len() > SUMMARY_LINES {
@@ -257,7 +277,7 @@ pub(crate) fn recovery(report: &RunReport) -> Message {
         "{}/{} {}",
         report.policy,
         report.schedule_label(),
-        report.region
+        report.scope()
     );
     Message {
         subject: subject(format!("snapwarden RECOVERED {scope}")),
@@ -266,7 +286,7 @@ pub(crate) fn recovery(report: &RunReport) -> Message {
              targeted, {} snapshots created, {} already present.\n",
             report.policy,
             report.schedule_label(),
-            report.region,
+            place(report),
             crate::schedule::format_slot(report.slot),
             report.run_id,
             match report.retry {
@@ -507,6 +527,82 @@ mod tests {
             r.problems.push(problem("vol-1", "create", &e));
             let body = digest(&r).body;
             assert!(body.contains(&format!("- {raw}: {advice}")), "{body}");
+        }
+    }
+
+    /// The report of a run in `account`'s `region`, as a region's run makes it.
+    fn in_account(mut r: RunReport, account: &str, region: &str) -> RunReport {
+        r.account = account.into();
+        r.region = region.into();
+        r
+    }
+
+    #[test]
+    fn two_accounts_in_one_region_get_digests_that_name_their_account() {
+        let prod = digest(&in_account(report(1, 10), "prod", "eu-west-1"));
+        let staging = digest(&in_account(report(2, 4), "staging", "eu-west-1"));
+        assert_eq!(
+            prod.subject,
+            "snapwarden PARTIAL prod/daily prod/eu-west-1: 1 of 10 volumes"
+        );
+        assert_eq!(
+            staging.subject,
+            "snapwarden PARTIAL prod/daily staging/eu-west-1: 2 of 4 volumes"
+        );
+        assert!(
+            staging.body.starts_with(
+                "snapwarden run PARTIAL for policy prod schedule daily in eu-west-1 of account staging (slot"
+            ),
+            "{}",
+            staging.body
+        );
+        assert_eq!(staging.attributes["account"], "staging");
+        assert_eq!(staging.attributes["region"], "eu-west-1");
+        let json = staging.body.split("--- JSON ---\n").nth(1).unwrap();
+        let v: serde_json::Value = serde_json::from_str(json).unwrap();
+        assert_eq!(v["account"], "staging");
+        let mut ok = in_account(report(0, 4), "staging", "eu-west-1");
+        ok.retry = 1;
+        let back = recovery(&ok);
+        assert_eq!(
+            back.subject,
+            "snapwarden RECOVERED prod/daily staging/eu-west-1"
+        );
+        assert!(
+            back.body
+                .contains("schedule daily in eu-west-1 of account staging (slot"),
+            "{}",
+            back.body
+        );
+        assert_eq!(back.attributes["account"], "staging");
+    }
+
+    #[test]
+    fn a_refused_role_says_only_its_account_fails_and_how_to_fix_the_trust() {
+        let role = "arn:aws:iam::222222222222:role/snapwarden-member";
+        let refused = Error::AssumeRole {
+            role_arn: role.into(),
+            external_id: true,
+            daemon: Some("arn:aws:iam::111111111111:role/snapwarden".into()),
+            code: "AccessDenied".into(),
+            message: "not authorized to perform sts:AssumeRole".into(),
+        };
+        let mut r = in_account(report(0, 0), "data", "us-east-1");
+        r.fatal = Some(Problem::of("us-east-1".into(), "describe", &refused));
+        let m = digest(&r);
+        assert_eq!(
+            m.subject,
+            "snapwarden FAILED prod/daily data/us-east-1: run failed (assume-role)"
+        );
+        for line in [
+            "- assume-role: snapwarden could not assume this account's role (the problem below names the role ARN \
+             and the exact trust-policy fix): only this account's runs fail, the other accounts run on. Fix the \
+             member role's trust policy (the principal, the sts:ExternalId condition) or the service control \
+             policy that denies sts:AssumeRole; the slot is not retried",
+            &format!("- describe data/us-east-1: assume-role cannot assume role {role}: AccessDenied"),
+            "with the condition StringEquals sts:ExternalId",
+        ] {
+            assert!(m.body.contains(line), "{line}\n{}", m.body);
         }
     }
 }

@@ -6,7 +6,7 @@
 //!
 //! SNS outages: a message SNS refused stays in the [`Outbox`](outbox::Outbox) (in memory, bounded: when full the oldest is dropped
 //! and counted) and is retried with exponential backoff and full jitter until it is delivered or superseded — a
-//! newer message for the same policy, schedules and region replaces an undelivered older one, since only the
+//! newer message for the same policy, schedules, account and region replaces an undelivered older one, since only the
 //! latest state is worth reading. A recovery that supersedes an undelivered failure is itself dropped unless an
 //! earlier failure of that key was delivered: nobody heard of the failure, so there is nothing to recover from
 //! (the failed run is still in the metrics and logs). Messages go out in order; while the first one waits for its
@@ -34,13 +34,7 @@ mod fixtures {
 
     /// A problem as the worker records an AWS error.
     pub(super) fn problem(resource: &str, operation: &'static str, e: &Error) -> Problem {
-        Problem {
-            resource: resource.into(),
-            operation,
-            code: e.code().to_string(),
-            message: e.to_string(),
-            aws: e.api_failure(),
-        }
+        Problem::of(resource.into(), operation, e)
     }
 
     pub(super) fn report(failed: usize, targeted: usize) -> RunReport {

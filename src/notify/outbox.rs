@@ -44,7 +44,7 @@ impl Outbox {
         }
     }
 
-    /// Queues `message` for `key` (policy, schedules, region); `recovery` tells a recovery from a digest.
+    /// Queues `message` for `key` (policy, schedules, `account/region`); `recovery` tells a recovery from a digest.
     pub(crate) fn push(&mut self, key: AlertKey, message: Message, recovery: bool) -> Pushed {
         let mut out = Pushed::default();
         if let Some(i) = self.queue.iter().position(|q| q.key == key) {

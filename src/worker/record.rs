@@ -20,11 +20,11 @@ pub(super) fn estate(run: &mut Run<'_>) {
     let Some(metrics) = run.metrics() else {
         return;
     };
-    let (policy, region) = (&run.spec.policy.name, run.region());
-    metrics.record_plan(policy, region, &run.kept.tally);
-    metrics.managed_snapshots(policy, region, run.survey.snapshots.len());
+    let (policy, account, region) = (&run.spec.policy.name, run.account(), run.region());
+    metrics.record_plan(policy, account, region, &run.kept.tally);
+    metrics.managed_snapshots(policy, account, region, run.survey.snapshots.len());
     for (schedule, f) in freshness(run.spec.policy, &run.survey, run.now()) {
-        metrics.set_freshness(policy, &schedule, region, f);
+        metrics.set_freshness(policy, &schedule, account, region, f);
     }
 }
 

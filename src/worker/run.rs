@@ -93,6 +93,11 @@ impl<'a> Run<'a> {
         &self.spec.policy.name
     }
 
+    /// The `account` label of the run's metrics.
+    pub(crate) fn account(&self) -> &'a str {
+        self.spec.account
+    }
+
     /// The run's metrics, or None in a dry run (which leaves them alone).
     pub(crate) fn metrics(&self) -> Option<&'a Metrics> {
         (!self.ec2.dry_run()).then_some(self.metrics)
@@ -153,7 +158,7 @@ impl<'a> Run<'a> {
     pub(crate) fn created(&mut self, volume: &str, snapshot: &str, serves: &[String]) {
         tracing::debug!(volume = %volume, snapshot = %snapshot, "snapshot created");
         self.metrics
-            .snapshot_created(self.policy(), serves, self.region());
+            .snapshot_created(self.policy(), serves, self.account(), self.region());
         self.report.created += 1;
         if let Some(&consistent) = self.app_consistent.get(volume) {
             self.metrics.app_snapshot(self.policy(), consistent);
@@ -208,8 +213,13 @@ impl<'a> Run<'a> {
             OnFailure::Skip => {
                 tracing::error!(instance = %instance, stage = stage.as_str(), code = cause.code, cause = %cause.message, "not application-consistent: no snapshot (on-failure = skip)");
                 for (r, serves) in todo {
-                    self.metrics
-                        .snapshot_failed(self.policy(), serves, self.region(), "create");
+                    self.metrics.snapshot_failed(
+                        self.policy(),
+                        serves,
+                        self.account(),
+                        self.region(),
+                        "create",
+                    );
                     self.frozen.insert(r.volume_id.clone());
                     let message = format!(
                         "instance {instance}: {}; no snapshot taken (on-failure = \"skip\")",
@@ -260,8 +270,13 @@ impl<'a> Run<'a> {
 
     pub(crate) fn create_failed(&mut self, volume: String, serves: &[String], e: &Error) {
         tracing::error!(volume = %volume, error = %e, kind = e.kind(), "snapshot failed");
-        self.metrics
-            .snapshot_failed(self.policy(), serves, self.region(), "create");
+        self.metrics.snapshot_failed(
+            self.policy(),
+            serves,
+            self.account(),
+            self.region(),
+            "create",
+        );
         self.frozen.insert(volume.clone());
         self.failure(volume, "create", e);
     }
@@ -279,8 +294,13 @@ impl<'a> Run<'a> {
     pub(crate) fn errored(&mut self, snap: &Snap) {
         let this_slot = snap.slot == self.spec.slot;
         tracing::error!(snapshot = %snap.id, volume = %snap.volume_id, this_slot, "snapshot ended in error state: deleting it");
-        self.metrics
-            .snapshot_failed(self.policy(), &snap.schedules, self.region(), "complete");
+        self.metrics.snapshot_failed(
+            self.policy(),
+            &snap.schedules,
+            self.account(),
+            self.region(),
+            "complete",
+        );
         if this_slot {
             self.frozen.insert(snap.volume_id.to_string());
             self.report.created = self.report.created.saturating_sub(1);
@@ -324,7 +344,7 @@ impl<'a> Run<'a> {
     ) {
         tracing::warn!(snapshot = %snap.id, volume = %snap.volume_id, "snapshot still pending at the completion deadline; the next run checks it again");
         self.metrics
-            .pending_at_deadline(self.policy(), self.region());
+            .pending_at_deadline(self.policy(), self.account(), self.region());
         let message = format!(
             "snapshot {} of slot {} still pending after {}{}; the next run checks it again",
             snap.id,
@@ -405,6 +425,7 @@ impl<'a> Run<'a> {
         self.metrics.copies(
             self.policy(),
             &want.schedules,
+            self.account(),
             self.region(),
             destination,
             "created",
@@ -421,6 +442,7 @@ impl<'a> Run<'a> {
             self.metrics.copies(
                 self.policy(),
                 &w.schedules,
+                self.account(),
                 self.region(),
                 destination,
                 "deferred",
@@ -436,6 +458,7 @@ impl<'a> Run<'a> {
         self.metrics.copies(
             self.policy(),
             &want.schedules,
+            self.account(),
             self.region(),
             destination,
             "failed",
@@ -452,6 +475,7 @@ impl<'a> Run<'a> {
         self.metrics.copies(
             self.policy(),
             &copy.snap.schedules,
+            self.account(),
             self.region(),
             destination,
             "failed",
@@ -481,14 +505,15 @@ impl<'a> Run<'a> {
         let reason = d.reasons.first().map_or("", |r| r.as_str());
         tracing::debug!(copy = %d.snapshot_id, volume = %d.volume_id, destination = %destination, reason, "copy deleted");
         self.metrics
-            .snapshot_deleted(self.policy(), serves, destination);
+            .snapshot_deleted(self.policy(), serves, self.account(), destination);
         self.report.copies.deleted += 1;
     }
 
     /// [`Run::kept_in_use`] for a copy in `destination` (an AMI registered from it there).
     pub(crate) fn copy_kept_in_use(&mut self, destination: &str, d: &Decision) {
         tracing::info!(copy = %d.snapshot_id, volume = %d.volume_id, destination = %destination, "kept: the copy backs an AMI");
-        self.metrics.kept_in_use(self.policy(), destination);
+        self.metrics
+            .kept_in_use(self.policy(), self.account(), destination);
         self.report.kept_in_use += 1;
     }
 
@@ -501,7 +526,7 @@ impl<'a> Run<'a> {
     ) {
         tracing::error!(copy = %d.snapshot_id, destination = %destination, error = %e, kind = e.kind(), "copy delete failed");
         self.metrics
-            .snapshot_failed(self.policy(), serves, destination, "delete");
+            .snapshot_failed(self.policy(), serves, self.account(), destination, "delete");
         let mut p = Problem::of(d.snapshot_id.to_string(), "delete", e);
         p.message = format!("in {destination}: {}", p.message);
         self.report.problems.push(p);
@@ -519,10 +544,10 @@ impl<'a> Run<'a> {
         let Some(metrics) = self.metrics() else {
             return;
         };
-        let (policy, region) = (self.policy(), self.region());
-        metrics.copies_pending(policy, region, destination, pending);
+        let (policy, account, region) = (self.policy(), self.account(), self.region());
+        metrics.copies_pending(policy, account, region, destination, pending);
         for (schedule, at) in oldest {
-            metrics.set_dr_freshness(policy, schedule, region, destination, *at);
+            metrics.set_dr_freshness(policy, schedule, account, region, destination, *at);
         }
     }
 
@@ -531,14 +556,15 @@ impl<'a> Run<'a> {
         let reason = d.reasons.first().map_or("", |r| r.as_str());
         tracing::debug!(snapshot = %d.snapshot_id, volume = %d.volume_id, reason, "snapshot deleted");
         self.metrics
-            .snapshot_deleted(self.policy(), serves, self.region());
+            .snapshot_deleted(self.policy(), serves, self.account(), self.region());
         self.report.deleted += 1;
     }
 
     /// A delete EC2 refused because the snapshot backs an AMI: kept, never a failure.
     pub(crate) fn kept_in_use(&mut self, d: &Decision) {
         tracing::info!(snapshot = %d.snapshot_id, volume = %d.volume_id, "kept: the snapshot backs an AMI");
-        self.metrics.kept_in_use(self.policy(), self.region());
+        self.metrics
+            .kept_in_use(self.policy(), self.account(), self.region());
         self.report.kept_in_use += 1;
     }
 
@@ -551,8 +577,13 @@ impl<'a> Run<'a> {
 
     pub(crate) fn delete_failed(&mut self, d: &Decision, serves: &[Arc<str>], e: &Error) {
         tracing::error!(snapshot = %d.snapshot_id, error = %e, kind = e.kind(), "delete failed");
-        self.metrics
-            .snapshot_failed(self.policy(), serves, self.region(), "delete");
+        self.metrics.snapshot_failed(
+            self.policy(),
+            serves,
+            self.account(),
+            self.region(),
+            "delete",
+        );
         self.failure(d.snapshot_id.to_string(), "delete", e);
     }
 }
@@ -679,13 +710,13 @@ mod tests {
         assert_eq!(frozen, HashSet::from(["vol-2", "vol-3"]));
         let text = metrics.render(slot);
         for line in [
-            r#"snapwarden_snapshots_created_total{policy="prod",region="r-1",schedule="fast"} 1"#,
-            r#"snapwarden_snapshots_created_total{policy="prod",region="r-1",schedule="slow"} 1"#,
+            r#"snapwarden_snapshots_created_total{account="123456789012",policy="prod",region="r-1",schedule="fast"} 1"#,
+            r#"snapwarden_snapshots_created_total{account="123456789012",policy="prod",region="r-1",schedule="slow"} 1"#,
             r#"snapwarden_skipped_resources_total{policy="prod",reason="pending-limit",schedule="fast"} 1"#,
-            r#"snapwarden_snapshots_failed_total{operation="create",policy="prod",region="r-1",schedule="slow"} 1"#,
-            r#"snapwarden_snapshots_deleted_total{policy="prod",region="r-1",schedule="fast"} 1"#,
-            r#"snapwarden_snapshots_kept_in_use_total{policy="prod",region="r-1"} 1"#,
-            r#"snapwarden_snapshots_failed_total{operation="delete",policy="prod",region="r-1",schedule="fast"} 1"#,
+            r#"snapwarden_snapshots_failed_total{account="123456789012",operation="create",policy="prod",region="r-1",schedule="slow"} 1"#,
+            r#"snapwarden_snapshots_deleted_total{account="123456789012",policy="prod",region="r-1",schedule="fast"} 1"#,
+            r#"snapwarden_snapshots_kept_in_use_total{account="123456789012",policy="prod",region="r-1"} 1"#,
+            r#"snapwarden_snapshots_failed_total{account="123456789012",operation="delete",policy="prod",region="r-1",schedule="fast"} 1"#,
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }

@@ -10,12 +10,16 @@
 //! agents that take `--agent-secs` and make the snapshots in the in-memory EC2, checked against the fire's targets.
 //! With `--copies`, a pass of DR copies of N volumes to one destination region through the real copy phase, both
 //! regions behind `Paced` and metered on their own buckets, the destination's copies pending `--copy-secs` each
-//! under AWS's 20-pending limit, checked against the copy floor; and the same source pass without copies.
+//! under AWS's 20-pending limit, checked against the copy floor; and the same source pass without copies. With
+//! `--pairs`, a fleet of that many account-regions of `--volumes` each (`--fairness`: one of 10 and one of 5,000
+//! among them), each its own backend through `daemon::paced_region` on one shared concurrency semaphore, all run in
+//! one fire, checked against each pair's own floor.
 //!
 //! ```text
 //! cargo bench --bench scale -- --volumes 1000,5000,10000 --history 30 --latency-ms 50
 //! cargo bench --bench scale -- --vss 200,1000 --agent-secs 60
 //! cargo bench --bench scale -- --copies 10000 --copy-secs 120
+//! cargo bench --bench scale -- --pairs 100 --volumes 1000 --history 30 --fairness
 //! SNAPWARDEN_MOTO_SERVER=.venv/bin/moto_server cargo bench --bench scale -- --moto --moto-volumes 200 --planner 0 --volumes 0
 //! ```
 //! Results and how to read them: docs/PERFORMANCE.md.
@@ -31,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use snapwarden::config::{self, Config};
+use snapwarden::daemon;
 use snapwarden::ec2::fake::{FakeEc2, FAKE_ACCOUNT};
 use snapwarden::ec2::hooked::{Answer, Call, Hooked, Step};
 use snapwarden::ec2::op::Op;
@@ -331,6 +336,10 @@ struct Args {
     copy: Duration,
     /// The copy pass's completion deadline; None: long enough for one run to make every copy.
     copy_deadline: Option<Duration>,
+    /// Account-regions of the fleet pass (0: none); each of `pair_volumes` volumes (`--volumes` with `--pairs`).
+    pairs: usize,
+    pair_volumes: usize,
+    fairness: bool,
 }
 
 fn args() -> Args {
@@ -350,6 +359,9 @@ fn args() -> Args {
         copies: Vec::new(),
         copy: Duration::from_secs(120),
         copy_deadline: None,
+        pairs: 0,
+        pair_volumes: 1000,
+        fairness: false,
     };
     let (mut volumes, mut planner) = (None, None);
     let mut it = std::env::args().skip(1);
@@ -388,18 +400,28 @@ fn args() -> Args {
                     value().parse().expect("--copy-deadline-secs S"),
                 ))
             }
+            "--pairs" => a.pairs = value().parse().expect("--pairs N"),
+            "--fairness" => a.fairness = true,
             // cargo bench passes --bench to every bench target.
             "--bench" => {}
             other => panic!(
                 "unknown argument {other}; use --volumes N[,N…] --history H --latency-ms MS --budget F \
                  --consistency instance|volume --planner N --moto --moto-volumes N --moto-history H \
                  --vss INSTANCES[,INSTANCES…] --agent-secs S --poll-first-ms MS --poll-max-ms MS \
-                 --copies VOLUMES[,VOLUMES…] --copy-secs S --copy-deadline-secs S"
+                 --copies VOLUMES[,VOLUMES…] --copy-secs S --copy-deadline-secs S \
+                 --pairs N [--fairness]"
             ),
         }
     }
-    // `--vss` or `--copies` alone measures only the VSS fires or the copy passes.
-    let only = !a.vss.is_empty() || !a.copies.is_empty();
+    // With `--pairs`, `--volumes` is each pair's size (the first value), and the fleet is all that is measured.
+    if a.pairs > 0 {
+        if let Some(&n) = volumes.as_ref().and_then(|v| v.first()) {
+            a.pair_volumes = n;
+        }
+        volumes = Some(Vec::new());
+    }
+    // `--vss`, `--copies` or `--pairs` alone measures only the VSS fires, the copy passes or the fleet.
+    let only = !a.vss.is_empty() || !a.copies.is_empty() || a.pairs > 0;
     a.volumes = volumes.unwrap_or(if only { Vec::new() } else { a.volumes });
     a.planner = planner.unwrap_or(if only { 0 } else { a.planner });
     a
@@ -1432,6 +1454,239 @@ fn moto(a: &Args) {
     println!();
 }
 
+// --- a fleet of account-regions ----------------------------------------------------------------------------------
+
+/// The fairness case's two odd pairs (`--fairness`): a small account next to a big one, among the others.
+const FAIRNESS: [usize; 2] = [10, 5000];
+
+/// What one pair did in a fleet pass.
+struct PairRun {
+    volumes: usize,
+    /// When its run ended, from the start of the fire (tokio's clock).
+    took: Duration,
+    requests: BTreeMap<Op, u64>,
+    throttled: u64,
+    report: snapwarden::report::RunReport,
+}
+
+/// The volumes of each pair: `--volumes` each, the first two `FAIRNESS` with `--fairness`.
+fn fleet_sizes(a: &Args) -> Vec<usize> {
+    let mut sizes = vec![a.pair_volumes; a.pairs];
+    if a.fairness {
+        for (size, odd) in sizes.iter_mut().zip(FAIRNESS) {
+            *size = odd;
+        }
+    }
+    sizes
+}
+
+/// One fire over `pairs` (each an estate's meter): every pair its own backend through `daemon::paced_region` — its
+/// own token buckets and pending accounting, the process's one `max-concurrent-aws-calls` semaphore — and every
+/// pair's `worker::run` joined, as `daemon::fire` runs a policy's scopes.
+async fn fleet_fire(
+    pairs: &[(usize, Arc<Metered>)],
+    config: &Config,
+    pace: &PaceConfig,
+) -> Vec<PairRun> {
+    let shared = daemon::Shared::new(config.clone());
+    let permits = Arc::new(tokio::sync::Semaphore::new(
+        config.daemon.max_concurrent_aws_calls,
+    ));
+    let mut regions = Vec::new();
+    for (_, metered) in pairs {
+        let region =
+            daemon::paced_region(&shared, metered.ec2.clone(), permits.clone(), pace.clone())
+                .await
+                .expect("a pair's region");
+        regions.push(region);
+    }
+    let policy = &config.policies[0];
+    let t0 = tokio::time::Instant::now();
+    let runs = regions.iter().zip(pairs).map(|(r, (volumes, metered))| {
+        let spec = r
+            .spec(policy, slot())
+            .firing(["daily"])
+            .concurrency(config.daemon.max_concurrent_aws_calls)
+            .completion(Completion::within(DEADLINE));
+        let metrics = shared.metrics.clone();
+        async move {
+            let now = move || slot() + chrono::Duration::from_std(t0.elapsed()).unwrap_or_default();
+            let out = worker::run(r.ec2.as_ref(), &spec, &metrics, now).await;
+            PairRun {
+                volumes: *volumes,
+                took: t0.elapsed(),
+                requests: metered.requests(),
+                throttled: metered.throttled(),
+                report: out.report,
+            }
+        }
+    });
+    futures::future::join_all(runs).await
+}
+
+fn paused() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap()
+}
+
+/// A pair's estate behind AWS's meter, completing each snapshot on its first poll as the single pass does.
+fn fleet_pair(i: usize, volumes: usize, history: usize, latency: Duration) -> Arc<Metered> {
+    let (fake, _) = fake_estate(&format!("bench-fleet-{i:03}"), volumes, history);
+    fake.complete_after_describes(Some(1));
+    Arc::new(Metered::new(fake, latency, true))
+}
+
+/// The largest group's bucket floor of `requests`, in seconds (as the single pass computes it).
+fn floor_of(requests: &BTreeMap<Op, u64>, pace: &PaceConfig) -> f64 {
+    floors(requests, pace).values().cloned().fold(0.0, f64::max)
+}
+
+/// A fleet of `--pairs` account-regions in one process (docs/PERFORMANCE.md, "Many accounts"): first each distinct
+/// pair size alone (its own fire, its own semaphore), then all of them in one fire; prints the fire's wall time
+/// against the slowest pair's floor, every pair's time against its own floor and its time alone, the AWS refusals,
+/// the worker heap peak and the CPU.
+fn fleet(a: &Args) {
+    let sizes = fleet_sizes(a);
+    let config = policy_config(a.history, &a.consistency);
+    let pace = pace(a.budget);
+    let calls = config.daemon.max_concurrent_aws_calls;
+
+    // Each size alone: the reference for a pair whose bucket floor is within the buckets' bursts (0 s).
+    let mut alone: BTreeMap<usize, Duration> = BTreeMap::new();
+    for &volumes in sizes.iter().collect::<std::collections::BTreeSet<_>>() {
+        let pair = fleet_pair(0, volumes, a.history, a.latency);
+        let runs = paused().block_on(fleet_fire(&[(volumes, pair)], &config, &pace));
+        alone.insert(volumes, runs[0].took);
+    }
+
+    let built = Instant::now();
+    let live_before_estate = LIVE.load(Relaxed);
+    let pairs: Vec<(usize, Arc<Metered>)> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &volumes)| (volumes, fleet_pair(i, volumes, a.history, a.latency)))
+        .collect();
+    let estate_heap = LIVE.load(Relaxed) - live_before_estate;
+    let build_secs = built.elapsed().as_secs_f64();
+
+    reset_hwm();
+    let (_, rss_before) = rss();
+    let live_before = LIVE.load(Relaxed);
+    PEAK.store(live_before, Relaxed);
+    let cpu0 = cpu();
+    let real0 = Instant::now();
+    let runs = paused().block_on(fleet_fire(&pairs, &config, &pace));
+    let real = real0.elapsed();
+    let cpu = cpu() - cpu0;
+    let worker_peak = PEAK.load(Relaxed).saturating_sub(live_before);
+    let (hwm, _) = rss();
+
+    let volumes: usize = sizes.iter().sum();
+    println!(
+        "== fleet: {} account-regions, {volumes} volumes, {} snapshots of history ==",
+        sizes.len(),
+        volumes * a.history
+    );
+    println!(
+        "estates built in {build_secs:.1} s, {:.1} MiB of heap; consistency {}, latency {} ms, budget {:.0}% of \
+         AWS's buckets, max-concurrent-aws-calls {calls} (one semaphore for the process)",
+        mib(estate_heap),
+        a.consistency,
+        a.latency.as_millis(),
+        a.budget * 100.0
+    );
+    let wall = runs
+        .iter()
+        .map(|r| r.took)
+        .max()
+        .unwrap_or_default()
+        .as_secs_f64();
+    let floor = runs
+        .iter()
+        .map(|r| floor_of(&r.requests, &pace))
+        .fold(0.0, f64::max);
+    // A pair's target: its own bucket floor, or its time alone when that is longer (a floor within the bursts
+    // leaves only the latency of its calls one after another, which no concurrency removes).
+    let mut worst: Option<(f64, usize)> = None;
+    println!(
+        "  {:>4} {:>7} {:<8} {:>7} {:>7} {:>8} {:>7} {:>7} {:>8} {:>9}",
+        "pair",
+        "volumes",
+        "result",
+        "created",
+        "deleted",
+        "requests",
+        "refused",
+        "floor",
+        "alone",
+        "fleet"
+    );
+    let show = |i: usize, r: &PairRun| {
+        let f = floor_of(&r.requests, &pace);
+        let own = alone[&r.volumes].as_secs_f64();
+        let took = r.took.as_secs_f64();
+        let total: u64 = r.requests.values().sum();
+        println!(
+            "  {i:>4} {:>7} {:<8} {:>7} {:>7} {total:>8} {:>7} {f:>6.0}s {own:>7.1}s {took:>8.1}s  \
+             fleet/floor {:.3}, fleet/alone {:.3}",
+            r.volumes,
+            r.report.result().as_str(),
+            r.report.created,
+            r.report.deleted,
+            r.throttled,
+            took / f.max(1e-9),
+            took / own.max(1e-9),
+        );
+    };
+    for (i, r) in runs.iter().enumerate() {
+        let own = floor_of(&r.requests, &pace).max(alone[&r.volumes].as_secs_f64());
+        let ratio = r.took.as_secs_f64() / own.max(1e-9);
+        if worst.is_none_or(|(w, _)| ratio > w) {
+            worst = Some((ratio, i));
+        }
+        // The odd pairs and the first and last of the others; every pair is in the summary below.
+        if i < 3 || i + 1 == runs.len() || r.volumes != a.pair_volumes {
+            show(i, r);
+        }
+    }
+    let ok = runs
+        .iter()
+        .all(|r| r.report.result().as_str() == "success" && r.throttled == 0);
+    println!(
+        "every run ok and no AWS refusal: {}",
+        if ok { "yes" } else { "NO (see above)" }
+    );
+    println!(
+        "wall (virtual) {wall:.0} s = {:.1} min; the slowest pair's floor {floor:.0} s, wall/floor {:.3} \
+         (target ≤ 1.05: {})",
+        wall / 60.0,
+        wall / floor.max(1e-9),
+        verdict(wall <= 1.05 * floor)
+    );
+    if let Some((ratio, i)) = worst {
+        println!(
+            "every pair within 1.05 × its own floor (its time alone when that is longer): worst pair {i} \
+             ({} volumes) {ratio:.3} ({})",
+            runs[i].volumes,
+            verdict(ratio <= 1.05)
+        );
+    }
+    println!(
+        "real time {:.2} s, CPU {:.2} s; peak RSS {:.1} MiB (before the fire {:.1} MiB, the in-memory EC2s' \
+         estates included); worker heap peak {:.1} MiB (target ≤ 300 MiB: {})",
+        real.as_secs_f64(),
+        cpu.as_secs_f64(),
+        mib(hwm),
+        mib(rss_before),
+        mib(worker_peak),
+        verdict(mib(worker_peak) <= 300.0)
+    );
+    println!();
+}
+
 /// Each measurement runs in a process of its own: freed memory is not handed back to the OS at once, so a pass
 /// after a bigger one would report the bigger one's RSS.
 fn main() {
@@ -1473,6 +1728,18 @@ fn main() {
             n.to_string(),
         ]);
     }
+    if a.pairs > 0 {
+        let mut job: Vec<String> = ["--planner", "0", "--pairs"].map(String::from).into();
+        job.extend([
+            a.pairs.to_string(),
+            "--volumes".into(),
+            a.pair_volumes.to_string(),
+        ]);
+        if a.fairness {
+            job.push("--fairness".into());
+        }
+        jobs.push(job);
+    }
     if std::env::var_os("SNAPWARDEN_SCALE_CHILD").is_some() || jobs.len() + a.moto as usize <= 1 {
         if a.planner > 0 {
             planner(a.planner);
@@ -1485,6 +1752,9 @@ fn main() {
         }
         for &n in &a.copies {
             dr_copies(&a, n);
+        }
+        if a.pairs > 0 {
+            fleet(&a);
         }
         if a.moto {
             moto(&a);

@@ -5,7 +5,8 @@
 //! has acted on it), rewrites moto's answer where moto models something differently from EC2 (a copy's volume id,
 //! a snapshot's state), or forwards it to moto. Rules fire at a rate (one seeded RNG for the whole proxy, so a failing run can be replayed) or on chosen calls of the
 //! matching actions, optionally only for requests signed for one region (the SigV4 credential scope: moto serves
-//! every region on one endpoint, and the signing region is where AWS would have sent the call). Every request is
+//! every region on one endpoint, and the signing region is where AWS would have sent the call) or carrying one
+//! parameter value (an AssumeRole of one role). Every request is
 //! logged with its arrival time, signing region, action and outcome, so a test can count injected faults and
 //! measure requests per second as AWS would see them, region by region.
 //!
@@ -68,6 +69,8 @@ pub struct Rule {
     pub actions: Vec<&'static str>,
     /// The signing region the rule applies to; None: every region.
     pub region: Option<&'static str>,
+    /// A query-protocol parameter and its value as sent (URL-encoded) that the request must carry; None: any.
+    pub param: Option<(&'static str, String)>,
     pub when: When,
     pub fault: Fault,
 }
@@ -77,6 +80,7 @@ impl Rule {
         Rule {
             actions: actions.to_vec(),
             region: None,
+            param: None,
             when,
             fault,
         }
@@ -90,9 +94,22 @@ impl Rule {
         }
     }
 
-    fn applies(&self, action: &str, region: &str) -> bool {
+    /// The same rule, for requests whose parameter `name` is `value` as sent (URL-encoded): an AssumeRole of one
+    /// `RoleArn`, a call about one `VolumeId`.
+    pub fn with_param(self, name: &'static str, value: &str) -> Rule {
+        Rule {
+            param: Some((name, value.to_string())),
+            ..self
+        }
+    }
+
+    fn applies(&self, action: &str, region: &str, body: &str) -> bool {
         (self.actions.is_empty() || self.actions.contains(&action))
             && self.region.is_none_or(|r| r == region)
+            && self
+                .param
+                .as_ref()
+                .is_none_or(|(k, v)| param(body, k).as_deref() == Some(v.as_str()))
     }
 }
 
@@ -112,11 +129,16 @@ pub struct Hit {
 impl Hit {
     /// A query-protocol parameter of the request (`SnapshotId`, `VolumeId`), as sent.
     pub fn param(&self, name: &str) -> Option<String> {
-        self.body.split('&').find_map(|kv| {
-            let (k, v) = kv.split_once('=')?;
-            (k == name).then(|| v.to_string())
-        })
+        param(&self.body, name)
     }
+}
+
+/// A query-protocol parameter of a form body, as sent.
+fn param(body: &str, name: &str) -> Option<String> {
+    body.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == name).then(|| v.to_string())
+    })
 }
 
 struct State {
@@ -281,11 +303,11 @@ fn service_of(req: &Request) -> String {
         .to_string()
 }
 
-fn decide(state: &Mutex<State>, action: &str, region: &str) -> Option<Fault> {
+fn decide(state: &Mutex<State>, action: &str, region: &str, body: &str) -> Option<Fault> {
     let mut st = state.lock().unwrap();
     let st = &mut *st;
     for (i, rule) in st.rules.iter().enumerate() {
-        if !rule.applies(action, region) {
+        if !rule.applies(action, region, body) {
             continue;
         }
         let n = {
@@ -321,7 +343,12 @@ fn serve(client: TcpStream, upstream: u16, state: &Mutex<State>) {
     while let Some(req) = read_request(&mut reader) {
         let at = Instant::now();
         let action = action_of(&req);
-        let fault = decide(state, &action, &region_of(&req));
+        let fault = decide(
+            state,
+            &action,
+            &region_of(&req),
+            &String::from_utf8_lossy(&req.body),
+        );
         let response = match fault {
             Some(Fault::Error(code)) => {
                 log(state, at, &req, &action, code);

@@ -79,8 +79,16 @@ impl Daemon {
         loop {
             if let Some((200, body)) = super::http_get(port, "/status") {
                 let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-                let last = &v["policies"][policy][schedule]["last_runs"][region];
-                if let (Some(r), Some(s)) = (last["result"].as_str(), last["slot"].as_str()) {
+                // Keyed `account/region`: the run of `region` in whichever account the daemon serves there.
+                let runs = v["policies"][policy][schedule]["last_runs"].as_object();
+                let last = runs
+                    .into_iter()
+                    .flatten()
+                    .map(|(_, run)| run)
+                    .find(|run| run["region"] == region);
+                if let Some((Some(r), Some(s))) =
+                    last.map(|l| (l["result"].as_str(), l["slot"].as_str()))
+                {
                     return (r.to_string(), s.to_string());
                 }
             }

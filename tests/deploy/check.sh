@@ -107,24 +107,40 @@ sys.exit(bad)
 PY
 say "deploy/ecs: valid RegisterTaskDefinition and CreateService input"
 
-# --- CloudFormation --------------------------------------------------------------------------------------------
-"$venv/bin/cfn-lint" deploy/cloudformation/snapwarden.yaml || fail "cfn-lint deploy/cloudformation/snapwarden.yaml"
-# The template's policies must be deploy/iam/policy.json (with the topic, the copy keys and partition filled in)
-# and deploy/iam/instance-role-vss.json, so the policies the Rust tests review are the ones the stack deploys. The
-# KMS statements are there only when CopyKmsKeyArns names a key (an Fn::If on HasCopyKmsKeys, else AWS::NoValue).
-"$venv/bin/python" - <<'PY' || fail "the template's SnapwardenPolicy or VssInstancePolicy differs from deploy/iam/"
+# --- CloudFormation ---------------------------------------------------------------------------------------------
+for tpl in deploy/cloudformation/*.yaml; do
+  "$venv/bin/cfn-lint" "$tpl" || fail "cfn-lint $tpl"
+done
+# The templates' policies must be deploy/iam/policy.json (with the topic, the copy keys, the member role's name and
+# partition filled in) and deploy/iam/instance-role-vss.json, so the policies the Rust tests review are the ones
+# the stacks deploy. The KMS statements are there only when CopyKmsKeyArns names a key, the AssumeRole one only
+# when MemberRoleName names a role (an Fn::If on HasCopyKmsKeys / HasMemberRoleName, else AWS::NoValue). The
+# member role (member-role.yaml) has policy.json's statements without the daemon's own (SNS, STS, Organizations),
+# trusts the daemon's role only with the ExternalId, and is named what policy.json's AssumeRole grant names.
+"$venv/bin/python" - <<'PY' || fail "a template's policies differ from deploy/iam/, or member-role.yaml's trust or role name is off"
 import json, sys
 from cfnlint.decode import decode
-tpl, errors = decode("deploy/cloudformation/snapwarden.yaml")
-assert not errors, errors
+def load(path):
+    tpl, errors = decode(path)
+    assert not errors, errors
+    return tpl
+tpl = load("deploy/cloudformation/snapwarden.yaml")
+member = load("deploy/cloudformation/member-role.yaml")
+role_name = member["Parameters"]["RoleName"]["Default"]
+# Which condition each conditional statement must hang on, by the service of its actions.
+conditions = {"kms": "HasCopyKmsKeys", "sts": "HasMemberRoleName"}
+def actions(s):
+    return [s["Action"]] if isinstance(s["Action"], str) else s["Action"]
 def plain(v):
     if isinstance(v, dict):
         if set(v) == {"Fn::Sub"}:
             # "${!x}" is Fn::Sub's escape for a literal "${x}" (an IAM policy variable such as ${*}).
-            return v["Fn::Sub"].replace("${AWS::Partition}", "aws").replace("${AWS::URLSuffix}", "amazonaws.com").replace("${!", "${")
+            return (v["Fn::Sub"].replace("${AWS::Partition}", "aws").replace("${AWS::URLSuffix}", "amazonaws.com")
+                    .replace("${MemberRoleName}", role_name).replace("${!", "${"))
         if set(v) == {"Fn::If"}:
             condition, then, otherwise = v["Fn::If"]
-            assert condition == "HasCopyKmsKeys" and otherwise == {"Ref": "AWS::NoValue"}, v
+            services = {a.split(":")[0] for a in actions(then)}
+            assert otherwise == {"Ref": "AWS::NoValue"} and [conditions.get(x) for x in services] == [condition], v
             return plain(then)
         if set(v) == {"Ref"} and v["Ref"] == "AlertTopic":
             return "TOPIC"
@@ -134,23 +150,53 @@ def plain(v):
     if isinstance(v, list):
         return [plain(x) for x in v]
     return v
-bad = False
-for resource, path in [("SnapwardenPolicy", "deploy/iam/policy.json"), ("VssInstancePolicy", "deploy/iam/instance-role-vss.json")]:
-    got = plain(tpl["Resources"][resource]["Properties"]["PolicyDocument"])
+def wanted(path, daemon=True):
     want = json.load(open(path))
     for s in want["Statement"]:
         if s["Action"] == "sns:Publish":
             s["Resource"] = "TOPIC"
-        if all(a.startswith("kms:") for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])):
+        if all(a.startswith("kms:") for a in actions(s)):
             s["Resource"] = "KEYS"
-    if json.loads(json.dumps(got)) != want:
-        print(f"{resource} is not {path}:", json.dumps(got, indent=1), json.dumps(want, indent=1), sep="\n----\n", file=sys.stderr)
+    if not daemon:
+        want["Statement"] = [s for s in want["Statement"]
+                             if not any(a.split(":")[0] in ("sns", "sts", "organizations") for a in actions(s))]
+    return want
+bad = False
+member_role = member["Resources"]["MemberRole"]["Properties"]
+[member_policy] = member_role["Policies"]
+for name, got, want in [
+    ("SnapwardenPolicy", tpl["Resources"]["SnapwardenPolicy"]["Properties"]["PolicyDocument"], wanted("deploy/iam/policy.json")),
+    ("VssInstancePolicy", tpl["Resources"]["VssInstancePolicy"]["Properties"]["PolicyDocument"], wanted("deploy/iam/instance-role-vss.json")),
+    ("member-role.yaml's MemberRole", member_policy["PolicyDocument"], wanted("deploy/iam/policy.json", daemon=False)),
+]:
+    got = json.loads(json.dumps(plain(got)))
+    if got != want:
+        print(f"{name} is not deploy/iam/ (deploy/iam/policy.json without sns, sts and organizations for the member role):",
+              json.dumps(got, indent=1), json.dumps(want, indent=1), sep="\n----\n", file=sys.stderr)
         bad = True
-assert tpl["Conditions"]["HasCopyKmsKeys"] == {"Fn::Not": [{"Fn::Equals": [{"Fn::Join": ["", {"Ref": "CopyKmsKeyArns"}]}, ""]}]}, tpl["Conditions"]
-assert tpl["Parameters"]["CopyKmsKeyArns"]["Default"] == "", "CopyKmsKeyArns must default to no key"
+for t in (tpl, member):
+    assert t["Conditions"]["HasCopyKmsKeys"] == {"Fn::Not": [{"Fn::Equals": [{"Fn::Join": ["", {"Ref": "CopyKmsKeyArns"}]}, ""]}]}, t["Conditions"]
+    assert t["Parameters"]["CopyKmsKeyArns"]["Default"] == "", "CopyKmsKeyArns must default to no key"
+assert tpl["Conditions"]["HasMemberRoleName"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "MemberRoleName"}, ""]}]}, tpl["Conditions"]
+assert tpl["Parameters"]["MemberRoleName"]["Default"] == "", "MemberRoleName must default to no grant"
+# policy.json's AssumeRole grant names the member template's default role, in any account.
+[assume] = [s for s in json.load(open("deploy/iam/policy.json"))["Statement"] if "sts:AssumeRole" in actions(s)]
+assert assume["Resource"] == f"arn:aws:iam::*:role/{role_name}", assume
+# The member role: named by its parameter, one-hour sessions, trusting the daemon's role only, only with the
+# ExternalId, which has no default (a role without one is not deployed by mistake).
+assert member_role["RoleName"] == {"Ref": "RoleName"}, member_role["RoleName"]
+assert member_role["MaxSessionDuration"] == 3600, member_role["MaxSessionDuration"]
+assert member_role["AssumeRolePolicyDocument"] == {"Version": "2012-10-17", "Statement": [{
+    "Sid": "OnlySnapwardenWithItsExternalId", "Effect": "Allow", "Principal": {"AWS": {"Ref": "DaemonRoleArn"}},
+    "Action": "sts:AssumeRole", "Condition": {"StringEquals": {"sts:ExternalId": {"Ref": "ExternalId"}}}}]}, \
+    member_role["AssumeRolePolicyDocument"]
+external_id = member["Parameters"]["ExternalId"]
+assert "Default" not in external_id and external_id["MinLength"] >= 2, external_id
+assert "Default" not in member["Parameters"]["DaemonRoleArn"], "DaemonRoleArn must be given"
+assert member["Outputs"]["RoleArn"]["Value"] == {"Fn::GetAtt": ["MemberRole", "Arn"]}, member["Outputs"]
 sys.exit(bad)
 PY
-say "cfn-lint deploy/cloudformation/snapwarden.yaml: clean; its policies are deploy/iam/policy.json and instance-role-vss.json"
+say "cfn-lint deploy/cloudformation/*.yaml: clean; their policies are deploy/iam/policy.json (the member role's without SNS and STS) and instance-role-vss.json; the member role trusts the daemon's role with the ExternalId only"
 
 # --- SSM documents ---------------------------------------------------------------------------------------------
 # Each document's script as the agent writes it (its runCommand lines joined, the parameters filled in with

@@ -628,3 +628,66 @@ fn with_an_organization_a_policy_may_name_a_discovered_account_by_id() {
     // A name still has to be one.
     policy_problem(r#"["stagin"]"#, &accounts, "policy[web].accounts[#1]");
 }
+
+/// The shipped example of README's "Many accounts" means what its comments say.
+#[test]
+fn the_multi_account_example_serves_its_own_account_two_listed_ones_and_an_ou() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples/multi-account.toml");
+    let config = crate::config::load(&path, &[]).unwrap_or_else(|e| panic!("{e}"));
+    let accounts = &config.aws.accounts;
+    assert!(accounts.own);
+    // (name, account id, external id, session name, regions)
+    type Entry<'a> = (&'a str, &'a str, Option<&'a str>, &'a str, Vec<&'a str>);
+    let listed: Vec<Entry> = accounts
+        .listed
+        .iter()
+        .map(|a| {
+            (
+                a.name.as_str(),
+                a.account_id.as_str(),
+                a.external_id.as_deref(),
+                a.session_name.as_str(),
+                a.regions.iter().map(String::as_str).collect(),
+            )
+        })
+        .collect();
+    let id = Some("snapwarden-7f3a91c2");
+    assert_eq!(
+        listed,
+        [
+            (
+                "prod",
+                "111122223333",
+                id,
+                "snapwarden",
+                vec!["us-east-1", "eu-west-1"]
+            ),
+            (
+                "staging",
+                "444455556666",
+                id,
+                "snapwarden",
+                vec!["us-east-1"]
+            ),
+        ]
+    );
+    assert_eq!(
+        accounts.organization,
+        Some(Organization {
+            role_name: "snapwarden".into(),
+            include: vec![OrgId::Unit("ou-ab12-workload1".into())],
+            exclude: vec![
+                OrgId::Unit("ou-ab12-sandbox01".into()),
+                OrgId::Account("777788889999".into())
+            ],
+            refresh: DEFAULT_ORGANIZATION_REFRESH,
+            external_id: id.map(String::from),
+            session_name: DEFAULT_SESSION_NAME.into(),
+        })
+    );
+    let served: Vec<Option<Vec<String>>> =
+        config.policies.iter().map(|p| p.accounts.clone()).collect();
+    let prod_and_own: Vec<String> = vec!["prod".into(), OWN.into()];
+    assert_eq!(served, [None, Some(prod_and_own)]);
+}

@@ -288,7 +288,7 @@ fn assert_no_problems(outcome: &Outcome) {
 /// destination) with value `n`.
 fn copies_total(outcome: &str, n: u32) -> String {
     format!(
-        r#"snapwarden_copies_total{{destination="{DR}",outcome="{outcome}",policy="prod",region="{SOURCE}",schedule="daily"}} {n}"#
+        r#"snapwarden_copies_total{{account="{FAKE_ACCOUNT}",destination="{DR}",outcome="{outcome}",policy="prod",region="{SOURCE}",schedule="daily"}} {n}"#
     )
 }
 
@@ -615,7 +615,7 @@ async fn copies_are_pruned_per_source_volume_with_the_sources_rails_and_the_orph
     assert_eq!(rig.source.calls("DeleteSnapshot"), 0);
     let text = rig.metrics.render(s);
     let line = format!(
-        r#"snapwarden_snapshots_deleted_total{{policy="prod",region="{DR}",schedule="daily"}} 7"#
+        r#"snapwarden_snapshots_deleted_total{{account="{FAKE_ACCOUNT}",policy="prod",region="{DR}",schedule="daily"}} 7"#
     );
     assert_has_line(&text, &line);
 
@@ -866,7 +866,8 @@ async fn the_copy_metrics_count_copies_pending_copies_and_the_dr_staleness() {
 
     let out = rig.run(&policy, slot()).await;
     assert_eq!(out.report.copies.created, 1);
-    let labels = format!(r#"destination="{DR}",policy="prod",region="{SOURCE}""#);
+    let labels =
+        format!(r#"account="{FAKE_ACCOUNT}",destination="{DR}",policy="prod",region="{SOURCE}""#);
     let metric = |text: &str, name: &str, labels: &str| -> Option<f64> {
         let prefix = format!("{name}{{{labels}}} ");
         text.lines()
@@ -876,7 +877,7 @@ async fn the_copy_metrics_count_copies_pending_copies_and_the_dr_staleness() {
     let hour = 3600.0;
     let text = rig.metrics.render(slot() + Duration::hours(1));
     let created = format!(
-        r#"destination="{DR}",outcome="created",policy="prod",region="{SOURCE}",schedule="daily""#
+        r#"account="{FAKE_ACCOUNT}",destination="{DR}",outcome="created",policy="prod",region="{SOURCE}",schedule="daily""#
     );
     assert_eq!(
         metric(&text, "snapwarden_copies_total", &created),
@@ -888,7 +889,9 @@ async fn the_copy_metrics_count_copies_pending_copies_and_the_dr_staleness() {
         Some(1.0),
         "{text}"
     );
-    let stale = format!(r#"destination="{DR}",policy="prod",region="{SOURCE}",schedule="daily""#);
+    let stale = format!(
+        r#"account="{FAKE_ACCOUNT}",destination="{DR}",policy="prod",region="{SOURCE}",schedule="daily""#
+    );
     // Today's copy is pending: yesterday's is the newest completed one, 25 hours old.
     assert_eq!(
         metric(&text, "snapwarden_dr_staleness_seconds", &stale),
@@ -1034,8 +1037,9 @@ async fn a_copy_backing_an_ami_is_kept_and_counted_in_its_destination() {
     assert_eq!(rig.dr_ids(), BTreeSet::from([newest, ami]));
     assert_eq!((out.report.kept_in_use, out.report.copies.deleted), (1, 0));
     let text = rig.metrics.render(slot());
-    let line =
-        format!(r#"snapwarden_snapshots_kept_in_use_total{{policy="prod",region="{DR}"}} 1"#);
+    let line = format!(
+        r#"snapwarden_snapshots_kept_in_use_total{{account="{FAKE_ACCOUNT}",policy="prod",region="{DR}"}} 1"#
+    );
     assert_has_line(&text, &line);
 }
 
