@@ -37,6 +37,9 @@ use crate::ssm;
 use crate::status::{self, Health, StatusBoard};
 use crate::worker::{self, Region, RunSpec};
 
+mod fleet;
+pub use fleet::{Fleet, Pairs, Serving};
+
 /// How long the notifier may take after the last run to send what is still queued before the daemon exits
 /// anyway (the deploy files' stop timeouts leave room for it).
 pub const NOTIFIER_DRAIN: Duration = Duration::from_secs(5);
@@ -126,9 +129,15 @@ pub fn pace_config(config: &Config) -> PaceConfig {
     }
 }
 
-/// [`aws_regions`] with explicit pacing (tests shorten the gaps and backoffs): the own account's regions (unless
-/// `aws.own-account = false`), then each `[[aws.account]]`'s, one [`Region`] per (account, region) pair.
+/// [`aws_regions`] with explicit pacing (tests shorten the gaps and backoffs): the pairs of [`aws_fleet`] at start.
 pub async fn aws_regions_paced(shared: &Shared, pace: &PaceConfig) -> Result<Vec<Arc<Region>>> {
+    Ok(aws_fleet(shared, pace).await?.regions().to_vec())
+}
+
+/// What the daemon serves: the own account's regions (unless `aws.own-account = false`), then each
+/// `[[aws.account]]`'s, one [`Region`] per (account, region) pair; with `[aws.organization]`, also the accounts of
+/// the organisation's first listing, and the refresh that keeps them current ([`Fleet`]).
+pub async fn aws_fleet(shared: &Shared, pace: &PaceConfig) -> Result<Fleet> {
     let backends = Backends::new(shared, pace);
     let accounts = &shared.config.aws.accounts;
     let mut out = Vec::new();
@@ -159,7 +168,7 @@ pub async fn aws_regions_paced(shared: &Shared, pace: &PaceConfig) -> Result<Vec
         }
         out.extend(backends.account(&Served::listed(account)).await?);
     }
-    Ok(out)
+    Ok(Fleet::start(backends, out).await)
 }
 
 /// An account as the daemon serves it: its label, how its credentials are had and its regions.
@@ -195,6 +204,28 @@ impl Served {
                 session_name: account.session_name.clone(),
             }),
             regions: account.regions.clone(),
+        }
+    }
+
+    /// An account found in the organisation: named by its id, served in `regions` (`aws.regions`) through the
+    /// organisation's `role-name` in it.
+    pub(crate) fn discovered(
+        member: &crate::org::Member,
+        org: &crate::config::Organization,
+        regions: &[String],
+    ) -> Self {
+        Served {
+            name: Some(member.id.clone()),
+            account_id: Some(member.id.clone()),
+            role: Some(ec2::assume::Role {
+                arn: format!(
+                    "arn:{}:iam::{}:role/{}",
+                    member.partition, member.id, org.role_name
+                ),
+                external_id: org.external_id.clone(),
+                session_name: org.session_name.clone(),
+            }),
+            regions: regions.to_vec(),
         }
     }
 }
@@ -617,7 +648,7 @@ async fn slot_lock(locks: &LockDir, policy: &str, slot: DateTime<Utc>) -> Option
 /// [`Scheduler`]'s; this loop reads the clock for it, carries out what it decided, and tells it when fires end.
 pub async fn schedule_loop(
     shared: Shared,
-    regions: Arc<Vec<Arc<Region>>>,
+    regions: impl Into<Serving>,
     notifier: Notifier,
     catch_up: bool,
     shutdown: CancellationToken,
@@ -634,10 +665,13 @@ pub async fn schedule_loop(
             shared.status.register(&p.name, &s.name, s.cron.as_str());
         }
     }
+    // The organisation refresh may change the pairs; each fire takes those of its time.
+    let Serving(mut watched) = regions.into();
+    let mut regions = watched.borrow_and_update().clone();
     let scopes = regions.iter().map(|r| r.scope()).collect();
     let now = Utc::now();
     let mut scheduler = Scheduler::new(policies, scopes, tz, now);
-    let act = |tick: Tick| {
+    let act = |tick: Tick, regions: &[Arc<Region>]| {
         match tick.jump {
             Some(Jump::Pause(gap)) => {
                 tracing::warn!(paused_seconds = gap.num_seconds(), "the scheduler did not run for a while (suspend, or the clock set forward): each policy fires its latest slot once")
@@ -673,7 +707,7 @@ pub async fn schedule_loop(
         }
     };
     if catch_up {
-        act(scheduler.catch_up(now));
+        act(scheduler.catch_up(now), &regions);
     }
     loop {
         let now = Utc::now();
@@ -682,7 +716,7 @@ pub async fn schedule_loop(
         while let Ok((policy, schedules)) = ended.try_recv() {
             scheduler.finished(&policy, &schedules);
         }
-        act(scheduler.tick(now));
+        act(scheduler.tick(now), &regions);
         for p in scheduler.policies() {
             for s in &p.schedules {
                 let n = s.cron.next_after(now, tz);
@@ -705,6 +739,11 @@ pub async fn schedule_loop(
                 let config = live.borrow_and_update().clone();
                 scheduler.reload(config.policies.clone(), Utc::now());
                 reregister(&shared, &regions, &config);
+            }
+            Ok(()) = watched.changed() => {
+                regions = watched.borrow_and_update().clone();
+                scheduler.set_scopes(regions.iter().map(|r| r.scope()).collect());
+                reregister(&shared, &regions, &live.borrow().clone());
             }
         }
     }
@@ -916,7 +955,7 @@ fn schedule_changes(old: &Config, new: &Config) -> (Vec<String>, Vec<String>, Ve
 /// The whole daemon: HTTP, notifier, scheduler; returns when shut down (true: clean).
 pub async fn serve(
     shared: Shared,
-    regions: Vec<Arc<Region>>,
+    fleet: impl Into<Fleet>,
     publisher: Option<Arc<dyn Publisher>>,
     catch_up: bool,
     shutdown: CancellationToken,
@@ -936,20 +975,18 @@ pub async fn serve(
     };
     let window = shared.config.notify.dedup_window();
     let (notifier, notify_task) = Notifier::spawn(publisher, window, shared.metrics.clone());
+    let fleet = fleet.into();
+    let (regions, watched) = (fleet.regions(), fleet.watch());
     let scopes: Vec<scheduler::Scope> = regions.iter().map(|r| r.scope()).collect();
     shared
         .metrics
         .init_series(&shared.config, &scopes, Utc::now());
+    // Lists the organisation every `refresh`; its first listing is in `fleet` already, before the catch-up.
+    let refresh = tokio::spawn(fleet.run(shutdown.clone()));
     // Config, AWS clients and the listener are up: this is what systemd waits for.
     shared.sd.ready();
-    let drained = schedule_loop(
-        shared.clone(),
-        Arc::new(regions),
-        notifier,
-        catch_up,
-        shutdown,
-    )
-    .await;
+    let drained = schedule_loop(shared.clone(), watched, notifier, catch_up, shutdown).await;
+    let _ = refresh.await;
     // The notifier drains once every sender (held by finished runs and the loop) is gone.
     let _ = tokio::time::timeout(NOTIFIER_DRAIN, notify_task).await;
     http_stop.cancel();

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod next;
 pub mod notify;
 pub mod once;
+pub(crate) mod org;
 pub mod plan;
 pub mod report;
 pub mod retention;

@@ -20,7 +20,7 @@ use snapwarden::logging::{self, Console};
 use snapwarden::notify::Notifier;
 use snapwarden::report::RunResult;
 use snapwarden::schedule::{self, format_slot};
-use snapwarden::worker::{self, Region};
+use snapwarden::worker;
 
 /// mimalloc instead of glibc's malloc: a run digests, plans and drops a small record per snapshot, and `simulate`
 /// does that thousands of times; allocation was a quarter of its time. Built without its transparent huge page
@@ -300,9 +300,12 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
             shared.sd = Arc::new(snapwarden::sdnotify::SdNotify::from_env(|k| {
                 std::env::var(k).ok()
             }));
-            let regions = daemon::aws_regions(&shared).await.context("cannot start")?;
+            let pace = daemon::pace_config(&shared.config);
+            let fleet = daemon::aws_fleet(&shared, &pace)
+                .await
+                .context("cannot start")?;
             let publisher = daemon::sns_publisher(&shared.config).await;
-            serve(shared, regions, publisher).await
+            serve(shared, fleet, publisher).await
         }
         Command::Demo { .. } => {
             let shared = Shared::new(config);
@@ -411,7 +414,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
 /// Runs the daemon until SIGTERM/SIGINT; a second signal exits at once.
 async fn serve(
     shared: Shared,
-    regions: Vec<Arc<Region>>,
+    regions: impl Into<daemon::Fleet>,
     publisher: Option<Arc<dyn snapwarden::notify::Publisher>>,
 ) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();

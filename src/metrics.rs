@@ -73,6 +73,10 @@ pub struct Metrics {
     /// (policy, schedule, account, source region, destination) -> the oldest newest-completed copy across the schedule's
     /// volumes, turned into an age at scrape time like [`Metrics::staleness`].
     dr_freshness: Mutex<HashMap<DrSeries, DateTime<Utc>>>,
+    /// Listings of the organisation (`[aws.organization]`) by outcome: success, failure.
+    organization_refreshes: IntCounterVec,
+    /// Accounts of the organisation served after the last successful listing.
+    organization_accounts: IntGaugeVec,
 }
 
 /// (policy, schedule, account, source region, destination).
@@ -256,6 +260,18 @@ impl Metrics {
                 &["policy", "schedule", "account", "region", "destination"],
             ),
             dr_freshness: Mutex::new(HashMap::new()),
+            organization_refreshes: counter(
+                &registry,
+                "organization_refreshes_total",
+                "Listings of the AWS organisation by outcome: success, or failure (the accounts served stay as they were)",
+                &["outcome"],
+            ),
+            organization_accounts: int_gauge(
+                &registry,
+                "organization_accounts",
+                "Accounts of the AWS organisation served (not counting the own account and [[aws.account]] entries)",
+                &[],
+            ),
             registry,
         };
         for reason in ["connection-cap", "accept-error"] {
@@ -679,6 +695,24 @@ impl Metrics {
     /// A SIGHUP reload: `applied`, `invalid` or `needs-restart`.
     pub(crate) fn config_reload(&self, outcome: &str) {
         self.config_reloads.with_label_values(&[outcome]).inc();
+    }
+
+    /// The series of the organisation refresh, at zero, for a daemon with `[aws.organization]`.
+    pub(crate) fn init_organization(&self) {
+        for outcome in ["success", "failure"] {
+            self.organization_refreshes.with_label_values(&[outcome]);
+        }
+        self.organization_accounts.with_label_values(&[] as &[&str]);
+    }
+
+    /// A listing of the organisation: `success` (`accounts` of it served now) or `failure` (`accounts` still served).
+    pub(crate) fn organization_listed(&self, outcome: &str, accounts: usize) {
+        self.organization_refreshes
+            .with_label_values(&[outcome])
+            .inc();
+        self.organization_accounts
+            .with_label_values(&[] as &[&str])
+            .set(accounts as i64);
     }
 
     /// One instance's invocation of `document` ended with `outcome` (`ssm::batch::Ran::outcome`).

@@ -191,8 +191,6 @@ impl Scheduler {
 
     /// The scopes served from now on (an organisation refresh adds and removes accounts); fires in flight keep
     /// theirs.
-    // The organisation refresh task is its caller; until it lands only tests call it.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn set_scopes(&mut self, scopes: Vec<Scope>) {
         self.scopes = scopes;
     }

@@ -18,7 +18,7 @@ mod env;
 mod sections;
 mod tree;
 
-pub(crate) use accounts::{Account, Accounts, OWN};
+pub(crate) use accounts::{Account, Accounts, OrgId, Organization, OWN};
 pub use copy::{CopyRule, Encryption};
 pub use sections::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_OPERATION_TIMEOUT, DEFAULT_SHUTDOWN_GRACE};
 pub(crate) use sections::{DEFAULT_DEDUP_WINDOW, DEFAULT_MAX_ATTEMPTS};

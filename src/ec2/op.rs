@@ -24,6 +24,10 @@ pub enum Op {
     ListCommandInvocations,
     ListCommands,
     CopySnapshot,
+    ListRoots,
+    ListAccounts,
+    ListAccountsForParent,
+    ListOrganizationalUnitsForParent,
 }
 
 impl Op {
@@ -62,6 +66,10 @@ impl Op {
             Op::ListCommandInvocations => "ListCommandInvocations",
             Op::ListCommands => "ListCommands",
             Op::CopySnapshot => "CopySnapshot",
+            Op::ListRoots => "ListRoots",
+            Op::ListAccounts => "ListAccounts",
+            Op::ListAccountsForParent => "ListAccountsForParent",
+            Op::ListOrganizationalUnitsForParent => "ListOrganizationalUnitsForParent",
         }
     }
 
@@ -72,6 +80,12 @@ impl Op {
             .into_iter()
             .chain(Op::SSM)
             .chain([Op::CopySnapshot, Op::GetCallerIdentity, Op::Publish])
+            .chain([
+                Op::ListRoots,
+                Op::ListAccounts,
+                Op::ListAccountsForParent,
+                Op::ListOrganizationalUnitsForParent,
+            ])
             .find(|op| op.name() == name)
     }
 
@@ -88,7 +102,12 @@ impl Op {
             // AWS's throttling page puts CopySnapshot in no bucket of its own, so it spends the general bucket of
             // mutating actions — the destination region's, since the call is sent there (`Paced` is per region).
             Op::CopySnapshot => Some(Group::Mutating),
+            // Organizations is listed once per refresh, retried by the SDK itself (`crate::org::sdk`).
             Op::GetCallerIdentity | Op::Publish => None,
+            Op::ListRoots
+            | Op::ListAccounts
+            | Op::ListAccountsForParent
+            | Op::ListOrganizationalUnitsForParent => None,
         }
     }
 
@@ -120,6 +139,12 @@ impl Op {
             Op::ListCommandInvocations => "ssm:ListCommandInvocations",
             Op::ListCommands => "ssm:ListCommands",
             Op::CopySnapshot => "ec2:CopySnapshot",
+            Op::ListRoots => "organizations:ListRoots",
+            Op::ListAccounts => "organizations:ListAccounts",
+            Op::ListAccountsForParent => "organizations:ListAccountsForParent",
+            Op::ListOrganizationalUnitsForParent => {
+                "organizations:ListOrganizationalUnitsForParent"
+            }
         }
     }
 }
@@ -135,7 +160,8 @@ impl fmt::Display for Op {
 /// spell "throttled" four ways); the code as AWS sent it stays on the error for messages and reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Code {
-    /// `RequestLimitExceeded`, `Throttling`, `ThrottlingException`, `Throttled`: not executed; back off.
+    /// `RequestLimitExceeded`, `Throttling`, `ThrottlingException`, `Throttled`, `TooManyRequestsException`
+    /// (Organizations): not executed; back off.
     Throttled,
     /// `UnauthorizedOperation`, `AccessDenied`, `AccessDeniedException`, `AuthFailure`, `AuthorizationError`:
     /// the credentials work but may not do this.
@@ -186,9 +212,11 @@ impl Code {
     /// The one place AWS's error codes are read (with [`Code::of`] for the few whose meaning depends on the call).
     pub(crate) fn parse(code: &str) -> Code {
         match code {
-            "RequestLimitExceeded" | "Throttling" | "ThrottlingException" | "Throttled" => {
-                Code::Throttled
-            }
+            "RequestLimitExceeded"
+            | "Throttling"
+            | "ThrottlingException"
+            | "Throttled"
+            | "TooManyRequestsException" => Code::Throttled,
             "UnauthorizedOperation"
             | "AccessDenied"
             | "AccessDeniedException"
@@ -287,6 +315,10 @@ mod tests {
             Op::CopySnapshot,
             Op::GetCallerIdentity,
             Op::Publish,
+            Op::ListRoots,
+            Op::ListAccounts,
+            Op::ListAccountsForParent,
+            Op::ListOrganizationalUnitsForParent,
         ]) {
             assert_eq!(Op::from_name(op.name()), Some(op));
             assert!(
@@ -326,6 +358,7 @@ mod tests {
             "Throttling",
             "ThrottlingException",
             "Throttled",
+            "TooManyRequestsException",
         ] {
             assert_eq!(Code::parse(c), Code::Throttled, "{c}");
         }
